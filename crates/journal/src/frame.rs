@@ -1,0 +1,445 @@
+//! The on-disk journal: append-only frames of hash-chained entries.
+//!
+//! ```text
+//! frame  := header entry{entry_count}
+//! header := magic:u32 "PHJ1" | version:u16 | flags:u16 | entry_count:u32 | payload_bytes:u32
+//!           | first_seq:u64 | header_check:u64                       (32 bytes, little-endian)
+//! entry  := body_bytes:u32 | seq:u64 | kind:u8 | body | hash:[u8; 32]
+//! hash   := BLAKE3(previous entry's hash | seq | kind | body)       (the first entry chains to GENESIS)
+//! ```
+//!
+//! A frame is one group commit: it is written with one `write` and made durable with one
+//! `fdatasync` before any of its events is acknowledged. It is also the unit of atomicity: a frame
+//! that was torn by a crash is cut whole, so a linked chain is never half recovered. Every entry
+//! commits to the hash of the one before it, so a flipped byte, a removed entry or a reordered pair
+//! breaks the chain at a precise, nameable entry.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+
+/// Frame magic, "PHJ1" little-endian.
+pub const FRAME_MAGIC: u32 = u32::from_le_bytes(*b"PHJ1");
+/// Journal format version.
+pub const FORMAT_VERSION: u16 = 1;
+/// Size of a frame header.
+pub const FRAME_HEADER_BYTES: usize = 32;
+/// Fixed bytes of an entry besides its body: length, sequence number, kind, hash.
+pub const ENTRY_OVERHEAD_BYTES: usize = 4 + 8 + 1 + 32;
+/// Largest frame payload; a group commit stops growing before it reaches this.
+pub const FRAME_PAYLOAD_BYTES_MAX: usize = 64 << 20;
+/// Largest entry body.
+pub const ENTRY_BODY_BYTES_MAX: usize = 1 << 20;
+
+/// The hash every chain starts from.
+pub fn genesis_hash() -> [u8; 32] {
+    *blake3::hash(b"puhui journal genesis v1").as_bytes()
+}
+
+/// The chained hash of an entry.
+pub fn entry_hash(previous: &[u8; 32], seq: u64, kind: u8, body: &[u8]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(previous);
+    h.update(&seq.to_le_bytes());
+    h.update(&[kind]);
+    h.update(body);
+    *h.finalize().as_bytes()
+}
+
+fn header_check(bytes: &[u8]) -> u64 {
+    let digest = blake3::hash(&bytes[..24]);
+    u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+/// Appends frames to a journal file. Not thread-safe: one committer owns it.
+pub struct JournalWriter {
+    file: File,
+    /// Bytes of the file that are whole frames.
+    len_bytes: u64,
+    next_seq: u64,
+    last_hash: [u8; 32],
+    frame: Vec<u8>,
+    frame_entries: u32,
+    frame_first_seq: u64,
+}
+
+impl JournalWriter {
+    /// Opens `path` for appending after a scan established its valid length, next sequence number and
+    /// last hash (see [`scan`]). The file is truncated to `valid_len_bytes` (cutting a torn tail).
+    pub fn open(path: &Path, position: &ScanSummary) -> io::Result<JournalWriter> {
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
+        let on_disk = file.metadata()?.len();
+        if on_disk != position.valid_len_bytes {
+            file.set_len(position.valid_len_bytes)?;
+            file.sync_all()?;
+        }
+        file.seek(SeekFrom::Start(position.valid_len_bytes))?;
+        if let Some(dir) = path.parent() {
+            sync_dir(dir)?;
+        }
+        Ok(JournalWriter {
+            file,
+            len_bytes: position.valid_len_bytes,
+            next_seq: position.entries,
+            last_hash: position.last_hash,
+            frame: Vec::with_capacity(1 << 20),
+            frame_entries: 0,
+            frame_first_seq: position.entries,
+        })
+    }
+
+    /// Sequence number the next entry gets (= entries durable so far + entries in the open frame).
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The hash of the last entry appended.
+    pub fn last_hash(&self) -> [u8; 32] {
+        self.last_hash
+    }
+
+    /// Bytes in the open frame.
+    pub fn frame_bytes(&self) -> usize {
+        self.frame.len()
+    }
+
+    /// Appends an entry to the open frame. `write_body` encodes the body into the buffer it is given
+    /// and returns the entry's kind. Returns the entry's sequence number.
+    pub fn append(&mut self, write_body: impl FnOnce(&mut Vec<u8>) -> u8) -> u64 {
+        if self.frame.is_empty() {
+            self.frame.resize(FRAME_HEADER_BYTES, 0);
+            self.frame_first_seq = self.next_seq;
+            self.frame_entries = 0;
+        }
+        let seq = self.next_seq;
+        let start = self.frame.len();
+        self.frame.extend_from_slice(&[0; 4]);
+        self.frame.extend_from_slice(&seq.to_le_bytes());
+        self.frame.push(0);
+        let body_start = self.frame.len();
+        let kind = write_body(&mut self.frame);
+        let body_len = self.frame.len() - body_start;
+        assert!(body_len <= ENTRY_BODY_BYTES_MAX, "entry body of {body_len} bytes exceeds the limit");
+        self.frame[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
+        self.frame[start + 12] = kind;
+        let hash = entry_hash(&self.last_hash, seq, kind, &self.frame[body_start..]);
+        self.frame.extend_from_slice(&hash);
+        self.last_hash = hash;
+        self.next_seq += 1;
+        self.frame_entries += 1;
+        seq
+    }
+
+    /// Writes the open frame and waits until it is durable (`fdatasync`). Does nothing if empty.
+    pub fn commit(&mut self) -> io::Result<()> {
+        if self.frame.is_empty() {
+            return Ok(());
+        }
+        let payload = self.frame.len() - FRAME_HEADER_BYTES;
+        assert!(payload <= FRAME_PAYLOAD_BYTES_MAX, "frame payload {payload} exceeds the limit");
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        header[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+        header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+        header[8..12].copy_from_slice(&self.frame_entries.to_le_bytes());
+        header[12..16].copy_from_slice(&(payload as u32).to_le_bytes());
+        header[16..24].copy_from_slice(&self.frame_first_seq.to_le_bytes());
+        let check = header_check(&header);
+        header[24..32].copy_from_slice(&check.to_le_bytes());
+        self.frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
+        self.file.write_all(&self.frame)?;
+        self.file.sync_data()?;
+        self.len_bytes += self.frame.len() as u64;
+        self.frame.clear();
+        self.frame_entries = 0;
+        Ok(())
+    }
+
+    /// Bytes of whole, durable frames in the file.
+    pub fn len_bytes(&self) -> u64 {
+        self.len_bytes
+    }
+}
+
+/// Makes a directory entry (a newly created or truncated file) durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
+    File::open(dir)?.sync_all()
+}
+
+/// One entry read back from the journal.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    /// Sequence number (0-based position in the journal).
+    pub seq: u64,
+    /// Entry kind (see [`crate::codec`]).
+    pub kind: u8,
+    /// Entry body.
+    pub body: &'a [u8],
+    /// The entry's chained hash.
+    pub hash: &'a [u8; 32],
+    /// File offset of the entry.
+    pub offset: u64,
+}
+
+/// What a scan found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Whole entries.
+    pub entries: u64,
+    /// Whole frames.
+    pub frames: u64,
+    /// The last whole entry's hash (genesis if none).
+    pub last_hash: [u8; 32],
+    /// Length of the file's valid prefix (whole frames).
+    pub valid_len_bytes: u64,
+    /// A torn tail after the valid prefix, if any: a frame the crash left incomplete.
+    pub torn_tail: Option<TornTail>,
+}
+
+/// An incomplete last frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TornTail {
+    /// Where it starts.
+    pub offset: u64,
+    /// How many bytes it has.
+    pub len_bytes: u64,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+/// A broken journal: something other than a torn tail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScanError {
+    /// Reading the file failed.
+    Io(String),
+    /// An entry (or the frame holding it) is not what the chain says it must be.
+    Corrupt {
+        /// The first bad entry's expected sequence number.
+        seq: u64,
+        /// File offset where the problem was found.
+        offset: u64,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The caller's entry callback refused an entry.
+    Rejected {
+        /// The refused entry.
+        seq: u64,
+        /// File offset of the entry.
+        offset: u64,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for ScanError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ScanError::Io(e) => write!(f, "cannot read the journal: {e}"),
+            ScanError::Corrupt { seq, offset, reason } => {
+                write!(f, "journal entry {seq} (byte offset {offset}) is bad: {reason}")
+            }
+            ScanError::Rejected { seq, offset, reason } => {
+                write!(f, "journal entry {seq} (byte offset {offset}) cannot be applied: {reason}")
+            }
+        }
+    }
+}
+
+impl std::error::Error for ScanError {}
+
+/// Why a frame at some offset is not whole and valid.
+struct FrameFault {
+    seq: u64,
+    offset: u64,
+    reason: String,
+}
+
+/// Reads a journal from the start, checking every frame header, sequence number and chained hash,
+/// and calls `on_entry` for each entry of each whole frame (after the whole frame checked out).
+///
+/// A bad region at the very end of the file, with no valid frame after it, is a torn tail: it is
+/// reported in [`ScanSummary::torn_tail`] and not passed to `on_entry`. A bad frame followed by a
+/// valid one is corruption: [`ScanError::Corrupt`] names the first bad entry.
+pub fn scan(
+    path: &Path,
+    mut on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
+) -> Result<ScanSummary, ScanError> {
+    let io_err = |e: io::Error| ScanError::Io(format!("{}: {e}", path.display()));
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Ok(ScanSummary {
+                entries: 0,
+                frames: 0,
+                last_hash: genesis_hash(),
+                valid_len_bytes: 0,
+                torn_tail: None,
+            })
+        }
+        Err(e) => return Err(io_err(e)),
+    };
+    let file_len = file.metadata().map_err(io_err)?.len();
+    let mut reader = io::BufReader::with_capacity(4 << 20, &mut file);
+    let mut offset = 0u64;
+    let mut seq = 0u64;
+    let mut frames = 0u64;
+    let mut last_hash = genesis_hash();
+    let mut payload = Vec::new();
+
+    while offset < file_len {
+        match read_frame(&mut reader, offset, file_len, seq, &last_hash, &mut payload) {
+            Ok((count, hash)) => {
+                // The whole frame checked out: hand its entries over.
+                let mut at = 0usize;
+                for i in 0..count as u64 {
+                    let body_len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+                    let kind = payload[at + 12];
+                    let body = &payload[at + 13..at + 13 + body_len];
+                    let entry_hash: &[u8; 32] =
+                        payload[at + 13 + body_len..at + 45 + body_len].try_into().unwrap();
+                    let entry_offset = offset + FRAME_HEADER_BYTES as u64 + at as u64;
+                    on_entry(EntryRef { seq: seq + i, kind, body, hash: entry_hash, offset: entry_offset })
+                        .map_err(|reason| ScanError::Rejected { seq: seq + i, offset: entry_offset, reason })?;
+                    at += ENTRY_OVERHEAD_BYTES + body_len;
+                }
+                offset += (FRAME_HEADER_BYTES + payload.len()) as u64;
+                seq += count as u64;
+                frames += 1;
+                last_hash = hash;
+            }
+            Err(fault) => {
+                drop(reader);
+                // Torn tail or corruption? Corruption if any valid frame header follows.
+                if let Some(next) = find_valid_header_after(&mut file, fault.offset.max(offset) + 1, file_len, &fault)
+                {
+                    return Err(ScanError::Corrupt {
+                        seq: fault.seq,
+                        offset: fault.offset,
+                        reason: format!("{} (a valid frame follows at byte {next}, so this is not a torn tail)", fault.reason),
+                    });
+                }
+                return Ok(ScanSummary {
+                    entries: seq,
+                    frames,
+                    last_hash,
+                    valid_len_bytes: offset,
+                    torn_tail: Some(TornTail { offset, len_bytes: file_len - offset, reason: fault.reason }),
+                });
+            }
+        }
+    }
+    Ok(ScanSummary { entries: seq, frames, last_hash, valid_len_bytes: offset, torn_tail: None })
+}
+
+fn read_frame(
+    reader: &mut impl Read,
+    offset: u64,
+    file_len: u64,
+    seq: u64,
+    previous: &[u8; 32],
+    payload: &mut Vec<u8>,
+) -> Result<(u32, [u8; 32]), FrameFault> {
+    let fault = |at: u64, s: u64, reason: String| FrameFault { seq: s, offset: at, reason };
+    if file_len - offset < FRAME_HEADER_BYTES as u64 {
+        return Err(fault(offset, seq, "incomplete frame header".into()));
+    }
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    reader.read_exact(&mut header).map_err(|e| fault(offset, seq, format!("read: {e}")))?;
+    let (count, payload_len) = parse_header(&header).map_err(|r| fault(offset, seq, r))?;
+    let first_seq = u64::from_le_bytes(header[16..24].try_into().unwrap());
+    if first_seq != seq {
+        return Err(fault(
+            offset,
+            seq,
+            format!("frame starts at entry {first_seq}, expected {seq}: entries are missing or out of order"),
+        ));
+    }
+    let body_offset = offset + FRAME_HEADER_BYTES as u64;
+    if file_len - body_offset < payload_len as u64 {
+        return Err(fault(offset, seq, format!("frame of {payload_len} bytes is cut short")));
+    }
+    payload.resize(payload_len as usize, 0);
+    reader.read_exact(payload).map_err(|e| fault(offset, seq, format!("read: {e}")))?;
+    let mut at = 0usize;
+    let mut hash = *previous;
+    for i in 0..count as u64 {
+        let s = seq + i;
+        let entry_offset = body_offset + at as u64;
+        if payload.len() - at < ENTRY_OVERHEAD_BYTES {
+            return Err(fault(entry_offset, s, "entry runs past the end of its frame".into()));
+        }
+        let body_len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+        if body_len > ENTRY_BODY_BYTES_MAX || payload.len() - at - ENTRY_OVERHEAD_BYTES < body_len {
+            return Err(fault(entry_offset, s, format!("entry length {body_len} runs past its frame")));
+        }
+        let entry_seq = u64::from_le_bytes(payload[at + 4..at + 12].try_into().unwrap());
+        if entry_seq != s {
+            return Err(fault(
+                entry_offset,
+                s,
+                format!("found entry {entry_seq} where entry {s} belongs: entries are missing or reordered"),
+            ));
+        }
+        let kind = payload[at + 12];
+        let body = &payload[at + 13..at + 13 + body_len];
+        let stored: [u8; 32] = payload[at + 13 + body_len..at + 45 + body_len].try_into().unwrap();
+        let computed = entry_hash(&hash, s, kind, body);
+        if computed != stored {
+            return Err(fault(
+                entry_offset,
+                s,
+                "hash mismatch: the entry was altered or does not follow the previous entry".into(),
+            ));
+        }
+        hash = stored;
+        at += ENTRY_OVERHEAD_BYTES + body_len;
+    }
+    if at != payload.len() {
+        return Err(fault(body_offset + at as u64, seq + count as u64, "trailing bytes in frame".into()));
+    }
+    Ok((count, hash))
+}
+
+fn parse_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<(u32, u32), String> {
+    let magic = u32::from_le_bytes(header[0..4].try_into().unwrap());
+    if magic != FRAME_MAGIC {
+        return Err("no frame header here (bad magic)".into());
+    }
+    let check = u64::from_le_bytes(header[24..32].try_into().unwrap());
+    if check != header_check(header) {
+        return Err("frame header checksum mismatch".into());
+    }
+    let version = u16::from_le_bytes(header[4..6].try_into().unwrap());
+    if version != FORMAT_VERSION {
+        return Err(format!("unknown journal format version {version}"));
+    }
+    let count = u32::from_le_bytes(header[8..12].try_into().unwrap());
+    let payload_len = u32::from_le_bytes(header[12..16].try_into().unwrap());
+    if payload_len as usize > FRAME_PAYLOAD_BYTES_MAX || count == 0 {
+        return Err(format!("implausible frame: {count} entries in {payload_len} bytes"));
+    }
+    Ok((count, payload_len))
+}
+
+/// Looks for a frame header with a valid checksum at or after `from` (byte by byte).
+fn find_valid_header_after(file: &mut File, from: u64, file_len: u64, _fault: &FrameFault) -> Option<u64> {
+    if from >= file_len {
+        return None;
+    }
+    let mut rest = Vec::new();
+    file.seek(SeekFrom::Start(from)).ok()?;
+    file.take(file_len - from).read_to_end(&mut rest).ok()?;
+    let magic = FRAME_MAGIC.to_le_bytes();
+    let mut i = 0usize;
+    while i + FRAME_HEADER_BYTES <= rest.len() {
+        if rest[i..i + 4] == magic {
+            let header: &[u8; FRAME_HEADER_BYTES] = rest[i..i + FRAME_HEADER_BYTES].try_into().unwrap();
+            if parse_header(header).is_ok() {
+                return Some(from + i as u64);
+            }
+        }
+        i += 1;
+    }
+    None
+}

@@ -1,0 +1,1149 @@
+//! The in-memory ledger state machine.
+//!
+//! [`Ledger`] holds every account and transfer and decides each event's result. It does no I/O: the
+//! caller passes the wall-clock time, and the store that owns it journals what [`Ledger::drain_log`]
+//! returns before acknowledging. Replaying the journal calls the same code with the recorded
+//! timestamps (`replay_*`) and checks that each event gives the recorded result, so the live path and
+//! recovery can never disagree silently.
+
+use std::collections::BTreeSet;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashTable;
+
+use crate::account::{Account, AccountFlags, AccountStatus, Balances, NewAccount, StatusAction};
+use crate::id::Id;
+use crate::money::{Currency, CurrencyCode};
+use crate::result::ResultCode;
+use crate::transfer::{PendingStatus, References, Transfer, TransferKind, TransferRequest};
+use crate::{
+    ACCOUNTS_MAX, BATCH_EVENTS_MAX, END_TO_END_ID_BYTES_MAX, METADATA_BYTES_MAX, PENDING_TIMEOUT_MS_MAX,
+    TRANSFERS_MAX,
+};
+
+const NONE: u32 = u32::MAX;
+/// Set in a history entry's event index when the entry is the expiry of that pending transfer.
+const EXPIRY_BIT: u32 = 1 << 31;
+const NS_PER_MS: u64 = 1_000_000;
+
+/// The result of one event with the ledger timestamp it got (or, for `exists`, the original's).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EventResult {
+    /// The outcome.
+    pub result: ResultCode,
+    /// Ledger timestamp; 0 when the event was rejected without being recorded.
+    pub timestamp_ns: u64,
+}
+
+impl EventResult {
+    fn rejected(result: ResultCode) -> EventResult {
+        EventResult { result, timestamp_ns: 0 }
+    }
+}
+
+/// An event the ledger applied and that must be journaled before it is acknowledged.
+/// Indices refer to [`Ledger`] internals and are resolved with the `*_at` accessors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum LogItem {
+    /// Account number `.0` was created.
+    AccountCreated(u32),
+    /// Account `account` changed status by `action` at `timestamp_ns`.
+    StatusChanged {
+        /// Account index.
+        account: u32,
+        /// What changed.
+        action: StatusAction,
+        /// When.
+        timestamp_ns: u64,
+    },
+    /// Transfer number `.0` was recorded (applied, or failed and kept for idempotency).
+    Transfer(u32),
+    /// Pending transfer number `.0` expired.
+    Expired(u32),
+}
+
+/// Why a replayed event did not reproduce the journal (the journal and the code disagree).
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub struct ReplayError {
+    /// What was replayed.
+    pub what: String,
+    /// The result the journal recorded.
+    pub recorded: ResultCode,
+    /// The result the ledger computed now.
+    pub computed: ResultCode,
+}
+
+impl std::fmt::Display for ReplayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "replaying {} gave {} but the journal recorded {}",
+            self.what, self.computed, self.recorded
+        )
+    }
+}
+
+/// A page request over an account's transfers (time order).
+#[derive(Clone, Debug, Default)]
+pub struct Page<'a> {
+    /// How many transfers at most.
+    pub limit: usize,
+    /// Only transfers after this one.
+    pub starting_after: Option<&'a str>,
+    /// Only transfers before this one.
+    pub ending_before: Option<&'a str>,
+}
+
+/// Why a query could not be answered.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum QueryError {
+    /// The account does not exist.
+    AccountNotFound,
+    /// The cursor transfer does not exist or does not touch this account.
+    CursorNotFound,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct HistoryEntry {
+    /// Transfer index, with [`EXPIRY_BIT`] for the expiry of that pending transfer.
+    event: u32,
+    balances: Balances,
+}
+
+#[derive(Debug)]
+struct AccountRecord {
+    id: Id,
+    currency: Currency,
+    flags: AccountFlags,
+    limit_minor: Option<u64>,
+    status: AccountStatus,
+    metadata: Option<Box<[u8]>>,
+    balances: Balances,
+    timestamp_ns: u64,
+    history: Vec<HistoryEntry>,
+}
+
+#[derive(Debug, Default)]
+struct TransferExtra {
+    metadata: Option<Box<[u8]>>,
+    references: References,
+    /// For failed transfers: the request as it came (accounts may not exist).
+    failed_request: Option<Box<TransferRequest>>,
+}
+
+#[derive(Debug)]
+struct TransferRecord {
+    id: Id,
+    amount_minor: u64,
+    timestamp_ns: u64,
+    /// For a pending transfer: when it was posted/voided/expired (0 while pending).
+    resolved_at_ns: u64,
+    /// For a pending transfer: 0 or the expiry time.
+    expires_at_ns: u64,
+    timeout_ms: u64,
+    debit: u32,
+    credit: u32,
+    /// For post/void: the pending transfer's index.
+    pending: u32,
+    code: u32,
+    currency: CurrencyCode,
+    kind: TransferKind,
+    result: ResultCode,
+    pending_status: PendingStatus,
+    extra: Option<Box<TransferExtra>>,
+}
+
+/// What to restore when a linked chain fails.
+#[derive(Debug)]
+struct Undo {
+    transfer: u32,
+    debit_before: Balances,
+    credit_before: Balances,
+    /// Post/void: the pending transfer's status before.
+    pending_before: Option<(PendingStatus, u64)>,
+}
+
+/// The ledger: accounts, transfers, holds, and the rules that decide every outcome.
+pub struct Ledger {
+    hasher: RandomState,
+    accounts: Vec<AccountRecord>,
+    accounts_index: HashTable<u32>,
+    transfers: Vec<TransferRecord>,
+    transfers_index: HashTable<u32>,
+    /// (expires_at_ns, transfer index) of holds with a timeout that are still pending.
+    expiries: BTreeSet<(u64, u32)>,
+    last_timestamp_ns: u64,
+    log: Vec<LogItem>,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Ledger::new()
+    }
+}
+
+fn hash_str(hasher: &RandomState, s: &str) -> u64 {
+    use std::hash::BuildHasher;
+    hasher.hash_one(s)
+}
+
+impl Ledger {
+    /// An empty ledger.
+    pub fn new() -> Ledger {
+        Ledger {
+            // A fixed seed keeps behaviour reproducible; ids come from authenticated clients, and the
+            // table's probing stays fast under a skewed id distribution.
+            hasher: RandomState::default(),
+            accounts: Vec::new(),
+            accounts_index: HashTable::new(),
+            transfers: Vec::new(),
+            transfers_index: HashTable::new(),
+            expiries: BTreeSet::new(),
+            last_timestamp_ns: 0,
+            log: Vec::new(),
+        }
+    }
+
+    /// The last timestamp assigned.
+    pub fn last_timestamp_ns(&self) -> u64 {
+        self.last_timestamp_ns
+    }
+
+    /// How many accounts exist.
+    pub fn accounts_count(&self) -> usize {
+        self.accounts.len()
+    }
+
+    /// How many transfers are recorded (failed ones included).
+    pub fn transfers_count(&self) -> usize {
+        self.transfers.len()
+    }
+
+    fn next_timestamp(&mut self, now_ns: u64) -> u64 {
+        let ts = now_ns.max(self.last_timestamp_ns + 1);
+        self.last_timestamp_ns = ts;
+        ts
+    }
+
+    fn find_account(&self, id: &str) -> Option<u32> {
+        let hash = hash_str(&self.hasher, id);
+        self.accounts_index.find(hash, |&i| &*self.accounts[i as usize].id == id).copied()
+    }
+
+    fn find_transfer(&self, id: &str) -> Option<u32> {
+        let hash = hash_str(&self.hasher, id);
+        self.transfers_index.find(hash, |&i| &*self.transfers[i as usize].id == id).copied()
+    }
+
+    /// Takes the events applied since the last call, in order, for the journal.
+    pub fn drain_log(&mut self) -> std::vec::Drain<'_, LogItem> {
+        self.log.drain(..)
+    }
+
+    /// Whether there are applied events not yet drained.
+    pub fn has_log(&self) -> bool {
+        !self.log.is_empty()
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Accounts
+
+    /// Creates accounts. One result per account, in order.
+    pub fn create_accounts(&mut self, batch: Vec<NewAccount>, now_ns: u64) -> Vec<EventResult> {
+        assert!(batch.len() <= BATCH_EVENTS_MAX, "batch size is checked by the caller");
+        batch.into_iter().map(|a| self.create_account(a, now_ns, None)).collect()
+    }
+
+    fn create_account(&mut self, new: NewAccount, now_ns: u64, at_ns: Option<u64>) -> EventResult {
+        if new.flags.debits_must_not_exceed_credits && new.flags.credits_must_not_exceed_debits {
+            return EventResult::rejected(ResultCode::FlagsAreMutuallyExclusive);
+        }
+        if new.limit_minor.is_some()
+            && !new.flags.debits_must_not_exceed_credits
+            && !new.flags.credits_must_not_exceed_debits
+        {
+            return EventResult::rejected(ResultCode::LimitRequiresFlag);
+        }
+        if new.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) {
+            return EventResult::rejected(ResultCode::MetadataTooLarge);
+        }
+        if let Some(existing) = self.find_account(&new.id) {
+            let a = &self.accounts[existing as usize];
+            let result = if a.currency != new.currency {
+                ResultCode::ExistsWithDifferentCurrency
+            } else if a.flags != new.flags {
+                ResultCode::ExistsWithDifferentFlags
+            } else if a.limit_minor != new.limit_minor {
+                ResultCode::ExistsWithDifferentLimit
+            } else if a.metadata != new.metadata {
+                ResultCode::ExistsWithDifferentMetadata
+            } else {
+                return EventResult { result: ResultCode::Exists, timestamp_ns: a.timestamp_ns };
+            };
+            return EventResult::rejected(result);
+        }
+        if self.accounts.len() >= ACCOUNTS_MAX {
+            return EventResult::rejected(ResultCode::CapacityExceeded);
+        }
+        let timestamp_ns = match at_ns {
+            Some(ts) => {
+                self.last_timestamp_ns = ts;
+                ts
+            }
+            None => self.next_timestamp(now_ns),
+        };
+        let index = self.accounts.len() as u32;
+        let hash = hash_str(&self.hasher, &new.id);
+        self.accounts.push(AccountRecord {
+            id: new.id,
+            currency: new.currency,
+            flags: new.flags,
+            limit_minor: new.limit_minor,
+            status: AccountStatus::Open,
+            metadata: new.metadata,
+            balances: Balances::default(),
+            timestamp_ns,
+            history: Vec::new(),
+        });
+        let (accounts, hasher) = (&self.accounts, &self.hasher);
+        self.accounts_index
+            .insert_unique(hash, index, |&i| hash_str(hasher, &accounts[i as usize].id));
+        self.log.push(LogItem::AccountCreated(index));
+        EventResult { result: ResultCode::Ok, timestamp_ns }
+    }
+
+    /// Freezes, unfreezes or closes an account.
+    pub fn set_account_status(&mut self, id: &str, action: StatusAction, now_ns: u64) -> EventResult {
+        self.set_status(id, action, now_ns, None)
+    }
+
+    fn set_status(&mut self, id: &str, action: StatusAction, now_ns: u64, at_ns: Option<u64>) -> EventResult {
+        let Some(index) = self.find_account(id) else {
+            return EventResult::rejected(ResultCode::AccountNotFound);
+        };
+        let account = &self.accounts[index as usize];
+        let next = match (account.status, action) {
+            (AccountStatus::Closed, _) => return EventResult::rejected(ResultCode::AccountClosed),
+            (AccountStatus::Open, StatusAction::Unfreeze) | (AccountStatus::Frozen, StatusAction::Freeze) => {
+                // Already there: idempotent, nothing to journal.
+                return EventResult { result: ResultCode::Ok, timestamp_ns: self.last_timestamp_ns };
+            }
+            (_, StatusAction::Freeze) => AccountStatus::Frozen,
+            (_, StatusAction::Unfreeze) => AccountStatus::Open,
+            (_, StatusAction::Close) => {
+                let b = &account.balances;
+                if b.debits_pending != 0 || b.credits_pending != 0 {
+                    return EventResult::rejected(ResultCode::AccountHasPending);
+                }
+                if b.debits_posted != b.credits_posted {
+                    return EventResult::rejected(ResultCode::AccountBalanceNotZero);
+                }
+                AccountStatus::Closed
+            }
+        };
+        let timestamp_ns = match at_ns {
+            Some(ts) => {
+                self.last_timestamp_ns = ts;
+                ts
+            }
+            None => self.next_timestamp(now_ns),
+        };
+        self.accounts[index as usize].status = next;
+        self.log.push(LogItem::StatusChanged { account: index, action, timestamp_ns });
+        EventResult { result: ResultCode::Ok, timestamp_ns }
+    }
+
+    /// An account with its balances.
+    pub fn account(&self, id: &str) -> Option<Account> {
+        self.find_account(id).map(|i| self.account_at(i))
+    }
+
+    /// The account at an index from a [`LogItem`].
+    pub fn account_at(&self, index: u32) -> Account {
+        let a = &self.accounts[index as usize];
+        Account {
+            id: a.id.clone(),
+            currency: a.currency,
+            flags: a.flags,
+            limit_minor: a.limit_minor,
+            status: a.status,
+            metadata: a.metadata.clone(),
+            balances: a.balances,
+            timestamp_ns: a.timestamp_ns,
+        }
+    }
+
+    /// The id of the account at an index.
+    pub fn account_id_at(&self, index: u32) -> &Id {
+        &self.accounts[index as usize].id
+    }
+
+    /// Every account, in creation order.
+    pub fn accounts(&self) -> impl Iterator<Item = Account> + '_ {
+        (0..self.accounts.len() as u32).map(|i| self.account_at(i))
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Transfers
+
+    /// Creates transfers. One result per transfer, in order; a linked chain (consecutive transfers
+    /// with `linked` set, ending at the first without) is applied entirely or not at all.
+    pub fn create_transfers(&mut self, batch: Vec<TransferRequest>, now_ns: u64) -> Vec<EventResult> {
+        assert!(batch.len() <= BATCH_EVENTS_MAX, "batch size is checked by the caller");
+        let count = batch.len();
+        let mut results = Vec::with_capacity(count);
+        let mut chain: Vec<Undo> = Vec::new();
+        // Index of the first event of the current chain (or of the lone event).
+        let mut chain_start = 0usize;
+        let mut chain_log_len = self.log.len();
+        let mut chain_failed = false;
+
+        for (i, request) in batch.into_iter().enumerate() {
+            if i == chain_start {
+                chain_log_len = self.log.len();
+            }
+            let linked = request.linked;
+            let member = linked || i > chain_start;
+            let result = if chain_failed {
+                EventResult::rejected(ResultCode::LinkedEventFailed)
+            } else {
+                let ts = self.next_timestamp(now_ns);
+                let outcome = self.execute(request, ts, !member, member.then_some(&mut chain));
+                if member && !outcome.result.is_success() {
+                    chain_failed = true;
+                }
+                outcome
+            };
+            results.push(result);
+            if !linked {
+                // The chain (or the lone event) ends here.
+                if chain_failed {
+                    self.rollback_chain(&mut chain, chain_log_len);
+                    for r in &mut results[chain_start..] {
+                        if r.result.is_success() {
+                            *r = EventResult::rejected(ResultCode::LinkedEventFailed);
+                        }
+                    }
+                }
+                chain.clear();
+                chain_failed = false;
+                chain_start = i + 1;
+            }
+        }
+        if chain_start < count {
+            // The batch ended inside a chain: refuse the whole open chain.
+            self.rollback_chain(&mut chain, chain_log_len);
+            for r in &mut results[chain_start..] {
+                *r = EventResult::rejected(ResultCode::LinkedEventChainOpen);
+            }
+        }
+        debug_assert_eq!(results.len(), count);
+        results
+    }
+
+    fn rollback_chain(&mut self, chain: &mut Vec<Undo>, log_len: usize) {
+        while let Some(undo) = chain.pop() {
+            self.undo(undo);
+        }
+        self.log.truncate(log_len);
+    }
+
+    fn undo(&mut self, undo: Undo) {
+        let index = undo.transfer;
+        assert_eq!(index as usize + 1, self.transfers.len(), "undo is last-in first-out");
+        let record = self.transfers.pop().expect("record to undo");
+        let hash = hash_str(&self.hasher, &record.id);
+        match self.transfers_index.find_entry(hash, |&i| i == index) {
+            Ok(entry) => {
+                entry.remove();
+            }
+            Err(_) => unreachable!("undone transfer is indexed"),
+        }
+        for (account, before) in [(record.debit, undo.debit_before), (record.credit, undo.credit_before)] {
+            let a = &mut self.accounts[account as usize];
+            let popped = a.history.pop().expect("history entry to undo");
+            assert_eq!(popped.event, index);
+            a.balances = before;
+        }
+        if record.kind == TransferKind::Pending && record.expires_at_ns != 0 {
+            self.expiries.remove(&(record.expires_at_ns, index));
+        }
+        if let Some((status, resolved_at_ns)) = undo.pending_before {
+            let pending = &mut self.transfers[record.pending as usize];
+            pending.pending_status = status;
+            pending.resolved_at_ns = resolved_at_ns;
+            if pending.expires_at_ns != 0 && status == PendingStatus::Pending {
+                self.expiries.insert((pending.expires_at_ns, record.pending));
+            }
+        }
+    }
+
+    /// Input checks that need no state.
+    fn validate(request: &TransferRequest) -> Result<(), ResultCode> {
+        match request.kind {
+            TransferKind::Single | TransferKind::Pending => {
+                let (Some(debit), Some(credit)) = (&request.debit_account_id, &request.credit_account_id)
+                else {
+                    return Err(ResultCode::AccountRequired);
+                };
+                if request.amount_minor.unwrap_or(0) == 0 {
+                    return Err(ResultCode::AmountMustBePositive);
+                }
+                if request.currency.is_none() {
+                    return Err(ResultCode::CurrencyRequired);
+                }
+                if debit == credit {
+                    return Err(ResultCode::SameAccount);
+                }
+                if request.kind == TransferKind::Single && request.timeout_ms_normalized().is_some() {
+                    return Err(ResultCode::TimeoutReservedForPending);
+                }
+                if request.timeout_ms.unwrap_or(0) > PENDING_TIMEOUT_MS_MAX {
+                    return Err(ResultCode::TimeoutTooLarge);
+                }
+            }
+            TransferKind::PostPending | TransferKind::VoidPending => {
+                if request.pending_id.is_none() {
+                    return Err(ResultCode::PendingNotFound);
+                }
+                if request.timeout_ms_normalized().is_some() {
+                    return Err(ResultCode::TimeoutReservedForPending);
+                }
+                if request.amount_minor == Some(0) {
+                    return Err(ResultCode::AmountMustBePositive);
+                }
+                if request.kind == TransferKind::VoidPending && request.amount_minor.is_some() {
+                    return Err(ResultCode::AmountReservedForPost);
+                }
+                if let (Some(d), Some(c)) = (&request.debit_account_id, &request.credit_account_id) {
+                    if d == c {
+                        return Err(ResultCode::SameAccount);
+                    }
+                }
+            }
+        }
+        if request.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) {
+            return Err(ResultCode::MetadataTooLarge);
+        }
+        if let Some(e2e) = &request.references.end_to_end_id {
+            if e2e.is_empty() || e2e.len() > END_TO_END_ID_BYTES_MAX {
+                return Err(ResultCode::ReferenceInvalid);
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether a failure depends on the ledger's state; such failures are recorded so that a retry of
+    /// the same id returns the same result (the id is a permanent idempotency key).
+    fn failure_is_recorded(result: ResultCode) -> bool {
+        use ResultCode::*;
+        matches!(
+            result,
+            AccountNotFound
+                | CurrencyMismatch
+                | ExceedsCredits
+                | ExceedsDebits
+                | AccountFrozen
+                | AccountClosed
+                | PendingNotFound
+                | PendingAlreadyPosted
+                | PendingAlreadyVoided
+                | PendingExpired
+                | PostAmountExceedsPending
+                | PendingTransferNotPending
+                | PendingTransferHasDifferentAccounts
+                | Overflow
+        )
+    }
+
+    /// Decides and applies one transfer at ledger time `ts`. `record_failure`: keep a state-dependent
+    /// failure under the id (false inside linked chains, whose failure leaves no trace).
+    fn execute(
+        &mut self,
+        request: TransferRequest,
+        ts: u64,
+        record_failure: bool,
+        chain: Option<&mut Vec<Undo>>,
+    ) -> EventResult {
+        if let Err(code) = Self::validate(&request) {
+            return EventResult::rejected(code);
+        }
+        let hash = hash_str(&self.hasher, &request.id);
+        if let Some(&existing) =
+            self.transfers_index.find(hash, |&i| *self.transfers[i as usize].id == *request.id)
+        {
+            return self.compare_existing(existing, &request);
+        }
+        if self.transfers.len() >= TRANSFERS_MAX {
+            return EventResult::rejected(ResultCode::CapacityExceeded);
+        }
+        match self.decide(&request, ts) {
+            Ok(decision) => {
+                let undo = self.apply(request, hash, ts, decision);
+                if let Some(chain) = chain {
+                    chain.push(undo);
+                }
+                EventResult { result: ResultCode::Ok, timestamp_ns: ts }
+            }
+            Err(code) if record_failure && Self::failure_is_recorded(code) => {
+                self.record_failure(request, hash, ts, code);
+                EventResult { result: code, timestamp_ns: ts }
+            }
+            Err(code) => EventResult::rejected(code),
+        }
+    }
+
+    fn decide(&self, request: &TransferRequest, ts: u64) -> Result<Decision, ResultCode> {
+        match request.kind {
+            TransferKind::Single | TransferKind::Pending => {
+                let debit = self
+                    .find_account(request.debit_account_id.as_deref().expect("validated"))
+                    .ok_or(ResultCode::AccountNotFound)?;
+                let credit = self
+                    .find_account(request.credit_account_id.as_deref().expect("validated"))
+                    .ok_or(ResultCode::AccountNotFound)?;
+                let amount = request.amount_minor.expect("validated");
+                let currency = request.currency.expect("validated");
+                let (d, c) = (&self.accounts[debit as usize], &self.accounts[credit as usize]);
+                if d.currency.code() != currency || c.currency.code() != currency {
+                    return Err(ResultCode::CurrencyMismatch);
+                }
+                for a in [d, c] {
+                    match a.status {
+                        AccountStatus::Open => {}
+                        AccountStatus::Frozen => return Err(ResultCode::AccountFrozen),
+                        AccountStatus::Closed => return Err(ResultCode::AccountClosed),
+                    }
+                }
+                let pending = request.kind == TransferKind::Pending;
+                let (db, cb) = (d.balances, c.balances);
+                // Each balance field must fit; then the floors, computed in u128 (no overflow possible).
+                let (d_field, c_field) = if pending {
+                    (db.debits_pending, cb.credits_pending)
+                } else {
+                    (db.debits_posted, cb.credits_posted)
+                };
+                d_field.checked_add(amount).ok_or(ResultCode::Overflow)?;
+                c_field.checked_add(amount).ok_or(ResultCode::Overflow)?;
+                if d.flags.debits_must_not_exceed_credits {
+                    let debits = db.debits_posted as u128 + db.debits_pending as u128 + amount as u128;
+                    let ceiling = db.credits_posted as u128 + d.limit_minor.unwrap_or(0) as u128;
+                    if debits > ceiling {
+                        return Err(ResultCode::ExceedsCredits);
+                    }
+                }
+                if c.flags.credits_must_not_exceed_debits {
+                    let credits = cb.credits_posted as u128 + cb.credits_pending as u128 + amount as u128;
+                    let ceiling = cb.debits_posted as u128 + c.limit_minor.unwrap_or(0) as u128;
+                    if credits > ceiling {
+                        return Err(ResultCode::ExceedsDebits);
+                    }
+                }
+                let expires_at_ns = match request.timeout_ms_normalized() {
+                    Some(ms) if pending => ts.checked_add(ms * NS_PER_MS).ok_or(ResultCode::Overflow)?,
+                    _ => 0,
+                };
+                Ok(Decision { debit, credit, amount, currency, pending: NONE, expires_at_ns })
+            }
+            TransferKind::PostPending | TransferKind::VoidPending => {
+                let pending_index = self
+                    .find_transfer(request.pending_id.as_deref().expect("validated"))
+                    .ok_or(ResultCode::PendingNotFound)?;
+                let p = &self.transfers[pending_index as usize];
+                if p.kind != TransferKind::Pending {
+                    return Err(ResultCode::PendingTransferNotPending);
+                }
+                if p.result != ResultCode::Ok {
+                    // The pending transfer itself failed: there is no hold.
+                    return Err(ResultCode::PendingNotFound);
+                }
+                let (debit, credit) = (p.debit, p.credit);
+                if request.debit_account_id.as_ref().is_some_and(|id| *id != self.accounts[debit as usize].id)
+                    || request
+                        .credit_account_id
+                        .as_ref()
+                        .is_some_and(|id| *id != self.accounts[credit as usize].id)
+                {
+                    return Err(ResultCode::PendingTransferHasDifferentAccounts);
+                }
+                if request.currency.is_some_and(|c| c != p.currency) {
+                    return Err(ResultCode::CurrencyMismatch);
+                }
+                match p.pending_status {
+                    PendingStatus::Pending => {}
+                    PendingStatus::Posted => return Err(ResultCode::PendingAlreadyPosted),
+                    PendingStatus::Voided => return Err(ResultCode::PendingAlreadyVoided),
+                    PendingStatus::Expired => return Err(ResultCode::PendingExpired),
+                }
+                if p.expires_at_ns != 0 && p.expires_at_ns <= ts {
+                    return Err(ResultCode::PendingExpired);
+                }
+                let amount = match request.kind {
+                    TransferKind::PostPending => {
+                        let amount = request.amount_minor.unwrap_or(p.amount_minor);
+                        if amount > p.amount_minor {
+                            return Err(ResultCode::PostAmountExceedsPending);
+                        }
+                        for a in [debit, credit] {
+                            match self.accounts[a as usize].status {
+                                AccountStatus::Open => {}
+                                AccountStatus::Frozen => return Err(ResultCode::AccountFrozen),
+                                AccountStatus::Closed => return Err(ResultCode::AccountClosed),
+                            }
+                        }
+                        let (db, cb) =
+                            (self.accounts[debit as usize].balances, self.accounts[credit as usize].balances);
+                        db.debits_posted.checked_add(amount).ok_or(ResultCode::Overflow)?;
+                        cb.credits_posted.checked_add(amount).ok_or(ResultCode::Overflow)?;
+                        amount
+                    }
+                    _ => p.amount_minor,
+                };
+                Ok(Decision { debit, credit, amount, currency: p.currency, pending: pending_index, expires_at_ns: 0 })
+            }
+        }
+    }
+
+    fn apply(&mut self, request: TransferRequest, hash: u64, ts: u64, d: Decision) -> Undo {
+        let index = self.transfers.len() as u32;
+        let debit_before = self.accounts[d.debit as usize].balances;
+        let credit_before = self.accounts[d.credit as usize].balances;
+        let mut pending_before = None;
+        match request.kind {
+            TransferKind::Single => {
+                let db = &mut self.accounts[d.debit as usize].balances;
+                db.debits_posted += d.amount;
+                let cb = &mut self.accounts[d.credit as usize].balances;
+                cb.credits_posted += d.amount;
+            }
+            TransferKind::Pending => {
+                self.accounts[d.debit as usize].balances.debits_pending += d.amount;
+                self.accounts[d.credit as usize].balances.credits_pending += d.amount;
+                if d.expires_at_ns != 0 {
+                    self.expiries.insert((d.expires_at_ns, index));
+                }
+            }
+            TransferKind::PostPending | TransferKind::VoidPending => {
+                let p = &mut self.transfers[d.pending as usize];
+                pending_before = Some((p.pending_status, p.resolved_at_ns));
+                let held = p.amount_minor;
+                p.pending_status = if request.kind == TransferKind::PostPending {
+                    PendingStatus::Posted
+                } else {
+                    PendingStatus::Voided
+                };
+                p.resolved_at_ns = ts;
+                if p.expires_at_ns != 0 {
+                    self.expiries.remove(&(p.expires_at_ns, d.pending));
+                }
+                let db = &mut self.accounts[d.debit as usize].balances;
+                db.debits_pending -= held;
+                let cb = &mut self.accounts[d.credit as usize].balances;
+                cb.credits_pending -= held;
+                if request.kind == TransferKind::PostPending {
+                    self.accounts[d.debit as usize].balances.debits_posted += d.amount;
+                    self.accounts[d.credit as usize].balances.credits_posted += d.amount;
+                }
+            }
+        }
+        for account in [d.debit, d.credit] {
+            let a = &mut self.accounts[account as usize];
+            a.history.push(HistoryEntry { event: index, balances: a.balances });
+        }
+        let timeout_ms = request.timeout_ms_normalized().unwrap_or(0);
+        let extra = if request.metadata.is_some() || !request.references.is_empty() {
+            Some(Box::new(TransferExtra {
+                metadata: request.metadata,
+                references: request.references,
+                failed_request: None,
+            }))
+        } else {
+            None
+        };
+        self.transfers.push(TransferRecord {
+            id: request.id,
+            amount_minor: d.amount,
+            timestamp_ns: ts,
+            resolved_at_ns: 0,
+            expires_at_ns: d.expires_at_ns,
+            timeout_ms,
+            debit: d.debit,
+            credit: d.credit,
+            pending: d.pending,
+            code: request.code,
+            currency: d.currency,
+            kind: request.kind,
+            result: ResultCode::Ok,
+            pending_status: PendingStatus::Pending,
+            extra,
+        });
+        let (transfers, hasher) = (&self.transfers, &self.hasher);
+        self.transfers_index
+            .insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
+        self.log.push(LogItem::Transfer(index));
+        Undo { transfer: index, debit_before, credit_before, pending_before }
+    }
+
+    fn record_failure(&mut self, request: TransferRequest, hash: u64, ts: u64, code: ResultCode) {
+        let index = self.transfers.len() as u32;
+        self.transfers.push(TransferRecord {
+            id: request.id.clone(),
+            amount_minor: request.amount_minor.unwrap_or(0),
+            timestamp_ns: ts,
+            resolved_at_ns: 0,
+            expires_at_ns: 0,
+            timeout_ms: request.timeout_ms_normalized().unwrap_or(0),
+            debit: NONE,
+            credit: NONE,
+            pending: NONE,
+            code: request.code,
+            currency: request.currency.unwrap_or_else(|| CurrencyCode::new("XXX").expect("valid")),
+            kind: request.kind,
+            result: code,
+            pending_status: PendingStatus::Pending,
+            extra: Some(Box::new(TransferExtra {
+                metadata: None,
+                references: References::default(),
+                failed_request: Some(Box::new(request)),
+            })),
+        });
+        let (transfers, hasher) = (&self.transfers, &self.hasher);
+        self.transfers_index
+            .insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
+        self.log.push(LogItem::Transfer(index));
+    }
+
+    /// Compares a request with the transfer already recorded under its id.
+    fn compare_existing(&self, index: u32, new: &TransferRequest) -> EventResult {
+        let old = self.request_at(index);
+        let r = &self.transfers[index as usize];
+        let resolves = new.kind.resolves_pending();
+        // For post/void an omitted field means "as in the pending transfer" and matches.
+        let differs = |old: &Option<Id>, new: &Option<Id>| match new {
+            None if resolves => false,
+            _ => old != new,
+        };
+        let result = if old.kind != new.kind {
+            ResultCode::ExistsWithDifferentKind
+        } else if old.pending_id != new.pending_id {
+            ResultCode::ExistsWithDifferentPendingId
+        } else if old.timeout_ms_normalized() != new.timeout_ms_normalized() {
+            ResultCode::ExistsWithDifferentTimeout
+        } else if differs(&old.debit_account_id, &new.debit_account_id)
+            || differs(&old.credit_account_id, &new.credit_account_id)
+        {
+            ResultCode::ExistsWithDifferentAccounts
+        } else if match new.amount_minor {
+            None if resolves => false,
+            _ => old.amount_minor != new.amount_minor,
+        } {
+            ResultCode::ExistsWithDifferentAmount
+        } else if match new.currency {
+            None if resolves => false,
+            _ => old.currency != new.currency,
+        } {
+            ResultCode::ExistsWithDifferentCurrency
+        } else if old.code != new.code {
+            ResultCode::ExistsWithDifferentCode
+        } else if old.metadata != new.metadata {
+            ResultCode::ExistsWithDifferentMetadata
+        } else if old.references != new.references {
+            ResultCode::ExistsWithDifferentReferences
+        } else if r.result == ResultCode::Ok {
+            return EventResult { result: ResultCode::Exists, timestamp_ns: r.timestamp_ns };
+        } else {
+            // The same request failed before: the same failure, forever.
+            return EventResult { result: r.result, timestamp_ns: r.timestamp_ns };
+        };
+        EventResult::rejected(result)
+    }
+
+    /// The canonical request of the transfer at an index.
+    pub fn request_at(&self, index: u32) -> TransferRequest {
+        let r = &self.transfers[index as usize];
+        if let Some(failed) = r.extra.as_ref().and_then(|e| e.failed_request.as_ref()) {
+            return (**failed).clone();
+        }
+        let (metadata, references) = match &r.extra {
+            Some(e) => (e.metadata.clone(), e.references.clone()),
+            None => (None, References::default()),
+        };
+        TransferRequest {
+            id: r.id.clone(),
+            kind: r.kind,
+            pending_id: (r.pending != NONE).then(|| self.transfers[r.pending as usize].id.clone()),
+            debit_account_id: Some(self.accounts[r.debit as usize].id.clone()),
+            credit_account_id: Some(self.accounts[r.credit as usize].id.clone()),
+            amount_minor: Some(r.amount_minor),
+            currency: Some(r.currency),
+            timeout_ms: (r.timeout_ms != 0).then_some(r.timeout_ms),
+            code: r.code,
+            metadata,
+            references,
+            linked: false,
+        }
+    }
+
+    /// The transfer at an index from a [`LogItem`].
+    pub fn transfer_at(&self, index: u32) -> Transfer {
+        let r = &self.transfers[index as usize];
+        let is_hold = r.kind == TransferKind::Pending && r.result == ResultCode::Ok;
+        Transfer {
+            request: self.request_at(index),
+            timestamp_ns: r.timestamp_ns,
+            result: r.result,
+            pending_status: is_hold.then_some(r.pending_status),
+            resolved_at_ns: (is_hold && r.resolved_at_ns != 0).then_some(r.resolved_at_ns),
+            expires_at_ns: (is_hold && r.expires_at_ns != 0).then_some(r.expires_at_ns),
+        }
+    }
+
+    /// The id of the transfer at an index.
+    pub fn transfer_id_at(&self, index: u32) -> &Id {
+        &self.transfers[index as usize].id
+    }
+
+    /// The expiry timestamp of the pending transfer at an index (for journaling an expiry).
+    pub fn resolved_at_ns(&self, index: u32) -> u64 {
+        self.transfers[index as usize].resolved_at_ns
+    }
+
+    /// A transfer by id, failed ones included.
+    pub fn transfer(&self, id: &str) -> Option<Transfer> {
+        self.find_transfer(id).map(|i| self.transfer_at(i))
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Expiry
+
+    /// When the next hold expires, if any has a timeout.
+    pub fn next_expiry_ns(&self) -> Option<u64> {
+        self.expiries.first().map(|(at, _)| *at)
+    }
+
+    /// Expires every hold whose timeout has passed at `now_ns`, releasing it. Returns how many.
+    pub fn expire_due(&mut self, now_ns: u64) -> usize {
+        let mut expired = 0;
+        while let Some(&(at, index)) = self.expiries.first() {
+            if at > now_ns {
+                break;
+            }
+            let ts = self.next_timestamp(now_ns);
+            self.expire(index, ts);
+            expired += 1;
+        }
+        expired
+    }
+
+    fn expire(&mut self, index: u32, ts: u64) {
+        let r = &mut self.transfers[index as usize];
+        assert_eq!(r.pending_status, PendingStatus::Pending);
+        assert!(r.expires_at_ns != 0 && r.expires_at_ns <= ts);
+        self.expiries.remove(&(r.expires_at_ns, index));
+        r.pending_status = PendingStatus::Expired;
+        r.resolved_at_ns = ts;
+        let (amount, debit, credit) = (r.amount_minor, r.debit, r.credit);
+        let d = &mut self.accounts[debit as usize];
+        d.balances.debits_pending -= amount;
+        d.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: d.balances });
+        let c = &mut self.accounts[credit as usize];
+        c.balances.credits_pending -= amount;
+        c.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: c.balances });
+        self.log.push(LogItem::Expired(index));
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Replay: the same decisions, at recorded timestamps, checked against recorded results.
+
+    fn check_replay_time(&self, ts: u64, what: &str) -> Result<(), ReplayError> {
+        if ts <= self.last_timestamp_ns {
+            return Err(ReplayError {
+                what: format!("{what} at {ts} (not after {})", self.last_timestamp_ns),
+                recorded: ResultCode::Ok,
+                computed: ResultCode::Ok,
+            });
+        }
+        Ok(())
+    }
+
+    /// Replays an account creation recorded at `timestamp_ns`.
+    pub fn replay_account(&mut self, account: NewAccount, timestamp_ns: u64) -> Result<(), ReplayError> {
+        self.check_replay_time(timestamp_ns, "account creation")?;
+        let what = format!("account {}", account.id);
+        let r = self.create_account(account, 0, Some(timestamp_ns));
+        if r.result != ResultCode::Ok {
+            return Err(ReplayError { what, recorded: ResultCode::Ok, computed: r.result });
+        }
+        Ok(())
+    }
+
+    /// Replays an account status change recorded at `timestamp_ns`.
+    pub fn replay_status(&mut self, id: &str, action: StatusAction, timestamp_ns: u64) -> Result<(), ReplayError> {
+        self.check_replay_time(timestamp_ns, "status change")?;
+        let r = self.set_status(id, action, 0, Some(timestamp_ns));
+        if r.result != ResultCode::Ok || r.timestamp_ns != timestamp_ns {
+            return Err(ReplayError { what: format!("status of {id}"), recorded: ResultCode::Ok, computed: r.result });
+        }
+        Ok(())
+    }
+
+    /// Replays a transfer recorded at `timestamp_ns` with result `recorded`.
+    pub fn replay_transfer(
+        &mut self,
+        request: TransferRequest,
+        timestamp_ns: u64,
+        recorded: ResultCode,
+    ) -> Result<(), ReplayError> {
+        self.check_replay_time(timestamp_ns, "transfer")?;
+        let what = format!("transfer {}", request.id);
+        self.last_timestamp_ns = timestamp_ns;
+        let r = self.execute(request, timestamp_ns, true, None);
+        if r.result != recorded || r.timestamp_ns != timestamp_ns {
+            return Err(ReplayError { what, recorded, computed: r.result });
+        }
+        Ok(())
+    }
+
+    /// Replays the expiry of pending transfer `id` at `timestamp_ns`.
+    pub fn replay_expiry(&mut self, id: &str, timestamp_ns: u64) -> Result<(), ReplayError> {
+        self.check_replay_time(timestamp_ns, "expiry")?;
+        let fail = |computed| ReplayError { what: format!("expiry of {id}"), recorded: ResultCode::Ok, computed };
+        let index = self.find_transfer(id).ok_or_else(|| fail(ResultCode::PendingNotFound))?;
+        let r = &self.transfers[index as usize];
+        if r.kind != TransferKind::Pending || r.result != ResultCode::Ok {
+            return Err(fail(ResultCode::PendingTransferNotPending));
+        }
+        if r.pending_status != PendingStatus::Pending {
+            return Err(fail(ResultCode::PendingAlreadyPosted));
+        }
+        if r.expires_at_ns == 0 || r.expires_at_ns > timestamp_ns {
+            return Err(fail(ResultCode::PendingExpired));
+        }
+        self.last_timestamp_ns = timestamp_ns;
+        self.expire(index, timestamp_ns);
+        Ok(())
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Queries
+
+    fn history_timestamp(&self, entry: &HistoryEntry) -> u64 {
+        let r = &self.transfers[(entry.event & !EXPIRY_BIT) as usize];
+        if entry.event & EXPIRY_BIT != 0 {
+            r.resolved_at_ns
+        } else {
+            r.timestamp_ns
+        }
+    }
+
+    /// An account's balances as they were at `at_ns` (after every event with a timestamp ≤ `at_ns`).
+    pub fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, QueryError> {
+        let index = self.find_account(id).ok_or(QueryError::AccountNotFound)?;
+        let history = &self.accounts[index as usize].history;
+        let after = history.partition_point(|e| self.history_timestamp(e) <= at_ns);
+        Ok(if after == 0 { Balances::default() } else { history[after - 1].balances })
+    }
+
+    /// An account's applied transfers in time order, a page at a time. Returns the page and whether
+    /// more transfers lie beyond it in the direction of travel.
+    pub fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), QueryError> {
+        let index = self.find_account(id).ok_or(QueryError::AccountNotFound)?;
+        let history = &self.accounts[index as usize].history;
+        let position_of = |cursor: &str| -> Result<usize, QueryError> {
+            let t = self.find_transfer(cursor).ok_or(QueryError::CursorNotFound)?;
+            let ts = self.transfers[t as usize].timestamp_ns;
+            let at = history.partition_point(|e| self.history_timestamp(e) < ts);
+            match history.get(at) {
+                Some(e) if e.event == t => Ok(at),
+                _ => Err(QueryError::CursorNotFound),
+            }
+        };
+        let limit = page.limit.max(1);
+        let is_transfer = |e: &&HistoryEntry| e.event & EXPIRY_BIT == 0;
+        let (items, has_more): (Vec<u32>, bool) = if let Some(before) = page.ending_before {
+            let end = position_of(before)?;
+            let mut found: Vec<u32> =
+                history[..end].iter().rev().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
+            let more = found.len() > limit;
+            found.truncate(limit);
+            found.reverse();
+            (found, more)
+        } else {
+            let start = match page.starting_after {
+                Some(after) => position_of(after)? + 1,
+                None => 0,
+            };
+            let mut found: Vec<u32> =
+                history[start..].iter().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
+            let more = found.len() > limit;
+            found.truncate(limit);
+            (found, more)
+        };
+        Ok((items.into_iter().map(|i| self.transfer_at(i)).collect(), has_more))
+    }
+
+    /// Checks the ledger's invariants, for tests and `journal verify`: per currency, debits equal
+    /// credits (posted and pending); no flagged account beyond its floor; holds equal open pendings.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        use std::collections::BTreeMap;
+        let mut sums: BTreeMap<CurrencyCode, [u128; 4]> = BTreeMap::new();
+        for a in &self.accounts {
+            let s = sums.entry(a.currency.code()).or_default();
+            let b = a.balances;
+            s[0] += b.debits_posted as u128;
+            s[1] += b.credits_posted as u128;
+            s[2] += b.debits_pending as u128;
+            s[3] += b.credits_pending as u128;
+            let limit = a.limit_minor.unwrap_or(0) as u128;
+            if a.flags.debits_must_not_exceed_credits
+                && b.debits_posted as u128 + b.debits_pending as u128 > b.credits_posted as u128 + limit
+            {
+                return Err(format!("account {} is below its floor: {:?}", a.id, b));
+            }
+            if a.flags.credits_must_not_exceed_debits
+                && b.credits_posted as u128 + b.credits_pending as u128 > b.debits_posted as u128 + limit
+            {
+                return Err(format!("account {} is above its ceiling: {:?}", a.id, b));
+            }
+        }
+        for (currency, s) in &sums {
+            if s[0] != s[1] || s[2] != s[3] {
+                return Err(format!("{currency}: debits and credits differ: {s:?}"));
+            }
+        }
+        let mut held: BTreeMap<CurrencyCode, u128> = BTreeMap::new();
+        for t in &self.transfers {
+            if t.kind == TransferKind::Pending && t.result == ResultCode::Ok && t.pending_status == PendingStatus::Pending {
+                *held.entry(t.currency).or_default() += t.amount_minor as u128;
+            }
+        }
+        for (currency, s) in &sums {
+            let h = held.get(currency).copied().unwrap_or(0);
+            if s[2] != h {
+                return Err(format!("{currency}: pending balances {} but open holds {h}", s[2]));
+            }
+        }
+        Ok(())
+    }
+
+    /// Approximate bytes of memory the state holds (for capacity planning and the benchmark report).
+    pub fn memory_bytes_estimate(&self) -> usize {
+        let accounts = self.accounts.capacity() * std::mem::size_of::<AccountRecord>()
+            + self.accounts.iter().map(|a| a.history.capacity() * std::mem::size_of::<HistoryEntry>() + a.id.len()).sum::<usize>();
+        let transfers = self.transfers.capacity() * std::mem::size_of::<TransferRecord>()
+            + self.transfers.iter().map(|t| t.id.len()).sum::<usize>()
+            + self.transfers_index.capacity() * 4
+            + self.accounts_index.capacity() * 4;
+        accounts + transfers
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Decision {
+    debit: u32,
+    credit: u32,
+    amount: u64,
+    currency: CurrencyCode,
+    pending: u32,
+    expires_at_ns: u64,
+}

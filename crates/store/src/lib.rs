@@ -1,0 +1,564 @@
+//! # puhui-store: where the ledger lives
+//!
+//! [`LedgerStore`] is the storage boundary every caller (the server, the demo, the benchmarks) goes
+//! through. [`EmbeddedStore`] is the default: the in-memory [`Ledger`] plus the hash-chained journal in
+//! a data directory, with group commit. A PostgreSQL store implements the same trait and must pass the
+//! same [`conformance`] suite.
+//!
+//! Key decision: one committer thread owns all writes. Callers enqueue batches on a bounded queue; the
+//! committer takes everything queued (up to [`GROUP_EVENTS_MAX`] events), decides it, writes one
+//! journal frame and calls `fdatasync` once, and only then answers every caller in the group. The
+//! write lock on the state is held until the sync returns, so readers never see an event that is not
+//! yet durable.
+#![deny(missing_docs)]
+
+pub mod conformance;
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use puhui_journal::{codec, JournalWriter, ScanError};
+use puhui_ledger::{
+    Account, Balances, EventResult, Id, IdGenerator, Ledger, NewAccount, Page, QueryError, StatusAction,
+    Transfer, TransferRequest, BATCH_EVENTS_MAX,
+};
+
+/// Most commands waiting for the committer; beyond it callers get [`StoreError::Overloaded`].
+pub const QUEUE_COMMANDS_MAX: usize = 1_024;
+/// Most events decided in one group commit.
+pub const GROUP_EVENTS_MAX: usize = 8 * BATCH_EVENTS_MAX;
+/// A group commit syncs early (between batches) once its frame reaches this many bytes.
+pub const FRAME_BYTES_SOFT_MAX: usize = 16 << 20;
+/// Longest the committer sleeps when idle before checking for expired holds.
+pub const EXPIRY_POLL_MS_MAX: u64 = 100;
+/// File name of the journal inside a data directory.
+pub const JOURNAL_FILE: &str = "journal.phj";
+
+/// Where time comes from. Injected so that expiry and timestamps are testable.
+pub trait Clock: Send + Sync + 'static {
+    /// Nanoseconds since the Unix epoch.
+    fn now_ns(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ns(&self) -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+    }
+}
+
+/// A clock tests move by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock reading `now_ns`.
+    pub fn new(now_ns: u64) -> Arc<ManualClock> {
+        Arc::new(ManualClock(AtomicU64::new(now_ns)))
+    }
+    /// Sets the time.
+    pub fn set(&self, now_ns: u64) {
+        self.0.store(now_ns, Ordering::SeqCst);
+    }
+    /// Moves the time forward.
+    pub fn advance(&self, by_ns: u64) {
+        self.0.fetch_add(by_ns, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ns(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl<C: Clock> Clock for Arc<C> {
+    fn now_ns(&self) -> u64 {
+        (**self).now_ns()
+    }
+}
+
+/// Why a store call failed (as opposed to an event's own result code).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    /// The batch has more events than [`BATCH_EVENTS_MAX`].
+    BatchTooLarge {
+        /// Events in the batch.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The write queue is full; retry later (HTTP 503).
+    Overloaded,
+    /// The store stopped (shut down, or a journal write failed and it refuses further writes).
+    Unavailable(String),
+    /// Disk or database I/O failed.
+    Io(String),
+    /// The journal is damaged (not a torn tail): names the first bad entry.
+    Corrupt(String),
+    /// The data directory is used by another process.
+    Locked(PathBuf),
+    /// The account of a query does not exist.
+    AccountNotFound,
+    /// The cursor of a page does not exist or does not touch the account.
+    CursorNotFound,
+}
+
+impl std::fmt::Display for StoreError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StoreError::BatchTooLarge { len, max } => write!(f, "batch of {len} events exceeds the maximum of {max}"),
+            StoreError::Overloaded => f.write_str("the ledger's write queue is full; retry shortly"),
+            StoreError::Unavailable(why) => write!(f, "the ledger is unavailable: {why}"),
+            StoreError::Io(e) => write!(f, "storage I/O failed: {e}"),
+            StoreError::Corrupt(e) => write!(f, "the journal is damaged: {e}"),
+            StoreError::Locked(dir) => write!(f, "data directory {} is in use by another process", dir.display()),
+            StoreError::AccountNotFound => f.write_str("the account does not exist"),
+            StoreError::CursorNotFound => f.write_str("the cursor transfer does not exist or does not touch this account"),
+        }
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+impl From<QueryError> for StoreError {
+    fn from(e: QueryError) -> Self {
+        match e {
+            QueryError::AccountNotFound => StoreError::AccountNotFound,
+            QueryError::CursorNotFound => StoreError::CursorNotFound,
+        }
+    }
+}
+
+/// The ledger's storage boundary. Every implementation gives the same results for the same calls
+/// (checked by [`conformance`]); writes return only once their events are durable.
+pub trait LedgerStore: Send + Sync {
+    /// Creates accounts; one result per account.
+    fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, StoreError>;
+    /// Creates transfers; one result per transfer (linked chains atomic).
+    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError>;
+    /// Freezes, unfreezes or closes an account.
+    fn set_account_status(&self, id: &Id, action: StatusAction) -> Result<EventResult, StoreError>;
+    /// Expires every hold whose timeout has passed now; returns how many.
+    fn expire_due(&self) -> Result<usize, StoreError>;
+    /// An account with balances.
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError>;
+    /// A transfer by id (failed ones included).
+    fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError>;
+    /// An account's transfers in time order, a page at a time, with "has more".
+    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError>;
+    /// An account's balances as of a timestamp.
+    fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError>;
+    /// A fresh, time-ordered id.
+    fn new_id(&self) -> Id;
+}
+
+/// How a reply reaches its caller (a closure, so sync and async callers both fit).
+pub type Reply<T> = Box<dyn FnOnce(Result<T, StoreError>) + Send>;
+
+enum Command {
+    Accounts(Vec<NewAccount>, Reply<Vec<EventResult>>),
+    Transfers(Vec<TransferRequest>, Reply<Vec<EventResult>>),
+    Status(Id, StatusAction, Reply<EventResult>),
+    Expire(Reply<usize>),
+    Shutdown,
+}
+
+impl Command {
+    fn events(&self) -> usize {
+        match self {
+            Command::Accounts(b, _) => b.len(),
+            Command::Transfers(b, _) => b.len(),
+            _ => 1,
+        }
+    }
+}
+
+/// Counters of the committer, for metrics and benchmarks.
+#[derive(Debug, Default)]
+pub struct StoreStats {
+    /// Frames (group commits) made durable.
+    pub frames: AtomicU64,
+    /// Journal entries made durable.
+    pub entries: AtomicU64,
+    /// Sum of write+fdatasync durations, in nanoseconds.
+    pub sync_ns_total: AtomicU64,
+    /// The longest write+fdatasync so far, in nanoseconds.
+    pub sync_ns_max: AtomicU64,
+}
+
+/// What opening a data directory found.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// Journal entries replayed.
+    pub entries_replayed: u64,
+    /// How long recovery took.
+    pub recovery: Duration,
+    /// A torn tail that was cut (and saved to the named file).
+    pub torn_tail_saved_to: Option<PathBuf>,
+}
+
+struct Inner {
+    state: RwLock<Ledger>,
+    queue: SyncSender<Command>,
+    poisoned: AtomicBool,
+    clock: Arc<dyn Clock>,
+    ids: Mutex<IdGenerator>,
+    stats: StoreStats,
+}
+
+/// The embedded store: an in-memory ledger made durable by the journal in a data directory.
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+    committer: Mutex<Option<JoinHandle<()>>>,
+    data_dir: PathBuf,
+    report: OpenReport,
+    _lock: File,
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) a data directory with the system clock.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        EmbeddedStore::open_with_clock(dir, Arc::new(SystemClock))
+    }
+
+    /// Opens (or creates) a data directory: recovers the ledger from the journal (cutting a torn tail,
+    /// refusing a damaged journal), then starts the committer.
+    pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedStore, StoreError> {
+        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
+        std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
+        let lock = lock_dir(dir)?;
+        let journal = dir.join(JOURNAL_FILE);
+        let started = Instant::now();
+        let recovered = puhui_journal::recover(&journal).map_err(|e| match e {
+            ScanError::Io(e) => StoreError::Io(e),
+            other => StoreError::Corrupt(other.to_string()),
+        })?;
+        let mut torn_tail_saved_to = None;
+        if let Some(torn) = &recovered.summary.torn_tail {
+            let saved = dir.join(format!("journal.torn-{}", torn.offset));
+            save_tail(&journal, torn.offset, &saved).map_err(|e| io("saving torn tail of", e))?;
+            torn_tail_saved_to = Some(saved);
+        }
+        let writer = JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
+        let report = OpenReport {
+            entries_replayed: recovered.summary.entries,
+            recovery: started.elapsed(),
+            torn_tail_saved_to,
+        };
+        let (queue, commands) = mpsc::sync_channel(QUEUE_COMMANDS_MAX);
+        let seed = clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
+        let inner = Arc::new(Inner {
+            state: RwLock::new(recovered.ledger),
+            queue,
+            poisoned: AtomicBool::new(false),
+            clock,
+            ids: Mutex::new(IdGenerator::new(seed)),
+            stats: StoreStats::default(),
+        });
+        let committer_inner = Arc::clone(&inner);
+        let committer = std::thread::Builder::new()
+            .name("puhui-committer".into())
+            .spawn(move || committer_loop(committer_inner, commands, writer))
+            .map_err(|e| io("starting committer for", e))?;
+        Ok(EmbeddedStore {
+            inner,
+            committer: Mutex::new(Some(committer)),
+            data_dir: dir.to_path_buf(),
+            report,
+            _lock: lock,
+        })
+    }
+
+    /// What opening found (entries replayed, recovery time, torn tail).
+    pub fn open_report(&self) -> &OpenReport {
+        &self.report
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// Committer counters.
+    pub fn stats(&self) -> &StoreStats {
+        &self.inner.stats
+    }
+
+    /// Runs `f` with read access to the ledger (only durable state is ever visible).
+    pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
+        let ledger = self.inner.state.read().unwrap_or_else(|p| p.into_inner());
+        f(&ledger)
+    }
+
+    fn enqueue(&self, command: Command) -> Result<(), StoreError> {
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
+        }
+        match self.inner.queue.try_send(command) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => Err(StoreError::Unavailable("the store is shut down".into())),
+        }
+    }
+
+    /// Submits transfers without waiting: `reply` runs on the committer thread once they are durable
+    /// (keep it short: send on a channel). Errors before queueing are returned directly.
+    pub fn submit_transfers(&self, batch: Vec<TransferRequest>, reply: Reply<Vec<EventResult>>) -> Result<(), StoreError> {
+        check_batch(batch.len())?;
+        self.enqueue(Command::Transfers(batch, reply))
+    }
+
+    /// Submits accounts without waiting; see [`EmbeddedStore::submit_transfers`].
+    pub fn submit_accounts(&self, batch: Vec<NewAccount>, reply: Reply<Vec<EventResult>>) -> Result<(), StoreError> {
+        check_batch(batch.len())?;
+        self.enqueue(Command::Accounts(batch, reply))
+    }
+
+    /// Submits a status change without waiting; see [`EmbeddedStore::submit_transfers`].
+    pub fn submit_status(&self, id: Id, action: StatusAction, reply: Reply<EventResult>) -> Result<(), StoreError> {
+        self.enqueue(Command::Status(id, action, reply))
+    }
+
+    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.enqueue(make(Box::new(move |r| {
+            let _ = tx.send(r);
+        })))?;
+        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+    }
+
+    /// Stops the committer after it finishes what is queued. Later writes get `Unavailable`.
+    pub fn shutdown(&self) {
+        let _ = self.inner.queue.send(Command::Shutdown);
+        if let Some(handle) = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn check_batch(len: usize) -> Result<(), StoreError> {
+    if len > BATCH_EVENTS_MAX {
+        return Err(StoreError::BatchTooLarge { len, max: BATCH_EVENTS_MAX });
+    }
+    Ok(())
+}
+
+impl LedgerStore for EmbeddedStore {
+    fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, StoreError> {
+        check_batch(batch.len())?;
+        self.call(|reply| Command::Accounts(batch, reply))
+    }
+
+    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError> {
+        check_batch(batch.len())?;
+        self.call(|reply| Command::Transfers(batch, reply))
+    }
+
+    fn set_account_status(&self, id: &Id, action: StatusAction) -> Result<EventResult, StoreError> {
+        let id = id.clone();
+        self.call(|reply| Command::Status(id, action, reply))
+    }
+
+    fn expire_due(&self) -> Result<usize, StoreError> {
+        self.call(Command::Expire)
+    }
+
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        Ok(self.read(|l| l.account(id)))
+    }
+
+    fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError> {
+        Ok(self.read(|l| l.transfer(id)))
+    }
+
+    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {
+        Ok(self.read(|l| l.account_transfers(id, page))?)
+    }
+
+    fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError> {
+        Ok(self.read(|l| l.balance_at(id, at_ns))?)
+    }
+
+    fn new_id(&self) -> Id {
+        let now_ms = self.inner.clock.now_ns() / 1_000_000;
+        self.inner.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms)
+    }
+}
+
+/// Answers queued with the results they will get once the frame is durable.
+enum Answer {
+    Events(Reply<Vec<EventResult>>, Vec<EventResult>),
+    Event(Reply<EventResult>, EventResult),
+    Count(Reply<usize>, usize),
+}
+
+impl Answer {
+    fn send(self, failure: Option<&StoreError>) {
+        match (self, failure) {
+            (Answer::Events(reply, r), None) => reply(Ok(r)),
+            (Answer::Event(reply, r), None) => reply(Ok(r)),
+            (Answer::Count(reply, r), None) => reply(Ok(r)),
+            (Answer::Events(reply, _), Some(e)) => reply(Err(e.clone())),
+            (Answer::Event(reply, _), Some(e)) => reply(Err(e.clone())),
+            (Answer::Count(reply, _), Some(e)) => reply(Err(e.clone())),
+        }
+    }
+}
+
+fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: JournalWriter) {
+    let mut group: Vec<Command> = Vec::new();
+    let mut answers: Vec<Answer> = Vec::new();
+    let mut items = Vec::new();
+    let mut shutting_down = false;
+    while !shutting_down {
+        // Sleep until work arrives or the next hold is due to expire.
+        let now = inner.clock.now_ns();
+        let next_expiry = inner.state.read().unwrap_or_else(|p| p.into_inner()).next_expiry_ns();
+        let wait_ms = match next_expiry {
+            Some(at) if at <= now => 0,
+            Some(at) => ((at - now) / 1_000_000 + 1).min(EXPIRY_POLL_MS_MAX),
+            None => EXPIRY_POLL_MS_MAX,
+        };
+        match commands.recv_timeout(Duration::from_millis(wait_ms)) {
+            Ok(Command::Shutdown) => shutting_down = true,
+            Ok(command) => group.push(command),
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => shutting_down = true,
+        }
+        let mut events: usize = group.iter().map(Command::events).sum();
+        while events < GROUP_EVENTS_MAX && !shutting_down {
+            match commands.try_recv() {
+                Ok(Command::Shutdown) => shutting_down = true,
+                Ok(command) => {
+                    events += command.events();
+                    group.push(command);
+                }
+                Err(_) => break,
+            }
+        }
+        let due = next_expiry.is_some_and(|at| at <= inner.clock.now_ns());
+        if group.is_empty() && !due {
+            continue;
+        }
+        if inner.poisoned.load(Ordering::Acquire) {
+            let error = StoreError::Unavailable("a journal write failed; restart to recover".into());
+            for command in group.drain(..) {
+                refuse(command, &error);
+            }
+            continue;
+        }
+
+        let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
+        let now = inner.clock.now_ns();
+        ledger.expire_due(now);
+        let mut failure: Option<StoreError> = None;
+        let flush = |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
+            items.extend(ledger.drain_log());
+            for item in items.drain(..) {
+                writer.append(|buf| codec::encode_log_item(ledger, item, buf));
+            }
+        };
+        for command in group.drain(..) {
+            let answer = match command {
+                Command::Accounts(batch, reply) => Answer::Events(reply, ledger.create_accounts(batch, now)),
+                Command::Transfers(batch, reply) => Answer::Events(reply, ledger.create_transfers(batch, now)),
+                Command::Status(id, action, reply) => Answer::Event(reply, ledger.set_account_status(&id, action, now)),
+                Command::Expire(reply) => Answer::Count(reply, ledger.expire_due(now)),
+                Command::Shutdown => unreachable!("shutdown is never queued in a group"),
+            };
+            answers.push(answer);
+            flush(&mut ledger, &mut writer, &mut items);
+            if writer.frame_bytes() >= FRAME_BYTES_SOFT_MAX && failure.is_none() {
+                failure = sync(&inner, &mut writer).err();
+            }
+        }
+        flush(&mut ledger, &mut writer, &mut items);
+        if failure.is_none() {
+            failure = sync(&inner, &mut writer).err();
+        }
+        if failure.is_some() {
+            // Memory is now ahead of the disk: refuse everything until a restart recovers.
+            inner.poisoned.store(true, Ordering::Release);
+        }
+        drop(ledger);
+        for answer in answers.drain(..) {
+            answer.send(failure.as_ref());
+        }
+    }
+    // Refuse whatever is still queued.
+    let error = StoreError::Unavailable("the store is shut down".into());
+    while let Ok(command) = commands.try_recv() {
+        refuse(command, &error);
+    }
+}
+
+fn refuse(command: Command, error: &StoreError) {
+    match command {
+        Command::Accounts(_, reply) | Command::Transfers(_, reply) => reply(Err(error.clone())),
+        Command::Status(_, _, reply) => reply(Err(error.clone())),
+        Command::Expire(reply) => reply(Err(error.clone())),
+        Command::Shutdown => {}
+    }
+}
+
+fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
+    let entries_before = writer.next_seq();
+    let bytes = writer.frame_bytes();
+    if bytes == 0 {
+        return Ok(());
+    }
+    let started = Instant::now();
+    writer.commit().map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
+    let took = started.elapsed().as_nanos() as u64;
+    let stats = &inner.stats;
+    stats.frames.fetch_add(1, Ordering::Relaxed);
+    stats.entries.store(entries_before, Ordering::Relaxed);
+    stats.sync_ns_total.fetch_add(took, Ordering::Relaxed);
+    stats.sync_ns_max.fetch_max(took, Ordering::Relaxed);
+    Ok(())
+}
+
+fn lock_dir(dir: &Path) -> Result<File, StoreError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| StoreError::Io(format!("opening {}: {e}", path.display())))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a file descriptor we own; no memory is shared.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc != 0 {
+        return Err(StoreError::Locked(dir.to_path_buf()));
+    }
+    Ok(file)
+}
+
+fn save_tail(journal: &Path, offset: u64, to: &Path) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut file = File::open(journal)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail)?;
+    std::fs::write(to, tail)?;
+    File::open(to)?.sync_all()
+}
