@@ -12,11 +12,14 @@
 
 pub mod codec;
 pub mod frame;
+pub mod snapshot;
 
 use std::path::Path;
 
 pub use codec::{decode, encode_log_item, Event};
-pub use frame::{scan, JournalWriter, ScanError, ScanSummary, TornTail};
+pub use frame::{
+    scan, scan_from, JournalPosition, JournalWriter, ScanError, ScanSummary, TornTail,
+};
 
 use puhui_ledger::Ledger;
 
@@ -28,15 +31,81 @@ pub struct Recovered {
     pub summary: ScanSummary,
 }
 
+/// Events handed from the reading thread to the replaying thread at a time.
+const RECOVERY_CHUNK_EVENTS: usize = 4_096;
+/// Chunks in flight between the two recovery threads.
+const RECOVERY_CHUNKS_IN_FLIGHT: usize = 8;
+/// Rough journal bytes per transfer, to size the ledger's tables before replay.
+const JOURNAL_BYTES_PER_TRANSFER_ESTIMATE: u64 = 160;
+
 /// Rebuilds a ledger by replaying every whole frame of the journal at `path` (each event re-decided
 /// and checked against its recorded result). A torn tail is reported in the summary, not applied.
+///
+/// Two threads: one reads, checks the hash chain and decodes; the other replays.
 pub fn recover(path: &Path) -> Result<Recovered, ScanError> {
-    let mut ledger = Ledger::new();
-    let summary = scan(path, |entry| {
-        let event = codec::decode(entry.kind, entry.body).map_err(|e| e.to_string())?;
-        event.replay(&mut ledger).map_err(|e| e.to_string())
-    })?;
-    Ok(Recovered { ledger, summary })
+    recover_from(path, Ledger::new(), JournalPosition::start())
+}
+
+/// Like [`recover`], but continues from `ledger` (loaded from a snapshot) at `start`: only the journal
+/// after the snapshot is read and replayed.
+pub fn recover_from(
+    path: &Path,
+    mut ledger: Ledger,
+    start: JournalPosition,
+) -> Result<Recovered, ScanError> {
+    type Chunk = Vec<(u64, u64, Event)>;
+    let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    let tail_len = file_len.saturating_sub(start.len_bytes);
+    ledger.reserve_transfers((tail_len / JOURNAL_BYTES_PER_TRANSFER_ESTIMATE) as usize);
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(RECOVERY_CHUNKS_IN_FLIGHT);
+    let path_owned = path.to_path_buf();
+    let reader = std::thread::Builder::new()
+        .name("puhui-recover-read".into())
+        .spawn(move || {
+            let mut chunk: Chunk = Vec::with_capacity(RECOVERY_CHUNK_EVENTS);
+            let summary = scan_from(&path_owned, start, |entry| {
+                let event = codec::decode(entry.kind, entry.body).map_err(|e| e.to_string())?;
+                chunk.push((entry.seq, entry.offset, event));
+                if chunk.len() == RECOVERY_CHUNK_EVENTS {
+                    let full =
+                        std::mem::replace(&mut chunk, Vec::with_capacity(RECOVERY_CHUNK_EVENTS));
+                    tx.send(full).map_err(|_| "replay stopped".to_string())?;
+                }
+                Ok(())
+            });
+            if !chunk.is_empty() && summary.is_ok() {
+                let _ = tx.send(chunk);
+            }
+            summary
+        })
+        .map_err(|e| ScanError::Io(format!("starting the recovery reader: {e}")))?;
+    let mut replay_error = None;
+    for chunk in rx.iter() {
+        for (seq, offset, event) in chunk {
+            if let Err(e) = event.replay(&mut ledger) {
+                replay_error = Some(ScanError::Rejected {
+                    seq,
+                    offset,
+                    reason: e.to_string(),
+                });
+                break;
+            }
+        }
+        if replay_error.is_some() {
+            break;
+        }
+    }
+    drop(rx);
+    let scanned = reader
+        .join()
+        .map_err(|_| ScanError::Io("the recovery reader panicked".into()))?;
+    if let Some(e) = replay_error {
+        return Err(e);
+    }
+    Ok(Recovered {
+        ledger,
+        summary: scanned?,
+    })
 }
 
 /// What `journal verify` found.
@@ -77,4 +146,16 @@ pub fn verify(path: &Path) -> Result<Verified, ScanError> {
         transfers: recovered.ledger.transfers_count(),
         summary: recovered.summary,
     })
+}
+
+/// Loads the snapshot in `dir`, if there is a good one. `Err` describes a snapshot that exists but
+/// cannot be used (the caller falls back to a full replay).
+pub fn load_snapshot(dir: &Path) -> Result<Option<(Ledger, JournalPosition)>, String> {
+    match snapshot::read_snapshot(dir)? {
+        None => Ok(None),
+        Some((position, content)) => {
+            let ledger = Ledger::decode_snapshot(&content).map_err(|e| e.to_string())?;
+            Ok(Some((ledger, position)))
+        }
+    }
 }

@@ -23,6 +23,7 @@ pub mod money;
 pub mod result;
 pub mod state;
 pub mod transfer;
+pub mod wire;
 
 pub use account::{Account, AccountFlags, AccountStatus, Balances, NewAccount, StatusAction};
 pub use id::{Id, IdGenerator};

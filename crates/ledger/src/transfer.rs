@@ -97,7 +97,13 @@ pub struct TransferRequest {
 
 impl TransferRequest {
     /// A single-phase transfer.
-    pub fn single(id: Id, debit: Id, credit: Id, amount_minor: u64, currency: CurrencyCode) -> Self {
+    pub fn single(
+        id: Id,
+        debit: Id,
+        credit: Id,
+        amount_minor: u64,
+        currency: CurrencyCode,
+    ) -> Self {
         TransferRequest {
             id,
             kind: TransferKind::Single,

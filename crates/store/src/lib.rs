@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use puhui_journal::{codec, JournalWriter, ScanError};
 use puhui_ledger::{
-    Account, Balances, EventResult, Id, IdGenerator, Ledger, NewAccount, Page, QueryError, StatusAction,
-    Transfer, TransferRequest, BATCH_EVENTS_MAX,
+    Account, Balances, EventResult, Id, IdGenerator, Ledger, NewAccount, Page, QueryError,
+    StatusAction, Transfer, TransferRequest, BATCH_EVENTS_MAX,
 };
 
 /// Most commands waiting for the committer; beyond it callers get [`StoreError::Overloaded`].
@@ -38,6 +38,24 @@ pub const FRAME_BYTES_SOFT_MAX: usize = 16 << 20;
 pub const EXPIRY_POLL_MS_MAX: u64 = 100;
 /// File name of the journal inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.phj";
+/// By default a snapshot is taken every this many journal entries (and at shutdown).
+pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 4_000_000;
+
+/// Tunables of the embedded store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Take a snapshot after this many new journal entries (0: only at shutdown). Encoding it pauses
+    /// writes briefly (measured in docs/BENCHMARKS.md); the file is written by a background thread.
+    pub snapshot_every_entries: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT,
+        }
+    }
+}
 
 /// Where time comes from. Injected so that expiry and timestamps are testable.
 pub trait Clock: Send + Sync + 'static {
@@ -118,14 +136,24 @@ pub enum StoreError {
 impl std::fmt::Display for StoreError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            StoreError::BatchTooLarge { len, max } => write!(f, "batch of {len} events exceeds the maximum of {max}"),
-            StoreError::Overloaded => f.write_str("the ledger's write queue is full; retry shortly"),
+            StoreError::BatchTooLarge { len, max } => {
+                write!(f, "batch of {len} events exceeds the maximum of {max}")
+            }
+            StoreError::Overloaded => {
+                f.write_str("the ledger's write queue is full; retry shortly")
+            }
             StoreError::Unavailable(why) => write!(f, "the ledger is unavailable: {why}"),
             StoreError::Io(e) => write!(f, "storage I/O failed: {e}"),
             StoreError::Corrupt(e) => write!(f, "the journal is damaged: {e}"),
-            StoreError::Locked(dir) => write!(f, "data directory {} is in use by another process", dir.display()),
+            StoreError::Locked(dir) => write!(
+                f,
+                "data directory {} is in use by another process",
+                dir.display()
+            ),
             StoreError::AccountNotFound => f.write_str("the account does not exist"),
-            StoreError::CursorNotFound => f.write_str("the cursor transfer does not exist or does not touch this account"),
+            StoreError::CursorNotFound => {
+                f.write_str("the cursor transfer does not exist or does not touch this account")
+            }
         }
     }
 }
@@ -147,7 +175,8 @@ pub trait LedgerStore: Send + Sync {
     /// Creates accounts; one result per account.
     fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, StoreError>;
     /// Creates transfers; one result per transfer (linked chains atomic).
-    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError>;
+    fn create_transfers(&self, batch: Vec<TransferRequest>)
+        -> Result<Vec<EventResult>, StoreError>;
     /// Freezes, unfreezes or closes an account.
     fn set_account_status(&self, id: &Id, action: StatusAction) -> Result<EventResult, StoreError>;
     /// Expires every hold whose timeout has passed now; returns how many.
@@ -157,7 +186,11 @@ pub trait LedgerStore: Send + Sync {
     /// A transfer by id (failed ones included).
     fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError>;
     /// An account's transfers in time order, a page at a time, with "has more".
-    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError>;
+    fn account_transfers(
+        &self,
+        id: &str,
+        page: Page<'_>,
+    ) -> Result<(Vec<Transfer>, bool), StoreError>;
     /// An account's balances as of a timestamp.
     fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError>;
     /// A fresh, time-ordered id.
@@ -196,6 +229,12 @@ pub struct StoreStats {
     pub sync_ns_total: AtomicU64,
     /// The longest write+fdatasync so far, in nanoseconds.
     pub sync_ns_max: AtomicU64,
+    /// Snapshots written.
+    pub snapshots: AtomicU64,
+    /// Snapshots that failed to write (the journal stays the truth; recovery replays more).
+    pub snapshot_errors: AtomicU64,
+    /// The longest pause of writes while a snapshot was encoded, in nanoseconds.
+    pub snapshot_pause_ns_max: AtomicU64,
 }
 
 /// What opening a data directory found.
@@ -207,6 +246,10 @@ pub struct OpenReport {
     pub recovery: Duration,
     /// A torn tail that was cut (and saved to the named file).
     pub torn_tail_saved_to: Option<PathBuf>,
+    /// Journal entries covered by the snapshot recovery started from, if any.
+    pub snapshot_entries: Option<u64>,
+    /// Why a snapshot that exists was not used (recovery then replayed the whole journal).
+    pub snapshot_error: Option<String>,
 }
 
 struct Inner {
@@ -228,37 +271,72 @@ pub struct EmbeddedStore {
 }
 
 impl EmbeddedStore {
-    /// Opens (or creates) a data directory with the system clock.
+    /// Opens (or creates) a data directory with the system clock and default options.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        EmbeddedStore::open_with_clock(dir, Arc::new(SystemClock))
+        EmbeddedStore::open_with(dir, Arc::new(SystemClock), StoreOptions::default())
     }
 
-    /// Opens (or creates) a data directory: recovers the ledger from the journal (cutting a torn tail,
-    /// refusing a damaged journal), then starts the committer.
+    /// Opens a data directory with another clock (tests) and default options.
     pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<EmbeddedStore, StoreError> {
-        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
+        EmbeddedStore::open_with(dir, clock, StoreOptions::default())
+    }
+
+    /// Opens (or creates) a data directory: loads the snapshot if there is a good one, replays the
+    /// journal after it (cutting a torn tail, refusing a damaged journal), then starts the committer.
+    pub fn open_with(
+        dir: &Path,
+        clock: Arc<dyn Clock>,
+        options: StoreOptions,
+    ) -> Result<EmbeddedStore, StoreError> {
+        let io = |what: &str, e: std::io::Error| {
+            StoreError::Io(format!("{what} {}: {e}", dir.display()))
+        };
         std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
         let lock = lock_dir(dir)?;
         let journal = dir.join(JOURNAL_FILE);
         let started = Instant::now();
-        let recovered = puhui_journal::recover(&journal).map_err(|e| match e {
+        let corrupt = |e: ScanError| match e {
             ScanError::Io(e) => StoreError::Io(e),
             other => StoreError::Corrupt(other.to_string()),
-        })?;
+        };
+        let (mut snapshot_entries, mut snapshot_error) = (None, None);
+        let recovered = match puhui_journal::load_snapshot(dir) {
+            Ok(Some((ledger, position))) => {
+                match puhui_journal::recover_from(&journal, ledger, position) {
+                    Ok(r) => {
+                        snapshot_entries = Some(position.entries);
+                        r
+                    }
+                    Err(e) => {
+                        snapshot_error = Some(format!("snapshot does not fit the journal: {e}"));
+                        puhui_journal::recover(&journal).map_err(corrupt)?
+                    }
+                }
+            }
+            Ok(None) => puhui_journal::recover(&journal).map_err(corrupt)?,
+            Err(e) => {
+                snapshot_error = Some(e);
+                puhui_journal::recover(&journal).map_err(corrupt)?
+            }
+        };
         let mut torn_tail_saved_to = None;
         if let Some(torn) = &recovered.summary.torn_tail {
             let saved = dir.join(format!("journal.torn-{}", torn.offset));
             save_tail(&journal, torn.offset, &saved).map_err(|e| io("saving torn tail of", e))?;
             torn_tail_saved_to = Some(saved);
         }
-        let writer = JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
+        let writer = JournalWriter::open(&journal, &recovered.summary)
+            .map_err(|e| io("opening journal in", e))?;
         let report = OpenReport {
-            entries_replayed: recovered.summary.entries,
+            entries_replayed: recovered.summary.entries - snapshot_entries.unwrap_or(0),
             recovery: started.elapsed(),
             torn_tail_saved_to,
+            snapshot_entries,
+            snapshot_error,
         };
         let (queue, commands) = mpsc::sync_channel(QUEUE_COMMANDS_MAX);
-        let seed = clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
+        let seed =
+            clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
         let inner = Arc::new(Inner {
             state: RwLock::new(recovered.ledger),
             queue,
@@ -268,9 +346,15 @@ impl EmbeddedStore {
             stats: StoreStats::default(),
         });
         let committer_inner = Arc::clone(&inner);
+        let snapshots = Snapshots {
+            dir: dir.to_path_buf(),
+            every_entries: options.snapshot_every_entries,
+            last_entries: snapshot_entries.unwrap_or(0),
+            writing: None,
+        };
         let committer = std::thread::Builder::new()
             .name("puhui-committer".into())
-            .spawn(move || committer_loop(committer_inner, commands, writer))
+            .spawn(move || committer_loop(committer_inner, commands, writer, snapshots))
             .map_err(|e| io("starting committer for", e))?;
         Ok(EmbeddedStore {
             inner,
@@ -304,45 +388,71 @@ impl EmbeddedStore {
 
     fn enqueue(&self, command: Command) -> Result<(), StoreError> {
         if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
+            return Err(StoreError::Unavailable(
+                "a journal write failed; restart to recover".into(),
+            ));
         }
         match self.inner.queue.try_send(command) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
-            Err(TrySendError::Disconnected(_)) => Err(StoreError::Unavailable("the store is shut down".into())),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(StoreError::Unavailable("the store is shut down".into()))
+            }
         }
     }
 
     /// Submits transfers without waiting: `reply` runs on the committer thread once they are durable
     /// (keep it short: send on a channel). Errors before queueing are returned directly.
-    pub fn submit_transfers(&self, batch: Vec<TransferRequest>, reply: Reply<Vec<EventResult>>) -> Result<(), StoreError> {
+    pub fn submit_transfers(
+        &self,
+        batch: Vec<TransferRequest>,
+        reply: Reply<Vec<EventResult>>,
+    ) -> Result<(), StoreError> {
         check_batch(batch.len())?;
         self.enqueue(Command::Transfers(batch, reply))
     }
 
     /// Submits accounts without waiting; see [`EmbeddedStore::submit_transfers`].
-    pub fn submit_accounts(&self, batch: Vec<NewAccount>, reply: Reply<Vec<EventResult>>) -> Result<(), StoreError> {
+    pub fn submit_accounts(
+        &self,
+        batch: Vec<NewAccount>,
+        reply: Reply<Vec<EventResult>>,
+    ) -> Result<(), StoreError> {
         check_batch(batch.len())?;
         self.enqueue(Command::Accounts(batch, reply))
     }
 
     /// Submits a status change without waiting; see [`EmbeddedStore::submit_transfers`].
-    pub fn submit_status(&self, id: Id, action: StatusAction, reply: Reply<EventResult>) -> Result<(), StoreError> {
+    pub fn submit_status(
+        &self,
+        id: Id,
+        action: StatusAction,
+        reply: Reply<EventResult>,
+    ) -> Result<(), StoreError> {
         self.enqueue(Command::Status(id, action, reply))
     }
 
-    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
+    fn call<T: Send + 'static>(
+        &self,
+        make: impl FnOnce(Reply<T>) -> Command,
+    ) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.enqueue(make(Box::new(move |r| {
             let _ = tx.send(r);
         })))?;
-        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+        rx.recv()
+            .map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
     }
 
     /// Stops the committer after it finishes what is queued. Later writes get `Unavailable`.
     pub fn shutdown(&self) {
         let _ = self.inner.queue.send(Command::Shutdown);
-        if let Some(handle) = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(handle) = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = handle.join();
         }
     }
@@ -356,7 +466,10 @@ impl Drop for EmbeddedStore {
 
 fn check_batch(len: usize) -> Result<(), StoreError> {
     if len > BATCH_EVENTS_MAX {
-        return Err(StoreError::BatchTooLarge { len, max: BATCH_EVENTS_MAX });
+        return Err(StoreError::BatchTooLarge {
+            len,
+            max: BATCH_EVENTS_MAX,
+        });
     }
     Ok(())
 }
@@ -367,7 +480,10 @@ impl LedgerStore for EmbeddedStore {
         self.call(|reply| Command::Accounts(batch, reply))
     }
 
-    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError> {
+    fn create_transfers(
+        &self,
+        batch: Vec<TransferRequest>,
+    ) -> Result<Vec<EventResult>, StoreError> {
         check_batch(batch.len())?;
         self.call(|reply| Command::Transfers(batch, reply))
     }
@@ -389,7 +505,11 @@ impl LedgerStore for EmbeddedStore {
         Ok(self.read(|l| l.transfer(id)))
     }
 
-    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {
+    fn account_transfers(
+        &self,
+        id: &str,
+        page: Page<'_>,
+    ) -> Result<(Vec<Transfer>, bool), StoreError> {
         Ok(self.read(|l| l.account_transfers(id, page))?)
     }
 
@@ -399,7 +519,11 @@ impl LedgerStore for EmbeddedStore {
 
     fn new_id(&self) -> Id {
         let now_ms = self.inner.clock.now_ns() / 1_000_000;
-        self.inner.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms)
+        self.inner
+            .ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .next(now_ms)
     }
 }
 
@@ -423,7 +547,86 @@ impl Answer {
     }
 }
 
-fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: JournalWriter) {
+/// The committer's snapshot schedule.
+struct Snapshots {
+    dir: PathBuf,
+    every_entries: u64,
+    last_entries: u64,
+    writing: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Snapshots {
+    /// Encodes the ledger now (the caller holds the state lock, so writes pause for the encoding) and
+    /// writes the file on a background thread.
+    fn take(
+        &mut self,
+        inner: &Arc<Inner>,
+        ledger: &Ledger,
+        writer: &JournalWriter,
+        background: bool,
+    ) {
+        if let Some(handle) = self.writing.take() {
+            if !background || handle.is_finished() {
+                record_snapshot(inner, handle.join());
+            } else {
+                self.writing = Some(handle);
+                return; // One at a time: the next group tries again.
+            }
+        }
+        let position = writer.position();
+        let started = Instant::now();
+        let mut chunks: Vec<Vec<u8>> = Vec::new();
+        let _ = ledger.encode_snapshot::<()>(&mut |chunk| {
+            chunks.push(chunk.to_vec());
+            Ok(())
+        });
+        inner
+            .stats
+            .snapshot_pause_ns_max
+            .fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        self.last_entries = position.entries;
+        let dir = self.dir.clone();
+        let write =
+            move || puhui_journal::snapshot::write_snapshot(&dir, &position, &chunks).map(|_| ());
+        if background {
+            match std::thread::Builder::new()
+                .name("puhui-snapshot".into())
+                .spawn(write)
+            {
+                Ok(handle) => self.writing = Some(handle),
+                Err(_) => {
+                    inner.stats.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        } else {
+            record_snapshot(inner, Ok(write()));
+        }
+    }
+
+    fn due(&self, writer: &JournalWriter) -> bool {
+        self.every_entries > 0 && writer.next_seq() - self.last_entries >= self.every_entries
+    }
+
+    fn finish(&mut self, inner: &Arc<Inner>) {
+        if let Some(handle) = self.writing.take() {
+            record_snapshot(inner, handle.join());
+        }
+    }
+}
+
+fn record_snapshot(inner: &Inner, outcome: std::thread::Result<std::io::Result<()>>) {
+    match outcome {
+        Ok(Ok(())) => inner.stats.snapshots.fetch_add(1, Ordering::Relaxed),
+        _ => inner.stats.snapshot_errors.fetch_add(1, Ordering::Relaxed),
+    };
+}
+
+fn committer_loop(
+    inner: Arc<Inner>,
+    commands: Receiver<Command>,
+    mut writer: JournalWriter,
+    mut snapshots: Snapshots,
+) {
     let mut group: Vec<Command> = Vec::new();
     let mut answers: Vec<Answer> = Vec::new();
     let mut items = Vec::new();
@@ -431,7 +634,11 @@ fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: Jo
     while !shutting_down {
         // Sleep until work arrives or the next hold is due to expire.
         let now = inner.clock.now_ns();
-        let next_expiry = inner.state.read().unwrap_or_else(|p| p.into_inner()).next_expiry_ns();
+        let next_expiry = inner
+            .state
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .next_expiry_ns();
         let wait_ms = match next_expiry {
             Some(at) if at <= now => 0,
             Some(at) => ((at - now) / 1_000_000 + 1).min(EXPIRY_POLL_MS_MAX),
@@ -459,7 +666,8 @@ fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: Jo
             continue;
         }
         if inner.poisoned.load(Ordering::Acquire) {
-            let error = StoreError::Unavailable("a journal write failed; restart to recover".into());
+            let error =
+                StoreError::Unavailable("a journal write failed; restart to recover".into());
             for command in group.drain(..) {
                 refuse(command, &error);
             }
@@ -470,7 +678,9 @@ fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: Jo
         let now = inner.clock.now_ns();
         ledger.expire_due(now);
         let mut failure: Option<StoreError> = None;
-        let flush = |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
+        let flush = |ledger: &mut Ledger,
+                     writer: &mut JournalWriter,
+                     items: &mut Vec<puhui_ledger::LogItem>| {
             items.extend(ledger.drain_log());
             for item in items.drain(..) {
                 writer.append(|buf| codec::encode_log_item(ledger, item, buf));
@@ -478,9 +688,15 @@ fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: Jo
         };
         for command in group.drain(..) {
             let answer = match command {
-                Command::Accounts(batch, reply) => Answer::Events(reply, ledger.create_accounts(batch, now)),
-                Command::Transfers(batch, reply) => Answer::Events(reply, ledger.create_transfers(batch, now)),
-                Command::Status(id, action, reply) => Answer::Event(reply, ledger.set_account_status(&id, action, now)),
+                Command::Accounts(batch, reply) => {
+                    Answer::Events(reply, ledger.create_accounts(batch, now))
+                }
+                Command::Transfers(batch, reply) => {
+                    Answer::Events(reply, ledger.create_transfers(batch, now))
+                }
+                Command::Status(id, action, reply) => {
+                    Answer::Event(reply, ledger.set_account_status(&id, action, now))
+                }
                 Command::Expire(reply) => Answer::Count(reply, ledger.expire_due(now)),
                 Command::Shutdown => unreachable!("shutdown is never queued in a group"),
             };
@@ -497,11 +713,19 @@ fn committer_loop(inner: Arc<Inner>, commands: Receiver<Command>, mut writer: Jo
         if failure.is_some() {
             // Memory is now ahead of the disk: refuse everything until a restart recovers.
             inner.poisoned.store(true, Ordering::Release);
+        } else if snapshots.due(&writer) {
+            snapshots.take(&inner, &ledger, &writer, true);
         }
         drop(ledger);
         for answer in answers.drain(..) {
             answer.send(failure.as_ref());
         }
+    }
+    // A final snapshot makes the next start fast.
+    snapshots.finish(&inner);
+    if !inner.poisoned.load(Ordering::Acquire) && writer.next_seq() != snapshots.last_entries {
+        let ledger = inner.state.read().unwrap_or_else(|p| p.into_inner());
+        snapshots.take(&inner, &ledger, &writer, false);
     }
     // Refuse whatever is still queued.
     let error = StoreError::Unavailable("the store is shut down".into());
@@ -526,7 +750,9 @@ fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
         return Ok(());
     }
     let started = Instant::now();
-    writer.commit().map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
+    writer
+        .commit()
+        .map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
     let took = started.elapsed().as_nanos() as u64;
     let stats = &inner.stats;
     stats.frames.fetch_add(1, Ordering::Relaxed);

@@ -1,0 +1,352 @@
+//! The append-only tree: leaf hashes plus every complete subtree hash, level by level.
+
+use std::fmt;
+
+use crate::{empty_root, node_hash, split_point, Hash, HASH_LEN};
+
+/// Why a [`MerkleTree`] could not answer a query.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TreeError {
+    /// The requested tree size is larger than the tree has ever been.
+    SizeBeyondTree {
+        /// The size asked for.
+        size: u64,
+        /// The tree's current size.
+        tree_size: u64,
+    },
+    /// The leaf index is not below the tree size it was asked against.
+    IndexOutOfRange {
+        /// The leaf index asked for.
+        index: u64,
+        /// The tree size it was asked against.
+        size: u64,
+    },
+    /// A consistency proof was asked from a larger size to a smaller one.
+    SizeOrder {
+        /// The older (first) size asked for.
+        old_size: u64,
+        /// The newer (second) size asked for.
+        new_size: u64,
+    },
+}
+
+impl fmt::Display for TreeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            TreeError::SizeBeyondTree { size, tree_size } => {
+                write!(
+                    f,
+                    "tree size {size} is beyond the tree's current size {tree_size}"
+                )
+            }
+            TreeError::IndexOutOfRange { index, size } => {
+                write!(f, "leaf index {index} is out of range for tree size {size}")
+            }
+            TreeError::SizeOrder { old_size, new_size } => write!(
+                f,
+                "old tree size {old_size} is larger than new tree size {new_size}"
+            ),
+        }
+    }
+}
+
+impl std::error::Error for TreeError {}
+
+/// An append-only Merkle tree of leaf hashes that keeps every complete subtree hash, so that roots,
+/// inclusion proofs and consistency proofs for any current or historical size cost `O(log n)`.
+///
+/// `levels[h][i]` is the hash of the complete subtree over leaves `[i·2^h, (i+1)·2^h)`; see the
+/// [crate documentation](crate) for the layout and the memory figure (about 64 bytes per leaf).
+#[derive(Clone, PartialEq, Eq)]
+pub struct MerkleTree {
+    /// `levels[0]` are the leaf hashes; never empty (level 0 always exists).
+    levels: Vec<Vec<Hash>>,
+}
+
+impl Default for MerkleTree {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MerkleTree {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let root = self.root();
+        let mut hex = String::with_capacity(2 * HASH_LEN);
+        for b in root {
+            hex.push_str(&format!("{b:02x}"));
+        }
+        f.debug_struct("MerkleTree")
+            .field("size", &self.size())
+            .field("root", &hex)
+            .finish()
+    }
+}
+
+impl MerkleTree {
+    /// An empty tree (size 0, root [`empty_root`]).
+    pub fn new() -> Self {
+        MerkleTree {
+            levels: vec![Vec::new()],
+        }
+    }
+
+    /// An empty tree with room reserved for `leaves` leaves at every level, so that appending up
+    /// to that many never reallocates and no spare capacity is left beyond the ~64 bytes per leaf.
+    pub fn with_capacity(leaves: u64) -> Self {
+        let mut levels = Vec::with_capacity(65);
+        let mut n = leaves;
+        levels.push(Vec::with_capacity(to_usize(n)));
+        n /= 2;
+        while n > 0 {
+            levels.push(Vec::with_capacity(to_usize(n)));
+            n /= 2;
+        }
+        MerkleTree { levels }
+    }
+
+    /// A tree of the given leaf hashes, in order.
+    pub fn from_leaf_hashes<I: IntoIterator<Item = Hash>>(leaf_hashes: I) -> Self {
+        let mut tree = MerkleTree::new();
+        tree.extend(leaf_hashes);
+        tree
+    }
+
+    /// The number of leaves.
+    pub fn size(&self) -> u64 {
+        self.levels[0].len() as u64
+    }
+
+    /// Whether the tree has no leaves.
+    pub fn is_empty(&self) -> bool {
+        self.levels[0].is_empty()
+    }
+
+    /// The hash of leaf `index`, if the tree has that many leaves.
+    pub fn leaf(&self, index: u64) -> Option<Hash> {
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| self.levels[0].get(i).copied())
+    }
+
+    /// All leaf hashes, in order.
+    pub fn leaf_hashes(&self) -> &[Hash] {
+        &self.levels[0]
+    }
+
+    /// Heap bytes held by the tree (allocated capacity of every level), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.levels.capacity() * std::mem::size_of::<Vec<Hash>>()
+            + self
+                .levels
+                .iter()
+                .map(|l| l.capacity() * HASH_LEN)
+                .sum::<usize>()
+    }
+
+    /// Appends a leaf hash (see [`crate::leaf_hash`]) and returns its index. Amortised `O(1)`:
+    /// one node hash per append on average, at most `log2 n` for a single append.
+    pub fn append(&mut self, leaf_hash: Hash) -> u64 {
+        let index = self.size();
+        self.levels[0].push(leaf_hash);
+        let mut level = 0;
+        let mut h = leaf_hash;
+        // A level of even length has just completed a pair: hash it into the level above.
+        while self.levels[level].len() & 1 == 0 {
+            let len = self.levels[level].len();
+            h = node_hash(&self.levels[level][len - 2], &h);
+            level += 1;
+            if self.levels.len() == level {
+                self.levels.push(Vec::new());
+            }
+            self.levels[level].push(h);
+        }
+        index
+    }
+
+    /// Appends a leaf by its data, hashing it with [`crate::leaf_hash`]; returns its index.
+    pub fn append_data(&mut self, data: &[u8]) -> u64 {
+        self.append(crate::leaf_hash(data))
+    }
+
+    /// The current root, `MTH(D[size])`.
+    pub fn root(&self) -> Hash {
+        self.range_hash(0, self.size())
+    }
+
+    /// The root the tree had when it had `size` leaves (`size <= self.size()`). `O(log n)`.
+    pub fn root_at(&self, size: u64) -> Result<Hash, TreeError> {
+        self.check_size(size)?;
+        Ok(self.range_hash(0, size))
+    }
+
+    /// The audit path (RFC 6962 `PATH(index, D[size])`) of leaf `index` in the tree of the first
+    /// `size` leaves, deepest sibling first; verify it with [`crate::verify_inclusion`]. `O(log n)`.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(size)?;
+        if index >= size {
+            return Err(TreeError::IndexOutOfRange { index, size });
+        }
+        // Walk RFC 6962's recursion top-down, collecting the sibling at each split; the proof lists
+        // them bottom-up. Only a right sibling can be incomplete, and once the walk has gone left
+        // every later subtree is complete, so at most one `range_hash` call does any hashing.
+        let mut proof = Vec::with_capacity(64);
+        let (mut start, mut end) = (0u64, size);
+        while end - start > 1 {
+            let mid = start + split_point(end - start);
+            if index < mid {
+                proof.push(self.range_hash(mid, end));
+                end = mid;
+            } else {
+                proof.push(self.range_hash(start, mid));
+                start = mid;
+            }
+        }
+        proof.reverse();
+        Ok(proof)
+    }
+
+    /// The consistency proof (RFC 6962 `PROOF(old_size, D[new_size])`) between the trees of the
+    /// first `old_size` and the first `new_size` leaves; verify it with
+    /// [`crate::verify_consistency`]. Empty when `old_size` is 0 or equal to `new_size`. `O(log n)`.
+    pub fn consistency_proof(&self, old_size: u64, new_size: u64) -> Result<Vec<Hash>, TreeError> {
+        self.check_size(new_size)?;
+        if old_size > new_size {
+            return Err(TreeError::SizeOrder { old_size, new_size });
+        }
+        let mut proof = Vec::with_capacity(64);
+        if old_size == 0 || old_size == new_size {
+            return Ok(proof);
+        }
+        // SUBPROOF(m, D[start:end], b) with m = old_size - start, walked top-down; siblings are
+        // collected top first and the whole list is reversed at the end.
+        let (mut start, mut end) = (0u64, new_size);
+        let mut whole_old_tree = true; // RFC 6962's `b`
+        while old_size != end {
+            let mid = start + split_point(end - start);
+            if old_size <= mid {
+                proof.push(self.range_hash(mid, end));
+                end = mid;
+            } else {
+                proof.push(self.range_hash(start, mid));
+                start = mid;
+                whole_old_tree = false;
+            }
+        }
+        if !whole_old_tree {
+            proof.push(self.range_hash(start, end));
+        }
+        proof.reverse();
+        Ok(proof)
+    }
+
+    fn check_size(&self, size: u64) -> Result<(), TreeError> {
+        let tree_size = self.size();
+        if size > tree_size {
+            Err(TreeError::SizeBeyondTree { size, tree_size })
+        } else {
+            Ok(())
+        }
+    }
+
+    /// `MTH(D[start:end])` for `start <= end <= size()`, where `start` is a multiple of the smallest
+    /// power of two `>= end - start` (true of every subtree RFC 6962's recursion visits). A complete
+    /// subtree is one read; otherwise the right-fold of the complete subtrees given by the binary
+    /// decomposition of the width: at most `log2 n` reads and hashes.
+    fn range_hash(&self, start: u64, end: u64) -> Hash {
+        let width = end - start;
+        if width == 0 {
+            return empty_root();
+        }
+        debug_assert!(end <= self.size());
+        debug_assert_eq!(start % width.next_power_of_two(), 0, "unaligned range");
+        if width.is_power_of_two() {
+            return self.stored(width.trailing_zeros(), start);
+        }
+        // Smallest (rightmost) subtree first: MTH folds right-to-left.
+        let mut rest = width;
+        let mut pos = end;
+        let mut acc: Option<Hash> = None;
+        while rest != 0 {
+            let level = rest.trailing_zeros();
+            pos -= 1u64 << level;
+            let h = self.stored(level, pos);
+            acc = Some(match acc {
+                None => h,
+                Some(right) => node_hash(&h, &right),
+            });
+            rest &= rest - 1;
+        }
+        acc.expect("width > 0")
+    }
+
+    /// The stored hash of the complete subtree of `2^level` leaves starting at leaf `start`.
+    #[inline]
+    fn stored(&self, level: u32, start: u64) -> Hash {
+        self.levels[level as usize][to_usize(start >> level)]
+    }
+}
+
+impl Extend<Hash> for MerkleTree {
+    fn extend<I: IntoIterator<Item = Hash>>(&mut self, iter: I) {
+        for h in iter {
+            self.append(h);
+        }
+    }
+}
+
+impl FromIterator<Hash> for MerkleTree {
+    fn from_iter<I: IntoIterator<Item = Hash>>(iter: I) -> Self {
+        MerkleTree::from_leaf_hashes(iter)
+    }
+}
+
+fn to_usize(n: u64) -> usize {
+    usize::try_from(n).expect("tree size exceeds the address space")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{leaf_hash, root_from_leaf_hashes};
+
+    fn leaves(n: u64) -> Vec<Hash> {
+        (0..n).map(|i| leaf_hash(&i.to_le_bytes())).collect()
+    }
+
+    #[test]
+    fn levels_hold_complete_subtrees() {
+        let l = leaves(13);
+        let t = MerkleTree::from_leaf_hashes(l.iter().copied());
+        assert_eq!(t.levels.len(), 4);
+        for (h, level) in t.levels.iter().enumerate() {
+            assert_eq!(level.len(), 13 >> h);
+            for (i, got) in level.iter().enumerate() {
+                let w = 1usize << h;
+                let want = root_from_leaf_hashes(l[i * w..(i + 1) * w].iter().copied());
+                assert_eq!(*got, want, "level {h} index {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn with_capacity_does_not_reallocate() {
+        let mut t = MerkleTree::with_capacity(1000);
+        let before = t.heap_bytes();
+        for h in leaves(1000) {
+            t.append(h);
+        }
+        assert_eq!(t.heap_bytes(), before);
+        // n + n/2 + ... < 2n hashes.
+        assert!(before < 2 * 1000 * HASH_LEN + 65 * std::mem::size_of::<Vec<Hash>>());
+    }
+
+    #[test]
+    fn debug_is_short() {
+        let t = MerkleTree::from_leaf_hashes(leaves(1000));
+        let s = format!("{t:?}");
+        assert!(s.starts_with("MerkleTree { size: 1000, root: \""), "{s}");
+        assert!(s.len() < 120);
+    }
+}

@@ -1,0 +1,304 @@
+//! `puhui bench ledger`: in-process, durable load, ending with one JSON line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use puhui_ledger::{Currency, Id, NewAccount, ResultCode, TransferRequest, BATCH_EVENTS_MAX};
+use puhui_store::{EmbeddedStore, LedgerStore};
+use rand::{Rng, SeedableRng};
+use rand_distr::Distribution as _;
+
+use crate::Distribution;
+
+/// Flags of `puhui bench ledger`.
+#[derive(Args, Debug)]
+pub struct LedgerArgs {
+    /// Accounts to create before the load.
+    #[arg(long, default_value_t = 10_000)]
+    accounts: usize,
+    /// Transfers to submit.
+    #[arg(long, default_value_t = 2_000_000)]
+    transfers: usize,
+    /// Transfers per batch (1..=8189).
+    #[arg(long, default_value_t = 8_189)]
+    batch: usize,
+    /// How transfers pick their accounts.
+    #[arg(long, value_enum, default_value_t = Distribution::Uniform)]
+    distribution: Distribution,
+    /// Client threads submitting batches concurrently (group commit merges them).
+    #[arg(long, default_value_t = 1)]
+    clients: usize,
+    /// Data directory; must not already hold a journal (default: a new temporary directory).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// After the load, reopen the data directory and report how long recovery took.
+    #[arg(long)]
+    restart: bool,
+    /// Random seed.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Take a snapshot every this many journal entries (0: only at shutdown).
+    #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
+    snapshot_every: u64,
+}
+
+/// Runs the ledger benchmark.
+pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
+    if args.batch == 0 || args.batch > BATCH_EVENTS_MAX {
+        bail!("--batch must be between 1 and {BATCH_EVENTS_MAX}");
+    }
+    if args.accounts < 2 {
+        bail!("--accounts must be at least 2");
+    }
+    if args.clients == 0 || args.clients > 64 {
+        bail!("--clients must be between 1 and 64");
+    }
+    let _temp;
+    let dir = match &args.data_dir {
+        Some(d) => d.clone(),
+        None => {
+            _temp = tempfile::Builder::new()
+                .prefix("puhui-bench-")
+                .tempdir_in(bench_tmp_root())?;
+            _temp.path().to_path_buf()
+        }
+    };
+    if dir.join(puhui_store::JOURNAL_FILE).exists() {
+        bail!(
+            "{} already holds a journal; the benchmark needs a fresh data directory",
+            dir.display()
+        );
+    }
+    let options = puhui_store::StoreOptions {
+        snapshot_every_entries: args.snapshot_every,
+    };
+    let store =
+        EmbeddedStore::open_with(&dir, std::sync::Arc::new(puhui_store::SystemClock), options)
+            .context("opening the data directory")?;
+    let cny = Currency::iso("CNY").expect("CNY");
+    for chunk in (0..args.accounts)
+        .collect::<Vec<_>>()
+        .chunks(BATCH_EVENTS_MAX)
+    {
+        let batch = chunk
+            .iter()
+            .map(|i| NewAccount::new(account_id(*i), cny))
+            .collect();
+        store.create_accounts(batch)?;
+    }
+
+    // A generator thread prepares batches ahead so the measured loop only submits.
+    let batches = args.transfers.div_ceil(args.batch);
+    let (tx, rx) = mpsc::sync_channel::<Vec<TransferRequest>>(4 * args.clients);
+    let generator = {
+        let (accounts, batch, total, distribution, seed) = (
+            args.accounts,
+            args.batch,
+            args.transfers,
+            args.distribution,
+            args.seed,
+        );
+        std::thread::spawn(move || {
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+            let zipf = rand_distr::Zipf::new(accounts as f64, 1.0).expect("valid zipf");
+            let pick = |rng: &mut rand::rngs::StdRng| match distribution {
+                Distribution::Uniform => rng.random_range(0..accounts),
+                Distribution::Zipf => (zipf.sample(rng) as usize)
+                    .saturating_sub(1)
+                    .min(accounts - 1),
+            };
+            let mut made = 0usize;
+            while made < total {
+                let n = batch.min(total - made);
+                let mut items = Vec::with_capacity(n);
+                for k in 0..n {
+                    let debit = pick(&mut rng);
+                    let mut credit = pick(&mut rng);
+                    if credit == debit {
+                        credit = (debit + 1) % accounts;
+                    }
+                    let amount = rng.random_range(1..=100_000u64);
+                    let id = Id::new(&format!("t{:x}", made + k)).expect("valid id");
+                    items.push(TransferRequest::single(
+                        id,
+                        account_id(debit),
+                        account_id(credit),
+                        amount,
+                        cny.code(),
+                    ));
+                }
+                made += n;
+                if tx.send(items).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+
+    let bar = ProgressBar::new(args.transfers as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{spinner} {bar:40} {pos}/{len} transfers {per_sec} eta {eta}",
+        )
+        .expect("template"),
+    );
+    let rx = std::sync::Mutex::new(rx);
+    let started = Instant::now();
+    let mut latencies: Vec<Duration> = Vec::with_capacity(batches);
+    let mut failed = 0usize;
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..args.clients)
+            .map(|_| {
+                let (rx, store, bar) = (&rx, &store, &bar);
+                scope.spawn(move || {
+                    let mut mine = Vec::new();
+                    let mut failed = 0usize;
+                    loop {
+                        let next = rx.lock().expect("queue").recv();
+                        let Ok(batch) = next else { break };
+                        let n = batch.len();
+                        let t0 = Instant::now();
+                        let results = loop {
+                            match store.create_transfers(batch.clone()) {
+                                Err(puhui_store::StoreError::Overloaded) => {
+                                    std::thread::yield_now()
+                                }
+                                other => break other.expect("the store accepts the batch"),
+                            }
+                        };
+                        mine.push(t0.elapsed());
+                        failed += results
+                            .iter()
+                            .filter(|r| r.result != ResultCode::Ok)
+                            .count();
+                        bar.inc(n as u64);
+                    }
+                    (mine, failed)
+                })
+            })
+            .collect();
+        for h in handles {
+            let (mine, f) = h.join().expect("client thread");
+            latencies.extend(mine);
+            failed += f;
+        }
+    });
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    generator.join().expect("generator thread");
+    if failed > 0 {
+        bail!("{failed} transfers were not ok; the benchmark's transfers should all succeed");
+    }
+    let (ledger_bytes, transfers_count) =
+        store.read(|l| (l.memory_bytes_estimate(), l.transfers_count()));
+    let rss = rss_bytes();
+    let stats = store.stats();
+    let frames = stats
+        .frames
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .max(1);
+    let sync_ms_avg = stats
+        .sync_ns_total
+        .load(std::sync::atomic::Ordering::Relaxed) as f64
+        / frames as f64
+        / 1e6;
+
+    let snapshot_pause_ms = stats
+        .snapshot_pause_ns_max
+        .load(std::sync::atomic::Ordering::Relaxed) as f64
+        / 1e6;
+    let shutdown_started = Instant::now();
+    drop(store); // Writes the final snapshot.
+    let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
+
+    let restart = if args.restart {
+        // From the snapshot written at shutdown (a clean restart).
+        let t0 = Instant::now();
+        let reopened = EmbeddedStore::open(&dir)?;
+        let from_snapshot = t0.elapsed().as_secs_f64();
+        drop(reopened);
+        // Without it: replaying the whole journal (the worst case after a crash with no snapshot).
+        let snapshot = dir.join(puhui_journal::snapshot::SNAPSHOT_FILE);
+        let aside = dir.join("snapshot.bench-aside");
+        std::fs::rename(&snapshot, &aside)?;
+        let t0 = Instant::now();
+        let reopened = puhui_store::EmbeddedStore::open_with(
+            &dir,
+            std::sync::Arc::new(puhui_store::SystemClock),
+            puhui_store::StoreOptions {
+                snapshot_every_entries: 0,
+            },
+        )?;
+        let full = t0.elapsed().as_secs_f64();
+        let entries = reopened.open_report().entries_replayed;
+        std::mem::forget(reopened); // Leave no new snapshot behind; the process ends soon.
+        format!(
+            ",\"restart_from_snapshot_seconds\":{from_snapshot:.3},\"restart_full_replay_seconds\":{full:.3},\"journal_entries\":{entries}"
+        )
+    } else {
+        String::new()
+    };
+    latencies.sort();
+    let pct = |p: f64| {
+        let i = ((latencies.len() as f64 * p).ceil() as usize).clamp(1, latencies.len()) - 1;
+        latencies[i].as_secs_f64() * 1e3
+    };
+    eprintln!(
+        "{} transfers in {:.2} s over {} accounts ({:?}), batch {}, {} client(s): {:.0} transfers/s, {frames} group commits, avg sync {:.2} ms",
+        args.transfers,
+        seconds,
+        args.accounts,
+        args.distribution,
+        args.batch,
+        args.clients,
+        args.transfers as f64 / seconds,
+        sync_ms_avg
+    );
+    println!(
+        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3}{restart}}}",
+        args.transfers,
+        args.batch,
+        seconds,
+        args.transfers as f64 / seconds,
+        pct(0.50),
+        pct(0.99),
+        rss,
+        args.accounts,
+        args.distribution,
+        args.clients,
+        ledger_bytes as f64 / transfers_count.max(1) as f64,
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn account_id(i: usize) -> Id {
+    Id::new(&format!("acct-{i}")).expect("valid id")
+}
+
+/// Where temporary benchmark data directories go: `PUHUI_BENCH_TMP`, else the system temp directory.
+/// (Check it is a real disk, not a tmpfs, which would make fdatasync free.)
+fn bench_tmp_root() -> PathBuf {
+    std::env::var_os("PUHUI_BENCH_TMP")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir)
+}
+
+/// Resident set size of this process, from /proc (0 where unavailable).
+pub fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|kb| kb.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
