@@ -9,8 +9,7 @@ use puhui_ledger::wire::{
     decode_request, encode_request, put_opt_bytes, put_opt_u64, put_str, put_u64, Reader,
 };
 use puhui_ledger::{
-    AccountFlags, Currency, Id, Ledger, LogItem, NewAccount, ResultCode, StatusAction,
-    TransferRequest,
+    AccountFlags, Currency, Id, Ledger, LogItem, NewAccount, ResultCode, StatusAction, TransferRequest,
 };
 
 /// Entry kind: an account was created.
@@ -73,24 +72,14 @@ impl Event {
     /// Applies the event to a ledger through its replay path (which re-decides and checks the result).
     pub fn replay(self, ledger: &mut Ledger) -> Result<(), puhui_ledger::ReplayError> {
         match self {
-            Event::AccountCreated {
-                account,
-                timestamp_ns,
-            } => ledger.replay_account(account, timestamp_ns),
-            Event::StatusChanged {
-                account_id,
-                action,
-                timestamp_ns,
-            } => ledger.replay_status(&account_id, action, timestamp_ns),
-            Event::Transfer {
-                request,
-                timestamp_ns,
-                result,
-            } => ledger.replay_transfer(request, timestamp_ns, result),
-            Event::Expired {
-                pending_id,
-                timestamp_ns,
-            } => ledger.replay_expiry(&pending_id, timestamp_ns),
+            Event::AccountCreated { account, timestamp_ns } => ledger.replay_account(account, timestamp_ns),
+            Event::StatusChanged { account_id, action, timestamp_ns } => {
+                ledger.replay_status(&account_id, action, timestamp_ns)
+            }
+            Event::Transfer { request, timestamp_ns, result } => {
+                ledger.replay_transfer(request, timestamp_ns, result)
+            }
+            Event::Expired { pending_id, timestamp_ns } => ledger.replay_expiry(&pending_id, timestamp_ns),
         }
     }
 }
@@ -109,11 +98,7 @@ pub fn encode_log_item(ledger: &Ledger, item: LogItem, out: &mut Vec<u8>) -> u8 
             put_opt_bytes(out, a.metadata.as_deref());
             KIND_ACCOUNT_CREATED
         }
-        LogItem::StatusChanged {
-            account,
-            action,
-            timestamp_ns,
-        } => {
+        LogItem::StatusChanged { account, action, timestamp_ns } => {
             put_u64(out, timestamp_ns);
             put_str(out, ledger.account_id_at(account));
             out.push(action as u8);
@@ -150,45 +135,28 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Event, DecodeError> {
             let limit_minor = r.opt_u64()?;
             let metadata = r.opt_bytes()?;
             Event::AccountCreated {
-                account: NewAccount {
-                    id,
-                    currency,
-                    flags,
-                    limit_minor,
-                    metadata,
-                },
+                account: NewAccount { id, currency, flags, limit_minor, metadata },
                 timestamp_ns,
             }
         }
         KIND_STATUS_CHANGED => {
             let timestamp_ns = r.u64()?;
             let account_id = r.id()?;
-            let action = StatusAction::from_u8(r.u8()?)
-                .ok_or_else(|| DecodeError("unknown status action".into()))?;
-            Event::StatusChanged {
-                account_id,
-                action,
-                timestamp_ns,
-            }
+            let action =
+                StatusAction::from_u8(r.u8()?).ok_or_else(|| DecodeError("unknown status action".into()))?;
+            Event::StatusChanged { account_id, action, timestamp_ns }
         }
         KIND_TRANSFER => {
             let timestamp_ns = r.u64()?;
-            let result = ResultCode::from_u8(r.u8()?)
-                .ok_or_else(|| DecodeError("unknown result code".into()))?;
+            let result =
+                ResultCode::from_u8(r.u8()?).ok_or_else(|| DecodeError("unknown result code".into()))?;
             let request = decode_request(&mut r)?;
-            Event::Transfer {
-                request,
-                timestamp_ns,
-                result,
-            }
+            Event::Transfer { request, timestamp_ns, result }
         }
         KIND_EXPIRED => {
             let timestamp_ns = r.u64()?;
             let pending_id = r.id()?;
-            Event::Expired {
-                pending_id,
-                timestamp_ns,
-            }
+            Event::Expired { pending_id, timestamp_ns }
         }
         other => return Err(DecodeError(format!("unknown entry kind {other}"))),
     };

@@ -46,6 +46,20 @@ pub fn entry_hash(previous: &[u8; 32], seq: u64, kind: u8, body: &[u8]) -> [u8; 
     *h.finalize().as_bytes()
 }
 
+/// A frame header for `entries` entries in `payload_bytes` bytes starting at entry `first_seq`.
+/// (Public so that tamper tests can forge a consistent header around altered entries.)
+pub fn encode_frame_header(entries: u32, payload_bytes: u32, first_seq: u64) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    header[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
+    header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header[8..12].copy_from_slice(&entries.to_le_bytes());
+    header[12..16].copy_from_slice(&payload_bytes.to_le_bytes());
+    header[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let check = header_check(&header);
+    header[24..32].copy_from_slice(&check.to_le_bytes());
+    header
+}
+
 fn header_check(bytes: &[u8]) -> u64 {
     let digest = blake3::hash(&bytes[..24]);
     u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"))
@@ -65,11 +79,7 @@ pub struct JournalPosition {
 impl JournalPosition {
     /// The position of an empty journal.
     pub fn start() -> JournalPosition {
-        JournalPosition {
-            entries: 0,
-            len_bytes: 0,
-            last_hash: genesis_hash(),
-        }
+        JournalPosition { entries: 0, len_bytes: 0, last_hash: genesis_hash() }
     }
 }
 
@@ -90,12 +100,7 @@ impl JournalWriter {
     /// last hash (see [`scan`]). The file is truncated to `valid_len_bytes` (cutting a torn tail).
     pub fn open(path: &Path, position: &ScanSummary) -> io::Result<JournalWriter> {
         debug_assert!(position.valid_len_bytes == 0 || position.entries > 0);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+        let mut file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         let on_disk = file.metadata()?.len();
         if on_disk != position.valid_len_bytes {
             file.set_len(position.valid_len_bytes)?;
@@ -147,10 +152,7 @@ impl JournalWriter {
         let body_start = self.frame.len();
         let kind = write_body(&mut self.frame);
         let body_len = self.frame.len() - body_start;
-        assert!(
-            body_len <= ENTRY_BODY_BYTES_MAX,
-            "entry body of {body_len} bytes exceeds the limit"
-        );
+        assert!(body_len <= ENTRY_BODY_BYTES_MAX, "entry body of {body_len} bytes exceeds the limit");
         self.frame[start..start + 4].copy_from_slice(&(body_len as u32).to_le_bytes());
         self.frame[start + 12] = kind;
         let hash = entry_hash(&self.last_hash, seq, kind, &self.frame[body_start..]);
@@ -167,18 +169,8 @@ impl JournalWriter {
             return Ok(());
         }
         let payload = self.frame.len() - FRAME_HEADER_BYTES;
-        assert!(
-            payload <= FRAME_PAYLOAD_BYTES_MAX,
-            "frame payload {payload} exceeds the limit"
-        );
-        let mut header = [0u8; FRAME_HEADER_BYTES];
-        header[0..4].copy_from_slice(&FRAME_MAGIC.to_le_bytes());
-        header[4..6].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header[8..12].copy_from_slice(&self.frame_entries.to_le_bytes());
-        header[12..16].copy_from_slice(&(payload as u32).to_le_bytes());
-        header[16..24].copy_from_slice(&self.frame_first_seq.to_le_bytes());
-        let check = header_check(&header);
-        header[24..32].copy_from_slice(&check.to_le_bytes());
+        assert!(payload <= FRAME_PAYLOAD_BYTES_MAX, "frame payload {payload} exceeds the limit");
+        let header = encode_frame_header(self.frame_entries, payload as u32, self.frame_first_seq);
         self.frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
         self.file.write_all(&self.frame)?;
         self.file.sync_data()?;
@@ -196,21 +188,13 @@ impl JournalWriter {
     /// The durable position (valid when no frame is open).
     pub fn position(&self) -> JournalPosition {
         assert!(self.frame.is_empty(), "position is asked between frames");
-        JournalPosition {
-            entries: self.next_seq,
-            len_bytes: self.len_bytes,
-            last_hash: self.last_hash,
-        }
+        JournalPosition { entries: self.next_seq, len_bytes: self.len_bytes, last_hash: self.last_hash }
     }
 }
 
 /// Makes a directory entry (a newly created or truncated file) durable.
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    let dir = if dir.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        dir
-    };
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     File::open(dir)?.sync_all()
 }
 
@@ -284,25 +268,11 @@ impl std::fmt::Display for ScanError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ScanError::Io(e) => write!(f, "cannot read the journal: {e}"),
-            ScanError::Corrupt {
-                seq,
-                offset,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "journal entry {seq} (byte offset {offset}) is bad: {reason}"
-                )
+            ScanError::Corrupt { seq, offset, reason } => {
+                write!(f, "journal entry {seq} (byte offset {offset}) is bad: {reason}")
             }
-            ScanError::Rejected {
-                seq,
-                offset,
-                reason,
-            } => {
-                write!(
-                    f,
-                    "journal entry {seq} (byte offset {offset}) cannot be applied: {reason}"
-                )
+            ScanError::Rejected { seq, offset, reason } => {
+                write!(f, "journal entry {seq} (byte offset {offset}) cannot be applied: {reason}")
             }
         }
     }
@@ -368,8 +338,7 @@ pub fn scan_from(
             });
         }
     }
-    file.seek(SeekFrom::Start(start.len_bytes))
-        .map_err(io_err)?;
+    file.seek(SeekFrom::Start(start.len_bytes)).map_err(io_err)?;
     let mut reader = io::BufReader::with_capacity(4 << 20, &mut file);
     let mut offset = start.len_bytes;
     let mut seq = start.entries;
@@ -383,13 +352,11 @@ pub fn scan_from(
                 // The whole frame checked out: hand its entries over.
                 let mut at = 0usize;
                 for i in 0..count as u64 {
-                    let body_len =
-                        u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
+                    let body_len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
                     let kind = payload[at + 12];
                     let body = &payload[at + 13..at + 13 + body_len];
-                    let entry_hash: &[u8; 32] = payload[at + 13 + body_len..at + 45 + body_len]
-                        .try_into()
-                        .unwrap();
+                    let entry_hash: &[u8; 32] =
+                        payload[at + 13 + body_len..at + 45 + body_len].try_into().unwrap();
                     let entry_offset = offset + FRAME_HEADER_BYTES as u64 + at as u64;
                     on_entry(EntryRef {
                         seq: seq + i,
@@ -413,12 +380,9 @@ pub fn scan_from(
             Err(fault) => {
                 drop(reader);
                 // Torn tail or corruption? Corruption if any valid frame header follows.
-                if let Some(next) = find_valid_header_after(
-                    &mut file,
-                    fault.offset.max(offset) + 1,
-                    file_len,
-                    &fault,
-                ) {
+                if let Some(next) =
+                    find_valid_header_after(&mut file, fault.offset.max(offset) + 1, file_len, &fault)
+                {
                     return Err(ScanError::Corrupt {
                         seq: fault.seq,
                         offset: fault.offset,
@@ -433,22 +397,12 @@ pub fn scan_from(
                     frames,
                     last_hash,
                     valid_len_bytes: offset,
-                    torn_tail: Some(TornTail {
-                        offset,
-                        len_bytes: file_len - offset,
-                        reason: fault.reason,
-                    }),
+                    torn_tail: Some(TornTail { offset, len_bytes: file_len - offset, reason: fault.reason }),
                 });
             }
         }
     }
-    Ok(ScanSummary {
-        entries: seq,
-        frames,
-        last_hash,
-        valid_len_bytes: offset,
-        torn_tail: None,
-    })
+    Ok(ScanSummary { entries: seq, frames, last_hash, valid_len_bytes: offset, torn_tail: None })
 }
 
 fn read_frame(
@@ -459,18 +413,12 @@ fn read_frame(
     previous: &[u8; 32],
     payload: &mut Vec<u8>,
 ) -> Result<(u32, [u8; 32]), FrameFault> {
-    let fault = |at: u64, s: u64, reason: String| FrameFault {
-        seq: s,
-        offset: at,
-        reason,
-    };
+    let fault = |at: u64, s: u64, reason: String| FrameFault { seq: s, offset: at, reason };
     if file_len - offset < FRAME_HEADER_BYTES as u64 {
         return Err(fault(offset, seq, "incomplete frame header".into()));
     }
     let mut header = [0u8; FRAME_HEADER_BYTES];
-    reader
-        .read_exact(&mut header)
-        .map_err(|e| fault(offset, seq, format!("read: {e}")))?;
+    reader.read_exact(&mut header).map_err(|e| fault(offset, seq, format!("read: {e}")))?;
     let (count, payload_len) = parse_header(&header).map_err(|r| fault(offset, seq, r))?;
     let first_seq = u64::from_le_bytes(header[16..24].try_into().unwrap());
     if first_seq != seq {
@@ -482,35 +430,21 @@ fn read_frame(
     }
     let body_offset = offset + FRAME_HEADER_BYTES as u64;
     if file_len - body_offset < payload_len as u64 {
-        return Err(fault(
-            offset,
-            seq,
-            format!("frame of {payload_len} bytes is cut short"),
-        ));
+        return Err(fault(offset, seq, format!("frame of {payload_len} bytes is cut short")));
     }
     payload.resize(payload_len as usize, 0);
-    reader
-        .read_exact(payload)
-        .map_err(|e| fault(offset, seq, format!("read: {e}")))?;
+    reader.read_exact(payload).map_err(|e| fault(offset, seq, format!("read: {e}")))?;
     let mut at = 0usize;
     let mut hash = *previous;
     for i in 0..count as u64 {
         let s = seq + i;
         let entry_offset = body_offset + at as u64;
         if payload.len() - at < ENTRY_OVERHEAD_BYTES {
-            return Err(fault(
-                entry_offset,
-                s,
-                "entry runs past the end of its frame".into(),
-            ));
+            return Err(fault(entry_offset, s, "entry runs past the end of its frame".into()));
         }
         let body_len = u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()) as usize;
         if body_len > ENTRY_BODY_BYTES_MAX || payload.len() - at - ENTRY_OVERHEAD_BYTES < body_len {
-            return Err(fault(
-                entry_offset,
-                s,
-                format!("entry length {body_len} runs past its frame"),
-            ));
+            return Err(fault(entry_offset, s, format!("entry length {body_len} runs past its frame")));
         }
         let entry_seq = u64::from_le_bytes(payload[at + 4..at + 12].try_into().unwrap());
         if entry_seq != s {
@@ -522,9 +456,7 @@ fn read_frame(
         }
         let kind = payload[at + 12];
         let body = &payload[at + 13..at + 13 + body_len];
-        let stored: [u8; 32] = payload[at + 13 + body_len..at + 45 + body_len]
-            .try_into()
-            .unwrap();
+        let stored: [u8; 32] = payload[at + 13 + body_len..at + 45 + body_len].try_into().unwrap();
         let computed = entry_hash(&hash, s, kind, body);
         if computed != stored {
             return Err(fault(
@@ -537,11 +469,7 @@ fn read_frame(
         at += ENTRY_OVERHEAD_BYTES + body_len;
     }
     if at != payload.len() {
-        return Err(fault(
-            body_offset + at as u64,
-            seq + count as u64,
-            "trailing bytes in frame".into(),
-        ));
+        return Err(fault(body_offset + at as u64, seq + count as u64, "trailing bytes in frame".into()));
     }
     Ok((count, hash))
 }
@@ -562,20 +490,13 @@ fn parse_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<(u32, u32), String>
     let count = u32::from_le_bytes(header[8..12].try_into().unwrap());
     let payload_len = u32::from_le_bytes(header[12..16].try_into().unwrap());
     if payload_len as usize > FRAME_PAYLOAD_BYTES_MAX || count == 0 {
-        return Err(format!(
-            "implausible frame: {count} entries in {payload_len} bytes"
-        ));
+        return Err(format!("implausible frame: {count} entries in {payload_len} bytes"));
     }
     Ok((count, payload_len))
 }
 
 /// Looks for a frame header with a valid checksum at or after `from` (byte by byte).
-fn find_valid_header_after(
-    file: &mut File,
-    from: u64,
-    file_len: u64,
-    _fault: &FrameFault,
-) -> Option<u64> {
+fn find_valid_header_after(file: &mut File, from: u64, file_len: u64, _fault: &FrameFault) -> Option<u64> {
     if from >= file_len {
         return None;
     }
@@ -586,8 +507,7 @@ fn find_valid_header_after(
     let mut i = 0usize;
     while i + FRAME_HEADER_BYTES <= rest.len() {
         if rest[i..i + 4] == magic {
-            let header: &[u8; FRAME_HEADER_BYTES] =
-                rest[i..i + FRAME_HEADER_BYTES].try_into().unwrap();
+            let header: &[u8; FRAME_HEADER_BYTES] = rest[i..i + FRAME_HEADER_BYTES].try_into().unwrap();
             if parse_header(header).is_ok() {
                 return Some(from + i as u64);
             }

@@ -17,9 +17,7 @@ pub mod snapshot;
 use std::path::Path;
 
 pub use codec::{decode, encode_log_item, Event};
-pub use frame::{
-    scan, scan_from, JournalPosition, JournalWriter, ScanError, ScanSummary, TornTail,
-};
+pub use frame::{scan, scan_from, JournalPosition, JournalWriter, ScanError, ScanSummary, TornTail};
 
 use puhui_ledger::Ledger;
 
@@ -48,11 +46,7 @@ pub fn recover(path: &Path) -> Result<Recovered, ScanError> {
 
 /// Like [`recover`], but continues from `ledger` (loaded from a snapshot) at `start`: only the journal
 /// after the snapshot is read and replayed.
-pub fn recover_from(
-    path: &Path,
-    mut ledger: Ledger,
-    start: JournalPosition,
-) -> Result<Recovered, ScanError> {
+pub fn recover_from(path: &Path, mut ledger: Ledger, start: JournalPosition) -> Result<Recovered, ScanError> {
     type Chunk = Vec<(u64, u64, Event)>;
     let file_len = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let tail_len = file_len.saturating_sub(start.len_bytes);
@@ -67,8 +61,7 @@ pub fn recover_from(
                 let event = codec::decode(entry.kind, entry.body).map_err(|e| e.to_string())?;
                 chunk.push((entry.seq, entry.offset, event));
                 if chunk.len() == RECOVERY_CHUNK_EVENTS {
-                    let full =
-                        std::mem::replace(&mut chunk, Vec::with_capacity(RECOVERY_CHUNK_EVENTS));
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(RECOVERY_CHUNK_EVENTS));
                     tx.send(full).map_err(|_| "replay stopped".to_string())?;
                 }
                 Ok(())
@@ -83,11 +76,7 @@ pub fn recover_from(
     for chunk in rx.iter() {
         for (seq, offset, event) in chunk {
             if let Err(e) = event.replay(&mut ledger) {
-                replay_error = Some(ScanError::Rejected {
-                    seq,
-                    offset,
-                    reason: e.to_string(),
-                });
+                replay_error = Some(ScanError::Rejected { seq, offset, reason: e.to_string() });
                 break;
             }
         }
@@ -96,16 +85,11 @@ pub fn recover_from(
         }
     }
     drop(rx);
-    let scanned = reader
-        .join()
-        .map_err(|_| ScanError::Io("the recovery reader panicked".into()))?;
+    let scanned = reader.join().map_err(|_| ScanError::Io("the recovery reader panicked".into()))?;
     if let Some(e) = replay_error {
         return Err(e);
     }
-    Ok(Recovered {
-        ledger,
-        summary: scanned?,
-    })
+    Ok(Recovered { ledger, summary: scanned? })
 }
 
 /// What `journal verify` found.

@@ -23,11 +23,7 @@ const VERSION: u16 = 1;
 const HEADER_BYTES: usize = 96;
 
 /// Writes a snapshot atomically into `dir`. `content` is the ledger's encoding, in chunks.
-pub fn write_snapshot(
-    dir: &Path,
-    position: &JournalPosition,
-    content: &[Vec<u8>],
-) -> io::Result<PathBuf> {
+pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>]) -> io::Result<PathBuf> {
     let mut hasher = blake3::Hasher::new();
     let mut content_bytes = 0u64;
     for chunk in content {

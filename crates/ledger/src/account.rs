@@ -16,10 +16,8 @@ pub struct AccountFlags {
 
 impl AccountFlags {
     /// A wallet: cannot go below zero.
-    pub const WALLET: AccountFlags = AccountFlags {
-        debits_must_not_exceed_credits: true,
-        credits_must_not_exceed_debits: false,
-    };
+    pub const WALLET: AccountFlags =
+        AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: false };
 
     /// The flags as bits (bit 0: debits_must_not_exceed_credits, bit 1: credits_must_not_exceed_debits).
     pub fn bits(self) -> u8 {
@@ -135,13 +133,7 @@ pub struct NewAccount {
 impl NewAccount {
     /// An account with no flags, limit or metadata.
     pub fn new(id: Id, currency: Currency) -> NewAccount {
-        NewAccount {
-            id,
-            currency,
-            flags: AccountFlags::default(),
-            limit_minor: None,
-            metadata: None,
-        }
+        NewAccount { id, currency, flags: AccountFlags::default(), limit_minor: None, metadata: None }
     }
 
     /// The same account with floor flags.

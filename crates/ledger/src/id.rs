@@ -30,9 +30,7 @@ impl Id {
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= ID_BYTES_MAX
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'-'))
 }
 
 impl fmt::Debug for Id {
@@ -72,11 +70,7 @@ const LOW_MASK: u128 = (1u128 << LOW_BITS) - 1;
 impl IdGenerator {
     /// A generator whose random part starts from `seed` (use a value that differs between processes).
     pub fn new(seed: u64) -> IdGenerator {
-        IdGenerator {
-            last_ms: 0,
-            last_low: 0,
-            state: seed ^ 0x9E37_79B9_7F4A_7C15,
-        }
+        IdGenerator { last_ms: 0, last_low: 0, state: seed ^ 0x9E37_79B9_7F4A_7C15 }
     }
 
     fn next_random(&mut self) -> u64 {
@@ -93,12 +87,9 @@ impl IdGenerator {
         let ms = now_ms.max(self.last_ms) & ((1u64 << 48) - 1);
         let low = if ms == self.last_ms {
             // Same millisecond: strictly increase the low part (wraps into the next ms if exhausted).
-            self.last_low
-                .wrapping_add(1 + (self.next_random() as u128 & 0xFFFF))
-                & LOW_MASK
+            self.last_low.wrapping_add(1 + (self.next_random() as u128 & 0xFFFF)) & LOW_MASK
         } else {
-            ((self.next_random() as u128) << 16 | (self.next_random() as u128 & 0xFFFF))
-                & (LOW_MASK >> 1)
+            ((self.next_random() as u128) << 16 | (self.next_random() as u128 & 0xFFFF)) & (LOW_MASK >> 1)
         };
         self.last_ms = ms;
         self.last_low = low;

@@ -25,18 +25,12 @@ impl CurrencyCode {
         if raw.is_empty() || raw.len() > CURRENCY_CODE_BYTES_MAX {
             return None;
         }
-        if !raw
-            .iter()
-            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_')
-        {
+        if !raw.iter().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b'_') {
             return None;
         }
         let mut bytes = [0u8; CURRENCY_CODE_BYTES_MAX];
         bytes[..raw.len()].copy_from_slice(raw);
-        Some(CurrencyCode {
-            bytes,
-            len: raw.len() as u8,
-        })
+        Some(CurrencyCode { bytes, len: raw.len() as u8 })
     }
 
     /// The code as text.
@@ -86,9 +80,7 @@ impl fmt::Display for CurrencyError {
                 "not an ISO 4217 currency; declare an exponent to use a custom unit"
             }
             CurrencyError::ExponentTooLarge => "a custom unit's exponent must be at most 18",
-            CurrencyError::ConflictsWithIso => {
-                "this code is an ISO 4217 currency with a different exponent"
-            }
+            CurrencyError::ConflictsWithIso => "this code is an ISO 4217 currency with a different exponent",
         })
     }
 }
@@ -108,21 +100,12 @@ impl Currency {
     pub fn parse(code: &str, exponent: Option<u8>) -> Result<Currency, CurrencyError> {
         let parsed = CurrencyCode::new(code).ok_or(CurrencyError::InvalidCode)?;
         match (iso_exponent(parsed.as_str()), exponent) {
-            (Some(iso), None) => Ok(Currency {
-                code: parsed,
-                exponent: iso,
-            }),
-            (Some(iso), Some(e)) if iso == e => Ok(Currency {
-                code: parsed,
-                exponent: iso,
-            }),
+            (Some(iso), None) => Ok(Currency { code: parsed, exponent: iso }),
+            (Some(iso), Some(e)) if iso == e => Ok(Currency { code: parsed, exponent: iso }),
             (Some(_), Some(_)) => Err(CurrencyError::ConflictsWithIso),
             (None, None) => Err(CurrencyError::UnknownIsoCode),
             (None, Some(e)) if e > CURRENCY_EXPONENT_MAX => Err(CurrencyError::ExponentTooLarge),
-            (None, Some(e)) => Ok(Currency {
-                code: parsed,
-                exponent: e,
-            }),
+            (None, Some(e)) => Ok(Currency { code: parsed, exponent: e }),
         }
     }
 
@@ -158,12 +141,7 @@ fn format_minor_units(magnitude: u128, negative: bool, exponent: u8) -> String {
         return format!("{sign}{magnitude}");
     }
     let scale = 10u128.pow(exponent as u32);
-    format!(
-        "{sign}{}.{:0width$}",
-        magnitude / scale,
-        magnitude % scale,
-        width = exponent as usize
-    )
+    format!("{sign}{}.{:0width$}", magnitude / scale, magnitude % scale, width = exponent as usize)
 }
 
 /// Adds two amounts, `None` on overflow.
@@ -174,172 +152,32 @@ pub fn add_minor(a: u64, b: u64) -> Option<u64> {
 
 /// The ISO 4217 exponent (minor unit digits) of an active currency code, or `None` if unknown.
 pub fn iso_exponent(code: &str) -> Option<u8> {
-    ISO_4217
-        .binary_search_by(|(c, _)| (*c).cmp(code))
-        .ok()
-        .map(|i| ISO_4217[i].1)
+    ISO_4217.binary_search_by(|(c, _)| (*c).cmp(code)).ok().map(|i| ISO_4217[i].1)
 }
 
 /// Active ISO 4217 codes with their minor-unit exponent, sorted by code (checked by a test).
+#[rustfmt::skip]
 const ISO_4217: &[(&str, u8)] = &[
-    ("AED", 2),
-    ("AFN", 2),
-    ("ALL", 2),
-    ("AMD", 2),
-    ("ANG", 2),
-    ("AOA", 2),
-    ("ARS", 2),
-    ("AUD", 2),
-    ("AWG", 2),
-    ("AZN", 2),
-    ("BAM", 2),
-    ("BBD", 2),
-    ("BDT", 2),
-    ("BGN", 2),
-    ("BHD", 3),
-    ("BIF", 0),
-    ("BMD", 2),
-    ("BND", 2),
-    ("BOB", 2),
-    ("BRL", 2),
-    ("BSD", 2),
-    ("BTN", 2),
-    ("BWP", 2),
-    ("BYN", 2),
-    ("BZD", 2),
-    ("CAD", 2),
-    ("CDF", 2),
-    ("CHF", 2),
-    ("CLF", 4),
-    ("CLP", 0),
-    ("CNY", 2),
-    ("COP", 2),
-    ("CRC", 2),
-    ("CUP", 2),
-    ("CVE", 2),
-    ("CZK", 2),
-    ("DJF", 0),
-    ("DKK", 2),
-    ("DOP", 2),
-    ("DZD", 2),
-    ("EGP", 2),
-    ("ERN", 2),
-    ("ETB", 2),
-    ("EUR", 2),
-    ("FJD", 2),
-    ("FKP", 2),
-    ("GBP", 2),
-    ("GEL", 2),
-    ("GHS", 2),
-    ("GIP", 2),
-    ("GMD", 2),
-    ("GNF", 0),
-    ("GTQ", 2),
-    ("GYD", 2),
-    ("HKD", 2),
-    ("HNL", 2),
-    ("HTG", 2),
-    ("HUF", 2),
-    ("IDR", 2),
-    ("ILS", 2),
-    ("INR", 2),
-    ("IQD", 3),
-    ("IRR", 2),
-    ("ISK", 0),
-    ("JMD", 2),
-    ("JOD", 3),
-    ("JPY", 0),
-    ("KES", 2),
-    ("KGS", 2),
-    ("KHR", 2),
-    ("KMF", 0),
-    ("KPW", 2),
-    ("KRW", 0),
-    ("KWD", 3),
-    ("KYD", 2),
-    ("KZT", 2),
-    ("LAK", 2),
-    ("LBP", 2),
-    ("LKR", 2),
-    ("LRD", 2),
-    ("LSL", 2),
-    ("LYD", 3),
-    ("MAD", 2),
-    ("MDL", 2),
-    ("MGA", 2),
-    ("MKD", 2),
-    ("MMK", 2),
-    ("MNT", 2),
-    ("MOP", 2),
-    ("MRU", 2),
-    ("MUR", 2),
-    ("MVR", 2),
-    ("MWK", 2),
-    ("MXN", 2),
-    ("MYR", 2),
-    ("MZN", 2),
-    ("NAD", 2),
-    ("NGN", 2),
-    ("NIO", 2),
-    ("NOK", 2),
-    ("NPR", 2),
-    ("NZD", 2),
-    ("OMR", 3),
-    ("PAB", 2),
-    ("PEN", 2),
-    ("PGK", 2),
-    ("PHP", 2),
-    ("PKR", 2),
-    ("PLN", 2),
-    ("PYG", 0),
-    ("QAR", 2),
-    ("RON", 2),
-    ("RSD", 2),
-    ("RUB", 2),
-    ("RWF", 0),
-    ("SAR", 2),
-    ("SBD", 2),
-    ("SCR", 2),
-    ("SDG", 2),
-    ("SEK", 2),
-    ("SGD", 2),
-    ("SHP", 2),
-    ("SLE", 2),
-    ("SOS", 2),
-    ("SRD", 2),
-    ("SSP", 2),
-    ("STN", 2),
-    ("SVC", 2),
-    ("SYP", 2),
-    ("SZL", 2),
-    ("THB", 2),
-    ("TJS", 2),
-    ("TMT", 2),
-    ("TND", 3),
-    ("TOP", 2),
-    ("TRY", 2),
-    ("TTD", 2),
-    ("TWD", 2),
-    ("TZS", 2),
-    ("UAH", 2),
-    ("UGX", 0),
-    ("USD", 2),
-    ("UYI", 0),
-    ("UYU", 2),
-    ("UYW", 4),
-    ("UZS", 2),
-    ("VES", 2),
-    ("VND", 0),
-    ("VUV", 0),
-    ("WST", 2),
-    ("XAF", 0),
-    ("XCD", 2),
-    ("XOF", 0),
-    ("XPF", 0),
-    ("YER", 2),
-    ("ZAR", 2),
-    ("ZMW", 2),
-    ("ZWG", 2),
+    ("AED", 2), ("AFN", 2), ("ALL", 2), ("AMD", 2), ("ANG", 2), ("AOA", 2), ("ARS", 2), ("AUD", 2),
+    ("AWG", 2), ("AZN", 2), ("BAM", 2), ("BBD", 2), ("BDT", 2), ("BGN", 2), ("BHD", 3), ("BIF", 0),
+    ("BMD", 2), ("BND", 2), ("BOB", 2), ("BRL", 2), ("BSD", 2), ("BTN", 2), ("BWP", 2), ("BYN", 2),
+    ("BZD", 2), ("CAD", 2), ("CDF", 2), ("CHF", 2), ("CLF", 4), ("CLP", 0), ("CNY", 2), ("COP", 2),
+    ("CRC", 2), ("CUP", 2), ("CVE", 2), ("CZK", 2), ("DJF", 0), ("DKK", 2), ("DOP", 2), ("DZD", 2),
+    ("EGP", 2), ("ERN", 2), ("ETB", 2), ("EUR", 2), ("FJD", 2), ("FKP", 2), ("GBP", 2), ("GEL", 2),
+    ("GHS", 2), ("GIP", 2), ("GMD", 2), ("GNF", 0), ("GTQ", 2), ("GYD", 2), ("HKD", 2), ("HNL", 2),
+    ("HTG", 2), ("HUF", 2), ("IDR", 2), ("ILS", 2), ("INR", 2), ("IQD", 3), ("IRR", 2), ("ISK", 0),
+    ("JMD", 2), ("JOD", 3), ("JPY", 0), ("KES", 2), ("KGS", 2), ("KHR", 2), ("KMF", 0), ("KPW", 2),
+    ("KRW", 0), ("KWD", 3), ("KYD", 2), ("KZT", 2), ("LAK", 2), ("LBP", 2), ("LKR", 2), ("LRD", 2),
+    ("LSL", 2), ("LYD", 3), ("MAD", 2), ("MDL", 2), ("MGA", 2), ("MKD", 2), ("MMK", 2), ("MNT", 2),
+    ("MOP", 2), ("MRU", 2), ("MUR", 2), ("MVR", 2), ("MWK", 2), ("MXN", 2), ("MYR", 2), ("MZN", 2),
+    ("NAD", 2), ("NGN", 2), ("NIO", 2), ("NOK", 2), ("NPR", 2), ("NZD", 2), ("OMR", 3), ("PAB", 2),
+    ("PEN", 2), ("PGK", 2), ("PHP", 2), ("PKR", 2), ("PLN", 2), ("PYG", 0), ("QAR", 2), ("RON", 2),
+    ("RSD", 2), ("RUB", 2), ("RWF", 0), ("SAR", 2), ("SBD", 2), ("SCR", 2), ("SDG", 2), ("SEK", 2),
+    ("SGD", 2), ("SHP", 2), ("SLE", 2), ("SOS", 2), ("SRD", 2), ("SSP", 2), ("STN", 2), ("SVC", 2),
+    ("SYP", 2), ("SZL", 2), ("THB", 2), ("TJS", 2), ("TMT", 2), ("TND", 3), ("TOP", 2), ("TRY", 2),
+    ("TTD", 2), ("TWD", 2), ("TZS", 2), ("UAH", 2), ("UGX", 0), ("USD", 2), ("UYI", 0), ("UYU", 2),
+    ("UYW", 4), ("UZS", 2), ("VES", 2), ("VND", 0), ("VUV", 0), ("WST", 2), ("XAF", 0), ("XCD", 2),
+    ("XOF", 0), ("XPF", 0), ("YER", 2), ("ZAR", 2), ("ZMW", 2), ("ZWG", 2),
 ];
 
 #[cfg(test)]
@@ -364,18 +202,9 @@ mod tests {
     fn custom_units_declare_an_exponent() {
         let points = Currency::parse("POINTS", Some(0)).unwrap();
         assert!(!points.is_iso());
-        assert_eq!(
-            Currency::parse("POINTS", None),
-            Err(CurrencyError::UnknownIsoCode)
-        );
-        assert_eq!(
-            Currency::parse("JPY", Some(2)),
-            Err(CurrencyError::ConflictsWithIso)
-        );
-        assert_eq!(
-            Currency::parse("GOLD_MG", Some(19)),
-            Err(CurrencyError::ExponentTooLarge)
-        );
+        assert_eq!(Currency::parse("POINTS", None), Err(CurrencyError::UnknownIsoCode));
+        assert_eq!(Currency::parse("JPY", Some(2)), Err(CurrencyError::ConflictsWithIso));
+        assert_eq!(Currency::parse("GOLD_MG", Some(19)), Err(CurrencyError::ExponentTooLarge));
     }
 
     #[test]

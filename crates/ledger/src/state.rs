@@ -19,8 +19,8 @@ use crate::money::{Currency, CurrencyCode};
 use crate::result::ResultCode;
 use crate::transfer::{PendingStatus, References, Transfer, TransferKind, TransferRequest};
 use crate::{
-    ACCOUNTS_MAX, BATCH_EVENTS_MAX, END_TO_END_ID_BYTES_MAX, METADATA_BYTES_MAX,
-    PENDING_TIMEOUT_MS_MAX, TRANSFERS_MAX,
+    ACCOUNTS_MAX, BATCH_EVENTS_MAX, END_TO_END_ID_BYTES_MAX, METADATA_BYTES_MAX, PENDING_TIMEOUT_MS_MAX,
+    TRANSFERS_MAX,
 };
 
 const NONE: u32 = u32::MAX;
@@ -39,10 +39,7 @@ pub struct EventResult {
 
 impl EventResult {
     fn rejected(result: ResultCode) -> EventResult {
-        EventResult {
-            result,
-            timestamp_ns: 0,
-        }
+        EventResult { result, timestamp_ns: 0 }
     }
 }
 
@@ -80,11 +77,7 @@ pub struct ReplayError {
 
 impl std::fmt::Display for ReplayError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "replaying {} gave {} but the journal recorded {}",
-            self.what, self.computed, self.recorded
-        )
+        write!(f, "replaying {} gave {} but the journal recorded {}", self.what, self.computed, self.recorded)
     }
 }
 
@@ -213,8 +206,7 @@ impl Ledger {
     pub fn reserve_transfers(&mut self, transfers: usize) {
         self.transfers.reserve(transfers);
         let (records, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index
-            .reserve(transfers, |&i| hash_str(hasher, &records[i as usize].id));
+        self.transfers_index.reserve(transfers, |&i| hash_str(hasher, &records[i as usize].id));
     }
 
     /// The last timestamp assigned.
@@ -240,16 +232,12 @@ impl Ledger {
 
     fn find_account(&self, id: &str) -> Option<u32> {
         let hash = hash_str(&self.hasher, id);
-        self.accounts_index
-            .find(hash, |&i| &*self.accounts[i as usize].id == id)
-            .copied()
+        self.accounts_index.find(hash, |&i| &*self.accounts[i as usize].id == id).copied()
     }
 
     fn find_transfer(&self, id: &str) -> Option<u32> {
         let hash = hash_str(&self.hasher, id);
-        self.transfers_index
-            .find(hash, |&i| &*self.transfers[i as usize].id == id)
-            .copied()
+        self.transfers_index.find(hash, |&i| &*self.transfers[i as usize].id == id).copied()
     }
 
     /// Takes the events applied since the last call, in order, for the journal.
@@ -267,14 +255,8 @@ impl Ledger {
 
     /// Creates accounts. One result per account, in order.
     pub fn create_accounts(&mut self, batch: Vec<NewAccount>, now_ns: u64) -> Vec<EventResult> {
-        assert!(
-            batch.len() <= BATCH_EVENTS_MAX,
-            "batch size is checked by the caller"
-        );
-        batch
-            .into_iter()
-            .map(|a| self.create_account(a, now_ns, None))
-            .collect()
+        assert!(batch.len() <= BATCH_EVENTS_MAX, "batch size is checked by the caller");
+        batch.into_iter().map(|a| self.create_account(a, now_ns, None)).collect()
     }
 
     fn create_account(&mut self, new: NewAccount, now_ns: u64, at_ns: Option<u64>) -> EventResult {
@@ -287,11 +269,7 @@ impl Ledger {
         {
             return EventResult::rejected(ResultCode::LimitRequiresFlag);
         }
-        if new
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.len() > METADATA_BYTES_MAX)
-        {
+        if new.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) {
             return EventResult::rejected(ResultCode::MetadataTooLarge);
         }
         if let Some(existing) = self.find_account(&new.id) {
@@ -305,10 +283,7 @@ impl Ledger {
             } else if a.metadata != new.metadata {
                 ResultCode::ExistsWithDifferentMetadata
             } else {
-                return EventResult {
-                    result: ResultCode::Exists,
-                    timestamp_ns: a.timestamp_ns,
-                };
+                return EventResult { result: ResultCode::Exists, timestamp_ns: a.timestamp_ns };
             };
             return EventResult::rejected(result);
         }
@@ -336,45 +311,26 @@ impl Ledger {
             history: Vec::new(),
         });
         let (accounts, hasher) = (&self.accounts, &self.hasher);
-        self.accounts_index
-            .insert_unique(hash, index, |&i| hash_str(hasher, &accounts[i as usize].id));
+        self.accounts_index.insert_unique(hash, index, |&i| hash_str(hasher, &accounts[i as usize].id));
         self.log.push(LogItem::AccountCreated(index));
-        EventResult {
-            result: ResultCode::Ok,
-            timestamp_ns,
-        }
+        EventResult { result: ResultCode::Ok, timestamp_ns }
     }
 
     /// Freezes, unfreezes or closes an account.
-    pub fn set_account_status(
-        &mut self,
-        id: &str,
-        action: StatusAction,
-        now_ns: u64,
-    ) -> EventResult {
+    pub fn set_account_status(&mut self, id: &str, action: StatusAction, now_ns: u64) -> EventResult {
         self.set_status(id, action, now_ns, None)
     }
 
-    fn set_status(
-        &mut self,
-        id: &str,
-        action: StatusAction,
-        now_ns: u64,
-        at_ns: Option<u64>,
-    ) -> EventResult {
+    fn set_status(&mut self, id: &str, action: StatusAction, now_ns: u64, at_ns: Option<u64>) -> EventResult {
         let Some(index) = self.find_account(id) else {
             return EventResult::rejected(ResultCode::AccountNotFound);
         };
         let account = &self.accounts[index as usize];
         let next = match (account.status, action) {
             (AccountStatus::Closed, _) => return EventResult::rejected(ResultCode::AccountClosed),
-            (AccountStatus::Open, StatusAction::Unfreeze)
-            | (AccountStatus::Frozen, StatusAction::Freeze) => {
+            (AccountStatus::Open, StatusAction::Unfreeze) | (AccountStatus::Frozen, StatusAction::Freeze) => {
                 // Already there: idempotent, nothing to journal.
-                return EventResult {
-                    result: ResultCode::Ok,
-                    timestamp_ns: self.last_timestamp_ns,
-                };
+                return EventResult { result: ResultCode::Ok, timestamp_ns: self.last_timestamp_ns };
             }
             (_, StatusAction::Freeze) => AccountStatus::Frozen,
             (_, StatusAction::Unfreeze) => AccountStatus::Open,
@@ -397,15 +353,8 @@ impl Ledger {
             None => self.next_timestamp(now_ns),
         };
         self.accounts[index as usize].status = next;
-        self.log.push(LogItem::StatusChanged {
-            account: index,
-            action,
-            timestamp_ns,
-        });
-        EventResult {
-            result: ResultCode::Ok,
-            timestamp_ns,
-        }
+        self.log.push(LogItem::StatusChanged { account: index, action, timestamp_ns });
+        EventResult { result: ResultCode::Ok, timestamp_ns }
     }
 
     /// An account with its balances.
@@ -443,15 +392,8 @@ impl Ledger {
 
     /// Creates transfers. One result per transfer, in order; a linked chain (consecutive transfers
     /// with `linked` set, ending at the first without) is applied entirely or not at all.
-    pub fn create_transfers(
-        &mut self,
-        batch: Vec<TransferRequest>,
-        now_ns: u64,
-    ) -> Vec<EventResult> {
-        assert!(
-            batch.len() <= BATCH_EVENTS_MAX,
-            "batch size is checked by the caller"
-        );
+    pub fn create_transfers(&mut self, batch: Vec<TransferRequest>, now_ns: u64) -> Vec<EventResult> {
+        assert!(batch.len() <= BATCH_EVENTS_MAX, "batch size is checked by the caller");
         let count = batch.len();
         let mut results = Vec::with_capacity(count);
         let mut chain: Vec<Undo> = Vec::new();
@@ -512,11 +454,7 @@ impl Ledger {
 
     fn undo(&mut self, undo: Undo) {
         let index = undo.transfer;
-        assert_eq!(
-            index as usize + 1,
-            self.transfers.len(),
-            "undo is last-in first-out"
-        );
+        assert_eq!(index as usize + 1, self.transfers.len(), "undo is last-in first-out");
         let record = self.transfers.pop().expect("record to undo");
         let hash = hash_str(&self.hasher, &record.id);
         match self.transfers_index.find_entry(hash, |&i| i == index) {
@@ -525,10 +463,7 @@ impl Ledger {
             }
             Err(_) => unreachable!("undone transfer is indexed"),
         }
-        for (account, before) in [
-            (record.debit, undo.debit_before),
-            (record.credit, undo.credit_before),
-        ] {
+        for (account, before) in [(record.debit, undo.debit_before), (record.credit, undo.credit_before)] {
             let a = &mut self.accounts[account as usize];
             let popped = a.history.pop().expect("history entry to undo");
             assert_eq!(popped.event, index);
@@ -542,8 +477,7 @@ impl Ledger {
             pending.pending_status = status;
             pending.resolved_at_ns = resolved_at_ns;
             if pending.expires_at_ns != 0 && status == PendingStatus::Pending {
-                self.expiries
-                    .insert((pending.expires_at_ns, record.pending));
+                self.expiries.insert((pending.expires_at_ns, record.pending));
             }
         }
     }
@@ -552,8 +486,7 @@ impl Ledger {
     fn validate(request: &TransferRequest) -> Result<(), ResultCode> {
         match request.kind {
             TransferKind::Single | TransferKind::Pending => {
-                let (Some(debit), Some(credit)) =
-                    (&request.debit_account_id, &request.credit_account_id)
+                let (Some(debit), Some(credit)) = (&request.debit_account_id, &request.credit_account_id)
                 else {
                     return Err(ResultCode::AccountRequired);
                 };
@@ -566,8 +499,7 @@ impl Ledger {
                 if debit == credit {
                     return Err(ResultCode::SameAccount);
                 }
-                if request.kind == TransferKind::Single && request.timeout_ms_normalized().is_some()
-                {
+                if request.kind == TransferKind::Single && request.timeout_ms_normalized().is_some() {
                     return Err(ResultCode::TimeoutReservedForPending);
                 }
                 if request.timeout_ms.unwrap_or(0) > PENDING_TIMEOUT_MS_MAX {
@@ -587,19 +519,14 @@ impl Ledger {
                 if request.kind == TransferKind::VoidPending && request.amount_minor.is_some() {
                     return Err(ResultCode::AmountReservedForPost);
                 }
-                if let (Some(d), Some(c)) = (&request.debit_account_id, &request.credit_account_id)
-                {
+                if let (Some(d), Some(c)) = (&request.debit_account_id, &request.credit_account_id) {
                     if d == c {
                         return Err(ResultCode::SameAccount);
                     }
                 }
             }
         }
-        if request
-            .metadata
-            .as_ref()
-            .is_some_and(|m| m.len() > METADATA_BYTES_MAX)
-        {
+        if request.metadata.as_ref().is_some_and(|m| m.len() > METADATA_BYTES_MAX) {
             return Err(ResultCode::MetadataTooLarge);
         }
         if let Some(e2e) = &request.references.end_to_end_id {
@@ -646,9 +573,8 @@ impl Ledger {
             return EventResult::rejected(code);
         }
         let hash = hash_str(&self.hasher, &request.id);
-        if let Some(&existing) = self
-            .transfers_index
-            .find(hash, |&i| *self.transfers[i as usize].id == *request.id)
+        if let Some(&existing) =
+            self.transfers_index.find(hash, |&i| *self.transfers[i as usize].id == *request.id)
         {
             return self.compare_existing(existing, &request);
         }
@@ -661,17 +587,11 @@ impl Ledger {
                 if let Some(chain) = chain {
                     chain.push(undo);
                 }
-                EventResult {
-                    result: ResultCode::Ok,
-                    timestamp_ns: ts,
-                }
+                EventResult { result: ResultCode::Ok, timestamp_ns: ts }
             }
             Err(code) if record_failure && Self::failure_is_recorded(code) => {
                 self.record_failure(request, hash, ts, code);
-                EventResult {
-                    result: code,
-                    timestamp_ns: ts,
-                }
+                EventResult { result: code, timestamp_ns: ts }
             }
             Err(code) => EventResult::rejected(code),
         }
@@ -688,10 +608,7 @@ impl Ledger {
                     .ok_or(ResultCode::AccountNotFound)?;
                 let amount = request.amount_minor.expect("validated");
                 let currency = request.currency.expect("validated");
-                let (d, c) = (
-                    &self.accounts[debit as usize],
-                    &self.accounts[credit as usize],
-                );
+                let (d, c) = (&self.accounts[debit as usize], &self.accounts[credit as usize]);
                 if d.currency.code() != currency || c.currency.code() != currency {
                     return Err(ResultCode::CurrencyMismatch);
                 }
@@ -713,35 +630,24 @@ impl Ledger {
                 d_field.checked_add(amount).ok_or(ResultCode::Overflow)?;
                 c_field.checked_add(amount).ok_or(ResultCode::Overflow)?;
                 if d.flags.debits_must_not_exceed_credits {
-                    let debits =
-                        db.debits_posted as u128 + db.debits_pending as u128 + amount as u128;
+                    let debits = db.debits_posted as u128 + db.debits_pending as u128 + amount as u128;
                     let ceiling = db.credits_posted as u128 + d.limit_minor.unwrap_or(0) as u128;
                     if debits > ceiling {
                         return Err(ResultCode::ExceedsCredits);
                     }
                 }
                 if c.flags.credits_must_not_exceed_debits {
-                    let credits =
-                        cb.credits_posted as u128 + cb.credits_pending as u128 + amount as u128;
+                    let credits = cb.credits_posted as u128 + cb.credits_pending as u128 + amount as u128;
                     let ceiling = cb.debits_posted as u128 + c.limit_minor.unwrap_or(0) as u128;
                     if credits > ceiling {
                         return Err(ResultCode::ExceedsDebits);
                     }
                 }
                 let expires_at_ns = match request.timeout_ms_normalized() {
-                    Some(ms) if pending => {
-                        ts.checked_add(ms * NS_PER_MS).ok_or(ResultCode::Overflow)?
-                    }
+                    Some(ms) if pending => ts.checked_add(ms * NS_PER_MS).ok_or(ResultCode::Overflow)?,
                     _ => 0,
                 };
-                Ok(Decision {
-                    debit,
-                    credit,
-                    amount,
-                    currency,
-                    pending: NONE,
-                    expires_at_ns,
-                })
+                Ok(Decision { debit, credit, amount, currency, pending: NONE, expires_at_ns })
             }
             TransferKind::PostPending | TransferKind::VoidPending => {
                 let pending_index = self
@@ -756,10 +662,7 @@ impl Ledger {
                     return Err(ResultCode::PendingNotFound);
                 }
                 let (debit, credit) = (p.debit, p.credit);
-                if request
-                    .debit_account_id
-                    .as_ref()
-                    .is_some_and(|id| *id != self.accounts[debit as usize].id)
+                if request.debit_account_id.as_ref().is_some_and(|id| *id != self.accounts[debit as usize].id)
                     || request
                         .credit_account_id
                         .as_ref()
@@ -792,16 +695,10 @@ impl Ledger {
                                 AccountStatus::Closed => return Err(ResultCode::AccountClosed),
                             }
                         }
-                        let (db, cb) = (
-                            self.accounts[debit as usize].balances,
-                            self.accounts[credit as usize].balances,
-                        );
-                        db.debits_posted
-                            .checked_add(amount)
-                            .ok_or(ResultCode::Overflow)?;
-                        cb.credits_posted
-                            .checked_add(amount)
-                            .ok_or(ResultCode::Overflow)?;
+                        let (db, cb) =
+                            (self.accounts[debit as usize].balances, self.accounts[credit as usize].balances);
+                        db.debits_posted.checked_add(amount).ok_or(ResultCode::Overflow)?;
+                        cb.credits_posted.checked_add(amount).ok_or(ResultCode::Overflow)?;
                         amount
                     }
                     _ => p.amount_minor,
@@ -862,10 +759,7 @@ impl Ledger {
         }
         for account in [d.debit, d.credit] {
             let a = &mut self.accounts[account as usize];
-            a.history.push(HistoryEntry {
-                event: index,
-                balances: a.balances,
-            });
+            a.history.push(HistoryEntry { event: index, balances: a.balances });
         }
         let timeout_ms = request.timeout_ms_normalized().unwrap_or(0);
         let extra = if request.metadata.is_some() || !request.references.is_empty() {
@@ -895,16 +789,9 @@ impl Ledger {
             extra,
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index.insert_unique(hash, index, |&i| {
-            hash_str(hasher, &transfers[i as usize].id)
-        });
+        self.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
-        Undo {
-            transfer: index,
-            debit_before,
-            credit_before,
-            pending_before,
-        }
+        Undo { transfer: index, debit_before, credit_before, pending_before }
     }
 
     fn record_failure(&mut self, request: TransferRequest, hash: u64, ts: u64, code: ResultCode) {
@@ -920,9 +807,7 @@ impl Ledger {
             credit: NONE,
             pending: NONE,
             code: request.code,
-            currency: request
-                .currency
-                .unwrap_or_else(|| CurrencyCode::new("XXX").expect("valid")),
+            currency: request.currency.unwrap_or_else(|| CurrencyCode::new("XXX").expect("valid")),
             kind: request.kind,
             result: code,
             pending_status: PendingStatus::Pending,
@@ -933,9 +818,7 @@ impl Ledger {
             })),
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index.insert_unique(hash, index, |&i| {
-            hash_str(hasher, &transfers[i as usize].id)
-        });
+        self.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
     }
 
@@ -976,16 +859,10 @@ impl Ledger {
         } else if old.references != new.references {
             ResultCode::ExistsWithDifferentReferences
         } else if r.result == ResultCode::Ok {
-            return EventResult {
-                result: ResultCode::Exists,
-                timestamp_ns: r.timestamp_ns,
-            };
+            return EventResult { result: ResultCode::Exists, timestamp_ns: r.timestamp_ns };
         } else {
             // The same request failed before: the same failure, forever.
-            return EventResult {
-                result: r.result,
-                timestamp_ns: r.timestamp_ns,
-            };
+            return EventResult { result: r.result, timestamp_ns: r.timestamp_ns };
         };
         EventResult::rejected(result)
     }
@@ -1078,16 +955,10 @@ impl Ledger {
         let (amount, debit, credit) = (r.amount_minor, r.debit, r.credit);
         let d = &mut self.accounts[debit as usize];
         d.balances.debits_pending -= amount;
-        d.history.push(HistoryEntry {
-            event: index | EXPIRY_BIT,
-            balances: d.balances,
-        });
+        d.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: d.balances });
         let c = &mut self.accounts[credit as usize];
         c.balances.credits_pending -= amount;
-        c.history.push(HistoryEntry {
-            event: index | EXPIRY_BIT,
-            balances: c.balances,
-        });
+        c.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: c.balances });
         self.log.push(LogItem::Expired(index));
     }
 
@@ -1106,11 +977,7 @@ impl Ledger {
     }
 
     /// Replays an account creation recorded at `timestamp_ns`.
-    pub fn replay_account(
-        &mut self,
-        account: NewAccount,
-        timestamp_ns: u64,
-    ) -> Result<(), ReplayError> {
+    pub fn replay_account(&mut self, account: NewAccount, timestamp_ns: u64) -> Result<(), ReplayError> {
         self.check_replay_time(timestamp_ns, "account creation")?;
         let id = account.id.clone();
         let r = self.create_account(account, 0, Some(timestamp_ns));
@@ -1162,11 +1029,7 @@ impl Ledger {
         self.log.clear(); // Replayed events are already in the journal.
         if r.result != recorded || r.timestamp_ns != timestamp_ns {
             let id = String::from_utf8_lossy(&id_copy[..id_len]);
-            return Err(ReplayError {
-                what: format!("transfer {id}"),
-                recorded,
-                computed: r.result,
-            });
+            return Err(ReplayError { what: format!("transfer {id}"), recorded, computed: r.result });
         }
         Ok(())
     }
@@ -1174,14 +1037,9 @@ impl Ledger {
     /// Replays the expiry of pending transfer `id` at `timestamp_ns`.
     pub fn replay_expiry(&mut self, id: &str, timestamp_ns: u64) -> Result<(), ReplayError> {
         self.check_replay_time(timestamp_ns, "expiry")?;
-        let fail = |computed| ReplayError {
-            what: format!("expiry of {id}"),
-            recorded: ResultCode::Ok,
-            computed,
-        };
-        let index = self
-            .find_transfer(id)
-            .ok_or_else(|| fail(ResultCode::PendingNotFound))?;
+        let fail =
+            |computed| ReplayError { what: format!("expiry of {id}"), recorded: ResultCode::Ok, computed };
+        let index = self.find_transfer(id).ok_or_else(|| fail(ResultCode::PendingNotFound))?;
         let r = &self.transfers[index as usize];
         if r.kind != TransferKind::Pending || r.result != ResultCode::Ok {
             return Err(fail(ResultCode::PendingTransferNotPending));
@@ -1215,26 +1073,16 @@ impl Ledger {
         let index = self.find_account(id).ok_or(QueryError::AccountNotFound)?;
         let history = &self.accounts[index as usize].history;
         let after = history.partition_point(|e| self.history_timestamp(e) <= at_ns);
-        Ok(if after == 0 {
-            Balances::default()
-        } else {
-            history[after - 1].balances
-        })
+        Ok(if after == 0 { Balances::default() } else { history[after - 1].balances })
     }
 
     /// An account's applied transfers in time order, a page at a time. Returns the page and whether
     /// more transfers lie beyond it in the direction of travel.
-    pub fn account_transfers(
-        &self,
-        id: &str,
-        page: Page<'_>,
-    ) -> Result<(Vec<Transfer>, bool), QueryError> {
+    pub fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), QueryError> {
         let index = self.find_account(id).ok_or(QueryError::AccountNotFound)?;
         let history = &self.accounts[index as usize].history;
         let position_of = |cursor: &str| -> Result<usize, QueryError> {
-            let t = self
-                .find_transfer(cursor)
-                .ok_or(QueryError::CursorNotFound)?;
+            let t = self.find_transfer(cursor).ok_or(QueryError::CursorNotFound)?;
             let ts = self.transfers[t as usize].timestamp_ns;
             let at = history.partition_point(|e| self.history_timestamp(e) < ts);
             match history.get(at) {
@@ -1246,13 +1094,8 @@ impl Ledger {
         let is_transfer = |e: &&HistoryEntry| e.event & EXPIRY_BIT == 0;
         let (items, has_more): (Vec<u32>, bool) = if let Some(before) = page.ending_before {
             let end = position_of(before)?;
-            let mut found: Vec<u32> = history[..end]
-                .iter()
-                .rev()
-                .filter(is_transfer)
-                .take(limit + 1)
-                .map(|e| e.event)
-                .collect();
+            let mut found: Vec<u32> =
+                history[..end].iter().rev().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
             let more = found.len() > limit;
             found.truncate(limit);
             found.reverse();
@@ -1262,20 +1105,13 @@ impl Ledger {
                 Some(after) => position_of(after)? + 1,
                 None => 0,
             };
-            let mut found: Vec<u32> = history[start..]
-                .iter()
-                .filter(is_transfer)
-                .take(limit + 1)
-                .map(|e| e.event)
-                .collect();
+            let mut found: Vec<u32> =
+                history[start..].iter().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
             let more = found.len() > limit;
             found.truncate(limit);
             (found, more)
         };
-        Ok((
-            items.into_iter().map(|i| self.transfer_at(i)).collect(),
-            has_more,
-        ))
+        Ok((items.into_iter().map(|i| self.transfer_at(i)).collect(), has_more))
     }
 
     /// Checks the ledger's invariants, for tests and `journal verify`: per currency, debits equal
@@ -1292,14 +1128,12 @@ impl Ledger {
             s[3] += b.credits_pending as u128;
             let limit = a.limit_minor.unwrap_or(0) as u128;
             if a.flags.debits_must_not_exceed_credits
-                && b.debits_posted as u128 + b.debits_pending as u128
-                    > b.credits_posted as u128 + limit
+                && b.debits_posted as u128 + b.debits_pending as u128 > b.credits_posted as u128 + limit
             {
                 return Err(format!("account {} is below its floor: {:?}", a.id, b));
             }
             if a.flags.credits_must_not_exceed_debits
-                && b.credits_posted as u128 + b.credits_pending as u128
-                    > b.debits_posted as u128 + limit
+                && b.credits_posted as u128 + b.credits_pending as u128 > b.debits_posted as u128 + limit
             {
                 return Err(format!("account {} is above its ceiling: {:?}", a.id, b));
             }
@@ -1321,10 +1155,7 @@ impl Ledger {
         for (currency, s) in &sums {
             let h = held.get(currency).copied().unwrap_or(0);
             if s[2] != h {
-                return Err(format!(
-                    "{currency}: pending balances {} but open holds {h}",
-                    s[2]
-                ));
+                return Err(format!("{currency}: pending balances {} but open holds {h}", s[2]));
             }
         }
         Ok(())

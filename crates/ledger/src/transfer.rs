@@ -97,13 +97,7 @@ pub struct TransferRequest {
 
 impl TransferRequest {
     /// A single-phase transfer.
-    pub fn single(
-        id: Id,
-        debit: Id,
-        credit: Id,
-        amount_minor: u64,
-        currency: CurrencyCode,
-    ) -> Self {
+    pub fn single(id: Id, debit: Id, credit: Id, amount_minor: u64, currency: CurrencyCode) -> Self {
         TransferRequest {
             id,
             kind: TransferKind::Single,
@@ -156,10 +150,7 @@ impl TransferRequest {
 
     /// Voids `pending_id`.
     pub fn void(id: Id, pending_id: Id) -> Self {
-        TransferRequest {
-            kind: TransferKind::VoidPending,
-            ..TransferRequest::post(id, pending_id, None)
-        }
+        TransferRequest { kind: TransferKind::VoidPending, ..TransferRequest::post(id, pending_id, None) }
     }
 
     /// The timeout with 0 read as "none".

@@ -43,17 +43,14 @@ pub fn encode_request(r: &TransferRequest, out: &mut Vec<u8>) {
 
 /// Decodes a transfer request written by [`encode_request`].
 pub fn decode_request(r: &mut Reader<'_>) -> Result<TransferRequest, DecodeError> {
-    let kind = TransferKind::from_u8(r.u8()?)
-        .ok_or_else(|| DecodeError("unknown transfer kind".into()))?;
+    let kind = TransferKind::from_u8(r.u8()?).ok_or_else(|| DecodeError("unknown transfer kind".into()))?;
     let id = r.id()?;
     let pending_id = r.opt_id()?;
     let debit_account_id = r.opt_id()?;
     let credit_account_id = r.opt_id()?;
     let amount_minor = r.opt_u64()?;
     let currency = match r.opt_str()? {
-        Some(c) => Some(
-            CurrencyCode::new(c).ok_or_else(|| DecodeError(format!("bad currency code {c:?}")))?,
-        ),
+        Some(c) => Some(CurrencyCode::new(c).ok_or_else(|| DecodeError(format!("bad currency code {c:?}")))?),
         None => None,
     };
     let timeout_ms = r.opt_u64()?;
@@ -76,10 +73,7 @@ pub fn decode_request(r: &mut Reader<'_>) -> Result<TransferRequest, DecodeError
         timeout_ms,
         code,
         metadata,
-        references: References {
-            end_to_end_id,
-            uetr,
-        },
+        references: References { end_to_end_id, uetr },
         linked: false,
     })
 }
@@ -155,10 +149,7 @@ impl<'a> Reader<'a> {
     /// The next `n` bytes.
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.buf.len() - self.at < n {
-            return Err(DecodeError(format!(
-                "body ends early (wanted {n} bytes at {})",
-                self.at
-            )));
+            return Err(DecodeError(format!("body ends early (wanted {n} bytes at {})", self.at)));
         }
         let s = &self.buf[self.at..self.at + n];
         self.at += n;
@@ -170,9 +161,7 @@ impl<'a> Reader<'a> {
     }
     /// A u64.
     pub fn u64(&mut self) -> Result<u64, DecodeError> {
-        Ok(u64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
     /// An option marker (0 or 1).
     pub fn flag(&mut self) -> Result<bool, DecodeError> {
@@ -230,8 +219,6 @@ impl<'a> Reader<'a> {
 impl Reader<'_> {
     /// A u32.
     pub fn u32(&mut self) -> Result<u32, DecodeError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 }

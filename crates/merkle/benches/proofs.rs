@@ -109,7 +109,9 @@ fn latency_distribution() {
         black_box(t.root_at(black_box(size)).unwrap());
         root_hist.push(s0.elapsed());
     }
-    eprintln!("per-call latency over {SAMPLES} random queries on {n} leaves (includes ~20-40 ns timer overhead):");
+    eprintln!(
+        "per-call latency over {SAMPLES} random queries on {n} leaves (includes ~20-40 ns timer overhead):"
+    );
     report("inclusion_proof(random, 10M)", inc_full);
     report("inclusion_proof(random, random size)", inc_hist);
     report("consistency_proof(random, 10M)", cons_full);
@@ -125,29 +127,21 @@ fn bench_proofs(c: &mut Criterion) {
     let mut g = c.benchmark_group("merkle_10M");
     let mut rng = Rng(7);
     g.bench_function("inclusion_proof/size=10M", |b| {
-        b.iter(|| {
-            t.inclusion_proof(black_box(rng.range(0, n - 1)), n)
-                .unwrap()
-        })
+        b.iter(|| t.inclusion_proof(black_box(rng.range(0, n - 1)), n).unwrap())
     });
     g.bench_function("inclusion_proof/historical_size", |b| {
         b.iter(|| {
             let size = rng.range(1, n);
-            t.inclusion_proof(black_box(rng.range(0, size - 1)), size)
-                .unwrap()
+            t.inclusion_proof(black_box(rng.range(0, size - 1)), size).unwrap()
         })
     });
     g.bench_function("consistency_proof/new=10M", |b| {
-        b.iter(|| {
-            t.consistency_proof(black_box(rng.range(1, n - 1)), n)
-                .unwrap()
-        })
+        b.iter(|| t.consistency_proof(black_box(rng.range(1, n - 1)), n).unwrap())
     });
     g.bench_function("consistency_proof/historical_sizes", |b| {
         b.iter(|| {
             let new = rng.range(2, n);
-            t.consistency_proof(black_box(rng.range(1, new - 1)), new)
-                .unwrap()
+            t.consistency_proof(black_box(rng.range(1, new - 1)), new).unwrap()
         })
     });
     g.bench_function("root_at/historical_size", |b| {
@@ -173,11 +167,7 @@ fn bench_proofs(c: &mut Criterion) {
     let cons: Vec<(u64, Hash, Vec<Hash>)> = (0..1024)
         .map(|_| {
             let old = rng.range(1, n - 1);
-            (
-                old,
-                t.root_at(old).unwrap(),
-                t.consistency_proof(old, n).unwrap(),
-            )
+            (old, t.root_at(old).unwrap(), t.consistency_proof(old, n).unwrap())
         })
         .collect();
     g.bench_function("verify_consistency/new=10M", |b| {

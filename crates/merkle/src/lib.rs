@@ -144,9 +144,7 @@ where
         let mut h = leaf;
         let mut c = count;
         while c & 1 == 1 {
-            let left = stack
-                .pop()
-                .expect("one stacked subtree per set bit of count");
+            let left = stack.pop().expect("one stacked subtree per set bit of count");
             h = node_hash(&left, &h);
             c >>= 1;
         }
@@ -190,14 +188,8 @@ mod tests {
         let n23 = node_hash(&l[2], &l[3]);
         assert_eq!(root_from_leaf_hashes(l[..1].iter().copied()), l[0]);
         assert_eq!(root_from_leaf_hashes(l[..2].iter().copied()), n01);
-        assert_eq!(
-            root_from_leaf_hashes(l[..3].iter().copied()),
-            node_hash(&n01, &l[2])
-        );
-        assert_eq!(
-            root_from_leaf_hashes(l.iter().copied()),
-            node_hash(&node_hash(&n01, &n23), &l[4])
-        );
+        assert_eq!(root_from_leaf_hashes(l[..3].iter().copied()), node_hash(&n01, &l[2]));
+        assert_eq!(root_from_leaf_hashes(l.iter().copied()), node_hash(&node_hash(&n01, &n23), &l[4]));
         assert_eq!(root_from_leaf_hashes(std::iter::empty()), empty_root());
     }
 }

@@ -35,18 +35,14 @@ impl fmt::Display for TreeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             TreeError::SizeBeyondTree { size, tree_size } => {
-                write!(
-                    f,
-                    "tree size {size} is beyond the tree's current size {tree_size}"
-                )
+                write!(f, "tree size {size} is beyond the tree's current size {tree_size}")
             }
             TreeError::IndexOutOfRange { index, size } => {
                 write!(f, "leaf index {index} is out of range for tree size {size}")
             }
-            TreeError::SizeOrder { old_size, new_size } => write!(
-                f,
-                "old tree size {old_size} is larger than new tree size {new_size}"
-            ),
+            TreeError::SizeOrder { old_size, new_size } => {
+                write!(f, "old tree size {old_size} is larger than new tree size {new_size}")
+            }
         }
     }
 }
@@ -77,19 +73,14 @@ impl fmt::Debug for MerkleTree {
         for b in root {
             hex.push_str(&format!("{b:02x}"));
         }
-        f.debug_struct("MerkleTree")
-            .field("size", &self.size())
-            .field("root", &hex)
-            .finish()
+        f.debug_struct("MerkleTree").field("size", &self.size()).field("root", &hex).finish()
     }
 }
 
 impl MerkleTree {
     /// An empty tree (size 0, root [`empty_root`]).
     pub fn new() -> Self {
-        MerkleTree {
-            levels: vec![Vec::new()],
-        }
+        MerkleTree { levels: vec![Vec::new()] }
     }
 
     /// An empty tree with room reserved for `leaves` leaves at every level, so that appending up
@@ -125,9 +116,7 @@ impl MerkleTree {
 
     /// The hash of leaf `index`, if the tree has that many leaves.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
-        usize::try_from(index)
-            .ok()
-            .and_then(|i| self.levels[0].get(i).copied())
+        usize::try_from(index).ok().and_then(|i| self.levels[0].get(i).copied())
     }
 
     /// All leaf hashes, in order.
@@ -138,11 +127,7 @@ impl MerkleTree {
     /// Heap bytes held by the tree (allocated capacity of every level), for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.levels.capacity() * std::mem::size_of::<Vec<Hash>>()
-            + self
-                .levels
-                .iter()
-                .map(|l| l.capacity() * HASH_LEN)
-                .sum::<usize>()
+            + self.levels.iter().map(|l| l.capacity() * HASH_LEN).sum::<usize>()
     }
 
     /// Appends a leaf hash (see [`crate::leaf_hash`]) and returns its index. Amortised `O(1)`:

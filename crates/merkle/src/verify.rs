@@ -45,17 +45,13 @@ impl fmt::Display for ProofError {
             ProofError::IndexOutOfRange { index, size } => {
                 write!(f, "leaf index {index} is out of range for tree size {size}")
             }
-            ProofError::SizeOrder { old_size, new_size } => write!(
-                f,
-                "old tree size {old_size} is larger than new tree size {new_size}"
-            ),
-            ProofError::WrongProofLength { expected, actual } => write!(
-                f,
-                "proof has {actual} hashes but the tree size(s) call for {expected}"
-            ),
-            ProofError::RootMismatch => {
-                f.write_str("inclusion proof does not lead to the given root hash")
+            ProofError::SizeOrder { old_size, new_size } => {
+                write!(f, "old tree size {old_size} is larger than new tree size {new_size}")
             }
+            ProofError::WrongProofLength { expected, actual } => {
+                write!(f, "proof has {actual} hashes but the tree size(s) call for {expected}")
+            }
+            ProofError::RootMismatch => f.write_str("inclusion proof does not lead to the given root hash"),
             ProofError::OldRootMismatch => {
                 f.write_str("consistency proof does not lead to the given old root hash")
             }
@@ -109,18 +105,11 @@ pub fn root_from_inclusion_proof(
     proof: &[Hash],
 ) -> Result<Hash, ProofError> {
     // Step 1.
-    let expected =
-        inclusion_proof_len(index, size).ok_or(ProofError::IndexOutOfRange { index, size })?;
+    let expected = inclusion_proof_len(index, size).ok_or(ProofError::IndexOutOfRange { index, size })?;
     if proof.len() != expected {
-        return Err(ProofError::WrongProofLength {
-            expected,
-            actual: proof.len(),
-        });
+        return Err(ProofError::WrongProofLength { expected, actual: proof.len() });
     }
-    let wrong_length = ProofError::WrongProofLength {
-        expected,
-        actual: proof.len(),
-    };
+    let wrong_length = ProofError::WrongProofLength { expected, actual: proof.len() };
     // Steps 2 and 3.
     let (mut f_n, mut s_n) = (index, size - 1);
     let mut r = *leaf_hash;
@@ -183,36 +172,21 @@ pub fn verify_consistency(
     new_root: &Hash,
     proof: &[Hash],
 ) -> Result<(), ProofError> {
-    let expected = consistency_proof_len(old_size, new_size)
-        .ok_or(ProofError::SizeOrder { old_size, new_size })?;
-    let wrong_length = ProofError::WrongProofLength {
-        expected,
-        actual: proof.len(),
-    };
+    let expected =
+        consistency_proof_len(old_size, new_size).ok_or(ProofError::SizeOrder { old_size, new_size })?;
+    let wrong_length = ProofError::WrongProofLength { expected, actual: proof.len() };
     if proof.len() != expected {
         return Err(wrong_length);
     }
     if old_size == 0 {
-        return if *old_root == empty_root() {
-            Ok(())
-        } else {
-            Err(ProofError::OldRootMismatch)
-        };
+        return if *old_root == empty_root() { Ok(()) } else { Err(ProofError::OldRootMismatch) };
     }
     if old_size == new_size {
-        return if old_root == new_root {
-            Ok(())
-        } else {
-            Err(ProofError::NewRootMismatch)
-        };
+        return if old_root == new_root { Ok(()) } else { Err(ProofError::NewRootMismatch) };
     }
     // Step 1: an empty proof is rejected by the length check above (expected > 0 here).
     // Step 2: if the old size is a power of two, the old root is the first element of the path.
-    let (seed, rest) = if old_size.is_power_of_two() {
-        (*old_root, proof)
-    } else {
-        (proof[0], &proof[1..])
-    };
+    let (seed, rest) = if old_size.is_power_of_two() { (*old_root, proof) } else { (proof[0], &proof[1..]) };
     // Step 3.
     let (mut f_n, mut s_n) = (old_size - 1, new_size - 1);
     // Step 4.
@@ -291,14 +265,8 @@ mod tests {
     fn errors_display() {
         let all = [
             ProofError::IndexOutOfRange { index: 3, size: 3 },
-            ProofError::SizeOrder {
-                old_size: 4,
-                new_size: 3,
-            },
-            ProofError::WrongProofLength {
-                expected: 2,
-                actual: 3,
-            },
+            ProofError::SizeOrder { old_size: 4, new_size: 3 },
+            ProofError::WrongProofLength { expected: 2, actual: 3 },
             ProofError::RootMismatch,
             ProofError::OldRootMismatch,
             ProofError::NewRootMismatch,
@@ -308,11 +276,7 @@ mod tests {
             assert!(!s.is_empty() && !s.ends_with('.'), "{s}");
         }
         assert_eq!(
-            ProofError::WrongProofLength {
-                expected: 2,
-                actual: 3
-            }
-            .to_string(),
+            ProofError::WrongProofLength { expected: 2, actual: 3 }.to_string(),
             "proof has 3 hashes but the tree size(s) call for 2"
         );
     }

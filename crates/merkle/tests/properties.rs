@@ -20,10 +20,7 @@ fn tree(total: u64) -> (MerkleTree, Vec<H>) {
 }
 
 fn config() -> ProptestConfig {
-    ProptestConfig {
-        cases: 512,
-        ..ProptestConfig::default()
-    }
+    ProptestConfig { cases: 512, ..ProptestConfig::default() }
 }
 
 proptest! {
@@ -229,9 +226,7 @@ fn wrong_parameters_exhaustive_small() {
     }
     // Only same-shape (index, size) pairs can collide; they exist but are rare.
     assert!(accepted_wrong > 0);
-    eprintln!(
-        "inclusion proofs accepted under a different same-shape (index, size): {accepted_wrong}"
-    );
+    eprintln!("inclusion proofs accepted under a different same-shape (index, size): {accepted_wrong}");
 }
 
 /// Over every (old, new) up to 24 and every wrong (old', new') up to 24, a consistency proof

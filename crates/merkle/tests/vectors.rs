@@ -7,21 +7,13 @@ mod common;
 use common::{distinct_leaves, h, hex, mth, naive_verify_consistency, naive_verify_inclusion};
 use puhui_merkle::{
     consistency_proof_len, empty_root, inclusion_proof_len, leaf_hash, node_hash, root,
-    root_from_inclusion_proof, root_from_leaf_hashes, verify_consistency, verify_inclusion, Hash,
-    MerkleTree, ProofError, TreeError,
+    root_from_inclusion_proof, root_from_leaf_hashes, verify_consistency, verify_inclusion, Hash, MerkleTree,
+    ProofError, TreeError,
 };
 
 /// The leaf inputs of the CT reference test suites, hex-encoded.
-const LEAF_INPUTS: [&str; 8] = [
-    "",
-    "00",
-    "10",
-    "2021",
-    "3031",
-    "40414243",
-    "5051525354555657",
-    "606162636465666768696a6b6c6d6e6f",
-];
+const LEAF_INPUTS: [&str; 8] =
+    ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"];
 
 /// Roots of the trees of the first 1..=8 leaves.
 const ROOTS: [&str; 8] = [
@@ -84,11 +76,7 @@ const INCLUSION: [(u64, u64, &[&str]); 5] = [
             "d37ee418976dd95753c1c73862b9398fa2a2cf9b4ff0fdfe8b30cd95209614b7",
         ],
     ),
-    (
-        2,
-        3,
-        &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"],
-    ),
+    (2, 3, &["fac54203e7cc696cf0dfcb42c92a1d9dbaf70ad9e621f4bd8d98662f00e3c125"]),
     (
         1,
         5,
@@ -169,11 +157,7 @@ fn reference_node_hashes() {
     let l = leaf_hashes();
     for (i, want) in NODE_HASHES[0].iter().enumerate() {
         assert_eq!(hex(&l[i]), *want, "leaf {i}");
-        assert_eq!(
-            hex(&common::naive_leaf(&inputs()[i])),
-            *want,
-            "naive leaf {i}"
-        );
+        assert_eq!(hex(&common::naive_leaf(&inputs()[i])), *want, "naive leaf {i}");
     }
     for level in 1..4 {
         for (i, want) in NODE_HASHES[level].iter().enumerate() {
@@ -213,24 +197,14 @@ fn reference_inclusion_proofs() {
         let want = hashes(want);
         let got = t.inclusion_proof(index, size).unwrap();
         assert_eq!(got, want, "inclusion_proof({index}, {size})");
-        assert_eq!(
-            common::path(index as usize, &l[..size as usize]),
-            want,
-            "naive PATH({index}, D[{size}])"
-        );
+        assert_eq!(common::path(index as usize, &l[..size as usize]), want, "naive PATH({index}, D[{size}])");
         assert_eq!(inclusion_proof_len(index, size), Some(want.len()));
         let root = h(ROOTS[size as usize - 1]);
         verify_inclusion(&l[index as usize], index, size, &want, &root).unwrap();
-        assert_eq!(
-            root_from_inclusion_proof(&l[index as usize], index, size, &want),
-            Ok(root)
-        );
+        assert_eq!(root_from_inclusion_proof(&l[index as usize], index, size, &want), Ok(root));
         // Any other leaf at that position fails.
         let other = leaf_hash(b"not a reference leaf");
-        assert_eq!(
-            verify_inclusion(&other, index, size, &want, &root),
-            Err(ProofError::RootMismatch)
-        );
+        assert_eq!(verify_inclusion(&other, index, size, &want, &root), Err(ProofError::RootMismatch));
     }
 }
 
@@ -240,16 +214,8 @@ fn reference_consistency_proofs() {
     let l = leaf_hashes();
     for (old, new, want) in CONSISTENCY {
         let want = hashes(want);
-        assert_eq!(
-            t.consistency_proof(old, new).unwrap(),
-            want,
-            "consistency_proof({old}, {new})"
-        );
-        assert_eq!(
-            common::proof(old as usize, &l[..new as usize]),
-            want,
-            "naive PROOF({old}, D[{new}])"
-        );
+        assert_eq!(t.consistency_proof(old, new).unwrap(), want, "consistency_proof({old}, {new})");
+        assert_eq!(common::proof(old as usize, &l[..new as usize]), want, "naive PROOF({old}, D[{new}])");
         assert_eq!(consistency_proof_len(old, new), Some(want.len()));
         let (ro, rn) = (h(ROOTS[old as usize - 1]), h(ROOTS[new as usize - 1]));
         verify_consistency(old, new, &ro, &rn, &want).unwrap();
@@ -300,9 +266,7 @@ fn small_trees_exhaustive_against_naive_definitions() {
             assert_eq!(p, common::path(m, d), "PATH({m}, D[{n}])");
             assert_eq!(inclusion_proof_len(m as u64, n as u64), Some(p.len()));
             verify_inclusion(leaf, m as u64, n as u64, &p, &roots[n]).unwrap();
-            assert!(naive_verify_inclusion(
-                leaf, m as u64, n as u64, &p, &roots[n]
-            ));
+            assert!(naive_verify_inclusion(leaf, m as u64, n as u64, &p, &roots[n]));
         }
         for m in 0..=n {
             let p = t.consistency_proof(m as u64, n as u64).unwrap();
@@ -313,9 +277,7 @@ fn small_trees_exhaustive_against_naive_definitions() {
             }
             assert_eq!(consistency_proof_len(m as u64, n as u64), Some(p.len()));
             verify_consistency(m as u64, n as u64, &roots[m], &roots[n], &p).unwrap();
-            assert!(naive_verify_consistency(
-                m as u64, n as u64, &roots[m], &roots[n], &p
-            ));
+            assert!(naive_verify_consistency(m as u64, n as u64, &roots[m], &roots[n], &p));
         }
     }
 }
@@ -323,52 +285,19 @@ fn small_trees_exhaustive_against_naive_definitions() {
 #[test]
 fn tree_errors() {
     let t = reference_tree();
-    assert_eq!(
-        t.root_at(9),
-        Err(TreeError::SizeBeyondTree {
-            size: 9,
-            tree_size: 8
-        })
-    );
-    assert_eq!(
-        t.inclusion_proof(0, 9),
-        Err(TreeError::SizeBeyondTree {
-            size: 9,
-            tree_size: 8
-        })
-    );
-    assert_eq!(
-        t.inclusion_proof(5, 5),
-        Err(TreeError::IndexOutOfRange { index: 5, size: 5 })
-    );
-    assert_eq!(
-        t.inclusion_proof(0, 0),
-        Err(TreeError::IndexOutOfRange { index: 0, size: 0 })
-    );
-    assert_eq!(
-        t.consistency_proof(3, 9),
-        Err(TreeError::SizeBeyondTree {
-            size: 9,
-            tree_size: 8
-        })
-    );
-    assert_eq!(
-        t.consistency_proof(5, 4),
-        Err(TreeError::SizeOrder {
-            old_size: 5,
-            new_size: 4
-        })
-    );
+    assert_eq!(t.root_at(9), Err(TreeError::SizeBeyondTree { size: 9, tree_size: 8 }));
+    assert_eq!(t.inclusion_proof(0, 9), Err(TreeError::SizeBeyondTree { size: 9, tree_size: 8 }));
+    assert_eq!(t.inclusion_proof(5, 5), Err(TreeError::IndexOutOfRange { index: 5, size: 5 }));
+    assert_eq!(t.inclusion_proof(0, 0), Err(TreeError::IndexOutOfRange { index: 0, size: 0 }));
+    assert_eq!(t.consistency_proof(3, 9), Err(TreeError::SizeBeyondTree { size: 9, tree_size: 8 }));
+    assert_eq!(t.consistency_proof(5, 4), Err(TreeError::SizeOrder { old_size: 5, new_size: 4 }));
     assert_eq!(t.consistency_proof(0, 8), Ok(vec![]));
     assert_eq!(t.consistency_proof(8, 8), Ok(vec![]));
     assert_eq!(
         t.inclusion_proof(5, 5).unwrap_err().to_string(),
         "leaf index 5 is out of range for tree size 5"
     );
-    assert_eq!(
-        t.root_at(9).unwrap_err().to_string(),
-        "tree size 9 is beyond the tree's current size 8"
-    );
+    assert_eq!(t.root_at(9).unwrap_err().to_string(), "tree size 9 is beyond the tree's current size 8");
     assert_eq!(
         t.consistency_proof(5, 4).unwrap_err().to_string(),
         "old tree size 5 is larger than new tree size 4"
@@ -394,85 +323,46 @@ fn verifier_errors() {
     );
     assert_eq!(
         verify_inclusion(&l[5], 5, 8, &p58[..2], &r(8)),
-        Err(ProofError::WrongProofLength {
-            expected: 3,
-            actual: 2
-        })
+        Err(ProofError::WrongProofLength { expected: 3, actual: 2 })
     );
-    assert_eq!(
-        verify_inclusion(&l[5], 5, 8, &p58, &r(7)),
-        Err(ProofError::RootMismatch)
-    );
-    assert_eq!(
-        verify_inclusion(&l[5], 4, 8, &p58, &r(8)),
-        Err(ProofError::RootMismatch)
-    );
+    assert_eq!(verify_inclusion(&l[5], 5, 8, &p58, &r(7)), Err(ProofError::RootMismatch));
+    assert_eq!(verify_inclusion(&l[5], 4, 8, &p58, &r(8)), Err(ProofError::RootMismatch));
     // Single-leaf tree: the root is the leaf hash, the proof is empty.
     verify_inclusion(&l[0], 0, 1, &[], &r(1)).unwrap();
-    assert_eq!(
-        verify_inclusion(&l[1], 0, 1, &[], &r(1)),
-        Err(ProofError::RootMismatch)
-    );
+    assert_eq!(verify_inclusion(&l[1], 0, 1, &[], &r(1)), Err(ProofError::RootMismatch));
 
     let c68 = hashes(CONSISTENCY[2].2);
     verify_consistency(6, 8, &r(6), &r(8), &c68).unwrap();
     assert_eq!(
         verify_consistency(8, 6, &r(8), &r(6), &c68),
-        Err(ProofError::SizeOrder {
-            old_size: 8,
-            new_size: 6
-        })
+        Err(ProofError::SizeOrder { old_size: 8, new_size: 6 })
     );
-    assert_eq!(
-        verify_consistency(6, 8, &r(5), &r(8), &c68),
-        Err(ProofError::OldRootMismatch)
-    );
-    assert_eq!(
-        verify_consistency(6, 8, &r(6), &r(7), &c68),
-        Err(ProofError::NewRootMismatch)
-    );
+    assert_eq!(verify_consistency(6, 8, &r(5), &r(8), &c68), Err(ProofError::OldRootMismatch));
+    assert_eq!(verify_consistency(6, 8, &r(6), &r(7), &c68), Err(ProofError::NewRootMismatch));
     assert_eq!(
         verify_consistency(6, 8, &r(6), &r(8), &[]),
-        Err(ProofError::WrongProofLength {
-            expected: 3,
-            actual: 0
-        })
+        Err(ProofError::WrongProofLength { expected: 3, actual: 0 })
     );
     let mut longer = c68.clone();
     longer.push(c68[0]);
     assert_eq!(
         verify_consistency(6, 8, &r(6), &r(8), &longer),
-        Err(ProofError::WrongProofLength {
-            expected: 3,
-            actual: 4
-        })
+        Err(ProofError::WrongProofLength { expected: 3, actual: 4 })
     );
     // Equal sizes: empty proof and equal roots.
     verify_consistency(5, 5, &r(5), &r(5), &[]).unwrap();
-    assert_eq!(
-        verify_consistency(5, 5, &r(5), &r(6), &[]),
-        Err(ProofError::NewRootMismatch)
-    );
+    assert_eq!(verify_consistency(5, 5, &r(5), &r(6), &[]), Err(ProofError::NewRootMismatch));
     assert_eq!(
         verify_consistency(5, 5, &r(5), &r(5), &c68[..1]),
-        Err(ProofError::WrongProofLength {
-            expected: 0,
-            actual: 1
-        })
+        Err(ProofError::WrongProofLength { expected: 0, actual: 1 })
     );
     // From the empty tree: empty proof, and the old root must be the empty root.
     verify_consistency(0, 8, &h(EMPTY_ROOT), &r(8), &[]).unwrap();
     verify_consistency(0, 0, &h(EMPTY_ROOT), &h(EMPTY_ROOT), &[]).unwrap();
-    assert_eq!(
-        verify_consistency(0, 8, &r(1), &r(8), &[]),
-        Err(ProofError::OldRootMismatch)
-    );
+    assert_eq!(verify_consistency(0, 8, &r(1), &r(8), &[]), Err(ProofError::OldRootMismatch));
     assert_eq!(
         verify_consistency(0, 8, &h(EMPTY_ROOT), &r(8), &c68[..1]),
-        Err(ProofError::WrongProofLength {
-            expected: 0,
-            actual: 1
-        })
+        Err(ProofError::WrongProofLength { expected: 0, actual: 1 })
     );
 }
 
@@ -491,10 +381,7 @@ fn root_does_not_commit_to_size() {
     // A different index at the right size is always rejected.
     assert_eq!(
         verify_inclusion(&l[2], 0, 3, &p, &r3),
-        Err(ProofError::WrongProofLength {
-            expected: 2,
-            actual: 1
-        })
+        Err(ProofError::WrongProofLength { expected: 2, actual: 1 })
     );
 }
 
@@ -523,13 +410,8 @@ fn larger_tree_spot_checks() {
     let n = (1usize << 16) + 3;
     let l = distinct_leaves(n);
     let t = MerkleTree::from_leaf_hashes(l.iter().copied());
-    let sizes = [
-        1usize, 2, 3, 4095, 4096, 4097, 40_000, 65_535, 65_536, 65_537, n,
-    ];
-    let roots: Vec<Hash> = sizes
-        .iter()
-        .map(|&s| root_from_leaf_hashes(l[..s].iter().copied()))
-        .collect();
+    let sizes = [1usize, 2, 3, 4095, 4096, 4097, 40_000, 65_535, 65_536, 65_537, n];
+    let roots: Vec<Hash> = sizes.iter().map(|&s| root_from_leaf_hashes(l[..s].iter().copied())).collect();
     for (si, &size) in sizes.iter().enumerate() {
         assert_eq!(t.root_at(size as u64), Ok(roots[si]));
         for index in [0, size / 3, size / 2, size - 1] {

@@ -42,6 +42,9 @@ pub struct LedgerArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// Reserve memory for all the transfers up front (static allocation) instead of growing tables.
+    #[arg(long)]
+    reserve: bool,
     /// Take a snapshot every this many journal entries (0: only at shutdown).
     #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
     snapshot_every: u64,
@@ -62,33 +65,22 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     let dir = match &args.data_dir {
         Some(d) => d.clone(),
         None => {
-            _temp = tempfile::Builder::new()
-                .prefix("puhui-bench-")
-                .tempdir_in(bench_tmp_root())?;
+            _temp = tempfile::Builder::new().prefix("puhui-bench-").tempdir_in(bench_tmp_root())?;
             _temp.path().to_path_buf()
         }
     };
     if dir.join(puhui_store::JOURNAL_FILE).exists() {
-        bail!(
-            "{} already holds a journal; the benchmark needs a fresh data directory",
-            dir.display()
-        );
+        bail!("{} already holds a journal; the benchmark needs a fresh data directory", dir.display());
     }
     let options = puhui_store::StoreOptions {
         snapshot_every_entries: args.snapshot_every,
+        transfers_capacity: if args.reserve { args.transfers } else { 0 },
     };
-    let store =
-        EmbeddedStore::open_with(&dir, std::sync::Arc::new(puhui_store::SystemClock), options)
-            .context("opening the data directory")?;
+    let store = EmbeddedStore::open_with(&dir, std::sync::Arc::new(puhui_store::SystemClock), options)
+        .context("opening the data directory")?;
     let cny = Currency::iso("CNY").expect("CNY");
-    for chunk in (0..args.accounts)
-        .collect::<Vec<_>>()
-        .chunks(BATCH_EVENTS_MAX)
-    {
-        let batch = chunk
-            .iter()
-            .map(|i| NewAccount::new(account_id(*i), cny))
-            .collect();
+    for chunk in (0..args.accounts).collect::<Vec<_>>().chunks(BATCH_EVENTS_MAX) {
+        let batch = chunk.iter().map(|i| NewAccount::new(account_id(*i), cny)).collect();
         store.create_accounts(batch)?;
     }
 
@@ -96,21 +88,14 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     let batches = args.transfers.div_ceil(args.batch);
     let (tx, rx) = mpsc::sync_channel::<Vec<TransferRequest>>(4 * args.clients);
     let generator = {
-        let (accounts, batch, total, distribution, seed) = (
-            args.accounts,
-            args.batch,
-            args.transfers,
-            args.distribution,
-            args.seed,
-        );
+        let (accounts, batch, total, distribution, seed) =
+            (args.accounts, args.batch, args.transfers, args.distribution, args.seed);
         std::thread::spawn(move || {
             let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let zipf = rand_distr::Zipf::new(accounts as f64, 1.0).expect("valid zipf");
             let pick = |rng: &mut rand::rngs::StdRng| match distribution {
                 Distribution::Uniform => rng.random_range(0..accounts),
-                Distribution::Zipf => (zipf.sample(rng) as usize)
-                    .saturating_sub(1)
-                    .min(accounts - 1),
+                Distribution::Zipf => (zipf.sample(rng) as usize).saturating_sub(1).min(accounts - 1),
             };
             let mut made = 0usize;
             while made < total {
@@ -142,10 +127,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
 
     let bar = ProgressBar::new(args.transfers as u64);
     bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {bar:40} {pos}/{len} transfers {per_sec} eta {eta}",
-        )
-        .expect("template"),
+        ProgressStyle::with_template("{spinner} {bar:40} {pos}/{len} transfers {per_sec} eta {eta}")
+            .expect("template"),
     );
     let rx = std::sync::Mutex::new(rx);
     let started = Instant::now();
@@ -165,17 +148,12 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
                         let t0 = Instant::now();
                         let results = loop {
                             match store.create_transfers(batch.clone()) {
-                                Err(puhui_store::StoreError::Overloaded) => {
-                                    std::thread::yield_now()
-                                }
+                                Err(puhui_store::StoreError::Overloaded) => std::thread::yield_now(),
                                 other => break other.expect("the store accepts the batch"),
                             }
                         };
                         mine.push(t0.elapsed());
-                        failed += results
-                            .iter()
-                            .filter(|r| r.result != ResultCode::Ok)
-                            .count();
+                        failed += results.iter().filter(|r| r.result != ResultCode::Ok).count();
                         bar.inc(n as u64);
                     }
                     (mine, failed)
@@ -194,24 +172,15 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     if failed > 0 {
         bail!("{failed} transfers were not ok; the benchmark's transfers should all succeed");
     }
-    let (ledger_bytes, transfers_count) =
-        store.read(|l| (l.memory_bytes_estimate(), l.transfers_count()));
+    let (ledger_bytes, transfers_count) = store.read(|l| (l.memory_bytes_estimate(), l.transfers_count()));
     let rss = rss_bytes();
     let stats = store.stats();
-    let frames = stats
-        .frames
-        .load(std::sync::atomic::Ordering::Relaxed)
-        .max(1);
-    let sync_ms_avg = stats
-        .sync_ns_total
-        .load(std::sync::atomic::Ordering::Relaxed) as f64
-        / frames as f64
-        / 1e6;
+    let frames = stats.frames.load(std::sync::atomic::Ordering::Relaxed).max(1);
+    let sync_ms_avg =
+        stats.sync_ns_total.load(std::sync::atomic::Ordering::Relaxed) as f64 / frames as f64 / 1e6;
 
-    let snapshot_pause_ms = stats
-        .snapshot_pause_ns_max
-        .load(std::sync::atomic::Ordering::Relaxed) as f64
-        / 1e6;
+    let snapshot_pause_ms =
+        stats.snapshot_pause_ns_max.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
     let shutdown_started = Instant::now();
     drop(store); // Writes the final snapshot.
     let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
@@ -230,9 +199,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         let reopened = puhui_store::EmbeddedStore::open_with(
             &dir,
             std::sync::Arc::new(puhui_store::SystemClock),
-            puhui_store::StoreOptions {
-                snapshot_every_entries: 0,
-            },
+            puhui_store::StoreOptions { snapshot_every_entries: 0, transfers_capacity: 0 },
         )?;
         let full = t0.elapsed().as_secs_f64();
         let entries = reopened.open_report().entries_replayed;
@@ -283,9 +250,7 @@ fn account_id(i: usize) -> Id {
 /// Where temporary benchmark data directories go: `PUHUI_BENCH_TMP`, else the system temp directory.
 /// (Check it is a real disk, not a tmpfs, which would make fdatasync free.)
 fn bench_tmp_root() -> PathBuf {
-    std::env::var_os("PUHUI_BENCH_TMP")
-        .map(PathBuf::from)
-        .unwrap_or_else(std::env::temp_dir)
+    std::env::var_os("PUHUI_BENCH_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
 }
 
 /// Resident set size of this process, from /proc (0 where unavailable).
@@ -293,11 +258,9 @@ pub fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines().find(|l| l.starts_with("VmRSS:")).and_then(|l| {
-                l.split_whitespace()
-                    .nth(1)
-                    .and_then(|kb| kb.parse::<u64>().ok())
-            })
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|kb| kb.parse::<u64>().ok()))
         })
         .map(|kb| kb * 1024)
         .unwrap_or(0)

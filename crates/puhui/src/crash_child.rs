@@ -24,16 +24,12 @@ fn id(s: &str) -> Id {
 
 /// Runs until killed (or for at most 30 s).
 pub fn run(dir: &Path, cycle: u64, snapshot_every_entries: u64) -> anyhow::Result<ExitCode> {
-    let options = puhui_store::StoreOptions {
-        snapshot_every_entries,
-    };
-    let store =
-        EmbeddedStore::open_with(dir, std::sync::Arc::new(puhui_store::SystemClock), options)?;
+    let options = puhui_store::StoreOptions { snapshot_every_entries, transfers_capacity: 0 };
+    let store = EmbeddedStore::open_with(dir, std::sync::Arc::new(puhui_store::SystemClock), options)?;
     let cny = Currency::iso("CNY").expect("CNY");
     let mut accounts = vec![NewAccount::new(id("bank"), cny)];
     accounts.extend(
-        (0..WALLETS)
-            .map(|w| NewAccount::new(id(&format!("w{w}")), cny).with_flags(AccountFlags::WALLET)),
+        (0..WALLETS).map(|w| NewAccount::new(id(&format!("w{w}")), cny).with_flags(AccountFlags::WALLET)),
     );
     store.create_accounts(accounts)?;
     let funding = (0..WALLETS)
@@ -68,23 +64,10 @@ pub fn run(dir: &Path, cycle: u64, snapshot_every_entries: u64) -> anyhow::Resul
             }
             let amount = rng.random_range(1..=800u64);
             match rng.random_range(0..100) {
-                0..=54 => batch.push(TransferRequest::single(
-                    tid,
-                    debit,
-                    credit,
-                    amount,
-                    cny.code(),
-                )),
+                0..=54 => batch.push(TransferRequest::single(tid, debit, credit, amount, cny.code())),
                 55..=69 => {
                     let timeout = (rng.random_range(0..3) == 0).then(|| rng.random_range(1..=50));
-                    batch.push(TransferRequest::pending(
-                        tid,
-                        debit,
-                        credit,
-                        amount,
-                        cny.code(),
-                        timeout,
-                    ));
+                    batch.push(TransferRequest::pending(tid, debit, credit, amount, cny.code(), timeout));
                 }
                 70..=84 if !holds.is_empty() => {
                     let pending = holds.swap_remove(rng.random_range(0..holds.len()));
@@ -117,10 +100,7 @@ pub fn run(dir: &Path, cycle: u64, snapshot_every_entries: u64) -> anyhow::Resul
             }
         }
         let ids: Vec<Id> = batch.iter().map(|t| t.id.clone()).collect();
-        let kinds: Vec<bool> = batch
-            .iter()
-            .map(|t| t.kind == puhui_ledger::TransferKind::Pending)
-            .collect();
+        let kinds: Vec<bool> = batch.iter().map(|t| t.kind == puhui_ledger::TransferKind::Pending).collect();
         let results = store.create_transfers(batch)?;
         let mut lines = String::new();
         for ((tid, result), is_hold) in ids.iter().zip(&results).zip(kinds) {

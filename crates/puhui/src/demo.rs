@@ -5,9 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Context;
-use puhui_ledger::{
-    AccountFlags, Currency, Id, NewAccount, ResultCode, StatusAction, TransferRequest,
-};
+use puhui_ledger::{AccountFlags, Currency, Id, NewAccount, ResultCode, StatusAction, TransferRequest};
 use puhui_store::{EmbeddedStore, LedgerStore};
 
 fn id(s: &str) -> Id {
@@ -37,26 +35,17 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         NewAccount::new(id("loyalty:issuer"), points),
     ];
     for w in wallets {
-        accounts.push(
-            NewAccount::new(id(&format!("wallet:{w}")), cny).with_flags(AccountFlags::WALLET),
-        );
-        accounts.push(
-            NewAccount::new(id(&format!("points:{w}")), points).with_flags(AccountFlags::WALLET),
-        );
+        accounts.push(NewAccount::new(id(&format!("wallet:{w}")), cny).with_flags(AccountFlags::WALLET));
+        accounts.push(NewAccount::new(id(&format!("points:{w}")), points).with_flags(AccountFlags::WALLET));
     }
     for m in merchants {
-        accounts.push(
-            NewAccount::new(id(&format!("merchant:{m}")), cny).with_flags(AccountFlags::WALLET),
-        );
+        accounts.push(NewAccount::new(id(&format!("merchant:{m}")), cny).with_flags(AccountFlags::WALLET));
     }
     let created = store.create_accounts(accounts)?;
     println!(
         "created {} accounts ({} new)",
         created.len(),
-        created
-            .iter()
-            .filter(|r| r.result == ResultCode::Ok)
-            .count()
+        created.iter().filter(|r| r.result == ResultCode::Ok).count()
     );
 
     let started = Instant::now();
@@ -96,29 +85,11 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         vec![
             TransferRequest {
                 linked: true,
-                ..t(
-                    "pay-001",
-                    "wallet:li.na",
-                    "merchant:noodle-stall",
-                    1_800,
-                    &cny,
-                )
+                ..t("pay-001", "wallet:li.na", "merchant:noodle-stall", 1_800, &cny)
             },
             t("pts-001", "loyalty:issuer", "points:li.na", 18, &points),
-            t(
-                "pay-002",
-                "wallet:wang.wei",
-                "merchant:fruit-vendor",
-                2_350,
-                &cny,
-            ),
-            t(
-                "pay-003",
-                "wallet:zhang.min",
-                "merchant:phone-repair",
-                12_000,
-                &cny,
-            ),
+            t("pay-002", "wallet:wang.wei", "merchant:fruit-vendor", 2_350, &cny),
+            t("pay-003", "wallet:zhang.min", "merchant:phone-repair", 12_000, &cny),
         ],
     )?;
     step(
@@ -131,13 +102,7 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     )?;
     step(
         "A wallet cannot go negative: 1,000 yuan from a wallet holding 482",
-        vec![t(
-            "p2p-101",
-            "wallet:li.na",
-            "wallet:wang.wei",
-            100_000,
-            &cny,
-        )],
+        vec![t("p2p-101", "wallet:li.na", "wallet:wang.wei", 100_000, &cny)],
     )?;
     step(
         "A hold (pending) for a phone repair, posted for less than held; a second hold voided",
@@ -167,13 +132,7 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         vec![
             TransferRequest {
                 linked: true,
-                ..t(
-                    "settle-1",
-                    "merchant:phone-repair",
-                    "bank:settlement",
-                    28_000,
-                    &cny,
-                )
+                ..t("settle-1", "merchant:phone-repair", "bank:settlement", 28_000, &cny)
             },
             t("fee-1", "merchant:phone-repair", "bank:fees", 140, &cny),
         ],
@@ -182,21 +141,12 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     println!("\nCompliance freezes wallet:zhang.min: {}", frozen.result);
     step(
         "A payment from the frozen wallet",
-        vec![t(
-            "pay-004",
-            "wallet:zhang.min",
-            "merchant:noodle-stall",
-            500,
-            &cny,
-        )],
+        vec![t("pay-004", "wallet:zhang.min", "merchant:noodle-stall", 500, &cny)],
     )?;
     let elapsed = started.elapsed();
 
     println!("\nBalances (net = credits − debits, in major units)");
-    println!(
-        "  {:<26} {:>6} {:>14} {:>10} {:>8}",
-        "account", "unit", "net", "held", "status"
-    );
+    println!("  {:<26} {:>6} {:>14} {:>10} {:>8}", "account", "unit", "net", "held", "status");
     let mut rows = store.read(|l| l.accounts().collect::<Vec<_>>());
     rows.sort_by(|a, b| a.id.cmp(&b.id));
     for a in &rows {
@@ -216,9 +166,7 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         all.len() - ok,
         elapsed.as_secs_f64() * 1e3
     );
-    store
-        .read(|l| l.check_invariants())
-        .map_err(anyhow::Error::msg)?;
+    store.read(|l| l.check_invariants()).map_err(anyhow::Error::msg)?;
     println!("invariants: per currency, debits = credits; no wallet below zero");
     drop(store);
 

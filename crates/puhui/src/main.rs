@@ -96,17 +96,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo { data_dir } => demo::run(data_dir),
-        Command::Bench {
-            what: BenchCommand::Ledger(args),
-        } => bench::ledger(args),
-        Command::Journal {
-            what: JournalCommand::Verify { data_dir },
-        } => journal_verify(&data_dir),
-        Command::CrashChild {
-            data_dir,
-            cycle,
-            snapshot_every,
-        } => crash_child::run(&data_dir, cycle, snapshot_every),
+        Command::Bench { what: BenchCommand::Ledger(args) } => bench::ledger(args),
+        Command::Journal { what: JournalCommand::Verify { data_dir } } => journal_verify(&data_dir),
+        Command::CrashChild { data_dir, cycle, snapshot_every } => {
+            crash_child::run(&data_dir, cycle, snapshot_every)
+        }
     };
     match outcome {
         Ok(code) => code,

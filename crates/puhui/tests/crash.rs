@@ -30,9 +30,7 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
             .spawn()
             .expect("start the child");
         // Kill at a pseudo-random moment: 20-420 ms into the load.
-        seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         let kill_after = Duration::from_millis(20 + (seed >> 33) % 400);
         let stdout = child.stdout.take().unwrap();
         let reader = std::thread::spawn(move || {
@@ -65,18 +63,13 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
 
         // Reopen and check.
         let store = EmbeddedStore::open(dir.path()).expect("recovery after SIGKILL");
-        assert!(
-            store.open_report().snapshot_error.is_none(),
-            "{:?}",
-            store.open_report()
-        );
+        assert!(store.open_report().snapshot_error.is_none(), "{:?}", store.open_report());
         for (id, code) in &acked {
             let found = store.transfer(id).unwrap();
             match code {
                 ResultCode::Ok | ResultCode::Exists => {
-                    let t = found.unwrap_or_else(|| {
-                        panic!("acknowledged transfer {id} was lost (cycle {cycle})")
-                    });
+                    let t = found
+                        .unwrap_or_else(|| panic!("acknowledged transfer {id} was lost (cycle {cycle})"));
                     assert_eq!(t.result, ResultCode::Ok, "{id}");
                 }
                 ResultCode::LinkedEventFailed | ResultCode::LinkedEventChainOpen => {
@@ -108,17 +101,8 @@ fn kill_9_under_load_loses_nothing_acknowledged() {
             }
         });
         drop(store);
-        puhui_journal::verify(&dir.path().join(JOURNAL_FILE))
-            .expect("journal verifies after recovery");
-        eprintln!(
-            "cycle {cycle}: {} acknowledged lines, {} in total",
-            lines.len(),
-            acked.len()
-        );
+        puhui_journal::verify(&dir.path().join(JOURNAL_FILE)).expect("journal verifies after recovery");
+        eprintln!("cycle {cycle}: {} acknowledged lines, {} in total", lines.len(), acked.len());
     }
-    assert!(
-        acked.len() > 500,
-        "the load made progress ({} acknowledged)",
-        acked.len()
-    );
+    assert!(acked.len() > 500, "the load made progress ({} acknowledged)", acked.len());
 }

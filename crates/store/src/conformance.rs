@@ -4,8 +4,7 @@
 //! Call [`run_all`] from a backend's test; a failed check panics with its name.
 
 use puhui_ledger::{
-    AccountFlags, AccountStatus, Currency, Id, NewAccount, Page, ResultCode, StatusAction,
-    TransferRequest,
+    AccountFlags, AccountStatus, Currency, Id, NewAccount, Page, ResultCode, StatusAction, TransferRequest,
 };
 
 use crate::{LedgerStore, StoreError};
@@ -31,8 +30,7 @@ pub const CHECKS: &[(&str, fn(&dyn LedgerStore))] = &[
 pub fn run_all(make: MakeStore<'_>) {
     for (name, check) in CHECKS {
         let store = make();
-        let outcome =
-            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(store.as_ref())));
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(store.as_ref())));
         if let Err(panic) = outcome {
             let message = panic
                 .downcast_ref::<String>()
@@ -53,10 +51,7 @@ fn cny() -> Currency {
 }
 
 fn results(r: Result<Vec<puhui_ledger::EventResult>, StoreError>) -> Vec<ResultCode> {
-    r.expect("store call")
-        .into_iter()
-        .map(|e| e.result)
-        .collect()
+    r.expect("store call").into_iter().map(|e| e.result).collect()
 }
 
 /// A funding (unflagged) account and `n` wallets; the funding account pays each wallet `amount`.
@@ -65,71 +60,35 @@ fn setup(store: &dyn LedgerStore, wallets: &[&str], amount: u64) {
     for w in wallets {
         batch.push(NewAccount::new(id(w), cny()).with_flags(AccountFlags::WALLET));
     }
-    assert!(results(store.create_accounts(batch))
-        .iter()
-        .all(|r| *r == ResultCode::Ok));
+    assert!(results(store.create_accounts(batch)).iter().all(|r| *r == ResultCode::Ok));
     if amount > 0 {
         let funding = wallets
             .iter()
             .map(|w| {
-                TransferRequest::single(
-                    id(&format!("fund-{w}")),
-                    id("bank"),
-                    id(w),
-                    amount,
-                    cny().code(),
-                )
+                TransferRequest::single(id(&format!("fund-{w}")), id("bank"), id(w), amount, cny().code())
             })
             .collect();
-        assert!(results(store.create_transfers(funding))
-            .iter()
-            .all(|r| *r == ResultCode::Ok));
+        assert!(results(store.create_transfers(funding)).iter().all(|r| *r == ResultCode::Ok));
     }
 }
 
 fn balance(store: &dyn LedgerStore, account: &str) -> i128 {
-    store
-        .account(account)
-        .expect("read")
-        .expect("account exists")
-        .balances
-        .net_posted()
+    store.account(account).expect("read").expect("account exists").balances.net_posted()
 }
 
 fn accounts_are_idempotent(store: &dyn LedgerStore) {
     let a = NewAccount::new(id("a"), cny()).with_flags(AccountFlags::WALLET);
-    assert_eq!(
-        results(store.create_accounts(vec![a.clone()])),
-        [ResultCode::Ok]
-    );
-    assert_eq!(
-        results(store.create_accounts(vec![a.clone()])),
-        [ResultCode::Exists]
-    );
-    let other = NewAccount {
-        currency: Currency::iso("USD").unwrap(),
-        ..a.clone()
-    };
-    assert_eq!(
-        results(store.create_accounts(vec![other])),
-        [ResultCode::ExistsWithDifferentCurrency]
-    );
+    assert_eq!(results(store.create_accounts(vec![a.clone()])), [ResultCode::Ok]);
+    assert_eq!(results(store.create_accounts(vec![a.clone()])), [ResultCode::Exists]);
+    let other = NewAccount { currency: Currency::iso("USD").unwrap(), ..a.clone() };
+    assert_eq!(results(store.create_accounts(vec![other])), [ResultCode::ExistsWithDifferentCurrency]);
     let both = NewAccount {
         id: id("b"),
-        flags: AccountFlags {
-            debits_must_not_exceed_credits: true,
-            credits_must_not_exceed_debits: true,
-        },
+        flags: AccountFlags { debits_must_not_exceed_credits: true, credits_must_not_exceed_debits: true },
         ..a
     };
-    assert_eq!(
-        results(store.create_accounts(vec![both])),
-        [ResultCode::FlagsAreMutuallyExclusive]
-    );
-    assert!(
-        store.account("b").unwrap().is_none(),
-        "a rejected account leaves no trace"
-    );
+    assert_eq!(results(store.create_accounts(vec![both])), [ResultCode::FlagsAreMutuallyExclusive]);
+    assert!(store.account("b").unwrap().is_none(), "a rejected account leaves no trace");
 }
 
 fn single_transfers_move_money(store: &dyn LedgerStore) {
@@ -139,13 +98,8 @@ fn single_transfers_move_money(store: &dyn LedgerStore) {
     assert_eq!(balance(store, "alice"), 7_500);
     assert_eq!(balance(store, "bob"), 12_500);
     assert_eq!(balance(store, "bank"), -20_000);
-    let usd = TransferRequest::single(
-        id("t2"),
-        id("alice"),
-        id("bob"),
-        1,
-        Currency::iso("USD").unwrap().code(),
-    );
+    let usd =
+        TransferRequest::single(id("t2"), id("alice"), id("bob"), 1, Currency::iso("USD").unwrap().code());
     let same = TransferRequest::single(id("t3"), id("alice"), id("alice"), 1, cny().code());
     let zero = TransferRequest::single(id("t4"), id("alice"), id("bob"), 0, cny().code());
     let missing = TransferRequest::single(id("t5"), id("alice"), id("nobody"), 1, cny().code());
@@ -173,38 +127,20 @@ fn wallet_cannot_go_negative(store: &dyn LedgerStore) {
     );
     assert_eq!(balance(store, "alice"), 0);
     let max = TransferRequest::single(id("t3"), id("bank"), id("bob"), u64::MAX, cny().code());
-    assert_eq!(
-        results(store.create_transfers(vec![max])),
-        [ResultCode::Overflow]
-    );
+    assert_eq!(results(store.create_transfers(vec![max])), [ResultCode::Overflow]);
 }
 
 fn transfer_ids_are_permanent(store: &dyn LedgerStore) {
     setup(store, &["alice", "bob"], 100);
     let t = TransferRequest::single(id("t1"), id("alice"), id("bob"), 60, cny().code());
-    assert_eq!(
-        results(store.create_transfers(vec![t.clone()])),
-        [ResultCode::Ok]
-    );
-    assert_eq!(
-        results(store.create_transfers(vec![t.clone()])),
-        [ResultCode::Exists]
-    );
-    let more = TransferRequest {
-        amount_minor: Some(61),
-        ..t.clone()
-    };
-    assert_eq!(
-        results(store.create_transfers(vec![more])),
-        [ResultCode::ExistsWithDifferentAmount]
-    );
+    assert_eq!(results(store.create_transfers(vec![t.clone()])), [ResultCode::Ok]);
+    assert_eq!(results(store.create_transfers(vec![t.clone()])), [ResultCode::Exists]);
+    let more = TransferRequest { amount_minor: Some(61), ..t.clone() };
+    assert_eq!(results(store.create_transfers(vec![more])), [ResultCode::ExistsWithDifferentAmount]);
     assert_eq!(balance(store, "alice"), 40, "a replay moves no money");
     // A failure is permanent too: the same id keeps its first result.
     let fail = TransferRequest::single(id("t2"), id("alice"), id("bob"), 50, cny().code());
-    assert_eq!(
-        results(store.create_transfers(vec![fail.clone()])),
-        [ResultCode::ExceedsCredits]
-    );
+    assert_eq!(results(store.create_transfers(vec![fail.clone()])), [ResultCode::ExceedsCredits]);
     let top_up = TransferRequest::single(id("t3"), id("bank"), id("alice"), 100, cny().code());
     assert_eq!(
         results(store.create_transfers(vec![top_up, fail])),
@@ -215,55 +151,25 @@ fn transfer_ids_are_permanent(store: &dyn LedgerStore) {
 fn two_phase_post_and_void(store: &dyn LedgerStore) {
     setup(store, &["alice", "shop"], 1_000);
     let hold = TransferRequest::pending(id("h1"), id("alice"), id("shop"), 600, cny().code(), None);
-    assert_eq!(
-        results(store.create_transfers(vec![hold])),
-        [ResultCode::Ok]
-    );
+    assert_eq!(results(store.create_transfers(vec![hold])), [ResultCode::Ok]);
     let a = store.account("alice").unwrap().unwrap();
-    assert_eq!(
-        (a.balances.debits_pending, a.balances.available()),
-        (600, 400)
-    );
+    assert_eq!((a.balances.debits_pending, a.balances.available()), (600, 400));
     let too_much = TransferRequest::single(id("t1"), id("alice"), id("shop"), 401, cny().code());
-    assert_eq!(
-        results(store.create_transfers(vec![too_much])),
-        [ResultCode::ExceedsCredits]
-    );
+    assert_eq!(results(store.create_transfers(vec![too_much])), [ResultCode::ExceedsCredits]);
     let post = TransferRequest::post(id("p1"), id("h1"), Some(450));
-    assert_eq!(
-        results(store.create_transfers(vec![post])),
-        [ResultCode::Ok]
-    );
+    assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::Ok]);
     let a = store.account("alice").unwrap().unwrap();
-    assert_eq!(
-        (a.balances.debits_pending, a.balances.net_posted()),
-        (0, 550)
-    );
+    assert_eq!((a.balances.debits_pending, a.balances.net_posted()), (0, 550));
     let again = TransferRequest::void(id("v1"), id("h1"));
-    assert_eq!(
-        results(store.create_transfers(vec![again])),
-        [ResultCode::PendingAlreadyPosted]
-    );
+    assert_eq!(results(store.create_transfers(vec![again])), [ResultCode::PendingAlreadyPosted]);
     let h2 = TransferRequest::pending(id("h2"), id("alice"), id("shop"), 100, cny().code(), None);
     let v2 = TransferRequest::void(id("v2"), id("h2"));
     let p2 = TransferRequest::post(id("p2"), id("h2"), None);
     assert_eq!(
         results(store.create_transfers(vec![h2, v2, p2])),
-        [
-            ResultCode::Ok,
-            ResultCode::Ok,
-            ResultCode::PendingAlreadyVoided
-        ]
+        [ResultCode::Ok, ResultCode::Ok, ResultCode::PendingAlreadyVoided]
     );
-    assert_eq!(
-        store
-            .account("alice")
-            .unwrap()
-            .unwrap()
-            .balances
-            .available(),
-        550
-    );
+    assert_eq!(store.account("alice").unwrap().unwrap().balances.available(), 550);
 }
 
 fn linked_chain_is_atomic(store: &dyn LedgerStore) {
@@ -276,51 +182,23 @@ fn linked_chain_is_atomic(store: &dyn LedgerStore) {
         [ResultCode::LinkedEventFailed, ResultCode::ExceedsCredits]
     );
     assert_eq!(balance(store, "alice"), 100);
-    assert!(
-        store.transfer("c1").unwrap().is_none(),
-        "a failed chain leaves no trace"
-    );
+    assert!(store.transfer("c1").unwrap().is_none(), "a failed chain leaves no trace");
     let ok_second = TransferRequest::single(id("c2"), id("bob"), id("carol"), 80, cny().code());
     assert_eq!(
         results(store.create_transfers(vec![first.clone(), ok_second])),
         [ResultCode::Ok, ResultCode::Ok]
     );
-    assert_eq!(
-        (
-            balance(store, "alice"),
-            balance(store, "bob"),
-            balance(store, "carol")
-        ),
-        (20, 100, 180)
-    );
-    let open = TransferRequest {
-        id: id("c3"),
-        ..first
-    };
-    assert_eq!(
-        results(store.create_transfers(vec![open])),
-        [ResultCode::LinkedEventChainOpen]
-    );
+    assert_eq!((balance(store, "alice"), balance(store, "bob"), balance(store, "carol")), (20, 100, 180));
+    let open = TransferRequest { id: id("c3"), ..first };
+    assert_eq!(results(store.create_transfers(vec![open])), [ResultCode::LinkedEventChainOpen]);
 }
 
 fn frozen_and_closed_accounts(store: &dyn LedgerStore) {
     setup(store, &["alice", "bob"], 100);
     let hold = TransferRequest::pending(id("h1"), id("alice"), id("bob"), 10, cny().code(), None);
-    assert_eq!(
-        results(store.create_transfers(vec![hold])),
-        [ResultCode::Ok]
-    );
-    assert_eq!(
-        store
-            .set_account_status(&id("alice"), StatusAction::Freeze)
-            .unwrap()
-            .result,
-        ResultCode::Ok
-    );
-    assert_eq!(
-        store.account("alice").unwrap().unwrap().status,
-        AccountStatus::Frozen
-    );
+    assert_eq!(results(store.create_transfers(vec![hold])), [ResultCode::Ok]);
+    assert_eq!(store.set_account_status(&id("alice"), StatusAction::Freeze).unwrap().result, ResultCode::Ok);
+    assert_eq!(store.account("alice").unwrap().unwrap().status, AccountStatus::Frozen);
     let t = TransferRequest::single(id("t1"), id("alice"), id("bob"), 1, cny().code());
     let post = TransferRequest::post(id("p1"), id("h1"), None);
     assert_eq!(
@@ -334,45 +212,24 @@ fn frozen_and_closed_accounts(store: &dyn LedgerStore) {
         "a frozen account's hold can be released"
     );
     assert_eq!(
-        store
-            .set_account_status(&id("alice"), StatusAction::Close)
-            .unwrap()
-            .result,
+        store.set_account_status(&id("alice"), StatusAction::Close).unwrap().result,
         ResultCode::AccountBalanceNotZero
     );
     assert_eq!(
-        store
-            .set_account_status(&id("alice"), StatusAction::Unfreeze)
-            .unwrap()
-            .result,
+        store.set_account_status(&id("alice"), StatusAction::Unfreeze).unwrap().result,
         ResultCode::Ok
     );
     let out = TransferRequest::single(id("t2"), id("alice"), id("bank"), 100, cny().code());
     assert_eq!(results(store.create_transfers(vec![out])), [ResultCode::Ok]);
-    assert_eq!(
-        store
-            .set_account_status(&id("alice"), StatusAction::Close)
-            .unwrap()
-            .result,
-        ResultCode::Ok
-    );
+    assert_eq!(store.set_account_status(&id("alice"), StatusAction::Close).unwrap().result, ResultCode::Ok);
     let after = TransferRequest::single(id("t3"), id("bank"), id("alice"), 1, cny().code());
+    assert_eq!(results(store.create_transfers(vec![after])), [ResultCode::AccountClosed]);
     assert_eq!(
-        results(store.create_transfers(vec![after])),
-        [ResultCode::AccountClosed]
-    );
-    assert_eq!(
-        store
-            .set_account_status(&id("alice"), StatusAction::Unfreeze)
-            .unwrap()
-            .result,
+        store.set_account_status(&id("alice"), StatusAction::Unfreeze).unwrap().result,
         ResultCode::AccountClosed
     );
     assert_eq!(
-        store
-            .set_account_status(&id("nobody"), StatusAction::Freeze)
-            .unwrap()
-            .result,
+        store.set_account_status(&id("nobody"), StatusAction::Freeze).unwrap().result,
         ResultCode::AccountNotFound
     );
 }
@@ -381,93 +238,37 @@ fn history_pages_and_balance_at(store: &dyn LedgerStore) {
     setup(store, &["alice", "bob"], 0);
     let mut stamps = Vec::new();
     for i in 0..5 {
-        let t = TransferRequest::single(
-            id(&format!("t{i}")),
-            id("bank"),
-            id("alice"),
-            10,
-            cny().code(),
-        );
+        let t = TransferRequest::single(id(&format!("t{i}")), id("bank"), id("alice"), 10, cny().code());
         let r = store.create_transfers(vec![t]).unwrap();
         stamps.push(r[0].timestamp_ns);
     }
     let page = |after: Option<&str>, before: Option<&str>| {
         let (items, more) = store
-            .account_transfers(
-                "alice",
-                Page {
-                    limit: 2,
-                    starting_after: after,
-                    ending_before: before,
-                },
-            )
+            .account_transfers("alice", Page { limit: 2, starting_after: after, ending_before: before })
             .unwrap();
-        (
-            items
-                .into_iter()
-                .map(|t| t.request.id.to_string())
-                .collect::<Vec<_>>(),
-            more,
-        )
+        (items.into_iter().map(|t| t.request.id.to_string()).collect::<Vec<_>>(), more)
     };
-    assert_eq!(
-        page(None, None),
-        (vec!["t0".to_string(), "t1".into()], true)
-    );
-    assert_eq!(
-        page(Some("t1"), None),
-        (vec!["t2".to_string(), "t3".into()], true)
-    );
+    assert_eq!(page(None, None), (vec!["t0".to_string(), "t1".into()], true));
+    assert_eq!(page(Some("t1"), None), (vec!["t2".to_string(), "t3".into()], true));
     assert_eq!(page(Some("t3"), None), (vec!["t4".to_string()], false));
-    assert_eq!(
-        page(None, Some("t3")),
-        (vec!["t1".to_string(), "t2".into()], true)
-    );
+    assert_eq!(page(None, Some("t3")), (vec!["t1".to_string(), "t2".into()], true));
     assert_eq!(page(None, Some("t1")), (vec!["t0".to_string()], false));
     assert!(matches!(
-        store.account_transfers(
-            "alice",
-            Page {
-                limit: 2,
-                starting_after: Some("nope"),
-                ending_before: None
-            }
-        ),
+        store
+            .account_transfers("alice", Page { limit: 2, starting_after: Some("nope"), ending_before: None }),
         Err(StoreError::CursorNotFound)
     ));
-    assert!(matches!(
-        store.balance_at("nobody", 0),
-        Err(StoreError::AccountNotFound)
-    ));
-    assert_eq!(
-        store
-            .balance_at("alice", stamps[0] - 1)
-            .unwrap()
-            .credits_posted,
-        0
-    );
-    assert_eq!(
-        store.balance_at("alice", stamps[0]).unwrap().credits_posted,
-        10
-    );
-    assert_eq!(
-        store.balance_at("alice", stamps[2]).unwrap().credits_posted,
-        30
-    );
-    assert_eq!(
-        store.balance_at("alice", u64::MAX).unwrap().credits_posted,
-        50
-    );
+    assert!(matches!(store.balance_at("nobody", 0), Err(StoreError::AccountNotFound)));
+    assert_eq!(store.balance_at("alice", stamps[0] - 1).unwrap().credits_posted, 0);
+    assert_eq!(store.balance_at("alice", stamps[0]).unwrap().credits_posted, 10);
+    assert_eq!(store.balance_at("alice", stamps[2]).unwrap().credits_posted, 30);
+    assert_eq!(store.balance_at("alice", u64::MAX).unwrap().credits_posted, 50);
 }
 
 fn pending_expires(store: &dyn LedgerStore) {
     setup(store, &["alice", "bob"], 100);
-    let hold =
-        TransferRequest::pending(id("h1"), id("alice"), id("bob"), 70, cny().code(), Some(1));
-    assert_eq!(
-        results(store.create_transfers(vec![hold])),
-        [ResultCode::Ok]
-    );
+    let hold = TransferRequest::pending(id("h1"), id("alice"), id("bob"), 70, cny().code(), Some(1));
+    assert_eq!(results(store.create_transfers(vec![hold])), [ResultCode::Ok]);
     std::thread::sleep(std::time::Duration::from_millis(5));
     let _ = store.expire_due().unwrap();
     let a = store.account("alice").unwrap().unwrap();
@@ -475,19 +276,12 @@ fn pending_expires(store: &dyn LedgerStore) {
     let t = store.transfer("h1").unwrap().unwrap();
     assert_eq!(t.pending_status, Some(puhui_ledger::PendingStatus::Expired));
     let post = TransferRequest::post(id("p1"), id("h1"), None);
-    assert_eq!(
-        results(store.create_transfers(vec![post])),
-        [ResultCode::PendingExpired]
-    );
+    assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::PendingExpired]);
 }
 
 fn batch_limit(store: &dyn LedgerStore) {
-    let batch = (0..=puhui_ledger::BATCH_EVENTS_MAX)
-        .map(|i| NewAccount::new(id(&format!("a{i}")), cny()))
-        .collect();
-    assert!(matches!(
-        store.create_accounts(batch),
-        Err(StoreError::BatchTooLarge { .. })
-    ));
+    let batch =
+        (0..=puhui_ledger::BATCH_EVENTS_MAX).map(|i| NewAccount::new(id(&format!("a{i}")), cny())).collect();
+    assert!(matches!(store.create_accounts(batch), Err(StoreError::BatchTooLarge { .. })));
     assert!(store.account("a0").unwrap().is_none());
 }

@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use puhui_journal::{codec, JournalWriter, ScanError};
 use puhui_ledger::{
-    Account, Balances, EventResult, Id, IdGenerator, Ledger, NewAccount, Page, QueryError,
-    StatusAction, Transfer, TransferRequest, BATCH_EVENTS_MAX,
+    Account, Balances, EventResult, Id, IdGenerator, Ledger, NewAccount, Page, QueryError, StatusAction,
+    Transfer, TransferRequest, BATCH_EVENTS_MAX,
 };
 
 /// Most commands waiting for the committer; beyond it callers get [`StoreError::Overloaded`].
@@ -47,13 +47,15 @@ pub struct StoreOptions {
     /// Take a snapshot after this many new journal entries (0: only at shutdown). Encoding it pauses
     /// writes briefly (measured in docs/BENCHMARKS.md); the file is written by a background thread.
     pub snapshot_every_entries: u64,
+    /// Transfers to reserve memory for at start (0: grow on demand). Growing a large table doubles
+    /// it in one step, which pauses writes; reserving the expected size up front avoids that, in the
+    /// spirit of static allocation.
+    pub transfers_capacity: usize,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT,
-        }
+        StoreOptions { snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT, transfers_capacity: 0 }
     }
 }
 
@@ -139,17 +141,13 @@ impl std::fmt::Display for StoreError {
             StoreError::BatchTooLarge { len, max } => {
                 write!(f, "batch of {len} events exceeds the maximum of {max}")
             }
-            StoreError::Overloaded => {
-                f.write_str("the ledger's write queue is full; retry shortly")
-            }
+            StoreError::Overloaded => f.write_str("the ledger's write queue is full; retry shortly"),
             StoreError::Unavailable(why) => write!(f, "the ledger is unavailable: {why}"),
             StoreError::Io(e) => write!(f, "storage I/O failed: {e}"),
             StoreError::Corrupt(e) => write!(f, "the journal is damaged: {e}"),
-            StoreError::Locked(dir) => write!(
-                f,
-                "data directory {} is in use by another process",
-                dir.display()
-            ),
+            StoreError::Locked(dir) => {
+                write!(f, "data directory {} is in use by another process", dir.display())
+            }
             StoreError::AccountNotFound => f.write_str("the account does not exist"),
             StoreError::CursorNotFound => {
                 f.write_str("the cursor transfer does not exist or does not touch this account")
@@ -175,8 +173,7 @@ pub trait LedgerStore: Send + Sync {
     /// Creates accounts; one result per account.
     fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, StoreError>;
     /// Creates transfers; one result per transfer (linked chains atomic).
-    fn create_transfers(&self, batch: Vec<TransferRequest>)
-        -> Result<Vec<EventResult>, StoreError>;
+    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError>;
     /// Freezes, unfreezes or closes an account.
     fn set_account_status(&self, id: &Id, action: StatusAction) -> Result<EventResult, StoreError>;
     /// Expires every hold whose timeout has passed now; returns how many.
@@ -186,11 +183,7 @@ pub trait LedgerStore: Send + Sync {
     /// A transfer by id (failed ones included).
     fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError>;
     /// An account's transfers in time order, a page at a time, with "has more".
-    fn account_transfers(
-        &self,
-        id: &str,
-        page: Page<'_>,
-    ) -> Result<(Vec<Transfer>, bool), StoreError>;
+    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError>;
     /// An account's balances as of a timestamp.
     fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError>;
     /// A fresh, time-ordered id.
@@ -288,9 +281,7 @@ impl EmbeddedStore {
         clock: Arc<dyn Clock>,
         options: StoreOptions,
     ) -> Result<EmbeddedStore, StoreError> {
-        let io = |what: &str, e: std::io::Error| {
-            StoreError::Io(format!("{what} {}: {e}", dir.display()))
-        };
+        let io = |what: &str, e: std::io::Error| StoreError::Io(format!("{what} {}: {e}", dir.display()));
         std::fs::create_dir_all(dir).map_err(|e| io("creating", e))?;
         let lock = lock_dir(dir)?;
         let journal = dir.join(JOURNAL_FILE);
@@ -301,32 +292,35 @@ impl EmbeddedStore {
         };
         let (mut snapshot_entries, mut snapshot_error) = (None, None);
         let recovered = match puhui_journal::load_snapshot(dir) {
-            Ok(Some((ledger, position))) => {
-                match puhui_journal::recover_from(&journal, ledger, position) {
-                    Ok(r) => {
-                        snapshot_entries = Some(position.entries);
-                        r
-                    }
-                    Err(e) => {
-                        snapshot_error = Some(format!("snapshot does not fit the journal: {e}"));
-                        puhui_journal::recover(&journal).map_err(corrupt)?
-                    }
+            Ok(Some((ledger, position))) => match puhui_journal::recover_from(&journal, ledger, position) {
+                Ok(r) => {
+                    snapshot_entries = Some(position.entries);
+                    r
                 }
-            }
+                Err(e) => {
+                    snapshot_error = Some(format!("snapshot does not fit the journal: {e}"));
+                    puhui_journal::recover(&journal).map_err(corrupt)?
+                }
+            },
             Ok(None) => puhui_journal::recover(&journal).map_err(corrupt)?,
             Err(e) => {
                 snapshot_error = Some(e);
                 puhui_journal::recover(&journal).map_err(corrupt)?
             }
         };
+        let mut recovered = recovered;
+        let have = recovered.ledger.transfers_count();
+        if options.transfers_capacity > have {
+            recovered.ledger.reserve_transfers(options.transfers_capacity - have);
+        }
         let mut torn_tail_saved_to = None;
         if let Some(torn) = &recovered.summary.torn_tail {
             let saved = dir.join(format!("journal.torn-{}", torn.offset));
             save_tail(&journal, torn.offset, &saved).map_err(|e| io("saving torn tail of", e))?;
             torn_tail_saved_to = Some(saved);
         }
-        let writer = JournalWriter::open(&journal, &recovered.summary)
-            .map_err(|e| io("opening journal in", e))?;
+        let writer =
+            JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
         let report = OpenReport {
             entries_replayed: recovered.summary.entries - snapshot_entries.unwrap_or(0),
             recovery: started.elapsed(),
@@ -335,8 +329,7 @@ impl EmbeddedStore {
             snapshot_error,
         };
         let (queue, commands) = mpsc::sync_channel(QUEUE_COMMANDS_MAX);
-        let seed =
-            clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
+        let seed = clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
         let inner = Arc::new(Inner {
             state: RwLock::new(recovered.ledger),
             queue,
@@ -388,9 +381,7 @@ impl EmbeddedStore {
 
     fn enqueue(&self, command: Command) -> Result<(), StoreError> {
         if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable(
-                "a journal write failed; restart to recover".into(),
-            ));
+            return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
         }
         match self.inner.queue.try_send(command) {
             Ok(()) => Ok(()),
@@ -432,27 +423,18 @@ impl EmbeddedStore {
         self.enqueue(Command::Status(id, action, reply))
     }
 
-    fn call<T: Send + 'static>(
-        &self,
-        make: impl FnOnce(Reply<T>) -> Command,
-    ) -> Result<T, StoreError> {
+    fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.enqueue(make(Box::new(move |r| {
             let _ = tx.send(r);
         })))?;
-        rx.recv()
-            .map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
     }
 
     /// Stops the committer after it finishes what is queued. Later writes get `Unavailable`.
     pub fn shutdown(&self) {
         let _ = self.inner.queue.send(Command::Shutdown);
-        if let Some(handle) = self
-            .committer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-        {
+        if let Some(handle) = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
         }
     }
@@ -466,10 +448,7 @@ impl Drop for EmbeddedStore {
 
 fn check_batch(len: usize) -> Result<(), StoreError> {
     if len > BATCH_EVENTS_MAX {
-        return Err(StoreError::BatchTooLarge {
-            len,
-            max: BATCH_EVENTS_MAX,
-        });
+        return Err(StoreError::BatchTooLarge { len, max: BATCH_EVENTS_MAX });
     }
     Ok(())
 }
@@ -480,10 +459,7 @@ impl LedgerStore for EmbeddedStore {
         self.call(|reply| Command::Accounts(batch, reply))
     }
 
-    fn create_transfers(
-        &self,
-        batch: Vec<TransferRequest>,
-    ) -> Result<Vec<EventResult>, StoreError> {
+    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError> {
         check_batch(batch.len())?;
         self.call(|reply| Command::Transfers(batch, reply))
     }
@@ -505,11 +481,7 @@ impl LedgerStore for EmbeddedStore {
         Ok(self.read(|l| l.transfer(id)))
     }
 
-    fn account_transfers(
-        &self,
-        id: &str,
-        page: Page<'_>,
-    ) -> Result<(Vec<Transfer>, bool), StoreError> {
+    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {
         Ok(self.read(|l| l.account_transfers(id, page))?)
     }
 
@@ -519,11 +491,7 @@ impl LedgerStore for EmbeddedStore {
 
     fn new_id(&self) -> Id {
         let now_ms = self.inner.clock.now_ns() / 1_000_000;
-        self.inner
-            .ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .next(now_ms)
+        self.inner.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms)
     }
 }
 
@@ -558,13 +526,7 @@ struct Snapshots {
 impl Snapshots {
     /// Encodes the ledger now (the caller holds the state lock, so writes pause for the encoding) and
     /// writes the file on a background thread.
-    fn take(
-        &mut self,
-        inner: &Arc<Inner>,
-        ledger: &Ledger,
-        writer: &JournalWriter,
-        background: bool,
-    ) {
+    fn take(&mut self, inner: &Arc<Inner>, ledger: &Ledger, writer: &JournalWriter, background: bool) {
         if let Some(handle) = self.writing.take() {
             if !background || handle.is_finished() {
                 record_snapshot(inner, handle.join());
@@ -576,23 +538,13 @@ impl Snapshots {
         let position = writer.position();
         let started = Instant::now();
         let mut chunks: Vec<Vec<u8>> = Vec::new();
-        let _ = ledger.encode_snapshot::<()>(&mut |chunk| {
-            chunks.push(chunk.to_vec());
-            Ok(())
-        });
-        inner
-            .stats
-            .snapshot_pause_ns_max
-            .fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+        ledger.encode_snapshot(&mut |chunk| chunks.push(chunk));
+        inner.stats.snapshot_pause_ns_max.fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
         self.last_entries = position.entries;
         let dir = self.dir.clone();
-        let write =
-            move || puhui_journal::snapshot::write_snapshot(&dir, &position, &chunks).map(|_| ());
+        let write = move || puhui_journal::snapshot::write_snapshot(&dir, &position, &chunks).map(|_| ());
         if background {
-            match std::thread::Builder::new()
-                .name("puhui-snapshot".into())
-                .spawn(write)
-            {
+            match std::thread::Builder::new().name("puhui-snapshot".into()).spawn(write) {
                 Ok(handle) => self.writing = Some(handle),
                 Err(_) => {
                     inner.stats.snapshot_errors.fetch_add(1, Ordering::Relaxed);
@@ -634,11 +586,7 @@ fn committer_loop(
     while !shutting_down {
         // Sleep until work arrives or the next hold is due to expire.
         let now = inner.clock.now_ns();
-        let next_expiry = inner
-            .state
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .next_expiry_ns();
+        let next_expiry = inner.state.read().unwrap_or_else(|p| p.into_inner()).next_expiry_ns();
         let wait_ms = match next_expiry {
             Some(at) if at <= now => 0,
             Some(at) => ((at - now) / 1_000_000 + 1).min(EXPIRY_POLL_MS_MAX),
@@ -666,8 +614,7 @@ fn committer_loop(
             continue;
         }
         if inner.poisoned.load(Ordering::Acquire) {
-            let error =
-                StoreError::Unavailable("a journal write failed; restart to recover".into());
+            let error = StoreError::Unavailable("a journal write failed; restart to recover".into());
             for command in group.drain(..) {
                 refuse(command, &error);
             }
@@ -678,19 +625,16 @@ fn committer_loop(
         let now = inner.clock.now_ns();
         ledger.expire_due(now);
         let mut failure: Option<StoreError> = None;
-        let flush = |ledger: &mut Ledger,
-                     writer: &mut JournalWriter,
-                     items: &mut Vec<puhui_ledger::LogItem>| {
-            items.extend(ledger.drain_log());
-            for item in items.drain(..) {
-                writer.append(|buf| codec::encode_log_item(ledger, item, buf));
-            }
-        };
+        let flush =
+            |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
+                items.extend(ledger.drain_log());
+                for item in items.drain(..) {
+                    writer.append(|buf| codec::encode_log_item(ledger, item, buf));
+                }
+            };
         for command in group.drain(..) {
             let answer = match command {
-                Command::Accounts(batch, reply) => {
-                    Answer::Events(reply, ledger.create_accounts(batch, now))
-                }
+                Command::Accounts(batch, reply) => Answer::Events(reply, ledger.create_accounts(batch, now)),
                 Command::Transfers(batch, reply) => {
                     Answer::Events(reply, ledger.create_transfers(batch, now))
                 }
@@ -750,9 +694,7 @@ fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
         return Ok(());
     }
     let started = Instant::now();
-    writer
-        .commit()
-        .map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
+    writer.commit().map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
     let took = started.elapsed().as_nanos() as u64;
     let stats = &inner.stats;
     stats.frames.fetch_add(1, Ordering::Relaxed);

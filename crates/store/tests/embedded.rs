@@ -33,30 +33,16 @@ fn populate(store: &EmbeddedStore) {
     store.create_accounts(accounts).unwrap();
     let transfers = vec![
         TransferRequest::single(id("f1"), id("bank"), id("alice"), 1_000, cny().code()),
-        TransferRequest::pending(
-            id("h1"),
-            id("alice"),
-            id("bob"),
-            300,
-            cny().code(),
-            Some(60_000),
-        ),
+        TransferRequest::pending(id("h1"), id("alice"), id("bob"), 300, cny().code(), Some(60_000)),
         TransferRequest::single(id("x1"), id("alice"), id("bob"), 5_000, cny().code()),
         TransferRequest::post(id("p1"), id("h1"), Some(200)),
     ];
     let r = store.create_transfers(transfers).unwrap();
     assert_eq!(
         r.iter().map(|e| e.result).collect::<Vec<_>>(),
-        [
-            ResultCode::Ok,
-            ResultCode::Ok,
-            ResultCode::ExceedsCredits,
-            ResultCode::Ok
-        ]
+        [ResultCode::Ok, ResultCode::Ok, ResultCode::ExceedsCredits, ResultCode::Ok]
     );
-    store
-        .set_account_status(&id("bob"), puhui_ledger::StatusAction::Freeze)
-        .unwrap();
+    store.set_account_status(&id("bob"), puhui_ledger::StatusAction::Freeze).unwrap();
 }
 
 #[test]
@@ -66,43 +52,20 @@ fn restart_recovers_the_same_state() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         populate(&store);
         store.read(|l| {
-            (
-                l.accounts().collect::<Vec<_>>(),
-                l.transfer("p1"),
-                l.transfer("x1"),
-                l.last_timestamp_ns(),
-            )
+            (l.accounts().collect::<Vec<_>>(), l.transfer("p1"), l.transfer("x1"), l.last_timestamp_ns())
         })
     };
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let report = store.open_report().clone();
-    assert_eq!(
-        report.snapshot_entries,
-        Some(3 + 4 + 1),
-        "a clean shutdown leaves a snapshot"
-    );
+    assert_eq!(report.snapshot_entries, Some(3 + 4 + 1), "a clean shutdown leaves a snapshot");
     assert_eq!(report.entries_replayed, 0);
     let after = store.read(|l| {
-        (
-            l.accounts().collect::<Vec<_>>(),
-            l.transfer("p1"),
-            l.transfer("x1"),
-            l.last_timestamp_ns(),
-        )
+        (l.accounts().collect::<Vec<_>>(), l.transfer("p1"), l.transfer("x1"), l.last_timestamp_ns())
     });
     assert_eq!(before, after);
     // Reopening again must not journal the replayed events a second time.
-    let t = TransferRequest::single(
-        id("after-restart"),
-        id("bank"),
-        id("alice"),
-        1,
-        cny().code(),
-    );
-    assert_eq!(
-        store.create_transfers(vec![t]).unwrap()[0].result,
-        ResultCode::Ok
-    );
+    let t = TransferRequest::single(id("after-restart"), id("bank"), id("alice"), 1, cny().code());
+    assert_eq!(store.create_transfers(vec![t]).unwrap()[0].result, ResultCode::Ok);
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     assert_eq!(store.open_report().snapshot_entries, Some(3 + 4 + 1 + 1));
@@ -114,10 +77,7 @@ fn restart_recovers_the_same_state() {
     assert_eq!(store.open_report().snapshot_entries, None);
     // The permanent failure survives the restart.
     let again = TransferRequest::single(id("x1"), id("alice"), id("bob"), 5_000, cny().code());
-    assert_eq!(
-        store.create_transfers(vec![again]).unwrap()[0].result,
-        ResultCode::ExceedsCredits
-    );
+    assert_eq!(store.create_transfers(vec![again]).unwrap()[0].result, ResultCode::ExceedsCredits);
 }
 
 #[test]
@@ -135,17 +95,10 @@ fn a_torn_tail_is_cut_and_saved() {
     let first_frame: Vec<u8> = bytes[..200.min(bytes.len())].to_vec();
     bytes.extend_from_slice(&first_frame[..77]);
     std::fs::write(&journal, &bytes).unwrap();
-    assert!(
-        puhui_journal::verify(&journal).is_err(),
-        "verify reports the torn tail"
-    );
+    assert!(puhui_journal::verify(&journal).is_err(), "verify reports the torn tail");
 
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    let saved = store
-        .open_report()
-        .torn_tail_saved_to
-        .clone()
-        .expect("tail was cut");
+    let saved = store.open_report().torn_tail_saved_to.clone().expect("tail was cut");
     assert_eq!(std::fs::read(saved).unwrap().len(), 77);
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole_len);
     assert!(store.account("alice").unwrap().is_some());
@@ -157,10 +110,7 @@ fn a_torn_tail_is_cut_and_saved() {
 fn a_data_dir_has_one_owner() {
     let dir = tempfile::tempdir().unwrap();
     let _store = EmbeddedStore::open(dir.path()).unwrap();
-    assert!(matches!(
-        EmbeddedStore::open(dir.path()),
-        Err(StoreError::Locked(_))
-    ));
+    assert!(matches!(EmbeddedStore::open(dir.path()), Err(StoreError::Locked(_))));
 }
 
 #[test]
@@ -195,25 +145,10 @@ fn concurrent_batches_are_group_committed() {
     for t in threads {
         t.join().unwrap();
     }
-    let frames = store
-        .stats()
-        .frames
-        .load(std::sync::atomic::Ordering::Relaxed);
-    assert!(
-        frames < 1 + 8 * 50,
-        "{frames} frames for {} batches: some were grouped",
-        8 * 50
-    );
+    let frames = store.stats().frames.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(frames < 1 + 8 * 50, "{frames} frames for {} batches: some were grouped", 8 * 50);
     for i in 0..8 {
-        assert_eq!(
-            store
-                .account(&format!("w{i}"))
-                .unwrap()
-                .unwrap()
-                .balances
-                .credits_posted,
-            500
-        );
+        assert_eq!(store.account(&format!("w{i}")).unwrap().unwrap().balances.credits_posted, 500);
     }
     store.read(|l| l.check_invariants()).unwrap();
 }
@@ -224,55 +159,22 @@ fn holds_expire_on_the_committers_timer() {
     let clock = ManualClock::new(1_700_000_000_000_000_000);
     let store = EmbeddedStore::open_with_clock(dir.path(), clock.clone()).unwrap();
     populate(&store); // h1 was posted; make another hold that expires.
-    let h2 = TransferRequest::pending(
-        id("h2"),
-        id("alice"),
-        id("bank"),
-        100,
-        cny().code(),
-        Some(1_000),
-    );
-    assert_eq!(
-        store.create_transfers(vec![h2]).unwrap()[0].result,
-        ResultCode::Ok
-    );
+    let h2 = TransferRequest::pending(id("h2"), id("alice"), id("bank"), 100, cny().code(), Some(1_000));
+    assert_eq!(store.create_transfers(vec![h2]).unwrap()[0].result, ResultCode::Ok);
     clock.advance(999_000_000);
     std::thread::sleep(std::time::Duration::from_millis(250));
-    assert_eq!(
-        store
-            .account("alice")
-            .unwrap()
-            .unwrap()
-            .balances
-            .debits_pending,
-        100,
-        "not yet due"
-    );
+    assert_eq!(store.account("alice").unwrap().unwrap().balances.debits_pending, 100, "not yet due");
     // Ledger timestamps run a few ns ahead of the clock within a batch: step well past the deadline.
     clock.advance(2_000_000);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store
-        .account("alice")
-        .unwrap()
-        .unwrap()
-        .balances
-        .debits_pending
-        != 0
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the committer never expired the hold"
-        );
+    while store.account("alice").unwrap().unwrap().balances.debits_pending != 0 {
+        assert!(std::time::Instant::now() < deadline, "the committer never expired the hold");
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
     drop(store);
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let t = store.transfer("h2").unwrap().unwrap();
-    assert_eq!(
-        t.pending_status,
-        Some(puhui_ledger::PendingStatus::Expired),
-        "the expiry was journaled"
-    );
+    assert_eq!(t.pending_status, Some(puhui_ledger::PendingStatus::Expired), "the expiry was journaled");
 }
 
 /// Copies a live data directory's files: what a crash at this moment would leave on disk.
@@ -291,29 +193,16 @@ fn crash_copy(from: &std::path::Path) -> tempfile::TempDir {
 fn recovery_uses_the_last_snapshot_plus_the_journal_tail() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(puhui_store::SystemClock);
-    let options = puhui_store::StoreOptions {
-        snapshot_every_entries: 10,
-    };
+    let options = puhui_store::StoreOptions { snapshot_every_entries: 10, transfers_capacity: 0 };
     let store = EmbeddedStore::open_with(dir.path(), clock.clone(), options).unwrap();
     populate(&store); // 8 entries
     for i in 0..30 {
-        let t = TransferRequest::single(
-            id(&format!("t{i}")),
-            id("bank"),
-            id("alice"),
-            1,
-            cny().code(),
-        );
+        let t = TransferRequest::single(id(&format!("t{i}")), id("bank"), id("alice"), 1, cny().code());
         store.create_transfers(vec![t]).unwrap();
     }
     // Wait for the background snapshot writer, then "crash" (copy the files while running).
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while store
-        .stats()
-        .snapshots
-        .load(std::sync::atomic::Ordering::Relaxed)
-        < 2
-    {
+    while store.stats().snapshots.load(std::sync::atomic::Ordering::Relaxed) < 2 {
         assert!(std::time::Instant::now() < deadline, "snapshots were taken");
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
@@ -322,19 +211,10 @@ fn recovery_uses_the_last_snapshot_plus_the_journal_tail() {
     let recovered = EmbeddedStore::open(crashed.path()).unwrap();
     let report = recovered.open_report().clone();
     let from_snapshot = report.snapshot_entries.expect("started from a snapshot");
-    assert!(
-        from_snapshot >= 10 && report.entries_replayed > 0,
-        "{report:?}"
-    );
+    assert!(from_snapshot >= 10 && report.entries_replayed > 0, "{report:?}");
     assert_eq!(from_snapshot + report.entries_replayed, 8 + 30);
-    assert_eq!(
-        recovered.read(|l| (l.accounts().collect::<Vec<_>>(), l.transfers_count())),
-        expected
-    );
-    assert_eq!(
-        recovered.balance_at("alice", u64::MAX).unwrap(),
-        expected.0[1].balances
-    );
+    assert_eq!(recovered.read(|l| (l.accounts().collect::<Vec<_>>(), l.transfers_count())), expected);
+    assert_eq!(recovered.balance_at("alice", u64::MAX).unwrap(), expected.0[1].balances);
 }
 
 #[test]
@@ -351,12 +231,7 @@ fn a_damaged_snapshot_is_ignored_for_a_full_replay() {
     bytes[last] ^= 0x40;
     std::fs::write(&snapshot, bytes).unwrap();
     let store = EmbeddedStore::open(dir.path()).unwrap();
-    assert!(store
-        .open_report()
-        .snapshot_error
-        .as_deref()
-        .unwrap()
-        .contains("hash mismatch"));
+    assert!(store.open_report().snapshot_error.as_deref().unwrap().contains("hash mismatch"));
     assert_eq!(store.open_report().entries_replayed, 8);
     assert_eq!(store.read(|l| l.accounts().collect::<Vec<_>>()), expected);
 }

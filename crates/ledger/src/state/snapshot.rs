@@ -13,8 +13,8 @@ use crate::money::{Currency, CurrencyCode};
 use crate::result::ResultCode;
 use crate::transfer::{PendingStatus, References, TransferKind};
 use crate::wire::{
-    decode_request, encode_request, put_opt_bytes, put_opt_str, put_opt_u64, put_str, put_u64,
-    DecodeError, Reader,
+    decode_request, encode_request, put_opt_bytes, put_opt_str, put_opt_u64, put_str, put_u64, DecodeError,
+    Reader,
 };
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"PHS1";
@@ -22,11 +22,8 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"PHS1";
 const SNAPSHOT_CHUNK_BYTES: usize = 4 << 20;
 
 impl Ledger {
-    /// Encodes the state, calling `sink` with chunks of up to a few MiB.
-    pub fn encode_snapshot<E>(
-        &self,
-        sink: &mut dyn FnMut(&[u8]) -> Result<(), E>,
-    ) -> Result<(), E> {
+    /// Encodes the state, handing `sink` owned chunks of a few MiB each.
+    pub fn encode_snapshot(&self, sink: &mut dyn FnMut(Vec<u8>)) {
         let mut buf = Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 64 * 1024);
         buf.extend_from_slice(SNAPSHOT_MAGIC);
         put_u64(&mut buf, self.last_timestamp_ns);
@@ -49,20 +46,13 @@ impl Ledger {
                 put_u64(&mut buf, v);
             }
             if buf.len() >= SNAPSHOT_CHUNK_BYTES {
-                sink(&buf)?;
-                buf.clear();
+                sink(std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 64 * 1024)));
             }
         }
         put_u64(&mut buf, self.transfers.len() as u64);
         for t in &self.transfers {
             put_str(&mut buf, &t.id);
-            for v in [
-                t.amount_minor,
-                t.timestamp_ns,
-                t.resolved_at_ns,
-                t.expires_at_ns,
-                t.timeout_ms,
-            ] {
+            for v in [t.amount_minor, t.timestamp_ns, t.resolved_at_ns, t.expires_at_ns, t.timeout_ms] {
                 put_u64(&mut buf, v);
             }
             for v in [t.debit, t.credit, t.pending, t.code] {
@@ -93,14 +83,12 @@ impl Ledger {
                 }
             }
             if buf.len() >= SNAPSHOT_CHUNK_BYTES {
-                sink(&buf)?;
-                buf.clear();
+                sink(std::mem::replace(&mut buf, Vec::with_capacity(SNAPSHOT_CHUNK_BYTES + 64 * 1024)));
             }
         }
         if !buf.is_empty() {
-            sink(&buf)?;
+            sink(buf);
         }
-        Ok(())
     }
 
     /// Rebuilds a ledger from a snapshot made by [`Ledger::encode_snapshot`].
@@ -122,13 +110,11 @@ impl Ledger {
             let id = r.id()?;
             let code = r.str()?;
             let exponent = r.u8()?;
-            let currency = Currency::parse(code, Some(exponent))
-                .map_err(|e| bad(format!("currency {code:?}: {e}")))?;
-            let flags =
-                AccountFlags::from_bits(r.u8()?).ok_or_else(|| bad("account flags".into()))?;
+            let currency =
+                Currency::parse(code, Some(exponent)).map_err(|e| bad(format!("currency {code:?}: {e}")))?;
+            let flags = AccountFlags::from_bits(r.u8()?).ok_or_else(|| bad("account flags".into()))?;
             let limit_minor = r.opt_u64()?;
-            let status =
-                AccountStatus::from_u8(r.u8()?).ok_or_else(|| bad("account status".into()))?;
+            let status = AccountStatus::from_u8(r.u8()?).ok_or_else(|| bad("account status".into()))?;
             let metadata = r.opt_bytes()?;
             let timestamp_ns = r.u64()?;
             let balances = Balances {
@@ -176,22 +162,11 @@ impl Ledger {
             let extra = if r.flag()? {
                 let metadata = r.opt_bytes()?;
                 let end_to_end_id = r.opt_str()?.map(Box::<str>::from);
-                let uetr = if r.flag()? {
-                    Some(r.take(16)?.try_into().expect("16 bytes"))
-                } else {
-                    None
-                };
-                let failed_request = if r.flag()? {
-                    Some(Box::new(decode_request(&mut r)?))
-                } else {
-                    None
-                };
+                let uetr = if r.flag()? { Some(r.take(16)?.try_into().expect("16 bytes")) } else { None };
+                let failed_request = if r.flag()? { Some(Box::new(decode_request(&mut r)?)) } else { None };
                 Some(Box::new(TransferExtra {
                     metadata,
-                    references: References {
-                        end_to_end_id,
-                        uetr,
-                    },
+                    references: References { end_to_end_id, uetr },
                     failed_request,
                 }))
             } else {
@@ -206,15 +181,9 @@ impl Ledger {
                     || credit == NONE
                     || !in_range(pending, index as usize))
             {
-                return Err(bad(format!(
-                    "transfer {id} refers to records that do not exist"
-                )));
+                return Err(bad(format!("transfer {id} refers to records that do not exist")));
             }
-            if ledger
-                .transfers
-                .last()
-                .is_some_and(|p| p.timestamp_ns >= timestamp_ns)
-            {
+            if ledger.transfers.last().is_some_and(|p| p.timestamp_ns >= timestamp_ns) {
                 return Err(bad(format!("transfer {id} is out of timestamp order")));
             }
             ledger.transfers.push(TransferRecord {
@@ -242,10 +211,7 @@ impl Ledger {
         ledger.rebuild_derived().map_err(bad)?;
         for (a, stored) in ledger.accounts.iter().zip(&stored_balances) {
             if a.balances != *stored {
-                return Err(bad(format!(
-                    "account {} balances do not match its transfers",
-                    a.id
-                )));
+                return Err(bad(format!("account {} balances do not match its transfers", a.id)));
             }
         }
         Ok(ledger)
@@ -258,24 +224,18 @@ impl Ledger {
         for (i, a) in self.accounts.iter().enumerate() {
             let hash = super::hash_str(&hasher, &a.id);
             let accounts = &self.accounts;
-            if self
-                .accounts_index
-                .find(hash, |&j| accounts[j as usize].id == a.id)
-                .is_some()
-            {
+            if self.accounts_index.find(hash, |&j| accounts[j as usize].id == a.id).is_some() {
                 return Err(format!("account {} appears twice", a.id));
             }
-            self.accounts_index.insert_unique(hash, i as u32, |&j| {
-                super::hash_str(&hasher, &accounts[j as usize].id)
-            });
+            self.accounts_index
+                .insert_unique(hash, i as u32, |&j| super::hash_str(&hasher, &accounts[j as usize].id));
         }
         self.transfers_index = hashbrown::HashTable::with_capacity(self.transfers.len());
         for (i, t) in self.transfers.iter().enumerate() {
             let hash = super::hash_str(&hasher, &t.id);
             let transfers = &self.transfers;
-            self.transfers_index.insert_unique(hash, i as u32, |&j| {
-                super::hash_str(&hasher, &transfers[j as usize].id)
-            });
+            self.transfers_index
+                .insert_unique(hash, i as u32, |&j| super::hash_str(&hasher, &transfers[j as usize].id));
         }
         if self.transfers_index.len() != self.transfers.len() {
             return Err("transfer ids are not unique".into());
@@ -303,8 +263,7 @@ impl Ledger {
                 (t.timestamp_ns, t.kind, t.result)
             };
             while next_expiry < expired.len() && expired[next_expiry].0 < ts {
-                self.rebuild_expiry(expired[next_expiry].1)
-                    .map_err(|id| overflow("expiry", &id))?;
+                self.rebuild_expiry(expired[next_expiry].1).map_err(|id| overflow("expiry", &id))?;
                 next_expiry += 1;
             }
             if result != ResultCode::Ok {
@@ -312,11 +271,8 @@ impl Ledger {
             }
             let t = &self.transfers[i];
             let (debit, credit, amount) = (t.debit as usize, t.credit as usize, t.amount_minor);
-            let held = if kind.resolves_pending() {
-                self.transfers[t.pending as usize].amount_minor
-            } else {
-                0
-            };
+            let held =
+                if kind.resolves_pending() { self.transfers[t.pending as usize].amount_minor } else { 0 };
             let arm = |what: &str| format!("{what} of transfer #{i} does not add up");
             // (debit-side pending, debit-side posted) deltas and the same on the credit side.
             let (add_pending, sub_pending, add_posted) = match kind {
@@ -331,20 +287,14 @@ impl Ledger {
                 .checked_add(add_pending)
                 .and_then(|v| v.checked_sub(sub_pending))
                 .ok_or_else(|| arm("debit"))?;
-            d.debits_posted = d
-                .debits_posted
-                .checked_add(add_posted)
-                .ok_or_else(|| arm("debit"))?;
+            d.debits_posted = d.debits_posted.checked_add(add_posted).ok_or_else(|| arm("debit"))?;
             let c = &mut self.accounts[credit].balances;
             c.credits_pending = c
                 .credits_pending
                 .checked_add(add_pending)
                 .and_then(|v| v.checked_sub(sub_pending))
                 .ok_or_else(|| arm("credit"))?;
-            c.credits_posted = c
-                .credits_posted
-                .checked_add(add_posted)
-                .ok_or_else(|| arm("credit"))?;
+            c.credits_posted = c.credits_posted.checked_add(add_posted).ok_or_else(|| arm("credit"))?;
             let t = &self.transfers[i];
             if kind == TransferKind::Pending
                 && t.pending_status == PendingStatus::Pending
@@ -354,15 +304,11 @@ impl Ledger {
             }
             for account in [debit, credit] {
                 let a = &mut self.accounts[account];
-                a.history.push(HistoryEntry {
-                    event: i as u32,
-                    balances: a.balances,
-                });
+                a.history.push(HistoryEntry { event: i as u32, balances: a.balances });
             }
         }
         while next_expiry < expired.len() {
-            self.rebuild_expiry(expired[next_expiry].1)
-                .map_err(|id| overflow("expiry", &id))?;
+            self.rebuild_expiry(expired[next_expiry].1).map_err(|id| overflow("expiry", &id))?;
             next_expiry += 1;
         }
         Ok(())
@@ -374,16 +320,10 @@ impl Ledger {
         let id = t.id.to_string();
         for (account, is_debit) in [(debit, true), (credit, false)] {
             let a = &mut self.accounts[account];
-            let field = if is_debit {
-                &mut a.balances.debits_pending
-            } else {
-                &mut a.balances.credits_pending
-            };
+            let field =
+                if is_debit { &mut a.balances.debits_pending } else { &mut a.balances.credits_pending };
             *field = field.checked_sub(amount).ok_or_else(|| id.clone())?;
-            a.history.push(HistoryEntry {
-                event: index | EXPIRY_BIT,
-                balances: a.balances,
-            });
+            a.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: a.balances });
         }
         Ok(())
     }

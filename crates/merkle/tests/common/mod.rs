@@ -143,17 +143,12 @@ pub fn naive_verify_consistency(m: u64, n: u64, old_root: &H, new_root: &H, p: &
 
 /// `n` distinct leaf hashes.
 pub fn distinct_leaves(n: usize) -> Vec<H> {
-    (0..n as u64)
-        .map(|i| naive_leaf(&i.to_be_bytes()))
-        .collect()
+    (0..n as u64).map(|i| naive_leaf(&i.to_be_bytes())).collect()
 }
 
 pub fn unhex(s: &str) -> Vec<u8> {
     assert_eq!(s.len() & 1, 0, "odd hex length");
-    (0..s.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-        .collect()
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
 }
 
 pub fn h(s: &str) -> H {

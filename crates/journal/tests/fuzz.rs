@@ -1,0 +1,121 @@
+//! Fuzz-style properties of the parsers: no input makes them panic, and encoding round-trips.
+
+use proptest::prelude::*;
+use puhui_journal::codec::{decode, Event, KIND_TRANSFER};
+use puhui_journal::frame::{encode_frame_header, scan};
+use puhui_ledger::wire::encode_request;
+use puhui_ledger::{CurrencyCode, Id, References, ResultCode, TransferKind, TransferRequest};
+
+fn arb_id() -> impl Strategy<Value = Id> {
+    "[A-Za-z0-9_.:-]{1,64}".prop_map(|s| Id::new(&s).unwrap())
+}
+
+fn arb_request() -> impl Strategy<Value = TransferRequest> {
+    (
+        (arb_id(), 0u8..4, proptest::option::of(arb_id()), proptest::option::of(arb_id())),
+        (
+            proptest::option::of(arb_id()),
+            proptest::option::of(any::<u64>()),
+            proptest::option::of("[A-Z]{3}"),
+        ),
+        (proptest::option::of(any::<u64>()), any::<u32>()),
+        (
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            proptest::option::of("[ -~]{1,35}"),
+            proptest::option::of(any::<[u8; 16]>()),
+        ),
+    )
+        .prop_map(
+            |(
+                (id, kind, pending_id, debit_account_id),
+                (credit_account_id, amount_minor, currency),
+                (timeout_ms, code),
+                (metadata, e2e, uetr),
+            )| TransferRequest {
+                id,
+                kind: TransferKind::from_u8(kind).unwrap(),
+                pending_id,
+                debit_account_id,
+                credit_account_id,
+                amount_minor,
+                currency: currency.map(|c| CurrencyCode::new(&c).unwrap()),
+                timeout_ms,
+                code,
+                metadata: metadata.map(Into::into),
+                references: References { end_to_end_id: e2e.map(Into::into), uetr },
+                linked: false,
+            },
+        )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn decode_never_panics(kind in 0u8..8, body in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = decode(kind, &body);
+    }
+
+    #[test]
+    fn transfer_entries_round_trip(request in arb_request(), ts in any::<u64>(), result in 0u8..44) {
+        let result = ResultCode::from_u8(result).unwrap();
+        let mut body = Vec::new();
+        body.extend_from_slice(&ts.to_le_bytes());
+        body.push(result as u8);
+        encode_request(&request, &mut body);
+        let decoded = decode(KIND_TRANSFER, &body).unwrap();
+        prop_assert_eq!(decoded, Event::Transfer { request: request.clone(), timestamp_ns: ts, result });
+        // Any truncation is an error, never a panic or a wrong value.
+        for cut in 0..body.len() {
+            prop_assert!(decode(KIND_TRANSFER, &body[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn scanning_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..2_000), prefix in any::<bool>()) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.phj");
+        let mut content = Vec::new();
+        if prefix {
+            // A valid header in front of garbage.
+            content.extend_from_slice(&encode_frame_header(3, bytes.len() as u32, 0));
+        }
+        content.extend_from_slice(&bytes);
+        std::fs::write(&path, &content).unwrap();
+        let _ = scan(&path, |_| Ok(()));
+        let _ = puhui_journal::recover(&path);
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
+
+    #[test]
+    fn snapshot_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+        let mut content = b"PHS1".to_vec();
+        content.extend_from_slice(&bytes);
+        let _ = puhui_ledger::Ledger::decode_snapshot(&content);
+        let _ = puhui_ledger::Ledger::decode_snapshot(&bytes);
+    }
+
+    #[test]
+    fn a_truncated_snapshot_is_refused(cut_permille in 0usize..1000) {
+        let mut ledger = puhui_ledger::Ledger::new();
+        let cny = puhui_ledger::Currency::iso("CNY").unwrap();
+        let id = |s: &str| Id::new(s).unwrap();
+        ledger.create_accounts(vec![
+            puhui_ledger::NewAccount::new(id("a"), cny),
+            puhui_ledger::NewAccount::new(id("b"), cny),
+        ], 1);
+        ledger.create_transfers(vec![
+            TransferRequest::single(id("t1"), id("a"), id("b"), 5, cny.code()),
+            TransferRequest::pending(id("t2"), id("a"), id("b"), 7, cny.code(), Some(10)),
+        ], 2);
+        let mut content = Vec::new();
+        ledger.encode_snapshot(&mut |chunk| content.extend_from_slice(&chunk));
+        let whole = puhui_ledger::Ledger::decode_snapshot(&content).unwrap();
+        prop_assert_eq!(whole.accounts().collect::<Vec<_>>(), ledger.accounts().collect::<Vec<_>>());
+        let cut = content.len() * cut_permille / 1000;
+        prop_assert!(puhui_ledger::Ledger::decode_snapshot(&content[..cut]).is_err());
+    }
+}

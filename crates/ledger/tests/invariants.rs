@@ -1,0 +1,444 @@
+//! Property tests: random sequences of operations keep the ledger's invariants, every recorded
+//! transfer id keeps its result, and replaying the journal reproduces the state exactly.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use common::*;
+use proptest::prelude::*;
+use puhui_ledger::{
+    AccountFlags, Currency, Ledger, NewAccount, Page, ResultCode, StatusAction, TransferKind, TransferRequest,
+};
+
+const T0: u64 = 1_700_000_000_000_000_000;
+const MS: u64 = 1_000_000;
+/// Accounts `a0`..`a7` may be named; only those created exist.
+const ACCOUNT_IDS: u8 = 8;
+/// Transfer ids `t0`..`t47`: small enough that ids are reused often.
+const TRANSFER_IDS: u8 = 48;
+
+#[derive(Clone, Debug)]
+struct AccountSpec {
+    index: u8,
+    usd: bool,
+    flags: AccountFlags,
+    limit: Option<u64>,
+}
+
+#[derive(Clone, Debug)]
+enum KindSpec {
+    Single { debit: u8, credit: u8, amount: u64, usd: bool },
+    Pending { debit: u8, credit: u8, amount: u64, usd: bool, timeout_ms: Option<u64> },
+    Post { pending: u8, amount: Option<u64> },
+    Void { pending: u8 },
+}
+
+#[derive(Clone, Debug)]
+struct TransferSpec {
+    id: u8,
+    kind: KindSpec,
+    code: u32,
+    linked: bool,
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Accounts(Vec<AccountSpec>),
+    Transfers(Vec<TransferSpec>),
+    Status(u8, StatusAction),
+    /// Advance the clock and expire what is due.
+    Tick(u64),
+    /// The wall clock steps back.
+    Back(u64),
+}
+
+fn account_name(index: u8) -> String {
+    format!("a{index}")
+}
+
+fn transfer_name(index: u8) -> String {
+    format!("t{index}")
+}
+
+fn currency(is_usd: bool) -> Currency {
+    if is_usd {
+        usd()
+    } else {
+        cny()
+    }
+}
+
+fn amount() -> impl Strategy<Value = u64> {
+    prop_oneof![
+        8 => 1u64..1_000,
+        2 => 1_000u64..100_000,
+        1 => (0u64..1_000).prop_map(|d| u64::MAX - d),
+        1 => (0u64..1_000).prop_map(|d| u64::MAX / 2 - d),
+        1 => Just(0u64),
+    ]
+}
+
+fn flags() -> impl Strategy<Value = AccountFlags> {
+    let f = |d, c| AccountFlags { debits_must_not_exceed_credits: d, credits_must_not_exceed_debits: c };
+    prop_oneof![
+        4 => Just(f(false, false)),
+        4 => Just(f(true, false)),
+        2 => Just(f(false, true)),
+        1 => Just(f(true, true)),
+    ]
+}
+
+fn account_spec() -> impl Strategy<Value = AccountSpec> {
+    let limit = prop_oneof![
+        6 => Just(None),
+        3 => (0u64..2_000).prop_map(Some),
+        1 => (0u64..1_000).prop_map(|d| Some(u64::MAX - d)),
+    ];
+    (0..ACCOUNT_IDS, prop::bool::weighted(0.2), flags(), limit).prop_map(|(index, usd, flags, limit)| {
+        // A limit needs a floor flag; give one mostly, so limit_requires_flag stays rare.
+        let limit = if flags == AccountFlags::default() && index % 4 != 0 { None } else { limit };
+        AccountSpec { index, usd, flags, limit }
+    })
+}
+
+fn kind_spec() -> impl Strategy<Value = KindSpec> {
+    let account = 0..ACCOUNT_IDS;
+    let usd = prop::bool::weighted(0.15);
+    let timeout = prop_oneof![3 => Just(None), 1 => Just(Some(0)), 6 => (1u64..12).prop_map(Some)];
+    let post_amount = prop_oneof![3 => Just(None), 5 => amount().prop_map(Some)];
+    prop_oneof![
+        5 => (account.clone(), account.clone(), amount(), usd.clone())
+            .prop_map(|(debit, credit, amount, usd)| KindSpec::Single { debit, credit, amount, usd }),
+        3 => (account.clone(), account, amount(), usd, timeout).prop_map(
+            |(debit, credit, amount, usd, timeout_ms)| KindSpec::Pending { debit, credit, amount, usd, timeout_ms }
+        ),
+        2 => (0..TRANSFER_IDS, post_amount).prop_map(|(pending, amount)| KindSpec::Post { pending, amount }),
+        1 => (0..TRANSFER_IDS).prop_map(|pending| KindSpec::Void { pending }),
+    ]
+}
+
+fn transfer_spec() -> impl Strategy<Value = TransferSpec> {
+    (0..TRANSFER_IDS, kind_spec(), prop_oneof![5 => Just(0u32), 1 => Just(7u32)], prop::bool::weighted(0.25))
+        .prop_map(|(id, kind, code, linked)| TransferSpec { id, kind, code, linked })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let action = prop_oneof![
+        4 => Just(StatusAction::Freeze),
+        5 => Just(StatusAction::Unfreeze),
+        1 => Just(StatusAction::Close),
+    ];
+    prop_oneof![
+        1 => prop::collection::vec(account_spec(), 1..3).prop_map(Op::Accounts),
+        10 => prop::collection::vec(transfer_spec(), 1..10).prop_map(Op::Transfers),
+        2 => (0..ACCOUNT_IDS, action).prop_map(|(a, action)| Op::Status(a, action)),
+        3 => (0u64..15 * MS).prop_map(Op::Tick),
+        1 => (0u64..20 * MS).prop_map(Op::Back),
+    ]
+}
+
+fn new_account(spec: &AccountSpec) -> NewAccount {
+    let mut account =
+        NewAccount::new(id(&account_name(spec.index)), currency(spec.usd)).with_flags(spec.flags);
+    account.limit_minor = spec.limit;
+    account
+}
+
+fn request(spec: &TransferSpec) -> TransferRequest {
+    let tid = id(&transfer_name(spec.id));
+    let currency_code = |usd| currency(usd).code();
+    let mut request = match spec.kind {
+        KindSpec::Single { debit, credit, amount, usd } => TransferRequest::single(
+            tid,
+            id(&account_name(debit)),
+            id(&account_name(credit)),
+            amount,
+            currency_code(usd),
+        ),
+        KindSpec::Pending { debit, credit, amount, usd, timeout_ms } => TransferRequest::pending(
+            tid,
+            id(&account_name(debit)),
+            id(&account_name(credit)),
+            amount,
+            currency_code(usd),
+            timeout_ms,
+        ),
+        KindSpec::Post { pending, amount } => TransferRequest::post(tid, id(&transfer_name(pending)), amount),
+        KindSpec::Void { pending } => TransferRequest::void(tid, id(&transfer_name(pending))),
+    };
+    request.code = spec.code;
+    request.linked = spec.linked;
+    request
+}
+
+/// What the first recording of a transfer id was: the request, its result and its timestamp.
+struct Recorded {
+    request: TransferRequest,
+    result: ResultCode,
+    timestamp_ns: u64,
+}
+
+impl Recorded {
+    /// What the same request gives from now on.
+    fn expected(&self) -> ResultCode {
+        if self.result == ResultCode::Ok {
+            ResultCode::Exists
+        } else {
+            self.result
+        }
+    }
+}
+
+struct Harness {
+    ledger: Ledger,
+    now: u64,
+    recorded: BTreeMap<String, Recorded>,
+    journal: Vec<Event>,
+}
+
+impl Harness {
+    fn after_batch(&mut self) -> Result<(), TestCaseError> {
+        if let Err(e) = self.ledger.check_invariants() {
+            return Err(TestCaseError::fail(e));
+        }
+        // Journal what was applied, as the store would, and check time order.
+        let events = drain_events(&mut self.ledger);
+        for event in events {
+            if let Some(last) = self.journal.last() {
+                prop_assert!(last.timestamp_ns() < event.timestamp_ns(), "journal out of order: {event:?}");
+            }
+            self.journal.push(event);
+        }
+        // Every recorded id keeps its result forever.
+        let before = self.ledger.transfers_count();
+        for (tid, r) in &self.recorded {
+            let t = self.ledger.transfer(tid).expect("recorded transfer is kept");
+            prop_assert_eq!(t.result, r.result, "{}", tid);
+            prop_assert_eq!(t.timestamp_ns, r.timestamp_ns, "{}", tid);
+            let mut again = r.request.clone();
+            again.linked = false;
+            let result = one(&mut self.ledger, again, self.now);
+            prop_assert_eq!(result.result, r.expected(), "{} retried", tid);
+            prop_assert_eq!(result.timestamp_ns, r.timestamp_ns, "{} retried", tid);
+        }
+        prop_assert_eq!(self.ledger.transfers_count(), before, "retries recorded nothing");
+        prop_assert!(!self.ledger.has_log(), "retries journal nothing");
+        Ok(())
+    }
+
+    fn transfers(&mut self, specs: &[TransferSpec]) -> Result<(), TestCaseError> {
+        let requests: Vec<TransferRequest> = specs.iter().map(request).collect();
+        let results = self.ledger.create_transfers(requests.clone(), self.now);
+        prop_assert_eq!(results.len(), requests.len());
+        let mut untraced = BTreeSet::new();
+        for (request, result) in requests.iter().zip(&results) {
+            let tid = request.id.to_string();
+            if result.timestamp_ns == 0 {
+                prop_assert!(
+                    !matches!(result.result, ResultCode::Ok | ResultCode::Exists),
+                    "{tid}: {result:?} without a timestamp"
+                );
+                untraced.insert(tid);
+                continue;
+            }
+            match self.recorded.get(&tid) {
+                Some(r) => {
+                    prop_assert_eq!(result.result, r.expected(), "{} reused", tid);
+                    prop_assert_eq!(result.timestamp_ns, r.timestamp_ns, "{} reused", tid);
+                }
+                None => {
+                    prop_assert_ne!(result.result, ResultCode::Exists, "{} exists out of nowhere", tid);
+                    prop_assert!(
+                        result.timestamp_ns > self.last_assigned(),
+                        "{tid}: timestamp not increasing"
+                    );
+                    self.recorded.insert(
+                        tid,
+                        Recorded {
+                            request: request.clone(),
+                            result: result.result,
+                            timestamp_ns: result.timestamp_ns,
+                        },
+                    );
+                }
+            }
+        }
+        // Whatever failed without a timestamp (input errors, failed or open chains) left no trace.
+        for tid in untraced {
+            if !self.recorded.contains_key(&tid) {
+                prop_assert!(self.ledger.transfer(&tid).is_none(), "{tid} left a trace");
+            }
+        }
+        // A failed or open chain gives no member `ok`; a chain that succeeded gives no member a failure.
+        let mut start = 0;
+        for (i, request) in requests.iter().enumerate() {
+            if request.linked && i + 1 < requests.len() {
+                continue;
+            }
+            let chain = &results[start..=i];
+            let all_ok = chain.iter().all(|r| r.result.is_success());
+            let none_ok = chain.iter().all(|r| !r.result.is_success());
+            prop_assert!(all_ok || none_ok, "chain {start}..={i} half applied: {chain:?}");
+            if request.linked {
+                prop_assert!(chain.iter().all(|r| r.result == ResultCode::LinkedEventChainOpen));
+            }
+            start = i + 1;
+        }
+        Ok(())
+    }
+
+    fn last_assigned(&self) -> u64 {
+        self.journal.last().map_or(0, |e| e.timestamp_ns())
+    }
+}
+
+fn run(initial: Vec<AccountSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
+    let mut h = Harness { ledger: Ledger::new(), now: T0, recorded: BTreeMap::new(), journal: Vec::new() };
+    h.ledger.create_accounts(initial.iter().map(new_account).collect(), h.now);
+    h.after_batch()?;
+    for op in &ops {
+        h.now += 1_000;
+        match op {
+            Op::Accounts(specs) => {
+                let results = h.ledger.create_accounts(specs.iter().map(new_account).collect(), h.now);
+                prop_assert_eq!(results.len(), specs.len());
+            }
+            Op::Transfers(specs) => h.transfers(specs)?,
+            Op::Status(index, action) => {
+                let r = h.ledger.set_account_status(&account_name(*index), *action, h.now);
+                if let Some(a) = h.ledger.account(&account_name(*index)) {
+                    if r.result == ResultCode::Ok {
+                        let expected = match action {
+                            StatusAction::Freeze => puhui_ledger::AccountStatus::Frozen,
+                            StatusAction::Unfreeze => puhui_ledger::AccountStatus::Open,
+                            StatusAction::Close => puhui_ledger::AccountStatus::Closed,
+                        };
+                        prop_assert_eq!(a.status, expected);
+                    }
+                    if r.result == ResultCode::AccountBalanceNotZero
+                        || r.result == ResultCode::AccountHasPending
+                    {
+                        prop_assert_ne!(a.status, puhui_ledger::AccountStatus::Closed);
+                    }
+                } else {
+                    prop_assert_eq!(r.result, ResultCode::AccountNotFound);
+                }
+            }
+            Op::Tick(delta) => {
+                h.now += delta;
+                h.ledger.expire_due(h.now);
+                if let Some(next) = h.ledger.next_expiry_ns() {
+                    prop_assert!(next > h.now, "expire_due left a due hold");
+                }
+            }
+            Op::Back(delta) => h.now = h.now.saturating_sub(*delta),
+        }
+        h.after_batch()?;
+    }
+
+    // Queries agree with the current state.
+    for account in h.ledger.accounts() {
+        prop_assert_eq!(h.ledger.balance_at(&account.id, u64::MAX).unwrap(), account.balances);
+        let (page, more) =
+            h.ledger.account_transfers(&account.id, Page { limit: 10_000, ..Default::default() }).unwrap();
+        prop_assert!(!more);
+        prop_assert!(page.windows(2).all(|w| w[0].timestamp_ns < w[1].timestamp_ns));
+        for t in &page {
+            prop_assert_eq!(t.result, ResultCode::Ok);
+            let touches = [&t.request.debit_account_id, &t.request.credit_account_id]
+                .iter()
+                .any(|a| a.as_deref() == Some(&*account.id));
+            prop_assert!(touches);
+            if t.request.kind == TransferKind::Pending {
+                prop_assert!(t.pending_status.is_some());
+            }
+        }
+    }
+
+    // Replaying the whole journal into a fresh ledger reproduces the same state.
+    let journal = std::mem::take(&mut h.journal);
+    let replayed = match replay_all(journal.clone()) {
+        Ok(l) => l,
+        Err(e) => return Err(TestCaseError::fail(format!("replay failed: {e}"))),
+    };
+    prop_assert!(!replayed.has_log());
+    prop_assert_eq!(h.ledger.accounts().collect::<Vec<_>>(), replayed.accounts().collect::<Vec<_>>());
+    prop_assert_eq!(h.ledger.transfers_count(), replayed.transfers_count());
+    for i in 0..TRANSFER_IDS {
+        let tid = transfer_name(i);
+        prop_assert_eq!(h.ledger.transfer(&tid), replayed.transfer(&tid), "{}", tid);
+    }
+    prop_assert_eq!(h.ledger.next_expiry_ns(), replayed.next_expiry_ns());
+    for account in h.ledger.accounts() {
+        for event in journal.iter().step_by(7) {
+            let ts = event.timestamp_ns();
+            prop_assert_eq!(h.ledger.balance_at(&account.id, ts), replayed.balance_at(&account.id, ts));
+        }
+        let page = Page { limit: 10_000, ..Default::default() };
+        prop_assert_eq!(
+            h.ledger.account_transfers(&account.id, page.clone()),
+            replayed.account_transfers(&account.id, page)
+        );
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn random_operations_keep_the_invariants_and_replay_exactly(
+        initial in prop::collection::vec(account_spec(), 4..8),
+        ops in prop::collection::vec(op(), 1..40),
+    ) {
+        run(initial, ops)?;
+    }
+}
+
+/// The same property on a hand-picked sequence that exercises overflow, chains and expiry together.
+#[test]
+fn a_fixed_sequence_keeps_the_invariants() {
+    let plain = AccountFlags::default();
+    let wallet = AccountFlags::WALLET;
+    let line = AccountFlags { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: true };
+    let acct = |index, flags, limit| AccountSpec { index, usd: false, flags, limit };
+    let t = |id, kind, linked| TransferSpec { id, kind, code: 0, linked };
+    let single = |debit, credit, amount| KindSpec::Single { debit, credit, amount, usd: false };
+    let pending = |debit, credit, amount, timeout_ms| KindSpec::Pending {
+        debit,
+        credit,
+        amount,
+        usd: false,
+        timeout_ms,
+    };
+    let ops = vec![
+        Op::Transfers(vec![
+            t(0, single(0, 1, u64::MAX), false),
+            t(1, single(0, 2, 1), false),
+            t(2, single(3, 1, 1), false),
+            t(3, pending(3, 2, 500, Some(2)), true),
+            t(4, single(2, 0, 300), true),
+            t(5, KindSpec::Post { pending: 3, amount: Some(200) }, false),
+        ]),
+        Op::Tick(3 * MS),
+        Op::Transfers(vec![
+            t(6, pending(3, 2, 50, Some(1)), false),
+            t(7, single(1, 3, 10), true),
+            t(8, single(2, 3, u64::MAX), false),
+        ]),
+        Op::Status(2, StatusAction::Freeze),
+        Op::Transfers(vec![t(9, KindSpec::Void { pending: 6 }, false), t(10, single(3, 2, 1), false)]),
+        Op::Back(50 * MS),
+        Op::Tick(2 * MS),
+        Op::Status(2, StatusAction::Unfreeze),
+        Op::Transfers(vec![t(0, single(0, 1, u64::MAX), false), t(11, pending(4, 5, 10, Some(1)), true)]),
+    ];
+    let initial = vec![
+        acct(0, plain, None),
+        acct(1, plain, None),
+        acct(2, wallet, Some(100)),
+        acct(3, line, Some(1_000)),
+    ];
+    run(initial, ops).unwrap();
+}
