@@ -92,7 +92,7 @@ proptest! {
 
     #[test]
     fn snapshot_decoding_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
-        let mut content = b"PHS1".to_vec();
+        let mut content = b"PHS2".to_vec();
         content.extend_from_slice(&bytes);
         let _ = puhui_ledger::Ledger::decode_snapshot(&content);
         let _ = puhui_ledger::Ledger::decode_snapshot(&bytes);
@@ -111,8 +111,7 @@ proptest! {
             TransferRequest::single(id("t1"), id("a"), id("b"), 5, cny.code()),
             TransferRequest::pending(id("t2"), id("a"), id("b"), 7, cny.code(), Some(10)),
         ], 2);
-        let mut content = Vec::new();
-        ledger.encode_snapshot(&mut |chunk| content.extend_from_slice(&chunk));
+        let content = ledger.encode_snapshot().concat();
         let whole = puhui_ledger::Ledger::decode_snapshot(&content).unwrap();
         prop_assert_eq!(whole.accounts().collect::<Vec<_>>(), ledger.accounts().collect::<Vec<_>>());
         let cut = content.len() * cut_permille / 1000;

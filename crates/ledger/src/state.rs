@@ -8,6 +8,8 @@
 
 mod snapshot;
 
+pub use snapshot::SnapshotBuilder;
+
 use std::collections::BTreeSet;
 
 use foldhash::fast::RandomState;
@@ -172,6 +174,8 @@ pub struct Ledger {
     expiries: BTreeSet<(u64, u32)>,
     last_timestamp_ns: u64,
     log: Vec<LogItem>,
+    /// While a snapshot is open: records whose mutable fields changed (see `SnapshotBuilder`).
+    snapshot_dirty: Option<Vec<u32>>,
 }
 
 impl Default for Ledger {
@@ -199,6 +203,7 @@ impl Ledger {
             expiries: BTreeSet::new(),
             last_timestamp_ns: 0,
             log: Vec::new(),
+            snapshot_dirty: None,
         }
     }
 
@@ -479,6 +484,7 @@ impl Ledger {
             if pending.expires_at_ns != 0 && status == PendingStatus::Pending {
                 self.expiries.insert((pending.expires_at_ns, record.pending));
             }
+            self.snapshot_note(record.pending);
         }
     }
 
@@ -747,6 +753,7 @@ impl Ledger {
                 if p.expires_at_ns != 0 {
                     self.expiries.remove(&(p.expires_at_ns, d.pending));
                 }
+                self.snapshot_note(d.pending);
                 let db = &mut self.accounts[d.debit as usize].balances;
                 db.debits_pending -= held;
                 let cb = &mut self.accounts[d.credit as usize].balances;
@@ -843,6 +850,11 @@ impl Ledger {
         {
             ResultCode::ExistsWithDifferentAccounts
         } else if match new.amount_minor {
+            // An omitted amount posts the whole hold: it matches only a post of the whole hold, not
+            // a partial one recorded under this id.
+            None if new.kind == TransferKind::PostPending && r.result == ResultCode::Ok => {
+                old.amount_minor != Some(self.transfers[r.pending as usize].amount_minor)
+            }
             None if resolves => false,
             _ => old.amount_minor != new.amount_minor,
         } {
@@ -953,6 +965,7 @@ impl Ledger {
         r.pending_status = PendingStatus::Expired;
         r.resolved_at_ns = ts;
         let (amount, debit, credit) = (r.amount_minor, r.debit, r.credit);
+        self.snapshot_note(index);
         let d = &mut self.accounts[debit as usize];
         d.balances.debits_pending -= amount;
         d.history.push(HistoryEntry { event: index | EXPIRY_BIT, balances: d.balances });

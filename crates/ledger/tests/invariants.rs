@@ -8,15 +8,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use proptest::prelude::*;
 use puhui_ledger::{
-    AccountFlags, Currency, Ledger, NewAccount, Page, ResultCode, StatusAction, TransferKind, TransferRequest,
+    AccountFlags, AccountStatus, Balances, Currency, Ledger, NewAccount, Page, PendingStatus, ResultCode,
+    StatusAction, TransferKind, TransferRequest,
 };
 
 const T0: u64 = 1_700_000_000_000_000_000;
 const MS: u64 = 1_000_000;
-/// Accounts `a0`..`a7` may be named; only those created exist.
-const ACCOUNT_IDS: u8 = 8;
-/// Transfer ids `t0`..`t47`: small enough that ids are reused often.
-const TRANSFER_IDS: u8 = 48;
+/// Accounts `a0`..`a8` may be named: `a0`..`a7` are created first, `a8` only maybe later.
+const ACCOUNT_IDS: u8 = 9;
+/// Transfer ids `t0`..`t63`: few enough that ids are reused often. Pending transfers mostly take
+/// `t0`..`t15`, which posts and voids mostly name; the others mostly take `t16`..`t63`.
+const TRANSFER_IDS: u8 = 64;
+const PENDING_IDS: u8 = 16;
 
 #[derive(Clone, Debug)]
 struct AccountSpec {
@@ -102,25 +105,36 @@ fn account_spec() -> impl Strategy<Value = AccountSpec> {
     })
 }
 
-fn kind_spec() -> impl Strategy<Value = KindSpec> {
-    let account = 0..ACCOUNT_IDS;
-    let usd = prop::bool::weighted(0.15);
+fn pending_id() -> impl Strategy<Value = u8> {
+    prop_oneof![9 => 0..PENDING_IDS, 1 => 0..TRANSFER_IDS]
+}
+
+fn other_id() -> impl Strategy<Value = u8> {
+    prop_oneof![9 => PENDING_IDS..TRANSFER_IDS, 1 => 0..TRANSFER_IDS]
+}
+
+fn kind_spec() -> impl Strategy<Value = (u8, KindSpec)> {
+    let account = prop_oneof![20 => 0..ACCOUNT_IDS - 1, 1 => Just(ACCOUNT_IDS - 1)];
+    let usd = prop::bool::weighted(0.1);
     let timeout = prop_oneof![3 => Just(None), 1 => Just(Some(0)), 6 => (1u64..12).prop_map(Some)];
     let post_amount = prop_oneof![3 => Just(None), 5 => amount().prop_map(Some)];
     prop_oneof![
-        5 => (account.clone(), account.clone(), amount(), usd.clone())
-            .prop_map(|(debit, credit, amount, usd)| KindSpec::Single { debit, credit, amount, usd }),
-        3 => (account.clone(), account, amount(), usd, timeout).prop_map(
-            |(debit, credit, amount, usd, timeout_ms)| KindSpec::Pending { debit, credit, amount, usd, timeout_ms }
+        5 => (other_id(), account.clone(), account.clone(), amount(), usd.clone())
+            .prop_map(|(id, debit, credit, amount, usd)| (id, KindSpec::Single { debit, credit, amount, usd })),
+        3 => (pending_id(), account.clone(), account, amount(), usd, timeout).prop_map(
+            |(id, debit, credit, amount, usd, timeout_ms)| {
+                (id, KindSpec::Pending { debit, credit, amount, usd, timeout_ms })
+            }
         ),
-        2 => (0..TRANSFER_IDS, post_amount).prop_map(|(pending, amount)| KindSpec::Post { pending, amount }),
-        1 => (0..TRANSFER_IDS).prop_map(|pending| KindSpec::Void { pending }),
+        3 => (other_id(), pending_id(), post_amount)
+            .prop_map(|(id, pending, amount)| (id, KindSpec::Post { pending, amount })),
+        1 => (other_id(), pending_id()).prop_map(|(id, pending)| (id, KindSpec::Void { pending })),
     ]
 }
 
 fn transfer_spec() -> impl Strategy<Value = TransferSpec> {
-    (0..TRANSFER_IDS, kind_spec(), prop_oneof![5 => Just(0u32), 1 => Just(7u32)], prop::bool::weighted(0.25))
-        .prop_map(|(id, kind, code, linked)| TransferSpec { id, kind, code, linked })
+    (kind_spec(), prop_oneof![5 => Just(0u32), 1 => Just(7u32)], prop::bool::weighted(0.15))
+        .prop_map(|((id, kind), code, linked)| TransferSpec { id, kind, code, linked })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -295,7 +309,13 @@ impl Harness {
 
 fn run(initial: Vec<AccountSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     let mut h = Harness { ledger: Ledger::new(), now: T0, recorded: BTreeMap::new(), journal: Vec::new() };
-    h.ledger.create_accounts(initial.iter().map(new_account).collect(), h.now);
+    // The initial accounts are a0, a1, ... in order (their spec's index is ignored).
+    let initial: Vec<NewAccount> = initial
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| new_account(&AccountSpec { index: i as u8, ..spec.clone() }))
+        .collect();
+    h.ledger.create_accounts(initial, h.now);
     h.after_batch()?;
     for op in &ops {
         h.now += 1_000;
@@ -356,6 +376,9 @@ fn run(initial: Vec<AccountSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
         }
     }
 
+    // An independent model that applies the journal gives the same balances and statuses.
+    check_model(&h.ledger, &h.journal)?;
+
     // Replaying the whole journal into a fresh ledger reproduces the same state.
     let journal = std::mem::take(&mut h.journal);
     let replayed = match replay_all(journal.clone()) {
@@ -384,12 +407,155 @@ fn run(initial: Vec<AccountSpec>, ops: Vec<Op>) -> Result<(), TestCaseError> {
     Ok(())
 }
 
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(256)
+}
+
+/// Recomputes every balance and status from the journal alone, with none of the ledger's code, and
+/// checks each applied event against the rules (open accounts, floors, no overflow).
+fn check_model(ledger: &Ledger, journal: &[Event]) -> Result<(), TestCaseError> {
+    struct ModelAccount {
+        currency: Currency,
+        flags: AccountFlags,
+        limit: u128,
+        status: AccountStatus,
+        balances: Balances,
+    }
+    let mut accounts: BTreeMap<String, ModelAccount> = BTreeMap::new();
+    // Open holds: pending id -> (debit, credit, amount).
+    let mut holds: BTreeMap<String, (String, String, u64)> = BTreeMap::new();
+    for event in journal {
+        match event {
+            Event::Account(a, _) => {
+                let fresh = ModelAccount {
+                    currency: a.currency,
+                    flags: a.flags,
+                    limit: a.limit_minor.unwrap_or(0) as u128,
+                    status: AccountStatus::Open,
+                    balances: Balances::default(),
+                };
+                prop_assert!(accounts.insert(a.id.to_string(), fresh).is_none(), "account created twice");
+            }
+            Event::Status(account, action, _) => {
+                let a = accounts.get_mut(account.as_str()).expect("status of a known account");
+                prop_assert_ne!(a.status, AccountStatus::Closed);
+                a.status = match action {
+                    StatusAction::Freeze => AccountStatus::Frozen,
+                    StatusAction::Unfreeze => AccountStatus::Open,
+                    StatusAction::Close => {
+                        let b = a.balances;
+                        prop_assert_eq!(b.debits_pending, 0);
+                        prop_assert_eq!(b.credits_pending, 0);
+                        prop_assert_eq!(b.debits_posted, b.credits_posted);
+                        AccountStatus::Closed
+                    }
+                };
+            }
+            Event::Expired(pending, ts) => {
+                let (debit, credit, amount) = holds.remove(pending.as_str()).expect("expired hold is open");
+                let t = ledger.transfer(pending).expect("expired transfer");
+                prop_assert!(t.expires_at_ns.is_some_and(|at| at <= *ts), "{} expired early", pending);
+                accounts.get_mut(&debit).unwrap().balances.debits_pending -= amount;
+                accounts.get_mut(&credit).unwrap().balances.credits_pending -= amount;
+            }
+            Event::Transfer(_, _, result) if *result != ResultCode::Ok => {}
+            Event::Transfer(r, _, _) => {
+                let debit = r.debit_account_id.as_ref().expect("canonical request").to_string();
+                let credit = r.credit_account_id.as_ref().expect("canonical request").to_string();
+                prop_assert_ne!(&debit, &credit);
+                let amount = r.amount_minor;
+                let mut d = accounts[&debit].balances;
+                let mut c = accounts[&credit].balances;
+                let overflow = || TestCaseError::fail(format!("{} overflows a balance", r.id));
+                match r.kind {
+                    TransferKind::Single | TransferKind::Pending => {
+                        let amount = amount.expect("amount");
+                        prop_assert!(amount > 0);
+                        for a in [&accounts[&debit], &accounts[&credit]] {
+                            prop_assert_eq!(a.status, AccountStatus::Open, "{} on a blocked account", r.id);
+                            prop_assert_eq!(Some(a.currency.code()), r.currency);
+                        }
+                        if r.kind == TransferKind::Single {
+                            d.debits_posted = d.debits_posted.checked_add(amount).ok_or_else(overflow)?;
+                            c.credits_posted = c.credits_posted.checked_add(amount).ok_or_else(overflow)?;
+                        } else {
+                            d.debits_pending = d.debits_pending.checked_add(amount).ok_or_else(overflow)?;
+                            c.credits_pending = c.credits_pending.checked_add(amount).ok_or_else(overflow)?;
+                            holds.insert(r.id.to_string(), (debit.clone(), credit.clone(), amount));
+                        }
+                    }
+                    TransferKind::PostPending | TransferKind::VoidPending => {
+                        let pending = r.pending_id.as_ref().expect("pending id").to_string();
+                        let Some((hold_debit, hold_credit, held)) = holds.remove(&pending) else {
+                            return Err(TestCaseError::fail(format!("{} resolves a closed hold", r.id)));
+                        };
+                        prop_assert_eq!((&hold_debit, &hold_credit), (&debit, &credit));
+                        d.debits_pending -= held;
+                        c.credits_pending -= held;
+                        if r.kind == TransferKind::PostPending {
+                            let amount = amount.expect("a post's canonical amount");
+                            prop_assert!(
+                                amount > 0 && amount <= held,
+                                "{} posts {} of {}",
+                                r.id,
+                                amount,
+                                held
+                            );
+                            for a in [&accounts[&debit], &accounts[&credit]] {
+                                prop_assert_eq!(
+                                    a.status,
+                                    AccountStatus::Open,
+                                    "{} on a blocked account",
+                                    r.id
+                                );
+                            }
+                            d.debits_posted = d.debits_posted.checked_add(amount).ok_or_else(overflow)?;
+                            c.credits_posted = c.credits_posted.checked_add(amount).ok_or_else(overflow)?;
+                        } else {
+                            prop_assert_eq!(amount, None);
+                        }
+                    }
+                }
+                for (name, b) in [(&debit, d), (&credit, c)] {
+                    let a = accounts.get_mut(name).unwrap();
+                    let (dp, dq, cp, cq) = (
+                        b.debits_posted as u128,
+                        b.debits_pending as u128,
+                        b.credits_posted as u128,
+                        b.credits_pending as u128,
+                    );
+                    if a.flags.debits_must_not_exceed_credits {
+                        prop_assert!(dp + dq <= cp + a.limit, "{} takes {} below its floor", r.id, name);
+                    }
+                    if a.flags.credits_must_not_exceed_debits {
+                        prop_assert!(cp + cq <= dp + a.limit, "{} takes {} above its ceiling", r.id, name);
+                    }
+                    a.balances = b;
+                }
+            }
+        }
+    }
+    let live: Vec<_> = ledger.accounts().collect();
+    prop_assert_eq!(live.len(), accounts.len());
+    for a in live {
+        let m = &accounts[a.id.as_str()];
+        prop_assert_eq!(a.balances, m.balances, "balances of {}", a.id);
+        prop_assert_eq!(a.status, m.status, "status of {}", a.id);
+    }
+    for pending in holds.keys() {
+        let t = ledger.transfer(pending).expect("hold exists");
+        prop_assert_eq!(t.pending_status, Some(PendingStatus::Pending), "{}", pending);
+    }
+    Ok(())
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    // 256 cases by default; PROPTEST_CASES=100000 for a longer run.
+    #![proptest_config(ProptestConfig { cases: cases(), ..ProptestConfig::default() })]
 
     #[test]
     fn random_operations_keep_the_invariants_and_replay_exactly(
-        initial in prop::collection::vec(account_spec(), 4..8),
+        initial in prop::collection::vec(account_spec(), (ACCOUNT_IDS - 1) as usize),
         ops in prop::collection::vec(op(), 1..40),
     ) {
         run(initial, ops)?;

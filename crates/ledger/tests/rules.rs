@@ -481,6 +481,17 @@ fn partial_post_releases_the_rest_of_the_hold() {
     assert_eq!(l.account("alice").unwrap().balances.available(), 0);
     // Nothing is left to post.
     assert_eq!(one(&mut l, post("x2", "p1", Some(1)), T0).result, R::PendingAlreadyPosted);
+    // A retry of the partial post is `exists`; the same id without an amount asks for the whole
+    // hold, which is not what was posted.
+    assert_eq!(one(&mut l, post("x1", "p1", Some(250)), T0).result, R::Exists);
+    assert_eq!(one(&mut l, post("x1", "p1", None), T0).result, R::ExistsWithDifferentAmount);
+    // A post of the whole hold matches a retry with or without the amount.
+    assert_eq!(one(&mut l, pending("p2", "bank", "bob", 100, None), T0).result, R::Ok);
+    assert_eq!(one(&mut l, post("x3", "p2", None), T0).result, R::Ok);
+    assert_eq!(one(&mut l, post("x3", "p2", None), T0).result, R::Exists);
+    assert_eq!(one(&mut l, post("x3", "p2", Some(100)), T0).result, R::Exists);
+    assert_eq!(one(&mut l, post("x3", "p2", Some(99)), T0).result, R::ExistsWithDifferentAmount);
+    assert_eq!(bal(&l, "bob").credits_posted, 350);
     l.check_invariants().unwrap();
 }
 

@@ -343,6 +343,7 @@ impl EmbeddedStore {
             dir: dir.to_path_buf(),
             every_entries: options.snapshot_every_entries,
             last_entries: snapshot_entries.unwrap_or(0),
+            open: None,
             writing: None,
         };
         let committer = std::thread::Builder::new()
@@ -515,54 +516,78 @@ impl Answer {
     }
 }
 
-/// The committer's snapshot schedule.
+/// Transfer records encoded into an open snapshot after each group commit: bounds the pause.
+pub const SNAPSHOT_STEP_RECORDS: usize = 131_072;
+
+/// The committer's snapshot schedule. A snapshot is encoded a slice at a time after group commits
+/// (under the state lock, so each slice briefly delays the next group), finished when it has caught
+/// up, and written to disk by a background thread.
 struct Snapshots {
     dir: PathBuf,
     every_entries: u64,
     last_entries: u64,
+    open: Option<puhui_ledger::SnapshotBuilder>,
     writing: Option<JoinHandle<std::io::Result<()>>>,
 }
 
 impl Snapshots {
-    /// Encodes the ledger now (the caller holds the state lock, so writes pause for the encoding) and
-    /// writes the file on a background thread.
-    fn take(&mut self, inner: &Arc<Inner>, ledger: &Ledger, writer: &JournalWriter, background: bool) {
-        if let Some(handle) = self.writing.take() {
-            if !background || handle.is_finished() {
-                record_snapshot(inner, handle.join());
-            } else {
-                self.writing = Some(handle);
-                return; // One at a time: the next group tries again.
+    /// Called by the committer with the state locked, between groups.
+    fn progress(&mut self, inner: &Arc<Inner>, ledger: &mut Ledger, writer: &JournalWriter) {
+        if self.open.is_none() {
+            let due = self.every_entries > 0 && writer.next_seq() - self.last_entries >= self.every_entries;
+            let idle = self.writing.as_ref().is_none_or(|h| h.is_finished());
+            if !due || !idle {
+                return;
             }
+            if let Some(handle) = self.writing.take() {
+                record_snapshot(inner, handle.join());
+            }
+            self.open = Some(ledger.snapshot_begin());
         }
-        let position = writer.position();
         let started = Instant::now();
-        let mut chunks: Vec<Vec<u8>> = Vec::new();
-        ledger.encode_snapshot(&mut |chunk| chunks.push(chunk));
+        let builder = self.open.as_mut().expect("open snapshot");
+        if ledger.snapshot_step(builder, SNAPSHOT_STEP_RECORDS) {
+            let builder = self.open.take().expect("open snapshot");
+            let chunks = ledger.snapshot_finish(builder);
+            self.spawn_write(inner, writer.position(), chunks, true);
+        }
         inner.stats.snapshot_pause_ns_max.fetch_max(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    fn spawn_write(
+        &mut self,
+        inner: &Arc<Inner>,
+        position: puhui_journal::JournalPosition,
+        chunks: Vec<Vec<u8>>,
+        background: bool,
+    ) {
         self.last_entries = position.entries;
         let dir = self.dir.clone();
         let write = move || puhui_journal::snapshot::write_snapshot(&dir, &position, &chunks).map(|_| ());
-        if background {
-            match std::thread::Builder::new().name("puhui-snapshot".into()).spawn(write) {
-                Ok(handle) => self.writing = Some(handle),
-                Err(_) => {
-                    inner.stats.snapshot_errors.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        } else {
+        if !background {
             record_snapshot(inner, Ok(write()));
+            return;
+        }
+        match std::thread::Builder::new().name("puhui-snapshot".into()).spawn(write) {
+            Ok(handle) => self.writing = Some(handle),
+            Err(_) => {
+                inner.stats.snapshot_errors.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 
-    fn due(&self, writer: &JournalWriter) -> bool {
-        self.every_entries > 0 && writer.next_seq() - self.last_entries >= self.every_entries
-    }
-
-    fn finish(&mut self, inner: &Arc<Inner>) {
+    /// At shutdown: wait for a background write, then write a final snapshot if anything changed.
+    fn finish(&mut self, inner: &Arc<Inner>, ledger: &mut Ledger, writer: &JournalWriter) {
         if let Some(handle) = self.writing.take() {
             record_snapshot(inner, handle.join());
         }
+        let builder = match self.open.take() {
+            Some(open) => open,
+            None if writer.next_seq() != self.last_entries => ledger.snapshot_begin(),
+            None => return,
+        };
+        let chunks = ledger.snapshot_finish(builder);
+        self.spawn_write(inner, writer.position(), chunks, false);
     }
 }
 
@@ -611,6 +636,11 @@ fn committer_loop(
         }
         let due = next_expiry.is_some_and(|at| at <= inner.clock.now_ns());
         if group.is_empty() && !due {
+            if snapshots.open.is_some() {
+                // Idle: use the time to move an open snapshot along.
+                let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
+                snapshots.progress(&inner, &mut ledger, &writer);
+            }
             continue;
         }
         if inner.poisoned.load(Ordering::Acquire) {
@@ -657,8 +687,8 @@ fn committer_loop(
         if failure.is_some() {
             // Memory is now ahead of the disk: refuse everything until a restart recovers.
             inner.poisoned.store(true, Ordering::Release);
-        } else if snapshots.due(&writer) {
-            snapshots.take(&inner, &ledger, &writer, true);
+        } else {
+            snapshots.progress(&inner, &mut ledger, &writer);
         }
         drop(ledger);
         for answer in answers.drain(..) {
@@ -666,10 +696,9 @@ fn committer_loop(
         }
     }
     // A final snapshot makes the next start fast.
-    snapshots.finish(&inner);
-    if !inner.poisoned.load(Ordering::Acquire) && writer.next_seq() != snapshots.last_entries {
-        let ledger = inner.state.read().unwrap_or_else(|p| p.into_inner());
-        snapshots.take(&inner, &ledger, &writer, false);
+    if !inner.poisoned.load(Ordering::Acquire) {
+        let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
+        snapshots.finish(&inner, &mut ledger, &writer);
     }
     // Refuse whatever is still queued.
     let error = StoreError::Unavailable("the store is shut down".into());
