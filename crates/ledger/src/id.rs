@@ -2,16 +2,19 @@
 
 use core::fmt;
 
-/// Longest id accepted, in bytes.
-pub const ID_BYTES_MAX: usize = 64;
+/// Longest id the ledger stores, in bytes: the 64 bytes a client may choose plus room for a namespace
+/// prefix (the HTTP API prefixes every id with its tenant; clients never see it).
+pub const ID_BYTES_MAX: usize = 80;
+/// Longest id a client chooses, in bytes.
+pub const CLIENT_ID_BYTES_MAX: usize = 64;
 
-/// An account or transfer id: 1–64 bytes of `[A-Za-z0-9_.:-]`. Validated on construction, so holding
+/// An account or transfer id: 1–80 bytes of `[A-Za-z0-9_.:-]` (clients choose at most 64). Validated on construction, so holding
 /// an `Id` means holding a valid one.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Id(Box<str>);
 
 impl Id {
-    /// Validates and wraps an id; `None` if it is empty, longer than 64 bytes or has another character.
+    /// Validates and wraps an id; `None` if it is empty, longer than 80 bytes or has another character.
     pub fn new(id: &str) -> Option<Id> {
         if is_valid_id(id) {
             Some(Id(id.into()))
@@ -26,7 +29,7 @@ impl Id {
     }
 }
 
-/// Whether `id` is 1–64 bytes of `[A-Za-z0-9_.:-]`.
+/// Whether `id` is 1–80 bytes of `[A-Za-z0-9_.:-]`.
 pub fn is_valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= ID_BYTES_MAX
@@ -118,8 +121,8 @@ mod tests {
         assert!(Id::new("").is_none());
         assert!(Id::new("has space").is_none());
         assert!(Id::new("汇").is_none());
-        assert!(Id::new(&"a".repeat(64)).is_some());
-        assert!(Id::new(&"a".repeat(65)).is_none());
+        assert!(Id::new(&"a".repeat(80)).is_some());
+        assert!(Id::new(&"a".repeat(81)).is_none());
     }
 
     #[test]

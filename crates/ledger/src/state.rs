@@ -193,8 +193,8 @@ impl Ledger {
     /// An empty ledger.
     pub fn new() -> Ledger {
         Ledger {
-            // A fixed seed keeps behaviour reproducible; ids come from authenticated clients, and the
-            // table's probing stays fast under a skewed id distribution.
+            // Randomly seeded per process (foldhash): ids come from clients, so the table must not be
+            // steerable into long probe chains. No result depends on the seed.
             hasher: RandomState::default(),
             accounts: Vec::new(),
             accounts_index: HashTable::new(),
@@ -230,7 +230,7 @@ impl Ledger {
     }
 
     fn next_timestamp(&mut self, now_ns: u64) -> u64 {
-        let ts = now_ns.max(self.last_timestamp_ns + 1);
+        let ts = now_ns.max(self.last_timestamp_ns.saturating_add(1));
         self.last_timestamp_ns = ts;
         ts
     }
@@ -841,7 +841,8 @@ impl Ledger {
         };
         let result = if old.kind != new.kind {
             ResultCode::ExistsWithDifferentKind
-        } else if old.pending_id != new.pending_id {
+        } else if resolves && old.pending_id != new.pending_id {
+            // Only a post or void uses a pending id (`apply` ignores it on other kinds).
             ResultCode::ExistsWithDifferentPendingId
         } else if old.timeout_ms_normalized() != new.timeout_ms_normalized() {
             ResultCode::ExistsWithDifferentTimeout
@@ -1103,7 +1104,8 @@ impl Ledger {
                 _ => Err(QueryError::CursorNotFound),
             }
         };
-        let limit = page.limit.max(1);
+        // `limit + 1` is taken below (to see whether there is more): keep it from overflowing.
+        let limit = page.limit.clamp(1, usize::MAX - 1);
         let is_transfer = |e: &&HistoryEntry| e.event & EXPIRY_BIT == 0;
         let (items, has_more): (Vec<u32>, bool) = if let Some(before) = page.ending_before {
             let end = position_of(before)?;

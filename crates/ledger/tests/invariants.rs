@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use common::*;
 use proptest::prelude::*;
 use puhui_ledger::{
-    AccountFlags, AccountStatus, Balances, Currency, Ledger, NewAccount, Page, PendingStatus, ResultCode,
+    AccountFlags, AccountStatus, Balances, Currency, Id, Ledger, NewAccount, Page, PendingStatus, ResultCode,
     StatusAction, TransferKind, TransferRequest,
 };
 
@@ -43,6 +43,9 @@ struct TransferSpec {
     kind: KindSpec,
     code: u32,
     linked: bool,
+    /// 0..=5 nothing; 6, 7: metadata and references; 8: a post or void names accounts; 9: a post or
+    /// void names a currency, another kind a pending id.
+    extra: u8,
 }
 
 #[derive(Clone, Debug)]
@@ -119,7 +122,7 @@ fn kind_spec() -> impl Strategy<Value = (u8, KindSpec)> {
     let timeout = prop_oneof![3 => Just(None), 1 => Just(Some(0)), 6 => (1u64..12).prop_map(Some)];
     let post_amount = prop_oneof![3 => Just(None), 5 => amount().prop_map(Some)];
     prop_oneof![
-        5 => (other_id(), account.clone(), account.clone(), amount(), usd.clone())
+        5 => (other_id(), account.clone(), account.clone(), amount(), usd)
             .prop_map(|(id, debit, credit, amount, usd)| (id, KindSpec::Single { debit, credit, amount, usd })),
         3 => (pending_id(), account.clone(), account, amount(), usd, timeout).prop_map(
             |(id, debit, credit, amount, usd, timeout_ms)| {
@@ -133,8 +136,8 @@ fn kind_spec() -> impl Strategy<Value = (u8, KindSpec)> {
 }
 
 fn transfer_spec() -> impl Strategy<Value = TransferSpec> {
-    (kind_spec(), prop_oneof![5 => Just(0u32), 1 => Just(7u32)], prop::bool::weighted(0.15))
-        .prop_map(|((id, kind), code, linked)| TransferSpec { id, kind, code, linked })
+    (kind_spec(), prop_oneof![5 => Just(0u32), 1 => Just(7u32)], prop::bool::weighted(0.15), 0u8..10)
+        .prop_map(|((id, kind), code, linked, extra)| TransferSpec { id, kind, code, linked, extra })
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -183,7 +186,50 @@ fn request(spec: &TransferSpec) -> TransferRequest {
     };
     request.code = spec.code;
     request.linked = spec.linked;
+    match spec.extra {
+        6 => request.metadata = Some(b"{\"memo\":1}".to_vec().into()),
+        7 => {
+            request.metadata = Some(b"{\"memo\":2}".to_vec().into());
+            request.references.end_to_end_id = Some(format!("E2E-{}", spec.id).into());
+            request.references.uetr = Some([spec.id; 16]);
+        }
+        8 if request.kind.resolves_pending() => {
+            request.debit_account_id = Some(id(&account_name(spec.id % 3)));
+            request.credit_account_id = Some(id(&account_name(3 + spec.id % 3)));
+        }
+        9 if request.kind.resolves_pending() => {
+            request.currency = Some(currency(matches!(spec.id % 5, 0)).code())
+        }
+        // Meaningless on the other kinds, and ignored.
+        9 => request.pending_id = Some(id(&transfer_name(spec.id % 4))),
+        _ => {}
+    }
     request
+}
+
+/// Whether `new` asks for the event recorded as `canonical` (every field filled in): fields a post or
+/// void omits are taken from the pending transfer, and a post without an amount posts the whole hold.
+fn same_event(ledger: &Ledger, canonical: &TransferRequest, new: &TransferRequest) -> bool {
+    let resolves = new.kind.resolves_pending();
+    let given_matches =
+        |given: Option<&Id>, recorded: Option<&Id>| given.is_none() && resolves || given == recorded;
+    let amount = match (new.kind, new.amount_minor) {
+        (TransferKind::PostPending, None) => {
+            let pending = new.pending_id.as_deref().expect("a post names its pending transfer");
+            ledger.transfer(pending).and_then(|p| p.request.amount_minor)
+        }
+        (_, amount) => amount,
+    };
+    canonical.kind == new.kind
+        && (!resolves || canonical.pending_id == new.pending_id)
+        && canonical.timeout_ms_normalized() == new.timeout_ms_normalized()
+        && given_matches(new.debit_account_id.as_ref(), canonical.debit_account_id.as_ref())
+        && given_matches(new.credit_account_id.as_ref(), canonical.credit_account_id.as_ref())
+        && amount == canonical.amount_minor
+        && (new.currency.is_none() && resolves || new.currency == canonical.currency)
+        && canonical.code == new.code
+        && canonical.metadata == new.metadata
+        && canonical.references == new.references
 }
 
 /// What the first recording of a transfer id was: the request, its result and its timestamp.
@@ -235,6 +281,40 @@ impl Harness {
             let result = one(&mut self.ledger, again, self.now);
             prop_assert_eq!(result.result, r.expected(), "{} retried", tid);
             prop_assert_eq!(result.timestamp_ns, r.timestamp_ns, "{} retried", tid);
+            if r.result != ResultCode::Ok {
+                continue;
+            }
+            // The recorded (canonical) form is the same event; so is a post or void that leaves out
+            // what the pending transfer says. Anything else under this id is refused.
+            let canonical = t.request;
+            let mut variants = vec![canonical.clone()];
+            if canonical.kind.resolves_pending() {
+                let mut bare = canonical.clone();
+                bare.debit_account_id = None;
+                bare.credit_account_id = None;
+                bare.currency = None;
+                variants.push(bare.clone());
+                bare.amount_minor = None;
+                variants.push(bare);
+            }
+            if let Some(amount) = canonical.amount_minor {
+                let mut other = canonical.clone();
+                other.amount_minor = Some(amount ^ 1);
+                variants.push(other);
+            }
+            for variant in variants {
+                let same = same_event(&self.ledger, &canonical, &variant);
+                let result = one(&mut self.ledger, variant.clone(), self.now);
+                if same {
+                    prop_assert_eq!(result.result, ResultCode::Exists, "{:?}", variant);
+                    prop_assert_eq!(result.timestamp_ns, r.timestamp_ns);
+                } else {
+                    prop_assert!(
+                        result.result != ResultCode::Exists && result.timestamp_ns == 0,
+                        "{variant:?} is not {canonical:?} but gave {result:?}"
+                    );
+                }
+            }
         }
         prop_assert_eq!(self.ledger.transfers_count(), before, "retries recorded nothing");
         prop_assert!(!self.ledger.has_log(), "retries journal nothing");
@@ -260,6 +340,13 @@ impl Harness {
                 Some(r) => {
                     prop_assert_eq!(result.result, r.expected(), "{} reused", tid);
                     prop_assert_eq!(result.timestamp_ns, r.timestamp_ns, "{} reused", tid);
+                    if result.result == ResultCode::Exists {
+                        let canonical = self.ledger.transfer(&tid).expect("exists").request;
+                        prop_assert!(
+                            same_event(&self.ledger, &canonical, request),
+                            "{tid}: {request:?} is not the event recorded: {canonical:?}"
+                        );
+                    }
                 }
                 None => {
                     prop_assert_ne!(result.result, ResultCode::Exists, "{} exists out of nowhere", tid);
@@ -569,7 +656,7 @@ fn a_fixed_sequence_keeps_the_invariants() {
     let wallet = AccountFlags::WALLET;
     let line = AccountFlags { debits_must_not_exceed_credits: false, credits_must_not_exceed_debits: true };
     let acct = |index, flags, limit| AccountSpec { index, usd: false, flags, limit };
-    let t = |id, kind, linked| TransferSpec { id, kind, code: 0, linked };
+    let t = |id, kind, linked| TransferSpec { id, kind, code: 0, linked, extra: 0 };
     let single = |debit, credit, amount| KindSpec::Single { debit, credit, amount, usd: false };
     let pending = |debit, credit, amount, timeout_ms| KindSpec::Pending {
         debit,
