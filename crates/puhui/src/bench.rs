@@ -48,6 +48,13 @@ pub struct LedgerArgs {
     /// Take a snapshot every this many journal entries (0: only at shutdown).
     #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
     snapshot_every: u64,
+    /// Switch the verifiable journal off (no Merkle tree, no signed checkpoints): the baseline that
+    /// its cost is measured against.
+    #[arg(long)]
+    no_checkpoints: bool,
+    /// After the load, time this many store-level inclusion proofs of random transfers (p50/p99).
+    #[arg(long, default_value_t = 0)]
+    proofs: usize,
 }
 
 /// Runs the ledger benchmark.
@@ -75,6 +82,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     let options = puhui_store::StoreOptions {
         snapshot_every_entries: args.snapshot_every,
         transfers_capacity: if args.reserve { args.transfers } else { 0 },
+        verifiable: !args.no_checkpoints,
+        ..Default::default()
     };
     let store = EmbeddedStore::open_with(&dir, std::sync::Arc::new(puhui_store::SystemClock), options)
         .context("opening the data directory")?;
@@ -181,6 +190,12 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
 
     let snapshot_pause_ms =
         stats.snapshot_pause_ns_max.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1e6;
+    let proofs = if args.proofs > 0 && !args.no_checkpoints {
+        crate::verifiable::time_proofs(&store, args.transfers, args.proofs, args.seed)?
+    } else {
+        String::new()
+    };
+    let verifiable_bytes = store.verifiable_heap_bytes();
     let shutdown_started = Instant::now();
     drop(store); // Writes the final snapshot.
     let shutdown_seconds = shutdown_started.elapsed().as_secs_f64();
@@ -188,8 +203,13 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     let restart = if args.restart {
         // From the snapshot written at shutdown (a clean restart).
         let t0 = Instant::now();
-        let reopened = EmbeddedStore::open(&dir)?;
+        let reopened = EmbeddedStore::open_with(
+            &dir,
+            std::sync::Arc::new(puhui_store::SystemClock),
+            puhui_store::StoreOptions { verifiable: !args.no_checkpoints, ..Default::default() },
+        )?;
         let from_snapshot = t0.elapsed().as_secs_f64();
+        let merkle_load = reopened.open_report().merkle_load.map_or(0.0, |d| d.as_secs_f64());
         drop(reopened);
         // Without it: replaying the whole journal (the worst case after a crash with no snapshot).
         let snapshot = dir.join(puhui_journal::snapshot::SNAPSHOT_FILE);
@@ -199,13 +219,17 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         let reopened = puhui_store::EmbeddedStore::open_with(
             &dir,
             std::sync::Arc::new(puhui_store::SystemClock),
-            puhui_store::StoreOptions { snapshot_every_entries: 0, transfers_capacity: 0 },
+            puhui_store::StoreOptions {
+                snapshot_every_entries: 0,
+                verifiable: !args.no_checkpoints,
+                ..Default::default()
+            },
         )?;
         let full = t0.elapsed().as_secs_f64();
         let entries = reopened.open_report().entries_replayed;
         std::mem::forget(reopened); // Leave no new snapshot behind; the process ends soon.
         format!(
-            ",\"restart_from_snapshot_seconds\":{from_snapshot:.3},\"restart_full_replay_seconds\":{full:.3},\"journal_entries\":{entries}"
+            ",\"restart_from_snapshot_seconds\":{from_snapshot:.3},\"restart_merkle_load_seconds\":{merkle_load:.3},\"restart_full_replay_seconds\":{full:.3},\"journal_entries\":{entries}"
         )
     } else {
         String::new()
@@ -227,7 +251,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         sync_ms_avg
     );
     println!(
-        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3}{restart}}}",
+        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3},\"verifiable\":{},\"verifiable_bytes_per_transfer\":{:.0}{proofs}{restart}}}",
         args.transfers,
         args.batch,
         seconds,
@@ -239,6 +263,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         args.distribution,
         args.clients,
         ledger_bytes as f64 / transfers_count.max(1) as f64,
+        !args.no_checkpoints,
+        verifiable_bytes as f64 / transfers_count.max(1) as f64,
     );
     Ok(ExitCode::SUCCESS)
 }

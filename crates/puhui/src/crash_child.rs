@@ -24,7 +24,7 @@ fn id(s: &str) -> Id {
 
 /// Runs until killed (or for at most 30 s).
 pub fn run(dir: &Path, cycle: u64, snapshot_every_entries: u64) -> anyhow::Result<ExitCode> {
-    let options = puhui_store::StoreOptions { snapshot_every_entries, transfers_capacity: 0 };
+    let options = puhui_store::StoreOptions { snapshot_every_entries, ..Default::default() };
     let store = EmbeddedStore::open_with(dir, std::sync::Arc::new(puhui_store::SystemClock), options)?;
     let cny = Currency::iso("CNY").expect("CNY");
     let mut accounts = vec![NewAccount::new(id("bank"), cny)];

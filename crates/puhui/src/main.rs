@@ -1,8 +1,10 @@
 //! `puhui`: the command-line entry point. Thin: parses arguments and calls the library crates.
 
 mod bench;
+mod bench_http;
 mod crash_child;
 mod demo;
+mod verifiable;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,6 +32,10 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Serve the partner HTTP API on the embedded ledger.
+    Serve(ServeArgs),
+    /// Print the OpenAPI 3.1 document of the HTTP API.
+    Openapi,
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -56,6 +62,37 @@ enum Command {
 enum BenchCommand {
     /// In-process ledger load against a fresh data directory, always durable (fdatasync per group).
     Ledger(bench::LedgerArgs),
+    /// HTTP load against a running `puhui serve`: req/s, transfers/s, latency percentiles.
+    Http(bench_http::HttpArgs),
+}
+
+/// Flags of `puhui serve`.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Data directory (created if missing).
+    #[arg(long, default_value = "puhui-data")]
+    data_dir: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at start).
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Sustained requests per second allowed per API key (429 beyond).
+    #[arg(long, default_value_t = puhui_api::limits::RATE_LIMIT_PER_KEY_DEFAULT)]
+    rate_limit: u32,
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Take a snapshot every this many journal entries.
+    #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
+    snapshot_every: u64,
+}
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum LogFormat {
+    /// Human-readable.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -63,6 +100,26 @@ enum JournalCommand {
     /// Recompute the hash chain, replay every event and check the ledger invariants.
     Verify {
         /// The data directory holding journal.phj.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Also check the journal against the checkpoints in this witness file (a rewritten and
+        /// re-hashed journal is caught by a consistency check with them).
+        #[arg(long)]
+        witness: Option<PathBuf>,
+        /// The node's public key to check checkpoint signatures with (a node.pub path or 64 hex
+        /// digits; default: DATA_DIR/node.pub).
+        #[arg(long)]
+        public_key: Option<String>,
+    },
+    /// Verify an inclusion or consistency proof file offline (no data directory needed).
+    VerifyProof(verifiable::VerifyProofArgs),
+    /// Write an inclusion proof for a transfer (or a journal entry) against a signed checkpoint.
+    Proof(verifiable::ProofArgs),
+    /// Write a consistency proof between two signed checkpoints.
+    Consistency(verifiable::ConsistencyArgs),
+    /// Print the stored signed checkpoints, one JSON line each.
+    Checkpoints {
+        /// The data directory.
         #[arg(long)]
         data_dir: PathBuf,
     },
@@ -96,8 +153,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let outcome = match cli.command {
         Command::Demo { data_dir } => demo::run(data_dir),
+        Command::Serve(args) => serve(args),
+        Command::Openapi => {
+            print!("{}", puhui_api::openapi::document());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
         Command::Bench { what: BenchCommand::Ledger(args) } => bench::ledger(args),
-        Command::Journal { what: JournalCommand::Verify { data_dir } } => journal_verify(&data_dir),
+        Command::Journal { what: JournalCommand::Verify { data_dir, witness, public_key } } => {
+            journal_verify(&data_dir).and_then(|code| {
+                verifiable::verify_checkpoints(code, &data_dir, witness.as_deref(), public_key.as_deref())
+            })
+        }
+        Command::Journal { what: JournalCommand::VerifyProof(args) } => verifiable::verify_proof(args),
+        Command::Journal { what: JournalCommand::Proof(args) } => verifiable::proof(args),
+        Command::Journal { what: JournalCommand::Consistency(args) } => verifiable::consistency(args),
+        Command::Journal { what: JournalCommand::Checkpoints { data_dir } } => {
+            verifiable::checkpoints(&data_dir)
+        }
         Command::CrashChild { data_dir, cycle, snapshot_every } => {
             crash_child::run(&data_dir, cycle, snapshot_every)
         }
@@ -109,6 +182,36 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+    let config = puhui_api::ServeConfig {
+        data_dir: args.data_dir,
+        listen: args.listen,
+        admin_token: std::env::var("PUHUI_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        rate_limit_per_key: args.rate_limit,
+        store: puhui_store::StoreOptions {
+            snapshot_every_entries: args.snapshot_every,
+            ..Default::default()
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime
+        .block_on(puhui_api::serve(config, |addr| {
+            use std::io::Write;
+            println!("puhui listening on http://{addr}");
+            let _ = std::io::stdout().flush();
+            tracing::info!(%addr, "listening");
+        }))
+        .map_err(anyhow::Error::msg)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 fn journal_verify(data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {

@@ -13,6 +13,10 @@
 #![deny(missing_docs)]
 
 pub mod conformance;
+mod transparency;
+
+/// The verifiable journal's types (checkpoints, proofs, keys, errors), re-exported for callers.
+pub use puhui_verifiable as verifiable;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
@@ -40,6 +44,11 @@ pub const EXPIRY_POLL_MS_MAX: u64 = 100;
 pub const JOURNAL_FILE: &str = "journal.phj";
 /// By default a snapshot is taken every this many journal entries (and at shutdown).
 pub const SNAPSHOT_EVERY_ENTRIES_DEFAULT: u64 = 4_000_000;
+/// By default a signed checkpoint is made after this many new journal entries…
+pub const CHECKPOINT_EVERY_ENTRIES_DEFAULT: u64 = 1_000_000;
+/// …or this many milliseconds after the last checkpoint if new entries arrived since (and at
+/// shutdown).
+pub const CHECKPOINT_EVERY_MS_DEFAULT: u64 = 1_000;
 
 /// Tunables of the embedded store.
 #[derive(Debug, Clone)]
@@ -51,11 +60,30 @@ pub struct StoreOptions {
     /// it in one step, which pauses writes; reserving the expected size up front avoids that, in the
     /// spirit of static allocation.
     pub transfers_capacity: usize,
+    /// Keep the verifiable journal (Merkle tree, signed checkpoints, proofs; see
+    /// docs/VERIFIABILITY.md). Default on. Off, no key is made and the proof calls answer
+    /// [`verifiable::Error::Disabled`].
+    pub verifiable: bool,
+    /// Make a signed checkpoint after this many new journal entries (0: no count trigger).
+    pub checkpoint_every_entries: u64,
+    /// Make a signed checkpoint this many milliseconds after the last one, if entries arrived since
+    /// (0: no time trigger).
+    pub checkpoint_every_ms: u64,
+    /// Also append every checkpoint (durably) to this append-only witness file, for someone else
+    /// to hold. Network witnesses (NATS, webhooks) are not built yet.
+    pub witness_file: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT, transfers_capacity: 0 }
+        StoreOptions {
+            snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT,
+            transfers_capacity: 0,
+            verifiable: true,
+            checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
+            checkpoint_every_ms: CHECKPOINT_EVERY_MS_DEFAULT,
+            witness_file: None,
+        }
     }
 }
 
@@ -228,6 +256,10 @@ pub struct StoreStats {
     pub snapshot_errors: AtomicU64,
     /// The longest pause of writes while a snapshot was encoded, in nanoseconds.
     pub snapshot_pause_ns_max: AtomicU64,
+    /// Signed checkpoints made.
+    pub checkpoints: AtomicU64,
+    /// Checkpoints that could not be written to the checkpoint log or the witness file.
+    pub checkpoint_errors: AtomicU64,
 }
 
 /// What opening a data directory found.
@@ -243,6 +275,9 @@ pub struct OpenReport {
     pub snapshot_entries: Option<u64>,
     /// Why a snapshot that exists was not used (recovery then replayed the whole journal).
     pub snapshot_error: Option<String>,
+    /// How long rebuilding the Merkle tree from the journal took (in parallel with recovery), if the
+    /// verifiable journal is on.
+    pub merkle_load: Option<Duration>,
 }
 
 struct Inner {
@@ -252,6 +287,7 @@ struct Inner {
     clock: Arc<dyn Clock>,
     ids: Mutex<IdGenerator>,
     stats: StoreStats,
+    verifiable: Option<transparency::Verifiable>,
 }
 
 /// The embedded store: an in-memory ledger made durable by the journal in a data directory.
@@ -286,6 +322,7 @@ impl EmbeddedStore {
         let lock = lock_dir(dir)?;
         let journal = dir.join(JOURNAL_FILE);
         let started = Instant::now();
+        let loader = if options.verifiable { Some(transparency::Loader::spawn(&journal)?) } else { None };
         let corrupt = |e: ScanError| match e {
             ScanError::Io(e) => StoreError::Io(e),
             other => StoreError::Corrupt(other.to_string()),
@@ -321,12 +358,27 @@ impl EmbeddedStore {
         }
         let writer =
             JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
+        let (verifiable, merkle_thread, merkle_load) = match loader {
+            Some(loader) => {
+                let (loaded, took) = loader.join()?;
+                let (v, thread) = transparency::start(transparency::StartArgs {
+                    dir,
+                    journal: &journal,
+                    loaded,
+                    entries: recovered.summary.entries,
+                    options: &options,
+                })?;
+                (Some(v), Some(thread), Some(took))
+            }
+            None => (None, None, None),
+        };
         let report = OpenReport {
             entries_replayed: recovered.summary.entries - snapshot_entries.unwrap_or(0),
             recovery: started.elapsed(),
             torn_tail_saved_to,
             snapshot_entries,
             snapshot_error,
+            merkle_load,
         };
         let (queue, commands) = mpsc::sync_channel(QUEUE_COMMANDS_MAX);
         let seed = clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
@@ -337,7 +389,11 @@ impl EmbeddedStore {
             clock,
             ids: Mutex::new(IdGenerator::new(seed)),
             stats: StoreStats::default(),
+            verifiable,
         });
+        if let Some(thread) = merkle_thread {
+            transparency::spawn(&inner, thread)?;
+        }
         let committer_inner = Arc::clone(&inner);
         let snapshots = Snapshots {
             dir: dir.to_path_buf(),
@@ -378,6 +434,21 @@ impl EmbeddedStore {
     pub fn read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> R {
         let ledger = self.inner.state.read().unwrap_or_else(|p| p.into_inner());
         f(&ledger)
+    }
+
+    /// Like [`EmbeddedStore::read`], but `None` instead of waiting while the committer holds the
+    /// state (during a group commit); async callers then move the read to a blocking thread.
+    pub fn try_read<R>(&self, f: impl FnOnce(&Ledger) -> R) -> Option<R> {
+        match self.inner.state.try_read() {
+            Ok(ledger) => Some(f(&ledger)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(f(&p.into_inner())),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Whether the store accepts writes (false after a failed journal write, until restart).
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.poisoned.load(Ordering::Acquire)
     }
 
     fn enqueue(&self, command: Command) -> Result<(), StoreError> {
@@ -437,6 +508,9 @@ impl EmbeddedStore {
         let _ = self.inner.queue.send(Command::Shutdown);
         if let Some(handle) = self.committer.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = handle.join();
+        }
+        if let Some(v) = &self.inner.verifiable {
+            v.shutdown();
         }
     }
 }
@@ -655,11 +729,28 @@ fn committer_loop(
         let now = inner.clock.now_ns();
         ledger.expire_due(now);
         let mut failure: Option<StoreError> = None;
-        let flush =
+        // Leaf bytes for the merkle thread (a copy of each entry as it is encoded).
+        let mut leaves = inner.verifiable.as_ref().map(|_| transparency::PendingLeaves::default());
+        let mut flush =
             |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
                 items.extend(ledger.drain_log());
                 for item in items.drain(..) {
-                    writer.append(|buf| codec::encode_log_item(ledger, item, buf));
+                    match leaves.as_mut() {
+                        None => {
+                            writer.append(|buf| codec::encode_log_item(ledger, item, buf));
+                        }
+                        Some(leaves) => {
+                            let seq = writer.next_seq();
+                            let offset = writer.len_bytes()
+                                + writer.frame_bytes().max(puhui_journal::frame::FRAME_HEADER_BYTES) as u64;
+                            writer.append(|buf| {
+                                let start = buf.len();
+                                let kind = codec::encode_log_item(ledger, item, buf);
+                                leaves.push(seq, kind, &buf[start..], offset);
+                                kind
+                            });
+                        }
+                    }
                 }
             };
         for command in group.drain(..) {
@@ -688,6 +779,10 @@ fn committer_loop(
             // Memory is now ahead of the disk: refuse everything until a restart recovers.
             inner.poisoned.store(true, Ordering::Release);
         } else {
+            if let (Some(v), Some(leaves)) = (&inner.verifiable, leaves) {
+                // Durable now: hand the leaves over before readers can see the group.
+                let _ = v.sender().send(transparency::ToMerkle::Entries(leaves));
+            }
             snapshots.progress(&inner, &mut ledger, &writer);
         }
         drop(ledger);
@@ -725,6 +820,8 @@ fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
     let started = Instant::now();
     writer.commit().map_err(|e| StoreError::Io(format!("journal write: {e}")))?;
     let took = started.elapsed().as_nanos() as u64;
+    metrics::histogram!("puhui_journal_sync_seconds").record(took as f64 / 1e9);
+    metrics::histogram!("puhui_journal_frame_bytes").record(bytes as f64);
     let stats = &inner.stats;
     stats.frames.fetch_add(1, Ordering::Relaxed);
     stats.entries.store(entries_before, Ordering::Relaxed);

@@ -193,7 +193,7 @@ fn crash_copy(from: &std::path::Path) -> tempfile::TempDir {
 fn recovery_uses_the_last_snapshot_plus_the_journal_tail() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(puhui_store::SystemClock);
-    let options = puhui_store::StoreOptions { snapshot_every_entries: 10, transfers_capacity: 0 };
+    let options = puhui_store::StoreOptions { snapshot_every_entries: 10, ..Default::default() };
     let store = EmbeddedStore::open_with(dir.path(), clock.clone(), options).unwrap();
     populate(&store); // 8 entries
     for i in 0..30 {

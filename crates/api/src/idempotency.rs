@@ -1,0 +1,234 @@
+//! Idempotency keys as Stripe does them, and per-key rate limits.
+//!
+//! The first request with a key stores its status and body (errors included, except 429 and 5xx,
+//! which are safe to retry); a retry with the same key and the same request replays them; the same
+//! key with another request is `idempotency_key_reused`; a retry while the first still runs is
+//! `request_in_progress`. Keys are scoped per tenant and kept 24 hours, in memory. What survives a
+//! restart is the ledger's own idempotency: when a create request has no id, the id is derived from
+//! the idempotency key, so a retry after a restart still cannot create a second object.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+
+use crate::error::ApiError;
+use crate::limits::{BODY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_TTL_SECS};
+use crate::tenants::Principal;
+use crate::AppState;
+
+/// The request's idempotency key (an extension handlers read to derive ids).
+#[derive(Debug, Clone)]
+pub struct IdempotencyKey(pub String);
+
+impl IdempotencyKey {
+    /// A client id derived from the key: the same key always names the same object.
+    pub fn derived_id(&self, kind: &str) -> String {
+        let digest = blake3::hash(format!("{kind}\u{0}{}", self.0).as_bytes());
+        let hex: String = digest.as_bytes()[..12].iter().map(|b| format!("{b:02x}")).collect();
+        format!("idem_{hex}")
+    }
+}
+
+enum Slot {
+    InProgress,
+    Done { status: StatusCode, body: Bytes },
+}
+
+struct Entry {
+    fingerprint: [u8; 32],
+    slot: Slot,
+    created: Instant,
+}
+
+/// The remembered keys of all tenants.
+#[derive(Default)]
+pub struct IdempotencyCache {
+    inner: Mutex<(HashMap<(String, String), Entry>, VecDeque<(Instant, (String, String))>)>,
+}
+
+enum Begin {
+    New,
+    InProgress,
+    Reused,
+    Replay(StatusCode, Bytes),
+}
+
+impl IdempotencyCache {
+    fn begin(&self, scope: (String, String), fingerprint: [u8; 32]) -> Begin {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order) = &mut *guard;
+        let now = Instant::now();
+        let ttl = Duration::from_secs(IDEMPOTENCY_TTL_SECS);
+        // Forget expired keys, and the oldest beyond the bound.
+        while let Some((at, key)) = order.front() {
+            if now.duration_since(*at) < ttl && map.len() < IDEMPOTENCY_KEYS_MAX {
+                break;
+            }
+            if map.get(key).is_some_and(|e| e.created == *at) {
+                map.remove(key);
+            }
+            order.pop_front();
+        }
+        match map.get(&scope) {
+            Some(e) if e.fingerprint != fingerprint => Begin::Reused,
+            Some(Entry { slot: Slot::InProgress, .. }) => Begin::InProgress,
+            Some(Entry { slot: Slot::Done { status, body }, .. }) => Begin::Replay(*status, body.clone()),
+            None => {
+                map.insert(scope.clone(), Entry { fingerprint, slot: Slot::InProgress, created: now });
+                order.push_back((now, scope));
+                Begin::New
+            }
+        }
+    }
+
+    fn complete(&self, scope: &(String, String), status: StatusCode, body: Bytes) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = guard.0.get_mut(scope) {
+            e.slot = Slot::Done { status, body };
+        }
+    }
+
+    fn forget(&self, scope: &(String, String)) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if guard.0.get(scope).is_some_and(|e| matches!(e.slot, Slot::InProgress)) {
+            guard.0.remove(scope);
+        }
+    }
+}
+
+/// Forgets an in-progress key if the request is dropped (client gone) before it completes.
+struct InProgressGuard<'a> {
+    cache: &'a IdempotencyCache,
+    scope: Option<(String, String)>,
+}
+
+impl Drop for InProgressGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(scope) = self.scope.take() {
+            self.cache.forget(&scope);
+        }
+    }
+}
+
+/// The idempotency middleware (runs after authentication, on POST requests with the header).
+pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    if request.method() != Method::POST {
+        return next.run(request).await;
+    }
+    let Some(header) = request.headers().get("idempotency-key") else {
+        return next.run(request).await;
+    };
+    let key = match header.to_str() {
+        Ok(k) if !k.is_empty() && k.chars().count() <= IDEMPOTENCY_KEY_CHARS_MAX => k.to_string(),
+        _ => {
+            return ApiError::invalid(
+                "idempotency_key_invalid",
+                format!("Idempotency-Key must be 1-{IDEMPOTENCY_KEY_CHARS_MAX} visible ASCII characters"),
+                Some("Idempotency-Key"),
+            )
+            .into_response()
+        }
+    };
+    let tenant = match request.extensions().get::<Principal>() {
+        Some(p) => p.tenant.clone(),
+        None => "admin".to_string(),
+    };
+    let (mut parts, body) = request.into_parts();
+    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+        Ok(b) => b,
+        Err(_) => return crate::routes::body_too_large().into_response(),
+    };
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(parts.method.as_str().as_bytes());
+    hasher.update(b" ");
+    hasher.update(parts.uri.path().as_bytes());
+    hasher.update(b"?");
+    hasher.update(parts.uri.query().unwrap_or("").as_bytes());
+    hasher.update(b"\n");
+    hasher.update(&bytes);
+    let fingerprint = *hasher.finalize().as_bytes();
+    let scope = (tenant, key.clone());
+    match app.idempotency.begin(scope.clone(), fingerprint) {
+        Begin::New => {}
+        Begin::InProgress => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                "request_in_progress",
+                "a request with this Idempotency-Key is still being processed; retry shortly",
+            )
+            .with_param("Idempotency-Key")
+            .into_response()
+        }
+        Begin::Reused => {
+            return ApiError::new(
+                StatusCode::CONFLICT,
+                "idempotency_error",
+                "idempotency_key_reused",
+                "this Idempotency-Key was used with a different request",
+            )
+            .with_param("Idempotency-Key")
+            .into_response()
+        }
+        Begin::Replay(status, body) => {
+            let mut response = (status, body).into_response();
+            response.headers_mut().insert("content-type", HeaderValue::from_static("application/json"));
+            response.headers_mut().insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return response;
+        }
+    }
+    let mut guard = InProgressGuard { cache: &app.idempotency, scope: Some(scope) };
+    parts.extensions.insert(IdempotencyKey(key));
+    let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let scope = guard.scope.take().expect("scope");
+    if parts.status.is_server_error() || parts.status == StatusCode::TOO_MANY_REQUESTS {
+        app.idempotency.forget(&scope);
+    } else {
+        app.idempotency.complete(&scope, parts.status, body.clone());
+    }
+    Response::from_parts(parts, Body::from(body))
+}
+
+/// Token buckets per API key: `rate` requests per second sustained, bursts up to one second's worth.
+pub struct RateLimiter {
+    rate_per_s: u32,
+    buckets: Mutex<HashMap<String, (u64, Instant)>>,
+}
+
+/// Tokens are counted in millionths so the refill is exact integer arithmetic.
+const MICRO: u64 = 1_000_000;
+
+impl RateLimiter {
+    /// A limiter allowing `rate_per_s` requests per second per key.
+    pub fn new(rate_per_s: u32) -> RateLimiter {
+        RateLimiter { rate_per_s: rate_per_s.max(1), buckets: Mutex::new(HashMap::new()) }
+    }
+
+    /// Takes a token for `key_id`, or says how many seconds to wait.
+    pub fn check(&self, key_id: &str) -> Result<(), u64> {
+        let capacity = self.rate_per_s as u64 * MICRO;
+        let now = Instant::now();
+        let mut buckets = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        if !buckets.contains_key(key_id) {
+            buckets.insert(key_id.to_string(), (capacity, now));
+        }
+        let (tokens, last) = buckets.get_mut(key_id).expect("inserted above");
+        let elapsed_us = now.duration_since(*last).as_micros().min(u64::MAX as u128) as u64;
+        *tokens = (*tokens).saturating_add(elapsed_us.saturating_mul(self.rate_per_s as u64)).min(capacity);
+        *last = now;
+        if *tokens >= MICRO {
+            *tokens -= MICRO;
+            Ok(())
+        } else {
+            Err(1)
+        }
+    }
+}

@@ -1,0 +1,219 @@
+//! # puhui-api: the partner HTTP API
+//!
+//! `puhui serve`: axum on tokio in front of the embedded ledger store. Tenants and API keys
+//! ([`tenants`]), Stripe-style idempotency and rate limits ([`idempotency`]), one error envelope
+//! ([`error`]), JSON models kept apart from the domain types ([`models`]), handlers ([`routes`]),
+//! OpenAPI 3.1 generated from the code ([`openapi`]), and the server itself ([`server`]).
+//!
+//! Key decision: handlers never block a runtime thread on the ledger. Writes go to the store's
+//! committer queue with a completion callback (a oneshot), so many concurrent requests share one
+//! group commit; reads take the state's read lock when it is free and otherwise move to a blocking
+//! thread for the few milliseconds a commit holds it.
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod idempotency;
+pub mod limits;
+pub mod models;
+pub mod openapi;
+pub mod routes;
+pub mod server;
+pub mod tenants;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::{from_fn_with_state, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use metrics_exporter_prometheus::PrometheusHandle;
+use puhui_ledger::{EventResult, Id, Ledger, NewAccount, StatusAction, TransferRequest};
+use puhui_store::{EmbeddedStore, LedgerStore};
+use tokio::sync::Semaphore;
+
+use crate::error::{ApiError, REQUEST_ID};
+use crate::idempotency::{IdempotencyCache, RateLimiter};
+use crate::tenants::TenantRegistry;
+
+pub use server::{serve, ServeConfig};
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// The ledger.
+    pub store: Arc<EmbeddedStore>,
+    /// Tenants and keys.
+    pub tenants: Arc<TenantRegistry>,
+    /// Remembered idempotency keys.
+    pub idempotency: IdempotencyCache,
+    /// Per-key rate limits.
+    pub limiter: RateLimiter,
+    /// The admin token.
+    pub admin_token: String,
+    /// The Prometheus recorder's handle, if one is installed.
+    pub metrics: Option<PrometheusHandle>,
+    /// Bounds the requests being served at once.
+    pub in_flight: Arc<Semaphore>,
+}
+
+impl AppState {
+    async fn wait<T: Send + 'static>(
+        &self,
+        submit: impl FnOnce(puhui_store::Reply<T>) -> Result<(), puhui_store::StoreError>,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        submit(Box::new(move |r| {
+            let _ = tx.send(r);
+        }))?;
+        let result = rx.await.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "the ledger stopped")
+        })?;
+        Ok(result?)
+    }
+
+    /// Creates accounts once they are durable.
+    pub async fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, ApiError> {
+        self.wait(|reply| self.store.submit_accounts(batch, reply)).await
+    }
+
+    /// Creates transfers once they are durable.
+    pub async fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, ApiError> {
+        self.wait(|reply| self.store.submit_transfers(batch, reply)).await
+    }
+
+    /// Changes an account's status once it is durable.
+    pub async fn set_status(&self, id: Id, action: StatusAction) -> Result<EventResult, ApiError> {
+        self.wait(|reply| self.store.submit_status(id, action, reply)).await
+    }
+
+    /// Reads the ledger without blocking the runtime.
+    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&Ledger) -> R + Clone + Send + 'static) -> R {
+        if let Some(r) = self.store.try_read(f.clone()) {
+            return r;
+        }
+        let store = Arc::clone(&self.store);
+        tokio::task::spawn_blocking(move || store.read(f)).await.expect("read task")
+    }
+}
+
+fn bearer(request: &Request) -> Option<&str> {
+    request.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn authenticate(State(app): State<Arc<AppState>>, mut request: Request, next: Next) -> Response {
+    let Some(token) = bearer(&request) else {
+        return ApiError::unauthenticated("send your API key as `Authorization: Bearer <key>`")
+            .into_response();
+    };
+    let Some(principal) = app.tenants.authenticate(token) else {
+        return ApiError::unauthenticated("unknown or revoked API key").into_response();
+    };
+    if let Err(retry_after_secs) = app.limiter.check(&principal.key_id) {
+        return ApiError {
+            retry_after_secs: Some(retry_after_secs),
+            ..ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "rate_limited",
+                "too many requests for this API key; retry after the Retry-After seconds",
+            )
+        }
+        .into_response();
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+async fn authenticate_admin(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    match bearer(&request) {
+        Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
+            next.run(request).await
+        }
+        Some(_) => ApiError::unauthenticated("wrong admin token").into_response(),
+        None => ApiError::unauthenticated("send the admin token as `Authorization: Bearer <token>`")
+            .into_response(),
+    }
+}
+
+/// Request id, in-flight bound, metrics and the access log, around every request.
+async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = format!("req_{}", app.store.new_id());
+    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
+    let route = route.unwrap_or_else(|| "unmatched".to_owned());
+    let method = request.method().clone();
+    let permit = Arc::clone(&app.in_flight).try_acquire_owned();
+    let mut response = REQUEST_ID
+        .scope(request_id.clone(), async move {
+            match permit {
+                Ok(_permit) => next.run(request).await,
+                Err(_) => ApiError {
+                    retry_after_secs: Some(1),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "api_error",
+                        "overloaded",
+                        "too many requests in flight",
+                    )
+                }
+                .into_response(),
+            }
+        })
+        .await;
+    if let Ok(value) = HeaderValue::from_str(&request_id) {
+        response.headers_mut().insert("request-id", value);
+    }
+    let status = response.status().as_u16();
+    let seconds = started.elapsed().as_secs_f64();
+    metrics::counter!("puhui_http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+        .increment(1);
+    metrics::histogram!("puhui_http_request_duration_seconds", "route" => route.clone()).record(seconds);
+    tracing::debug!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request");
+    response
+}
+
+/// The router with every route and middleware.
+pub fn router(state: Arc<AppState>) -> Router {
+    use routes::*;
+    let tenant_routes = Router::new()
+        .route("/v1/accounts", post(create_account))
+        .route("/v1/accounts/{id}", get(get_account))
+        .route("/v1/accounts/{id}/transfers", get(list_account_transfers))
+        .route("/v1/accounts/{id}/balance", get(get_balance))
+        .route("/v1/accounts/{id}/freeze", post(freeze_account))
+        .route("/v1/accounts/{id}/unfreeze", post(unfreeze_account))
+        .route("/v1/accounts/{id}/close", post(close_account))
+        .route("/v1/transfers", post(create_transfer))
+        .route("/v1/transfers/batch", post(create_transfer_batch))
+        .route("/v1/transfers/{id}", get(get_transfer))
+        .route("/v1/transfers/{id}/post", post(post_transfer))
+        .route("/v1/transfers/{id}/void", post(void_transfer))
+        .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
+        .route_layer(from_fn_with_state(Arc::clone(&state), authenticate));
+    let admin_routes = Router::new()
+        .route("/v1/tenants", post(create_tenant))
+        .route("/v1/tenants/{id}/keys", post(create_key).get(list_keys))
+        .route("/v1/tenants/{id}/keys/{key_id}/revoke", post(revoke_key))
+        .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
+        .route_layer(from_fn_with_state(Arc::clone(&state), authenticate_admin));
+    let public = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_endpoint))
+        .route("/openapi.json", get(openapi_json));
+    Router::new()
+        .merge(tenant_routes)
+        .merge(admin_routes)
+        .merge(public)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(from_fn_with_state(Arc::clone(&state), observe))
+        .layer(DefaultBodyLimit::max(limits::BODY_BYTES_MAX))
+        .with_state(state)
+}

@@ -1,0 +1,28 @@
+//! Every limit of the HTTP API, in one place (the README's limits table lists them too).
+
+/// Largest request body (a full batch of 8,189 transfers with some metadata fits).
+pub const BODY_BYTES_MAX: usize = 8 << 20;
+/// Most transfers in `POST /v1/transfers/batch` (the ledger's batch limit).
+pub const BATCH_TRANSFERS_MAX: usize = puhui_ledger::BATCH_EVENTS_MAX;
+/// Largest metadata object, serialised as compact JSON.
+pub const METADATA_BYTES_MAX: usize = puhui_ledger::METADATA_BYTES_MAX;
+/// Longest client-supplied id.
+pub const CLIENT_ID_BYTES_MAX: usize = 64;
+/// Default and largest page size of list endpoints.
+pub const PAGE_LIMIT_DEFAULT: usize = 10;
+/// Largest page size.
+pub const PAGE_LIMIT_MAX: usize = 100;
+/// Longest `Idempotency-Key`.
+pub const IDEMPOTENCY_KEY_CHARS_MAX: usize = 255;
+/// How long an idempotency key is remembered.
+pub const IDEMPOTENCY_TTL_SECS: u64 = 24 * 3600;
+/// Most remembered idempotency keys (all tenants); beyond it the oldest are forgotten early.
+pub const IDEMPOTENCY_KEYS_MAX: usize = 1_000_000;
+/// Most requests being served at once; beyond it the API answers 503.
+pub const IN_FLIGHT_REQUESTS_MAX: usize = 4_096;
+/// Default sustained requests per second per API key (`--rate-limit`).
+pub const RATE_LIMIT_PER_KEY_DEFAULT: u32 = 100_000;
+/// Most tenants.
+pub const TENANTS_MAX: usize = 10_000;
+/// Most live API keys per tenant.
+pub const KEYS_PER_TENANT_MAX: usize = 16;

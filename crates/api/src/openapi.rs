@@ -1,0 +1,80 @@
+//! The OpenAPI 3.1 document, generated from the handlers and models (utoipa).
+
+use utoipa::openapi::schema::{ObjectBuilder, Schema, SchemaType, Type};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::RefOr;
+use utoipa::{Modify, OpenApi};
+
+use crate::error::{ErrorBody, ErrorEnvelope, API_ERROR_CODES};
+use crate::models::*;
+use crate::routes;
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        for (name, what) in [("api_key", "a tenant's API key"), ("admin_token", "the server's admin token")] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new().scheme(HttpAuthScheme::Bearer).description(Some(what)).build(),
+                ),
+            );
+        }
+        let mut codes: Vec<String> = API_ERROR_CODES.iter().map(|c| c.to_string()).collect();
+        codes.extend(puhui_ledger::ResultCode::ALL.iter().map(|c| c.as_str().to_string()));
+        codes.push("limit_reached".into());
+        codes.push("metadata_too_large".into());
+        codes.sort();
+        codes.dedup();
+        let schema = ObjectBuilder::new()
+            .schema_type(SchemaType::Type(Type::String))
+            .enum_values(Some(codes))
+            .description(Some(
+                "Every `error.code` the API returns: the API's own codes and the ledger's result codes \
+                 (the same names appear as `result` of batch items and transfers).",
+            ))
+            .build();
+        components.schemas.insert("ErrorCode".to_string(), RefOr::T(Schema::Object(schema)));
+    }
+}
+
+/// The API's OpenAPI description.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "puhui partner API",
+        description = "Double-entry ledger for inclusive finance: accounts, transfers, holds, linked \
+                       batches. Amounts are integers of minor units. Every POST takes an \
+                       Idempotency-Key. Errors: {\"error\":{\"type\",\"code\",\"message\",\"param\",\"request_id\"}}."
+    ),
+    paths(
+        routes::create_account, routes::get_account, routes::list_account_transfers, routes::get_balance,
+        routes::freeze_account, routes::unfreeze_account, routes::close_account,
+        routes::create_transfer, routes::create_transfer_batch, routes::get_transfer,
+        routes::post_transfer, routes::void_transfer,
+        routes::create_tenant, routes::create_key, routes::list_keys, routes::revoke_key,
+        routes::healthz, routes::readyz, routes::metrics_endpoint, routes::openapi_json,
+    ),
+    components(schemas(
+        ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
+        TransferType, CreateTransfer, TransferObject, PostPending, VoidPending, CreateTransferBatch,
+        BatchItemResult, BatchResultObject, TransferList, CreateTenant, TenantCreated, KeyCreated, KeyObject, Health,
+    )),
+    modifiers(&Security),
+    tags(
+        (name = "accounts", description = "Accounts and balances"),
+        (name = "transfers", description = "Transfers, holds, batches"),
+        (name = "tenants", description = "Tenants and API keys (admin token)"),
+        (name = "operations", description = "Health, metrics, this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as pretty JSON (what `/openapi.json` serves and `docs/openapi.json` holds).
+pub fn document() -> String {
+    let mut json = ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises");
+    json.push('\n');
+    json
+}

@@ -1,0 +1,634 @@
+//! Handlers. Each turns JSON into a ledger request, waits until the ledger has made it durable, and
+//! answers with the object or the error envelope.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use puhui_ledger::{EventResult, Id, Page, ResultCode, StatusAction, TransferKind, TransferRequest};
+use puhui_store::LedgerStore;
+use serde::de::DeserializeOwned;
+
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::idempotency::IdempotencyKey;
+use crate::limits::{BATCH_TRANSFERS_MAX, BODY_BYTES_MAX, PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::models::*;
+use crate::tenants::{Principal, RegistryError};
+use crate::AppState;
+
+/// 413 with the envelope.
+pub fn body_too_large() -> ApiError {
+    ApiError::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "invalid_request_error",
+        "body_too_large",
+        format!("the request body is larger than {BODY_BYTES_MAX} bytes"),
+    )
+}
+
+/// A JSON body parsed into `T`, with errors in the envelope (the field path as `param`).
+pub struct ApiJson<T>(pub T);
+
+fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
+    let path = e.path().to_string();
+    let inner = e.inner();
+    let param = (path != "." && !path.is_empty()).then_some(path.as_str());
+    let message = inner.to_string();
+    if inner.is_syntax() || inner.is_eof() {
+        return ApiError::invalid("invalid_json", format!("the body is not valid JSON: {message}"), None);
+    }
+    if message.starts_with("unknown field") {
+        return ApiError::invalid("parameter_unknown", message, param);
+    }
+    let code = if path.ends_with("amount") || path.ends_with("limit") {
+        "invalid_amount"
+    } else {
+        "invalid_request"
+    };
+    let message = if code == "invalid_amount" {
+        format!("amounts are integers of minor units (no floats, no strings): {message}")
+    } else {
+        message
+    };
+    ApiError::invalid(code, message, param)
+}
+
+fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
+    de.end().map_err(|e| {
+        ApiError::invalid("invalid_json", format!("trailing data after the JSON body: {e}"), None)
+    })?;
+    Ok(value)
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|_| body_too_large())?;
+        Ok(ApiJson(parse_json(&bytes)?))
+    }
+}
+
+/// Like [`ApiJson`], but an empty body means `T::default()`.
+pub struct OptionalJson<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|_| body_too_large())?;
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Ok(OptionalJson(T::default()));
+        }
+        Ok(OptionalJson(parse_json(&bytes)?))
+    }
+}
+
+type Idem = Option<Extension<IdempotencyKey>>;
+
+fn client_id_source<'a>(app: &'a AppState, idem: &'a Idem, kind: &'a str) -> impl FnOnce() -> String + 'a {
+    move || match idem {
+        Some(Extension(key)) => key.derived_id(kind),
+        None => app.store.new_id().to_string(),
+    }
+}
+
+fn record_results(results: &[EventResult]) {
+    for r in results {
+        metrics::counter!("puhui_transfers_total", "result" => r.result.as_str()).increment(1);
+    }
+}
+
+fn ledger_error(code: ResultCode) -> ApiError {
+    let param = match code {
+        ResultCode::AccountNotFound => Some("account_id"),
+        ResultCode::PendingNotFound => Some("pending_id"),
+        ResultCode::AmountMustBePositive | ResultCode::PostAmountExceedsPending => Some("amount"),
+        ResultCode::CurrencyMismatch | ResultCode::CurrencyRequired => Some("currency"),
+        ResultCode::MetadataTooLarge => Some("metadata"),
+        ResultCode::TimeoutTooLarge | ResultCode::TimeoutReservedForPending => Some("timeout_ms"),
+        _ => None,
+    };
+    ApiError::from_result(code, param)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Accounts
+
+/// Create an account.
+#[utoipa::path(post, path = "/v1/accounts", tag = "accounts", request_body = CreateAccount,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")),
+    responses((status = 201, body = AccountObject, description = "created"),
+              (status = 200, body = AccountObject, description = "the same account existed (same fields)"),
+              (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn create_account(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    idem: Idem,
+    ApiJson(body): ApiJson<CreateAccount>,
+) -> Result<Response, ApiError> {
+    let new = body.into_domain(&principal.tenant, client_id_source(&app, &idem, "account"))?;
+    let id = new.id.clone();
+    let result = app.create_accounts(vec![new]).await?[0];
+    let status = match result.result {
+        ResultCode::Ok => StatusCode::CREATED,
+        ResultCode::Exists => StatusCode::OK,
+        other => return Err(ledger_error(other)),
+    };
+    let account = app.read(move |l| l.account(&id)).await.ok_or_else(internal)?;
+    Ok((status, Json(AccountObject::from(account))).into_response())
+}
+
+fn internal() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "api_error",
+        "internal_error",
+        "the object vanished; retry",
+    )
+}
+
+/// Get an account with its balances.
+#[utoipa::path(get, path = "/v1/accounts/{id}", tag = "accounts",
+    params(("id" = String, Path, description = "account id")),
+    responses((status = 200, body = AccountObject), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn get_account(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountObject>, ApiError> {
+    let id = scoped_lookup(&principal.tenant, &id, "account")?;
+    let account =
+        app.read(move |l| l.account(&id)).await.ok_or_else(|| ApiError::not_found("account", "id"))?;
+    Ok(Json(account.into()))
+}
+
+fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
+    match limit {
+        None => Ok(PAGE_LIMIT_DEFAULT),
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=PAGE_LIMIT_MAX).contains(&n) => Ok(n),
+            _ => Err(ApiError::invalid(
+                "invalid_request",
+                format!("limit must be an integer from 1 to {PAGE_LIMIT_MAX}"),
+                Some("limit"),
+            )),
+        },
+    }
+}
+
+/// List an account's transfers, oldest first.
+#[utoipa::path(get, path = "/v1/accounts/{id}/transfers", tag = "accounts",
+    params(("id" = String, Path, description = "account id"), ListQuery),
+    responses((status = 200, body = TransferList), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn list_account_transfers(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(client_id): Path<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<TransferList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+    let limit = page_limit(query.limit.as_deref())?;
+    if query.starting_after.is_some() && query.ending_before.is_some() {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "give starting_after or ending_before, not both",
+            Some("ending_before"),
+        ));
+    }
+    let tenant = &principal.tenant;
+    let id = scoped_lookup(tenant, &client_id, "account")?;
+    let cursor = |c: Option<String>, param: &str| -> Result<Option<Id>, ApiError> {
+        c.map(|c| {
+            scoped(tenant, &c, param)
+                .map_err(|_| ApiError::invalid("invalid_cursor", "no such transfer", Some(param)))
+        })
+        .transpose()
+    };
+    let after = cursor(query.starting_after, "starting_after")?;
+    let before = cursor(query.ending_before, "ending_before")?;
+    let param = if before.is_some() { "ending_before" } else { "starting_after" };
+    let page = app
+        .read(move |l| {
+            l.account_transfers(
+                &id,
+                Page { limit, starting_after: after.as_deref(), ending_before: before.as_deref() },
+            )
+        })
+        .await
+        .map_err(|e| match e {
+            puhui_ledger::QueryError::AccountNotFound => ApiError::not_found("account", "id"),
+            puhui_ledger::QueryError::CursorNotFound => ApiError::invalid(
+                "invalid_cursor",
+                "the cursor is not a transfer of this account",
+                Some(param),
+            ),
+        })?;
+    Ok(Json(TransferList {
+        object: "list",
+        data: page.0.into_iter().map(TransferObject::from).collect(),
+        has_more: page.1,
+        url: format!("/v1/accounts/{client_id}/transfers"),
+    }))
+}
+
+/// An account's balances at a moment (default now).
+#[utoipa::path(get, path = "/v1/accounts/{id}/balance", tag = "accounts",
+    params(("id" = String, Path, description = "account id"), BalanceQuery),
+    responses((status = 200, body = BalanceAtObject), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn get_balance(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(client_id): Path<String>,
+    query: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<BalanceAtObject>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+    let id = scoped_lookup(&principal.tenant, &client_id, "account")?;
+    let at_ns = match &query.at {
+        Some(text) => parse_rfc3339(text, "at")?,
+        None => u64::MAX,
+    };
+    let balances = app
+        .read(move |l| l.balance_at(&id, at_ns))
+        .await
+        .map_err(|_| ApiError::not_found("account", "id"))?;
+    Ok(Json(BalanceAtObject {
+        object: "balance",
+        account_id: client_id,
+        at: query.at.unwrap_or_else(|| "now".into()),
+        balances: balances.into(),
+    }))
+}
+
+async fn change_status(
+    app: Arc<AppState>,
+    principal: Principal,
+    client_id: String,
+    action: StatusAction,
+) -> Result<Json<AccountObject>, ApiError> {
+    let id = scoped_lookup(&principal.tenant, &client_id, "account")?;
+    let result = app.set_status(id.clone(), action).await?;
+    match result.result {
+        ResultCode::Ok => {}
+        ResultCode::AccountNotFound => return Err(ApiError::not_found("account", "id")),
+        other => return Err(ledger_error(other)),
+    }
+    let account = app.read(move |l| l.account(&id)).await.ok_or_else(internal)?;
+    Ok(Json(account.into()))
+}
+
+/// Freeze an account: it refuses new transfers and posts (holds can still be voided).
+#[utoipa::path(post, path = "/v1/accounts/{id}/freeze", tag = "accounts",
+    params(("id" = String, Path, description = "account id")),
+    responses((status = 200, body = AccountObject), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn freeze_account(
+    State(app): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountObject>, ApiError> {
+    change_status(app, p, id, StatusAction::Freeze).await
+}
+
+/// Unfreeze an account.
+#[utoipa::path(post, path = "/v1/accounts/{id}/unfreeze", tag = "accounts",
+    params(("id" = String, Path, description = "account id")),
+    responses((status = 200, body = AccountObject), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn unfreeze_account(
+    State(app): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountObject>, ApiError> {
+    change_status(app, p, id, StatusAction::Unfreeze).await
+}
+
+/// Close an account (needs a zero balance and no holds).
+#[utoipa::path(post, path = "/v1/accounts/{id}/close", tag = "accounts",
+    params(("id" = String, Path, description = "account id")),
+    responses((status = 200, body = AccountObject), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn close_account(
+    State(app): State<Arc<AppState>>,
+    Extension(p): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<AccountObject>, ApiError> {
+    change_status(app, p, id, StatusAction::Close).await
+}
+
+// ------------------------------------------------------------------------------------------------
+// Transfers
+
+async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Response, ApiError> {
+    let id = request.id.clone();
+    let results = app.create_transfers(vec![request]).await?;
+    record_results(&results);
+    let status = match results[0].result {
+        ResultCode::Ok => StatusCode::CREATED,
+        ResultCode::Exists => StatusCode::OK,
+        other => return Err(ledger_error(other)),
+    };
+    let transfer = app.read(move |l| l.transfer(&id)).await.ok_or_else(internal)?;
+    Ok((status, Json(TransferObject::from(transfer))).into_response())
+}
+
+/// Create a transfer (single-phase or pending; post and void have their own endpoints too).
+#[utoipa::path(post, path = "/v1/transfers", tag = "transfers", request_body = CreateTransfer,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")),
+    responses((status = 201, body = TransferObject, description = "created"),
+              (status = 200, body = TransferObject, description = "the same transfer existed"),
+              (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope),
+              (status = 409, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope),
+              (status = 429, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn create_transfer(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    idem: Idem,
+    ApiJson(body): ApiJson<CreateTransfer>,
+) -> Result<Response, ApiError> {
+    let request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
+    create_one(&app, request).await
+}
+
+/// Create up to 8,189 transfers; linked chains apply entirely or not at all.
+#[utoipa::path(post, path = "/v1/transfers/batch", tag = "transfers", request_body = CreateTransferBatch,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Stripe-style idempotency key")),
+    responses((status = 200, body = BatchResultObject, description = "one result per transfer"),
+              (status = 400, body = ErrorEnvelope), (status = 413, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn create_transfer_batch(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    idem: Idem,
+    ApiJson(body): ApiJson<CreateTransferBatch>,
+) -> Result<Json<BatchResultObject>, ApiError> {
+    let count = body.transfers.len();
+    if count == 0 {
+        return Err(ApiError::invalid(
+            "batch_empty",
+            "a batch needs at least one transfer",
+            Some("transfers"),
+        ));
+    }
+    if count > BATCH_TRANSFERS_MAX {
+        return Err(ApiError::invalid(
+            "batch_too_large",
+            format!("a batch holds at most {BATCH_TRANSFERS_MAX} transfers; this one has {count}"),
+            Some("transfers"),
+        ));
+    }
+    metrics::histogram!("puhui_batch_transfers").record(count as f64);
+    let mut requests = Vec::with_capacity(count);
+    for (i, t) in body.transfers.into_iter().enumerate() {
+        let prefix = format!("transfers[{i}].");
+        let derived = |idem: &Idem| match idem {
+            Some(Extension(key)) => key.derived_id(&format!("batch-{i}")),
+            None => app.store.new_id().to_string(),
+        };
+        requests.push(t.into_domain(&principal.tenant, &prefix, || derived(&idem))?);
+    }
+    let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
+    let results = app.create_transfers(requests).await?;
+    record_results(&results);
+    let ok = results.iter().filter(|r| r.result == ResultCode::Ok).count();
+    Ok(Json(BatchResultObject {
+        object: "batch_result",
+        ok,
+        results: ids
+            .iter()
+            .zip(&results)
+            .enumerate()
+            .map(|(index, (id, r))| BatchItemResult {
+                index,
+                id: unscoped(id).to_string(),
+                result: r.result.as_str(),
+                timestamp_ns: (r.timestamp_ns != 0).then_some(r.timestamp_ns),
+            })
+            .collect(),
+    }))
+}
+
+/// Get a transfer (failed ones too: their id stays taken).
+#[utoipa::path(get, path = "/v1/transfers/{id}", tag = "transfers",
+    params(("id" = String, Path, description = "transfer id")),
+    responses((status = 200, body = TransferObject), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn get_transfer(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<Json<TransferObject>, ApiError> {
+    let id = scoped_lookup_any(&principal.tenant, &id, "transfer")?;
+    let transfer =
+        app.read(move |l| l.transfer(&id)).await.ok_or_else(|| ApiError::not_found("transfer", "id"))?;
+    Ok(Json(transfer.into()))
+}
+
+/// Ids of posts and voids default to `<pending id>.post`/`.void`, up to 69 characters.
+fn scoped_lookup_any(tenant: &str, client_id: &str, what: &str) -> Result<Id, ApiError> {
+    Id::new(&format!("{tenant}:{client_id}"))
+        .filter(|_| !client_id.is_empty())
+        .ok_or_else(|| ApiError::not_found(what, "id"))
+}
+
+fn resolution_id(tenant: &str, given: Option<String>, pending: &str, suffix: &str) -> Result<Id, ApiError> {
+    match given {
+        Some(id) => scoped(tenant, &id, "id"),
+        None => Id::new(&format!("{tenant}:{pending}.{suffix}")).ok_or_else(|| {
+            ApiError::invalid("invalid_id", "give an id for the posting transfer", Some("id"))
+        }),
+    }
+}
+
+/// Post a pending transfer, fully or partly (the rest of the hold is released).
+#[utoipa::path(post, path = "/v1/transfers/{id}/post", tag = "transfers", request_body = Option<PostPending>,
+    params(("id" = String, Path, description = "the pending transfer")),
+    responses((status = 201, body = TransferObject, description = "the posting transfer"),
+              (status = 200, body = TransferObject, description = "already posted by this id"),
+              (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn post_transfer(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(pending): Path<String>,
+    OptionalJson(body): OptionalJson<PostPending>,
+) -> Result<Response, ApiError> {
+    let pending_id = scoped_lookup_any(&principal.tenant, &pending, "transfer")?;
+    let id = resolution_id(&principal.tenant, body.id, &pending, "post")?;
+    create_one(&app, TransferRequest::post(id, pending_id, body.amount)).await
+}
+
+/// Void a pending transfer: its hold is released.
+#[utoipa::path(post, path = "/v1/transfers/{id}/void", tag = "transfers", request_body = Option<VoidPending>,
+    params(("id" = String, Path, description = "the pending transfer")),
+    responses((status = 201, body = TransferObject, description = "the voiding transfer"),
+              (status = 200, body = TransferObject, description = "already voided by this id"),
+              (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn void_transfer(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(pending): Path<String>,
+    OptionalJson(body): OptionalJson<VoidPending>,
+) -> Result<Response, ApiError> {
+    let pending_id = scoped_lookup_any(&principal.tenant, &pending, "transfer")?;
+    let id = resolution_id(&principal.tenant, body.id, &pending, "void")?;
+    let request = TransferRequest::void(id, pending_id);
+    debug_assert_eq!(request.kind, TransferKind::VoidPending);
+    create_one(&app, request).await
+}
+
+// ------------------------------------------------------------------------------------------------
+// Tenants (admin token)
+
+fn registry_error(e: RegistryError) -> ApiError {
+    match e {
+        RegistryError::TenantNotFound => ApiError::not_found("tenant", "id"),
+        RegistryError::KeyNotFound => ApiError::not_found("api key", "key_id"),
+        RegistryError::Limit(what) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_request_error",
+            "limit_reached",
+            format!("too many {what}"),
+        ),
+        RegistryError::Io(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", e),
+    }
+}
+
+/// Create a tenant and its first API key (admin token).
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = CreateTenant,
+    responses((status = 201, body = TenantCreated), (status = 401, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn create_tenant(
+    State(app): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateTenant>,
+) -> Result<(StatusCode, Json<TenantCreated>), ApiError> {
+    if body.name.is_empty() || body.name.len() > 200 {
+        return Err(ApiError::invalid("invalid_request", "name is 1-200 characters", Some("name")));
+    }
+    let tenants = Arc::clone(&app.tenants);
+    let name = body.name.clone();
+    let (id, key_id, api_key) = tokio::task::spawn_blocking(move || tenants.create_tenant(&name))
+        .await
+        .map_err(|_| internal())?
+        .map_err(registry_error)?;
+    Ok((StatusCode::CREATED, Json(TenantCreated { object: "tenant", id, name: body.name, api_key, key_id })))
+}
+
+/// Add an API key to a tenant (to rotate: add, switch clients, revoke the old one).
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id")),
+    responses((status = 201, body = KeyCreated), (status = 404, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn create_key(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
+    let tenants = Arc::clone(&app.tenants);
+    let (key_id, api_key) = tokio::task::spawn_blocking(move || tenants.create_key(&tenant))
+        .await
+        .map_err(|_| internal())?
+        .map_err(registry_error)?;
+    Ok((StatusCode::CREATED, Json(KeyCreated { object: "api_key", key_id, api_key })))
+}
+
+/// List a tenant's keys (ids and prefixes only).
+#[utoipa::path(get, path = "/v1/tenants/{id}/keys", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id")),
+    responses((status = 200, body = Vec<KeyObject>), (status = 404, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn list_keys(
+    State(app): State<Arc<AppState>>,
+    Path(tenant): Path<String>,
+) -> Result<Json<Vec<KeyObject>>, ApiError> {
+    let keys = app.tenants.keys(&tenant).ok_or_else(|| ApiError::not_found("tenant", "id"))?;
+    Ok(Json(
+        keys.into_iter()
+            .map(|k| KeyObject { object: "api_key", key_id: k.key_id, prefix: k.prefix, revoked: k.revoked })
+            .collect(),
+    ))
+}
+
+/// Revoke an API key: it authenticates nothing from now on.
+#[utoipa::path(post, path = "/v1/tenants/{id}/keys/{key_id}/revoke", tag = "tenants",
+    params(("id" = String, Path, description = "tenant id"), ("key_id" = String, Path, description = "key id")),
+    responses((status = 200, body = KeyObject), (status = 404, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn revoke_key(
+    State(app): State<Arc<AppState>>,
+    Path((tenant, key_id)): Path<(String, String)>,
+) -> Result<Json<KeyObject>, ApiError> {
+    let tenants = Arc::clone(&app.tenants);
+    let (t, k) = (tenant.clone(), key_id.clone());
+    tokio::task::spawn_blocking(move || tenants.revoke_key(&t, &k))
+        .await
+        .map_err(|_| internal())?
+        .map_err(registry_error)?;
+    let prefix = app
+        .tenants
+        .keys(&tenant)
+        .and_then(|keys| keys.into_iter().find(|k| k.key_id == key_id).map(|k| k.prefix))
+        .unwrap_or_default();
+    Ok(Json(KeyObject { object: "api_key", key_id, prefix, revoked: true }))
+}
+
+// ------------------------------------------------------------------------------------------------
+// Operations
+
+/// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", responses((status = 200, body = Health)))]
+pub async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
+}
+
+/// Readiness: the ledger accepts writes.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses((status = 200, body = Health), (status = 503, body = ErrorEnvelope)))]
+pub async fn readyz(State(app): State<Arc<AppState>>) -> Result<Json<Health>, ApiError> {
+    if app.store.is_healthy() {
+        Ok(Json(Health { status: "ok" }))
+    } else {
+        Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "unavailable",
+            "a journal write failed; restart",
+        ))
+    }
+}
+
+/// Prometheus metrics.
+#[utoipa::path(get, path = "/metrics", tag = "operations", responses((status = 200, body = String, content_type = "text/plain")))]
+pub async fn metrics_endpoint(State(app): State<Arc<AppState>>) -> Response {
+    let body = app.metrics.as_ref().map(|h| h.render()).unwrap_or_default();
+    ([("content-type", "text/plain; version=0.0.4")], body).into_response()
+}
+
+/// The OpenAPI 3.1 document of this API.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations", responses((status = 200, description = "OpenAPI 3.1 JSON")))]
+pub async fn openapi_json() -> Response {
+    ([("content-type", "application/json")], crate::openapi::document()).into_response()
+}
+
+/// Unknown route.
+pub async fn not_found(_headers: HeaderMap) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "route_not_found", "no such route")
+}
+
+/// Known route, other method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method_not_allowed",
+        "this route does not take this method",
+    )
+}

@@ -1,0 +1,124 @@
+//! `puhui serve`: opens the data directory, binds, serves until SIGTERM/SIGINT, then drains in-flight
+//! requests, lets the committer finish (its last group is synced and a snapshot written) and exits.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use puhui_store::{EmbeddedStore, StoreOptions, SystemClock};
+use tokio::sync::Semaphore;
+
+use crate::idempotency::{IdempotencyCache, RateLimiter};
+use crate::limits::IN_FLIGHT_REQUESTS_MAX;
+use crate::tenants::TenantRegistry;
+use crate::AppState;
+
+/// How to run the server (one typed place for its configuration).
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    /// The data directory (journal, snapshot, tenants, admin token).
+    pub data_dir: PathBuf,
+    /// Where to listen; port 0 picks a free port (printed on start).
+    pub listen: SocketAddr,
+    /// The admin token; from `PUHUI_ADMIN_TOKEN`, else read from or written to `DATA_DIR/admin.token`.
+    pub admin_token: Option<String>,
+    /// Sustained requests per second per API key.
+    pub rate_limit_per_key: u32,
+    /// Store tunables.
+    pub store: StoreOptions,
+}
+
+fn admin_token(config: &ServeConfig) -> Result<String, String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(token.clone());
+    }
+    let path = config.data_dir.join("admin.token");
+    if let Ok(token) = std::fs::read_to_string(&path) {
+        return Ok(token.trim().to_string());
+    }
+    use rand::Rng;
+    let token: String = {
+        let mut rng = rand::rng();
+        (0..40)
+            .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[rng.random_range(0..36)]))
+            .collect()
+    };
+    let token = format!("adm_{token}");
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    file.write_all(token.as_bytes())
+        .and_then(|_| file.sync_all())
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    tracing::info!(path = %path.display(), token = %token, "generated the admin token (shown once; it is in the file)");
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down: no new connections; finishing requests in flight");
+}
+
+/// Runs the server until a termination signal. `on_listening` gets the bound address.
+pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), String> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    let data_dir = config.data_dir.clone();
+    let options = config.store.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        EmbeddedStore::open_with(&data_dir, Arc::new(SystemClock), options)
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    let report = store.open_report().clone();
+    tracing::info!(
+        entries_replayed = report.entries_replayed,
+        snapshot_entries = report.snapshot_entries,
+        recovery_ms = report.recovery.as_millis() as u64,
+        "ledger recovered"
+    );
+    if let Some(e) = &report.snapshot_error {
+        tracing::warn!(error = %e, "the snapshot was not usable; replayed the whole journal");
+    }
+    if let Some(path) = &report.torn_tail_saved_to {
+        tracing::warn!(saved = %path.display(), "cut a torn journal tail (an unacknowledged write)");
+    }
+    let tenants = TenantRegistry::open(&config.data_dir)?;
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .ok();
+    let store = Arc::new(store);
+    let state = Arc::new(AppState {
+        store: Arc::clone(&store),
+        tenants: Arc::new(tenants),
+        idempotency: IdempotencyCache::default(),
+        limiter: RateLimiter::new(config.rate_limit_per_key),
+        admin_token: admin_token(&config)?,
+        metrics,
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
+    });
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    on_listening(addr);
+    axum::serve(listener, crate::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Every request has been answered; let the committer sync its last group and snapshot.
+    tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}

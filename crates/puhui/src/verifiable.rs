@@ -1,0 +1,222 @@
+//! The verifiable-journal commands: `journal verify-proof`, `journal proof`, `journal consistency`,
+//! `journal checkpoints`, the checkpoint part of `journal verify`, and the proof timing of
+//! `bench ledger --proofs`. Thin: the logic is in `puhui-verifiable` and `puhui-store`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Args;
+use puhui_store::verifiable::{self as v, audit, hex, PublicKey};
+use puhui_store::EmbeddedStore;
+
+/// Flags of `puhui journal verify-proof`.
+#[derive(Args, Debug)]
+pub struct VerifyProofArgs {
+    /// The proof file (an inclusion or a consistency proof, JSON).
+    file: PathBuf,
+    /// The node's public key: a path to its node.pub file, or the 64 hex digits.
+    #[arg(long)]
+    public_key: String,
+}
+
+/// Flags of `puhui journal proof`.
+#[derive(Args, Debug)]
+pub struct ProofArgs {
+    /// The data directory (read only; works while the node runs).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// The transfer whose journal entry to prove.
+    #[arg(long, conflicts_with = "entry", required_unless_present = "entry")]
+    transfer: Option<String>,
+    /// Or: the journal entry (sequence number) to prove.
+    #[arg(long)]
+    entry: Option<u64>,
+    /// The tree size of the signed checkpoint to prove against (default: the latest).
+    #[arg(long)]
+    checkpoint: Option<u64>,
+    /// Where to write the proof (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Flags of `puhui journal consistency`.
+#[derive(Args, Debug)]
+pub struct ConsistencyArgs {
+    /// The data directory (read only; works while the node runs).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// Tree size of the older signed checkpoint.
+    #[arg(long)]
+    from: u64,
+    /// Tree size of the newer signed checkpoint.
+    #[arg(long)]
+    to: u64,
+    /// Where to write the proof (default: standard output).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// `puhui journal verify-proof FILE --public-key KEY`: exit 0 if the proof verifies, 1 if not.
+pub fn verify_proof(args: VerifyProofArgs) -> anyhow::Result<ExitCode> {
+    let key = match PublicKey::from_arg(&args.public_key) {
+        Ok(k) => k,
+        Err(e) => {
+            println!("proof NOT VERIFIED: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    match v::proof::verify_proof_file(&args.file, &key) {
+        Ok(verified) => {
+            println!("proof OK (key {}): {verified}", key.key_id());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("proof BAD: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+fn write_out(out: Option<&Path>, json: &str) -> anyhow::Result<()> {
+    match out {
+        Some(path) => {
+            std::fs::write(path, format!("{json}\n"))
+                .with_context(|| format!("writing {}", path.display()))?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            writeln!(stdout, "{json}")?;
+        }
+    }
+    Ok(())
+}
+
+/// `puhui journal proof`: writes an inclusion proof file.
+pub fn proof(args: ProofArgs) -> anyhow::Result<ExitCode> {
+    let proof = match (&args.transfer, args.entry) {
+        (Some(id), _) => audit::inclusion_proof_for_transfer(&args.data_dir, id, args.checkpoint),
+        (None, Some(seq)) => audit::inclusion_proof_for_entry(&args.data_dir, seq, args.checkpoint),
+        (None, None) => anyhow::bail!("give --transfer ID or --entry SEQ"),
+    };
+    match proof {
+        Ok(p) => {
+            write_out(args.out.as_deref(), &p.to_json())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("no proof: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `puhui journal consistency`: writes a consistency proof file.
+pub fn consistency(args: ConsistencyArgs) -> anyhow::Result<ExitCode> {
+    match audit::consistency(&args.data_dir, args.from, args.to) {
+        Ok(p) => {
+            write_out(args.out.as_deref(), &p.to_json())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            eprintln!("no proof: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `puhui journal checkpoints`: prints the stored checkpoints, one JSON line each.
+pub fn checkpoints(data_dir: &Path) -> anyhow::Result<ExitCode> {
+    let all = audit::checkpoints(data_dir)?;
+    let mut stdout = std::io::stdout().lock();
+    for c in all {
+        write!(stdout, "{}", c.to_line())?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The checkpoint part of `puhui journal verify`, run after the journal itself verified
+/// (`journal_code` is what that part decided).
+pub fn verify_checkpoints(
+    journal_code: ExitCode,
+    data_dir: &Path,
+    witness: Option<&Path>,
+    public_key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    if journal_code != ExitCode::SUCCESS {
+        return Ok(journal_code);
+    }
+    let key = match public_key.map(PublicKey::from_arg).transpose() {
+        Ok(k) => k,
+        Err(e) => {
+            println!("checkpoints BAD: {e}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let started = Instant::now();
+    match audit::audit(data_dir, key.as_ref(), witness) {
+        Ok(report) => {
+            let latest = match &report.latest {
+                Some(c) => format!("latest size {} root {}", c.size, hex::encode(&c.root)),
+                None => "none yet".into(),
+            };
+            println!(
+                "checkpoints OK: {} stored ({latest}), {} witnessed{}, all signed by key {} and consistent with the journal's {} entries ({:.2} s)",
+                report.checkpoints,
+                report.witnessed,
+                witness.map(|w| format!(" in {}", w.display())).unwrap_or_default(),
+                report.key_id.as_deref().unwrap_or("(none)"),
+                report.entries,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => {
+            println!("checkpoints BAD: {e}");
+            Ok(ExitCode::FAILURE)
+        }
+    }
+}
+
+/// `bench ledger --proofs N`: checkpoints, then times N store-level inclusion proofs of random
+/// transfers (the benchmark's ids `t{i:x}`). Returns a JSON fragment for the bench line.
+pub fn time_proofs(store: &EmbeddedStore, transfers: usize, n: usize, seed: u64) -> anyhow::Result<String> {
+    use rand::{Rng, SeedableRng};
+    let checkpoint = store.checkpoint_now().context("checkpointing before the proof benchmark")?;
+    let key = store.public_key()?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut times = Vec::with_capacity(n);
+    let mut last = None;
+    for _ in 0..n {
+        let id = format!("t{:x}", rng.random_range(0..transfers));
+        let t0 = Instant::now();
+        let proof =
+            store.inclusion_proof_for_transfer(&id, None).with_context(|| format!("proof of {id}"))?;
+        times.push(t0.elapsed());
+        last = Some(proof);
+    }
+    if let Some(p) = last {
+        p.verify(&key).context("a benchmark proof does not verify")?;
+    }
+    // Consistency proofs between the first and the latest checkpoint.
+    let first = store.checkpoints()?.first().map_or(checkpoint.size, |c| c.size);
+    let t0 = Instant::now();
+    let c = store.consistency(first, checkpoint.size)?;
+    let consistency_us = t0.elapsed().as_secs_f64() * 1e6;
+    c.verify(&key).context("the benchmark consistency proof does not verify")?;
+    times.sort();
+    let pct = |p: f64| {
+        let i = ((times.len() as f64 * p).ceil() as usize).clamp(1, times.len()) - 1;
+        times[i].as_secs_f64() * 1e6
+    };
+    Ok(format!(
+        ",\"proofs\":{n},\"proof_tree_size\":{},\"proof_p50_us\":{:.1},\"proof_p99_us\":{:.1},\"proof_max_us\":{:.1},\"consistency_us\":{consistency_us:.1}",
+        checkpoint.size,
+        pct(0.50),
+        pct(0.99),
+        pct(1.0)
+    ))
+}
