@@ -18,7 +18,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::error::ApiError;
-use crate::limits::{BODY_BYTES_MAX, IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_TTL_SECS};
+use crate::limits::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_TTL_SECS};
 use crate::tenants::Principal;
 use crate::AppState;
 
@@ -140,9 +140,9 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
         None => "admin".to_string(),
     };
     let (mut parts, body) = request.into_parts();
-    let bytes = match axum::body::to_bytes(body, BODY_BYTES_MAX).await {
+    let bytes = match crate::routes::read_body(body).await {
         Ok(b) => b,
-        Err(_) => return crate::routes::body_too_large().into_response(),
+        Err(e) => return e.into_response(),
     };
     let mut hasher = blake3::Hasher::new();
     hasher.update(parts.method.as_str().as_bytes());

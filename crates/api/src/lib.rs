@@ -174,7 +174,11 @@ async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next)
     metrics::counter!("puhui_http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
         .increment(1);
     metrics::histogram!("puhui_http_request_duration_seconds", "route" => route.clone()).record(seconds);
-    tracing::debug!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request");
+    if status >= 500 {
+        tracing::warn!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request failed");
+    } else {
+        tracing::debug!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request");
+    }
     response
 }
 

@@ -29,6 +29,34 @@ pub fn body_too_large() -> ApiError {
     )
 }
 
+/// Reads a request body of at most [`BODY_BYTES_MAX`]. A larger one is read to its end and dropped
+/// (up to [`DRAIN_BYTES_MAX`]) before the 413 goes out, so the client, still sending, reads the
+/// answer instead of a reset connection.
+pub async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { return Err(body_too_large()) };
+        if let Ok(data) = frame.into_data() {
+            seen += data.len();
+            if seen <= BODY_BYTES_MAX {
+                buf.extend_from_slice(&data);
+            } else if seen > DRAIN_BYTES_MAX {
+                break;
+            }
+        }
+    }
+    if seen > BODY_BYTES_MAX {
+        return Err(body_too_large());
+    }
+    Ok(Bytes::from(buf))
+}
+
+/// Most bytes of an oversized body read (and dropped) before answering 413.
+pub const DRAIN_BYTES_MAX: usize = 64 << 20;
+
 /// A JSON body parsed into `T`, with errors in the envelope (the field path as `param`).
 pub struct ApiJson<T>(pub T);
 
@@ -67,8 +95,8 @@ fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|_| body_too_large())?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body()).await?;
         Ok(ApiJson(parse_json(&bytes)?))
     }
 }
@@ -78,8 +106,8 @@ pub struct OptionalJson<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJson<T> {
     type Rejection = ApiError;
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|_| body_too_large())?;
+    async fn from_request(req: Request, _state: &S) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body()).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(T::default()));
         }
@@ -328,6 +356,9 @@ pub async fn close_account(
 
 async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Response, ApiError> {
     let id = request.id.clone();
+    // A new single-phase transfer is fully described by its request and timestamp: answer from
+    // those instead of reading the ledger back (which would wait for the next group commit).
+    let echo = (request.kind == TransferKind::Single).then(|| request.clone());
     let results = app.create_transfers(vec![request]).await?;
     record_results(&results);
     let status = match results[0].result {
@@ -335,7 +366,17 @@ async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Res
         ResultCode::Exists => StatusCode::OK,
         other => return Err(ledger_error(other)),
     };
-    let transfer = app.read(move |l| l.transfer(&id)).await.ok_or_else(internal)?;
+    let transfer = match echo {
+        Some(request) if status == StatusCode::CREATED => puhui_ledger::Transfer {
+            request,
+            timestamp_ns: results[0].timestamp_ns,
+            result: ResultCode::Ok,
+            pending_status: None,
+            resolved_at_ns: None,
+            expires_at_ns: None,
+        },
+        _ => app.read(move |l| l.transfer(&id)).await.ok_or_else(internal)?,
+    };
     Ok((status, Json(TransferObject::from(transfer))).into_response())
 }
 

@@ -29,6 +29,12 @@ pub enum TreeError {
         /// The newer (second) size asked for.
         new_size: u64,
     },
+    /// Levels given to [`MerkleTree::from_levels`] do not have the shape of a tree: level `h` must
+    /// hold `size >> h` hashes, for every `h` up to the highest non-empty level.
+    MalformedLevels {
+        /// The first level whose length is wrong (or the first missing level).
+        level: usize,
+    },
 }
 
 impl fmt::Display for TreeError {
@@ -42,6 +48,9 @@ impl fmt::Display for TreeError {
             }
             TreeError::SizeOrder { old_size, new_size } => {
                 write!(f, "old tree size {old_size} is larger than new tree size {new_size}")
+            }
+            TreeError::MalformedLevels { level } => {
+                write!(f, "level {level} does not have the length the tree size calls for")
             }
         }
     }
@@ -122,6 +131,40 @@ impl MerkleTree {
     /// All leaf hashes, in order.
     pub fn leaf_hashes(&self) -> &[Hash] {
         &self.levels[0]
+    }
+
+    /// The stored hashes of level `h` (level 0: the leaves; level `h`: every complete, aligned
+    /// subtree of `2^h` leaves, `size >> h` of them), for saving the tree without rehashing.
+    pub fn level(&self, h: usize) -> &[Hash] {
+        self.levels.get(h).map_or(&[], |l| l.as_slice())
+    }
+
+    /// The number of non-empty levels (`floor(log2 size) + 1`; 0 for the empty tree).
+    pub fn levels_count(&self) -> usize {
+        (64 - self.size().leading_zeros()) as usize
+    }
+
+    /// A tree from levels saved with [`MerkleTree::level`] (levels `0..levels_count()`), without
+    /// rehashing. Only the shape is checked: the caller vouches for the hashes (e.g. with a
+    /// checksum over them, or by comparing roots with signed checkpoints).
+    pub fn from_levels(mut levels: Vec<Vec<Hash>>) -> Result<Self, TreeError> {
+        if levels.is_empty() {
+            levels.push(Vec::new());
+        }
+        let size = levels[0].len() as u64;
+        let needed = ((64 - size.leading_zeros()) as usize).max(1);
+        while levels.len() > needed && levels.last().is_some_and(|l| l.is_empty()) {
+            levels.pop();
+        }
+        if levels.len() != needed {
+            return Err(TreeError::MalformedLevels { level: levels.len().min(needed) });
+        }
+        for (h, level) in levels.iter().enumerate() {
+            if level.len() as u64 != size >> h {
+                return Err(TreeError::MalformedLevels { level: h });
+            }
+        }
+        Ok(MerkleTree { levels })
     }
 
     /// Heap bytes held by the tree (allocated capacity of every level), for memory accounting.
@@ -325,6 +368,30 @@ mod tests {
         assert_eq!(t.heap_bytes(), before);
         // n + n/2 + ... < 2n hashes.
         assert!(before < 2 * 1000 * HASH_LEN + 65 * std::mem::size_of::<Vec<Hash>>());
+    }
+
+    #[test]
+    fn from_levels_round_trips_and_checks_the_shape() {
+        for n in [0u64, 1, 2, 3, 7, 8, 13, 64, 100] {
+            let t = MerkleTree::from_leaf_hashes(leaves(n));
+            let levels: Vec<Vec<Hash>> = (0..t.levels_count()).map(|h| t.level(h).to_vec()).collect();
+            let back = MerkleTree::from_levels(levels.clone()).unwrap();
+            assert_eq!(back, t, "n={n}");
+            assert_eq!(back.root(), t.root());
+            if n >= 2 {
+                let mut short = levels.clone();
+                short.pop();
+                assert!(matches!(MerkleTree::from_levels(short), Err(TreeError::MalformedLevels { .. })));
+                let mut wrong = levels;
+                wrong[1].push([0; 32]);
+                assert_eq!(MerkleTree::from_levels(wrong), Err(TreeError::MalformedLevels { level: 1 }));
+            }
+        }
+        let mut grown =
+            MerkleTree::from_levels(vec![leaves(5)].into_iter().chain([vec![]]).collect::<Vec<_>>());
+        assert!(grown.is_err());
+        grown = MerkleTree::from_levels(Vec::new());
+        assert_eq!(grown.unwrap().size(), 0);
     }
 
     #[test]

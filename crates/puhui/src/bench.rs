@@ -215,6 +215,11 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         let snapshot = dir.join(puhui_journal::snapshot::SNAPSHOT_FILE);
         let aside = dir.join("snapshot.bench-aside");
         std::fs::rename(&snapshot, &aside)?;
+        // And without the Merkle tree file: the whole journal is hashed again too.
+        let tree_file = dir.join(puhui_store::verifiable::tree_file::TREE_FILE);
+        if tree_file.exists() {
+            std::fs::rename(&tree_file, dir.join("merkle.bench-aside"))?;
+        }
         let t0 = Instant::now();
         let reopened = puhui_store::EmbeddedStore::open_with(
             &dir,

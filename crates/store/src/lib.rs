@@ -278,6 +278,8 @@ pub struct OpenReport {
     /// How long rebuilding the Merkle tree from the journal took (in parallel with recovery), if the
     /// verifiable journal is on.
     pub merkle_load: Option<Duration>,
+    /// Why a Merkle tree file that exists was not used (the tree was rebuilt from the whole journal).
+    pub merkle_tree_file_error: Option<String>,
 }
 
 struct Inner {
@@ -322,7 +324,8 @@ impl EmbeddedStore {
         let lock = lock_dir(dir)?;
         let journal = dir.join(JOURNAL_FILE);
         let started = Instant::now();
-        let loader = if options.verifiable { Some(transparency::Loader::spawn(&journal)?) } else { None };
+        let loader =
+            if options.verifiable { Some(transparency::Loader::spawn(dir, &journal)?) } else { None };
         let corrupt = |e: ScanError| match e {
             ScanError::Io(e) => StoreError::Io(e),
             other => StoreError::Corrupt(other.to_string()),
@@ -358,9 +361,12 @@ impl EmbeddedStore {
         }
         let writer =
             JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
+        let mut merkle_tree_file_error = None;
         let (verifiable, merkle_thread, merkle_load) = match loader {
             Some(loader) => {
-                let (loaded, took) = loader.join()?;
+                let loaded = loader.join()?;
+                let took = loaded.took;
+                merkle_tree_file_error = loaded.file_error.clone();
                 let (v, thread) = transparency::start(transparency::StartArgs {
                     dir,
                     journal: &journal,
@@ -379,6 +385,7 @@ impl EmbeddedStore {
             snapshot_entries,
             snapshot_error,
             merkle_load,
+            merkle_tree_file_error,
         };
         let (queue, commands) = mpsc::sync_channel(QUEUE_COMMANDS_MAX);
         let seed = clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&lock as *const File as u64);
@@ -779,9 +786,12 @@ fn committer_loop(
             // Memory is now ahead of the disk: refuse everything until a restart recovers.
             inner.poisoned.store(true, Ordering::Release);
         } else {
-            if let (Some(v), Some(leaves)) = (&inner.verifiable, leaves) {
+            if let (Some(v), Some(mut leaves)) = (&inner.verifiable, leaves) {
                 // Durable now: hand the leaves over before readers can see the group.
-                let _ = v.sender().send(transparency::ToMerkle::Entries(leaves));
+                if !leaves.is_empty() {
+                    leaves.set_end(writer.position());
+                    let _ = v.sender().send(transparency::ToMerkle::Entries(leaves));
+                }
             }
             snapshots.progress(&inner, &mut ledger, &writer);
         }

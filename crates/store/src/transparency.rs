@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use puhui_journal::JournalPosition;
 use puhui_verifiable::journal_tree::check_against_tree;
+use puhui_verifiable::tree_file;
 use puhui_verifiable::{
     body_timestamp, Checkpoint, CheckpointLog, ConsistencyProof, Error, InclusionProof, JournalTree, NodeKey,
     PublicKey, TransparencyLog, CHECKPOINT_LOG_FILE,
@@ -38,9 +40,21 @@ pub(crate) struct PendingLeaves {
     data: Vec<u8>,
     ends: Vec<u32>,
     offsets: Vec<u64>,
+    /// The journal position after these entries (a frame boundary), set once they are durable.
+    end: Option<JournalPosition>,
 }
 
 impl PendingLeaves {
+    /// Whether no entry was noted.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// Records the durable journal position after these entries.
+    pub(crate) fn set_end(&mut self, position: JournalPosition) {
+        self.end = Some(position);
+    }
+
     /// Notes entry `seq` (file `offset`) as it is encoded.
     pub(crate) fn push(&mut self, seq: u64, kind: u8, body: &[u8], offset: u64) {
         self.data.extend_from_slice(&seq.to_le_bytes());
@@ -71,23 +85,46 @@ pub(crate) struct Verifiable {
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
-/// Builds the journal's tree in a thread while recovery runs.
-pub(crate) struct Loader(JoinHandle<Result<(JournalTree, Duration), Error>>);
+/// What the loader built.
+pub(crate) struct Loaded {
+    pub(crate) tree: JournalTree,
+    /// Whether the tree file was used (only the entries after it were hashed).
+    pub(crate) from_file: bool,
+    /// Why a tree file that exists was not used.
+    pub(crate) file_error: Option<String>,
+    pub(crate) took: Duration,
+}
+
+/// Builds the journal's tree in a thread while recovery runs: from the tree file plus the entries
+/// after it, or (no usable file) from a full scan.
+pub(crate) struct Loader(JoinHandle<Result<Loaded, Error>>);
 
 impl Loader {
-    pub(crate) fn spawn(journal: &Path) -> Result<Loader, StoreError> {
-        let path = journal.to_path_buf();
+    pub(crate) fn spawn(dir: &Path, journal: &Path) -> Result<Loader, StoreError> {
+        let (dir, path) = (dir.to_path_buf(), journal.to_path_buf());
         std::thread::Builder::new()
             .name("puhui-merkle-load".into())
             .spawn(move || {
                 let started = Instant::now();
-                JournalTree::build(&path, |_| Ok(())).map(|t| (t, started.elapsed()))
+                let mut file_error = None;
+                match tree_file::read_tree_file(&dir) {
+                    Ok(Some(start)) => match JournalTree::build_from(&path, Some(start), |_| Ok(())) {
+                        Ok(tree) => {
+                            return Ok(Loaded { tree, from_file: true, file_error, took: started.elapsed() })
+                        }
+                        Err(e) => file_error = Some(format!("the tree file does not fit the journal: {e}")),
+                    },
+                    Ok(None) => {}
+                    Err(e) => file_error = Some(e.to_string()),
+                }
+                let tree = JournalTree::build(&path, |_| Ok(()))?;
+                Ok(Loaded { tree, from_file: false, file_error, took: started.elapsed() })
             })
             .map(Loader)
             .map_err(|e| StoreError::Io(format!("starting the merkle loader: {e}")))
     }
 
-    pub(crate) fn join(self) -> Result<(JournalTree, Duration), StoreError> {
+    pub(crate) fn join(self) -> Result<Loaded, StoreError> {
         self.0
             .join()
             .map_err(|_| StoreError::Io("the merkle loader panicked".into()))?
@@ -106,7 +143,7 @@ pub(crate) fn to_store_error(e: Error) -> StoreError {
 pub(crate) struct StartArgs<'a> {
     pub(crate) dir: &'a Path,
     pub(crate) journal: &'a Path,
-    pub(crate) loaded: JournalTree,
+    pub(crate) loaded: Loaded,
     pub(crate) entries: u64,
     pub(crate) options: &'a StoreOptions,
 }
@@ -115,6 +152,8 @@ pub(crate) struct StartArgs<'a> {
 /// loads (or makes) the node key and opens the checkpoint files. The thread starts in [`spawn`].
 pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), StoreError> {
     let StartArgs { dir, journal, loaded, entries, options } = args;
+    let from_file = loaded.from_file;
+    let loaded = loaded.tree;
     if loaded.tree.size() != entries {
         return Err(StoreError::Corrupt(format!(
             "the journal changed during start-up: {} entries hashed, {entries} recovered",
@@ -138,13 +177,28 @@ pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), S
         }
         None => None,
     };
-    let log = TransparencyLog::new(loaded.tree, loaded.index, stored).map_err(to_store_error)?;
+    let position = JournalPosition {
+        entries: loaded.summary.entries,
+        len_bytes: loaded.summary.valid_len_bytes,
+        last_hash: loaded.summary.last_hash,
+    };
+    let log = match TransparencyLog::new(loaded.tree, loaded.index, stored.clone()) {
+        Ok(log) => log,
+        Err(_) if from_file => {
+            // The tree file disagrees with the checkpoints: trust only the journal itself.
+            let full = JournalTree::build(journal, |_| Ok(())).map_err(to_store_error)?;
+            TransparencyLog::new(full.tree, full.index, stored).map_err(to_store_error)?
+        }
+        Err(e) => return Err(to_store_error(e)),
+    };
     let journal_file =
         File::open(journal).map_err(|e| StoreError::Io(format!("{}: {e}", journal.display())))?;
     let (tx, rx) = mpsc::sync_channel(MERKLE_QUEUE_GROUPS_MAX);
     let public_key = key.public_key();
     let log = Arc::new(RwLock::new(log));
     let thread = MerkleThread {
+        dir: dir.to_path_buf(),
+        position,
         log: Arc::clone(&log),
         rx,
         key,
@@ -158,6 +212,9 @@ pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), S
 
 /// The merkle thread's state, before it is spawned.
 pub(crate) struct MerkleThread {
+    dir: std::path::PathBuf,
+    /// The durable journal position the tree has reached.
+    position: JournalPosition,
     log: Arc<RwLock<TransparencyLog>>,
     rx: Receiver<ToMerkle>,
     key: NodeKey,
@@ -213,6 +270,9 @@ impl MerkleThread {
                             log.append(*hash, *ts, *offset);
                         }
                     }
+                    if let Some(end) = pending.end {
+                        self.position = end;
+                    }
                     let (size, checkpointed) = self.sizes();
                     if self.every_entries > 0 && size - checkpointed >= self.every_entries {
                         let _ = self.checkpoint(inner);
@@ -228,6 +288,7 @@ impl MerkleThread {
                 }
                 Some(ToMerkle::Shutdown) => {
                     let _ = self.checkpoint(inner);
+                    self.save_tree(inner);
                     return;
                 }
                 None => {}
@@ -237,6 +298,17 @@ impl MerkleThread {
                 let _ = self.checkpoint(inner);
                 last_at = Instant::now();
             }
+        }
+    }
+
+    /// Saves the tree file so that the next start hashes only newer entries.
+    fn save_tree(&self, inner: &Inner) {
+        let log = self.log.read().unwrap_or_else(|p| p.into_inner());
+        if log.size() != self.position.entries {
+            return;
+        }
+        if tree_file::write_tree_file(&self.dir, &self.position, log.tree(), log.index()).is_err() {
+            inner.stats.checkpoint_errors.fetch_add(1, Ordering::Relaxed);
         }
     }
 

@@ -243,13 +243,25 @@ fn restart_rebuilds_the_tree_and_later_checkpoints_extend_earlier_ones() {
         }
         let store = open(dir.path(), options.clone());
         assert!(store.open_report().merkle_load.is_some());
+        assert_eq!(store.open_report().merkle_tree_file_error, None);
         assert_eq!(store.public_key().unwrap(), key, "the key survives restarts");
         assert_eq!(store.latest_checkpoint().unwrap(), first.clone());
         let p = store.inclusion_proof_for_transfer(&ids[3], None).unwrap();
         p.verify(&key).unwrap();
         drop(store);
     }
+    // A damaged tree file is ignored: the tree is rebuilt from the journal.
+    let tree_file = dir.path().join(v::tree_file::TREE_FILE);
+    let mut bytes = std::fs::read(&tree_file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&tree_file, bytes).unwrap();
     let store = open(dir.path(), options.clone());
+    assert!(store.open_report().merkle_tree_file_error.is_some());
+    store.inclusion_proof_for_transfer(&ids[0], None).unwrap().verify(&key).unwrap();
+    drop(store);
+    let store = open(dir.path(), options.clone());
+    assert_eq!(store.open_report().merkle_tree_file_error, None);
     let cny = Currency::iso("CNY").unwrap();
     store
         .create_transfers(vec![TransferRequest::single(id("after"), id("a0"), id("a2"), 3, cny.code())])

@@ -14,7 +14,7 @@ use std::path::Path;
 use puhui_journal::frame::{
     EntryRef, ENTRY_BODY_BYTES_MAX, ENTRY_OVERHEAD_BYTES, FRAME_HEADER_BYTES, FRAME_MAGIC,
 };
-use puhui_journal::{codec, ScanError, ScanSummary};
+use puhui_journal::{codec, JournalPosition, ScanError, ScanSummary};
 use puhui_merkle::MerkleTree;
 
 use crate::checkpoint::Checkpoint;
@@ -69,6 +69,22 @@ impl EntryIndex {
     /// Heap bytes held.
     pub fn heap_bytes(&self) -> usize {
         self.marks.capacity() * std::mem::size_of::<Mark>()
+    }
+
+    /// The marks as `(timestamp_ns, offset)` pairs, for the tree file.
+    pub fn marks(&self) -> Vec<(u64, u64)> {
+        self.marks.iter().map(|m| (m.timestamp_ns, m.offset)).collect()
+    }
+
+    /// The index of a journal of `entries` entries from its marks; `None` if the number of marks
+    /// does not fit (one per [`INDEX_EVERY`] entries, rounded up).
+    pub fn from_marks(entries: u64, marks: Vec<(u64, u64)>) -> Option<EntryIndex> {
+        if marks.len() as u64 != entries.div_ceil(INDEX_EVERY) {
+            return None;
+        }
+        Some(EntryIndex {
+            marks: marks.into_iter().map(|(timestamp_ns, offset)| Mark { timestamp_ns, offset }).collect(),
+        })
     }
 }
 
@@ -163,11 +179,25 @@ impl JournalTree {
     /// its tree and index. `on_entry` sees every entry too (e.g. to find a transfer).
     pub fn build(
         path: &Path,
+        on_entry: impl FnMut(&EntryRef<'_>) -> Result<(), String>,
+    ) -> Result<JournalTree, Error> {
+        JournalTree::build_from(path, None, on_entry)
+    }
+
+    /// Like [`JournalTree::build`], but continues from the tree and index of the journal prefix at
+    /// `start` (from the tree file): only the entries after it are read and hashed. The journal must
+    /// still end at `start` with its hash (else [`Error::Journal`]).
+    pub fn build_from(
+        path: &Path,
+        start: Option<(JournalPosition, MerkleTree, EntryIndex)>,
         mut on_entry: impl FnMut(&EntryRef<'_>) -> Result<(), String>,
     ) -> Result<JournalTree, Error> {
-        let mut tree = MerkleTree::new();
-        let mut index = EntryIndex::new();
-        let summary = puhui_journal::scan(path, |e| {
+        let (position, mut tree, mut index) =
+            start.unwrap_or_else(|| (JournalPosition::start(), MerkleTree::new(), EntryIndex::new()));
+        if tree.size() != position.entries {
+            return Err(Error::Format("the tree does not fit its journal position".into()));
+        }
+        let summary = puhui_journal::scan_from(path, position, |e| {
             tree.append(entry_leaf_hash(e.seq, e.kind, e.body));
             index.note(e.seq, body_timestamp(e.body).unwrap_or(0), e.offset);
             on_entry(&e)
@@ -207,6 +237,11 @@ impl TransparencyLog {
     /// The tree.
     pub fn tree(&self) -> &MerkleTree {
         &self.tree
+    }
+
+    /// The entry index.
+    pub fn index(&self) -> &EntryIndex {
+        &self.index
     }
 
     /// Appends the leaf hash of entry `size()` and notes it in the index.

@@ -30,6 +30,7 @@ pub mod hex;
 pub mod journal_tree;
 pub mod keys;
 pub mod proof;
+pub mod tree_file;
 
 pub use checkpoint::{Checkpoint, CheckpointLog, CHECKPOINT_LOG_FILE};
 pub use journal_tree::{EntryIndex, JournalTree, TransparencyLog};

@@ -1,0 +1,32 @@
+-- wrk scenario: one durable single-phase transfer per POST, unique ids, random accounts.
+-- Used by bench/http/run.sh; needs KEY (an API key) and ACCOUNTS in the environment.
+local key = os.getenv("KEY")
+local accounts = tonumber(os.getenv("ACCOUNTS") or "1000")
+local counter = 0
+local thread_id = 0
+
+function setup(thread)
+  thread:set("thread_id", thread_id)
+  thread_id = thread_id + 1
+end
+
+function init(args)
+  math.randomseed(os.time() + thread_id)
+end
+
+request = function()
+  counter = counter + 1
+  local debit = math.random(0, accounts - 1)
+  local credit = (debit + math.random(1, accounts - 1)) % accounts
+  local body = string.format(
+    '{"id":"wrk%d-%d-%d","debit_account_id":"acct-%d","credit_account_id":"acct-%d","amount":%d,"currency":"CNY"}',
+    thread_id, os.time(), counter, debit, credit, math.random(1, 100000))
+  return wrk.format("POST", "/v1/transfers",
+    { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }, body)
+end
+
+done = function(summary, latency, requests)
+  io.write(string.format("wrk: %d requests, %d non-2xx/3xx, %.0f req/s, p50 %.2f ms, p99 %.2f ms, p99.9 %.2f ms\n",
+    summary.requests, summary.errors.status, summary.requests / (summary.duration / 1e6),
+    latency:percentile(50) / 1000, latency:percentile(99) / 1000, latency:percentile(99.9) / 1000))
+end
