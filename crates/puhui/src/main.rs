@@ -84,6 +84,11 @@ struct ServeArgs {
     /// Take a snapshot every this many journal entries.
     #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
     snapshot_every: u64,
+    /// Transfers to reserve memory for at start: growing the tables later doubles them in one
+    /// step, a pause of tens of milliseconds at a few hundred thousand transfers. Untouched
+    /// reserved memory costs address space, not RSS.
+    #[arg(long, default_value_t = 4_000_000)]
+    transfers_capacity: usize,
 }
 
 /// Log line format.
