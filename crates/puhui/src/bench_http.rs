@@ -197,27 +197,17 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
         all.latencies_us[i] as f64 / 1e3
     };
     let requests = all.latencies_us.len();
+    let (mode, connections, errors) = (args.mode, args.connections, all.errors);
+    let (rps, tps) = (requests as f64 / seconds, all.transfers as f64 / seconds);
+    let (p50, p99, p999) = (pct(0.5), pct(0.99), pct(0.999));
     eprintln!(
-        "{requests} requests in {seconds:.1} s over {} connections ({:?}): {:.0} req/s, {:.0} transfers/s, p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, {} errors",
-        args.connections,
-        args.mode,
-        requests as f64 / seconds,
-        all.transfers as f64 / seconds,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        all.errors
+        "{requests} requests in {seconds:.1} s over {connections} connections ({mode:?}): {rps:.0} req/s, \
+         {tps:.0} transfers/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors"
     );
     println!(
-        "{{\"mode\":\"{:?}\",\"connections\":{},\"seconds\":{seconds:.3},\"requests\":{requests},\"requests_per_s\":{:.0},\"transfers_per_s\":{:.0},\"p50_ms\":{:.3},\"p99_ms\":{:.3},\"p999_ms\":{:.3},\"errors\":{}}}",
-        args.mode,
-        args.connections,
-        requests as f64 / seconds,
-        all.transfers as f64 / seconds,
-        pct(0.5),
-        pct(0.99),
-        pct(0.999),
-        all.errors
+        "{{\"mode\":\"{mode:?}\",\"connections\":{connections},\"seconds\":{seconds:.3},\"requests\":{requests},\
+         \"requests_per_s\":{rps:.0},\"transfers_per_s\":{tps:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\
+         \"p999_ms\":{p999:.3},\"errors\":{errors}}}"
     );
     Ok(if all.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
