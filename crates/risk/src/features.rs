@@ -1,0 +1,298 @@
+//! Velocity features: what an entity (a payer, a payee, a device, an IP, any attribute value) did
+//! in sliding windows before the event being decided.
+//!
+//! Point-in-time rule: [`FeatureStore::compute`] reads only events recorded before it is called, and
+//! the caller records the event ([`FeatureStore::record`]) after deciding it. The same code runs
+//! online and in backtests, so a backtest sees exactly what the online decision saw.
+//!
+//! Window rule: at decision time `t`, a window of length `w` holds the events with timestamps in
+//! `(t − w, t]`: an event exactly `w` old is out, one nanosecond younger is in.
+//!
+//! Memory is bounded twice ([`FeatureLimits`]): each key keeps at most `events_per_key_max` events
+//! (the oldest go first; a window that would need more reports `saturated`, its count a lower bound),
+//! and the store keeps at most `keys_max` keys (beyond it the least recently seen tenth is evicted,
+//! oldest first). Events older than the longest window in use are pruned as keys are touched.
+
+use std::collections::VecDeque;
+
+use foldhash::fast::RandomState;
+use hashbrown::HashMap;
+
+/// Bounds on the feature store's memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FeatureLimits {
+    /// Events kept per key.
+    pub events_per_key_max: usize,
+    /// Keys kept in total (all namespaces).
+    pub keys_max: usize,
+    /// Events older than this are pruned (the longest window any rule may ask for).
+    pub horizon_ns: u64,
+}
+
+impl Default for FeatureLimits {
+    fn default() -> Self {
+        FeatureLimits {
+            events_per_key_max: 1_024,
+            keys_max: 1_000_000,
+            horizon_ns: 30 * 24 * 3_600 * 1_000_000_000,
+        }
+    }
+}
+
+/// Who a feature is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Namespace {
+    /// The paying account.
+    Payer,
+    /// The receiving account.
+    Payee,
+    /// A device id.
+    Device,
+    /// An IP address.
+    Ip,
+    /// Any other attribute (its name is part of the key).
+    Attribute,
+    /// A (payer, payee) pair: "is this a new payee for this payer?".
+    PayerPayee,
+    /// An (account, device) pair: "is this a new device for this account?".
+    AccountDevice,
+}
+
+/// One event as the feature store keeps it (24 bytes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Event {
+    timestamp_ns: u64,
+    amount_minor: u64,
+    /// Hash of the counterparty, for distinct counts.
+    counterparty: u64,
+}
+
+#[derive(Debug)]
+struct KeyState {
+    events: VecDeque<Event>,
+    first_seen_ns: u64,
+    last_seen_ns: u64,
+    /// Events dropped because of `events_per_key_max` (windows reaching back that far saturate).
+    dropped_newest_ns: u64,
+}
+
+/// The aggregates of one key over one window.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct WindowStats {
+    /// Events in the window.
+    pub count: u64,
+    /// Sum of their amounts (saturating).
+    pub sum_minor: u64,
+    /// Largest amount.
+    pub max_minor: u64,
+    /// Distinct counterparties.
+    pub distinct_counterparties: u64,
+    /// Mean amount (0 if none).
+    pub mean_minor: f64,
+    /// Population standard deviation of the amounts (0 if fewer than two).
+    pub stddev_minor: f64,
+    /// The window reaches past events dropped by the per-key bound: `count` is a lower bound.
+    pub saturated: bool,
+}
+
+impl WindowStats {
+    /// How many standard deviations `amount_minor` is above this window's mean (0 when the spread
+    /// is zero or there is no history: a first transaction is not an outlier by itself).
+    pub fn z_score(&self, amount_minor: u64) -> f64 {
+        if self.count < 2 || self.stddev_minor == 0.0 {
+            return 0.0;
+        }
+        (amount_minor as f64 - self.mean_minor) / self.stddev_minor
+    }
+}
+
+/// Velocity state for every entity, bounded.
+pub struct FeatureStore {
+    limits: FeatureLimits,
+    keys: HashMap<(Namespace, Box<str>), KeyState, RandomState>,
+    hasher: RandomState,
+}
+
+impl FeatureStore {
+    /// An empty store.
+    pub fn new(limits: FeatureLimits) -> FeatureStore {
+        assert!(limits.events_per_key_max > 0 && limits.keys_max > 0, "limits must be positive");
+        FeatureStore { limits, keys: HashMap::default(), hasher: RandomState::default() }
+    }
+
+    /// The store's limits.
+    pub fn limits(&self) -> FeatureLimits {
+        self.limits
+    }
+
+    /// Keys held.
+    pub fn keys(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn counterparty_hash(&self, counterparty: &str) -> u64 {
+        use std::hash::BuildHasher;
+        self.hasher.hash_one(counterparty)
+    }
+
+    /// Aggregates of `key` over the window of `window_ns` ending at `now_ns` (events recorded so far).
+    pub fn window(&self, namespace: Namespace, key: &str, now_ns: u64, window_ns: u64) -> WindowStats {
+        let Some(state) = self.keys.get(&KeyRef(namespace, key)) else {
+            return WindowStats::default();
+        };
+        let start_exclusive = now_ns.saturating_sub(window_ns);
+        let mut stats = WindowStats::default();
+        let mut seen: Vec<u64> = Vec::new();
+        let (mut sum_f, mut sum_sq) = (0.0f64, 0.0f64);
+        for e in state.events.iter().rev() {
+            if e.timestamp_ns > now_ns {
+                continue; // recorded "in the future" of this query (a backtest asking about the past)
+            }
+            if e.timestamp_ns <= start_exclusive && window_ns <= now_ns {
+                break;
+            }
+            stats.count += 1;
+            stats.sum_minor = stats.sum_minor.saturating_add(e.amount_minor);
+            stats.max_minor = stats.max_minor.max(e.amount_minor);
+            let a = e.amount_minor as f64;
+            sum_f += a;
+            sum_sq += a * a;
+            if !seen.contains(&e.counterparty) {
+                seen.push(e.counterparty);
+            }
+        }
+        stats.distinct_counterparties = seen.len() as u64;
+        if stats.count > 0 {
+            let n = stats.count as f64;
+            stats.mean_minor = sum_f / n;
+            stats.stddev_minor =
+                if stats.count > 1 { (sum_sq / n - stats.mean_minor.powi(2)).max(0.0).sqrt() } else { 0.0 };
+        }
+        stats.saturated = state.dropped_newest_ns > start_exclusive;
+        stats
+    }
+
+    /// When `key` was first seen, if it was.
+    pub fn first_seen_ns(&self, namespace: Namespace, key: &str) -> Option<u64> {
+        self.keys.get(&KeyRef(namespace, key)).map(|s| s.first_seen_ns)
+    }
+
+    /// When `key` was last seen, if it was.
+    pub fn last_seen_ns(&self, namespace: Namespace, key: &str) -> Option<u64> {
+        self.keys.get(&KeyRef(namespace, key)).map(|s| s.last_seen_ns)
+    }
+
+    /// Whether `payee` never received from `payer` before.
+    pub fn is_new_payee(&self, payer: &str, payee: &str) -> bool {
+        self.first_seen_ns(Namespace::PayerPayee, &pair(payer, payee)).is_none()
+    }
+
+    /// Whether `account` never used `device` before.
+    pub fn is_new_device(&self, account: &str, device: &str) -> bool {
+        self.first_seen_ns(Namespace::AccountDevice, &pair(account, device)).is_none()
+    }
+
+    /// Records an event of `key` (after it was decided).
+    pub fn record(
+        &mut self,
+        namespace: Namespace,
+        key: &str,
+        timestamp_ns: u64,
+        amount_minor: u64,
+        counterparty: &str,
+    ) {
+        let counterparty = self.counterparty_hash(counterparty);
+        let limits = self.limits;
+        let state = self.keys.entry((namespace, Box::<str>::from(key))).or_insert_with(|| KeyState {
+            events: VecDeque::new(),
+            first_seen_ns: timestamp_ns,
+            last_seen_ns: timestamp_ns,
+            dropped_newest_ns: 0,
+        });
+        state.first_seen_ns = state.first_seen_ns.min(timestamp_ns);
+        state.last_seen_ns = state.last_seen_ns.max(timestamp_ns);
+        // Keep time order even if events arrive slightly out of order (backfills).
+        let at = state.events.partition_point(|e| e.timestamp_ns <= timestamp_ns);
+        state.events.insert(at, Event { timestamp_ns, amount_minor, counterparty });
+        let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
+        while state.events.front().is_some_and(|e| e.timestamp_ns < horizon) {
+            state.events.pop_front();
+        }
+        while state.events.len() > limits.events_per_key_max {
+            let dropped = state.events.pop_front().expect("non-empty");
+            state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
+        }
+        debug_assert!(state.events.len() <= limits.events_per_key_max);
+        if self.keys.len() > limits.keys_max {
+            self.evict();
+        }
+    }
+
+    /// Records that `payer` paid `payee` (for new-payee checks).
+    pub fn record_pair(&mut self, namespace: Namespace, a: &str, b: &str, timestamp_ns: u64) {
+        let key = pair(a, b);
+        let state = self.keys.entry((namespace, key.into_boxed_str())).or_insert_with(|| KeyState {
+            events: VecDeque::new(),
+            first_seen_ns: timestamp_ns,
+            last_seen_ns: timestamp_ns,
+            dropped_newest_ns: 0,
+        });
+        state.first_seen_ns = state.first_seen_ns.min(timestamp_ns);
+        state.last_seen_ns = state.last_seen_ns.max(timestamp_ns);
+        if self.keys.len() > self.limits.keys_max {
+            self.evict();
+        }
+    }
+
+    /// Drops the least recently seen tenth of the keys (at least one).
+    fn evict(&mut self) {
+        let mut last_seen: Vec<u64> = self.keys.values().map(|s| s.last_seen_ns).collect();
+        let drop = (self.keys.len() / 10).max(self.keys.len() - self.limits.keys_max).max(1);
+        let (_, cutoff, _) = last_seen.select_nth_unstable(drop - 1);
+        let cutoff = *cutoff;
+        let mut removed = 0;
+        self.keys.retain(|_, s| {
+            if removed < drop && s.last_seen_ns <= cutoff {
+                removed += 1;
+                false
+            } else {
+                true
+            }
+        });
+        debug_assert!(self.keys.len() <= self.limits.keys_max);
+    }
+}
+
+/// A borrowed key that hashes and compares like the stored `(Namespace, Box<str>)`, so lookups do
+/// not allocate.
+#[derive(Hash)]
+struct KeyRef<'a>(Namespace, &'a str);
+
+impl hashbrown::Equivalent<(Namespace, Box<str>)> for KeyRef<'_> {
+    fn equivalent(&self, key: &(Namespace, Box<str>)) -> bool {
+        self.0 == key.0 && self.1 == &*key.1
+    }
+}
+
+fn pair(a: &str, b: &str) -> String {
+    let mut key = String::with_capacity(a.len() + b.len() + 1);
+    key.push_str(a);
+    key.push('\u{1f}');
+    key.push_str(b);
+    key
+}
+
+/// Parses a window like `30s`, `1m`, `1h`, `24h`, `7d` into nanoseconds.
+pub fn parse_window(text: &str) -> Option<u64> {
+    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit())?);
+    let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+    let unit_ns: u64 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "d" => 86_400_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(unit_ns)
+}

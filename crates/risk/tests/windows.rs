@@ -1,0 +1,128 @@
+//! Window edges with an injected clock, bounds, and derived features.
+
+use proptest::prelude::*;
+use puhui_risk::{parse_window, FeatureLimits, FeatureStore, Namespace};
+
+const S: u64 = 1_000_000_000;
+const H: u64 = 3_600 * S;
+
+fn store() -> FeatureStore {
+    FeatureStore::new(FeatureLimits::default())
+}
+
+#[test]
+fn window_edges_exactly_at_just_inside_just_outside() {
+    let mut f = store();
+    let t0 = 1_000 * H;
+    f.record(Namespace::Payer, "alice", t0, 500, "bob");
+    // Decision exactly one hour later: the event is exactly 1 h old, so out of a 1 h window.
+    assert_eq!(f.window(Namespace::Payer, "alice", t0 + H, H).count, 0, "exactly at the boundary: out");
+    assert_eq!(f.window(Namespace::Payer, "alice", t0 + H - 1, H).count, 1, "1 ns inside: in");
+    assert_eq!(f.window(Namespace::Payer, "alice", t0 + H + 1, H).count, 0, "1 ns outside: out");
+    assert_eq!(f.window(Namespace::Payer, "alice", t0, H).count, 1, "at the same instant: in");
+    assert_eq!(f.window(Namespace::Payer, "alice", t0 - 1, H).count, 0, "before it happened: not seen");
+}
+
+#[test]
+fn aggregates_and_distinct_counterparties() {
+    let mut f = store();
+    let t = 500 * H;
+    for (i, (amount, to)) in [(100, "bob"), (300, "carol"), (200, "bob"), (400, "dan")].iter().enumerate() {
+        f.record(Namespace::Payer, "alice", t + i as u64 * S, *amount, to);
+    }
+    let w = f.window(Namespace::Payer, "alice", t + 10 * S, H);
+    assert_eq!((w.count, w.sum_minor, w.max_minor, w.distinct_counterparties), (4, 1_000, 400, 3));
+    assert!((w.mean_minor - 250.0).abs() < 1e-9);
+    assert!((w.stddev_minor - 111.803_398_874_989_48).abs() < 1e-6);
+    assert!(w.z_score(1_000) > 6.0);
+    // (t+1 s, t+10 s]: the events at t+2 s and t+3 s.
+    assert_eq!(f.window(Namespace::Payer, "alice", t + 10 * S, 9 * S).count, 2, "only the last two");
+    assert_eq!(f.window(Namespace::Payer, "nobody", t, H).count, 0);
+    assert_eq!(f.first_seen_ns(Namespace::Payer, "alice"), Some(t));
+    assert_eq!(f.last_seen_ns(Namespace::Payer, "alice"), Some(t + 3 * S));
+}
+
+#[test]
+fn new_payee_and_new_device() {
+    let mut f = store();
+    assert!(f.is_new_payee("alice", "bob"));
+    f.record_pair(Namespace::PayerPayee, "alice", "bob", 10);
+    assert!(!f.is_new_payee("alice", "bob"));
+    assert!(f.is_new_payee("bob", "alice"), "direction matters");
+    assert!(f.is_new_device("alice", "phone-1"));
+    f.record_pair(Namespace::AccountDevice, "alice", "phone-1", 11);
+    assert!(!f.is_new_device("alice", "phone-1"));
+}
+
+#[test]
+fn per_key_bound_saturates_and_reports_it() {
+    let mut f = FeatureStore::new(FeatureLimits { events_per_key_max: 8, ..FeatureLimits::default() });
+    for i in 0..20u64 {
+        f.record(Namespace::Device, "d1", 1_000 * S + i, 1, "x");
+    }
+    let w = f.window(Namespace::Device, "d1", 1_000 * S + 20, H);
+    assert_eq!(w.count, 8);
+    assert!(w.saturated, "the window reaches past dropped events");
+    let recent = f.window(Namespace::Device, "d1", 1_000 * S + 20, 5);
+    // (base+15, base+20]: events 16..=19.
+    assert_eq!((recent.count, recent.saturated), (4, false));
+}
+
+#[test]
+fn key_bound_evicts_the_least_recently_seen() {
+    let mut f = FeatureStore::new(FeatureLimits { keys_max: 100, ..FeatureLimits::default() });
+    for i in 0..1_000u64 {
+        f.record(Namespace::Ip, &format!("10.0.{i}"), 1_000 * S + i, 1, "x");
+        assert!(f.keys() <= 100);
+    }
+    assert!(f.first_seen_ns(Namespace::Ip, "10.0.999").is_some(), "the newest stays");
+    assert!(f.first_seen_ns(Namespace::Ip, "10.0.0").is_none(), "the oldest went");
+}
+
+#[test]
+fn horizon_prunes_old_events() {
+    let limits = FeatureLimits { horizon_ns: H, ..FeatureLimits::default() };
+    let mut f = FeatureStore::new(limits);
+    f.record(Namespace::Payee, "shop", 10 * H, 1, "a");
+    f.record(Namespace::Payee, "shop", 12 * H, 1, "b");
+    assert_eq!(
+        f.window(Namespace::Payee, "shop", 12 * H, 100 * H).count,
+        1,
+        "older than the horizon is gone"
+    );
+}
+
+#[test]
+fn windows_parse() {
+    assert_eq!(parse_window("1m"), Some(60 * S));
+    assert_eq!(parse_window("24h"), Some(24 * H));
+    assert_eq!(parse_window("7d"), Some(7 * 24 * H));
+    assert_eq!(parse_window("250ms"), Some(250_000_000));
+    for bad in ["", "h", "0h", "1w", "-1h", "1.5h", "99999999999999999999d"] {
+        assert_eq!(parse_window(bad), None, "{bad}");
+    }
+}
+
+proptest! {
+    /// The store's count equals a brute-force count for random events and windows, whatever the order.
+    #[test]
+    fn counts_match_brute_force(
+        events in proptest::collection::vec((0u64..10_000, 1u64..1_000, 0u8..5), 0..200),
+        now in 0u64..12_000,
+        window in 1u64..5_000,
+    ) {
+        let mut f = FeatureStore::new(FeatureLimits { horizon_ns: u64::MAX, ..FeatureLimits::default() });
+        for (ts, amount, cp) in &events {
+            f.record(Namespace::Payer, "k", *ts, *amount, &cp.to_string());
+        }
+        let inside: Vec<_> = events.iter().filter(|(ts, _, _)| *ts <= now && *ts + window > now).collect();
+        let w = f.window(Namespace::Payer, "k", now, window);
+        prop_assert_eq!(w.count, inside.len() as u64);
+        prop_assert_eq!(w.sum_minor, inside.iter().map(|e| e.1).sum::<u64>());
+        prop_assert_eq!(w.max_minor, inside.iter().map(|e| e.1).max().unwrap_or(0));
+        let mut cps: Vec<u8> = inside.iter().map(|e| e.2).collect();
+        cps.sort();
+        cps.dedup();
+        prop_assert_eq!(w.distinct_counterparties, cps.len() as u64);
+    }
+}
