@@ -96,13 +96,15 @@ pub struct WindowStats {
 }
 
 impl WindowStats {
-    /// How many standard deviations `amount_minor` is above this window's mean (0 when the spread
-    /// is zero or there is no history: a first transaction is not an outlier by itself).
+    /// How many standard deviations `amount_minor` is above this window's mean. With fewer than two
+    /// events it is 0 (a first transaction is not an outlier by itself); the spread is floored at 1 %
+    /// of the mean (and one minor unit), so a history of identical amounts still flags a jump.
     pub fn z_score(&self, amount_minor: u64) -> f64 {
-        if self.count < 2 || self.stddev_minor == 0.0 {
+        if self.count < 2 {
             return 0.0;
         }
-        (amount_minor as f64 - self.mean_minor) / self.stddev_minor
+        let spread = self.stddev_minor.max(self.mean_minor * 0.01).max(1.0);
+        (amount_minor as f64 - self.mean_minor) / spread
     }
 }
 

@@ -1,0 +1,533 @@
+//! Rulesets (TOML) with CEL expressions, and the decision they make for one event.
+//!
+//! ```toml
+//! version = "starter-1"
+//! [thresholds]
+//! review = 50        # score at which an event goes to review (a hold + an analyst)
+//! decline = 100      # score at which it is declined
+//!
+//! [[features]]
+//! name = "payer_count_1h"
+//! entity = "payer"          # payer | payee | device | ip | attr:<name>
+//! aggregate = "count"       # count | sum | max | distinct | zscore
+//! window = "1h"
+//!
+//! [[rules]]
+//! id = "burst_of_tiny_payments"
+//! description = "Card/credential testing: many tiny payments in a minute"
+//! expression = "f.payer_count_1m >= 10 && amount < 500"
+//! score = 60                # or: outcome = "decline" | "review" | "approve"
+//! reasons = ["velocity", "tiny_amounts"]
+//! ```
+//!
+//! Expressions see: `amount` (int, minor units), `currency`, `payer`, `payee` (strings), `ctx` (a map
+//! of the event's attributes: device_id, ip, channel, country, mcc, kyc_tier, …), `f` (a map of the
+//! declared features), `new_payee`, `new_device` (bools), and `in_list(list, value)`.
+//!
+//! Outcome: a fired `decline` rule declines; else a fired `approve` rule approves (allow lists);
+//! else a fired `review` rule reviews; else the summed score against the thresholds.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::Deserialize;
+
+use crate::features::{parse_window, FeatureStore, Namespace};
+
+/// What to do with an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// Post it.
+    Approve,
+    /// Hold it for an analyst.
+    Review,
+    /// Refuse it.
+    Decline,
+}
+
+impl Outcome {
+    /// The stable name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Approve => "approve",
+            Outcome::Review => "review",
+            Outcome::Decline => "decline",
+        }
+    }
+}
+
+/// A ruleset that could not be loaded: which rule, where, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesetError {
+    /// The rule at fault, if the error is in one.
+    pub rule_id: Option<String>,
+    /// 1-based line in the file.
+    pub line: usize,
+    /// 1-based column in the file.
+    pub column: usize,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl std::fmt::Display for RulesetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.rule_id {
+            Some(id) => write!(f, "rule {id} (line {}, column {}): {}", self.line, self.column, self.message),
+            None => write!(f, "line {}, column {}: {}", self.line, self.column, self.message),
+        }
+    }
+}
+
+impl std::error::Error for RulesetError {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileThresholds {
+    review: i64,
+    decline: i64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileFeature {
+    name: toml::Spanned<String>,
+    entity: toml::Spanned<String>,
+    aggregate: toml::Spanned<String>,
+    window: toml::Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileRule {
+    id: String,
+    description: String,
+    expression: toml::Spanned<String>,
+    score: Option<i64>,
+    outcome: Option<toml::Spanned<String>>,
+    #[serde(default)]
+    reasons: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: String,
+    thresholds: FileThresholds,
+    #[serde(default)]
+    features: Vec<FileFeature>,
+    rules: Vec<FileRule>,
+}
+
+/// Which entity a feature is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entity {
+    /// The payer.
+    Payer,
+    /// The payee.
+    Payee,
+    /// `ctx.device_id`.
+    Device,
+    /// `ctx.ip`.
+    Ip,
+    /// Any attribute of `ctx`.
+    Attribute(String),
+}
+
+/// How a feature aggregates its window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Aggregate {
+    /// Events.
+    Count,
+    /// Sum of amounts.
+    Sum,
+    /// Largest amount.
+    Max,
+    /// Distinct counterparties.
+    Distinct,
+    /// The event's amount in standard deviations from the window's mean.
+    ZScore,
+}
+
+/// A declared feature.
+#[derive(Debug, Clone)]
+pub struct Feature {
+    /// Name under `f.` in expressions.
+    pub name: String,
+    /// Whose history.
+    pub entity: Entity,
+    /// What aggregate.
+    pub aggregate: Aggregate,
+    /// Window length.
+    pub window_ns: u64,
+}
+
+struct Rule {
+    id: String,
+    description: String,
+    program: cel::Program,
+    score: i64,
+    outcome: Option<Outcome>,
+    reasons: Vec<String>,
+}
+
+/// A loaded, compiled ruleset.
+pub struct Ruleset {
+    /// Version label (decisions record it).
+    pub version: String,
+    /// Score for review.
+    pub review_at: i64,
+    /// Score for decline.
+    pub decline_at: i64,
+    /// Declared features.
+    pub features: Vec<Feature>,
+    rules: Vec<Rule>,
+}
+
+fn position(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map(|l| l.chars().count()).unwrap_or(0) + 1;
+    (line, column)
+}
+
+impl Ruleset {
+    /// Parses and compiles a ruleset; the first problem is reported with rule id, line and column.
+    pub fn parse(text: &str) -> Result<Ruleset, RulesetError> {
+        let file: File = toml::from_str(text).map_err(|e| {
+            let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((1, 1));
+            RulesetError { rule_id: None, line, column, message: e.message().to_string() }
+        })?;
+        let at = |span: std::ops::Range<usize>, rule: Option<&str>, message: String| {
+            let (line, column) = position(text, span.start);
+            RulesetError { rule_id: rule.map(Into::into), line, column, message }
+        };
+        if file.thresholds.review > file.thresholds.decline {
+            return Err(RulesetError {
+                rule_id: None,
+                line: 1,
+                column: 1,
+                message: "thresholds.review must not exceed thresholds.decline".into(),
+            });
+        }
+        let mut features = Vec::new();
+        for f in file.features {
+            let entity = match f.entity.get_ref().as_str() {
+                "payer" => Entity::Payer,
+                "payee" => Entity::Payee,
+                "device" => Entity::Device,
+                "ip" => Entity::Ip,
+                other => match other.strip_prefix("attr:") {
+                    Some(name) if !name.is_empty() => Entity::Attribute(name.to_string()),
+                    _ => {
+                        return Err(at(
+                            f.entity.span(),
+                            None,
+                            format!("unknown entity {other:?} (payer, payee, device, ip, attr:<name>)"),
+                        ))
+                    }
+                },
+            };
+            let aggregate = match f.aggregate.get_ref().as_str() {
+                "count" => Aggregate::Count,
+                "sum" => Aggregate::Sum,
+                "max" => Aggregate::Max,
+                "distinct" => Aggregate::Distinct,
+                "zscore" => Aggregate::ZScore,
+                other => return Err(at(f.aggregate.span(), None, format!("unknown aggregate {other:?}"))),
+            };
+            let window_ns = parse_window(f.window.get_ref()).ok_or_else(|| {
+                at(
+                    f.window.span(),
+                    None,
+                    format!("bad window {:?} (e.g. 1m, 1h, 24h, 7d)", f.window.get_ref()),
+                )
+            })?;
+            if features.iter().any(|x: &Feature| x.name == *f.name.get_ref()) {
+                return Err(at(
+                    f.name.span(),
+                    None,
+                    format!("feature {} is declared twice", f.name.get_ref()),
+                ));
+            }
+            features.push(Feature { name: f.name.into_inner(), entity, aggregate, window_ns });
+        }
+        let mut rules = Vec::new();
+        let mut ids = HashSet::new();
+        for r in file.rules {
+            if !ids.insert(r.id.clone()) {
+                return Err(at(r.expression.span(), Some(&r.id), "rule id is used twice".into()));
+            }
+            let span = r.expression.span();
+            let program = cel::Program::compile(r.expression.get_ref()).map_err(|e| {
+                let first = e.errors.first();
+                let (cel_line, cel_col) =
+                    first.map(|p| (p.pos.0.max(1) as usize, p.pos.1.max(0) as usize)).unwrap_or((1, 0));
+                let (line, column) = position(text, span.start);
+                // The expression starts one character after the opening quote.
+                let (line, column) = if cel_line <= 1 {
+                    (line, column + 1 + cel_col)
+                } else {
+                    (line + cel_line - 1, cel_col + 1)
+                };
+                let message = first.map(|p| p.msg.clone()).unwrap_or_else(|| e.to_string());
+                RulesetError {
+                    rule_id: Some(r.id.clone()),
+                    line,
+                    column,
+                    message: format!("expression does not parse: {message}"),
+                }
+            })?;
+            let outcome = match &r.outcome {
+                None => None,
+                Some(o) => Some(match o.get_ref().as_str() {
+                    "approve" => Outcome::Approve,
+                    "review" => Outcome::Review,
+                    "decline" => Outcome::Decline,
+                    other => return Err(at(o.span(), Some(&r.id), format!("unknown outcome {other:?}"))),
+                }),
+            };
+            if outcome.is_none() && r.score.is_none() {
+                return Err(at(span, Some(&r.id), "a rule needs a score or an outcome".into()));
+            }
+            rules.push(Rule {
+                id: r.id,
+                description: r.description,
+                program,
+                score: r.score.unwrap_or(0),
+                outcome,
+                reasons: r.reasons,
+            });
+        }
+        Ok(Ruleset {
+            version: file.version,
+            review_at: file.thresholds.review,
+            decline_at: file.thresholds.decline,
+            features,
+            rules,
+        })
+    }
+
+    /// Rules, in file order: (id, description).
+    pub fn rules(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.rules.iter().map(|r| (r.id.as_str(), r.description.as_str()))
+    }
+}
+
+/// One event to decide.
+#[derive(Debug, Clone)]
+pub struct RiskEvent<'a> {
+    /// Paying account.
+    pub payer: &'a str,
+    /// Receiving account.
+    pub payee: &'a str,
+    /// Amount in minor units.
+    pub amount_minor: u64,
+    /// Currency code.
+    pub currency: &'a str,
+    /// Event time (the ledger's timestamp for transfers).
+    pub timestamp_ns: u64,
+    /// Attributes: device_id, ip, channel, country, mcc, kyc_tier, …
+    pub attributes: &'a [(String, String)],
+}
+
+impl RiskEvent<'_> {
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// A rule that fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiredRule {
+    /// Its id.
+    pub id: String,
+    /// Its score contribution.
+    pub score: i64,
+    /// Its direct outcome, if it has one.
+    pub outcome: Option<Outcome>,
+    /// Its reason codes.
+    pub reasons: Vec<String>,
+}
+
+/// A decision, with everything needed to explain it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// Approve, review or decline.
+    pub outcome: Outcome,
+    /// Sum of fired rules' scores.
+    pub score: i64,
+    /// Fired rules, in ruleset order.
+    pub fired: Vec<FiredRule>,
+    /// Feature values the rules saw.
+    pub features: Vec<(String, f64)>,
+    /// Rules whose expression failed (not fired), with the error.
+    pub errors: Vec<(String, String)>,
+    /// The ruleset's version.
+    pub ruleset_version: String,
+    /// Time taken.
+    pub latency_ns: u64,
+}
+
+/// Allow and deny lists, by name (`in_list("deny_devices", ctx.device_id)`).
+pub type Lists = Arc<RwLock<HashMap<String, HashSet<String>>>>;
+
+/// Decides events with a ruleset against a feature store.
+pub struct Engine {
+    ruleset: Arc<Ruleset>,
+    root: cel::Context<'static, 'static>,
+    lists: Lists,
+}
+
+impl Engine {
+    /// An engine for `ruleset`, with `lists` shared (they can change while it runs).
+    pub fn new(ruleset: Arc<Ruleset>, lists: Lists) -> Engine {
+        let mut root = cel::Context::default();
+        let for_fn = Arc::clone(&lists);
+        root.add_function("in_list", move |name: Arc<String>, value: Arc<String>| -> bool {
+            let lists = for_fn.read().unwrap_or_else(|p| p.into_inner());
+            lists.get(name.as_str()).is_some_and(|set| set.contains(value.as_str()))
+        })
+        .expect("in_list is not a standard function");
+        Engine { ruleset, root, lists }
+    }
+
+    /// The lists this engine reads.
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// The ruleset.
+    pub fn ruleset(&self) -> &Arc<Ruleset> {
+        &self.ruleset
+    }
+
+    fn entity_key(event: &RiskEvent<'_>, entity: &Entity) -> Option<(Namespace, String)> {
+        match entity {
+            Entity::Payer => Some((Namespace::Payer, event.payer.to_string())),
+            Entity::Payee => Some((Namespace::Payee, event.payee.to_string())),
+            Entity::Device => event.attribute("device_id").map(|d| (Namespace::Device, d.to_string())),
+            Entity::Ip => event.attribute("ip").map(|d| (Namespace::Ip, d.to_string())),
+            Entity::Attribute(name) => {
+                event.attribute(name).map(|v| (Namespace::Attribute, format!("{name}={v}")))
+            }
+        }
+    }
+
+    /// Decides `event` from what `store` has recorded before it (point-in-time).
+    pub fn decide(&self, store: &FeatureStore, event: &RiskEvent<'_>) -> Decision {
+        let started = Instant::now();
+        let mut features = Vec::with_capacity(self.ruleset.features.len());
+        let mut feature_map: HashMap<String, cel::Value> =
+            HashMap::with_capacity(self.ruleset.features.len());
+        for f in &self.ruleset.features {
+            let value = match Self::entity_key(event, &f.entity) {
+                None => 0.0,
+                Some((ns, key)) => {
+                    let w = store.window(ns, &key, event.timestamp_ns, f.window_ns);
+                    match f.aggregate {
+                        Aggregate::Count => w.count as f64,
+                        Aggregate::Sum => w.sum_minor as f64,
+                        Aggregate::Max => w.max_minor as f64,
+                        Aggregate::Distinct => w.distinct_counterparties as f64,
+                        Aggregate::ZScore => w.z_score(event.amount_minor),
+                    }
+                }
+            };
+            features.push((f.name.clone(), value));
+            let cel_value = if f.aggregate == Aggregate::ZScore {
+                cel::Value::Float(value)
+            } else {
+                cel::Value::Int(value as i64)
+            };
+            feature_map.insert(f.name.clone(), cel_value);
+        }
+        let new_payee = store.is_new_payee(event.payer, event.payee);
+        let new_device = event.attribute("device_id").is_some_and(|d| store.is_new_device(event.payer, d));
+        let ctx_map: HashMap<String, cel::Value> = event
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), cel::Value::String(Arc::new(v.clone()))))
+            .collect();
+
+        let mut scope = self.root.new_inner_scope();
+        scope.add_variable_from_value("amount", event.amount_minor.min(i64::MAX as u64) as i64);
+        scope.add_variable_from_value("currency", event.currency.to_string());
+        scope.add_variable_from_value("payer", event.payer.to_string());
+        scope.add_variable_from_value("payee", event.payee.to_string());
+        scope.add_variable_from_value("new_payee", new_payee);
+        scope.add_variable_from_value("new_device", new_device);
+        scope.add_variable_from_value("f", feature_map);
+        scope.add_variable_from_value("ctx", ctx_map);
+
+        let mut fired = Vec::new();
+        let mut errors = Vec::new();
+        let mut score = 0i64;
+        for rule in &self.ruleset.rules {
+            match rule.program.execute(&scope) {
+                Ok(cel::Value::Bool(true)) => {
+                    score = score.saturating_add(rule.score);
+                    fired.push(FiredRule {
+                        id: rule.id.clone(),
+                        score: rule.score,
+                        outcome: rule.outcome,
+                        reasons: rule.reasons.clone(),
+                    });
+                }
+                Ok(cel::Value::Bool(false)) => {}
+                Ok(other) => errors.push((rule.id.clone(), format!("expression gave {other:?}, not a bool"))),
+                Err(e) => errors.push((rule.id.clone(), e.to_string())),
+            }
+        }
+        let direct = |o: Outcome| fired.iter().any(|r| r.outcome == Some(o));
+        let outcome = if direct(Outcome::Decline) {
+            Outcome::Decline
+        } else if direct(Outcome::Approve) {
+            Outcome::Approve
+        } else if direct(Outcome::Review) {
+            Outcome::Review
+        } else if score >= self.ruleset.decline_at {
+            Outcome::Decline
+        } else if score >= self.ruleset.review_at {
+            Outcome::Review
+        } else {
+            Outcome::Approve
+        };
+        Decision {
+            outcome,
+            score,
+            fired,
+            features,
+            errors,
+            ruleset_version: self.ruleset.version.clone(),
+            latency_ns: started.elapsed().as_nanos() as u64,
+        }
+    }
+
+    /// Records `event` in `store` (after it was decided), for every declared entity plus the
+    /// payer→payee and payer→device pairs.
+    pub fn observe(&self, store: &mut FeatureStore, event: &RiskEvent<'_>) {
+        let (t, a) = (event.timestamp_ns, event.amount_minor);
+        store.record(Namespace::Payer, event.payer, t, a, event.payee);
+        store.record(Namespace::Payee, event.payee, t, a, event.payer);
+        store.record_pair(Namespace::PayerPayee, event.payer, event.payee, t);
+        if let Some(device) = event.attribute("device_id") {
+            store.record(Namespace::Device, device, t, a, event.payer);
+            store.record_pair(Namespace::AccountDevice, event.payer, device, t);
+        }
+        if let Some(ip) = event.attribute("ip") {
+            store.record(Namespace::Ip, ip, t, a, event.payer);
+        }
+        let mut done: Vec<&str> = Vec::new();
+        for f in &self.ruleset.features {
+            if let Entity::Attribute(name) = &f.entity {
+                if !done.contains(&name.as_str()) {
+                    done.push(name);
+                    if let Some(v) = event.attribute(name) {
+                        store.record(Namespace::Attribute, &format!("{name}={v}"), t, a, event.payer);
+                    }
+                }
+            }
+        }
+    }
+}

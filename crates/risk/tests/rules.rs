@@ -1,0 +1,144 @@
+//! Rulesets: parse errors with rule id, line and column; decisions and their explanations.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+
+use puhui_risk::{Engine, FeatureLimits, FeatureStore, Outcome, RiskEvent, Ruleset};
+
+const S: u64 = 1_000_000_000;
+
+fn starter() -> Ruleset {
+    Ruleset::parse(include_str!("../../../rulesets/starter.toml")).expect("the starter ruleset loads")
+}
+
+fn engine(ruleset: Ruleset) -> Engine {
+    Engine::new(Arc::new(ruleset), Arc::new(RwLock::new(HashMap::new())))
+}
+
+fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+#[test]
+fn the_starter_ruleset_loads() {
+    let r = starter();
+    assert_eq!(r.version, "starter-1");
+    assert!(r.rules().count() >= 9);
+    assert_eq!(r.features.len(), 7);
+}
+
+#[test]
+fn a_bad_expression_is_named_with_line_and_column() {
+    let text = "version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n\n[[rules]]\nid = \"broken\"\ndescription = \"d\"\nexpression = \"amount > && 3\"\nscore = 1\n";
+    let e = Ruleset::parse(text).err().expect("refused");
+    assert_eq!(e.rule_id.as_deref(), Some("broken"));
+    assert_eq!(e.line, 9, "{e}");
+    assert!(e.column > 14, "points into the expression: {e}");
+    assert!(e.to_string().starts_with("rule broken (line 9"), "{e}");
+}
+
+#[test]
+fn structural_errors_are_located() {
+    let missing = "version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"true\"\n";
+    let e = Ruleset::parse(missing).err().unwrap();
+    assert!(e.message.contains("score or an outcome"), "{e}");
+    assert_eq!(e.rule_id.as_deref(), Some("r"));
+    let unknown_key = "version = \"x\"\ncolour = 1\n[thresholds]\nreview = 1\ndecline = 2\nrules = []\n";
+    let e = Ruleset::parse(unknown_key).err().unwrap();
+    assert_eq!(e.line, 2, "{e}");
+    let bad_window = "version = \"x\"\nrules = []\n[thresholds]\nreview = 1\ndecline = 2\n[[features]]\nname = \"a\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"1 week\"\n";
+    let e = Ruleset::parse(bad_window).err().unwrap();
+    assert_eq!((e.line, e.message.contains("bad window")), (10, true), "{e}");
+    let bad_outcome = "version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n[[rules]]\nid = \"o\"\ndescription = \"d\"\nexpression = \"true\"\noutcome = \"maybe\"\n";
+    let e = Ruleset::parse(bad_outcome).err().unwrap();
+    assert_eq!((e.rule_id.as_deref(), e.line), (Some("o"), 9), "{e}");
+}
+
+#[test]
+fn a_burst_of_tiny_payments_is_caught_and_explained() {
+    let engine = engine(starter());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let a = attrs(&[("device_id", "d1"), ("ip", "1.2.3.4"), ("kyc_tier", "3")]);
+    let mut last = None;
+    for i in 0..12u64 {
+        let e = RiskEvent {
+            payer: "w1",
+            payee: &format!("m{i}"),
+            amount_minor: 100,
+            currency: "CNY",
+            timestamp_ns: 1_000 * S + i * S,
+            attributes: &a,
+        };
+        let d = engine.decide(&store, &e);
+        engine.observe(&mut store, &e);
+        last = Some(d);
+    }
+    let d = last.unwrap();
+    assert_eq!(d.outcome, Outcome::Review, "{d:?}");
+    assert!(d
+        .fired
+        .iter()
+        .any(|r| r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
+    assert!(d.features.iter().any(|(n, v)| n == "payer_count_1m" && *v >= 10.0));
+    assert!(d.errors.is_empty(), "{:?}", d.errors);
+    assert_eq!(d.ruleset_version, "starter-1");
+}
+
+#[test]
+fn account_takeover_declines_and_lists_override() {
+    let engine = engine(starter());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let home = attrs(&[("device_id", "old-phone"), ("ip", "10.0.0.1")]);
+    for i in 0..5u64 {
+        let e = RiskEvent {
+            payer: "w1",
+            payee: "grocer",
+            amount_minor: 2_000,
+            currency: "CNY",
+            timestamp_ns: 100 * S + i * S,
+            attributes: &home,
+        };
+        engine.observe(&mut store, &e);
+    }
+    let thief = attrs(&[("device_id", "new-phone"), ("ip", "10.9.9.9")]);
+    let drain = RiskEvent {
+        payer: "w1",
+        payee: "mule",
+        amount_minor: 150_000,
+        currency: "CNY",
+        timestamp_ns: 200 * S,
+        attributes: &thief,
+    };
+    let d = engine.decide(&store, &drain);
+    assert!(d.fired.iter().any(|r| r.id == "account_takeover"), "{d:?}");
+    assert!(d.fired.iter().any(|r| r.id == "sim_swap_pattern"), "{d:?}");
+    assert_eq!((d.outcome, d.score), (Outcome::Decline, 140));
+    // An allow list approves, a deny list declines whatever the score.
+    engine.lists().write().unwrap().insert("allow_accounts".into(), HashSet::from(["mule".to_string()]));
+    assert_eq!(engine.decide(&store, &drain).outcome, Outcome::Approve);
+    engine.lists().write().unwrap().insert("deny_devices".into(), HashSet::from(["new-phone".to_string()]));
+    let d = engine.decide(&store, &drain);
+    assert_eq!(d.outcome, Outcome::Decline);
+    assert!(d.fired.iter().any(|r| r.id == "deny_listed"));
+}
+
+#[test]
+fn kyc_caps_apply_per_tier() {
+    let engine = engine(starter());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let tier1 = attrs(&[("kyc_tier", "1")]);
+    let e = RiskEvent {
+        payer: "w1",
+        payee: "p",
+        amount_minor: 300_000,
+        currency: "CNY",
+        timestamp_ns: 10 * S,
+        attributes: &tier1,
+    };
+    assert_eq!(engine.decide(&store, &e).outcome, Outcome::Approve);
+    engine.observe(&mut store, &e);
+    let e2 = RiskEvent { timestamp_ns: 20 * S, ..e.clone() };
+    let d = engine.decide(&store, &e2);
+    assert_eq!(d.outcome, Outcome::Decline, "{d:?}");
+    assert!(d.fired.iter().any(|r| r.id == "kyc_tier_1_daily_cap"));
+}
