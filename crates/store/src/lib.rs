@@ -737,7 +737,7 @@ fn committer_loop(
         ledger.expire_due(now);
         let mut failure: Option<StoreError> = None;
         // Leaf bytes for the merkle thread (a copy of each entry as it is encoded).
-        let mut leaves = inner.verifiable.as_ref().map(|_| transparency::PendingLeaves::default());
+        let mut leaves = inner.verifiable.as_ref().map(|v| v.buffer());
         let mut flush =
             |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
                 items.extend(ledger.drain_log());
