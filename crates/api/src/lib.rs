@@ -16,6 +16,7 @@ pub mod idempotency;
 pub mod limits;
 pub mod models;
 pub mod openapi;
+pub mod risk;
 pub mod routes;
 pub mod server;
 pub mod tenants;
@@ -56,6 +57,8 @@ pub struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Bounds the requests being served at once.
     pub in_flight: Arc<Semaphore>,
+    /// Risk control (decisions), if a ruleset is loaded.
+    pub risk: Option<Arc<risk::RiskService>>,
 }
 
 impl AppState {
@@ -198,6 +201,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/transfers/{id}", get(get_transfer))
         .route("/v1/transfers/{id}/post", post(post_transfer))
         .route("/v1/transfers/{id}/void", post(void_transfer))
+        .route("/v1/decisions", post(risk::create_decision))
+        .route("/v1/decisions/{id}", get(risk::get_decision))
         .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate));
     let admin_routes = Router::new()

@@ -56,17 +56,20 @@ impl Modify for Security {
         routes::post_transfer, routes::void_transfer,
         routes::create_tenant, routes::create_key, routes::list_keys, routes::revoke_key,
         routes::healthz, routes::readyz, routes::metrics_endpoint, routes::openapi_json,
+        crate::risk::create_decision, crate::risk::get_decision,
     ),
     components(schemas(
         ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
         TransferType, CreateTransfer, TransferObject, PostPending, VoidPending, CreateTransferBatch,
         BatchItemResult, BatchResultObject, TransferList, CreateTenant, TenantCreated, KeyCreated, KeyObject, Health,
+        crate::risk::CreateDecision, crate::risk::RiskContext, crate::risk::DecisionObject, crate::risk::FiredRuleObject,
     )),
     modifiers(&Security),
     tags(
         (name = "accounts", description = "Accounts and balances"),
         (name = "transfers", description = "Transfers, holds, batches"),
         (name = "tenants", description = "Tenants and API keys (admin token)"),
+        (name = "risk", description = "Risk decisions (rules over velocity features)"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

@@ -26,6 +26,8 @@ pub struct ServeConfig {
     pub rate_limit_per_key: u32,
     /// Store tunables.
     pub store: StoreOptions,
+    /// The risk ruleset (TOML text); `None` runs the shipped starter ruleset.
+    pub ruleset: Option<String>,
 }
 
 fn admin_token(config: &ServeConfig) -> Result<String, String> {
@@ -99,6 +101,9 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         .map_err(|e| e.to_string())?
         .install_recorder()
         .ok();
+    let ruleset_text = config.ruleset.as_deref().unwrap_or(crate::risk::STARTER_RULESET);
+    let ruleset = puhui_risk::Ruleset::parse(ruleset_text).map_err(|e| format!("ruleset: {e}"))?;
+    tracing::info!(version = %ruleset.version, rules = ruleset.rules().count(), "risk ruleset loaded");
     let store = Arc::new(store);
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
@@ -108,6 +113,7 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         admin_token: admin_token(&config)?,
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
+        risk: Some(Arc::new(crate::risk::RiskService::new(ruleset))),
     });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;

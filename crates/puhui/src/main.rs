@@ -89,6 +89,9 @@ struct ServeArgs {
     /// reserved memory costs address space, not RSS.
     #[arg(long, default_value_t = 4_000_000)]
     transfers_capacity: usize,
+    /// Risk ruleset (TOML); default: the shipped starter ruleset (rulesets/starter.toml).
+    #[arg(long)]
+    ruleset: Option<PathBuf>,
 }
 
 /// Log line format.
@@ -197,7 +200,14 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    let ruleset = match &args.ruleset {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
+        }
+        None => None,
+    };
     let config = puhui_api::ServeConfig {
+        ruleset,
         data_dir: args.data_dir,
         listen: args.listen,
         admin_token: std::env::var("PUHUI_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),

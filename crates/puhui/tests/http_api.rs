@@ -471,3 +471,39 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
     let bob = c.get(&server, "/v1/accounts/bob").await;
     assert!(bob.body["balances"]["credits_posted"].as_u64().unwrap() >= acked.len() as u64);
 }
+
+#[tokio::test]
+async fn risk_decisions_score_events_and_explain_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    let other = Client::tenant(&server).await;
+    let mut last = Value::Null;
+    for i in 0..12 {
+        let body = json!({
+            "id": format!("d{i}"), "payer": "w1", "payee": format!("m{i}"), "amount": 100, "currency": "CNY",
+            "risk_context": {"device_id": "phone-1", "ip": "10.0.0.1", "channel": "app", "kyc_tier": "3"}
+        });
+        let r = c.post(&server, "/v1/decisions", body).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+        last = r.body;
+    }
+    assert_eq!(last["outcome"], "review", "{last}");
+    assert!(last["fired"].as_array().unwrap().iter().any(|f| f["rule"] == "card_testing_burst"));
+    assert!(last["features"]["payer_count_1m"].as_f64().unwrap() >= 10.0);
+    assert_eq!(last["ruleset_version"], "starter-1");
+    let got = c.get(&server, "/v1/decisions/d11").await;
+    assert_eq!((got.status, &got.body["outcome"]), (200, &json!("review")));
+    assert_eq!(other.get(&server, "/v1/decisions/d11").await.status, 404, "decisions are tenant-scoped");
+    // The other tenant's features are its own: the same payer id starts clean there.
+    let fresh = other
+        .post(
+            &server,
+            "/v1/decisions",
+            json!({"payer": "w1", "payee": "m1", "amount": 100, "currency": "CNY"}),
+        )
+        .await;
+    assert_eq!((fresh.status, &fresh.body["outcome"]), (201, &json!("approve")));
+    let bad = c.post(&server, "/v1/decisions", json!({"payer": "w1", "amount": 1.5})).await;
+    assert_eq!(bad.status, 400);
+}
