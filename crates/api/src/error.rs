@@ -41,6 +41,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "overloaded",
     "unavailable",
     "internal_error",
+    "risk_declined",
 ];
 
 /// The error object inside the envelope.

@@ -203,6 +203,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/transfers/{id}/void", post(void_transfer))
         .route("/v1/decisions", post(risk::create_decision))
         .route("/v1/decisions/{id}", get(risk::get_decision))
+        .route("/v1/risk/reviews", get(risk::list_reviews))
+        .route("/v1/risk/reviews/{id}/approve", post(risk::approve_review))
+        .route("/v1/risk/reviews/{id}/decline", post(risk::decline_review))
         .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate));
     let admin_routes = Router::new()

@@ -301,6 +301,9 @@ pub struct CreateTransfer {
     /// Batch only: link this transfer to the next; the chain succeeds or fails as one.
     #[serde(default)]
     pub linked: bool,
+    /// Device, network, channel, customer: when present, risk control decides the transfer before
+    /// it is posted (decline: 422 `risk_declined`; review: posted as a hold and queued).
+    pub risk_context: Option<crate::risk::RiskContext>,
 }
 
 fn parse_uuid(text: &str, param: &str) -> Result<[u8; 16], ApiError> {
@@ -411,6 +414,9 @@ pub struct TransferObject {
     pub expires_at: Option<String>,
     /// When a hold was posted, voided or expired.
     pub resolved_at: Option<String>,
+    /// When risk control decided this request: `approve` or `review` (a declined one is not posted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk_outcome: Option<&'static str>,
 }
 
 impl From<Transfer> for TransferObject {
@@ -437,6 +443,7 @@ impl From<Transfer> for TransferObject {
             timestamp_ns: t.timestamp_ns,
             expires_at: t.expires_at_ns.map(format_ns),
             resolved_at: t.resolved_at_ns.map(format_ns),
+            risk_outcome: None,
         }
     }
 }

@@ -56,13 +56,15 @@ impl Modify for Security {
         routes::post_transfer, routes::void_transfer,
         routes::create_tenant, routes::create_key, routes::list_keys, routes::revoke_key,
         routes::healthz, routes::readyz, routes::metrics_endpoint, routes::openapi_json,
-        crate::risk::create_decision, crate::risk::get_decision,
+        crate::risk::create_decision, crate::risk::get_decision, crate::risk::list_reviews,
+        crate::risk::approve_review, crate::risk::decline_review,
     ),
     components(schemas(
         ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
         TransferType, CreateTransfer, TransferObject, PostPending, VoidPending, CreateTransferBatch,
         BatchItemResult, BatchResultObject, TransferList, CreateTenant, TenantCreated, KeyCreated, KeyObject, Health,
         crate::risk::CreateDecision, crate::risk::RiskContext, crate::risk::DecisionObject, crate::risk::FiredRuleObject,
+        crate::risk::ReviewObject, crate::risk::ReviewList,
     )),
     modifiers(&Security),
     tags(

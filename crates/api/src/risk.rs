@@ -1,8 +1,11 @@
 //! Risk decisions over HTTP: `POST /v1/decisions` scores an event (a payment from another system, a
 //! login) with the active ruleset without posting anything; `GET /v1/decisions/{id}` explains it.
+//! A transfer posted with a `risk_context` is decided inline (see `routes::create_transfer`):
+//! decline → not posted (422 `risk_declined`), review → posted as a hold and queued here
+//! (`GET /v1/risk/reviews`, `POST /v1/risk/reviews/{id}/approve|decline`), approve → posted.
 //!
-//! Not yet (issue 4): decisions inline in `POST /v1/transfers`, review queues, journaled decision
-//! records and feature state that survives a restart. Decisions are kept in memory, bounded.
+//! Not yet (issue 4): journaled decision records and feature state that survives a restart.
+//! Decisions and reviews are kept in memory, bounded.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -40,6 +43,41 @@ struct RiskState {
     features: FeatureStore,
     decisions: HashMap<String, DecisionObject>,
     order: VecDeque<String>,
+    /// Held transfers waiting for an analyst, by scoped transfer id.
+    reviews: HashMap<String, ReviewObject>,
+}
+
+/// Most open reviews; beyond it new reviews are declined (fail closed) rather than grow the queue.
+pub const REVIEWS_OPEN_MAX: usize = 100_000;
+/// A review hold expires (and releases) after this long if nobody decides it.
+pub const REVIEW_HOLD_TIMEOUT_MS: u64 = 72 * 3_600 * 1_000;
+
+/// A transfer held for review.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ReviewObject {
+    /// Always `review`.
+    pub object: &'static str,
+    /// The held transfer (also the decision's id).
+    pub id: String,
+    /// The decision's score.
+    pub score: i64,
+    /// Fired rules' reason codes.
+    pub reasons: Vec<String>,
+    /// Ruleset version that asked for the review.
+    pub ruleset_version: String,
+}
+
+/// `GET /v1/risk/reviews`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ReviewList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Open reviews (at most 100, oldest first).
+    pub data: Vec<ReviewObject>,
+    /// Whether more are open.
+    pub has_more: bool,
+    /// The list's URL.
+    pub url: &'static str,
 }
 
 impl RiskService {
@@ -52,8 +90,74 @@ impl RiskService {
                 features: FeatureStore::new(FeatureLimits::default()),
                 decisions: HashMap::new(),
                 order: VecDeque::new(),
+                reviews: HashMap::new(),
             }),
         }
+    }
+
+    /// Decides an event, remembers the decision under `id` (scoped) and, if `record`, records the
+    /// event in the velocity features.
+    pub fn decide(&self, id: &str, client_id: String, event: &RiskEvent<'_>, record: bool) -> DecisionObject {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        let decision = state.engine.decide(&state.features, event);
+        if record {
+            state.engine.observe(&mut state.features, event);
+        }
+        metrics::counter!("puhui_decisions_total", "outcome" => decision.outcome.as_str()).increment(1);
+        metrics::histogram!("puhui_decision_seconds").record(decision.latency_ns as f64 / 1e9);
+        let object = to_object(client_id, decision);
+        state.decisions.insert(id.to_string(), object.clone());
+        state.order.push_back(id.to_string());
+        while state.order.len() > DECISIONS_KEPT_MAX {
+            if let Some(old) = state.order.pop_front() {
+                state.decisions.remove(&old);
+            }
+        }
+        object
+    }
+
+    /// Records an event that was posted (after the ledger accepted it).
+    pub fn observe(&self, event: &RiskEvent<'_>) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = &mut *state;
+        state.engine.observe(&mut state.features, event);
+    }
+
+    /// Whether another review can be queued.
+    pub fn can_queue_review(&self) -> bool {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.len() < REVIEWS_OPEN_MAX
+    }
+
+    /// Queues a held transfer for review.
+    pub fn queue_review(&self, id: &str, decision: &DecisionObject) {
+        let review = ReviewObject {
+            object: "review",
+            id: decision.id.clone(),
+            score: decision.score,
+            reasons: decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
+            ruleset_version: decision.ruleset_version.clone(),
+        };
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.insert(id.to_string(), review);
+    }
+
+    fn queue_review_object(&self, id: &str, review: ReviewObject) {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.insert(id.to_string(), review);
+    }
+
+    /// Takes an open review out of the queue.
+    pub fn take_review(&self, id: &str) -> Option<ReviewObject> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.remove(id)
+    }
+
+    /// A tenant's open reviews (up to `limit`, oldest ids first) and whether there are more.
+    pub fn reviews(&self, tenant: &str, limit: usize) -> (Vec<ReviewObject>, bool) {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let prefix = format!("{tenant}:");
+        let mut keys: Vec<&String> = state.reviews.keys().filter(|k| k.starts_with(&prefix)).collect();
+        keys.sort();
+        let more = keys.len() > limit;
+        (keys.into_iter().take(limit).map(|k| state.reviews[k].clone()).collect(), more)
     }
 
     /// The active ruleset's version.
@@ -147,6 +251,41 @@ pub struct DecisionObject {
     pub latency_us: u64,
 }
 
+/// The event attributes of a risk context (device and IP tenant-scoped like every other id).
+pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)>, ApiError> {
+    if ctx.attributes.len() > ATTRIBUTES_MAX {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("at most {ATTRIBUTES_MAX} attributes"),
+            Some("risk_context.attributes"),
+        ));
+    }
+    let mut attributes: Vec<(String, String)> = ctx.attributes.into_iter().collect();
+    for (name, value) in [
+        ("device_id", ctx.device_id),
+        ("ip", ctx.ip),
+        ("channel", ctx.channel),
+        ("country", ctx.country),
+        ("mcc", ctx.mcc),
+        ("kyc_tier", ctx.kyc_tier),
+    ] {
+        if let Some(v) = value {
+            let v = if name == "device_id" || name == "ip" { format!("{tenant}:{v}") } else { v };
+            attributes.retain(|(k, _)| k != name);
+            attributes.push((name.to_string(), v));
+        }
+    }
+    Ok(attributes)
+}
+
+/// Now, in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
 fn to_object(id: String, d: Decision) -> DecisionObject {
     DecisionObject {
         object: "decision",
@@ -198,35 +337,9 @@ pub async fn create_decision(
     let payee = scoped(tenant, &body.payee, "payee")?;
     let timestamp_ns = match &body.timestamp {
         Some(t) => parse_rfc3339(t, "timestamp")?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0),
+        None => now_ns(),
     };
-    let ctx = body.risk_context;
-    if ctx.attributes.len() > ATTRIBUTES_MAX {
-        return Err(ApiError::invalid(
-            "invalid_request",
-            format!("at most {ATTRIBUTES_MAX} attributes"),
-            Some("risk_context.attributes"),
-        ));
-    }
-    let mut attributes: Vec<(String, String)> = ctx.attributes.into_iter().collect();
-    for (name, value) in [
-        ("device_id", ctx.device_id),
-        ("ip", ctx.ip),
-        ("channel", ctx.channel),
-        ("country", ctx.country),
-        ("mcc", ctx.mcc),
-        ("kyc_tier", ctx.kyc_tier),
-    ] {
-        if let Some(v) = value {
-            // Device and IP keys are tenant-scoped like every other id.
-            let v = if name == "device_id" || name == "ip" { format!("{tenant}:{v}") } else { v };
-            attributes.retain(|(k, _)| k != name);
-            attributes.push((name.to_string(), v));
-        }
-    }
+    let attributes = attributes(tenant, body.risk_context)?;
     let event = RiskEvent {
         payer: &payer,
         payee: &payee,
@@ -235,26 +348,11 @@ pub async fn create_decision(
         timestamp_ns,
         attributes: &attributes,
     };
-    let mut state = risk.state.lock().unwrap_or_else(|p| p.into_inner());
-    let state = &mut *state;
-    if state.decisions.contains_key(id.as_str()) {
-        let existing = state.decisions[id.as_str()].clone();
+    let existing = risk.state.lock().unwrap_or_else(|p| p.into_inner()).decisions.get(id.as_str()).cloned();
+    if let Some(existing) = existing {
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let decision = state.engine.decide(&state.features, &event);
-    if body.record {
-        state.engine.observe(&mut state.features, &event);
-    }
-    metrics::counter!("puhui_decisions_total", "outcome" => decision.outcome.as_str()).increment(1);
-    metrics::histogram!("puhui_decision_seconds").record(decision.latency_ns as f64 / 1e9);
-    let object = to_object(client_id, decision);
-    state.decisions.insert(id.to_string(), object.clone());
-    state.order.push_back(id.to_string());
-    while state.order.len() > DECISIONS_KEPT_MAX {
-        if let Some(old) = state.order.pop_front() {
-            state.decisions.remove(&old);
-        }
-    }
+    let object = risk.decide(&id, client_id, &event, body.record);
     debug_assert_eq!(unscoped(&id), object.id);
     Ok((StatusCode::CREATED, Json(object)))
 }
@@ -273,4 +371,72 @@ pub async fn get_decision(
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
     let state = risk.state.lock().unwrap_or_else(|p| p.into_inner());
     state.decisions.get(id.as_str()).cloned().map(Json).ok_or_else(|| ApiError::not_found("decision", "id"))
+}
+
+/// Open reviews: transfers held by risk control, waiting for an analyst.
+#[utoipa::path(get, path = "/v1/risk/reviews", tag = "risk",
+    responses((status = 200, body = ReviewList)), security(("api_key" = [])))]
+pub async fn list_reviews(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<ReviewList>, ApiError> {
+    let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
+    let (data, has_more) = risk.reviews(&principal.tenant, crate::limits::PAGE_LIMIT_MAX);
+    Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
+}
+
+async fn resolve_review(
+    app: Arc<AppState>,
+    principal: Principal,
+    id: String,
+    approve: bool,
+) -> Result<axum::response::Response, ApiError> {
+    let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
+    let scoped_id = scoped_lookup(&principal.tenant, &id, "review")?;
+    let review = risk.take_review(scoped_id.as_str()).ok_or_else(|| ApiError::not_found("review", "id"))?;
+    let suffix = if approve { "post" } else { "void" };
+    let resolution = puhui_ledger::Id::new(&format!("{scoped_id}.{suffix}")).ok_or_else(|| {
+        ApiError::invalid("invalid_id", "the review's id is too long to derive a resolution id", None)
+    })?;
+    let request = if approve {
+        puhui_ledger::TransferRequest::post(resolution, scoped_id.clone(), None)
+    } else {
+        puhui_ledger::TransferRequest::void(resolution, scoped_id.clone())
+    };
+    match crate::routes::create_one(&app, request).await {
+        Ok(response) => Ok(response),
+        Err(e) => {
+            // Put it back unless the hold is gone for good (expired, already resolved).
+            if e.status.is_server_error() {
+                risk.queue_review_object(scoped_id.as_str(), review);
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Approve a held transfer: its hold is posted.
+#[utoipa::path(post, path = "/v1/risk/reviews/{id}/approve", tag = "risk",
+    params(("id" = String, Path, description = "the held transfer")),
+    responses((status = 201, body = crate::models::TransferObject), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn approve_review(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    resolve_review(app, principal, id, true).await
+}
+
+/// Decline a held transfer: its hold is voided.
+#[utoipa::path(post, path = "/v1/risk/reviews/{id}/decline", tag = "risk",
+    params(("id" = String, Path, description = "the held transfer")),
+    responses((status = 201, body = crate::models::TransferObject), (status = 404, body = ErrorEnvelope), (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn decline_review(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Result<axum::response::Response, ApiError> {
+    resolve_review(app, principal, id, false).await
 }

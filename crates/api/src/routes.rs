@@ -354,7 +354,16 @@ pub async fn close_account(
 // ------------------------------------------------------------------------------------------------
 // Transfers
 
-async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Response, ApiError> {
+/// Applies one transfer and answers with it (201 new, 200 existed, or the ledger's error).
+pub(crate) async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Response, ApiError> {
+    let (status, object) = create_one_object(app, request).await?;
+    Ok((status, Json(object)).into_response())
+}
+
+async fn create_one_object(
+    app: &Arc<AppState>,
+    request: TransferRequest,
+) -> Result<(StatusCode, TransferObject), ApiError> {
     let id = request.id.clone();
     // A new single-phase transfer is fully described by its request and timestamp: answer from
     // those instead of reading the ledger back (which would wait for the next group commit).
@@ -377,7 +386,74 @@ async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Res
         },
         _ => app.read(move |l| l.transfer(&id)).await.ok_or_else(internal)?,
     };
-    Ok((status, Json(TransferObject::from(transfer))).into_response())
+    Ok((status, TransferObject::from(transfer)))
+}
+
+/// Decides a transfer that came with a risk context: `Err` if declined; otherwise the outcome, with
+/// the request turned into a review hold when the outcome is review.
+async fn decide_inline(
+    app: &Arc<AppState>,
+    tenant: &str,
+    request: &mut TransferRequest,
+    context: crate::risk::RiskContext,
+) -> Result<Option<(puhui_risk::Outcome, crate::risk::DecisionObject, Vec<(String, String)>)>, ApiError> {
+    let Some(risk) = app.risk.as_ref() else { return Ok(None) };
+    if !matches!(request.kind, TransferKind::Single | TransferKind::Pending) {
+        return Ok(None);
+    }
+    // A retry of a recorded transfer is answered by the ledger, not decided again.
+    let id = request.id.clone();
+    if app.read(move |l| l.transfer(&id).is_some()).await {
+        return Ok(None);
+    }
+    let attributes = crate::risk::attributes(tenant, context)?;
+    let (Some(payer), Some(payee)) = (&request.debit_account_id, &request.credit_account_id) else {
+        return Ok(None);
+    };
+    let currency = request.currency.map(|c| c.as_str().to_string()).unwrap_or_default();
+    let event = puhui_risk::RiskEvent {
+        payer,
+        payee,
+        amount_minor: request.amount_minor.unwrap_or(0),
+        currency: &currency,
+        timestamp_ns: crate::risk::now_ns(),
+        attributes: &attributes,
+    };
+    let decision = risk.decide(&request.id, unscoped(&request.id).to_string(), &event, false);
+    let outcome = match decision.outcome {
+        "decline" => puhui_risk::Outcome::Decline,
+        "review" => puhui_risk::Outcome::Review,
+        _ => puhui_risk::Outcome::Approve,
+    };
+    let reasons: Vec<String> = decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
+    match outcome {
+        puhui_risk::Outcome::Decline => {
+            metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
+            return Err(ApiError {
+                message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
+                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
+            });
+        }
+        puhui_risk::Outcome::Review => {
+            if !risk.can_queue_review() {
+                return Err(ApiError {
+                    retry_after_secs: Some(60),
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "api_error",
+                        "overloaded",
+                        "the review queue is full",
+                    )
+                });
+            }
+            if request.kind == TransferKind::Single {
+                request.kind = TransferKind::Pending;
+                request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+            }
+        }
+        puhui_risk::Outcome::Approve => {}
+    }
+    Ok(Some((outcome, decision, attributes)))
 }
 
 /// Create a transfer (single-phase or pending; post and void have their own endpoints too).
@@ -393,10 +469,45 @@ pub async fn create_transfer(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
     idem: Idem,
-    ApiJson(body): ApiJson<CreateTransfer>,
+    ApiJson(mut body): ApiJson<CreateTransfer>,
 ) -> Result<Response, ApiError> {
-    let request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
-    create_one(&app, request).await
+    let context = body.risk_context.take();
+    let mut request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
+    let decided = match context {
+        Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
+        None => None,
+    };
+    let event_parts = decided.as_ref().map(|_| {
+        (
+            request.id.clone(),
+            request.debit_account_id.clone(),
+            request.credit_account_id.clone(),
+            request.amount_minor,
+            request.currency,
+        )
+    });
+    let (status, mut object) = create_one_object(&app, request).await?;
+    if let (Some((outcome, decision, attributes)), Some((id, Some(payer), Some(payee), amount, currency))) =
+        (decided, event_parts)
+    {
+        object.risk_outcome = Some(outcome.as_str());
+        if status == StatusCode::CREATED {
+            let risk = app.risk.as_ref().expect("decided with risk control");
+            let currency = currency.map(|c| c.as_str().to_string()).unwrap_or_default();
+            risk.observe(&puhui_risk::RiskEvent {
+                payer: &payer,
+                payee: &payee,
+                amount_minor: amount.unwrap_or(0),
+                currency: &currency,
+                timestamp_ns: object.timestamp_ns,
+                attributes: &attributes,
+            });
+            if outcome == puhui_risk::Outcome::Review {
+                risk.queue_review(&id, &decision);
+            }
+        }
+    }
+    Ok((status, Json(object)).into_response())
 }
 
 /// Create up to 8,189 transfers; linked chains apply entirely or not at all.
@@ -430,6 +541,13 @@ pub async fn create_transfer_batch(
     let mut requests = Vec::with_capacity(count);
     for (i, t) in body.transfers.into_iter().enumerate() {
         let prefix = format!("transfers[{i}].");
+        if t.risk_context.is_some() {
+            return Err(ApiError::invalid(
+                "invalid_request",
+                "risk_context is decided on POST /v1/transfers; batches are not decided yet",
+                Some(&format!("{prefix}risk_context")),
+            ));
+        }
         let derived = |idem: &Idem| match idem {
             Some(Extension(key)) => key.derived_id(&format!("batch-{i}")),
             None => app.store.new_id().to_string(),

@@ -507,3 +507,72 @@ async fn risk_decisions_score_events_and_explain_them() {
     let bad = c.post(&server, "/v1/decisions", json!({"payer": "w1", "amount": 1.5})).await;
     assert_eq!(bad.status, 400);
 }
+
+#[tokio::test]
+async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    for (id, wallet) in [("bank", false), ("w", true), ("shop", true), ("mule", true)] {
+        let r = c
+            .post(
+                &server,
+                "/v1/accounts",
+                json!({"id": id, "currency": "CNY", "debits_must_not_exceed_credits": wallet}),
+            )
+            .await;
+        assert_eq!(r.status, 201);
+    }
+    assert_eq!(c.post(&server, "/v1/transfers", transfer("fund", "bank", "w", 2_000_000)).await.status, 201);
+    let with_ctx = |id: &str, to: &str, amount: u64, device: &str, tier: &str| {
+        let mut t = transfer(id, "w", to, amount);
+        t["risk_context"] = json!({"device_id": device, "kyc_tier": tier});
+        t
+    };
+    // Approve: a small payment.
+    let ok = c.post(&server, "/v1/transfers", with_ctx("t1", "shop", 5_000, "phone", "3")).await;
+    assert_eq!(
+        (ok.status, ok.body["risk_outcome"].as_str(), ok.body["type"].as_str()),
+        (201, Some("approve"), Some("single"))
+    );
+    // Review: new device + new payee + large amount (account takeover) → posted as a hold, queued.
+    let held = c.post(&server, "/v1/transfers", with_ctx("t2", "mule", 150_000, "stolen-phone", "3")).await;
+    assert_eq!((held.status, held.body["risk_outcome"].as_str()), (201, Some("review")), "{:?}", held.body);
+    assert_eq!(
+        (held.body["type"].as_str(), held.body["pending_status"].as_str()),
+        (Some("pending"), Some("pending"))
+    );
+    assert_eq!(c.get(&server, "/v1/accounts/w").await.body["balances"]["debits_pending"], 150_000);
+    let queue = c.get(&server, "/v1/risk/reviews").await;
+    assert_eq!(queue.body["data"][0]["id"], "t2", "{:?}", queue.body);
+    let approved = c.post(&server, "/v1/risk/reviews/t2/approve", json!({})).await;
+    assert_eq!(
+        (approved.status, approved.body["type"].as_str()),
+        (201, Some("post_pending")),
+        "{:?}",
+        approved.body
+    );
+    assert_eq!(c.get(&server, "/v1/accounts/mule").await.body["balances"]["net_posted"], 150_000);
+    assert_eq!(
+        c.post(&server, "/v1/risk/reviews/t2/approve", json!({})).await.status,
+        404,
+        "a review is decided once"
+    );
+    // Another review, declined by the analyst: the hold is voided.
+    let held = c.post(&server, "/v1/transfers", with_ctx("t3", "bank", 120_000, "burner", "3")).await;
+    assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
+    assert_eq!(c.post(&server, "/v1/risk/reviews/t3/decline", json!({})).await.status, 201);
+    assert_eq!(c.get(&server, "/v1/transfers/t3").await.body["pending_status"], "voided");
+    // Decline: a tier-1 wallet over its daily cap is refused and nothing is posted.
+    let refused = c.post(&server, "/v1/transfers", with_ctx("t4", "shop", 600_000, "phone", "1")).await;
+    assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
+    assert!(refused.body["error"]["message"].as_str().unwrap().contains("kyc_cap"));
+    assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
+    let decision = c.get(&server, "/v1/decisions/t4").await;
+    assert_eq!((decision.status, &decision.body["outcome"]), (200, &json!("decline")));
+    // Batches do not take risk contexts yet: refused rather than silently undecided.
+    let mut item = transfer("b1", "w", "shop", 1);
+    item["risk_context"] = json!({"device_id": "phone"});
+    let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": [item]})).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("transfers[0].risk_context")));
+}
