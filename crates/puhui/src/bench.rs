@@ -140,6 +140,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
             .expect("template"),
     );
     let rx = std::sync::Mutex::new(rx);
+    let cpu_started = cpu_seconds();
     let started = Instant::now();
     let mut latencies: Vec<Duration> = Vec::with_capacity(batches);
     let mut failed = 0usize;
@@ -176,6 +177,9 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         }
     });
     let seconds = started.elapsed().as_secs_f64();
+    // CPU time of the whole process during the load (all threads, generator included): the work per
+    // transfer, which other load on a shared machine disturbs less than the throughput.
+    let cpu_load = cpu_seconds() - cpu_started;
     bar.finish_and_clear();
     generator.join().expect("generator thread");
     if failed > 0 {
@@ -256,7 +260,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         sync_ms_avg
     );
     println!(
-        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3},\"verifiable\":{},\"verifiable_bytes_per_transfer\":{:.0}{proofs}{restart}}}",
+        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3},\"verifiable\":{},\"verifiable_bytes_per_transfer\":{:.0},\"cpu_us_per_transfer\":{:.3}{proofs}{restart}}}",
         args.transfers,
         args.batch,
         seconds,
@@ -270,6 +274,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         ledger_bytes as f64 / transfers_count.max(1) as f64,
         !args.no_checkpoints,
         verifiable_bytes as f64 / transfers_count.max(1) as f64,
+        cpu_load * 1e6 / args.transfers as f64,
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -282,6 +287,20 @@ fn account_id(i: usize) -> Id {
 /// (Check it is a real disk, not a tmpfs, which would make fdatasync free.)
 fn bench_tmp_root() -> PathBuf {
     std::env::var_os("PUHUI_BENCH_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}
+
+/// User + system CPU seconds used by this process so far (all threads).
+fn cpu_seconds() -> f64 {
+    // SAFETY: getrusage fills the struct we own; no other memory is touched.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) != 0 {
+            return 0.0;
+        }
+        usage
+    };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(usage.ru_utime) + secs(usage.ru_stime)
 }
 
 /// Resident set size of this process, from /proc (0 where unavailable).

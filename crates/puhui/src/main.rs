@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_http;
+mod bench_risk;
 mod crash_child;
 mod demo;
 mod verifiable;
@@ -64,6 +65,8 @@ enum BenchCommand {
     Ledger(bench::LedgerArgs),
     /// HTTP load against a running `puhui serve`: req/s, transfers/s, latency percentiles.
     Http(bench_http::HttpArgs),
+    /// In-process risk decisions: decisions/s on one core and latency percentiles.
+    Risk(bench_risk::RiskArgs),
 }
 
 /// Flags of `puhui serve`.
@@ -167,6 +170,7 @@ fn main() -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
+        Command::Bench { what: BenchCommand::Risk(args) } => bench_risk::run(args),
         Command::Bench { what: BenchCommand::Ledger(args) } => bench::ledger(args),
         Command::Journal { what: JournalCommand::Verify { data_dir, witness, public_key } } => {
             journal_verify(&data_dir).and_then(|code| {

@@ -12,6 +12,7 @@
 
 pub mod features;
 pub mod rules;
+pub mod synthetic;
 
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowStats};
 pub use rules::{Decision, Engine, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError};

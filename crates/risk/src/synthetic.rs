@@ -1,0 +1,78 @@
+//! A synthetic ruleset and warm feature store of a chosen size, for benchmarks (`puhui bench risk`,
+//! the criterion bench): rule shapes like the starter ruleset's, over ten velocity features.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use crate::{Engine, FeatureLimits, FeatureStore, RiskEvent, Ruleset};
+
+const FEATURES: [(&str, &str, &str, &str); 10] = [
+    ("c1m", "payer", "count", "1m"),
+    ("c1h", "payer", "count", "1h"),
+    ("c24h", "payer", "count", "24h"),
+    ("s1h", "payer", "sum", "1h"),
+    ("s24h", "payer", "sum", "24h"),
+    ("m24h", "payer", "max", "24h"),
+    ("d24h", "payer", "distinct", "24h"),
+    ("z30d", "payer", "zscore", "30d"),
+    ("dev24h", "device", "distinct", "24h"),
+    ("ip1h", "ip", "count", "1h"),
+];
+
+/// A ruleset of `rules` rules over the ten features, as TOML text.
+pub fn ruleset_text(rules: usize) -> String {
+    let mut text = String::from("version = \"synthetic\"\n[thresholds]\nreview = 500\ndecline = 1000\n");
+    for (name, entity, aggregate, window) in FEATURES {
+        text += &format!(
+            "[[features]]\nname = \"{name}\"\nentity = \"{entity}\"\naggregate = \"{aggregate}\"\nwindow = \"{window}\"\n"
+        );
+    }
+    for i in 0..rules {
+        let (name, ..) = FEATURES[i % FEATURES.len()];
+        let expr = match i % 4 {
+            0 => format!("f.{name} >= {} && amount > {}", 5 + i, 1_000 * i),
+            1 => format!("new_payee && f.{name} > {} && ctx.channel == 'app'", i),
+            2 => format!("amount > {} || f.{name} > {}", 10_000_000 + i, 1_000 + i),
+            _ => format!("in_list('deny', ctx.device_id) && f.{name} >= {}", i),
+        };
+        text += &format!(
+            "[[rules]]\nid = \"r{i}\"\ndescription = \"synthetic\"\nexpression = \"{expr}\"\nscore = {}\n",
+            10 + i % 7
+        );
+    }
+    text
+}
+
+/// An engine for `rules` synthetic rules, a store warmed with `history` events over 1,000 payers,
+/// the attribute sets of those payers, and the time right after the history.
+pub fn warm(rules: usize, history: u64) -> (Engine, FeatureStore, Vec<Vec<(String, String)>>, u64) {
+    const S: u64 = 1_000_000_000;
+    let ruleset = Ruleset::parse(&ruleset_text(rules)).expect("the synthetic ruleset is valid");
+    let engine = Engine::new(Arc::new(ruleset), Arc::new(RwLock::new(HashMap::new())));
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let attrs: Vec<Vec<(String, String)>> = (0..1_000)
+        .map(|i| {
+            vec![
+                ("device_id".to_string(), format!("dev{i}")),
+                ("ip".to_string(), format!("10.0.{}.{}", i / 250, i % 250)),
+                ("channel".to_string(), "app".to_string()),
+            ]
+        })
+        .collect();
+    let start = 1_000_000 * S;
+    for i in 0..history {
+        let p = (i % 1_000) as usize;
+        let payer = format!("w{p}");
+        let payee = format!("m{}", i % 97);
+        let e = RiskEvent {
+            payer: &payer,
+            payee: &payee,
+            amount_minor: 1_000 + i % 5_000,
+            currency: "CNY",
+            timestamp_ns: start + i * S / 10,
+            attributes: &attrs[p],
+        };
+        engine.observe(&mut store, &e);
+    }
+    (engine, store, attrs, start + history * S / 10)
+}
