@@ -30,10 +30,10 @@ pub fn ruleset_text(rules: usize) -> String {
     for i in 0..rules {
         let (name, ..) = FEATURES[i % FEATURES.len()];
         let expr = match i % 4 {
-            0 => format!("f.{name} >= {} && amount > {}", 5 + i, 1_000 * i),
-            1 => format!("new_payee && f.{name} > {} && ctx.channel == 'app'", i),
-            2 => format!("amount > {} || f.{name} > {}", 10_000_000 + i, 1_000 + i),
-            _ => format!("in_list('deny', ctx.device_id) && f.{name} >= {}", i),
+            0 => format!("{name} >= {} && amount > {}", 5 + i, 1_000 * i),
+            1 => format!("new_payee && {name} > {} && ctx.channel == 'app'", i),
+            2 => format!("amount > {} || {name} > {}", 10_000_000 + i, 1_000 + i),
+            _ => format!("in_list('deny', ctx.device_id) && {name} >= {}", i),
         };
         text += &format!(
             "[[rules]]\nid = \"r{i}\"\ndescription = \"synthetic\"\nexpression = \"{expr}\"\nscore = {}\n",
