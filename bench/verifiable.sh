@@ -22,9 +22,15 @@ import json, statistics, sys
 runs = {"on": [], "off": []}
 for line in open(sys.argv[1]):
     mode, js = line.split(" ", 1)
-    runs[mode].append(json.loads(js)["transfers_per_s"])
-on, off = statistics.median(runs["on"]), statistics.median(runs["off"])
+    runs[mode].append(json.loads(js))
+med = lambda mode, key: statistics.median(r[key] for r in runs[mode])
+on, off = med("on", "transfers_per_s"), med("off", "transfers_per_s")
 print(f"median transfers/s: checkpoints on {on:.0f}, off {off:.0f}: {100 * (on - off) / off:+.1f}%")
+pairs = [a["transfers_per_s"] / b["transfers_per_s"] for a, b in zip(runs["on"], runs["off"])]
+print(f"median of the per-round ratios on/off: {100 * (statistics.median(pairs) - 1):+.1f}% (rounds: "
+      + ", ".join(f"{100 * (p - 1):+.0f}%" for p in pairs) + ")")
+con, coff = med("on", "cpu_us_per_transfer"), med("off", "cpu_us_per_transfer")
+print(f"median CPU per transfer (all threads): on {con:.3f} us, off {coff:.3f} us: {100 * (con - coff) / coff:+.1f}%")
 PY
 rm -f "$out"
 echo "\$ puhui bench ledger --transfers 2000000 --restart"
