@@ -353,6 +353,8 @@ impl EmbeddedStore {
         if options.transfers_capacity > have {
             recovered.ledger.reserve_transfers(options.transfers_capacity - have);
         }
+        // The loader must be done reading before a torn tail is cut below it.
+        let loaded = loader.map(transparency::Loader::join).transpose()?;
         let mut torn_tail_saved_to = None;
         if let Some(torn) = &recovered.summary.torn_tail {
             let saved = dir.join(format!("journal.torn-{}", torn.offset));
@@ -362,9 +364,8 @@ impl EmbeddedStore {
         let writer =
             JournalWriter::open(&journal, &recovered.summary).map_err(|e| io("opening journal in", e))?;
         let mut merkle_tree_file_error = None;
-        let (verifiable, merkle_thread, merkle_load) = match loader {
-            Some(loader) => {
-                let loaded = loader.join()?;
+        let (verifiable, merkle_thread, merkle_load) = match loaded {
+            Some(loaded) => {
                 let took = loaded.took;
                 merkle_tree_file_error = loaded.file_error.clone();
                 let (v, thread) = transparency::start(transparency::StartArgs {
