@@ -278,7 +278,8 @@ impl MerkleThread {
                     for (end, offset) in pending.ends.iter().zip(&pending.offsets) {
                         let leaf = &pending.data[start..*end as usize];
                         let ts = body_timestamp(&leaf[puhui_verifiable::LEAF_HEADER_BYTES..]).unwrap_or(0);
-                        hashes.push((leaf_hash_of(leaf), ts, *offset));
+                        // The leaf bytes are contiguous: one RFC 6962 leaf hash over them.
+                        hashes.push((puhui_verifiable::leaf_hash(leaf), ts, *offset));
                         start = *end as usize;
                     }
                     for chunk in hashes.chunks(TREE_APPEND_CHUNK) {
@@ -385,13 +386,6 @@ fn lower_priority() {
     unsafe {
         let tid = libc::gettid();
         let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, MERKLE_THREAD_NICE);
-    }
-}
-
-fn leaf_hash_of(leaf: &[u8]) -> puhui_verifiable::Hash {
-    match puhui_verifiable::split_leaf(leaf) {
-        Some((seq, kind, body)) => puhui_verifiable::entry_leaf_hash(seq, kind, body),
-        None => [0; 32],
     }
 }
 

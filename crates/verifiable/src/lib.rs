@@ -36,7 +36,7 @@ pub use checkpoint::{Checkpoint, CheckpointLog, CHECKPOINT_LOG_FILE};
 pub use journal_tree::{EntryIndex, JournalTree, TransparencyLog};
 pub use keys::{NodeKey, PublicKey, KEY_FILE, PUBLIC_KEY_FILE};
 pub use proof::{ConsistencyProof, InclusionProof, ProofFile, VerifiedProof};
-pub use puhui_merkle::Hash;
+pub use puhui_merkle::{leaf_hash, Hash};
 
 use sha2::{Digest, Sha256};
 
