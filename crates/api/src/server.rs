@@ -26,8 +26,8 @@ pub struct ServeConfig {
     pub rate_limit_per_key: u32,
     /// Store tunables.
     pub store: StoreOptions,
-    /// The risk ruleset (TOML text); `None` runs the shipped starter ruleset.
-    pub ruleset: Option<String>,
+    /// The risk ruleset file (TOML; model paths relative to it); `None` runs the shipped starter.
+    pub ruleset: Option<PathBuf>,
 }
 
 fn admin_token(config: &ServeConfig) -> Result<String, String> {
@@ -101,8 +101,16 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         .map_err(|e| e.to_string())?
         .install_recorder()
         .ok();
-    let ruleset_text = config.ruleset.as_deref().unwrap_or(crate::risk::STARTER_RULESET);
-    let ruleset = puhui_risk::Ruleset::parse(ruleset_text).map_err(|e| format!("ruleset: {e}"))?;
+    let ruleset = match &config.ruleset {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new("."));
+            puhui_risk::Ruleset::parse_in(&text, dir).map_err(|e| format!("{}: {e}", path.display()))?
+        }
+        None => {
+            puhui_risk::Ruleset::parse(crate::risk::STARTER_RULESET).map_err(|e| format!("ruleset: {e}"))?
+        }
+    };
     tracing::info!(version = %ruleset.version, rules = ruleset.rules().count(), "risk ruleset loaded");
     let store = Arc::new(store);
     let state = Arc::new(AppState {

@@ -18,6 +18,11 @@
 //! expression = "f.payer_count_1m >= 10 && amount < 500"
 //! score = 60                # or: outcome = "decline" | "review" | "approve"
 //! reasons = ["velocity", "tiny_amounts"]
+//!
+//! [[models]]                # optional: gradient-boosted trees (XGBoost JSON, LightGBM text)
+//! name = "fraud"            # its score (a probability) is a variable in expressions
+//! path = "fraud.json"       # relative to the ruleset file
+//! inputs = ["amount", "payer_count_1m", "new_device", "ctx.kyc_tier"]
 //! ```
 //!
 //! Expressions see: `amount` (int, minor units), `currency`, `payer`, `payee` (strings), `ctx` (a map
@@ -113,12 +118,34 @@ struct FileRule {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileModel {
+    name: toml::Spanned<String>,
+    path: toml::Spanned<String>,
+    /// The model's input vector, in order: `amount`, `new_payee`, `new_device`, a feature name, or
+    /// `ctx.<attribute>` (parsed as a number; missing or not a number = missing).
+    inputs: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File {
     version: String,
     thresholds: FileThresholds,
     #[serde(default)]
     features: Vec<FileFeature>,
+    #[serde(default)]
+    models: Vec<FileModel>,
     rules: Vec<FileRule>,
+}
+
+/// A gradient-boosted model whose score rules can use (as `<name>`, a probability for binary models).
+pub struct ModelSlot {
+    /// Name in expressions.
+    pub name: String,
+    /// The model.
+    pub model: puhui_risk_model::Model,
+    /// Its input vector, in order.
+    pub inputs: Vec<String>,
 }
 
 /// Which entity a feature is about.
@@ -183,6 +210,8 @@ pub struct Ruleset {
     pub decline_at: i64,
     /// Declared features.
     pub features: Vec<Feature>,
+    /// Declared models.
+    pub models: Vec<ModelSlot>,
     rules: Vec<Rule>,
 }
 
@@ -195,7 +224,13 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 
 impl Ruleset {
     /// Parses and compiles a ruleset; the first problem is reported with rule id, line and column.
+    /// Model paths are relative to the working directory (see [`Ruleset::parse_in`]).
     pub fn parse(text: &str) -> Result<Ruleset, RulesetError> {
+        Ruleset::parse_in(text, std::path::Path::new("."))
+    }
+
+    /// Like [`Ruleset::parse`], with model paths relative to `dir` (the ruleset file's directory).
+    pub fn parse_in(text: &str, dir: &std::path::Path) -> Result<Ruleset, RulesetError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((1, 1));
             RulesetError { rule_id: None, line, column, message: e.message().to_string() }
@@ -254,6 +289,21 @@ impl Ruleset {
             }
             features.push(Feature { name: f.name.into_inner(), entity, aggregate, window_ns });
         }
+        let mut models = Vec::new();
+        for m in file.models {
+            let path = dir.join(m.path.get_ref());
+            let model = puhui_risk_model::Model::load(&path)
+                .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
+            for input in &m.inputs {
+                let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device")
+                    || input.starts_with("ctx.")
+                    || features.iter().any(|f: &Feature| f.name == *input);
+                if !known {
+                    return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name> or a declared feature")));
+                }
+            }
+            models.push(ModelSlot { name: m.name.into_inner(), model, inputs: m.inputs });
+        }
         let mut rules = Vec::new();
         let mut ids = HashSet::new();
         for r in file.rules {
@@ -306,6 +356,7 @@ impl Ruleset {
             review_at: file.thresholds.review,
             decline_at: file.thresholds.decline,
             features,
+            models,
             rules,
         })
     }
@@ -454,7 +505,35 @@ impl Engine {
             .map(|(k, v)| (k.clone(), cel::Value::String(Arc::new(v.clone()))))
             .collect();
 
+        let mut model_scores = Vec::with_capacity(self.ruleset.models.len());
+        let mut inputs: Vec<f32> = Vec::new();
+        for slot in &self.ruleset.models {
+            inputs.clear();
+            for input in &slot.inputs {
+                let v = match input.as_str() {
+                    "amount" => event.amount_minor as f32,
+                    "new_payee" => new_payee as u8 as f32,
+                    "new_device" => new_device as u8 as f32,
+                    other => match other.strip_prefix("ctx.") {
+                        Some(attr) => {
+                            event.attribute(attr).and_then(|v| v.parse::<f32>().ok()).unwrap_or(f32::NAN)
+                        }
+                        None => features
+                            .iter()
+                            .find(|(n, _)| n == other)
+                            .map(|(_, v)| *v as f32)
+                            .unwrap_or(f32::NAN),
+                    },
+                };
+                inputs.push(v);
+            }
+            let score = slot.model.predict(&inputs);
+            model_scores.push((slot.name.as_str(), score));
+        }
         let mut scope = self.root.new_inner_scope();
+        for (name, score) in &model_scores {
+            scope.add_variable_from_value(*name, *score);
+        }
         scope.add_variable_from_value("amount", event.amount_minor.min(i64::MAX as u64) as i64);
         scope.add_variable_from_value("currency", event.currency.to_string());
         scope.add_variable_from_value("payer", event.payer.to_string());
@@ -500,6 +579,7 @@ impl Engine {
         } else {
             Outcome::Approve
         };
+        features.extend(model_scores.iter().map(|(n, s)| (n.to_string(), *s)));
         Decision {
             outcome,
             score,

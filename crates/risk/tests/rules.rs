@@ -142,3 +142,47 @@ fn kyc_caps_apply_per_tier() {
     assert_eq!(d.outcome, Outcome::Decline, "{d:?}");
     assert!(d.fired.iter().any(|r| r.id == "kyc_tier_1_daily_cap"));
 }
+
+#[test]
+fn model_scores_are_usable_in_rules_and_match_the_library() {
+    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let names: Vec<String> = expected["feature_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let inputs: Vec<String> = names.iter().map(|n| format!("\"ctx.{n}\"")).collect();
+    let text = format!(
+        "version = \"m\"\n[thresholds]\nreview = 50\ndecline = 100\n\n[[models]]\nname = \"fraud\"\npath = \"xgb_binary.json\"\ninputs = [{}]\n\n[[rules]]\nid = \"model_high\"\ndescription = \"model says fraud\"\nexpression = \"fraud > 0.5\"\nscore = 60\n",
+        inputs.join(", ")
+    );
+    let ruleset = Ruleset::parse_in(&text, fixtures).expect("ruleset with a model");
+    let engine = engine(ruleset);
+    let store = FeatureStore::new(FeatureLimits::default());
+    for (i, row) in expected["rows"].as_array().unwrap().iter().take(50).enumerate() {
+        let attributes: Vec<(String, String)> = names
+            .iter()
+            .zip(row.as_array().unwrap())
+            .filter_map(|(n, v)| v.as_f64().map(|v| (n.clone(), format!("{v}"))))
+            .collect();
+        let e = RiskEvent {
+            payer: "p",
+            payee: "q",
+            amount_minor: 1,
+            currency: "CNY",
+            timestamp_ns: 1,
+            attributes: &attributes,
+        };
+        let d = engine.decide(&store, &e);
+        let score = d.features.iter().find(|(n, _)| n == "fraud").unwrap().1;
+        let want = expected["models"]["xgb_binary"]["predict"][i].as_f64().unwrap();
+        assert!((score - want).abs() < 1e-6, "row {i}: {score} vs {want}");
+        assert_eq!(d.fired.iter().any(|r| r.id == "model_high"), score > 0.5);
+    }
+    let bad = text.replace("\"ctx.amount_log\"", "\"nonsense\"");
+    let e = Ruleset::parse_in(&bad, fixtures).err().expect("unknown input refused");
+    assert!(e.message.contains("nonsense"), "{e}");
+}
