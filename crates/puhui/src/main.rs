@@ -204,14 +204,8 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
-    let ruleset = match &args.ruleset {
-        Some(path) => {
-            Some(std::fs::read_to_string(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?)
-        }
-        None => None,
-    };
     let config = puhui_api::ServeConfig {
-        ruleset,
+        ruleset: args.ruleset,
         data_dir: args.data_dir,
         listen: args.listen,
         admin_token: std::env::var("PUHUI_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
