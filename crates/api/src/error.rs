@@ -42,6 +42,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "unavailable",
     "internal_error",
     "risk_declined",
+    "not_checkpointed",
 ];
 
 /// The error object inside the envelope.

@@ -13,6 +13,7 @@
 
 pub mod error;
 pub mod idempotency;
+pub mod journal;
 pub mod limits;
 pub mod models;
 pub mod openapi;
@@ -203,6 +204,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/transfers/{id}/void", post(void_transfer))
         .route("/v1/decisions", post(risk::create_decision))
         .route("/v1/decisions/{id}", get(risk::get_decision))
+        .route("/v1/transfers/{id}/proof", get(journal::transfer_proof))
+        .route("/v1/journal/checkpoints/latest", get(journal::latest_checkpoint))
+        .route("/v1/journal/checkpoints/{size}", get(journal::checkpoint))
+        .route("/v1/journal/consistency", get(journal::consistency))
+        .route("/v1/journal/public-key", get(journal::public_key))
         .route("/v1/risk/reviews", get(risk::list_reviews))
         .route("/v1/risk/reviews/{id}/approve", post(risk::approve_review))
         .route("/v1/risk/reviews/{id}/decline", post(risk::decline_review))

@@ -58,6 +58,8 @@ impl Modify for Security {
         routes::healthz, routes::readyz, routes::metrics_endpoint, routes::openapi_json,
         crate::risk::create_decision, crate::risk::get_decision, crate::risk::list_reviews,
         crate::risk::approve_review, crate::risk::decline_review,
+        crate::journal::latest_checkpoint, crate::journal::checkpoint, crate::journal::transfer_proof,
+        crate::journal::consistency, crate::journal::public_key,
     ),
     components(schemas(
         ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
@@ -72,6 +74,7 @@ impl Modify for Security {
         (name = "transfers", description = "Transfers, holds, batches"),
         (name = "tenants", description = "Tenants and API keys (admin token)"),
         (name = "risk", description = "Risk decisions (rules over velocity features)"),
+        (name = "journal", description = "Verifiable journal: signed checkpoints and Merkle proofs"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]

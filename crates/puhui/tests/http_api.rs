@@ -576,3 +576,50 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": [item]})).await;
     assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("transfers[0].risk_context")));
 }
+
+#[tokio::test]
+async fn transfer_proofs_over_http_verify_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    let other = Client::tenant(&server).await;
+    c.setup(&server).await;
+    // Checkpoints are made about every second: wait for one that covers the transfer.
+    let mut proof = None;
+    for _ in 0..50 {
+        let r = c.get(&server, "/v1/transfers/fund-alice/proof").await;
+        match r.status {
+            200 => {
+                proof = Some(r.body);
+                break;
+            }
+            409 => {
+                assert_eq!(r.code(), "not_checkpointed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            other => panic!("unexpected {other}: {:?}", r.body),
+        }
+    }
+    let proof = proof.expect("a checkpoint covered the transfer within 10 s");
+    assert_eq!(other.get(&server, "/v1/transfers/fund-alice/proof").await.status, 404, "tenant-scoped");
+    let latest = c.get(&server, "/v1/journal/checkpoints/latest").await;
+    assert_eq!(latest.status, 200, "{:?}", latest.body);
+    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
+    let file = dir.path().join("proof.json");
+    std::fs::write(&file, proof.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["journal", "verify-proof"])
+        .arg(&file)
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = c.get(&server, "/v1/journal/consistency?from=5&to=1").await;
+    assert_eq!(bad.status, 400);
+    assert_eq!(c.get(&server, "/v1/journal/checkpoints/123456789").await.status, 404);
+}
