@@ -46,10 +46,18 @@ struct Entry {
     created: Instant,
 }
 
+/// Most bytes of stored response bodies (all tenants); beyond it the oldest keys are forgotten early.
+pub const IDEMPOTENCY_BODY_BYTES_MAX: usize = 256 << 20;
+/// A response body larger than this is not stored: a retry runs again, which is safe because every
+/// create is keyed by its (given or derived) id in the ledger.
+pub const IDEMPOTENCY_BODY_BYTES_STORED_MAX: usize = 64 << 10;
+
+type Scope = (String, String);
+
 /// The remembered keys of all tenants.
 #[derive(Default)]
 pub struct IdempotencyCache {
-    inner: Mutex<(HashMap<(String, String), Entry>, VecDeque<(Instant, (String, String))>)>,
+    inner: Mutex<(HashMap<Scope, Entry>, VecDeque<(Instant, Scope)>, usize)>,
 }
 
 enum Begin {
@@ -62,16 +70,22 @@ enum Begin {
 impl IdempotencyCache {
     fn begin(&self, scope: (String, String), fingerprint: [u8; 32]) -> Begin {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order) = &mut *guard;
+        let (map, order, bytes) = &mut *guard;
         let now = Instant::now();
         let ttl = Duration::from_secs(IDEMPOTENCY_TTL_SECS);
-        // Forget expired keys, and the oldest beyond the bound.
+        // Forget expired keys, and the oldest beyond the bounds (keys, queue, stored bytes).
         while let Some((at, key)) = order.front() {
-            if now.duration_since(*at) < ttl && map.len() < IDEMPOTENCY_KEYS_MAX {
+            let within = now.duration_since(*at) < ttl
+                && map.len() < IDEMPOTENCY_KEYS_MAX
+                && order.len() < 2 * IDEMPOTENCY_KEYS_MAX
+                && *bytes <= IDEMPOTENCY_BODY_BYTES_MAX;
+            if within {
                 break;
             }
             if map.get(key).is_some_and(|e| e.created == *at) {
-                map.remove(key);
+                if let Some(Entry { slot: Slot::Done { body, .. }, .. }) = map.remove(key) {
+                    *bytes -= body.len();
+                }
             }
             order.pop_front();
         }
@@ -88,8 +102,14 @@ impl IdempotencyCache {
     }
 
     fn complete(&self, scope: &(String, String), status: StatusCode, body: Bytes) {
+        if body.len() > IDEMPOTENCY_BODY_BYTES_STORED_MAX {
+            self.forget(scope);
+            return;
+        }
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(e) = guard.0.get_mut(scope) {
+        let (map, _, bytes) = &mut *guard;
+        if let Some(e) = map.get_mut(scope) {
+            *bytes += body.len();
             e.slot = Slot::Done { status, body };
         }
     }

@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -17,6 +17,7 @@ use utoipa::IntoParams;
 
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::models::scoped_lookup;
+use crate::routes::ApiPath;
 use crate::tenants::Principal;
 use crate::AppState;
 
@@ -84,7 +85,7 @@ pub async fn latest_checkpoint(State(app): State<Arc<AppState>>) -> Result<Respo
     security(("api_key" = [])))]
 pub async fn checkpoint(
     State(app): State<Arc<AppState>>,
-    Path(size): Path<String>,
+    ApiPath(size): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let size: u64 = size.parse().map_err(|_| ApiError::not_found("checkpoint", "size"))?;
     let c = blocking(&app, move |s| s.checkpoint(size)).await?;
@@ -109,7 +110,7 @@ pub struct ProofQuery {
 pub async fn transfer_proof(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
     query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) =

@@ -307,11 +307,20 @@ pub struct CreateTransfer {
 }
 
 fn parse_uuid(text: &str, param: &str) -> Result<[u8; 16], ApiError> {
-    let hex: String = text.chars().filter(|c| *c != '-').collect();
     let bad = || ApiError::invalid("invalid_request", "uetr must be a UUID", Some(param));
-    if hex.len() != 32 || text.len() != 36 {
+    let dashes_at = [8, 13, 18, 23];
+    let well_formed = text.len() == 36
+        && text.bytes().enumerate().all(|(i, b)| {
+            if dashes_at.contains(&i) {
+                b == b'-'
+            } else {
+                b.is_ascii_hexdigit()
+            }
+        });
+    if !well_formed {
         return Err(bad());
     }
+    let hex: String = text.chars().filter(|c| *c != '-').collect();
     let mut out = [0u8; 16];
     for (i, byte) in out.iter_mut().enumerate() {
         *byte = u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).map_err(|_| bad())?;

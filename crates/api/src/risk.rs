@@ -10,7 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use puhui_risk::{Decision, Engine, FeatureLimits, FeatureStore, RiskEvent, Ruleset};
@@ -21,7 +21,7 @@ use utoipa::ToSchema;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::idempotency::IdempotencyKey;
 use crate::models::{parse_rfc3339, scoped, scoped_lookup, unscoped};
-use crate::routes::ApiJson;
+use crate::routes::{ApiJson, ApiPath};
 use crate::tenants::Principal;
 use crate::AppState;
 
@@ -365,7 +365,7 @@ pub async fn create_decision(
 pub async fn get_decision(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DecisionObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
@@ -423,7 +423,7 @@ async fn resolve_review(
 pub async fn approve_review(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     resolve_review(app, principal, id, true).await
 }
@@ -436,7 +436,7 @@ pub async fn approve_review(
 pub async fn decline_review(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     resolve_review(app, principal, id, false).await
 }

@@ -101,6 +101,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     }
 }
 
+/// A path parameter; one that cannot be read (e.g. not UTF-8) names nothing that exists: a 404.
+pub struct ApiPath<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> axum::extract::FromRequestParts<S> for ApiPath<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<T>::from_request_parts(parts, state).await.map(|Path(value)| ApiPath(value)).map_err(|_| {
+            ApiError::new(StatusCode::NOT_FOUND, "invalid_request_error", "not_found", "no such object")
+        })
+    }
+}
+
 /// Like [`ApiJson`], but an empty body means `T::default()`.
 pub struct OptionalJson<T>(pub T);
 
@@ -188,7 +200,7 @@ fn internal() -> ApiError {
 pub async fn get_account(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "account")?;
     let account =
@@ -218,7 +230,7 @@ fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 pub async fn list_account_transfers(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<TransferList>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
@@ -274,7 +286,7 @@ pub async fn list_account_transfers(
 pub async fn get_balance(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(client_id): Path<String>,
+    ApiPath(client_id): ApiPath<String>,
     query: Result<Query<BalanceQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<BalanceAtObject>, ApiError> {
     let Query(query) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
@@ -320,7 +332,7 @@ async fn change_status(
 pub async fn freeze_account(
     State(app): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountObject>, ApiError> {
     change_status(app, p, id, StatusAction::Freeze).await
 }
@@ -333,7 +345,7 @@ pub async fn freeze_account(
 pub async fn unfreeze_account(
     State(app): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountObject>, ApiError> {
     change_status(app, p, id, StatusAction::Unfreeze).await
 }
@@ -346,7 +358,7 @@ pub async fn unfreeze_account(
 pub async fn close_account(
     State(app): State<Arc<AppState>>,
     Extension(p): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountObject>, ApiError> {
     change_status(app, p, id, StatusAction::Close).await
 }
@@ -583,7 +595,7 @@ pub async fn create_transfer_batch(
 pub async fn get_transfer(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TransferObject>, ApiError> {
     let id = scoped_lookup_any(&principal.tenant, &id, "transfer")?;
     let transfer =
@@ -617,7 +629,7 @@ fn resolution_id(tenant: &str, given: Option<String>, pending: &str, suffix: &st
 pub async fn post_transfer(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(pending): Path<String>,
+    ApiPath(pending): ApiPath<String>,
     OptionalJson(body): OptionalJson<PostPending>,
 ) -> Result<Response, ApiError> {
     let pending_id = scoped_lookup_any(&principal.tenant, &pending, "transfer")?;
@@ -635,7 +647,7 @@ pub async fn post_transfer(
 pub async fn void_transfer(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
-    Path(pending): Path<String>,
+    ApiPath(pending): ApiPath<String>,
     OptionalJson(body): OptionalJson<VoidPending>,
 ) -> Result<Response, ApiError> {
     let pending_id = scoped_lookup_any(&principal.tenant, &pending, "transfer")?;
@@ -689,7 +701,7 @@ pub async fn create_tenant(
     security(("admin_token" = [])))]
 pub async fn create_key(
     State(app): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<(StatusCode, Json<KeyCreated>), ApiError> {
     let tenants = Arc::clone(&app.tenants);
     let (key_id, api_key) = tokio::task::spawn_blocking(move || tenants.create_key(&tenant))
@@ -706,7 +718,7 @@ pub async fn create_key(
     security(("admin_token" = [])))]
 pub async fn list_keys(
     State(app): State<Arc<AppState>>,
-    Path(tenant): Path<String>,
+    ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<Vec<KeyObject>>, ApiError> {
     let keys = app.tenants.keys(&tenant).ok_or_else(|| ApiError::not_found("tenant", "id"))?;
     Ok(Json(
@@ -723,7 +735,7 @@ pub async fn list_keys(
     security(("admin_token" = [])))]
 pub async fn revoke_key(
     State(app): State<Arc<AppState>>,
-    Path((tenant, key_id)): Path<(String, String)>,
+    ApiPath((tenant, key_id)): ApiPath<(String, String)>,
 ) -> Result<Json<KeyObject>, ApiError> {
     let tenants = Arc::clone(&app.tenants);
     let (t, k) = (tenant.clone(), key_id.clone());

@@ -36,7 +36,14 @@ fn admin_token(config: &ServeConfig) -> Result<String, String> {
     }
     let path = config.data_dir.join("admin.token");
     if let Ok(token) = std::fs::read_to_string(&path) {
-        return Ok(token.trim().to_string());
+        let token = token.trim().to_string();
+        if token.len() < 16 {
+            return Err(format!(
+                "{} holds an empty or short admin token (a crash while writing it?); delete it to generate a new one",
+                path.display()
+            ));
+        }
+        return Ok(token);
     }
     use rand::Rng;
     let token: String = {

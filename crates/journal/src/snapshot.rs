@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! header  := magic "PHSF" | version:u16 | reserved:u16 | journal_entries:u64 | journal_len_bytes:u64
-//!            | journal_last_hash:[u8;32] | content_bytes:u64 | content_hash:[u8;32]   (96 bytes)
+//!            | journal_last_hash:[u8;32] | content_bytes:u64 | hash:[u8;32]   (96 bytes)
+//! hash    := BLAKE3(the header's first 64 bytes | content)
 //! content := the ledger's own snapshot encoding
 //! ```
 //!
@@ -24,12 +25,7 @@ const HEADER_BYTES: usize = 96;
 
 /// Writes a snapshot atomically into `dir`. `content` is the ledger's encoding, in chunks.
 pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>]) -> io::Result<PathBuf> {
-    let mut hasher = blake3::Hasher::new();
-    let mut content_bytes = 0u64;
-    for chunk in content {
-        hasher.update(chunk);
-        content_bytes += chunk.len() as u64;
-    }
+    let content_bytes: u64 = content.iter().map(|c| c.len() as u64).sum();
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
     header.extend_from_slice(&VERSION.to_le_bytes());
@@ -38,6 +34,12 @@ pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>
     header.extend_from_slice(&position.len_bytes.to_le_bytes());
     header.extend_from_slice(&position.last_hash);
     header.extend_from_slice(&content_bytes.to_le_bytes());
+    // The hash covers the header's fields too: a flipped journal position must not be trusted.
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&header);
+    for chunk in content {
+        hasher.update(chunk);
+    }
     header.extend_from_slice(hasher.finalize().as_bytes());
     assert_eq!(header.len(), HEADER_BYTES);
 
@@ -86,7 +88,10 @@ pub fn read_snapshot(dir: &Path) -> Result<Option<(JournalPosition, Vec<u8>)>, S
             bytes.len() - HEADER_BYTES
         ));
     }
-    if *blake3::hash(&bytes[HEADER_BYTES..]).as_bytes() != content_hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&bytes[..64]);
+    hasher.update(&bytes[HEADER_BYTES..]);
+    if *hasher.finalize().as_bytes() != content_hash {
         return Err("snapshot content hash mismatch".into());
     }
     bytes.drain(..HEADER_BYTES);

@@ -615,7 +615,9 @@ impl Ledger {
                 let amount = request.amount_minor.expect("validated");
                 let currency = request.currency.expect("validated");
                 let (d, c) = (&self.accounts[debit as usize], &self.accounts[credit as usize]);
-                if d.currency.code() != currency || c.currency.code() != currency {
+                // Same code and same exponent: a custom unit declared twice with different exponents
+                // is two units, and value must not move between them.
+                if d.currency.code() != currency || c.currency != d.currency {
                     return Err(ResultCode::CurrencyMismatch);
                 }
                 for a in [d, c] {
@@ -946,9 +948,15 @@ impl Ledger {
 
     /// Expires every hold whose timeout has passed at `now_ns`, releasing it. Returns how many.
     pub fn expire_due(&mut self, now_ns: u64) -> usize {
+        self.expire_due_at_most(now_ns, usize::MAX)
+    }
+
+    /// Like [`Ledger::expire_due`], but expires at most `max` holds (the earliest first), so one
+    /// group commit stays bounded however many holds fall due at once.
+    pub fn expire_due_at_most(&mut self, now_ns: u64, max: usize) -> usize {
         let mut expired = 0;
         while let Some(&(at, index)) = self.expiries.first() {
-            if at > now_ns {
+            if at > now_ns || expired >= max {
                 break;
             }
             let ts = self.next_timestamp(now_ns);

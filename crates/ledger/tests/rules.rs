@@ -1356,3 +1356,34 @@ fn every_result_code_is_reachable() {
     assert!(missing.is_empty(), "never produced: {missing:?}");
     l.check_invariants().unwrap();
 }
+
+#[test]
+fn expiry_is_bounded_per_call() {
+    use puhui_ledger::{Currency, Id, Ledger, NewAccount, TransferRequest};
+    let id = |s: &str| Id::new(s).unwrap();
+    let cny = Currency::iso("CNY").unwrap();
+    let mut l = Ledger::new();
+    l.create_accounts(vec![NewAccount::new(id("a"), cny), NewAccount::new(id("b"), cny)], 1);
+    let holds = (0..10)
+        .map(|i| TransferRequest::pending(id(&format!("h{i}")), id("a"), id("b"), 1, cny.code(), Some(1)))
+        .collect();
+    l.create_transfers(holds, 1_000);
+    let later = 1_000 + 10 * 1_000_000;
+    assert_eq!(l.expire_due_at_most(later, 3), 3);
+    assert_eq!(l.expire_due_at_most(later, 3), 3);
+    assert_eq!(l.expire_due(later), 4);
+    assert_eq!(l.account("a").unwrap().balances.debits_pending, 0);
+    l.check_invariants().unwrap();
+}
+
+#[test]
+fn one_code_with_two_exponents_is_two_units() {
+    use puhui_ledger::{Currency, Id, Ledger, NewAccount, ResultCode, TransferRequest};
+    let id = |s: &str| Id::new(s).unwrap();
+    let mut l = Ledger::new();
+    let pts0 = Currency::parse("PTS", Some(0)).unwrap();
+    let pts2 = Currency::parse("PTS", Some(2)).unwrap();
+    l.create_accounts(vec![NewAccount::new(id("a"), pts0), NewAccount::new(id("b"), pts2)], 1);
+    let r = l.create_transfers(vec![TransferRequest::single(id("t"), id("a"), id("b"), 100, pts0.code())], 2);
+    assert_eq!(r[0].result, ResultCode::CurrencyMismatch);
+}

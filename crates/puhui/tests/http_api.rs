@@ -623,3 +623,28 @@ async fn transfer_proofs_over_http_verify_offline() {
     assert_eq!(bad.status, 400);
     assert_eq!(c.get(&server, "/v1/journal/checkpoints/123456789").await.status, 404);
 }
+
+#[tokio::test]
+async fn hostile_inputs_get_typed_errors_not_panics() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = Server::start(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    // A multi-byte character where a UUID digit belongs.
+    let mut t = transfer("u1", "alice", "bob", 1);
+    t["uetr"] = json!("€00000000000000000000000000000----");
+    let r = c.post(&server, "/v1/transfers", t).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("uetr")));
+    let mut t = transfer("u2", "alice", "bob", 1);
+    t["uetr"] = json!("+f2c1b0a-0000-4000-8000-000000000000");
+    assert_eq!(c.post(&server, "/v1/transfers", t).await.status, 400);
+    let mut t = transfer("u3", "alice", "bob", 1);
+    t["uetr"] = json!("9f2c1b0a-0000-4000-8000-000000000000");
+    let ok = c.post(&server, "/v1/transfers", t).await;
+    assert_eq!((ok.status, ok.body["uetr"].as_str()), (201, Some("9f2c1b0a-0000-4000-8000-000000000000")));
+    // A path that is not UTF-8 names nothing: 404 in the envelope.
+    let r = c.get(&server, "/v1/accounts/%FF").await;
+    assert_eq!((r.status, r.code()), (404, "not_found"));
+    // The server is still up.
+    assert_eq!(c.get(&server, "/v1/accounts/alice").await.status, 200);
+}

@@ -454,9 +454,15 @@ impl EmbeddedStore {
         }
     }
 
-    /// Whether the store accepts writes (false after a failed journal write, until restart).
+    /// Whether the store accepts writes (its committer is running).
     pub fn is_healthy(&self) -> bool {
-        !self.inner.poisoned.load(Ordering::Acquire)
+        let committer_alive = self
+            .committer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .is_some_and(|h| !h.is_finished());
+        committer_alive && !self.inner.poisoned.load(Ordering::Acquire)
     }
 
     fn enqueue(&self, command: Command) -> Result<(), StoreError> {
@@ -735,7 +741,8 @@ fn committer_loop(
 
         let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
         let now = inner.clock.now_ns();
-        ledger.expire_due(now);
+        // Bounded: the rest are due on the next loop (which then does not sleep).
+        ledger.expire_due_at_most(now, BATCH_EVENTS_MAX);
         let mut failure: Option<StoreError> = None;
         // Leaf bytes for the merkle thread (a copy of each entry as it is encoded).
         let mut leaves = inner.verifiable.as_ref().map(|v| v.buffer());
@@ -783,9 +790,15 @@ fn committer_loop(
         if failure.is_none() {
             failure = sync(&inner, &mut writer).err();
         }
-        if failure.is_some() {
-            // Memory is now ahead of the disk: refuse everything until a restart recovers.
+        if let Some(e) = &failure {
+            // Memory is now ahead of the disk and readers could see events that are not durable.
+            // The only safe answer to a failed write or fsync is to stop and recover from the
+            // journal at restart (as PostgreSQL does since "fsyncgate").
+            eprintln!(
+                "puhui: FATAL: journal write failed ({e}); aborting so that recovery starts from the journal"
+            );
             inner.poisoned.store(true, Ordering::Release);
+            std::process::abort();
         } else {
             if let (Some(v), Some(mut leaves)) = (&inner.verifiable, leaves) {
                 // Durable now: hand the leaves over before readers can see the group.
