@@ -43,6 +43,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "internal_error",
     "risk_declined",
     "not_checkpointed",
+    "request_timeout",
 ];
 
 /// The error object inside the envelope.

@@ -26,3 +26,5 @@ pub const RATE_LIMIT_PER_KEY_DEFAULT: u32 = 100_000;
 pub const TENANTS_MAX: usize = 10_000;
 /// Most live API keys per tenant.
 pub const KEYS_PER_TENANT_MAX: usize = 16;
+/// Longest a request body may take to arrive (a slow sender would otherwise hold an in-flight slot).
+pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;

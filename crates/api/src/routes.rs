@@ -33,6 +33,18 @@ pub fn body_too_large() -> ApiError {
 /// (up to [`DRAIN_BYTES_MAX`]) before the 413 goes out, so the client, still sending, reads the
 /// answer instead of a reset connection.
 pub async fn read_body(body: axum::body::Body) -> Result<Bytes, ApiError> {
+    let limit = std::time::Duration::from_millis(crate::limits::BODY_READ_TIMEOUT_MS);
+    tokio::time::timeout(limit, read_body_untimed(body)).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            "request_timeout",
+            format!("the request body did not arrive within {} ms", crate::limits::BODY_READ_TIMEOUT_MS),
+        )
+    })?
+}
+
+async fn read_body_untimed(body: axum::body::Body) -> Result<Bytes, ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = Vec::new();

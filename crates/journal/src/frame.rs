@@ -495,24 +495,79 @@ fn parse_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<(u32, u32), String>
     Ok((count, payload_len))
 }
 
-/// Looks for a frame header with a valid checksum at or after `from` (byte by byte).
-fn find_valid_header_after(file: &mut File, from: u64, file_len: u64, _fault: &FrameFault) -> Option<u64> {
-    if from >= file_len {
-        return None;
-    }
-    let mut rest = Vec::new();
-    file.seek(SeekFrom::Start(from)).ok()?;
-    file.take(file_len - from).read_to_end(&mut rest).ok()?;
+/// Bytes read at a time while looking for a frame after a bad region.
+const RESCAN_WINDOW_BYTES: usize = 8 << 20;
+
+/// Looks for a whole, well-formed frame at or after `from` (byte by byte, reading a window at a
+/// time): a valid header whose first entry comes after the fault and whose payload is exactly tiled
+/// by entries numbered consecutively from it. A look-alike header planted inside an entry's bytes
+/// (a client controls some of them) cannot pass: a frame does not fit inside one field.
+fn find_valid_header_after(file: &mut File, from: u64, file_len: u64, fault: &FrameFault) -> Option<u64> {
     let magic = FRAME_MAGIC.to_le_bytes();
-    let mut i = 0usize;
-    while i + FRAME_HEADER_BYTES <= rest.len() {
-        if rest[i..i + 4] == magic {
-            let header: &[u8; FRAME_HEADER_BYTES] = rest[i..i + FRAME_HEADER_BYTES].try_into().unwrap();
-            if parse_header(header).is_ok() {
-                return Some(from + i as u64);
+    let mut window_start = from;
+    let mut window = Vec::new();
+    while window_start < file_len {
+        let len = (file_len - window_start).min(RESCAN_WINDOW_BYTES as u64) as usize;
+        window.resize(len, 0);
+        file.seek(SeekFrom::Start(window_start)).ok()?;
+        file.read_exact(&mut window).ok()?;
+        let mut i = 0usize;
+        while i + FRAME_HEADER_BYTES <= window.len() {
+            if window[i..i + 4] == magic {
+                let header: &[u8; FRAME_HEADER_BYTES] = window[i..i + FRAME_HEADER_BYTES].try_into().unwrap();
+                let at = window_start + i as u64;
+                if let Ok((count, payload_len)) = parse_header(header) {
+                    let first_seq = u64::from_le_bytes(header[16..24].try_into().unwrap());
+                    if first_seq >= fault.seq
+                        && frame_is_well_formed(file, at, file_len, count, payload_len, first_seq)
+                    {
+                        return Some(at);
+                    }
+                }
             }
+            i += 1;
         }
-        i += 1;
+        if window_start + len as u64 >= file_len {
+            break;
+        }
+        // Overlap by a header so one straddling the window edge is not missed.
+        window_start += (len - FRAME_HEADER_BYTES) as u64;
     }
     None
+}
+
+/// Whether the frame whose header is at `at` has a payload in the file that entries tile exactly,
+/// numbered `first_seq`, `first_seq + 1`, … (hashes are not checked: the chain's previous hash is
+/// unknown after a bad region).
+fn frame_is_well_formed(
+    file: &mut File,
+    at: u64,
+    file_len: u64,
+    count: u32,
+    payload_len: u32,
+    first_seq: u64,
+) -> bool {
+    let body = at + FRAME_HEADER_BYTES as u64;
+    if file_len < body || file_len - body < payload_len as u64 {
+        return false;
+    }
+    let mut payload = vec![0u8; payload_len as usize];
+    if file.seek(SeekFrom::Start(body)).is_err() || file.read_exact(&mut payload).is_err() {
+        return false;
+    }
+    let mut pos = 0usize;
+    for i in 0..count as u64 {
+        if payload.len() - pos < ENTRY_OVERHEAD_BYTES {
+            return false;
+        }
+        let body_len = u32::from_le_bytes(payload[pos..pos + 4].try_into().unwrap()) as usize;
+        if body_len > ENTRY_BODY_BYTES_MAX || payload.len() - pos - ENTRY_OVERHEAD_BYTES < body_len {
+            return false;
+        }
+        if u64::from_le_bytes(payload[pos + 4..pos + 12].try_into().unwrap()) != first_seq + i {
+            return false;
+        }
+        pos += ENTRY_OVERHEAD_BYTES + body_len;
+    }
+    pos == payload.len()
 }

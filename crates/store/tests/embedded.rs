@@ -235,3 +235,26 @@ fn a_damaged_snapshot_is_ignored_for_a_full_replay() {
     assert_eq!(store.open_report().entries_replayed, 8);
     assert_eq!(store.read(|l| l.accounts().collect::<Vec<_>>()), expected);
 }
+
+#[test]
+fn a_planted_header_inside_a_torn_tail_is_not_mistaken_for_a_later_frame() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join(JOURNAL_FILE);
+    let whole_len = {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        populate(&store);
+        drop(store);
+        std::fs::metadata(&journal).unwrap().len()
+    };
+    // A torn write whose bytes contain a valid frame header (as client-chosen bytes of an entry
+    // could), followed by a payload that is not a frame.
+    let mut bytes = std::fs::read(&journal).unwrap();
+    bytes.extend_from_slice(&[0x50; 40]);
+    bytes.extend_from_slice(&puhui_journal::frame::encode_frame_header(1, 64, 1_000));
+    bytes.extend_from_slice(&[0x7f; 64]);
+    std::fs::write(&journal, &bytes).unwrap();
+    let store = EmbeddedStore::open(dir.path()).expect("a torn tail, not corruption");
+    assert!(store.open_report().torn_tail_saved_to.is_some());
+    drop(store);
+    assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole_len);
+}
