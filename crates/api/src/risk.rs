@@ -49,6 +49,8 @@ struct RiskState {
 
 /// Most open reviews; beyond it new reviews are declined (fail closed) rather than grow the queue.
 pub const REVIEWS_OPEN_MAX: usize = 100_000;
+/// Most open reviews per tenant, so one tenant cannot fill the queue for everyone.
+pub const REVIEWS_PER_TENANT_MAX: usize = 10_000;
 /// A review hold expires (and releases) after this long if nobody decides it.
 pub const REVIEW_HOLD_TIMEOUT_MS: u64 = 72 * 3_600 * 1_000;
 
@@ -124,9 +126,12 @@ impl RiskService {
         state.engine.observe(&mut state.features, event);
     }
 
-    /// Whether another review can be queued.
-    pub fn can_queue_review(&self) -> bool {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.len() < REVIEWS_OPEN_MAX
+    /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
+    pub fn can_queue_review(&self, tenant: &str) -> bool {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let prefix = format!("{tenant}:");
+        state.reviews.len() < REVIEWS_OPEN_MAX
+            && state.reviews.keys().filter(|k| k.starts_with(&prefix)).count() < REVIEWS_PER_TENANT_MAX
     }
 
     /// Queues a held transfer for review.
@@ -381,6 +386,22 @@ pub async fn list_reviews(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<ReviewList>, ApiError> {
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
+    // Drop reviews whose hold is gone (expired, or posted/voided directly) before listing.
+    let (candidates, _) = risk.reviews(&principal.tenant, REVIEWS_PER_TENANT_MAX);
+    let ids: Vec<String> = candidates.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
+    let stale: Vec<String> = app
+        .read(move |l| {
+            ids.into_iter()
+                .filter(|id| {
+                    l.transfer(id).and_then(|t| t.pending_status)
+                        != Some(puhui_ledger::PendingStatus::Pending)
+                })
+                .collect()
+        })
+        .await;
+    for id in &stale {
+        risk.take_review(id);
+    }
     let (data, has_more) = risk.reviews(&principal.tenant, crate::limits::PAGE_LIMIT_MAX);
     Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
 }

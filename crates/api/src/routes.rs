@@ -425,9 +425,16 @@ async fn decide_inline(
     if !matches!(request.kind, TransferKind::Single | TransferKind::Pending) {
         return Ok(None);
     }
-    // A retry of a recorded transfer is answered by the ledger, not decided again.
+    // A retry of a recorded transfer is answered by the ledger, not decided again. If risk control
+    // had turned it into a review hold, the retry is turned the same way so that it matches.
     let id = request.id.clone();
-    if app.read(move |l| l.transfer(&id).is_some()).await {
+    if let Some(existing) = app.read(move |l| l.transfer(&id)).await {
+        let review_hold = existing.request.kind == TransferKind::Pending
+            && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+        if request.kind == TransferKind::Single && review_hold {
+            request.kind = TransferKind::Pending;
+            request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+        }
         return Ok(None);
     }
     let attributes = crate::risk::attributes(tenant, context)?;
@@ -459,7 +466,7 @@ async fn decide_inline(
             });
         }
         puhui_risk::Outcome::Review => {
-            if !risk.can_queue_review() {
+            if !risk.can_queue_review(tenant) {
                 return Err(ApiError {
                     retry_after_secs: Some(60),
                     ..ApiError::new(

@@ -513,7 +513,7 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir.path(), &[]);
     let c = Client::tenant(&server).await;
-    for (id, wallet) in [("bank", false), ("w", true), ("shop", true), ("mule", true)] {
+    for (id, wallet) in [("bank", false), ("w", true), ("shop", true), ("mule", true), ("mule2", true)] {
         let r = c
             .post(
                 &server,
@@ -545,6 +545,9 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     assert_eq!(c.get(&server, "/v1/accounts/w").await.body["balances"]["debits_pending"], 150_000);
     let queue = c.get(&server, "/v1/risk/reviews").await;
     assert_eq!(queue.body["data"][0]["id"], "t2", "{:?}", queue.body);
+    // A retry of the held transfer (same id, same body) is the same transfer, not a conflict.
+    let retry = c.post(&server, "/v1/transfers", with_ctx("t2", "mule", 150_000, "stolen-phone", "3")).await;
+    assert_eq!((retry.status, retry.body["type"].as_str()), (200, Some("pending")), "{:?}", retry.body);
     let approved = c.post(&server, "/v1/risk/reviews/t2/approve", json!({})).await;
     assert_eq!(
         (approved.status, approved.body["type"].as_str()),
@@ -562,6 +565,13 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let held = c.post(&server, "/v1/transfers", with_ctx("t3", "bank", 120_000, "burner", "3")).await;
     assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
     assert_eq!(c.post(&server, "/v1/risk/reviews/t3/decline", json!({})).await.status, 201);
+    // A hold voided directly (not through the queue) leaves the queue when it is listed.
+    let held =
+        c.post(&server, "/v1/transfers", with_ctx("t5", "mule2", 110_000, "another-burner", "3")).await;
+    assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
+    assert_eq!(c.post(&server, "/v1/transfers/t5/void", json!({})).await.status, 201);
+    let queue = c.get(&server, "/v1/risk/reviews").await;
+    assert!(queue.body["data"].as_array().unwrap().iter().all(|r| r["id"] != "t5"), "{:?}", queue.body);
     assert_eq!(c.get(&server, "/v1/transfers/t3").await.body["pending_status"], "voided");
     // Decline: a tier-1 wallet over its daily cap is refused and nothing is posted.
     let refused = c.post(&server, "/v1/transfers", with_ctx("t4", "shop", 600_000, "phone", "1")).await;
