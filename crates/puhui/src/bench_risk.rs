@@ -6,7 +6,6 @@ use std::time::Instant;
 
 use anyhow::bail;
 use clap::Args;
-use puhui_risk::RiskEvent;
 
 /// Flags of `puhui bench risk`.
 #[derive(Args, Debug)]
@@ -27,22 +26,13 @@ pub fn run(args: RiskArgs) -> anyhow::Result<ExitCode> {
     if args.rules == 0 || args.rules > 10_000 || args.decisions == 0 || args.decisions > 10_000_000 {
         bail!("--rules 1-10000 and --decisions 1-10000000");
     }
-    let (engine, store, attrs, now) = puhui_risk::synthetic::warm(args.rules, args.history);
-    let payers: Vec<String> = (0..1_000).map(|i| format!("w{i}")).collect();
+    let warm = puhui_risk::synthetic::warm(args.rules, args.history);
     let mut latencies_ns: Vec<u64> = Vec::with_capacity(args.decisions);
     let mut declined = 0usize;
     let started = Instant::now();
     for k in 0..args.decisions {
-        let e = RiskEvent {
-            payer: &payers[k % 1_000],
-            payee: "m5",
-            amount_minor: 25_000,
-            currency: "CNY",
-            timestamp_ns: now,
-            attributes: &attrs[k % 1_000],
-        };
         let t0 = Instant::now();
-        let d = engine.decide(&store, &e);
+        let d = warm.decide(k);
         latencies_ns.push(t0.elapsed().as_nanos() as u64);
         declined += (d.outcome == puhui_risk::Outcome::Decline) as usize;
     }

@@ -43,9 +43,38 @@ pub fn ruleset_text(rules: usize) -> String {
     text
 }
 
-/// An engine for `rules` synthetic rules, a store warmed with `history` events over 1,000 payers,
-/// the attribute sets of those payers, and the time right after the history.
-pub fn warm(rules: usize, history: u64) -> (Engine, FeatureStore, Vec<Vec<(String, String)>>, u64) {
+/// A warm engine and store, and the events a benchmark decides.
+pub struct Warm {
+    /// The engine with the synthetic ruleset.
+    pub engine: Engine,
+    /// The feature store after the history.
+    pub store: FeatureStore,
+    payers: Vec<String>,
+    attrs: Vec<Vec<(String, String)>>,
+    now: u64,
+}
+
+impl Warm {
+    /// The `k`-th benchmark event: one of the 1,000 payers pays 250 yuan, right after the history.
+    pub fn event(&self, k: usize) -> RiskEvent<'_> {
+        RiskEvent {
+            payer: &self.payers[k % 1_000],
+            payee: "m5",
+            amount_minor: 25_000,
+            currency: "CNY",
+            timestamp_ns: self.now,
+            attributes: &self.attrs[k % 1_000],
+        }
+    }
+
+    /// Decides the `k`-th benchmark event.
+    pub fn decide(&self, k: usize) -> crate::Decision {
+        self.engine.decide(&self.store, &self.event(k))
+    }
+}
+
+/// An engine for `rules` synthetic rules and a store warmed with `history` events over 1,000 payers.
+pub fn warm(rules: usize, history: u64) -> Warm {
     const S: u64 = 1_000_000_000;
     let ruleset = Ruleset::parse(&ruleset_text(rules)).expect("the synthetic ruleset is valid");
     let engine = Engine::new(Arc::new(ruleset), Arc::new(RwLock::new(HashMap::new())));
@@ -74,5 +103,6 @@ pub fn warm(rules: usize, history: u64) -> (Engine, FeatureStore, Vec<Vec<(Strin
         };
         engine.observe(&mut store, &e);
     }
-    (engine, store, attrs, start + history * S / 10)
+    let payers = (0..1_000).map(|i| format!("w{i}")).collect();
+    Warm { engine, store, payers, attrs, now: start + history * S / 10 }
 }
