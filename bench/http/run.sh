@@ -7,7 +7,7 @@ here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
 connections="${1:-64}" seconds="${2:-10}" accounts=1000 port=18099
 cargo build --release -q -p puhui
-dir="$(mktemp -d)"
+dir="$(mktemp -d ${BENCH_DIR_PARENT:+-p "$BENCH_DIR_PARENT"})"
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT
 PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} target/release/puhui serve --data-dir "$dir" --listen "127.0.0.1:$port" >/dev/null &
 server=$!

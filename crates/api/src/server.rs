@@ -108,6 +108,17 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         .map_err(|e| e.to_string())?
         .install_recorder()
         .ok();
+    if let Some(handle) = metrics.clone() {
+        // Histograms buffer raw samples until drained: drain them every few seconds, or memory
+        // grows with every request and a scrape has to fold millions of samples at once.
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
     let ruleset = match &config.ruleset {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
