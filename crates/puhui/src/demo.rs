@@ -41,6 +41,7 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
     for m in merchants {
         accounts.push(NewAccount::new(id(&format!("merchant:{m}")), cny).with_flags(AccountFlags::WALLET));
     }
+    accounts.push(NewAccount::new(id("wallet:zhang.min.cousin"), cny).with_flags(AccountFlags::WALLET));
     let created = store.create_accounts(accounts)?;
     println!(
         "created {} accounts ({} new)",
@@ -144,6 +145,7 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
         vec![t("pay-004", "wallet:zhang.min", "merchant:noodle-stall", 500, &cny)],
     )?;
     let elapsed = started.elapsed();
+    risk_scenes(&store, &cny)?;
 
     println!("\nBalances (net = credits − debits, in major units)");
     println!("  {:<26} {:>6} {:>14} {:>10} {:>8}", "account", "unit", "net", "held", "status");
@@ -185,4 +187,130 @@ pub fn run(data_dir: Option<PathBuf>) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Risk control in front of the ledger: the starter ruleset decides each payment before it is posted.
+fn risk_scenes(store: &EmbeddedStore, cny: &Currency) -> anyhow::Result<()> {
+    use puhui_risk::{Engine, FeatureLimits, FeatureStore, Outcome, RiskEvent, Ruleset};
+    let ruleset =
+        Ruleset::parse(include_str!("../../../rulesets/starter.toml")).map_err(anyhow::Error::msg)?;
+    println!(
+        "\nRisk control: ruleset {} ({} rules) decides each payment before the ledger posts it",
+        ruleset.version,
+        ruleset.rules().count()
+    );
+    let engine = Engine::new(std::sync::Arc::new(ruleset), Default::default());
+    let mut features = FeatureStore::new(FeatureLimits::default());
+    let t0 = 1_800_000_000_000_000_000u64;
+    let attrs = |device: &str, tier: &str| {
+        vec![("device_id".to_string(), device.to_string()), ("kyc_tier".to_string(), tier.to_string())]
+    };
+    let mut n = 0u64;
+    let mut pay = |label: &str,
+                   from: &str,
+                   to: &str,
+                   amount: u64,
+                   device: &str,
+                   tier: &str,
+                   at_s: u64|
+     -> anyhow::Result<()> {
+        n += 1;
+        let a = attrs(device, tier);
+        let event = RiskEvent {
+            payer: from,
+            payee: to,
+            amount_minor: amount,
+            currency: "CNY",
+            timestamp_ns: t0 + at_s * 1_000_000_000,
+            attributes: &a,
+        };
+        let d = engine.decide(&features, &event);
+        let id = id(&format!("risk-{n}"));
+        let request = match d.outcome {
+            Outcome::Decline => None,
+            Outcome::Review => Some(TransferRequest::pending(
+                id,
+                self::id(from),
+                self::id(to),
+                amount,
+                cny.code(),
+                Some(72 * 3_600_000),
+            )),
+            Outcome::Approve => {
+                Some(TransferRequest::single(id, self::id(from), self::id(to), amount, cny.code()))
+            }
+        };
+        let result = match request {
+            Some(r) => {
+                let result = store.create_transfers(vec![r])?[0].result;
+                if result == ResultCode::Ok {
+                    engine.observe(&mut features, &event);
+                }
+                match (d.outcome, result) {
+                    (Outcome::Review, ResultCode::Ok) => "held for review",
+                    _ => result.as_str(),
+                }
+            }
+            None => "not posted",
+        };
+        let reasons: Vec<&str> = d.fired.iter().flat_map(|f| f.reasons.iter().map(String::as_str)).collect();
+        if !label.is_empty() {
+            println!(
+                "  {label:<48} {:>8}  score {:>3}  ledger: {result:<16} {}",
+                d.outcome.as_str(),
+                d.score,
+                if reasons.is_empty() { String::new() } else { format!("({})", reasons.join(", ")) }
+            );
+        }
+        Ok(())
+    };
+    pay(
+        "li.na pays the noodle stall from her phone",
+        "wallet:li.na",
+        "merchant:noodle-stall",
+        1_500,
+        "li-phone",
+        "3",
+        0,
+    )?;
+    for i in 0..11 {
+        let label = if i == 10 { "card testing: 11th tiny payment in a minute" } else { "" };
+        pay(label, "wallet:wang.wei", "merchant:fruit-vendor", 100, "wang-phone", "2", 10 + i)?;
+    }
+    // Payday through the agent network (not a customer payment, so not scored), then his usual phone.
+    store.create_transfers(vec![TransferRequest::single(
+        id("payday-chen"),
+        id("bank:settlement"),
+        id("wallet:chen.jie"),
+        200_000,
+        cny.code(),
+    )])?;
+    pay(
+        "chen.jie buys a screen protector, usual phone",
+        "wallet:chen.jie",
+        "merchant:phone-repair",
+        2_000,
+        "chen-phone",
+        "3",
+        90,
+    )?;
+    pay(
+        "account takeover: a new phone drains chen.jie",
+        "wallet:chen.jie",
+        "wallet:zhang.min.cousin",
+        150_000,
+        "unknown-phone",
+        "3",
+        100,
+    )?;
+    pay(
+        "light-KYC wallet over its 5,000 yuan daily cap",
+        "wallet:liu.yang",
+        "merchant:phone-repair",
+        600_000,
+        "liu-phone",
+        "1",
+        200,
+    )?;
+    Ok(())
 }
