@@ -205,14 +205,7 @@ impl FeatureStore {
     ) {
         let counterparty = self.counterparty_hash(counterparty);
         let limits = self.limits;
-        let state = self.keys.entry((namespace, Box::<str>::from(key))).or_insert_with(|| KeyState {
-            events: VecDeque::new(),
-            first_seen_ns: timestamp_ns,
-            last_seen_ns: timestamp_ns,
-            dropped_newest_ns: 0,
-        });
-        state.first_seen_ns = state.first_seen_ns.min(timestamp_ns);
-        state.last_seen_ns = state.last_seen_ns.max(timestamp_ns);
+        let state = touch(&mut self.keys, namespace, Box::from(key), timestamp_ns);
         // Keep time order even if events arrive slightly out of order (backfills).
         let at = state.events.partition_point(|e| e.timestamp_ns <= timestamp_ns);
         state.events.insert(at, Event { timestamp_ns, amount_minor, counterparty });
@@ -232,15 +225,7 @@ impl FeatureStore {
 
     /// Records that `payer` paid `payee` (for new-payee checks).
     pub fn record_pair(&mut self, namespace: Namespace, a: &str, b: &str, timestamp_ns: u64) {
-        let key = pair(a, b);
-        let state = self.keys.entry((namespace, key.into_boxed_str())).or_insert_with(|| KeyState {
-            events: VecDeque::new(),
-            first_seen_ns: timestamp_ns,
-            last_seen_ns: timestamp_ns,
-            dropped_newest_ns: 0,
-        });
-        state.first_seen_ns = state.first_seen_ns.min(timestamp_ns);
-        state.last_seen_ns = state.last_seen_ns.max(timestamp_ns);
+        touch(&mut self.keys, namespace, pair(a, b).into_boxed_str(), timestamp_ns);
         if self.keys.len() > self.limits.keys_max {
             self.evict();
         }
@@ -274,6 +259,24 @@ impl hashbrown::Equivalent<(Namespace, Box<str>)> for KeyRef<'_> {
     fn equivalent(&self, key: &(Namespace, Box<str>)) -> bool {
         self.0 == key.0 && self.1 == &*key.1
     }
+}
+
+/// The state of a key, created on first sight, with its first/last seen times moved to cover `at_ns`.
+fn touch<'m>(
+    keys: &'m mut HashMap<(Namespace, Box<str>), KeyState, RandomState>,
+    namespace: Namespace,
+    key: Box<str>,
+    at_ns: u64,
+) -> &'m mut KeyState {
+    let state = keys.entry((namespace, key)).or_insert_with(|| KeyState {
+        events: VecDeque::new(),
+        first_seen_ns: at_ns,
+        last_seen_ns: at_ns,
+        dropped_newest_ns: 0,
+    });
+    state.first_seen_ns = state.first_seen_ns.min(at_ns);
+    state.last_seen_ns = state.last_seen_ns.max(at_ns);
+    state
 }
 
 fn pair(a: &str, b: &str) -> String {
