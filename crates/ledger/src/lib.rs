@@ -29,7 +29,7 @@ pub use account::{Account, AccountFlags, AccountStatus, Balances, NewAccount, St
 pub use id::{Id, IdGenerator};
 pub use money::{Currency, CurrencyCode, CurrencyError};
 pub use result::ResultCode;
-pub use state::{EventResult, Ledger, LogItem, Page, QueryError, ReplayError, SnapshotBuilder};
+pub use state::{EventResult, HistoryPoint, Ledger, LogItem, Page, QueryError, ReplayError, SnapshotBuilder};
 pub use transfer::{PendingStatus, References, Transfer, TransferKind, TransferRequest};
 
 /// Most events (accounts or transfers) in one batch; the same as TigerBeetle's so benchmarks compare.

@@ -103,6 +103,19 @@ pub enum QueryError {
     CursorNotFound,
 }
 
+/// One point of an account's balance history (see [`Ledger::history_at`]).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HistoryPoint {
+    /// Index of the transfer (see [`Ledger::transfer_at`]).
+    pub transfer: u32,
+    /// Whether this point is the expiry of that pending transfer rather than the transfer itself.
+    pub expiry: bool,
+    /// When.
+    pub timestamp_ns: u64,
+    /// The account's balances after the event.
+    pub balances: Balances,
+}
+
 #[derive(Clone, Copy, Debug)]
 struct HistoryEntry {
     /// Transfer index, with [`EXPIRY_BIT`] for the expiry of that pending transfer.
@@ -1135,6 +1148,186 @@ impl Ledger {
             (found, more)
         };
         Ok((items.into_iter().map(|i| self.transfer_at(i)).collect(), has_more))
+    }
+
+    // ----------------------------------------------------------------------------------------------
+    // Working sets: a transient ledger over rows loaded from an external store (PostgreSQL).
+
+    /// A ledger holding only the `accounts` and `transfers` a batch can read, as an external store
+    /// loaded them (locked), with the store's last timestamp. The batch then runs through the very
+    /// same decision code; the store writes back what [`Ledger::drain_log`] names and the accounts
+    /// and pending transfers that changed. Balance histories start empty (see
+    /// [`Ledger::history_at`]).
+    ///
+    /// `transfers` must include, for every applied post or void among them, its pending transfer;
+    /// every applied transfer's accounts must be among `accounts`. Duplicates are ignored. Returns a
+    /// description of the first inconsistency instead of panicking on bad input.
+    pub fn from_working_set(
+        accounts: Vec<Account>,
+        transfers: Vec<Transfer>,
+        last_timestamp_ns: u64,
+    ) -> Result<Ledger, String> {
+        let mut ledger = Ledger::new();
+        ledger.last_timestamp_ns = last_timestamp_ns;
+        if accounts.len() > ACCOUNTS_MAX || transfers.len() > TRANSFERS_MAX {
+            return Err("working set larger than a ledger holds".into());
+        }
+        for a in accounts {
+            if ledger.find_account(&a.id).is_some() {
+                continue;
+            }
+            if a.timestamp_ns > last_timestamp_ns {
+                return Err(format!("account {} is newer than the last timestamp", a.id));
+            }
+            let index = ledger.accounts.len() as u32;
+            let hash = hash_str(&ledger.hasher, &a.id);
+            ledger.accounts.push(AccountRecord {
+                id: a.id,
+                currency: a.currency,
+                flags: a.flags,
+                limit_minor: a.limit_minor,
+                status: a.status,
+                metadata: a.metadata,
+                balances: a.balances,
+                timestamp_ns: a.timestamp_ns,
+                history: Vec::new(),
+            });
+            let (records, hasher) = (&ledger.accounts, &ledger.hasher);
+            ledger.accounts_index.insert_unique(hash, index, |&i| hash_str(hasher, &records[i as usize].id));
+        }
+        // Two passes: records first, then the pending references (a post may come before its hold).
+        let mut resolves: Vec<(u32, Id)> = Vec::new();
+        for t in transfers {
+            if ledger.find_transfer(&t.request.id).is_some() {
+                continue;
+            }
+            if t.timestamp_ns > last_timestamp_ns {
+                return Err(format!("transfer {} is newer than the last timestamp", t.request.id));
+            }
+            let index = ledger.transfers.len() as u32;
+            let request = t.request;
+            let record = if t.result == ResultCode::Ok {
+                let account = |id: &Option<Id>| {
+                    id.as_deref()
+                        .and_then(|id| ledger.find_account(id))
+                        .ok_or_else(|| format!("transfer {}: account {id:?} not loaded", request.id))
+                };
+                let (debit, credit) =
+                    (account(&request.debit_account_id)?, account(&request.credit_account_id)?);
+                let currency =
+                    request.currency.ok_or_else(|| format!("transfer {}: no currency", request.id))?;
+                if request.kind.resolves_pending() {
+                    let pending = request
+                        .pending_id
+                        .clone()
+                        .ok_or_else(|| format!("transfer {}: no pending id", request.id))?;
+                    resolves.push((index, pending));
+                }
+                let is_hold = request.kind == TransferKind::Pending;
+                let extra = (request.metadata.is_some() || !request.references.is_empty()).then(|| {
+                    Box::new(TransferExtra {
+                        metadata: request.metadata.clone(),
+                        references: request.references.clone(),
+                        failed_request: None,
+                    })
+                });
+                TransferRecord {
+                    id: request.id.clone(),
+                    // A void carries no amount: it is filled in from its pending transfer below.
+                    amount_minor: request.amount_minor.unwrap_or(0),
+                    timestamp_ns: t.timestamp_ns,
+                    resolved_at_ns: if is_hold { t.resolved_at_ns.unwrap_or(0) } else { 0 },
+                    expires_at_ns: if is_hold { t.expires_at_ns.unwrap_or(0) } else { 0 },
+                    timeout_ms: request.timeout_ms_normalized().unwrap_or(0),
+                    debit,
+                    credit,
+                    pending: NONE,
+                    code: request.code,
+                    currency,
+                    kind: request.kind,
+                    result: ResultCode::Ok,
+                    pending_status: if is_hold {
+                        t.pending_status.unwrap_or(PendingStatus::Pending)
+                    } else {
+                        PendingStatus::Pending
+                    },
+                    extra,
+                }
+            } else {
+                TransferRecord {
+                    id: request.id.clone(),
+                    amount_minor: request.amount_minor.unwrap_or(0),
+                    timestamp_ns: t.timestamp_ns,
+                    resolved_at_ns: 0,
+                    expires_at_ns: 0,
+                    timeout_ms: request.timeout_ms_normalized().unwrap_or(0),
+                    debit: NONE,
+                    credit: NONE,
+                    pending: NONE,
+                    code: request.code,
+                    currency: request.currency.unwrap_or_else(|| CurrencyCode::new("XXX").expect("valid")),
+                    kind: request.kind,
+                    result: t.result,
+                    pending_status: PendingStatus::Pending,
+                    extra: Some(Box::new(TransferExtra {
+                        metadata: None,
+                        references: References::default(),
+                        failed_request: Some(Box::new(request)),
+                    })),
+                }
+            };
+            let hash = hash_str(&ledger.hasher, &record.id);
+            if record.kind == TransferKind::Pending
+                && record.result == ResultCode::Ok
+                && record.pending_status == PendingStatus::Pending
+                && record.expires_at_ns != 0
+            {
+                ledger.expiries.insert((record.expires_at_ns, index));
+            }
+            ledger.transfers.push(record);
+            let (records, hasher) = (&ledger.transfers, &ledger.hasher);
+            ledger.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &records[i as usize].id));
+        }
+        for (index, pending_id) in resolves {
+            let pending = ledger
+                .find_transfer(&pending_id)
+                .ok_or_else(|| format!("pending transfer {pending_id} not loaded"))?;
+            let p = &ledger.transfers[pending as usize];
+            if p.kind != TransferKind::Pending || p.result != ResultCode::Ok {
+                return Err(format!("transfer {pending_id} is not an applied pending transfer"));
+            }
+            let held = p.amount_minor;
+            let r = &mut ledger.transfers[index as usize];
+            r.pending = pending;
+            if r.kind == TransferKind::VoidPending {
+                r.amount_minor = held;
+            }
+        }
+        debug_assert!(ledger.log.is_empty());
+        Ok(ledger)
+    }
+
+    /// The balance history an account gained in this ledger, oldest first: for each applied
+    /// transfer or expiry that touched it, the index of the transfer (see [`Ledger::transfer_at`]),
+    /// whether the point is that pending transfer's expiry, its timestamp and the balances after it.
+    /// (For a ledger made by [`Ledger::from_working_set`], exactly the points the batch added.)
+    pub fn history_at(&self, account_index: u32) -> impl Iterator<Item = HistoryPoint> + '_ {
+        self.accounts[account_index as usize].history.iter().map(|e| HistoryPoint {
+            transfer: e.event & !EXPIRY_BIT,
+            expiry: e.event & EXPIRY_BIT != 0,
+            timestamp_ns: self.history_timestamp(e),
+            balances: e.balances,
+        })
+    }
+
+    /// The index of an account by id (for [`Ledger::history_at`] and [`Ledger::account_at`]).
+    pub fn account_index(&self, id: &str) -> Option<u32> {
+        self.find_account(id)
+    }
+
+    /// Every transfer, in the order recorded (failed ones included).
+    pub fn transfers(&self) -> impl Iterator<Item = Transfer> + '_ {
+        (0..self.transfers.len() as u32).map(|i| self.transfer_at(i))
     }
 
     /// Checks the ledger's invariants, for tests and `journal verify`: per currency, debits equal
