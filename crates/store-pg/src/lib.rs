@@ -1,0 +1,612 @@
+//! # puhui-store-pg: the ledger on PostgreSQL, for several `puhui` nodes on one database
+//!
+//! [`PgStore`] implements [`puhui_store::LedgerStore`] with exactly the embedded store's semantics and
+//! result codes: every decision is made by the same domain code ([`puhui_ledger::Ledger`]), run on a
+//! transient ledger that holds only the rows a group of batches touches
+//! ([`Ledger::from_working_set`]). It passes the same [`puhui_store::conformance`] suite.
+//!
+//! Key decision: **row locks in one global order, then the journal head.** A group of batches is one
+//! transaction (READ COMMITTED) that
+//! 1. loads the transfers it names (idempotency, pendings to post or void, due holds) — no lock,
+//!    because a recorded transfer never changes except an open hold's status;
+//! 2. locks the accounts it touches `ORDER BY id FOR UPDATE`, then the open holds it may resolve
+//!    `ORDER BY id FOR UPDATE`;
+//! 3. locks the single journal-head row (`FOR UPDATE`), the last lock every writer takes;
+//! 4. if the head moved since step 1, re-checks that no id it found missing has appeared (else it
+//!    rolls back and retries: bounded, since ids never disappear);
+//! 5. decides with the domain code, with timestamps continuing from the head's clock;
+//! 6. writes the changed rows, the balance history, the journal entries (the embedded journal's
+//!    encoding and BLAKE3 chain, continuing from the head's hash) and the head; COMMIT.
+//!
+//! Why it cannot deadlock: every writer takes its locks in the same order — accounts by id, holds by
+//! id, the head — and a transaction waits only for locks later in that order than those it holds,
+//! so a cycle of waits is impossible. Readers take no locks.
+//!
+//! Why it cannot double-spend: the rows a decision reads are locked (accounts, open holds) or
+//! immutable (recorded transfers), and an id found missing is re-checked under the head lock, so at
+//! decision time the working set equals the committed state; every writer holds the head lock from
+//! its decision to its COMMIT, so decisions are serial: a second spend of the same money sees the
+//! balances after the first. The journal order is the commit order, so replaying the journal
+//! through the domain code reproduces every result (`puhui journal verify --store postgres://…`).
+//!
+//! The price: one commit at a time per database (the head is the serialisation point, as the
+//! committer thread is for the embedded store). Each node therefore groups concurrent callers'
+//! batches into one transaction ([`PgOptions::committers`] threads take everything queued), and the
+//! loading and locking of one group overlaps the commit of another.
+#![deny(missing_docs)]
+
+mod rows;
+pub mod schema;
+pub mod testing;
+mod txn;
+pub mod verify;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use postgres::{Client, NoTls};
+use puhui_ledger::{
+    Account, Balances, EventResult, Id, IdGenerator, NewAccount, Page, StatusAction, Transfer,
+    TransferRequest, BATCH_EVENTS_MAX,
+};
+use puhui_store::{Clock, LedgerStore, Reply, StoreError, SystemClock};
+
+pub use txn::TxStats;
+use txn::{Done, TxError, Work};
+
+/// Most writes waiting for a committer; beyond it callers get [`StoreError::Overloaded`].
+pub const QUEUE_COMMANDS_MAX: usize = 1_024;
+/// Most events one group transaction decides (a single batch larger than the rest still goes alone).
+pub const GROUP_EVENTS_MAX: usize = 2 * BATCH_EVENTS_MAX;
+/// Most attempts of one group (retries after a stale working set, which needs a concurrent commit
+/// creating an id the group named; each retry has strictly fewer missing ids).
+pub const GROUP_ATTEMPTS_MAX: usize = 64;
+/// Most expiry rounds one `expire_due` call runs (each expires at most [`BATCH_EVENTS_MAX`] holds).
+pub const EXPIRE_ROUNDS_MAX: usize = 1_024;
+/// Most connections for reads per store.
+pub const READ_CONNECTIONS_MAX: usize = 64;
+/// Most committer threads (each holds one connection).
+pub const COMMITTERS_MAX: usize = 16;
+
+/// Tunables of the PostgreSQL store.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// Schema to use (created if missing); `None`: the connection's default `search_path`. Tests
+    /// use one fresh schema each so that they run in parallel.
+    pub schema: Option<String>,
+    /// Committer threads, each with its own connection: one groups while another commits.
+    pub committers: usize,
+    /// Connections for reads.
+    pub read_connections: usize,
+    /// Expire due holds every this many milliseconds in the background (0: only on `expire_due`
+    /// and for the accounts a batch touches).
+    pub expire_every_ms: u64,
+    /// Where time comes from.
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for PgOptions {
+    fn default() -> Self {
+        PgOptions {
+            schema: None,
+            committers: 2,
+            read_connections: 8,
+            expire_every_ms: 100,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgOptions")
+            .field("schema", &self.schema)
+            .field("committers", &self.committers)
+            .field("read_connections", &self.read_connections)
+            .field("expire_every_ms", &self.expire_every_ms)
+            .finish()
+    }
+}
+
+/// Opens a connection with the options' schema as the search path.
+pub fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
+    let mut client = Client::connect(url, NoTls)
+        .map_err(|e| StoreError::Unavailable(format!("connecting to {}: {e}", redact(url))))?;
+    if let Some(schema) = schema {
+        if !schema.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') || schema.is_empty() {
+            return Err(StoreError::Io(format!("schema name {schema:?} must be [A-Za-z0-9_]+")));
+        }
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))
+            .map_err(|e| StoreError::Io(format!("selecting schema {schema}: {}", describe(&e))))?;
+    }
+    Ok(client)
+}
+
+/// A connection URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// A PostgreSQL error with the server's code, message and detail (its `Display` says only
+/// "db error" for server errors).
+pub fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => match db.detail() {
+            Some(detail) => format!("{} ({}): {detail}", db.message(), db.code().code()),
+            None => format!("{} ({})", db.message(), db.code().code()),
+        },
+        None => e.to_string(),
+    }
+}
+
+/// Applies the schema migrations (what [`PgStore::open`] does first). Returns how many ran.
+pub fn migrate(url: &str, schema: Option<&str>) -> Result<usize, StoreError> {
+    let mut client = connect(url, schema)?;
+    schema::migrate(&mut client).map_err(|e| StoreError::Io(format!("migrating: {}", describe(&e))))
+}
+
+struct Job {
+    work: Work,
+    reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send>,
+}
+
+struct ReadPool {
+    url: String,
+    schema: Option<String>,
+    idle: Mutex<(Vec<Client>, usize)>,
+    freed: Condvar,
+    max: usize,
+}
+
+impl ReadPool {
+    fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let mut client = {
+            let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if let Some(c) = guard.0.pop() {
+                    break Some(c);
+                }
+                if guard.1 < self.max {
+                    guard.1 += 1;
+                    break None;
+                }
+                guard = self.freed.wait(guard).unwrap_or_else(|p| p.into_inner());
+            }
+        };
+        if client.is_none() {
+            match connect(&self.url, self.schema.as_deref()) {
+                Ok(c) => client = Some(c),
+                Err(e) => {
+                    self.idle.lock().unwrap_or_else(|p| p.into_inner()).1 -= 1;
+                    self.freed.notify_one();
+                    return Err(e);
+                }
+            }
+        }
+        let mut client = client.expect("connected");
+        let out = f(&mut client);
+        let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if client.is_closed() {
+            guard.1 -= 1;
+        } else {
+            guard.0.push(client);
+        }
+        drop(guard);
+        self.freed.notify_one();
+        out
+    }
+}
+
+struct Inner {
+    url: String,
+    options: PgOptions,
+    stats: TxStats,
+    reads: ReadPool,
+    ids: Mutex<IdGenerator>,
+    stopping: AtomicBool,
+}
+
+/// The ledger on PostgreSQL. Several instances (threads, processes, machines) may share one
+/// database; see the crate docs for the isolation approach.
+pub struct PgStore {
+    inner: Arc<Inner>,
+    queue: Mutex<Option<SyncSender<Job>>>,
+    committers: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl PgStore {
+    /// Connects to `url`, applies the migrations and starts the committers (default options).
+    pub fn open(url: &str) -> Result<PgStore, StoreError> {
+        PgStore::open_with(url, PgOptions::default())
+    }
+
+    /// Like [`PgStore::open`] with options.
+    pub fn open_with(url: &str, options: PgOptions) -> Result<PgStore, StoreError> {
+        let committers = options.committers.clamp(1, COMMITTERS_MAX);
+        let read_max = options.read_connections.clamp(1, READ_CONNECTIONS_MAX);
+        // Connect every committer first: a bad URL fails here, not on the first write.
+        let mut first = connect(url, options.schema.as_deref())?;
+        schema::migrate(&mut first).map_err(|e| StoreError::Io(format!("migrating: {}", describe(&e))))?;
+        let mut clients = vec![first];
+        for _ in 1..committers {
+            clients.push(connect(url, options.schema.as_deref())?);
+        }
+        let seed = options.clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&clients as *const _ as u64);
+        let inner = Arc::new(Inner {
+            url: url.to_string(),
+            reads: ReadPool {
+                url: url.to_string(),
+                schema: options.schema.clone(),
+                idle: Mutex::new((Vec::new(), 0)),
+                freed: Condvar::new(),
+                max: read_max,
+            },
+            options,
+            stats: TxStats::default(),
+            ids: Mutex::new(IdGenerator::new(seed)),
+            stopping: AtomicBool::new(false),
+        });
+        let (queue, jobs) = mpsc::sync_channel::<Job>(QUEUE_COMMANDS_MAX);
+        let jobs = Arc::new(Mutex::new(jobs));
+        let mut handles = Vec::with_capacity(committers);
+        for (n, client) in clients.into_iter().enumerate() {
+            let (inner, jobs) = (Arc::clone(&inner), Arc::clone(&jobs));
+            let handle = std::thread::Builder::new()
+                .name(format!("puhui-pg-commit-{n}"))
+                .spawn(move || committer_loop(inner, jobs, client, n == 0))
+                .map_err(|e| StoreError::Io(format!("starting a committer thread: {e}")))?;
+            handles.push(handle);
+        }
+        Ok(PgStore { inner, queue: Mutex::new(Some(queue)), committers: Mutex::new(handles) })
+    }
+
+    /// Counters of the committers (commits, retries, deadlocks seen).
+    pub fn stats(&self) -> &TxStats {
+        &self.inner.stats
+    }
+
+    /// The connection URL (without password) this store uses.
+    pub fn url(&self) -> String {
+        redact(&self.inner.url)
+    }
+
+    fn submit(&self, work: Work, reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send>) {
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let Some(queue) = queue else {
+            reply(Err(StoreError::Unavailable("the store is shut down".into())));
+            return;
+        };
+        match queue.try_send(Job { work, reply }) {
+            Ok(()) => {}
+            Err(TrySendError::Full(job)) => (job.reply)(Err(StoreError::Overloaded)),
+            Err(TrySendError::Disconnected(job)) => {
+                (job.reply)(Err(StoreError::Unavailable("the store is shut down".into())))
+            }
+        }
+    }
+
+    fn call(&self, work: Work) -> Result<Done, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit(
+            work,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        );
+        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+    }
+
+    /// Queues a batch of transfers; `reply` gets the results once committed (for async callers,
+    /// like `EmbeddedStore::submit_transfers`).
+    pub fn submit_transfers(&self, batch: Vec<TransferRequest>, reply: Reply<Vec<EventResult>>) {
+        if let Err(e) = check_batch(batch.len()) {
+            return reply(Err(e));
+        }
+        self.submit(Work::Transfers(batch), events_reply(reply));
+    }
+
+    /// Queues a batch of accounts; `reply` gets the results once committed.
+    pub fn submit_accounts(&self, batch: Vec<NewAccount>, reply: Reply<Vec<EventResult>>) {
+        if let Err(e) = check_batch(batch.len()) {
+            return reply(Err(e));
+        }
+        self.submit(Work::Accounts(batch), events_reply(reply));
+    }
+
+    /// Queues a status change; `reply` gets the result once committed.
+    pub fn submit_status(&self, id: Id, action: StatusAction, reply: Reply<EventResult>) {
+        self.submit(
+            Work::Status(id, action),
+            Box::new(move |r| {
+                reply(r.and_then(|d| match d {
+                    Done::Event(e) => Ok(e),
+                    other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+                }))
+            }),
+        );
+    }
+
+    /// Stops the committers after what is queued. Later writes get `Unavailable`.
+    pub fn shutdown(&self) {
+        self.inner.stopping.store(true, Ordering::Release);
+        self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let handles = std::mem::take(&mut *self.committers.lock().unwrap_or_else(|p| p.into_inner()));
+        for handle in handles {
+            let _ = handle.join();
+        }
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.inner.reads.with(f)
+    }
+}
+
+impl Drop for PgStore {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+fn events_reply(reply: Reply<Vec<EventResult>>) -> Box<dyn FnOnce(Result<Done, StoreError>) + Send> {
+    Box::new(move |r| {
+        reply(r.and_then(|d| match d {
+            Done::Events(e) => Ok(e),
+            other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+        }))
+    })
+}
+
+fn check_batch(len: usize) -> Result<(), StoreError> {
+    if len > BATCH_EVENTS_MAX {
+        return Err(StoreError::BatchTooLarge { len, max: BATCH_EVENTS_MAX });
+    }
+    Ok(())
+}
+
+fn committer_loop(inner: Arc<Inner>, jobs: Arc<Mutex<Receiver<Job>>>, mut client: Client, expirer: bool) {
+    let poll = match inner.options.expire_every_ms {
+        0 => Duration::from_millis(500),
+        ms => Duration::from_millis(ms),
+    };
+    let mut next_expiry_check = std::time::Instant::now() + poll;
+    loop {
+        let mut group: Vec<Job> = Vec::new();
+        {
+            let queue = jobs.lock().unwrap_or_else(|p| p.into_inner());
+            match queue.recv_timeout(poll) {
+                Ok(job) => group.push(job),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return,
+            }
+            let mut events: usize = group.iter().map(|j| j.work.events()).sum();
+            while !group.is_empty() && events < GROUP_EVENTS_MAX {
+                match queue.try_recv() {
+                    Ok(job) => {
+                        events += job.work.events();
+                        group.push(job);
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        if expirer && inner.options.expire_every_ms > 0 && std::time::Instant::now() >= next_expiry_check {
+            next_expiry_check = std::time::Instant::now() + poll;
+            if !inner.stopping.load(Ordering::Acquire) {
+                // Background expiry: errors are retried on the next tick.
+                let _ = run_group(&inner, &mut client, &[&Work::Expire]);
+            }
+        }
+        if group.is_empty() {
+            continue;
+        }
+        let works: Vec<&Work> = group.iter().map(|j| &j.work).collect();
+        match run_group(&inner, &mut client, &works) {
+            Ok(done) => {
+                drop(works);
+                for (job, done) in group.into_iter().zip(done) {
+                    (job.reply)(Ok(done));
+                }
+            }
+            Err(e) if group.len() > 1 => {
+                // One work may be the cause: run each alone so only it fails.
+                let _ = e;
+                drop(works);
+                for job in group {
+                    let outcome = run_group(&inner, &mut client, &[&job.work]);
+                    (job.reply)(outcome.map(|mut d| d.remove(0)));
+                }
+            }
+            Err(e) => {
+                drop(works);
+                for job in group {
+                    (job.reply)(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn run_group(inner: &Inner, client: &mut Client, works: &[&Work]) -> Result<Vec<Done>, StoreError> {
+    let mut last = StoreError::Unavailable("no attempt".into());
+    for _attempt in 0..GROUP_ATTEMPTS_MAX {
+        if client.is_closed() {
+            *client = connect(&inner.url, inner.options.schema.as_deref())?;
+        }
+        let now_ns = inner.options.clock.now_ns();
+        match txn::execute(client, works, now_ns, &inner.stats) {
+            Ok(done) => return Ok(done),
+            Err(TxError::Retry(why)) => last = StoreError::Unavailable(format!("retried too often: {why}")),
+            Err(TxError::Fatal(e)) => return Err(e),
+            Err(TxError::Connection(e)) => {
+                // The next attempt reconnects. Unknown outcome only if COMMIT was in flight: the
+                // caller retries with the same ids and gets `exists` if it had committed.
+                return Err(StoreError::Unavailable(format!("database connection failed: {e}")));
+            }
+        }
+    }
+    Err(last)
+}
+
+/// Every page query: an account's history rows joined with their transfers.
+const PAGE_JOIN: &str = "FROM puhui_account_history h JOIN puhui_transfers t ON t.id = h.transfer_id \
+     WHERE h.account_id = $1 AND NOT h.expiry";
+
+fn io(what: &str) -> impl Fn(postgres::Error) -> StoreError + '_ {
+    move |e| StoreError::Io(format!("{what}: {}", describe(&e)))
+}
+
+fn account_exists(client: &mut Client, id: &str) -> Result<bool, StoreError> {
+    Ok(client
+        .query_opt("SELECT 1 FROM puhui_accounts WHERE id = $1", &[&id])
+        .map_err(io("reading"))?
+        .is_some())
+}
+
+impl LedgerStore for PgStore {
+    fn create_accounts(&self, batch: Vec<NewAccount>) -> Result<Vec<EventResult>, StoreError> {
+        check_batch(batch.len())?;
+        match self.call(Work::Accounts(batch))? {
+            Done::Events(e) => Ok(e),
+            other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError> {
+        check_batch(batch.len())?;
+        match self.call(Work::Transfers(batch))? {
+            Done::Events(e) => Ok(e),
+            other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn set_account_status(&self, id: &Id, action: StatusAction) -> Result<EventResult, StoreError> {
+        match self.call(Work::Status(id.clone(), action))? {
+            Done::Event(e) => Ok(e),
+            other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    fn expire_due(&self) -> Result<usize, StoreError> {
+        let mut total = 0;
+        for _round in 0..EXPIRE_ROUNDS_MAX {
+            match self.call(Work::Expire)? {
+                Done::Count(0) => break,
+                Done::Count(n) => total += n,
+                other => return Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+            }
+        }
+        Ok(total)
+    }
+
+    fn account(&self, id: &str) -> Result<Option<Account>, StoreError> {
+        self.read(|c| {
+            let sql = format!("SELECT {} FROM puhui_accounts WHERE id = $1", rows::ACCOUNT_COLUMNS);
+            c.query_opt(&sql, &[&id])
+                .map_err(io("reading an account"))?
+                .map(|r| rows::account(&r))
+                .transpose()
+        })
+    }
+
+    fn transfer(&self, id: &str) -> Result<Option<Transfer>, StoreError> {
+        self.read(|c| {
+            let sql = format!("SELECT {} FROM puhui_transfers WHERE id = $1", rows::TRANSFER_COLUMNS);
+            c.query_opt(&sql, &[&id])
+                .map_err(io("reading a transfer"))?
+                .map(|r| rows::transfer(&r))
+                .transpose()
+        })
+    }
+
+    fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {
+        // `limit + 1` rows are read to see whether there is more.
+        let limit = page.limit.clamp(1, (i64::MAX - 1) as usize) as i64;
+        self.read(|c| {
+            // One snapshot for the existence check, the cursor and the page.
+            let mut tx = c
+                .build_transaction()
+                .isolation_level(postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .map_err(io("starting a read"))?;
+            if tx
+                .query_opt("SELECT 1 FROM puhui_accounts WHERE id = $1", &[&id])
+                .map_err(io("reading"))?
+                .is_none()
+            {
+                return Err(StoreError::AccountNotFound);
+            }
+            let cursor_ts = |tx: &mut postgres::Transaction<'_>, cursor: &str| -> Result<i64, StoreError> {
+                let row = tx
+                    .query_opt(
+                        "SELECT timestamp_ns FROM puhui_account_history \
+                         WHERE account_id = $1 AND transfer_id = $2 AND NOT expiry",
+                        &[&id, &cursor],
+                    )
+                    .map_err(io("reading a cursor"))?;
+                row.map(|r| r.get(0)).ok_or(StoreError::CursorNotFound)
+            };
+            let columns = rows::TRANSFER_COLUMNS.split(", ").map(|c| format!("t.{c}")).collect::<Vec<_>>().join(", ");
+            let (found, backwards) = if let Some(before) = page.ending_before {
+                let ts = cursor_ts(&mut tx, before)?;
+                let sql = format!(
+                    "SELECT {columns} {PAGE_JOIN} AND h.timestamp_ns < $2 ORDER BY h.timestamp_ns DESC LIMIT $3"
+                );
+                (tx.query(&sql, &[&id, &ts, &(limit + 1)]).map_err(io("reading a page"))?, true)
+            } else {
+                let ts = match page.starting_after {
+                    Some(after) => cursor_ts(&mut tx, after)?,
+                    None => i64::MIN,
+                };
+                let sql = format!(
+                    "SELECT {columns} {PAGE_JOIN} AND h.timestamp_ns > $2 ORDER BY h.timestamp_ns LIMIT $3"
+                );
+                (tx.query(&sql, &[&id, &ts, &(limit + 1)]).map_err(io("reading a page"))?, false)
+            };
+            let mut items = found.iter().map(rows::transfer).collect::<Result<Vec<_>, _>>()?;
+            let more = items.len() as i64 > limit;
+            items.truncate(limit as usize);
+            if backwards {
+                items.reverse();
+            }
+            tx.commit().map_err(io("ending a read"))?;
+            Ok((items, more))
+        })
+    }
+
+    fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError> {
+        let at = i64::try_from(at_ns).unwrap_or(i64::MAX);
+        self.read(|c| {
+            if !account_exists(c, id)? {
+                return Err(StoreError::AccountNotFound);
+            }
+            let row = c
+                .query_opt(
+                    "SELECT debits_pending, debits_posted, credits_pending, credits_posted \
+                     FROM puhui_account_history WHERE account_id = $1 AND timestamp_ns <= $2 \
+                     ORDER BY timestamp_ns DESC LIMIT 1",
+                    &[&id, &at],
+                )
+                .map_err(io("reading balance history"))?;
+            Ok(row.map(|r| rows::balances(&r, 0)).unwrap_or_default())
+        })
+    }
+
+    fn new_id(&self) -> Id {
+        let now_ms = self.inner.options.clock.now_ns() / 1_000_000;
+        self.inner.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms)
+    }
+}

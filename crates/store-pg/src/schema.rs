@@ -1,0 +1,116 @@
+//! The schema, as numbered migrations embedded in the binary and applied at open (or by
+//! [`crate::migrate`]). A migration is never edited once released; changes are new migrations.
+//!
+//! Encodings (PostgreSQL has no unsigned integers):
+//! - timestamps (ns since the Unix epoch) are `bigint`; a timestamp above `i64::MAX` (the year 2262)
+//!   is refused with an error rather than stored;
+//! - amounts and balances are `u64` stored bit for bit in `bigint` (values above 2⁶³ − 1 read as
+//!   negative in SQL; the store converts back). Nothing in SQL orders or sums them.
+
+use postgres::Client;
+
+/// `(version, SQL)`, applied in order, each in the transaction that records it.
+pub const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    r#"
+CREATE TABLE puhui_accounts (
+    id              text PRIMARY KEY,
+    currency        text     NOT NULL,
+    exponent        smallint NOT NULL,
+    flags           smallint NOT NULL,
+    limit_minor     bigint,
+    status          smallint NOT NULL,
+    metadata        bytea,
+    debits_pending  bigint   NOT NULL,
+    debits_posted   bigint   NOT NULL,
+    credits_pending bigint   NOT NULL,
+    credits_posted  bigint   NOT NULL,
+    timestamp_ns    bigint   NOT NULL
+);
+-- Every recorded transfer, failed ones included (the id is a permanent idempotency key). The columns
+-- are the canonical request (for a failed transfer: the request as it came, so accounts may be
+-- missing or unknown), the result, and for an applied pending transfer the state of its hold.
+CREATE TABLE puhui_transfers (
+    id                text PRIMARY KEY,
+    kind              smallint NOT NULL,
+    result            smallint NOT NULL,
+    timestamp_ns      bigint   NOT NULL,
+    pending_id        text,
+    debit_account_id  text,
+    credit_account_id text,
+    amount_minor      bigint,
+    currency          text,
+    timeout_ms        bigint,
+    code              bigint   NOT NULL,
+    metadata          bytea,
+    end_to_end_id     text,
+    uetr              bytea,
+    pending_status    smallint,
+    resolved_at_ns    bigint,
+    expires_at_ns     bigint
+);
+-- Open holds with a timeout, by deadline: what expiry scans.
+CREATE INDEX puhui_transfers_open_holds ON puhui_transfers (expires_at_ns)
+    WHERE pending_status = 0 AND expires_at_ns IS NOT NULL;
+-- Balances after every applied transfer (and hold expiry) per account: balance_at and pages.
+CREATE TABLE puhui_account_history (
+    account_id      text    NOT NULL,
+    timestamp_ns    bigint  NOT NULL,
+    transfer_id     text    NOT NULL,
+    expiry          boolean NOT NULL,
+    debits_pending  bigint  NOT NULL,
+    debits_posted   bigint  NOT NULL,
+    credits_pending bigint  NOT NULL,
+    credits_posted  bigint  NOT NULL,
+    PRIMARY KEY (account_id, timestamp_ns)
+);
+CREATE INDEX puhui_account_history_transfer ON puhui_account_history (transfer_id);
+-- The hash-chained journal: the same entries (kind, body, BLAKE3 chain) as the embedded journal.
+CREATE TABLE puhui_journal (
+    seq  bigint PRIMARY KEY,
+    kind smallint NOT NULL,
+    body bytea    NOT NULL,
+    hash bytea    NOT NULL
+);
+-- One row: the journal's head and the ledger clock. Its row lock serialises every commit that
+-- writes (it is always the last lock a writing transaction takes).
+CREATE TABLE puhui_journal_head (
+    singleton         boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    next_seq          bigint NOT NULL,
+    last_hash         bytea  NOT NULL,
+    last_timestamp_ns bigint NOT NULL
+);
+"#,
+)];
+
+/// Applies every migration not yet applied (serialised across nodes by an advisory lock), and
+/// makes sure the journal head row exists. Returns how many migrations were applied.
+pub fn migrate(client: &mut Client) -> Result<usize, postgres::Error> {
+    let mut tx = client.transaction()?;
+    // Any constant: nodes starting together wait for each other here.
+    tx.execute("SELECT pg_advisory_xact_lock(7077846117)", &[])?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS puhui_migrations (
+            version    integer PRIMARY KEY,
+            applied_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )?;
+    let mut applied = 0;
+    for (version, sql) in MIGRATIONS {
+        let done = tx.query_opt("SELECT 1 FROM puhui_migrations WHERE version = $1", &[version])?.is_some();
+        if done {
+            continue;
+        }
+        tx.batch_execute(sql)?;
+        tx.execute("INSERT INTO puhui_migrations (version) VALUES ($1)", &[version])?;
+        applied += 1;
+    }
+    let genesis = puhui_journal::frame::genesis_hash();
+    tx.execute(
+        "INSERT INTO puhui_journal_head (singleton, next_seq, last_hash, last_timestamp_ns)
+         VALUES (true, 0, $1, 0) ON CONFLICT DO NOTHING",
+        &[&&genesis[..]],
+    )?;
+    tx.commit()?;
+    Ok(applied)
+}
