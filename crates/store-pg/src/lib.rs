@@ -35,6 +35,7 @@
 //! loading and locking of one group overlaps the commit of another.
 #![deny(missing_docs)]
 
+pub mod hammer;
 mod rows;
 pub mod schema;
 pub mod testing;
