@@ -55,6 +55,10 @@ pub struct LedgerArgs {
     /// After the load, time this many store-level inclusion proofs of random transfers (p50/p99).
     #[arg(long, default_value_t = 0)]
     proofs: usize,
+    /// Run the load on a PostgreSQL store instead (postgres://user@host/db[?schema=NAME]; without a
+    /// schema, a fresh one is made and dropped afterwards).
+    #[arg(long)]
+    store: Option<String>,
 }
 
 /// Runs the ledger benchmark.
@@ -67,6 +71,17 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     }
     if args.clients == 0 || args.clients > 64 {
         bail!("--clients must be between 1 and 64");
+    }
+    if let Some(url) = &args.store {
+        let p = crate::journal_pg::BenchParams {
+            accounts: args.accounts,
+            transfers: args.transfers,
+            batch: args.batch,
+            clients: args.clients,
+            zipf: args.distribution == Distribution::Zipf,
+            seed: args.seed,
+        };
+        return crate::journal_pg::bench_ledger(url, p);
     }
     let _temp;
     let dir = match &args.data_dir {

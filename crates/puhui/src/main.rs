@@ -5,6 +5,7 @@ mod bench_http;
 mod bench_risk;
 mod crash_child;
 mod demo;
+mod journal_pg;
 mod verifiable;
 
 use std::path::PathBuf;
@@ -57,6 +58,9 @@ enum Command {
         #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
         snapshot_every: u64,
     },
+    /// Test helper: one node of the several-processes PostgreSQL test (prints acknowledged events).
+    #[command(hide = true)]
+    PgNodeChild(journal_pg::NodeChildArgs),
 }
 
 #[derive(Subcommand)]
@@ -111,8 +115,12 @@ enum JournalCommand {
     /// Recompute the hash chain, replay every event and check the ledger invariants.
     Verify {
         /// The data directory holding journal.phj.
-        #[arg(long)]
-        data_dir: PathBuf,
+        #[arg(long, required_unless_present = "store")]
+        data_dir: Option<PathBuf>,
+        /// Verify the journal and tables of a PostgreSQL store instead
+        /// (postgres://user@host/db[?schema=NAME]).
+        #[arg(long, conflicts_with_all = ["data_dir", "witness", "public_key"])]
+        store: Option<String>,
         /// Also check the journal against the checkpoints in this witness file (a rewritten and
         /// re-hashed journal is caught by a consistency check with them).
         #[arg(long)]
@@ -172,7 +180,11 @@ fn main() -> ExitCode {
         Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
         Command::Bench { what: BenchCommand::Risk(args) } => bench_risk::run(args),
         Command::Bench { what: BenchCommand::Ledger(args) } => bench::ledger(args),
-        Command::Journal { what: JournalCommand::Verify { data_dir, witness, public_key } } => {
+        Command::Journal { what: JournalCommand::Verify { store: Some(url), .. } } => {
+            journal_pg::verify(&url)
+        }
+        Command::Journal { what: JournalCommand::Verify { data_dir, witness, public_key, .. } } => {
+            let data_dir = data_dir.unwrap_or_default();
             journal_verify(&data_dir).and_then(|code| {
                 verifiable::verify_checkpoints(code, &data_dir, witness.as_deref(), public_key.as_deref())
             })
@@ -186,6 +198,7 @@ fn main() -> ExitCode {
         Command::CrashChild { data_dir, cycle, snapshot_every } => {
             crash_child::run(&data_dir, cycle, snapshot_every)
         }
+        Command::PgNodeChild(args) => journal_pg::node_child(args),
     };
     match outcome {
         Ok(code) => code,

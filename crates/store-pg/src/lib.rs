@@ -127,6 +127,27 @@ pub fn connect(url: &str, schema: Option<&str>) -> Result<Client, StoreError> {
     Ok(client)
 }
 
+/// Splits a store URL into the connection URL and the schema named by a `schema=NAME` query
+/// parameter (ours, not libpq's: `postgres://postgres@127.0.0.1/test?schema=ledger1`).
+pub fn split_schema(url: &str) -> (String, Option<String>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), None);
+    };
+    let mut schema = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| match kv.strip_prefix("schema=") {
+            Some(name) => {
+                schema = Some(name.to_string());
+                false
+            }
+            None => !kv.is_empty(),
+        })
+        .collect();
+    let url = if rest.is_empty() { base.to_string() } else { format!("{base}?{}", rest.join("&")) };
+    (url, schema)
+}
+
 /// A connection URL without its password, for messages.
 pub fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
