@@ -16,6 +16,10 @@ run --accounts 10000 --transfers 2000000 --batch 8189 --distribution zipf
 run --accounts 1000000 --transfers 1000000 --batch 8189
 run --accounts 10000 --transfers 10000000 --batch 8189 --restart
 if command -v pgbench >/dev/null && pg_isready -h 127.0.0.1 -q 2>/dev/null; then
+  pg=postgres://postgres@127.0.0.1:5432/test   # the PostgreSQL store on the same load (bench/pg-store.sh: more)
+  run --accounts 10000 --transfers 200000 --batch 8189 --store "$pg"
+  run --accounts 10000 --transfers 100000 --batch 100 --store "$pg"
+  run --accounts 10000 --transfers 5000 --batch 1 --clients 8 --store "$pg"
   echo "\$ bench/pg-baseline/run.sh 20"
   bench/pg-baseline/run.sh 20
 fi

@@ -42,6 +42,10 @@ pub const API_ERROR_CODES: &[&str] = &[
     "unavailable",
     "internal_error",
     "risk_declined",
+    "invalid_ruleset",
+    "ruleset_version_conflict",
+    "invalid_list",
+    "limit_exceeded",
     "not_checkpointed",
     "request_timeout",
 ];
@@ -221,6 +225,7 @@ impl From<puhui_store::StoreError> for ApiError {
                 retry_after_secs: Some(1),
                 ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "overloaded", e.to_string())
             },
+            RecordTooLarge { .. } => ApiError::invalid("invalid_request", e.to_string(), None),
             AccountNotFound => ApiError::not_found("account", "id"),
             CursorNotFound => ApiError::invalid("invalid_cursor", e.to_string(), Some("starting_after")),
             Unavailable(_) | Io(_) | Corrupt(_) | Locked(_) => ApiError {

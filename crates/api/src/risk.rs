@@ -1,20 +1,26 @@
 //! Risk decisions over HTTP: `POST /v1/decisions` scores an event (a payment from another system, a
-//! login) with the active ruleset without posting anything; `GET /v1/decisions/{id}` explains it.
-//! A transfer posted with a `risk_context` is decided inline (see `routes::create_transfer`):
-//! decline → not posted (422 `risk_declined`), review → posted as a hold and queued here
-//! (`GET /v1/risk/reviews`, `POST /v1/risk/reviews/{id}/approve|decline`), approve → posted.
+//! login) with the active ruleset without posting anything; `GET /v1/decisions/{id}` explains it and
+//! `POST /v1/decisions/{id}/label` labels it. A transfer posted with a `risk_context` is decided
+//! inline (see `routes::create_transfer`): decline → not posted (422 `risk_declined`), review →
+//! posted as a hold and queued here (`GET /v1/risk/reviews`, `POST /v1/risk/reviews/{id}/approve|
+//! decline`), approve → posted. Rulesets are published, activated and shadowed over the admin API;
+//! allow/deny lists are managed per tenant (and operator-wide with the admin token).
 //!
-//! Not yet (issue 4): journaled decision records and feature state that survives a restart.
-//! Decisions and reviews are kept in memory, bounded.
+//! Every change — decision (with the shadow verdict), label, ruleset, activation, list change — is
+//! a journaled risk record (`puhui_risk::records`), queued to the store while the service's lock is
+//! held, so the journal's order is the order the controller changed. At start-up the records are
+//! replayed: features, rulesets, lists, recent decisions and open reviews come back as they were.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use puhui_risk::{Decision, Engine, FeatureLimits, FeatureStore, RiskEvent, Ruleset};
-use puhui_store::LedgerStore;
+use puhui_risk::control::{ControlError, Controller, RulesetInfo};
+use puhui_risk::records::{DecisionRecord, DecisionSource, Label, LabelRecord, ListOp, Verdict};
+use puhui_risk::{FeatureLimits, Outcome, RiskEvent, RiskRecord};
+use puhui_store::{EmbeddedStore, LedgerStore, Record};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
@@ -25,24 +31,29 @@ use crate::routes::{ApiJson, ApiPath};
 use crate::tenants::Principal;
 use crate::AppState;
 
-/// Most decisions remembered for `GET /v1/decisions/{id}`; the oldest are forgotten first.
+/// Most decisions kept in memory for `GET /v1/decisions/{id}` (the oldest are forgotten first; all
+/// of them stay in the journal, where backtests read them).
 pub const DECISIONS_KEPT_MAX: usize = 100_000;
+/// Most decision ids remembered (as 64-bit hashes) so that old decisions can still be labelled.
+pub const DECISION_IDS_KEPT_MAX: usize = 20_000_000;
 /// Most attributes in a `risk_context`.
 pub const ATTRIBUTES_MAX: usize = 32;
 
 /// The starter ruleset shipped with puhui (`rulesets/starter.toml`), active by default.
 pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml");
 
-/// The risk engine, its feature state and the remembered decisions.
+/// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
     state: Mutex<RiskState>,
+    store: Arc<EmbeddedStore>,
 }
 
 struct RiskState {
-    engine: Engine,
-    features: FeatureStore,
+    controller: Controller,
     decisions: HashMap<String, DecisionObject>,
     order: VecDeque<String>,
+    /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
+    known: HashSet<u64>,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: HashMap<String, ReviewObject>,
 }
@@ -82,53 +93,158 @@ pub struct ReviewList {
     pub url: &'static str,
 }
 
+/// What start-up found in the journal.
+#[derive(Debug, Clone, Default)]
+pub struct RiskRestore {
+    /// Risk records replayed.
+    pub records: u64,
+    /// Decisions among them.
+    pub decisions: u64,
+    /// The active ruleset's version after start-up.
+    pub active: String,
+    /// The shadow ruleset's version, if one runs.
+    pub shadow: Option<String>,
+}
+
+/// A durable-write receipt: resolves once the records are in the journal and fsync'd.
+pub type Durable = tokio::sync::oneshot::Receiver<Result<u64, puhui_store::StoreError>>;
+
+fn hash64(id: &str) -> u64 {
+    let h = blake3::hash(id.as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
+}
+
+fn control_error(e: ControlError) -> ApiError {
+    match e {
+        ControlError::Ruleset(r) => {
+            ApiError::invalid("invalid_ruleset", format!("the ruleset is invalid: {r}"), Some("text"))
+        }
+        ControlError::VersionConflict(_) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "ruleset_version_conflict",
+            e.to_string(),
+        ),
+        ControlError::UnknownVersion(_) => ApiError::not_found("ruleset", "version"),
+        ControlError::Limit(_) => ApiError::invalid("limit_exceeded", e.to_string(), None),
+        ControlError::InvalidList(_) => ApiError::invalid("invalid_list", e.to_string(), Some("name")),
+    }
+}
+
 impl RiskService {
-    /// A service running `ruleset`.
-    pub fn new(ruleset: Ruleset) -> RiskService {
-        let engine = Engine::new(Arc::new(ruleset), Arc::default());
-        RiskService {
-            state: Mutex::new(RiskState {
-                engine,
-                features: FeatureStore::new(FeatureLimits::default()),
-                decisions: HashMap::new(),
-                order: VecDeque::new(),
-                reviews: HashMap::new(),
-            }),
-        }
-    }
-
-    /// Decides an event, remembers the decision under `id` (scoped) and, if `record`, records the
-    /// event in the velocity features.
-    pub fn decide(&self, id: &str, client_id: String, event: &RiskEvent<'_>, record: bool) -> DecisionObject {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = &mut *state;
-        let decision = state.engine.decide(&state.features, event);
-        if record {
-            state.engine.observe(&mut state.features, event);
-        }
-        metrics::counter!("puhui_decisions_total", "outcome" => decision.outcome.as_str()).increment(1);
-        metrics::histogram!("puhui_decision_seconds").record(decision.latency_ns as f64 / 1e9);
-        let object = to_object(client_id, decision);
-        state.decisions.insert(id.to_string(), object.clone());
-        state.order.push_back(id.to_string());
-        while state.order.len() > DECISIONS_KEPT_MAX {
-            if let Some(old) = state.order.pop_front() {
-                state.decisions.remove(&old);
+    /// Starts risk control on `store`: replays the journal's risk records, then makes sure a
+    /// ruleset is active. `startup` is `--ruleset` (its text and the directory its model paths are
+    /// relative to); without it the journal's active ruleset stays, or the starter ruleset is
+    /// published and activated on a fresh data directory.
+    pub fn open(
+        store: Arc<EmbeddedStore>,
+        startup: Option<(String, std::path::PathBuf)>,
+    ) -> Result<(RiskService, RiskRestore), String> {
+        let explicit = startup.is_some();
+        let (text, models_dir) =
+            startup.unwrap_or_else(|| (STARTER_RULESET.to_string(), store.data_dir().join("models")));
+        let (controller, initial) =
+            Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| e.to_string())?;
+        let mut state = RiskState {
+            controller,
+            decisions: HashMap::new(),
+            order: VecDeque::new(),
+            known: HashSet::new(),
+            reviews: HashMap::new(),
+        };
+        let mut restore = RiskRestore::default();
+        let mut activated = false;
+        let journal = store.data_dir().join(puhui_store::JOURNAL_FILE);
+        puhui_journal::scan_records(&journal, |seq, record_type, _timestamp_ns, payload| {
+            let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
+            restore.records += 1;
+            state.controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
+            match record {
+                RiskRecord::Decision(d) => {
+                    restore.decisions += 1;
+                    state.remember(*d);
+                }
+                RiskRecord::Label(l) => state.label(&l),
+                RiskRecord::Activation(_) => activated = true,
+                RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}
             }
+            Ok(())
+        })
+        .map_err(|e| format!("replaying risk records: {e}"))?;
+        let mut records = Vec::new();
+        if !activated {
+            records = initial;
+        } else if explicit {
+            let (version, published) =
+                state.controller.publish(&text).map_err(|e| format!("--ruleset: {e}"))?;
+            records.extend(published);
+            let shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
+            records
+                .extend(state.controller.activate(&version, shadow.as_deref()).map_err(|e| e.to_string())?);
         }
-        object
+        state.controller.confirm_initial();
+        if !records.is_empty() {
+            store.append_records(records.iter().map(to_store_record).collect()).map_err(|e| e.to_string())?;
+        }
+        restore.active = state.controller.active().ruleset().version.clone();
+        restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
+        Ok((RiskService { state: Mutex::new(state), store }, restore))
     }
 
-    /// Records an event that was posted (after the ledger accepted it).
-    pub fn observe(&self, event: &RiskEvent<'_>) {
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let state = &mut *state;
-        state.engine.observe(&mut state.features, event);
+    fn lock(&self) -> std::sync::MutexGuard<'_, RiskState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues records for the journal (call with the lock held, so that order is kept).
+    fn journal(&self, records: &[RiskRecord]) -> Result<Durable, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.store.submit_records(
+            records.iter().map(to_store_record).collect(),
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        Ok(rx)
+    }
+
+    /// Decides an event (active ruleset, and the shadow one if any), journals the decision and, if
+    /// `record` and not declined, records the event in the velocity features. The caller must await
+    /// the receipt before telling the client (an inline decision's transfer, queued after it,
+    /// becomes durable in the same or a later group, so awaiting the transfer is enough).
+    pub fn decide(
+        &self,
+        id: &str,
+        source: DecisionSource,
+        event: &RiskEvent<'_>,
+        record: bool,
+    ) -> Result<(DecisionObject, Durable), ApiError> {
+        let mut state = self.lock();
+        let decision = state.controller.decide(id.to_string(), source, event, record);
+        let receipt = self.journal(&[RiskRecord::Decision(Box::new(decision.clone()))])?;
+        // Only once the record is queued does the event enter the features (replay does the same).
+        state.controller.commit_decision(&decision);
+        metrics::counter!("puhui_decisions_total", "outcome" => decision.active.outcome.as_str())
+            .increment(1);
+        metrics::histogram!("puhui_decision_seconds").record(decision.active.latency_ns as f64 / 1e9);
+        if decision.active.degraded.is_some() {
+            metrics::counter!("puhui_decisions_degraded_total").increment(1);
+        }
+        if let Some(shadow) = &decision.shadow {
+            metrics::counter!("puhui_shadow_decisions_total", "outcome" => shadow.outcome.as_str())
+                .increment(1);
+        }
+        let object = state.remember(decision);
+        Ok((object, receipt))
+    }
+
+    /// A remembered decision.
+    pub fn decision(&self, id: &str) -> Option<DecisionObject> {
+        self.lock().decisions.get(id).cloned()
     }
 
     /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
     pub fn can_queue_review(&self, tenant: &str) -> bool {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.lock();
         let prefix = format!("{tenant}:");
         state.reviews.len() < REVIEWS_OPEN_MAX
             && state.reviews.keys().filter(|k| k.starts_with(&prefix)).count() < REVIEWS_PER_TENANT_MAX
@@ -136,28 +252,21 @@ impl RiskService {
 
     /// Queues a held transfer for review.
     pub fn queue_review(&self, id: &str, decision: &DecisionObject) {
-        let review = ReviewObject {
-            object: "review",
-            id: decision.id.clone(),
-            score: decision.score,
-            reasons: decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
-            ruleset_version: decision.ruleset_version.clone(),
-        };
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.insert(id.to_string(), review);
+        self.lock().reviews.insert(id.to_string(), review_of(decision));
     }
 
     fn queue_review_object(&self, id: &str, review: ReviewObject) {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.insert(id.to_string(), review);
+        self.lock().reviews.insert(id.to_string(), review);
     }
 
     /// Takes an open review out of the queue.
     pub fn take_review(&self, id: &str) -> Option<ReviewObject> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).reviews.remove(id)
+        self.lock().reviews.remove(id)
     }
 
     /// A tenant's open reviews (up to `limit`, oldest ids first) and whether there are more.
     pub fn reviews(&self, tenant: &str, limit: usize) -> (Vec<ReviewObject>, bool) {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let state = self.lock();
         let prefix = format!("{tenant}:");
         let mut keys: Vec<&String> = state.reviews.keys().filter(|k| k.starts_with(&prefix)).collect();
         keys.sort();
@@ -167,7 +276,62 @@ impl RiskService {
 
     /// The active ruleset's version.
     pub fn version(&self) -> String {
-        self.state.lock().unwrap_or_else(|p| p.into_inner()).engine.ruleset().version.clone()
+        self.lock().controller.active().ruleset().version.clone()
+    }
+}
+
+fn to_store_record(r: &RiskRecord) -> Record {
+    let (record_type, payload) = r.encode();
+    Record { record_type, payload }
+}
+
+fn review_of(decision: &DecisionObject) -> ReviewObject {
+    ReviewObject {
+        object: "review",
+        id: decision.id.clone(),
+        score: decision.score,
+        reasons: decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
+        ruleset_version: decision.ruleset_version.clone(),
+    }
+}
+
+impl RiskState {
+    /// Keeps a decision for `GET /v1/decisions/{id}` (bounded) and, for an inline review, queues it
+    /// (start-up drops reviews whose hold is gone when they are listed).
+    fn remember(&mut self, d: DecisionRecord) -> DecisionObject {
+        let scoped_id = d.id.clone();
+        let review = d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Review;
+        let label = self.decisions.get(&scoped_id).and_then(|o| o.label.clone());
+        let mut object = to_object(d);
+        object.label = label;
+        if review {
+            self.reviews.insert(scoped_id.clone(), review_of(&object));
+        }
+        if self.known.len() < DECISION_IDS_KEPT_MAX {
+            self.known.insert(hash64(&scoped_id));
+        }
+        if self.decisions.insert(scoped_id.clone(), object.clone()).is_none() {
+            self.order.push_back(scoped_id);
+        }
+        while self.order.len() > DECISIONS_KEPT_MAX {
+            if let Some(old) = self.order.pop_front() {
+                self.decisions.remove(&old);
+            }
+        }
+        object
+    }
+
+    fn label(&mut self, l: &LabelRecord) {
+        if let Some(object) = self.decisions.get_mut(&l.decision_id) {
+            object.label = Some(label_str(l.label).to_string());
+        }
+    }
+}
+
+fn label_str(l: Label) -> &'static str {
+    match l {
+        Label::Fraud => "fraud",
+        Label::Legit => "legit",
     }
 }
 
@@ -233,20 +397,35 @@ pub struct FiredRuleObject {
     pub reasons: Vec<String>,
 }
 
+/// Another ruleset's verdict on the same event, logged and not acted on.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct ShadowObject {
+    /// The shadow ruleset's version.
+    pub ruleset_version: String,
+    /// What it would have decided.
+    pub outcome: &'static str,
+    /// Its score.
+    pub score: i64,
+    /// Its fired rules.
+    pub fired: Vec<FiredRuleObject>,
+}
+
 /// A decision and everything needed to explain it.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct DecisionObject {
     /// Always `decision`.
     pub object: &'static str,
-    /// Its id.
+    /// Its id (the transfer's id for an inline decision).
     pub id: String,
+    /// `transfer` (inline) or `standalone` (`POST /v1/decisions`).
+    pub source: &'static str,
     /// `approve`, `review` or `decline`.
     pub outcome: &'static str,
     /// Sum of fired rules' scores.
     pub score: i64,
     /// Fired rules.
     pub fired: Vec<FiredRuleObject>,
-    /// Feature values the rules saw.
+    /// Feature values and model scores the rules saw (`null`: not a number).
     pub features: HashMap<String, f64>,
     /// Rules that could not be evaluated (not fired), with the error.
     pub errors: Vec<(String, String)>,
@@ -254,6 +433,55 @@ pub struct DecisionObject {
     pub ruleset_version: String,
     /// Decision latency in microseconds.
     pub latency_us: u64,
+    /// Why the decision is degraded (its time budget was spent; it took the ruleset's
+    /// `on_exceeded` outcome), if it is.
+    pub degraded: Option<String>,
+    /// Whether the event entered the velocity features.
+    pub observed: bool,
+    /// The shadow ruleset's verdict, if one ran.
+    pub shadow: Option<ShadowObject>,
+    /// The latest label (`fraud` or `legit`), if any.
+    pub label: Option<String>,
+}
+
+fn fired_objects(v: &Verdict) -> Vec<FiredRuleObject> {
+    v.fired
+        .iter()
+        .map(|r| FiredRuleObject {
+            rule: r.rule.clone(),
+            score: r.score,
+            outcome: r.outcome.map(|o| o.as_str()),
+            reasons: r.reasons.clone(),
+        })
+        .collect()
+}
+
+fn to_object(d: DecisionRecord) -> DecisionObject {
+    let v = d.active;
+    DecisionObject {
+        object: "decision",
+        id: unscoped(&d.id).to_string(),
+        source: match d.source {
+            DecisionSource::Transfer => "transfer",
+            DecisionSource::Standalone => "standalone",
+        },
+        outcome: v.outcome.as_str(),
+        score: v.score,
+        fired: fired_objects(&v),
+        features: v.features.iter().cloned().collect(),
+        errors: v.errors.clone(),
+        ruleset_version: v.ruleset_version.clone(),
+        latency_us: v.latency_ns / 1_000,
+        degraded: v.degraded.clone(),
+        observed: d.observed,
+        shadow: d.shadow.as_ref().map(|s| ShadowObject {
+            ruleset_version: s.ruleset_version.clone(),
+            outcome: s.outcome.as_str(),
+            score: s.score,
+            fired: fired_objects(s),
+        }),
+        label: None,
+    }
 }
 
 /// The event attributes of a risk context (device and IP tenant-scoped like every other id).
@@ -289,29 +517,6 @@ pub fn now_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0)
-}
-
-fn to_object(id: String, d: Decision) -> DecisionObject {
-    DecisionObject {
-        object: "decision",
-        id,
-        outcome: d.outcome.as_str(),
-        score: d.score,
-        fired: d
-            .fired
-            .into_iter()
-            .map(|r| FiredRuleObject {
-                rule: r.id,
-                score: r.score,
-                outcome: r.outcome.map(|o| o.as_str()),
-                reasons: r.reasons,
-            })
-            .collect(),
-        features: d.features.into_iter().collect(),
-        errors: d.errors,
-        ruleset_version: d.ruleset_version,
-        latency_us: d.latency_ns / 1_000,
-    }
 }
 
 /// Score an event with the active ruleset (nothing is posted).
@@ -353,11 +558,13 @@ pub async fn create_decision(
         timestamp_ns,
         attributes: &attributes,
     };
-    let existing = risk.state.lock().unwrap_or_else(|p| p.into_inner()).decisions.get(id.as_str()).cloned();
-    if let Some(existing) = existing {
+    if let Some(existing) = risk.decision(id.as_str()) {
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let object = risk.decide(&id, client_id, &event, body.record);
+    let (object, durable) = risk.decide(&id, DecisionSource::Standalone, &event, body.record)?;
+    durable
+        .await
+        .map_err(|_| ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into())))??;
     debug_assert_eq!(unscoped(&id), object.id);
     Ok((StatusCode::CREATED, Json(object)))
 }
@@ -374,8 +581,7 @@ pub async fn get_decision(
 ) -> Result<Json<DecisionObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
-    let state = risk.state.lock().unwrap_or_else(|p| p.into_inner());
-    state.decisions.get(id.as_str()).cloned().map(Json).ok_or_else(|| ApiError::not_found("decision", "id"))
+    risk.decision(id.as_str()).map(Json).ok_or_else(|| ApiError::not_found("decision", "id"))
 }
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.
@@ -460,4 +666,370 @@ pub async fn decline_review(
     ApiPath(id): ApiPath<String>,
 ) -> Result<axum::response::Response, ApiError> {
     resolve_review(app, principal, id, false).await
+}
+
+fn risk_service(app: &AppState) -> Result<&Arc<RiskService>, ApiError> {
+    app.risk.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "unavailable",
+            "risk control is not configured",
+        )
+    })
+}
+
+async fn durable(receipt: Durable) -> Result<(), ApiError> {
+    receipt
+        .await
+        .map_err(|_| ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into())))??;
+    Ok(())
+}
+
+/// `POST /v1/decisions/{id}/label`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateLabel {
+    /// `fraud` or `legit`.
+    pub label: String,
+    /// Where it comes from: `chargeback`, `analyst`, `customer_report`… (at most 64 characters).
+    pub source: Option<String>,
+}
+
+/// A label on a decision.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LabelObject {
+    /// Always `label`.
+    pub object: &'static str,
+    /// The decision.
+    pub decision: String,
+    /// `fraud` or `legit`.
+    pub label: &'static str,
+    /// Where it comes from.
+    pub source: Option<String>,
+}
+
+/// Label a decision fraud or legit (chargebacks, analysts); the latest label counts in backtests.
+#[utoipa::path(post, path = "/v1/decisions/{id}/label", tag = "risk", request_body = CreateLabel,
+    params(("id" = String, Path, description = "decision id")),
+    responses((status = 200, body = LabelObject), (status = 400, body = ErrorEnvelope), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn label_decision(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<CreateLabel>,
+) -> Result<Json<LabelObject>, ApiError> {
+    let risk = risk_service(&app)?;
+    let scoped_id = scoped_lookup(&principal.tenant, &id, "decision")?;
+    let label = match body.label.as_str() {
+        "fraud" => Label::Fraud,
+        "legit" => Label::Legit,
+        _ => return Err(ApiError::invalid("invalid_request", "label is `fraud` or `legit`", Some("label"))),
+    };
+    if body.source.as_ref().is_some_and(|s| s.len() > 64) {
+        return Err(ApiError::invalid("invalid_request", "source has at most 64 characters", Some("source")));
+    }
+    let record = LabelRecord {
+        decision_id: scoped_id.to_string(),
+        label,
+        source: body.source.clone(),
+        labelled_at_ns: now_ns(),
+    };
+    let receipt = {
+        let mut state = risk.lock();
+        if !state.known.contains(&hash64(scoped_id.as_str())) {
+            return Err(ApiError::not_found("decision", "id"));
+        }
+        let receipt = risk.journal(&[RiskRecord::Label(record.clone())])?;
+        state.label(&record);
+        receipt
+    };
+    durable(receipt).await?;
+    Ok(Json(LabelObject { object: "label", decision: id, label: label_str(label), source: body.source }))
+}
+
+/// A published ruleset.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct RulesetObject {
+    /// Always `ruleset`.
+    pub object: &'static str,
+    /// Its version (names one text forever).
+    pub version: String,
+    /// Rules in it.
+    pub rules: usize,
+    /// Whether decisions are acted on with it.
+    pub active: bool,
+    /// Whether it runs in shadow (decided and logged, not acted on).
+    pub shadow: bool,
+    /// The TOML text (on `GET /v1/rulesets/{version}` and `POST /v1/rulesets`).
+    pub text: Option<String>,
+}
+
+fn ruleset_object(info: RulesetInfo, text: Option<String>) -> RulesetObject {
+    RulesetObject {
+        object: "ruleset",
+        version: info.version,
+        rules: info.rules,
+        active: info.active,
+        shadow: info.shadow,
+        text,
+    }
+}
+
+/// `POST /v1/rulesets`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRuleset {
+    /// The ruleset file's TOML text (its `version` must be new, or name this same text). Model
+    /// paths are relative to `DATA_DIR/models`.
+    pub text: String,
+}
+
+/// `GET /v1/rulesets`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RulesetList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Published rulesets, by version.
+    pub data: Vec<RulesetObject>,
+    /// Always false (at most 256 rulesets are published).
+    pub has_more: bool,
+    /// The list's URL.
+    pub url: &'static str,
+}
+
+/// Publish a ruleset (validated and compiled; a bad one is a 400 naming the rule, line and column).
+/// Publishing does not activate it.
+#[utoipa::path(post, path = "/v1/rulesets", tag = "risk", request_body = CreateRuleset,
+    responses((status = 201, body = RulesetObject), (status = 200, body = RulesetObject, description = "already published"),
+              (status = 400, body = ErrorEnvelope), (status = 409, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn create_ruleset(
+    State(app): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<CreateRuleset>,
+) -> Result<(StatusCode, Json<RulesetObject>), ApiError> {
+    let risk = risk_service(&app)?;
+    let (version, receipt) = {
+        let mut state = risk.lock();
+        let (version, record) = state.controller.publish(&body.text).map_err(control_error)?;
+        let receipt = match record {
+            Some(r) => Some(risk.journal(&[r])?),
+            None => None,
+        };
+        (version, receipt)
+    };
+    let created = receipt.is_some();
+    if let Some(receipt) = receipt {
+        durable(receipt).await?;
+    }
+    let state = risk.lock();
+    let info = state.controller.rulesets().into_iter().find(|r| r.version == version).expect("published");
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok((status, Json(ruleset_object(info, Some(body.text)))))
+}
+
+/// Published rulesets.
+#[utoipa::path(get, path = "/v1/rulesets", tag = "risk",
+    responses((status = 200, body = RulesetList)), security(("admin_token" = [])))]
+pub async fn list_rulesets(State(app): State<Arc<AppState>>) -> Result<Json<RulesetList>, ApiError> {
+    let risk = risk_service(&app)?;
+    let data = risk.lock().controller.rulesets().into_iter().map(|i| ruleset_object(i, None)).collect();
+    Ok(Json(RulesetList { object: "list", data, has_more: false, url: "/v1/rulesets" }))
+}
+
+/// A published ruleset, with its text.
+#[utoipa::path(get, path = "/v1/rulesets/{version}", tag = "risk",
+    params(("version" = String, Path, description = "ruleset version")),
+    responses((status = 200, body = RulesetObject), (status = 404, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn get_ruleset(
+    State(app): State<Arc<AppState>>,
+    ApiPath(version): ApiPath<String>,
+) -> Result<Json<RulesetObject>, ApiError> {
+    let risk = risk_service(&app)?;
+    let state = risk.lock();
+    let info = state
+        .controller
+        .rulesets()
+        .into_iter()
+        .find(|r| r.version == version)
+        .ok_or_else(|| ApiError::not_found("ruleset", "version"))?;
+    let text = state.controller.ruleset_text(&version).map(str::to_string);
+    Ok(Json(ruleset_object(info, text)))
+}
+
+/// `POST /v1/rulesets/activation`: which rulesets run.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Activation {
+    /// The version to act on.
+    pub active: String,
+    /// The version to run in shadow beside it (decided and logged, never acted on); `null` for none.
+    pub shadow: Option<String>,
+}
+
+/// Switch the active (and shadow) ruleset atomically: the next decision uses the new ones, no
+/// decision sees half a switch. Journaled, so a restart keeps it.
+#[utoipa::path(post, path = "/v1/rulesets/activation", tag = "risk", request_body = Activation,
+    responses((status = 200, body = Activation), (status = 404, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn activate_ruleset(
+    State(app): State<Arc<AppState>>,
+    ApiJson(body): ApiJson<Activation>,
+) -> Result<Json<Activation>, ApiError> {
+    let risk = risk_service(&app)?;
+    let receipt = {
+        let mut state = risk.lock();
+        let before_active = state.controller.active().ruleset().version.clone();
+        let before_shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
+        let record =
+            state.controller.activate(&body.active, body.shadow.as_deref()).map_err(control_error)?;
+        match record {
+            Some(r) => match risk.journal(std::slice::from_ref(&r)) {
+                Ok(receipt) => Some(receipt),
+                Err(e) => {
+                    // Not queued: switch back, so that memory matches the journal.
+                    let _ = state.controller.activate(&before_active, before_shadow.as_deref());
+                    return Err(e);
+                }
+            },
+            None => None,
+        }
+    };
+    if let Some(receipt) = receipt {
+        durable(receipt).await?;
+    }
+    tracing::info!(active = %body.active, shadow = ?body.shadow, "rulesets activated");
+    Ok(Json(body))
+}
+
+/// `POST /v1/lists/{name}/add|remove`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ListChange {
+    /// The values (at most 10,000 per call). With an API key they are your ids (accounts, devices,
+    /// IPs), scoped to your tenant like every other id; with the admin token they are stored as
+    /// given and apply to every tenant (countries, names).
+    pub values: Vec<String>,
+}
+
+/// A list's values.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RiskListObject {
+    /// Always `risk_list`.
+    pub object: &'static str,
+    /// The list's name (what `in_list('<name>', …)` reads).
+    pub name: String,
+    /// Values, sorted (at most `limit`).
+    pub values: Vec<String>,
+    /// Whether there are more.
+    pub has_more: bool,
+}
+
+fn list_values(tenant: Option<&str>, values: Vec<String>) -> Result<Vec<String>, ApiError> {
+    match tenant {
+        Some(t) => values.iter().map(|v| scoped(t, v, "values").map(|id| id.to_string())).collect(),
+        None => {
+            if values.iter().any(|v| v.is_empty() || v.len() > 256) {
+                return Err(ApiError::invalid("invalid_request", "a value has 1–256 bytes", Some("values")));
+            }
+            Ok(values)
+        }
+    }
+}
+
+async fn change_list(
+    app: Arc<AppState>,
+    tenant: Option<String>,
+    name: String,
+    op: ListOp,
+    values: Vec<String>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    let risk = risk_service(&app)?;
+    let values = list_values(tenant.as_deref(), values)?;
+    let receipt = {
+        let mut state = risk.lock();
+        let record = state.controller.change_list(&name, op, values.clone()).map_err(control_error)?;
+        match risk.journal(std::slice::from_ref(&record)) {
+            Ok(receipt) => receipt,
+            Err(e) => {
+                // Undo, so that memory matches the journal.
+                let undo = if op == ListOp::Add { ListOp::Remove } else { ListOp::Add };
+                let _ = state.controller.change_list(&name, undo, values);
+                return Err(e);
+            }
+        }
+    };
+    durable(receipt).await?;
+    list_page(&app, tenant.as_deref(), &name, crate::limits::PAGE_LIMIT_MAX)
+}
+
+fn list_page(
+    app: &AppState,
+    tenant: Option<&str>,
+    name: &str,
+    limit: usize,
+) -> Result<Json<RiskListObject>, ApiError> {
+    let risk = risk_service(app)?;
+    let prefix = tenant.map(|t| format!("{t}:")).unwrap_or_default();
+    let (values, has_more) = risk.lock().controller.list_values(name, &prefix, limit).unwrap_or_default();
+    let values =
+        values.into_iter().map(|v| if tenant.is_some() { unscoped(&v).to_string() } else { v }).collect();
+    Ok(Json(RiskListObject { object: "risk_list", name: name.to_string(), values, has_more }))
+}
+
+/// `?limit=` on a list.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// 1–100, default 100.
+    pub limit: Option<usize>,
+}
+
+/// Add values to one of your allow/deny lists (`in_list('deny_devices', ctx.device_id)`).
+#[utoipa::path(post, path = "/v1/lists/{name}/add", tag = "risk", request_body = ListChange,
+    params(("name" = String, Path, description = "list name, [A-Za-z0-9_-]{1,64}")),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn list_add(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ListChange>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    change_list(app, principal.map(|p| p.0.tenant), name, ListOp::Add, body.values).await
+}
+
+/// Remove values from one of your lists.
+#[utoipa::path(post, path = "/v1/lists/{name}/remove", tag = "risk", request_body = ListChange,
+    params(("name" = String, Path, description = "list name")),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn list_remove(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ListChange>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    change_list(app, principal.map(|p| p.0.tenant), name, ListOp::Remove, body.values).await
+}
+
+/// Your values in a list (sorted).
+#[utoipa::path(get, path = "/v1/lists/{name}", tag = "risk",
+    params(("name" = String, Path, description = "list name"), ("limit" = Option<usize>, Query, description = "1–100")),
+    responses((status = 200, body = RiskListObject)),
+    security(("api_key" = [])))]
+pub async fn get_list(
+    State(app): State<Arc<AppState>>,
+    principal: Option<Extension<Principal>>,
+    ApiPath(name): ApiPath<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+    let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
+    if !(1..=crate::limits::PAGE_LIMIT_MAX).contains(&limit) {
+        return Err(ApiError::invalid("invalid_request", "limit is 1–100", Some("limit")));
+    }
+    list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, limit)
 }

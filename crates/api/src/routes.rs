@@ -450,7 +450,7 @@ async fn decide_inline(
         timestamp_ns: crate::risk::now_ns(),
         attributes: &attributes,
     };
-    let decision = risk.decide(&request.id, unscoped(&request.id).to_string(), &event, false);
+    let (decision, durable) = risk.decide(&request.id, puhui_risk::DecisionSource::Transfer, &event, true)?;
     let outcome = match decision.outcome {
         "decline" => puhui_risk::Outcome::Decline,
         "review" => puhui_risk::Outcome::Review,
@@ -459,6 +459,11 @@ async fn decide_inline(
     let reasons: Vec<String> = decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
     match outcome {
         puhui_risk::Outcome::Decline => {
+            // The decline is recorded before it is told (approved and held transfers are queued
+            // after their decision, so their own durability covers it).
+            durable.await.map_err(|_| {
+                ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
+            })??;
             metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
             return Err(ApiError {
                 message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
@@ -508,34 +513,13 @@ pub async fn create_transfer(
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
         None => None,
     };
-    let event_parts = decided.as_ref().map(|_| {
-        (
-            request.id.clone(),
-            request.debit_account_id.clone(),
-            request.credit_account_id.clone(),
-            request.amount_minor,
-            request.currency,
-        )
-    });
+    let id = request.id.clone();
     let (status, mut object) = create_one_object(&app, request).await?;
-    if let (Some((outcome, decision, attributes)), Some((id, Some(payer), Some(payee), amount, currency))) =
-        (decided, event_parts)
-    {
+    if let Some((outcome, decision, _attributes)) = decided {
         object.risk_outcome = Some(outcome.as_str());
-        if status == StatusCode::CREATED {
+        if status == StatusCode::CREATED && outcome == puhui_risk::Outcome::Review {
             let risk = app.risk.as_ref().expect("decided with risk control");
-            let currency = currency.map(|c| c.as_str().to_string()).unwrap_or_default();
-            risk.observe(&puhui_risk::RiskEvent {
-                payer: &payer,
-                payee: &payee,
-                amount_minor: amount.unwrap_or(0),
-                currency: &currency,
-                timestamp_ns: object.timestamp_ns,
-                attributes: &attributes,
-            });
-            if outcome == puhui_risk::Outcome::Review {
-                risk.queue_review(&id, &decision);
-            }
+            risk.queue_review(&id, &decision);
         }
     }
     Ok((status, Json(object)).into_response())

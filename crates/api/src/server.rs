@@ -119,18 +119,27 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
             }
         });
     }
-    let ruleset = match &config.ruleset {
+    let store = Arc::new(store);
+    let startup = match &config.ruleset {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let dir = path.parent().unwrap_or(std::path::Path::new("."));
-            puhui_risk::Ruleset::parse_in(&text, dir).map_err(|e| format!("{}: {e}", path.display()))?
+            let dir = path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+            Some((text, dir))
         }
-        None => {
-            puhui_risk::Ruleset::parse(crate::risk::STARTER_RULESET).map_err(|e| format!("ruleset: {e}"))?
-        }
+        None => None,
     };
-    tracing::info!(version = %ruleset.version, rules = ruleset.rules().count(), "risk ruleset loaded");
-    let store = Arc::new(store);
+    let risk_store = Arc::clone(&store);
+    let (risk, restore) =
+        tokio::task::spawn_blocking(move || crate::risk::RiskService::open(risk_store, startup))
+            .await
+            .map_err(|e| e.to_string())??;
+    tracing::info!(
+        active = %restore.active,
+        shadow = ?restore.shadow,
+        records = restore.records,
+        decisions = restore.decisions,
+        "risk control ready (records replayed from the journal)"
+    );
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         tenants: Arc::new(tenants),
@@ -139,7 +148,7 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         admin_token: admin_token(&config)?,
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
-        risk: Some(Arc::new(crate::risk::RiskService::new(ruleset))),
+        risk: Some(Arc::new(risk)),
     });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;

@@ -20,6 +20,12 @@ pub const KIND_STATUS_CHANGED: u8 = 2;
 pub const KIND_TRANSFER: u8 = 3;
 /// Entry kind: a pending transfer expired.
 pub const KIND_EXPIRED: u8 = 4;
+/// Entry kind: an application record (a risk decision, a label, a ruleset change…) kept in the same
+/// hash chain and Merkle tree as the ledger's events. The ledger ignores it on replay; its owner
+/// (named by `record_type`) decodes the payload.
+pub const KIND_RECORD: u8 = 16;
+/// Most bytes in a record's payload.
+pub const RECORD_PAYLOAD_BYTES_MAX: usize = 1 << 20;
 
 /// A decoded journal event.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +62,15 @@ pub enum Event {
         /// When.
         timestamp_ns: u64,
     },
+    /// An application record ([`KIND_RECORD`]); the ledger ignores it.
+    Record {
+        /// Its owner's type tag (see `puhui_risk::records` for the risk records).
+        record_type: u8,
+        /// When it was committed.
+        timestamp_ns: u64,
+        /// The owner's encoding.
+        payload: Vec<u8>,
+    },
 }
 
 impl Event {
@@ -65,7 +80,8 @@ impl Event {
             Event::AccountCreated { timestamp_ns, .. }
             | Event::StatusChanged { timestamp_ns, .. }
             | Event::Transfer { timestamp_ns, .. }
-            | Event::Expired { timestamp_ns, .. } => *timestamp_ns,
+            | Event::Expired { timestamp_ns, .. }
+            | Event::Record { timestamp_ns, .. } => *timestamp_ns,
         }
     }
 
@@ -80,6 +96,7 @@ impl Event {
                 ledger.replay_transfer(request, timestamp_ns, result)
             }
             Event::Expired { pending_id, timestamp_ns } => ledger.replay_expiry(&pending_id, timestamp_ns),
+            Event::Record { .. } => Ok(()),
         }
     }
 }
@@ -117,6 +134,15 @@ pub fn encode_log_item(ledger: &Ledger, item: LogItem, out: &mut Vec<u8>) -> u8 
             KIND_EXPIRED
         }
     }
+}
+
+/// Encodes an application record as an entry body; returns [`KIND_RECORD`].
+pub fn encode_record(record_type: u8, timestamp_ns: u64, payload: &[u8], out: &mut Vec<u8>) -> u8 {
+    debug_assert!(payload.len() <= RECORD_PAYLOAD_BYTES_MAX);
+    put_u64(out, timestamp_ns);
+    out.push(record_type);
+    put_opt_bytes(out, Some(payload));
+    KIND_RECORD
 }
 
 /// Decodes an entry body of the given kind.
@@ -157,6 +183,16 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Event, DecodeError> {
             let timestamp_ns = r.u64()?;
             let pending_id = r.id()?;
             Event::Expired { pending_id, timestamp_ns }
+        }
+        KIND_RECORD => {
+            let timestamp_ns = r.u64()?;
+            let record_type = r.u8()?;
+            let payload =
+                r.opt_bytes()?.ok_or_else(|| DecodeError("record without a payload".into()))?.into_vec();
+            if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
+                return Err(DecodeError(format!("record payload of {} bytes", payload.len())));
+            }
+            Event::Record { record_type, timestamp_ns, payload }
         }
         other => return Err(DecodeError(format!("unknown entry kind {other}"))),
     };

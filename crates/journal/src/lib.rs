@@ -92,6 +92,26 @@ pub fn recover_from(path: &Path, mut ledger: Ledger, start: JournalPosition) -> 
     Ok(Recovered { ledger, summary: scanned? })
 }
 
+/// Calls `on_record(seq, record_type, timestamp_ns, payload)` for every application record
+/// ([`codec::KIND_RECORD`]) in the journal at `path`, in order, checking the hash chain as it reads
+/// (other entries are skipped undecoded). A torn tail is reported in the summary, not read.
+pub fn scan_records(
+    path: &Path,
+    mut on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
+) -> Result<ScanSummary, ScanError> {
+    scan(path, |entry| {
+        if entry.kind != codec::KIND_RECORD {
+            return Ok(());
+        }
+        match codec::decode(entry.kind, entry.body).map_err(|e| e.to_string())? {
+            Event::Record { record_type, timestamp_ns, payload } => {
+                on_record(entry.seq, record_type, timestamp_ns, &payload)
+            }
+            _ => Err("a record entry decoded as another event".into()),
+        }
+    })
+}
+
 /// What `journal verify` found.
 pub struct Verified {
     /// The scan summary (entries, frames, last hash).

@@ -1,5 +1,6 @@
 //! `puhui`: the command-line entry point. Thin: parses arguments and calls the library crates.
 
+mod backtest;
 mod bench;
 mod bench_http;
 mod bench_risk;
@@ -43,6 +44,11 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Risk control tools.
+    Risk {
+        #[command(subcommand)]
+        what: RiskCommand,
+    },
     /// Journal tools.
     Journal {
         #[command(subcommand)]
@@ -61,6 +67,13 @@ enum Command {
     /// Test helper: one node of the several-processes PostgreSQL test (prints acknowledged events).
     #[command(hide = true)]
     PgNodeChild(journal_pg::NodeChildArgs),
+}
+
+#[derive(Subcommand)]
+enum RiskCommand {
+    /// Replay the journaled decisions through a candidate ruleset (or as recorded) and report
+    /// precision, recall and false-positive rate against the labels, per rule, with a plot.
+    Backtest(backtest::BacktestArgs),
 }
 
 #[derive(Subcommand)]
@@ -177,6 +190,7 @@ fn main() -> ExitCode {
             print!("{}", puhui_api::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Risk { what: RiskCommand::Backtest(args) } => backtest::run(args),
         Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
         Command::Bench { what: BenchCommand::Risk(args) } => bench_risk::run(args),
         Command::Bench { what: BenchCommand::Ledger(args) } => bench::ledger(args),

@@ -3,16 +3,23 @@
 //! [`features`]: the velocity feature store (sliding-window count, sum, max, distinct counterparties,
 //! mean and spread for z-scores, first/last seen, new payee, new device), bounded in memory and
 //! point-in-time correct. [`rules`]: TOML rulesets of CEL expressions with scores or direct outcomes
-//! and reason codes, allow/deny lists, and the explained decision. Still to come (issue 4): models in
-//! decisions, the inline hook in the ledger's write path, reviews, decision records, backtests.
+//! and reason codes, allow/deny lists, GBDT model scores, and the explained decision with a time
+//! budget. [`control`]: the controller (published rulesets, active + shadow, lists, features) whose
+//! every change is a journaled [`records`] entry, replayed at start-up; [`backtest`]: replays
+//! those records through a candidate ruleset, or reproduces the online decisions exactly.
 //!
 //! Architecture invariant: no I/O and no clock; time is an argument, so online decisions, tests and
 //! backtests run the same code.
 #![deny(missing_docs)]
 
+pub mod backtest;
+pub mod control;
 pub mod features;
+pub mod records;
 pub mod rules;
 pub mod synthetic;
 
+pub use control::{ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowStats};
-pub use rules::{Decision, Engine, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
+pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
+pub use rules::{Budget, Decision, Engine, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError};

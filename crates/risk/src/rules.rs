@@ -43,7 +43,8 @@ use serde::Deserialize;
 use crate::features::{parse_window, FeatureStore, Namespace};
 
 /// What to do with an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Post it.
     Approve,
@@ -128,9 +129,20 @@ struct FileModel {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct FileBudget {
+    /// Most microseconds a decision may take before the rest of its rules are skipped.
+    decision_us: u64,
+    /// The outcome when the budget is exceeded or a rule cannot be evaluated: `approve` (fail open),
+    /// `review` or `decline` (fail closed).
+    on_exceeded: toml::Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct File {
     version: String,
     thresholds: FileThresholds,
+    budget: Option<FileBudget>,
     #[serde(default)]
     features: Vec<FileFeature>,
     #[serde(default)]
@@ -212,7 +224,35 @@ pub struct Ruleset {
     pub features: Vec<Feature>,
     /// Declared models.
     pub models: Vec<ModelSlot>,
+    /// The time budget of a decision and what to do when it is exceeded.
+    pub budget: Budget,
     rules: Vec<Rule>,
+}
+
+/// A decision's time budget (`[budget]` in the ruleset file). Everything a decision depends on runs
+/// in-process (features, models, lists), so the budget is checked between rules: once it is spent,
+/// the remaining rules are skipped and the decision takes `on_exceeded` (marked degraded).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budget {
+    /// Most nanoseconds a decision may take.
+    pub decision_ns: u64,
+    /// The outcome of a decision over budget: approve = fail open, decline = fail closed.
+    pub on_exceeded: Outcome,
+}
+
+/// The budget when a ruleset names none: 5 ms, then review (neither open nor closed: the money is
+/// held and a person decides).
+pub const BUDGET_DEFAULT: Budget = Budget { decision_ns: 5_000_000, on_exceeded: Outcome::Review };
+/// Rules evaluated between two looks at the clock.
+const BUDGET_CHECK_EVERY_RULES: usize = 8;
+
+fn parse_outcome(text: &str) -> Option<Outcome> {
+    match text {
+        "approve" => Some(Outcome::Approve),
+        "review" => Some(Outcome::Review),
+        "decline" => Some(Outcome::Decline),
+        _ => None,
+    }
 }
 
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -247,6 +287,19 @@ impl Ruleset {
                 message: "thresholds.review must not exceed thresholds.decline".into(),
             });
         }
+        let budget = match &file.budget {
+            None => BUDGET_DEFAULT,
+            Some(b) => Budget {
+                decision_ns: b.decision_us.saturating_mul(1_000),
+                on_exceeded: parse_outcome(b.on_exceeded.get_ref()).ok_or_else(|| {
+                    at(
+                        b.on_exceeded.span(),
+                        None,
+                        format!("unknown outcome {:?} (approve, review, decline)", b.on_exceeded.get_ref()),
+                    )
+                })?,
+            },
+        };
         let mut features = Vec::new();
         for f in file.features {
             let entity = match f.entity.get_ref().as_str() {
@@ -332,12 +385,9 @@ impl Ruleset {
             })?;
             let outcome = match &r.outcome {
                 None => None,
-                Some(o) => Some(match o.get_ref().as_str() {
-                    "approve" => Outcome::Approve,
-                    "review" => Outcome::Review,
-                    "decline" => Outcome::Decline,
-                    other => return Err(at(o.span(), Some(&r.id), format!("unknown outcome {other:?}"))),
-                }),
+                Some(o) => Some(parse_outcome(o.get_ref()).ok_or_else(|| {
+                    at(o.span(), Some(&r.id), format!("unknown outcome {:?}", o.get_ref()))
+                })?),
             };
             if outcome.is_none() && r.score.is_none() {
                 return Err(at(span, Some(&r.id), "a rule needs a score or an outcome".into()));
@@ -357,6 +407,7 @@ impl Ruleset {
             decline_at: file.thresholds.decline,
             features,
             models,
+            budget,
             rules,
         })
     }
@@ -420,6 +471,9 @@ pub struct Decision {
     pub ruleset_version: String,
     /// Time taken.
     pub latency_ns: u64,
+    /// Why the decision is degraded (its budget was spent, so later rules were skipped, and it took
+    /// the ruleset's `on_exceeded` outcome); `None` for a full decision.
+    pub degraded: Option<String>,
 }
 
 /// Allow and deny lists, by name (`in_list("deny_devices", ctx.device_id)`).
@@ -549,7 +603,20 @@ impl Engine {
         let mut fired = Vec::new();
         let mut errors = Vec::new();
         let mut score = 0i64;
-        for rule in &self.ruleset.rules {
+        let mut degraded = None;
+        let budget = self.ruleset.budget;
+        for (index, rule) in self.ruleset.rules.iter().enumerate() {
+            if index % BUDGET_CHECK_EVERY_RULES == 0 && index > 0 {
+                let spent_ns = started.elapsed().as_nanos() as u64;
+                if spent_ns > budget.decision_ns {
+                    degraded = Some(format!(
+                        "budget of {} µs spent after {index} of {} rules",
+                        budget.decision_ns / 1_000,
+                        self.ruleset.rules.len()
+                    ));
+                    break;
+                }
+            }
             match rule.program.execute(&scope) {
                 Ok(cel::Value::Bool(true)) => {
                     score = score.saturating_add(rule.score);
@@ -566,7 +633,9 @@ impl Engine {
             }
         }
         let direct = |o: Outcome| fired.iter().any(|r| r.outcome == Some(o));
-        let outcome = if direct(Outcome::Decline) {
+        let outcome = if degraded.is_some() {
+            budget.on_exceeded
+        } else if direct(Outcome::Decline) {
             Outcome::Decline
         } else if direct(Outcome::Approve) {
             Outcome::Approve
@@ -588,12 +657,35 @@ impl Engine {
             errors,
             ruleset_version: self.ruleset.version.clone(),
             latency_ns: started.elapsed().as_nanos() as u64,
+            degraded,
         }
     }
 
     /// Records `event` in `store` (after it was decided), for every declared entity plus the
     /// payer→payee and payer→device pairs.
     pub fn observe(&self, store: &mut FeatureStore, event: &RiskEvent<'_>) {
+        observe(store, event, &self.attribute_entities());
+    }
+
+    /// The attributes this ruleset keeps velocity features for (`attr:<name>` entities).
+    pub fn attribute_entities(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for f in &self.ruleset.features {
+            if let Entity::Attribute(name) = &f.entity {
+                if !names.contains(&name.as_str()) {
+                    names.push(name);
+                }
+            }
+        }
+        names
+    }
+}
+
+/// Records `event` in `store` for the payer, payee, device and IP, the payer→payee and payer→device
+/// pairs, and the named attributes (the union over the rulesets that read `store`, so that two
+/// rulesets sharing one store record each event once).
+pub fn observe(store: &mut FeatureStore, event: &RiskEvent<'_>, attribute_entities: &[&str]) {
+    {
         let (t, a) = (event.timestamp_ns, event.amount_minor);
         store.record(Namespace::Payer, event.payer, t, a, event.payee);
         store.record(Namespace::Payee, event.payee, t, a, event.payer);
@@ -605,15 +697,9 @@ impl Engine {
         if let Some(ip) = event.attribute("ip") {
             store.record(Namespace::Ip, ip, t, a, event.payer);
         }
-        let mut done: Vec<&str> = Vec::new();
-        for f in &self.ruleset.features {
-            if let Entity::Attribute(name) = &f.entity {
-                if !done.contains(&name.as_str()) {
-                    done.push(name);
-                    if let Some(v) = event.attribute(name) {
-                        store.record(Namespace::Attribute, &format!("{name}={v}"), t, a, event.payer);
-                    }
-                }
+        for name in attribute_entities {
+            if let Some(v) = event.attribute(name) {
+                store.record(Namespace::Attribute, &format!("{name}={v}"), t, a, event.payer);
             }
         }
     }

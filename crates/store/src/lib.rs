@@ -147,6 +147,13 @@ pub enum StoreError {
         /// The limit.
         max: usize,
     },
+    /// An application record is over [`puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX`] bytes.
+    RecordTooLarge {
+        /// The record's payload bytes.
+        len_bytes: usize,
+        /// The limit.
+        max_bytes: usize,
+    },
     /// The write queue is full; retry later (HTTP 503).
     Overloaded,
     /// The store stopped (shut down, or a journal write failed and it refuses further writes).
@@ -168,6 +175,9 @@ impl std::fmt::Display for StoreError {
         match self {
             StoreError::BatchTooLarge { len, max } => {
                 write!(f, "batch of {len} events exceeds the maximum of {max}")
+            }
+            StoreError::RecordTooLarge { len_bytes, max_bytes } => {
+                write!(f, "a record of {len_bytes} bytes exceeds the maximum of {max_bytes}")
             }
             StoreError::Overloaded => f.write_str("the ledger's write queue is full; retry shortly"),
             StoreError::Unavailable(why) => write!(f, "the ledger is unavailable: {why}"),
@@ -226,7 +236,18 @@ enum Command {
     Transfers(Vec<TransferRequest>, Reply<Vec<EventResult>>),
     Status(Id, StatusAction, Reply<EventResult>),
     Expire(Reply<usize>),
+    Records(Vec<Record>, Reply<u64>),
     Shutdown,
+}
+
+/// An application record to journal beside the ledger's events (a risk decision, a label…): same
+/// hash chain, same Merkle tree, same durability; the ledger ignores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// The owner's type tag.
+    pub record_type: u8,
+    /// The owner's encoding (at most [`puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX`] bytes).
+    pub payload: Vec<u8>,
 }
 
 impl Command {
@@ -234,6 +255,7 @@ impl Command {
         match self {
             Command::Accounts(b, _) => b.len(),
             Command::Transfers(b, _) => b.len(),
+            Command::Records(b, _) => b.len(),
             _ => 1,
         }
     }
@@ -509,6 +531,31 @@ impl EmbeddedStore {
         self.enqueue(Command::Status(id, action, reply))
     }
 
+    /// Submits application records without waiting; `reply` gets the journal sequence of the first
+    /// one once all are durable. Records queued by one thread are journaled in the order queued, and
+    /// in order with that thread's other submissions (one FIFO queue feeds the committer).
+    pub fn submit_records(&self, records: Vec<Record>, reply: Reply<u64>) -> Result<(), StoreError> {
+        check_batch(records.len())?;
+        let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
+        if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
+            return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
+        }
+        self.enqueue(Command::Records(records, reply))
+    }
+
+    /// Journals application records and waits until they are durable; returns the first one's
+    /// journal sequence.
+    pub fn append_records(&self, records: Vec<Record>) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_records(
+            records,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+    }
+
     fn call<T: Send + 'static>(&self, make: impl FnOnce(Reply<T>) -> Command) -> Result<T, StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
         self.enqueue(make(Box::new(move |r| {
@@ -589,6 +636,7 @@ enum Answer {
     Events(Reply<Vec<EventResult>>, Vec<EventResult>),
     Event(Reply<EventResult>, EventResult),
     Count(Reply<usize>, usize),
+    Seq(Reply<u64>, u64),
 }
 
 impl Answer {
@@ -597,6 +645,8 @@ impl Answer {
             (Answer::Events(reply, r), None) => reply(Ok(r)),
             (Answer::Event(reply, r), None) => reply(Ok(r)),
             (Answer::Count(reply, r), None) => reply(Ok(r)),
+            (Answer::Seq(reply, r), None) => reply(Ok(r)),
+            (Answer::Seq(reply, _), Some(e)) => reply(Err(e.clone())),
             (Answer::Events(reply, _), Some(e)) => reply(Err(e.clone())),
             (Answer::Event(reply, _), Some(e)) => reply(Err(e.clone())),
             (Answer::Count(reply, _), Some(e)) => reply(Err(e.clone())),
@@ -746,28 +796,6 @@ fn committer_loop(
         let mut failure: Option<StoreError> = None;
         // Leaf bytes for the merkle thread (a copy of each entry as it is encoded).
         let mut leaves = inner.verifiable.as_ref().map(|v| v.buffer());
-        let mut flush =
-            |ledger: &mut Ledger, writer: &mut JournalWriter, items: &mut Vec<puhui_ledger::LogItem>| {
-                items.extend(ledger.drain_log());
-                for item in items.drain(..) {
-                    match leaves.as_mut() {
-                        None => {
-                            writer.append(|buf| codec::encode_log_item(ledger, item, buf));
-                        }
-                        Some(leaves) => {
-                            let seq = writer.next_seq();
-                            let offset = writer.len_bytes()
-                                + writer.frame_bytes().max(puhui_journal::frame::FRAME_HEADER_BYTES) as u64;
-                            writer.append(|buf| {
-                                let start = buf.len();
-                                let kind = codec::encode_log_item(ledger, item, buf);
-                                leaves.push(seq, kind, &buf[start..], offset);
-                                kind
-                            });
-                        }
-                    }
-                }
-            };
         for command in group.drain(..) {
             let answer = match command {
                 Command::Accounts(batch, reply) => Answer::Events(reply, ledger.create_accounts(batch, now)),
@@ -778,15 +806,26 @@ fn committer_loop(
                     Answer::Event(reply, ledger.set_account_status(&id, action, now))
                 }
                 Command::Expire(reply) => Answer::Count(reply, ledger.expire_due(now)),
+                Command::Records(records, reply) => {
+                    // The ledger's pending log goes first so that entries keep the order of commands.
+                    flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
+                    let first = writer.next_seq();
+                    for record in &records {
+                        append_entry(&mut writer, leaves.as_mut(), |buf| {
+                            codec::encode_record(record.record_type, now, &record.payload, buf)
+                        });
+                    }
+                    Answer::Seq(reply, first)
+                }
                 Command::Shutdown => unreachable!("shutdown is never queued in a group"),
             };
             answers.push(answer);
-            flush(&mut ledger, &mut writer, &mut items);
+            flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
             if writer.frame_bytes() >= FRAME_BYTES_SOFT_MAX && failure.is_none() {
                 failure = sync(&inner, &mut writer).err();
             }
         }
-        flush(&mut ledger, &mut writer, &mut items);
+        flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
         if failure.is_none() {
             failure = sync(&inner, &mut writer).err();
         }
@@ -826,11 +865,49 @@ fn committer_loop(
     }
 }
 
+/// Moves the ledger's pending log into the journal (and the Merkle leaf buffer), in order.
+fn flush(
+    ledger: &mut Ledger,
+    writer: &mut JournalWriter,
+    mut leaves: Option<&mut transparency::PendingLeaves>,
+    items: &mut Vec<puhui_ledger::LogItem>,
+) {
+    items.extend(ledger.drain_log());
+    for item in items.drain(..) {
+        append_entry(writer, leaves.as_deref_mut(), |buf| codec::encode_log_item(ledger, item, buf));
+    }
+}
+
+/// Appends one entry to the open frame, and a copy to the Merkle leaf buffer if there is one.
+fn append_entry(
+    writer: &mut JournalWriter,
+    leaves: Option<&mut transparency::PendingLeaves>,
+    encode: impl FnOnce(&mut Vec<u8>) -> u8,
+) {
+    match leaves {
+        None => {
+            writer.append(encode);
+        }
+        Some(leaves) => {
+            let seq = writer.next_seq();
+            let offset = writer.len_bytes()
+                + writer.frame_bytes().max(puhui_journal::frame::FRAME_HEADER_BYTES) as u64;
+            writer.append(|buf| {
+                let start = buf.len();
+                let kind = encode(buf);
+                leaves.push(seq, kind, &buf[start..], offset);
+                kind
+            });
+        }
+    }
+}
+
 fn refuse(command: Command, error: &StoreError) {
     match command {
         Command::Accounts(_, reply) | Command::Transfers(_, reply) => reply(Err(error.clone())),
         Command::Status(_, _, reply) => reply(Err(error.clone())),
         Command::Expire(reply) => reply(Err(error.clone())),
+        Command::Records(_, reply) => reply(Err(error.clone())),
         Command::Shutdown => {}
     }
 }

@@ -1,0 +1,362 @@
+//! The risk controller: the published rulesets, the active and shadow engines, the allow/deny lists
+//! and the velocity features, as one state machine whose every change is a [`RiskRecord`].
+//!
+//! Online, the caller journals the record each call returns, in call order (the API holds one lock
+//! around "change the controller, queue the record"). At start-up, [`Controller::apply`] replays the
+//! journaled records in order and rebuilds the same state; a backtest ([`crate::backtest`]) replays
+//! them through a candidate ruleset. No I/O and no clock here.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::features::{FeatureLimits, FeatureStore};
+use crate::records::{
+    ActivationRecord, DecisionRecord, DecisionSource, EventRecord, ListOp, ListRecord, RiskRecord,
+    RulesetRecord, Verdict,
+};
+use crate::rules::{observe, Engine, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
+
+/// Most rulesets kept published (each is compiled in memory).
+pub const RULESETS_MAX: usize = 256;
+/// Most lists.
+pub const LISTS_MAX: usize = 256;
+/// Most values in one list.
+pub const LIST_VALUES_MAX: usize = 1_000_000;
+/// Most values in one list change.
+pub const LIST_CHANGE_VALUES_MAX: usize = 10_000;
+/// Longest list name.
+pub const LIST_NAME_BYTES_MAX: usize = 64;
+/// Longest ruleset text.
+pub const RULESET_TEXT_BYTES_MAX: usize = 512 * 1024;
+
+/// Why a controller call was refused.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ControlError {
+    /// The ruleset does not parse or compile (rule id, line, column).
+    Ruleset(RulesetError),
+    /// A version that is already published names another text.
+    VersionConflict(String),
+    /// No ruleset with this version is published.
+    UnknownVersion(String),
+    /// A bound is reached (rulesets, lists, list values, text size).
+    Limit(String),
+    /// A list name or value is not acceptable.
+    InvalidList(String),
+}
+
+impl std::fmt::Display for ControlError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ControlError::Ruleset(e) => write!(f, "the ruleset is invalid: {e}"),
+            ControlError::VersionConflict(v) => {
+                write!(f, "ruleset version {v:?} is already published with another text; pick a new version")
+            }
+            ControlError::UnknownVersion(v) => write!(f, "no ruleset with version {v:?} is published"),
+            ControlError::Limit(why) => f.write_str(why),
+            ControlError::InvalidList(why) => f.write_str(why),
+        }
+    }
+}
+
+impl std::error::Error for ControlError {}
+
+struct Published {
+    ruleset: Arc<Ruleset>,
+    text: String,
+}
+
+/// Rulesets, engines, lists and features.
+pub struct Controller {
+    rulesets: BTreeMap<String, Published>,
+    active: Engine,
+    shadow: Option<Engine>,
+    features: FeatureStore,
+    lists: Lists,
+    models_dir: PathBuf,
+    /// The version [`Controller::new`] published without a journal record yet: a journaled text
+    /// of the same version replaces it on replay (the journal is the truth).
+    provisional: Option<String>,
+}
+
+/// A published ruleset, for listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RulesetInfo {
+    /// Its version.
+    pub version: String,
+    /// Rules in it.
+    pub rules: usize,
+    /// Whether it is the active one.
+    pub active: bool,
+    /// Whether it runs in shadow.
+    pub shadow: bool,
+}
+
+impl Controller {
+    /// A controller running `text` (parsed with model paths relative to `models_dir`); also returns
+    /// the records that publish and activate it.
+    pub fn new(
+        text: &str,
+        models_dir: &Path,
+        limits: FeatureLimits,
+    ) -> Result<(Controller, Vec<RiskRecord>), ControlError> {
+        let ruleset = Arc::new(Ruleset::parse_in(text, models_dir).map_err(ControlError::Ruleset)?);
+        let version = ruleset.version.clone();
+        let lists: Lists = Arc::default();
+        let mut rulesets = BTreeMap::new();
+        rulesets.insert(version.clone(), Published { ruleset: Arc::clone(&ruleset), text: text.to_string() });
+        let controller = Controller {
+            rulesets,
+            active: Engine::new(ruleset, Arc::clone(&lists)),
+            shadow: None,
+            features: FeatureStore::new(limits),
+            lists,
+            models_dir: models_dir.to_path_buf(),
+            provisional: Some(version.clone()),
+        };
+        let records = vec![
+            RiskRecord::Ruleset(RulesetRecord { version: version.clone(), text: text.to_string() }),
+            RiskRecord::Activation(ActivationRecord { active: version, shadow: None }),
+        ];
+        Ok((controller, records))
+    }
+
+    /// The active engine.
+    pub fn active(&self) -> &Engine {
+        &self.active
+    }
+
+    /// The shadow engine, if one runs.
+    pub fn shadow(&self) -> Option<&Engine> {
+        self.shadow.as_ref()
+    }
+
+    /// The velocity features.
+    pub fn features(&self) -> &FeatureStore {
+        &self.features
+    }
+
+    /// The lists the engines read.
+    pub fn lists(&self) -> &Lists {
+        &self.lists
+    }
+
+    /// Published rulesets, by version.
+    pub fn rulesets(&self) -> Vec<RulesetInfo> {
+        let active = &self.active.ruleset().version;
+        let shadow = self.shadow.as_ref().map(|e| &e.ruleset().version);
+        self.rulesets
+            .iter()
+            .map(|(v, p)| RulesetInfo {
+                version: v.clone(),
+                rules: p.ruleset.rules().count(),
+                active: v == active,
+                shadow: Some(v) == shadow,
+            })
+            .collect()
+    }
+
+    /// A published ruleset's text.
+    pub fn ruleset_text(&self, version: &str) -> Option<&str> {
+        self.rulesets.get(version).map(|p| p.text.as_str())
+    }
+
+    /// Decides `event` with the active ruleset (and the shadow one, logged only). The record says
+    /// whether the event is to enter the velocity features (`record` and not declined); it enters
+    /// them with [`Controller::commit_decision`], once the caller has queued the record for the
+    /// journal (so features never hold an event the journal lacks).
+    pub fn decide(
+        &mut self,
+        id: String,
+        source: DecisionSource,
+        event: &RiskEvent<'_>,
+        record: bool,
+    ) -> DecisionRecord {
+        let active = Verdict::from(self.active.decide(&self.features, event));
+        let shadow = self.shadow.as_ref().map(|e| Verdict::from(e.decide(&self.features, event)));
+        let observed = record && active.outcome != Outcome::Decline;
+        DecisionRecord { id, source, event: EventRecord::of(event), observed, active, shadow }
+    }
+
+    /// Records a decided event in the velocity features if its record says so (online, after the
+    /// record is queued; at start-up, [`Controller::apply`] does the same).
+    pub fn commit_decision(&mut self, d: &DecisionRecord) {
+        if d.observed {
+            self.observe(&d.event.as_event());
+        }
+    }
+
+    /// Decides a recorded decision's event again (active and shadow), then records the event in the
+    /// features if it was recorded online: what a backtest and a reproduction check run.
+    pub fn replay_decision(&mut self, d: &DecisionRecord) -> (Verdict, Option<Verdict>) {
+        let event = d.event.as_event();
+        let active = Verdict::from(self.active.decide(&self.features, &event));
+        let shadow = self.shadow.as_ref().map(|e| Verdict::from(e.decide(&self.features, &event)));
+        if d.observed {
+            self.observe(&event);
+        }
+        (active, shadow)
+    }
+
+    fn observe(&mut self, event: &RiskEvent<'_>) {
+        let mut names: Vec<&str> = self.active.attribute_entities();
+        if let Some(shadow) = &self.shadow {
+            for name in shadow.attribute_entities() {
+                if !names.contains(&name) {
+                    names.push(name);
+                }
+            }
+        }
+        observe(&mut self.features, event, &names);
+    }
+
+    /// Marks the records [`Controller::new`] returned as journaled.
+    pub fn confirm_initial(&mut self) {
+        self.provisional = None;
+    }
+
+    /// Publishes a ruleset. `Ok(None)` if this exact text is already published under its version.
+    pub fn publish(&mut self, text: &str) -> Result<(String, Option<RiskRecord>), ControlError> {
+        if text.len() > RULESET_TEXT_BYTES_MAX {
+            return Err(ControlError::Limit(format!(
+                "a ruleset has at most {RULESET_TEXT_BYTES_MAX} bytes; this one has {}",
+                text.len()
+            )));
+        }
+        let ruleset = Ruleset::parse_in(text, &self.models_dir).map_err(ControlError::Ruleset)?;
+        let version = ruleset.version.clone();
+        if let Some(existing) = self.rulesets.get(&version) {
+            return if existing.text == text {
+                Ok((version, None))
+            } else {
+                Err(ControlError::VersionConflict(version))
+            };
+        }
+        if self.rulesets.len() >= RULESETS_MAX {
+            return Err(ControlError::Limit(format!("at most {RULESETS_MAX} rulesets can be published")));
+        }
+        self.rulesets
+            .insert(version.clone(), Published { ruleset: Arc::new(ruleset), text: text.to_string() });
+        Ok((version.clone(), Some(RiskRecord::Ruleset(RulesetRecord { version, text: text.to_string() }))))
+    }
+
+    /// Makes `active` the acted-on ruleset and `shadow` (if any) the logged one, atomically: the
+    /// next decision uses both. `None` if nothing changes.
+    pub fn activate(
+        &mut self,
+        active: &str,
+        shadow: Option<&str>,
+    ) -> Result<Option<RiskRecord>, ControlError> {
+        let find = |v: &str| {
+            self.rulesets
+                .get(v)
+                .map(|p| Arc::clone(&p.ruleset))
+                .ok_or_else(|| ControlError::UnknownVersion(v.to_string()))
+        };
+        let active_ruleset = find(active)?;
+        let shadow_ruleset = shadow.map(find).transpose()?;
+        let same = self.active.ruleset().version == active
+            && self.shadow.as_ref().map(|e| e.ruleset().version.as_str()) == shadow;
+        if same {
+            return Ok(None);
+        }
+        self.active = Engine::new(active_ruleset, Arc::clone(&self.lists));
+        self.shadow = shadow_ruleset.map(|r| Engine::new(r, Arc::clone(&self.lists)));
+        Ok(Some(RiskRecord::Activation(ActivationRecord {
+            active: active.to_string(),
+            shadow: shadow.map(str::to_string),
+        })))
+    }
+
+    /// Adds values to a list or removes them.
+    pub fn change_list(
+        &mut self,
+        name: &str,
+        op: ListOp,
+        values: Vec<String>,
+    ) -> Result<RiskRecord, ControlError> {
+        let record = ListRecord { name: name.to_string(), op, values };
+        self.apply_list(&record)?;
+        Ok(RiskRecord::List(record))
+    }
+
+    fn apply_list(&mut self, record: &ListRecord) -> Result<(), ControlError> {
+        let name_ok = !record.name.is_empty()
+            && record.name.len() <= LIST_NAME_BYTES_MAX
+            && record.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !name_ok {
+            return Err(ControlError::InvalidList(format!(
+                "a list name is 1–{LIST_NAME_BYTES_MAX} characters of [A-Za-z0-9_-]"
+            )));
+        }
+        if record.values.len() > LIST_CHANGE_VALUES_MAX {
+            return Err(ControlError::Limit(format!(
+                "at most {LIST_CHANGE_VALUES_MAX} values per change; this one has {}",
+                record.values.len()
+            )));
+        }
+        let mut lists = self.lists.write().unwrap_or_else(|p| p.into_inner());
+        if !lists.contains_key(&record.name) && lists.len() >= LISTS_MAX {
+            return Err(ControlError::Limit(format!("at most {LISTS_MAX} lists")));
+        }
+        let list = lists.entry(record.name.clone()).or_insert_with(HashSet::new);
+        match record.op {
+            ListOp::Add => {
+                if list.len() + record.values.len() > LIST_VALUES_MAX {
+                    return Err(ControlError::Limit(format!(
+                        "a list holds at most {LIST_VALUES_MAX} values"
+                    )));
+                }
+                list.extend(record.values.iter().cloned());
+            }
+            ListOp::Remove => {
+                for v in &record.values {
+                    list.remove(v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The values of a list, sorted (at most `limit`), and whether there are more.
+    pub fn list_values(&self, name: &str, prefix: &str, limit: usize) -> Option<(Vec<String>, bool)> {
+        let lists = self.lists.read().unwrap_or_else(|p| p.into_inner());
+        let list = lists.get(name)?;
+        let mut values: Vec<&String> = list.iter().filter(|v| v.starts_with(prefix)).collect();
+        values.sort();
+        let more = values.len() > limit;
+        Some((values.into_iter().take(limit).cloned().collect(), more))
+    }
+
+    /// Replays a journaled record (start-up): a decision re-enters the features if it did online
+    /// (it is not decided again), rulesets are published, activations switched, lists changed.
+    pub fn apply(&mut self, record: &RiskRecord) -> Result<(), ControlError> {
+        match record {
+            RiskRecord::Decision(d) => self.commit_decision(d),
+            RiskRecord::Label(_) => {}
+            RiskRecord::Ruleset(r) => {
+                if self.provisional.as_deref() == Some(r.version.as_str()) {
+                    self.provisional = None;
+                    let replaced = self.rulesets.remove(&r.version);
+                    if let Err(e) = self.publish(&r.text) {
+                        if let Some(p) = replaced {
+                            self.rulesets.insert(r.version.clone(), p);
+                        }
+                        return Err(e);
+                    }
+                    if self.active.ruleset().version == r.version {
+                        let ruleset = Arc::clone(&self.rulesets[&r.version].ruleset);
+                        self.active = Engine::new(ruleset, Arc::clone(&self.lists));
+                    }
+                } else {
+                    self.publish(&r.text)?;
+                }
+            }
+            RiskRecord::Activation(a) => {
+                self.activate(&a.active, a.shadow.as_deref())?;
+            }
+            RiskRecord::List(l) => self.apply_list(l)?,
+        }
+        Ok(())
+    }
+}
