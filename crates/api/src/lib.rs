@@ -12,6 +12,7 @@
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod events;
 pub mod idempotency;
 pub mod journal;
 pub mod limits;
@@ -21,6 +22,7 @@ pub mod risk;
 pub mod routes;
 pub mod server;
 pub mod tenants;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -60,6 +62,10 @@ pub struct AppState {
     pub in_flight: Arc<Semaphore>,
     /// Risk control (decisions), if a ruleset is loaded.
     pub risk: Option<Arc<risk::RiskService>>,
+    /// The events index (`GET /v1/events`), fed from the journal.
+    pub events: Option<Arc<events::EventLog>>,
+    /// Webhook endpoints and the dispatcher.
+    pub webhooks: Option<Arc<webhooks::Webhooks>>,
 }
 
 impl AppState {
@@ -216,6 +222,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/risk/reviews", get(risk::list_reviews))
         .route("/v1/risk/reviews/{id}/approve", post(risk::approve_review))
         .route("/v1/risk/reviews/{id}/decline", post(risk::decline_review))
+        .route("/v1/events", get(events::list_events))
+        .route("/v1/events/{id}", get(events::get_event))
+        .route("/v1/events/{id}/redeliver", post(webhooks::redeliver_event))
+        .route("/v1/webhook_endpoints", post(webhooks::create_endpoint).get(webhooks::list_endpoints))
+        .route("/v1/webhook_endpoints/{id}", get(webhooks::get_endpoint).delete(webhooks::delete_endpoint))
+        .route("/v1/webhook_endpoints/{id}/rotate_secret", post(webhooks::rotate_secret))
+        .route("/v1/webhook_endpoints/{id}/deliveries", get(webhooks::list_deliveries))
         .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate));
     let admin_routes = Router::new()

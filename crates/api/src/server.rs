@@ -28,6 +28,9 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// The risk ruleset file (TOML; model paths relative to it); `None` runs the shipped starter.
     pub ruleset: Option<PathBuf>,
+    /// Publish every committed change to NATS JetStream (`--nats`); `None`: events are served by
+    /// `GET /v1/events` and webhooks only.
+    pub nats: Option<puhui_events::NatsConfig>,
 }
 
 fn admin_token(config: &ServeConfig) -> Result<String, String> {
@@ -140,6 +143,7 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         decisions = restore.decisions,
         "risk control ready (records replayed from the journal)"
     );
+    let (event_log, webhooks, event_tasks) = crate::events::start(&store, config.nats.clone())?;
     let state = Arc::new(AppState {
         store: Arc::clone(&store),
         tenants: Arc::new(tenants),
@@ -149,6 +153,8 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
         risk: Some(Arc::new(risk)),
+        events: Some(event_log),
+        webhooks: Some(webhooks),
     });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
@@ -160,6 +166,8 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         .map_err(|e| e.to_string())?;
     // Every request has been answered; let the committer sync its last group and snapshot.
     tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
+    // Then the relay publishes what is durable and the webhook dispatcher saves its state.
+    event_tasks.stop().await;
     tracing::info!("stopped cleanly");
     Ok(())
 }

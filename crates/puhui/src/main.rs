@@ -112,6 +112,15 @@ struct ServeArgs {
     /// Risk ruleset (TOML); default: the shipped starter ruleset (rulesets/starter.toml).
     #[arg(long)]
     ruleset: Option<PathBuf>,
+    /// Publish every committed change to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222).
+    #[arg(long)]
+    nats: Option<String>,
+    /// The JetStream stream (created or updated at start; retention 7 days).
+    #[arg(long, default_value = "PUHUI")]
+    nats_stream: String,
+    /// Subjects are `<prefix>.<tenant>.<event type>`.
+    #[arg(long, default_value = "puhui")]
+    nats_subject_prefix: String,
 }
 
 /// Log line format.
@@ -233,6 +242,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     let config = puhui_api::ServeConfig {
         ruleset: args.ruleset,
+        nats: args.nats.map(|url| puhui_events::NatsConfig {
+            stream: args.nats_stream,
+            subject_prefix: args.nats_subject_prefix,
+            ..puhui_events::NatsConfig::new(&url)
+        }),
         data_dir: args.data_dir,
         listen: args.listen,
         admin_token: std::env::var("PUHUI_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),

@@ -1,0 +1,1126 @@
+//! Webhooks: tenants register endpoints; every event of the types an endpoint asked for is POSTed
+//! to it, signed, at least once.
+//!
+//! - Signature (as Stripe's): `Puhui-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret,
+//!   "<t>.<raw body>")>`, one `v1` per live secret (after a rotation the old secret signs too until
+//!   its grace period ends). Receivers should refuse a `t` more than [`SIGNATURE_TOLERANCE_SECS`]
+//!   from their clock (docs/WEBHOOKS.md has the recipe).
+//! - Retries: a non-2xx answer, a timeout or a connection error is retried after
+//!   `min(base·2^(n-1), cap)` with full jitter in `[½, 1]` of it (base 30 s, cap 12 h), at most
+//!   [`DELIVERY_ATTEMPTS_MAX`] attempts and never later than [`DELIVERY_WINDOW_SECS`] (3 days) after
+//!   the first; then the delivery is `failed` (it can still be redelivered by hand).
+//! - State: endpoints (with their secrets: they are needed to sign), deliveries and the dispatcher's
+//!   journal cursor live in `DATA_DIR/webhooks.json`, rewritten atomically (mode 0600): endpoint
+//!   changes before the API answers, delivery progress at most every [`STATE_SAVE_EVERY_MS`]. After a
+//!   crash, deliveries made from events after the saved cursor are made again and attempts not yet
+//!   saved are sent again: at least once, never lost. Receivers de-duplicate by event id.
+//! - Bounds: [`PENDING_DELIVERIES_MAX`] deliveries waiting (then the dispatcher stops reading events:
+//!   the journal holds them), [`DELIVERIES_IN_FLIGHT_MAX`] requests at once, a delivery log of
+//!   [`DELIVERY_LOG_PER_ENDPOINT_MAX`] finished deliveries per endpoint.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use hmac::{Hmac, Mac};
+use puhui_events::{event_id, parse_event_id, EventType};
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+use utoipa::{IntoParams, ToSchema};
+
+use crate::error::{ApiError, ErrorEnvelope};
+use crate::events::{event_log, parse_type_filter, EventLog};
+use crate::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
+use crate::routes::{ApiJson, ApiPath, OptionalJson};
+use crate::tenants::Principal;
+use crate::AppState;
+
+/// Endpoints per tenant.
+pub const ENDPOINTS_PER_TENANT_MAX: usize = 16;
+/// Endpoints in all.
+pub const ENDPOINTS_MAX: usize = 1_000;
+/// Entries in an endpoint's `enabled_events`.
+pub const ENABLED_EVENTS_MAX: usize = 16;
+/// Length of an endpoint URL.
+pub const URL_BYTES_MAX: usize = 2_048;
+/// Length of an endpoint description.
+pub const DESCRIPTION_BYTES_MAX: usize = 200;
+/// Deliveries waiting to be sent (all endpoints); beyond it no new events are read until some finish.
+pub const PENDING_DELIVERIES_MAX: usize = 10_000;
+/// Finished deliveries kept per endpoint for the delivery log.
+pub const DELIVERY_LOG_PER_ENDPOINT_MAX: usize = 100;
+/// Attempts per delivery.
+pub const DELIVERY_ATTEMPTS_MAX: u32 = 16;
+/// No attempt is made later than this after a delivery's first attempt.
+pub const DELIVERY_WINDOW_SECS: u64 = 3 * 24 * 3600;
+/// First retry delay (doubles per attempt, jittered).
+pub const RETRY_BASE_MS_DEFAULT: u64 = 30_000;
+/// Longest retry delay, as a multiple of the base (30 s · 1440 = 12 h).
+pub const RETRY_CAP_BASES: u64 = 1_440;
+/// Test-only: the retry base in milliseconds (so tests do not wait 30 s).
+pub const RETRY_BASE_ENV: &str = "PUHUI_WEBHOOK_RETRY_BASE_MS";
+/// Time for a whole delivery request (connect, send, answer headers).
+pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
+/// Time to connect to a receiver.
+pub const DELIVERY_CONNECT_TIMEOUT_MS: u64 = 5_000;
+/// Delivery requests in flight at once.
+pub const DELIVERIES_IN_FLIGHT_MAX: usize = 32;
+/// Journal entries turned into deliveries per dispatcher step.
+pub const INGEST_SPAN_ENTRIES_MAX: u64 = 4_096;
+/// Delivery progress is saved at most this often.
+pub const STATE_SAVE_EVERY_MS: u64 = 500;
+/// Longest the dispatcher sleeps between looks at its queue.
+pub const DISPATCH_TICK_MS_MAX: u64 = 100;
+/// Default grace period of the old secret after a rotation.
+pub const SECRET_GRACE_SECS_DEFAULT: u64 = 24 * 3600;
+/// Longest grace period of an old secret.
+pub const SECRET_GRACE_SECS_MAX: u64 = 7 * 24 * 3600;
+/// What receivers should accept between `t` and their clock (replay guard), documented for them.
+pub const SIGNATURE_TOLERANCE_SECS: u64 = 300;
+/// The signature header.
+pub const SIGNATURE_HEADER: &str = "Puhui-Signature";
+/// Most bytes of a receiver's error text kept in the delivery log.
+pub const ERROR_TEXT_BYTES_MAX: usize = 200;
+
+/// The file holding endpoints, deliveries and the dispatcher cursor.
+pub const WEBHOOKS_FILE: &str = "webhooks.json";
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn format_ms(ms: u64) -> String {
+    puhui_events::event::format_ns(ms.saturating_mul(1_000_000))
+}
+
+fn random_text(len: usize) -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+    let mut rng = rand::rng();
+    (0..len).map(|_| ALPHABET[rng.random_range(0..32)] as char).collect()
+}
+
+/// HMAC-SHA256 of `"<t>.<body>"` under `secret` (its UTF-8 bytes), lower-case hex.
+pub fn sign(secret: &str, t: u64, body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes any key length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The `Puhui-Signature` value: `t=<t>,v1=<sig>[,v1=<sig>…]`, one `v1` per secret.
+pub fn signature_header<'a>(secrets: impl IntoIterator<Item = &'a str>, t: u64, body: &[u8]) -> String {
+    let mut header = format!("t={t}");
+    for secret in secrets {
+        header.push_str(",v1=");
+        header.push_str(&sign(secret, t, body));
+    }
+    header
+}
+
+/// The delay before attempt `attempts + 1` after `attempts` failed ones, with jitter in `[½, 1]`.
+pub fn retry_delay_ms(attempts: u32, base_ms: u64, jitter: f64) -> u64 {
+    let exp = attempts.saturating_sub(1).min(30);
+    let delay = base_ms.saturating_mul(1u64 << exp).min(base_ms.saturating_mul(RETRY_CAP_BASES));
+    let jitter = jitter.clamp(0.0, 1.0);
+    (delay as f64 * (0.5 + 0.5 * jitter)) as u64
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Secret {
+    secret: String,
+    /// When an old secret stops signing (None: the current one).
+    expires_at_ms: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Endpoint {
+    id: String,
+    tenant: String,
+    url: String,
+    enabled_events: Vec<String>,
+    description: Option<String>,
+    secrets: Vec<Secret>,
+    created_at_ms: u64,
+    /// Events from this journal sequence on are delivered (the durable end at registration).
+    from_seq: u64,
+}
+
+impl Endpoint {
+    fn kinds(&self) -> Vec<EventType> {
+        if self.enabled_events.iter().any(|e| e == "*") {
+            return Vec::new();
+        }
+        let mut kinds: Vec<EventType> =
+            self.enabled_events.iter().flat_map(|e| parse_type_filter(e, "").unwrap_or_default()).collect();
+        kinds.sort_by_key(|k| k.code());
+        kinds.dedup();
+        kinds
+    }
+
+    fn live_secrets(&self, now_ms: u64) -> Vec<String> {
+        self.secrets
+            .iter()
+            .filter(|s| s.expires_at_ms.is_none_or(|at| at > now_ms))
+            .map(|s| s.secret.clone())
+            .collect()
+    }
+}
+
+/// Where a delivery stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryStatus {
+    /// Waiting for its next attempt.
+    Pending,
+    /// A 2xx answer was received.
+    Succeeded,
+    /// Gave up (attempts or time exhausted).
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Delivery {
+    number: u64,
+    endpoint_id: String,
+    tenant: String,
+    event_seq: u64,
+    event_type: String,
+    status: DeliveryStatus,
+    attempts: u32,
+    created_at_ms: u64,
+    first_attempt_at_ms: Option<u64>,
+    next_attempt_at_ms: u64,
+    last_attempt_at_ms: Option<u64>,
+    last_status_code: Option<u16>,
+    last_error: Option<String>,
+}
+
+fn delivery_id(number: u64) -> String {
+    format!("wd_{number:012}")
+}
+
+fn parse_delivery_id(text: &str) -> Option<u64> {
+    text.strip_prefix("wd_").filter(|d| d.len() <= 20 && d.bytes().all(|b| b.is_ascii_digit()))?.parse().ok()
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Persisted {
+    endpoints: Vec<Endpoint>,
+    deliveries: Vec<Delivery>,
+    /// Events below this journal sequence have been turned into deliveries.
+    cursor: u64,
+    next_delivery: u64,
+}
+
+struct Inner {
+    p: Persisted,
+    dirty: bool,
+    in_flight: HashSet<u64>,
+}
+
+/// Why a webhook change failed.
+#[derive(Debug)]
+enum HookError {
+    NotFound(&'static str),
+    Limit(String),
+    Io(String),
+}
+
+impl From<HookError> for ApiError {
+    fn from(e: HookError) -> Self {
+        match e {
+            HookError::NotFound(what) => ApiError::not_found(what, "id"),
+            HookError::Limit(what) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "limit_reached",
+                what,
+            ),
+            HookError::Io(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", e),
+        }
+    }
+}
+
+/// Endpoints, deliveries and the dispatcher.
+pub struct Webhooks {
+    path: PathBuf,
+    inner: Mutex<Inner>,
+    save_lock: Mutex<()>,
+    events: Arc<EventLog>,
+    http: reqwest::Client,
+    wake: tokio::sync::Notify,
+    retry_base_ms: u64,
+}
+
+impl Webhooks {
+    /// Loads `DATA_DIR/webhooks.json` (or starts empty, delivering events from the durable end of
+    /// the journal on).
+    pub fn open(dir: &Path, events: Arc<EventLog>) -> Result<Arc<Webhooks>, String> {
+        let path = dir.join(WEBHOOKS_FILE);
+        let p = match puhui_events::cursor::load_json::<Persisted>(&path)? {
+            Some(p) => p,
+            None => Persisted { cursor: events.durable_entries(), ..Default::default() },
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(DELIVERY_CONNECT_TIMEOUT_MS))
+            .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent("puhui-webhooks/1")
+            .build()
+            .map_err(|e| format!("webhook HTTP client: {e}"))?;
+        let retry_base_ms = std::env::var(RETRY_BASE_ENV)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|ms| *ms > 0)
+            .unwrap_or(RETRY_BASE_MS_DEFAULT);
+        Ok(Arc::new(Webhooks {
+            path,
+            inner: Mutex::new(Inner { p, dirty: false, in_flight: HashSet::new() }),
+            save_lock: Mutex::new(()),
+            events,
+            http,
+            wake: tokio::sync::Notify::new(),
+            retry_base_ms,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state file (blocking). Snapshots are taken in order under `save_lock`, so a later
+    /// state is never overwritten by an earlier one.
+    fn save_blocking(&self) -> Result<(), HookError> {
+        let _order = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let bytes = {
+            let mut inner = self.lock();
+            inner.dirty = false;
+            serde_json::to_vec(&inner.p).expect("webhook state serialises")
+        };
+        write_private_atomic(&self.path, &bytes).map_err(|e| {
+            self.lock().dirty = true;
+            HookError::Io(format!("{}: {e}", self.path.display()))
+        })
+    }
+
+    async fn save(self: &Arc<Self>) -> Result<(), HookError> {
+        let me = Arc::clone(self);
+        tokio::task::spawn_blocking(move || me.save_blocking())
+            .await
+            .map_err(|e| HookError::Io(e.to_string()))?
+    }
+
+    /// Runs the dispatcher until `shutdown`, then saves.
+    pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut last_save = std::time::Instant::now();
+        while !*shutdown.borrow() {
+            self.ingest();
+            self.start_due(&mut tasks).await;
+            if last_save.elapsed().as_millis() as u64 >= STATE_SAVE_EVERY_MS && self.lock().dirty {
+                last_save = std::time::Instant::now();
+                if let Err(e) = self.save().await {
+                    tracing::warn!(error = ?e, "webhooks: cannot save delivery state; retrying");
+                }
+            }
+            let sleep_ms = self.next_due_in_ms().clamp(1, DISPATCH_TICK_MS_MAX);
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_millis(sleep_ms)) => {}
+                _ = self.wake.notified() => {}
+                Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        tasks.abort_all();
+        if let Err(e) = self.save().await {
+            tracing::warn!(error = ?e, "webhooks: cannot save delivery state at shutdown");
+        }
+    }
+
+    fn next_due_in_ms(&self) -> u64 {
+        let inner = self.lock();
+        let now = now_ms();
+        inner
+            .p
+            .deliveries
+            .iter()
+            .filter(|d| d.status == DeliveryStatus::Pending && !inner.in_flight.contains(&d.number))
+            .map(|d| d.next_attempt_at_ms.saturating_sub(now))
+            .min()
+            .unwrap_or(DISPATCH_TICK_MS_MAX)
+    }
+
+    /// Turns newly indexed events into deliveries (unless too many wait already).
+    fn ingest(&self) {
+        let indexed = self.events.indexed_until();
+        let mut inner = self.lock();
+        let from = inner.p.cursor;
+        if indexed <= from {
+            return;
+        }
+        let pending = inner.p.deliveries.iter().filter(|d| d.status == DeliveryStatus::Pending).count();
+        metrics::gauge!("puhui_webhook_deliveries_pending").set(pending as f64);
+        if pending >= PENDING_DELIVERIES_MAX {
+            return;
+        }
+        let to = indexed.min(from + INGEST_SPAN_ENTRIES_MAX);
+        let now = now_ms();
+        let mut created = Vec::new();
+        for endpoint in &inner.p.endpoints {
+            let start = from.max(endpoint.from_seq);
+            if start >= to {
+                continue;
+            }
+            let kinds = endpoint.kinds();
+            for seq in
+                self.events.between(&endpoint.tenant, start, to, &kinds, INGEST_SPAN_ENTRIES_MAX as usize)
+            {
+                created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq));
+            }
+        }
+        for (endpoint_id, tenant, seq) in created {
+            let number = inner.p.next_delivery;
+            inner.p.next_delivery += 1;
+            inner.p.deliveries.push(Delivery {
+                number,
+                endpoint_id,
+                tenant,
+                event_seq: seq,
+                event_type: String::new(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                created_at_ms: now,
+                first_attempt_at_ms: None,
+                next_attempt_at_ms: now,
+                last_attempt_at_ms: None,
+                last_status_code: None,
+                last_error: None,
+            });
+        }
+        inner.p.cursor = to;
+        inner.dirty = true;
+    }
+
+    async fn start_due(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
+        let now = now_ms();
+        let due: Vec<(u64, u64, String, Vec<String>)> = {
+            let mut inner = self.lock();
+            let room = DELIVERIES_IN_FLIGHT_MAX.saturating_sub(inner.in_flight.len());
+            let endpoints: HashMap<&str, &Endpoint> =
+                inner.p.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
+            let picked: Vec<(u64, u64, String, Vec<String>)> = inner
+                .p
+                .deliveries
+                .iter()
+                .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at_ms <= now)
+                .filter(|d| !inner.in_flight.contains(&d.number))
+                .filter_map(|d| {
+                    let e = endpoints.get(d.endpoint_id.as_str())?;
+                    Some((d.number, d.event_seq, e.url.clone(), e.live_secrets(now)))
+                })
+                .take(room)
+                .collect();
+            for (number, ..) in &picked {
+                inner.in_flight.insert(*number);
+            }
+            picked
+        };
+        if due.is_empty() {
+            return;
+        }
+        let mut seqs: Vec<u64> = due.iter().map(|d| d.1).collect();
+        seqs.sort_unstable();
+        seqs.dedup();
+        let bodies: HashMap<u64, (Vec<u8>, &'static str)> = match self.events.read(seqs).await {
+            Ok(events) => events.into_iter().map(|e| (e.sequence, (e.to_json(), e.kind.as_str()))).collect(),
+            Err(e) => {
+                tracing::warn!(error = %e.0, "webhooks: cannot read events; retrying");
+                let mut inner = self.lock();
+                for (number, ..) in &due {
+                    inner.in_flight.remove(number);
+                }
+                return;
+            }
+        };
+        for (number, seq, url, secrets) in due {
+            let me = Arc::clone(self);
+            let body = bodies.get(&seq).cloned();
+            let kind = body.as_ref().map(|b| b.1);
+            tasks.spawn(async move {
+                let outcome = match body {
+                    Some((body, kind)) => me.attempt(number, seq, kind, &url, &secrets, body).await,
+                    None => Err((None, "the event could not be read from the journal".to_string())),
+                };
+                me.finish(number, outcome, kind);
+            });
+        }
+    }
+
+    async fn attempt(
+        &self,
+        number: u64,
+        seq: u64,
+        kind: &str,
+        url: &str,
+        secrets: &[String],
+        body: Vec<u8>,
+    ) -> Result<u16, (Option<u16>, String)> {
+        let t = now_ms() / 1_000;
+        let signature = signature_header(secrets.iter().map(String::as_str), t, &body);
+        let sent = self
+            .http
+            .post(url)
+            .header("content-type", "application/json")
+            .header(SIGNATURE_HEADER, signature)
+            .header("Puhui-Event-Id", event_id(seq))
+            .header("Puhui-Event-Type", kind)
+            .header("Puhui-Delivery-Id", delivery_id(number))
+            .body(body)
+            .send()
+            .await;
+        match sent {
+            Ok(response) if response.status().is_success() => Ok(response.status().as_u16()),
+            Ok(response) => {
+                let code = response.status().as_u16();
+                Err((Some(code), format!("the endpoint answered {code}")))
+            }
+            Err(e) => {
+                let mut text = if e.is_timeout() {
+                    format!("timed out after {DELIVERY_TIMEOUT_MS} ms")
+                } else if e.is_connect() {
+                    "could not connect".to_string()
+                } else {
+                    e.to_string()
+                };
+                text.truncate(ERROR_TEXT_BYTES_MAX);
+                Err((None, text))
+            }
+        }
+    }
+
+    fn finish(&self, number: u64, outcome: Result<u16, (Option<u16>, String)>, kind: Option<&'static str>) {
+        let now = now_ms();
+        let mut inner = self.lock();
+        inner.in_flight.remove(&number);
+        inner.dirty = true;
+        let base = self.retry_base_ms;
+        let Some(d) = inner.p.deliveries.iter_mut().find(|d| d.number == number) else { return };
+        if let Some(kind) = kind {
+            d.event_type = kind.to_string();
+        }
+        d.attempts += 1;
+        d.last_attempt_at_ms = Some(now);
+        let first = *d.first_attempt_at_ms.get_or_insert(now);
+        match outcome {
+            Ok(code) => {
+                d.status = DeliveryStatus::Succeeded;
+                d.last_status_code = Some(code);
+                d.last_error = None;
+                metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "succeeded").increment(1);
+            }
+            Err((code, error)) => {
+                d.last_status_code = code;
+                d.last_error = Some(error);
+                let next = now + retry_delay_ms(d.attempts, base, rand::rng().random::<f64>());
+                let window_end = first + DELIVERY_WINDOW_SECS * 1_000;
+                if d.attempts >= DELIVERY_ATTEMPTS_MAX || next > window_end {
+                    d.status = DeliveryStatus::Failed;
+                    metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "failed").increment(1);
+                } else {
+                    d.next_attempt_at_ms = next;
+                    metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "retry").increment(1);
+                }
+            }
+        }
+        if d.status != DeliveryStatus::Pending {
+            let endpoint = d.endpoint_id.clone();
+            trim_log(&mut inner.p.deliveries, &endpoint);
+        }
+    }
+}
+
+/// Drops the oldest finished deliveries of an endpoint beyond [`DELIVERY_LOG_PER_ENDPOINT_MAX`].
+fn trim_log(deliveries: &mut Vec<Delivery>, endpoint: &str) {
+    let finished =
+        deliveries.iter().filter(|d| d.endpoint_id == endpoint && d.status != DeliveryStatus::Pending);
+    let excess = finished.count().saturating_sub(DELIVERY_LOG_PER_ENDPOINT_MAX);
+    if excess == 0 {
+        return;
+    }
+    let mut dropped = 0;
+    deliveries.retain(|d| {
+        let drop = dropped < excess && d.endpoint_id == endpoint && d.status != DeliveryStatus::Pending;
+        if drop {
+            dropped += 1;
+        }
+        !drop
+    });
+}
+
+fn write_private_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("json.tmp");
+    {
+        let mut f =
+            std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// HTTP
+
+/// `POST /v1/webhook_endpoints`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookEndpoint {
+    /// Where events are POSTed (`http://` or `https://`, at most 2,048 bytes).
+    pub url: String,
+    /// Event types (`transfer.posted`), families (`transfer.*`) or `*` (the default): at most 16.
+    pub enabled_events: Option<Vec<String>>,
+    /// For people, at most 200 bytes.
+    pub description: Option<String>,
+}
+
+/// `POST /v1/webhook_endpoints/{id}/rotate_secret`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RotateSecret {
+    /// How long the old secret keeps signing (seconds; default 86,400, at most 604,800; 0 ends it now).
+    pub expire_old_secret_after_secs: Option<u64>,
+}
+
+/// `POST /v1/events/{id}/redeliver`.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Redeliver {
+    /// Only to this endpoint (default: every endpoint of yours that takes the event's type).
+    pub endpoint_id: Option<String>,
+}
+
+/// A webhook endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookEndpointObject {
+    /// Always `webhook_endpoint`.
+    pub object: &'static str,
+    /// `we_…`.
+    pub id: String,
+    /// Where events go.
+    pub url: String,
+    /// The types it receives.
+    pub enabled_events: Vec<String>,
+    /// For people.
+    pub description: Option<String>,
+    /// Creation time (RFC 3339).
+    pub created_at: String,
+    /// The signing secret: only in the answer that created it (creation, rotation).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+    /// Secrets that currently sign deliveries (more than one during a rotation's grace period).
+    pub live_secrets: usize,
+}
+
+/// A deleted endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DeletedObject {
+    /// Always `webhook_endpoint`.
+    pub object: &'static str,
+    /// The endpoint.
+    pub id: String,
+    /// Always true.
+    pub deleted: bool,
+}
+
+/// Your webhook endpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookEndpointList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Oldest first.
+    pub data: Vec<WebhookEndpointObject>,
+    /// Always false (at most 16 endpoints).
+    pub has_more: bool,
+    /// The list's URL.
+    pub url: String,
+}
+
+/// One delivery of an event to an endpoint.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryObject {
+    /// Always `webhook_delivery`.
+    pub object: &'static str,
+    /// `wd_…` (increasing).
+    pub id: String,
+    /// The endpoint.
+    pub endpoint_id: String,
+    /// The event delivered.
+    pub event_id: String,
+    /// Its type (known after the first attempt).
+    pub event_type: Option<String>,
+    /// `pending`, `succeeded` or `failed`.
+    pub status: DeliveryStatus,
+    /// Attempts made.
+    pub attempts: u32,
+    /// When it was made (RFC 3339).
+    pub created_at: String,
+    /// The last attempt.
+    pub last_attempt_at: Option<String>,
+    /// The next attempt, while pending.
+    pub next_attempt_at: Option<String>,
+    /// The last HTTP status received.
+    pub last_status_code: Option<u16>,
+    /// What went wrong last.
+    pub last_error: Option<String>,
+}
+
+/// A page of deliveries.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WebhookDeliveryList {
+    /// Always `list`.
+    pub object: &'static str,
+    /// Newest first.
+    pub data: Vec<WebhookDeliveryObject>,
+    /// Whether older ones follow.
+    pub has_more: bool,
+    /// The list's URL.
+    pub url: String,
+}
+
+/// Query of the delivery log.
+#[derive(Debug, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryListQuery {
+    /// 1-100, default 10.
+    pub limit: Option<String>,
+    /// A delivery id: the page after it (older ones).
+    pub starting_after: Option<String>,
+}
+
+fn endpoint_object(e: &Endpoint, secret: Option<String>) -> WebhookEndpointObject {
+    WebhookEndpointObject {
+        object: "webhook_endpoint",
+        id: e.id.clone(),
+        url: e.url.clone(),
+        enabled_events: e.enabled_events.clone(),
+        description: e.description.clone(),
+        created_at: format_ms(e.created_at_ms),
+        secret,
+        live_secrets: e.live_secrets(now_ms()).len(),
+    }
+}
+
+fn delivery_object(d: &Delivery) -> WebhookDeliveryObject {
+    WebhookDeliveryObject {
+        object: "webhook_delivery",
+        id: delivery_id(d.number),
+        endpoint_id: d.endpoint_id.clone(),
+        event_id: event_id(d.event_seq),
+        event_type: (!d.event_type.is_empty()).then(|| d.event_type.clone()),
+        status: d.status,
+        attempts: d.attempts,
+        created_at: format_ms(d.created_at_ms),
+        last_attempt_at: d.last_attempt_at_ms.map(format_ms),
+        next_attempt_at: (d.status == DeliveryStatus::Pending).then(|| format_ms(d.next_attempt_at_ms)),
+        last_status_code: d.last_status_code,
+        last_error: d.last_error.clone(),
+    }
+}
+
+fn webhooks(app: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
+    app.webhooks.as_ref().ok_or_else(|| {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "webhooks are not enabled")
+    })
+}
+
+fn validate_url(url: &str) -> Result<(), ApiError> {
+    let bad = |why: &str| ApiError::invalid("invalid_request", format!("url {why}"), Some("url"));
+    if url.len() > URL_BYTES_MAX {
+        return Err(bad("is longer than 2,048 bytes"));
+    }
+    let parsed = reqwest::Url::parse(url).map_err(|e| bad(&format!("is not a URL: {e}")))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {
+        return Err(bad("must be http:// or https:// with a host"));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err(bad("must not carry credentials"));
+    }
+    Ok(())
+}
+
+fn validate_events(events: &[String]) -> Result<(), ApiError> {
+    if events.is_empty() || events.len() > ENABLED_EVENTS_MAX {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("enabled_events holds 1-{ENABLED_EVENTS_MAX} types"),
+            Some("enabled_events"),
+        ));
+    }
+    for e in events.iter().filter(|e| e.as_str() != "*") {
+        parse_type_filter(e, "enabled_events")?;
+    }
+    Ok(())
+}
+
+/// Register a webhook endpoint. The answer holds its signing secret: the only time it is shown.
+#[utoipa::path(post, path = "/v1/webhook_endpoints", tag = "webhooks", request_body = CreateWebhookEndpoint,
+    responses((status = 201, body = WebhookEndpointObject), (status = 400, body = ErrorEnvelope),
+              (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn create_endpoint(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiJson(body): ApiJson<CreateWebhookEndpoint>,
+) -> Result<(StatusCode, Json<WebhookEndpointObject>), ApiError> {
+    let hooks = webhooks(&app)?;
+    validate_url(&body.url)?;
+    let enabled_events = body.enabled_events.unwrap_or_else(|| vec!["*".to_string()]);
+    validate_events(&enabled_events)?;
+    if body.description.as_ref().is_some_and(|d| d.len() > DESCRIPTION_BYTES_MAX) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "description is at most 200 bytes",
+            Some("description"),
+        ));
+    }
+    let secret = format!("whsec_{}", random_text(32));
+    let endpoint = Endpoint {
+        id: format!("we_{}", random_text(16)),
+        tenant: principal.tenant.clone(),
+        url: body.url,
+        enabled_events,
+        description: body.description,
+        secrets: vec![Secret { secret: secret.clone(), expires_at_ms: None }],
+        created_at_ms: now_ms(),
+        from_seq: hooks.events.durable_entries(),
+    };
+    {
+        let mut inner = hooks.lock();
+        let ours = inner.p.endpoints.iter().filter(|e| e.tenant == principal.tenant).count();
+        if ours >= ENDPOINTS_PER_TENANT_MAX {
+            return Err(HookError::Limit(format!(
+                "at most {ENDPOINTS_PER_TENANT_MAX} webhook endpoints per tenant"
+            ))
+            .into());
+        }
+        if inner.p.endpoints.len() >= ENDPOINTS_MAX {
+            return Err(HookError::Limit(format!("at most {ENDPOINTS_MAX} webhook endpoints in all")).into());
+        }
+        inner.p.endpoints.push(endpoint.clone());
+    }
+    if let Err(e) = hooks.save().await {
+        hooks.lock().p.endpoints.retain(|x| x.id != endpoint.id);
+        return Err(e.into());
+    }
+    Ok((StatusCode::CREATED, Json(endpoint_object(&endpoint, Some(secret)))))
+}
+
+/// List your webhook endpoints.
+#[utoipa::path(get, path = "/v1/webhook_endpoints", tag = "webhooks",
+    responses((status = 200, body = WebhookEndpointList)), security(("api_key" = [])))]
+pub async fn list_endpoints(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+) -> Result<Json<WebhookEndpointList>, ApiError> {
+    let hooks = webhooks(&app)?;
+    let inner = hooks.lock();
+    let data =
+        inner.p.endpoints.iter().filter(|e| e.tenant == principal.tenant).map(|e| endpoint_object(e, None));
+    Ok(Json(WebhookEndpointList {
+        object: "list",
+        data: data.collect(),
+        has_more: false,
+        url: "/v1/webhook_endpoints".into(),
+    }))
+}
+
+/// Get a webhook endpoint (without its secret).
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = WebhookEndpointObject), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn get_endpoint(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<WebhookEndpointObject>, ApiError> {
+    let hooks = webhooks(&app)?;
+    let inner = hooks.lock();
+    let e = inner
+        .p
+        .endpoints
+        .iter()
+        .find(|e| e.id == id && e.tenant == principal.tenant)
+        .ok_or(HookError::NotFound("webhook endpoint"))?;
+    Ok(Json(endpoint_object(e, None)))
+}
+
+/// Delete a webhook endpoint: its pending deliveries are dropped.
+#[utoipa::path(delete, path = "/v1/webhook_endpoints/{id}", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = DeletedObject), (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn delete_endpoint(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<DeletedObject>, ApiError> {
+    let hooks = webhooks(&app)?;
+    {
+        let mut inner = hooks.lock();
+        let before = inner.p.endpoints.len();
+        inner.p.endpoints.retain(|e| !(e.id == id && e.tenant == principal.tenant));
+        if inner.p.endpoints.len() == before {
+            return Err(HookError::NotFound("webhook endpoint").into());
+        }
+        inner.p.deliveries.retain(|d| d.endpoint_id != id);
+    }
+    hooks.save().await?;
+    Ok(Json(DeletedObject { object: "webhook_endpoint", id, deleted: true }))
+}
+
+/// Rotate an endpoint's secret: the answer holds the new one; the old one keeps signing (a second
+/// `v1=`) for the grace period.
+#[utoipa::path(post, path = "/v1/webhook_endpoints/{id}/rotate_secret", tag = "webhooks",
+    request_body = Option<RotateSecret>, params(("id" = String, Path, description = "endpoint id")),
+    responses((status = 200, body = WebhookEndpointObject), (status = 400, body = ErrorEnvelope),
+              (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn rotate_secret(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<RotateSecret>,
+) -> Result<Json<WebhookEndpointObject>, ApiError> {
+    let hooks = webhooks(&app)?;
+    let grace_secs = body.expire_old_secret_after_secs.unwrap_or(SECRET_GRACE_SECS_DEFAULT);
+    if grace_secs > SECRET_GRACE_SECS_MAX {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("expire_old_secret_after_secs is at most {SECRET_GRACE_SECS_MAX}"),
+            Some("expire_old_secret_after_secs"),
+        ));
+    }
+    let secret = format!("whsec_{}", random_text(32));
+    let object = {
+        let mut inner = hooks.lock();
+        let e = inner
+            .p
+            .endpoints
+            .iter_mut()
+            .find(|e| e.id == id && e.tenant == principal.tenant)
+            .ok_or(HookError::NotFound("webhook endpoint"))?;
+        let now = now_ms();
+        let until = now + grace_secs * 1_000;
+        // Old secrets end at the latest by the new grace period; expired ones are dropped.
+        for s in &mut e.secrets {
+            s.expires_at_ms = Some(s.expires_at_ms.map_or(until, |at| at.min(until)));
+        }
+        e.secrets.retain(|s| s.expires_at_ms.is_some_and(|at| at > now));
+        e.secrets.push(Secret { secret: secret.clone(), expires_at_ms: None });
+        endpoint_object(e, Some(secret))
+    };
+    hooks.save().await?;
+    Ok(Json(object))
+}
+
+/// The delivery log of an endpoint, newest first (pending deliveries and the latest 100 finished).
+#[utoipa::path(get, path = "/v1/webhook_endpoints/{id}/deliveries", tag = "webhooks",
+    params(("id" = String, Path, description = "endpoint id"), DeliveryListQuery),
+    responses((status = 200, body = WebhookDeliveryList), (status = 400, body = ErrorEnvelope),
+              (status = 404, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn list_deliveries(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    query: Result<Query<DeliveryListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<WebhookDeliveryList>, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+    let limit = match query.limit.as_deref() {
+        None => PAGE_LIMIT_DEFAULT,
+        Some(text) => {
+            text.parse::<usize>().ok().filter(|n| (1..=PAGE_LIMIT_MAX).contains(n)).ok_or_else(|| {
+                ApiError::invalid(
+                    "invalid_request",
+                    format!("limit must be an integer from 1 to {PAGE_LIMIT_MAX}"),
+                    Some("limit"),
+                )
+            })?
+        }
+    };
+    let before = match &query.starting_after {
+        Some(text) => parse_delivery_id(text).ok_or_else(|| {
+            ApiError::invalid("invalid_cursor", "starting_after is a delivery id", Some("starting_after"))
+        })?,
+        None => u64::MAX,
+    };
+    let hooks = webhooks(&app)?;
+    let inner = hooks.lock();
+    if !inner.p.endpoints.iter().any(|e| e.id == id && e.tenant == principal.tenant) {
+        return Err(HookError::NotFound("webhook endpoint").into());
+    }
+    let mut page: Vec<&Delivery> =
+        inner.p.deliveries.iter().filter(|d| d.endpoint_id == id && d.number < before).collect();
+    page.sort_unstable_by(|a, b| b.number.cmp(&a.number));
+    let has_more = page.len() > limit;
+    page.truncate(limit);
+    Ok(Json(WebhookDeliveryList {
+        object: "list",
+        data: page.into_iter().map(delivery_object).collect(),
+        has_more,
+        url: format!("/v1/webhook_endpoints/{id}/deliveries"),
+    }))
+}
+
+/// Deliver an event again now (to one endpoint, or to every endpoint that takes its type): a new
+/// delivery with its own retries.
+#[utoipa::path(post, path = "/v1/events/{id}/redeliver", tag = "webhooks", request_body = Option<Redeliver>,
+    params(("id" = String, Path, description = "event id")),
+    responses((status = 201, body = WebhookDeliveryList), (status = 404, body = ErrorEnvelope),
+              (status = 422, body = ErrorEnvelope)),
+    security(("api_key" = [])))]
+pub async fn redeliver_event(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    OptionalJson(body): OptionalJson<Redeliver>,
+) -> Result<(StatusCode, Json<WebhookDeliveryList>), ApiError> {
+    let hooks = webhooks(&app)?;
+    let log = event_log(&app)?;
+    let seq = parse_event_id(&id).ok_or_else(|| ApiError::not_found("event", "id"))?;
+    if !log.has(&principal.tenant, seq) {
+        return Err(ApiError::not_found("event", "id"));
+    }
+    let event = log.read(vec![seq]).await?.pop().ok_or_else(|| ApiError::not_found("event", "id"))?;
+    let created = {
+        let mut inner = hooks.lock();
+        let pending = inner.p.deliveries.iter().filter(|d| d.status == DeliveryStatus::Pending).count();
+        let targets: Vec<String> = inner
+            .p
+            .endpoints
+            .iter()
+            .filter(|e| e.tenant == principal.tenant)
+            .filter(|e| match &body.endpoint_id {
+                Some(want) => &e.id == want,
+                None => {
+                    let kinds = e.kinds();
+                    kinds.is_empty() || kinds.contains(&event.kind)
+                }
+            })
+            .map(|e| e.id.clone())
+            .collect();
+        if targets.is_empty() {
+            return Err(match body.endpoint_id {
+                Some(_) => ApiError::not_found("webhook endpoint", "endpoint_id"),
+                None => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid_request_error",
+                    "invalid_request",
+                    "no webhook endpoint of yours takes this event's type",
+                ),
+            });
+        }
+        if pending + targets.len() > PENDING_DELIVERIES_MAX {
+            return Err(HookError::Limit(format!(
+                "{PENDING_DELIVERIES_MAX} deliveries are waiting; retry later"
+            ))
+            .into());
+        }
+        let now = now_ms();
+        let mut created = Vec::new();
+        for endpoint_id in targets {
+            let number = inner.p.next_delivery;
+            inner.p.next_delivery += 1;
+            let d = Delivery {
+                number,
+                endpoint_id,
+                tenant: principal.tenant.clone(),
+                event_seq: seq,
+                event_type: event.kind.as_str().to_string(),
+                status: DeliveryStatus::Pending,
+                attempts: 0,
+                created_at_ms: now,
+                first_attempt_at_ms: None,
+                next_attempt_at_ms: now,
+                last_attempt_at_ms: None,
+                last_status_code: None,
+                last_error: None,
+            };
+            created.push(delivery_object(&d));
+            inner.p.deliveries.push(d);
+        }
+        inner.dirty = true;
+        created
+    };
+    hooks.save().await?;
+    hooks.wake.notify_one();
+    Ok((
+        StatusCode::CREATED,
+        Json(WebhookDeliveryList {
+            object: "list",
+            data: created,
+            has_more: false,
+            url: format!("/v1/events/{id}/redeliver"),
+        }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signature_header_has_one_v1_per_secret() {
+        let h = signature_header(["a", "b"], 1_700_000_000, b"{}");
+        let parts: Vec<&str> = h.split(',').collect();
+        assert_eq!(parts[0], "t=1700000000");
+        assert_eq!(parts.len(), 3);
+        assert!(parts[1..].iter().all(|p| p.starts_with("v1=") && p.len() == 3 + 64));
+        assert_ne!(parts[1], parts[2]);
+    }
+
+    #[test]
+    fn retry_delays_double_jitter_and_cap() {
+        let base = 30_000;
+        assert_eq!(retry_delay_ms(1, base, 1.0), 30_000);
+        assert_eq!(retry_delay_ms(1, base, 0.0), 15_000);
+        assert_eq!(retry_delay_ms(3, base, 1.0), 120_000);
+        assert_eq!(retry_delay_ms(40, base, 1.0), base * RETRY_CAP_BASES);
+        // The whole schedule, without jitter, fits in the 3-day window.
+        let total: u64 = (1..DELIVERY_ATTEMPTS_MAX).map(|n| retry_delay_ms(n, base, 1.0)).sum();
+        assert!(total <= DELIVERY_WINDOW_SECS * 1_000, "{total}");
+        assert!(total >= 2 * 24 * 3600 * 1_000, "{total}");
+    }
+
+    #[test]
+    fn delivery_ids_round_trip() {
+        assert_eq!(parse_delivery_id(&delivery_id(42)), Some(42));
+        assert_eq!(parse_delivery_id("wd_x"), None);
+        assert_eq!(parse_delivery_id("42"), None);
+    }
+
+    #[test]
+    fn urls_are_http_with_a_host_and_no_credentials() {
+        assert!(validate_url("https://example.invalid/hook").is_ok());
+        assert!(validate_url("http://127.0.0.1:9/x").is_ok());
+        for bad in ["ftp://x/", "not a url", "https://user:pw@example.invalid/", "http:///x"] {
+            assert!(validate_url(bad).is_err(), "{bad}");
+        }
+    }
+}

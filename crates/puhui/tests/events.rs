@@ -1,0 +1,583 @@
+//! Events against the real services: the `puhui serve` binary, NATS JetStream on 127.0.0.1:4222 and
+//! local webhook receivers. Every test uses its own stream name and subject prefix and deletes its
+//! stream, so runs repeat. No timed assertions: waits poll with bounded deadlines.
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+const ADMIN: &str = "adm_events_test_token_0123456789";
+const NATS_URL: &str = "nats://127.0.0.1:4222";
+const DEADLINE: Duration = Duration::from_secs(60);
+
+struct Server {
+    child: Child,
+    base: String,
+}
+
+impl Server {
+    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_puhui"));
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .args(extra)
+            .env("PUHUI_ADMIN_TOKEN", ADMIN)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().expect("start puhui serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let base = line.trim().strip_prefix("puhui listening on ").expect("listening line").to_string();
+        Server { child, base }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    fn terminate(mut self) {
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        assert!(self.child.wait().unwrap().success());
+        std::mem::forget(self);
+    }
+
+    /// SIGKILL: no cleanup at all.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::forget(self);
+    }
+
+    /// Waits (bounded) for the process to end by itself.
+    fn wait_exit(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                std::mem::forget(self);
+                return status;
+            }
+            assert!(Instant::now() < deadline, "the server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Api {
+    http: reqwest::Client,
+    key: String,
+}
+
+impl Api {
+    async fn tenant(server: &Server) -> Api {
+        let http = reqwest::Client::new();
+        let r = http
+            .post(server.url("/v1/tenants"))
+            .bearer_auth(ADMIN)
+            .header("content-type", "application/json")
+            .body(json!({"name": "events"}).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+        Api { http, key: body["api_key"].as_str().unwrap().to_string() }
+    }
+
+    async fn call(
+        &self,
+        server: &Server,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), String> {
+        let mut req = self.http.request(method.parse().unwrap(), server.url(path)).bearer_auth(&self.key);
+        if let Some(b) = body {
+            req = req.header("content-type", "application/json").body(b.to_string());
+        }
+        let resp = req.send().await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let text = resp.text().await.map_err(|e| e.to_string())?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    async fn post(&self, server: &Server, path: &str, body: Value) -> (u16, Value) {
+        self.call(server, "POST", path, Some(body)).await.unwrap()
+    }
+
+    async fn get(&self, server: &Server, path: &str) -> (u16, Value) {
+        self.call(server, "GET", path, None).await.unwrap()
+    }
+
+    async fn setup(&self, server: &Server) {
+        for (id, floor) in [("bank", false), ("alice", true)] {
+            let body = json!({"id": id, "currency": "CNY", "debits_must_not_exceed_credits": floor});
+            assert_eq!(self.post(server, "/v1/accounts", body).await.0, 201);
+        }
+    }
+
+    /// All of this tenant's events through `GET /v1/events`, paging with `starting_after`.
+    async fn all_events(&self, server: &Server) -> Vec<Value> {
+        let mut out: Vec<Value> = Vec::new();
+        for _ in 0..10_000 {
+            let path = match out.last() {
+                Some(e) => format!("/v1/events?limit=100&starting_after={}", e["id"].as_str().unwrap()),
+                None => "/v1/events?limit=100".to_string(),
+            };
+            let (status, page) = self.get(server, &path).await;
+            assert_eq!(status, 200, "{page}");
+            out.extend(page["data"].as_array().unwrap().iter().cloned());
+            if !page["has_more"].as_bool().unwrap() {
+                return out;
+            }
+        }
+        panic!("too many pages");
+    }
+}
+
+fn transfer(id: &str, amount: u64) -> Value {
+    json!({"id": id, "debit_account_id": "bank", "credit_account_id": "alice", "amount": amount, "currency": "CNY"})
+}
+
+fn unique(name: &str) -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{name}{}x{nanos}", std::process::id())
+}
+
+async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+struct Stream {
+    js: async_nats::jetstream::Context,
+    name: String,
+}
+
+impl Stream {
+    async fn connect(name: &str) -> Stream {
+        let client = async_nats::connect(NATS_URL).await.expect("NATS on 127.0.0.1:4222 (.ci/run starts it)");
+        let js = async_nats::jetstream::new(client);
+        let _ = js.delete_stream(name).await;
+        Stream { js, name: name.to_string() }
+    }
+
+    /// Every message of the stream as (stream sequence, headers, subject, payload), read with a pull
+    /// consumer from the first message (what a partner system replaying the stream does).
+    async fn messages(&self) -> Vec<(u64, BTreeMap<String, String>, String, Value)> {
+        use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+        use futures_util::StreamExt;
+        let mut stream = self.js.get_stream(&self.name).await.unwrap();
+        let total = stream.info().await.unwrap().state.messages as usize;
+        let consumer = stream
+            .create_consumer(pull::Config {
+                deliver_policy: DeliverPolicy::All,
+                ack_policy: AckPolicy::None,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let mut out = Vec::with_capacity(total);
+        while out.len() < total {
+            let mut batch = consumer.fetch().max_messages(500).messages().await.unwrap();
+            while let Some(m) = batch.next().await {
+                let m = m.unwrap();
+                let info = m.info().unwrap();
+                let headers = m
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.iter())
+                    .map(|(k, v)| {
+                        (k.to_string(), v.first().map(|v| v.as_str().to_string()).unwrap_or_default())
+                    })
+                    .collect();
+                let payload: Value = serde_json::from_slice(&m.payload).unwrap();
+                out.push((info.stream_sequence, headers, m.subject.to_string(), payload));
+            }
+        }
+        out
+    }
+
+    /// Messages in the stream (0 before the relay created it).
+    async fn count(&self) -> u64 {
+        let Ok(mut stream) = self.js.get_stream(&self.name).await else { return 0 };
+        stream.info().await.map_or(0, |i| i.state.messages)
+    }
+
+    async fn delete(self) {
+        let _ = self.js.delete_stream(&self.name).await;
+    }
+}
+
+/// The outbox invariant end to end: every committed change reaches JetStream once (no gap, no
+/// duplicate), across a crash between commit and publish, a SIGKILL and a clean restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("PUHUI_TEST_");
+    let prefix = unique("puhuitest");
+    let stream = Stream::connect(&name).await;
+    let nats = ["--nats", NATS_URL, "--nats-stream", &name, "--nats-subject-prefix", &prefix];
+    let mut acked: Vec<String> = Vec::new();
+
+    // 1. The relay aborts the process just before publishing journal entry 20 (durable, unpublished).
+    let server = Server::start(dir.path(), &nats, &[("PUHUI_FAULT_ABORT_BEFORE_PUBLISH_SEQ", "20")]);
+    let api = Api::tenant(&server).await;
+    api.setup(&server).await;
+    for i in 0..200 {
+        let id = format!("a{i}");
+        match api.call(&server, "POST", "/v1/transfers", Some(transfer(&id, 1))).await {
+            Ok((201, _)) => acked.push(id),
+            Ok((status, body)) => panic!("{status} {body}"),
+            Err(_) => break, // the process is gone
+        }
+    }
+    assert!(!server.wait_exit().success(), "the fault point must have fired");
+    assert!(acked.len() >= 5, "entry 20 is one of the first transfers");
+
+    // 2. Restart: the relay recovers its cursor from the stream and publishes 20 onwards; then
+    // SIGKILL right after more commits (their events may not be published yet).
+    let server = Server::start(dir.path(), &nats, &[]);
+    for i in 0..30 {
+        let id = format!("b{i}");
+        assert_eq!(api.post(&server, "/v1/transfers", transfer(&id, 1)).await.0, 201);
+        acked.push(id);
+    }
+    server.kill9();
+
+    // 3. Restart, a few more, and a clean stop (the relay drains what is durable).
+    let server = Server::start(dir.path(), &nats, &[]);
+    let freeze = api.post(&server, "/v1/accounts/alice/freeze", json!({})).await;
+    assert_eq!(freeze.0, 200);
+    let unfreeze = api.post(&server, "/v1/accounts/alice/unfreeze", json!({})).await;
+    assert_eq!(unfreeze.0, 200);
+    for i in 0..10 {
+        let id = format!("c{i}");
+        assert_eq!(api.post(&server, "/v1/transfers", transfer(&id, 1)).await.0, 201);
+        acked.push(id);
+    }
+    let events = poll("the last transfer in GET /v1/events", async || {
+        let events = api.all_events(&server).await;
+        events.iter().any(|e| e["data"]["object"]["id"] == "c9").then_some(events)
+    })
+    .await;
+    let expected = events.len() as u64;
+    poll("every event in the stream", async || (stream.count().await >= expected).then_some(())).await;
+    server.terminate();
+
+    let messages = stream.messages().await;
+    // No duplicates: each journal sequence once (JetStream dropped every re-publish).
+    let mut seqs: Vec<u64> = messages.iter().map(|m| m.1["Puhui-Seq"].parse().unwrap()).collect();
+    let distinct: HashSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct.len(), seqs.len(), "duplicate messages in the stream");
+    // No gaps: the journal sequences are exactly those of the events an independent reader (the
+    // events index behind GET /v1/events) found in the journal, and each message names its
+    // predecessor (journal entries that are not events, such as risk records, are skipped).
+    seqs.sort_unstable();
+    let listed: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, listed, "a journal sequence is missing");
+    let prev_of: BTreeMap<u64, Option<u64>> = messages
+        .iter()
+        .map(|m| (m.1["Puhui-Seq"].parse().unwrap(), m.1.get("Puhui-Prev-Seq").map(|p| p.parse().unwrap())))
+        .collect();
+    for (i, seq) in seqs.iter().enumerate() {
+        assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
+    }
+    for (_, headers, subject, payload) in &messages {
+        let seq: u64 = headers["Puhui-Seq"].parse().unwrap();
+        let journal = &headers["Puhui-Journal"];
+        assert_eq!(headers["Nats-Msg-Id"], format!("{journal}:{seq}"));
+        assert_eq!(payload["sequence"], seq);
+        assert_eq!(payload["id"], format!("evt_{seq}"));
+        assert_eq!(
+            subject,
+            &format!("{prefix}.{}.{}", subject.split('.').nth(1).unwrap(), payload["type"].as_str().unwrap())
+        );
+    }
+    // The stream holds exactly what GET /v1/events lists, byte for byte the same objects.
+    assert_eq!(messages.len(), events.len());
+    let by_id: BTreeMap<&str, &Value> =
+        messages.iter().map(|m| (m.3["id"].as_str().unwrap(), &m.3)).collect();
+    for e in &events {
+        assert_eq!(by_id.get(e["id"].as_str().unwrap()), Some(&e), "{e}");
+    }
+    // Every acknowledged transfer is there once.
+    let created: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.3["type"] == "transfer.created")
+        .map(|m| m.3["data"]["object"]["id"].as_str().unwrap())
+        .collect();
+    for id in &acked {
+        assert_eq!(created.iter().filter(|c| *c == id).count(), 1, "transfer {id}");
+    }
+    let types: HashSet<&str> = messages.iter().map(|m| m.3["type"].as_str().unwrap()).collect();
+    assert!(
+        types.contains("account.frozen")
+            && types.contains("account.unfrozen")
+            && types.contains("account.created")
+    );
+    stream.delete().await;
+}
+
+/// NATS unreachable: the API keeps serving (events wait in the journal), and they reach the stream
+/// once a relay can publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_keeps_serving_while_nats_is_down_and_events_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("PUHUI_DOWN_");
+    let prefix = unique("puhuidown");
+    let stream = Stream::connect(&name).await;
+    // Port 9 (discard) on loopback: nothing listens, connections are refused.
+    let down = ["--nats", "nats://127.0.0.1:9", "--nats-stream", &name, "--nats-subject-prefix", &prefix];
+    let server = Server::start(dir.path(), &down, &[]);
+    let api = Api::tenant(&server).await;
+    api.setup(&server).await;
+    for i in 0..20 {
+        assert_eq!(api.post(&server, "/v1/transfers", transfer(&format!("d{i}"), 1)).await.0, 201);
+    }
+    poll("22 events in GET /v1/events", async || (api.all_events(&server).await.len() == 22).then_some(()))
+        .await;
+    server.terminate();
+    let nats = ["--nats", NATS_URL, "--nats-stream", &name, "--nats-subject-prefix", &prefix];
+    let server = Server::start(dir.path(), &nats, &[]);
+    poll("the backlog in the stream", async || (stream.count().await == 22).then_some(())).await;
+    server.terminate();
+    stream.delete().await;
+}
+
+#[derive(Clone, Default)]
+struct Receiver {
+    /// Every request: (headers, raw body, the status answered).
+    got: Arc<Mutex<Vec<(BTreeMap<String, String>, Vec<u8>, u16)>>>,
+    /// Requests still to fail with 500.
+    fail_next: Arc<Mutex<u32>>,
+}
+
+impl Receiver {
+    async fn start(fail_first: u32) -> (Receiver, String) {
+        let receiver = Receiver::default();
+        *receiver.fail_next.lock().unwrap() = fail_first;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let state = receiver.clone();
+        let app = axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let status = {
+                        let mut fail = state.fail_next.lock().unwrap();
+                        if *fail > 0 {
+                            *fail -= 1;
+                            500
+                        } else {
+                            200
+                        }
+                    };
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_string(), v.to_str().unwrap_or("").to_string()))
+                        .collect();
+                    state.got.lock().unwrap().push((headers, body.to_vec(), status));
+                    axum::http::StatusCode::from_u16(status).unwrap()
+                }
+            }),
+        );
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (receiver, url)
+    }
+
+    fn requests(&self) -> Vec<(BTreeMap<String, String>, Vec<u8>, u16)> {
+        self.got.lock().unwrap().clone()
+    }
+}
+
+/// An independent verifier, as a partner would write it (not the server's signing code): parse
+/// `t=…,v1=…`, refuse a timestamp more than 300 s off, compute HMAC-SHA256(secret, "<t>.<body>"),
+/// compare in constant time with each `v1`.
+fn verify_signature(header: &str, body: &[u8], secret: &str) -> bool {
+    let mut t = None;
+    let mut signatures = Vec::new();
+    for part in header.split(',') {
+        match part.split_once('=') {
+            Some(("t", v)) => t = v.parse::<i64>().ok(),
+            Some(("v1", v)) => signatures.push(v.to_string()),
+            _ => {}
+        }
+    }
+    let Some(t) = t else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    if (now - t).abs() > 300 {
+        return false;
+    }
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(format!("{t}.").as_bytes());
+    mac.update(body);
+    let expected = mac.finalize().into_bytes();
+    signatures.iter().any(|s| {
+        let bytes: Option<Vec<u8>> =
+            (0..s.len() / 2).map(|i| u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()).collect();
+        bytes.is_some_and(|b| {
+            b.len() == 32 && b.iter().zip(expected.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("PUHUI_WEBHOOK_RETRY_BASE_MS", "50")];
+    let server = Server::start(dir.path(), &[], &env);
+    let a = Api::tenant(&server).await;
+    let b = Api::tenant(&server).await;
+    let (hook_a, url_a) = Receiver::start(3).await;
+    let (hook_b, url_b) = Receiver::start(0).await;
+
+    // Registration: the secret is shown once; bad input answers the error envelope.
+    let (status, bad) = a.post(&server, "/v1/webhook_endpoints", json!({"url": "ftp://x/"})).await;
+    assert_eq!((status, bad["error"]["code"].as_str()), (400, Some("invalid_request")));
+    let (status, bad) = a
+        .post(&server, "/v1/webhook_endpoints", json!({"url": url_a, "enabled_events": ["transfer.nope"]}))
+        .await;
+    assert_eq!((status, bad["error"]["param"].as_str()), (400, Some("enabled_events")));
+    let (status, ep_a) = a
+        .post(&server, "/v1/webhook_endpoints", json!({"url": url_a, "enabled_events": ["transfer.*"]}))
+        .await;
+    assert_eq!(status, 201, "{ep_a}");
+    let secret_a = ep_a["secret"].as_str().unwrap().to_string();
+    let ep_a_id = ep_a["id"].as_str().unwrap().to_string();
+    let (status, ep_b) = b.post(&server, "/v1/webhook_endpoints", json!({"url": url_b})).await;
+    assert_eq!(status, 201);
+    let (_, fetched) = a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}")).await;
+    assert!(fetched.get("secret").is_none(), "the secret is shown only once");
+
+    // Tenant isolation of endpoints.
+    assert_eq!(b.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}")).await.0, 404);
+    assert_eq!(
+        b.call(&server, "DELETE", &format!("/v1/webhook_endpoints/{ep_a_id}"), None).await.unwrap().0,
+        404
+    );
+    let (_, listed) = b.get(&server, "/v1/webhook_endpoints").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert_eq!(listed["data"][0]["id"], ep_b["id"]);
+
+    a.setup(&server).await;
+    b.setup(&server).await;
+    assert_eq!(a.post(&server, "/v1/transfers", transfer("pay-a", 5)).await.0, 201);
+    assert_eq!(b.post(&server, "/v1/transfers", transfer("pay-b", 7)).await.0, 201);
+
+    // A's receiver fails 3 times, then takes the delivery.
+    let delivered =
+        poll("a successful delivery to A", async || hook_a.requests().into_iter().find(|r| r.2 == 200)).await;
+    let (headers, body, _) = delivered;
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(event["type"], "transfer.created");
+    assert_eq!(event["data"]["object"]["id"], "pay-a");
+    assert_eq!(headers["puhui-event-id"], event["id"].as_str().unwrap());
+    assert!(verify_signature(&headers["puhui-signature"], &body, &secret_a), "{headers:?}");
+    assert!(!verify_signature(&headers["puhui-signature"], &body, "whsec_wrong"));
+    let mut tampered = body.clone();
+    tampered[body.len() / 2] ^= 1;
+    assert!(!verify_signature(&headers["puhui-signature"], &tampered, &secret_a));
+    let attempts: Vec<_> = hook_a
+        .requests()
+        .into_iter()
+        .filter(|r| r.0["puhui-event-id"] == headers["puhui-event-id"])
+        .collect();
+    assert_eq!(attempts.iter().map(|r| r.2).collect::<Vec<_>>(), vec![500, 500, 500, 200]);
+    assert!(attempts.iter().all(|r| r.1 == body), "every attempt carries the same body");
+    // The delivery log says so.
+    let (_, log) = a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}/deliveries")).await;
+    let d = &log["data"][0];
+    assert_eq!((d["status"].as_str(), d["attempts"].as_u64()), (Some("succeeded"), Some(4)), "{log}");
+    assert_eq!(d["event_id"], event["id"]);
+    assert_eq!(b.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}/deliveries")).await.0, 404);
+
+    // Isolation of events: B's receiver gets only B's events (all types), A's only A's transfers.
+    poll("B's transfer at B", async || {
+        hook_b.requests().iter().any(|r| String::from_utf8_lossy(&r.1).contains("pay-b")).then_some(())
+    })
+    .await;
+    assert!(hook_a.requests().iter().all(|r| {
+        let e: Value = serde_json::from_slice(&r.1).unwrap();
+        e["type"].as_str().unwrap().starts_with("transfer.") && e["data"]["object"]["id"] != "pay-b"
+    }));
+    assert!(hook_b.requests().iter().all(|r| !String::from_utf8_lossy(&r.1).contains("pay-a")));
+    let evt_a = event["id"].as_str().unwrap().to_string();
+    assert_eq!(a.get(&server, &format!("/v1/events/{evt_a}")).await.0, 200);
+    assert_eq!(b.get(&server, &format!("/v1/events/{evt_a}")).await.0, 404);
+    assert!(b.all_events(&server).await.iter().all(|e| e["id"] != evt_a.as_str()));
+    let (status, only) = a.get(&server, "/v1/events?type=account.created").await;
+    assert_eq!(status, 200);
+    assert_eq!(only["data"].as_array().unwrap().len(), 2);
+    assert_eq!(a.get(&server, "/v1/events?type=nope").await.0, 400);
+    assert_eq!(a.get(&server, "/v1/events?starting_after=zz").await.0, 400);
+    assert_eq!(b.post(&server, &format!("/v1/events/{evt_a}/redeliver"), json!({})).await.0, 404);
+
+    // Rotation: the old secret keeps signing (two v1) during its grace period.
+    let (status, rotated) = a
+        .post(
+            &server,
+            &format!("/v1/webhook_endpoints/{ep_a_id}/rotate_secret"),
+            json!({"expire_old_secret_after_secs": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    assert_ne!(new_secret, secret_a);
+    let before = hook_a.requests().len();
+    let (status, redelivered) = a.post(&server, &format!("/v1/events/{evt_a}/redeliver"), json!({})).await;
+    assert_eq!(status, 201, "{redelivered}");
+    let (headers, body, _) = poll("the redelivery", async || hook_a.requests().get(before).cloned()).await;
+    assert_eq!(headers["puhui-event-id"], evt_a);
+    assert_eq!(headers["puhui-signature"].matches("v1=").count(), 2);
+    assert!(verify_signature(&headers["puhui-signature"], &body, &secret_a));
+    assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
+
+    // Endpoints, secrets and the delivery log survive a restart; delivery goes on.
+    server.terminate();
+    let server = Server::start(dir.path(), &[], &env);
+    let (_, listed) = a.get(&server, "/v1/webhook_endpoints").await;
+    assert_eq!(listed["data"][0]["id"], ep_a_id.as_str());
+    assert_eq!(listed["data"][0]["live_secrets"], 2);
+    let (_, log) = a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}/deliveries?limit=1")).await;
+    assert_eq!(log["has_more"], true);
+    assert_eq!(a.post(&server, "/v1/transfers", transfer("pay-a2", 1)).await.0, 201);
+    let (headers, body, _) = poll("a delivery after the restart", async || {
+        hook_a.requests().into_iter().find(|r| String::from_utf8_lossy(&r.1).contains("pay-a2"))
+    })
+    .await;
+    assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
+
+    // Deleting stops deliveries.
+    let (status, deleted) =
+        a.call(&server, "DELETE", &format!("/v1/webhook_endpoints/{ep_a_id}"), None).await.unwrap();
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)));
+    assert_eq!(a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}")).await.0, 404);
+    server.terminate();
+}
