@@ -24,6 +24,7 @@ pub const CHECKS: &[(&str, fn(&dyn LedgerStore))] = &[
     ("history_pages_and_balance_at", history_pages_and_balance_at),
     ("pending_expires", pending_expires),
     ("batch_limit", batch_limit),
+    ("resolved_holds_keep_their_ids", resolved_holds_keep_their_ids),
 ];
 
 /// Runs every check against fresh stores from `make`.
@@ -277,6 +278,43 @@ fn pending_expires(store: &dyn LedgerStore) {
     assert_eq!(t.pending_status, Some(puhui_ledger::PendingStatus::Expired));
     let post = TransferRequest::post(id("p1"), id("h1"), None);
     assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::PendingExpired]);
+}
+
+/// Retries of posts and voids against a hold resolved earlier (in another call) compare with what
+/// was recorded, including "post the whole hold" against a partial post, and move no money.
+fn resolved_holds_keep_their_ids(store: &dyn LedgerStore) {
+    setup(store, &["alice", "shop"], 1_000);
+    let hold = TransferRequest::pending(id("h1"), id("alice"), id("shop"), 300, cny().code(), None);
+    let post = TransferRequest::post(id("p1"), id("h1"), None);
+    assert_eq!(results(store.create_transfers(vec![hold])), [ResultCode::Ok]);
+    assert_eq!(results(store.create_transfers(vec![post.clone()])), [ResultCode::Ok]);
+    assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::Exists]);
+    let same_amount = TransferRequest::post(id("p1"), id("h1"), Some(300));
+    let less = TransferRequest::post(id("p1"), id("h1"), Some(299));
+    assert_eq!(
+        results(store.create_transfers(vec![same_amount, less])),
+        [ResultCode::Exists, ResultCode::ExistsWithDifferentAmount]
+    );
+    let void = TransferRequest::void(id("v1"), id("h1"));
+    assert_eq!(results(store.create_transfers(vec![void.clone()])), [ResultCode::PendingAlreadyPosted]);
+    assert_eq!(results(store.create_transfers(vec![void])), [ResultCode::PendingAlreadyPosted]);
+    // A partial post: omitting the amount on a retry no longer matches it.
+    let h2 = TransferRequest::pending(id("h2"), id("alice"), id("shop"), 200, cny().code(), None);
+    let p2 = TransferRequest::post(id("p2"), id("h2"), Some(50));
+    assert_eq!(results(store.create_transfers(vec![h2, p2])), [ResultCode::Ok, ResultCode::Ok]);
+    let whole = TransferRequest::post(id("p2"), id("h2"), None);
+    assert_eq!(results(store.create_transfers(vec![whole])), [ResultCode::ExistsWithDifferentAmount]);
+    let a = store.account("alice").unwrap().unwrap();
+    assert_eq!((a.balances.debits_posted, a.balances.debits_pending), (350, 0));
+    let (page, more) = store.account_transfers("alice", Page { limit: 10, ..Default::default() }).unwrap();
+    let ids: Vec<String> = page.iter().map(|t| t.request.id.to_string()).collect();
+    assert_eq!(
+        (ids, more),
+        (vec!["fund-alice".to_string(), "h1".into(), "p1".into(), "h2".into(), "p2".into()], false)
+    );
+    let h1 = store.transfer("h1").unwrap().unwrap();
+    assert_eq!(h1.pending_status, Some(puhui_ledger::PendingStatus::Posted));
+    assert_eq!(h1.resolved_at_ns, Some(store.transfer("p1").unwrap().unwrap().timestamp_ns));
 }
 
 fn batch_limit(store: &dyn LedgerStore) {
