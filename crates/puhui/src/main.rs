@@ -7,6 +7,7 @@ mod bench_risk;
 mod crash_child;
 mod demo;
 mod journal_pg;
+mod sim;
 mod verifiable;
 
 use std::path::PathBuf;
@@ -29,12 +30,11 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the end-to-end demo on a fresh embedded data directory (no server needed).
-    Demo {
-        /// Data directory (default: a new temporary directory).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-    },
+    /// Run the end-to-end demo: a simulated market week through risk control and the ledger, a
+    /// report (terminal and report.html), the journal verified (no server needed).
+    Demo(demo::DemoArgs),
+    /// Simulate an inclusive-finance market: labelled transfers to JSONL/CSV and/or a running server.
+    Sim(sim::SimArgs),
     /// Serve the partner HTTP API on the embedded ledger.
     Serve(ServeArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API.
@@ -193,7 +193,8 @@ fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
     let outcome = match cli.command {
-        Command::Demo { data_dir } => demo::run(data_dir),
+        Command::Demo(args) => demo::run(args),
+        Command::Sim(args) => sim::run(args),
         Command::Serve(args) => serve(args),
         Command::Openapi => {
             print!("{}", puhui_api::openapi::document());

@@ -3,8 +3,9 @@
 //! A transfer is *flagged* when risk control did not simply approve it (review or decline).
 //! Recall of a typology = flagged transfers with its label / transfers with its label.
 //! Precision of a typology = among transfers flagged by the rules written for it (the caller
-//! attributes fired rules to typologies), the share that carry its label. Case recall = cases with
-//! at least one flagged transfer / cases seen.
+//! attributes fired rules to typologies), the share that are abusive (any typology: an account-
+//! takeover rule that stops a mule's first payout did its job); on-target = the share that carry
+//! that typology's own label. Case recall = cases with at least one flagged transfer / cases seen.
 
 use std::collections::BTreeMap;
 
@@ -53,8 +54,8 @@ impl LabelCounts {
 pub struct Scoreboard {
     by_label: [LabelCounts; 6],
     legitimate: LabelCounts,
-    /// Per typology: (flagged transfers its rules fired on, of which labelled with it).
-    attributed: [(u64, u64); 6],
+    /// Per typology: (flagged transfers its rules fired on, of which abusive, of which labelled with it).
+    attributed: [(u64, u64, u64); 6],
     /// Case id → (typology, flagged at least once).
     cases: BTreeMap<u32, (Typology, bool)>,
 }
@@ -89,7 +90,8 @@ impl Scoreboard {
             for &t in attributed {
                 let entry = &mut self.attributed[t.index()];
                 entry.0 += 1;
-                entry.1 += u64::from(label == Some(t));
+                entry.1 += u64::from(label.is_some());
+                entry.2 += u64::from(label == Some(t));
             }
         }
         if let (Some(t), Some(case)) = (label, case_id) {
@@ -114,10 +116,17 @@ impl Scoreboard {
         (c.scored > 0).then(|| c.flagged_share())
     }
 
-    /// Precision of the rules attributed to `t` (`None` if they flagged nothing).
+    /// Precision of the rules attributed to `t`: the share of what they flagged that is abusive
+    /// (`None` if they flagged nothing).
     pub fn precision(&self, t: Typology) -> Option<f64> {
-        let (flagged, right) = self.attributed[t.index()];
-        (flagged > 0).then(|| right as f64 / flagged as f64)
+        let (flagged, abusive, _) = self.attributed[t.index()];
+        (flagged > 0).then(|| abusive as f64 / flagged as f64)
+    }
+
+    /// The share of what `t`'s rules flagged that carries `t`'s own label.
+    pub fn on_target(&self, t: Typology) -> Option<f64> {
+        let (flagged, _, own) = self.attributed[t.index()];
+        (flagged > 0).then(|| own as f64 / flagged as f64)
     }
 
     /// Flagged transfers attributed to `t`'s rules.
@@ -165,9 +174,11 @@ mod tests {
         s.record(None, None, Verdict::Reviewed, &[ato]);
         s.record(None, None, Verdict::Approved, &[]);
         assert_eq!(s.recall(ato), Some(1.0 / 3.0));
-        assert_eq!(s.precision(ato), Some(0.5));
+        s.record(Some(Typology::MuleNetwork), Some(3), Verdict::Reviewed, &[ato]);
+        assert_eq!(s.precision(ato), Some(2.0 / 3.0));
+        assert_eq!(s.on_target(ato), Some(1.0 / 3.0));
         assert_eq!(s.cases(ato), (1, 2));
-        assert_eq!(s.overall_precision(), Some(0.5));
+        assert_eq!(s.overall_precision(), Some(2.0 / 3.0));
         assert_eq!(s.false_positive_rate(), 0.5);
         assert_eq!(s.recall(Typology::SimSwap), None);
     }

@@ -39,6 +39,7 @@ pub mod eval;
 pub mod model;
 pub mod params;
 mod population;
+pub mod report;
 pub mod rng;
 pub mod write;
 
