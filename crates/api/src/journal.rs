@@ -128,6 +128,40 @@ pub async fn transfer_proof(
     Ok(json(&proof))
 }
 
+/// An inclusion proof of one of your risk decisions (its journal record, with every input, feature
+/// and fired rule) against a signed checkpoint.
+#[utoipa::path(get, path = "/v1/decisions/{id}/proof", tag = "journal",
+    params(("id" = String, Path, description = "decision id"), ProofQuery),
+    responses((status = 200, description = "inclusion proof JSON"), (status = 404, body = ErrorEnvelope),
+              (status = 409, body = ErrorEnvelope, description = "not covered by a checkpoint yet")),
+    security(("api_key" = [])))]
+pub async fn decision_proof(
+    State(app): State<Arc<AppState>>,
+    Extension(principal): Extension<Principal>,
+    ApiPath(id): ApiPath<String>,
+    query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), Some("checkpoint")))?;
+    let id = scoped_lookup(&principal.tenant, &id, "decision")?;
+    let decision = app
+        .risk
+        .as_ref()
+        .and_then(|r| r.decision(id.as_str()))
+        .ok_or_else(|| ApiError::not_found("decision", "id"))?;
+    let Some(seq) = decision.journal_seq else {
+        return Err(error(VError::NotCheckpointed { seq: 0, checkpoint_size: 0 }));
+    };
+    let proof = match blocking_raw(&app, move |s| s.inclusion_proof_for_entry(seq, query.checkpoint)).await? {
+        Ok(proof) => proof,
+        Err(VError::NoCheckpoint) if query.checkpoint.is_none() => {
+            return Err(error(VError::NotCheckpointed { seq, checkpoint_size: 0 }))
+        }
+        Err(e) => return Err(error(e)),
+    };
+    Ok(json(&proof))
+}
+
 /// `?from=&to=` of the consistency endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]

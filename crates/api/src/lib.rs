@@ -211,6 +211,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/decisions", post(risk::create_decision))
         .route("/v1/decisions/{id}", get(risk::get_decision))
         .route("/v1/decisions/{id}/label", post(risk::label_decision))
+        .route("/v1/decisions/{id}/proof", get(journal::decision_proof))
         .route("/v1/lists/{name}", get(risk::get_list))
         .route("/v1/lists/{name}/add", post(risk::list_add))
         .route("/v1/lists/{name}/remove", post(risk::list_remove))

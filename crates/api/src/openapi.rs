@@ -58,6 +58,7 @@ impl Modify for Security {
         routes::healthz, routes::readyz, routes::metrics_endpoint, routes::openapi_json,
         crate::risk::create_decision, crate::risk::get_decision, crate::risk::list_reviews,
         crate::risk::approve_review, crate::risk::decline_review, crate::risk::label_decision,
+        crate::journal::decision_proof,
         crate::risk::create_ruleset, crate::risk::list_rulesets, crate::risk::get_ruleset,
         crate::risk::activate_ruleset, crate::risk::list_add, crate::risk::list_remove, crate::risk::get_list,
         crate::journal::latest_checkpoint, crate::journal::checkpoint, crate::journal::transfer_proof,

@@ -44,7 +44,7 @@ pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml")
 
 /// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
-    state: Mutex<RiskState>,
+    state: Arc<Mutex<RiskState>>,
     store: Arc<EmbeddedStore>,
 }
 
@@ -162,7 +162,9 @@ impl RiskService {
             match record {
                 RiskRecord::Decision(d) => {
                     restore.decisions += 1;
+                    let id = d.id.clone();
                     state.remember(*d);
+                    state.set_seq(&id, seq);
                 }
                 RiskRecord::Label(l) => state.label(&l),
                 RiskRecord::Activation(_) => activated = true,
@@ -188,7 +190,7 @@ impl RiskService {
         }
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
-        Ok((RiskService { state: Mutex::new(state), store }, restore))
+        Ok((RiskService { state: Arc::new(Mutex::new(state)), store }, restore))
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RiskState> {
@@ -220,7 +222,19 @@ impl RiskService {
     ) -> Result<(DecisionObject, Durable), ApiError> {
         let mut state = self.lock();
         let decision = state.controller.decide(id.to_string(), source, event, record);
-        let receipt = self.journal(&[RiskRecord::Decision(Box::new(decision.clone()))])?;
+        let (tx, receipt) = tokio::sync::oneshot::channel();
+        let (shared, seq_id) = (Arc::clone(&self.state), id.to_string());
+        self.store.submit_records(
+            vec![to_store_record(&RiskRecord::Decision(Box::new(decision.clone())))],
+            Box::new(move |r| {
+                // On the committer thread, once durable: the entry's place in the journal (for
+                // proofs). Never waits on the committer, so holding the risk lock is safe.
+                if let Ok(seq) = &r {
+                    shared.lock().unwrap_or_else(|p| p.into_inner()).set_seq(&seq_id, *seq);
+                }
+                let _ = tx.send(r);
+            }),
+        )?;
         // Only once the record is queued does the event enter the features (replay does the same).
         state.controller.commit_decision(&decision);
         metrics::counter!("puhui_decisions_total", "outcome" => decision.active.outcome.as_str())
@@ -319,6 +333,12 @@ impl RiskState {
             }
         }
         object
+    }
+
+    fn set_seq(&mut self, id: &str, seq: u64) {
+        if let Some(object) = self.decisions.get_mut(id) {
+            object.journal_seq = Some(seq);
+        }
     }
 
     fn label(&mut self, l: &LabelRecord) {
@@ -442,6 +462,9 @@ pub struct DecisionObject {
     pub shadow: Option<ShadowObject>,
     /// The latest label (`fraud` or `legit`), if any.
     pub label: Option<String>,
+    /// The decision record's sequence number in the journal, once durable
+    /// (`GET /v1/decisions/{id}/proof` proves it is in a signed checkpoint).
+    pub journal_seq: Option<u64>,
 }
 
 fn fired_objects(v: &Verdict) -> Vec<FiredRuleObject> {
@@ -481,6 +504,7 @@ fn to_object(d: DecisionRecord) -> DecisionObject {
             fired: fired_objects(s),
         }),
         label: None,
+        journal_seq: None,
     }
 }
 

@@ -752,6 +752,21 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let d11 = c.get(&server, "/v1/decisions/d11").await.body;
     assert!(d11["features"]["payer_count_1m"].as_f64().unwrap() >= 11.0, "features survived: {d11}");
     assert_eq!(d11["outcome"], "review", "{d11}");
+    // The decision record is in the verifiable journal: the shutdown checkpoint covers d5, and its
+    // inclusion proof verifies offline.
+    let proof = c.get(&server, "/v1/decisions/d5/proof").await;
+    assert_eq!(proof.status, 200, "{:?}", proof.body);
+    assert!(d5["journal_seq"].as_u64().is_some(), "{d5}");
+    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
+    let file = dir.path().join("decision-proof.json");
+    std::fs::write(&file, proof.body.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["journal", "verify-proof"])
+        .arg(&file)
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(server.terminate().success());
 
     // The backtest replays the journal and reproduces every online decision exactly.

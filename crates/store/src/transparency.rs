@@ -467,19 +467,6 @@ impl EmbeddedStore {
         rx.recv().map_err(|_| Error::Io("the store shut down before checkpointing".into()))?
     }
 
-    /// The inclusion proof of journal entry `seq` against the checkpoint of size `checkpoint_size`
-    /// (default: the latest).
-    pub fn inclusion_proof_for_entry(
-        &self,
-        seq: u64,
-        checkpoint_size: Option<u64>,
-    ) -> Result<InclusionProof, Error> {
-        let v = self.verifiable()?;
-        let log = v.log.read().unwrap_or_else(|p| p.into_inner());
-        let leaf = log.read_leaf(&v.journal, seq)?;
-        log.inclusion_proof(seq, leaf, checkpoint_size)
-    }
-
     /// The inclusion proof of the journal entry that recorded transfer `id` (applied, or failed and
     /// recorded), against the checkpoint of size `checkpoint_size` (default: the latest). A transfer
     /// newer than that checkpoint gives [`Error::NotCheckpointed`]: retry after the next checkpoint
@@ -504,6 +491,31 @@ impl EmbeddedStore {
                 v.barrier();
                 let log = v.log.read().unwrap_or_else(|p| p.into_inner());
                 log.find_transfer(&v.journal, id, timestamp_ns)?
+            }
+            Err(e) => return Err(e),
+        };
+        let log = v.log.read().unwrap_or_else(|p| p.into_inner());
+        log.inclusion_proof(seq, leaf, checkpoint_size)
+    }
+
+    /// The inclusion proof of journal entry `seq` (a risk decision record, say) against checkpoint
+    /// `checkpoint_size` (default: the latest).
+    pub fn inclusion_proof_for_entry(
+        &self,
+        seq: u64,
+        checkpoint_size: Option<u64>,
+    ) -> Result<InclusionProof, Error> {
+        let v = self.verifiable()?;
+        let read = || {
+            let log = v.log.read().unwrap_or_else(|p| p.into_inner());
+            log.read_leaf(&v.journal, seq)
+        };
+        let leaf = match read() {
+            Ok(leaf) => leaf,
+            Err(Error::EntryNotFound { .. }) if seq < self.stats().entries.load(Ordering::Relaxed) => {
+                // Durable, but the merkle thread may not have hashed it yet.
+                v.barrier();
+                read()?
             }
             Err(e) => return Err(e),
         };
