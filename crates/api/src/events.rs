@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
+use puhui_events::event::classify;
 use puhui_events::{map_entry, parse_event_id, Event, EventType, JournalTail, Mapped, RawEntry};
 use puhui_journal::JournalPosition;
 use serde::{Deserialize, Serialize};
@@ -156,8 +157,8 @@ impl EventLog {
     fn add(&self, batch: &[RawEntry], next_seq: u64, position: JournalPosition) {
         let mut mapped = Vec::with_capacity(batch.len());
         for entry in batch {
-            if let Ok(Mapped::Event(e)) = map_entry(entry.seq, entry.kind, &entry.body) {
-                mapped.push((e.tenant, pack(e.sequence, e.kind)));
+            if let Ok(Some((kind, tenant))) = classify(entry.kind, &entry.body) {
+                mapped.push((tenant, pack(entry.seq, kind)));
             }
         }
         let mut index = self.index.write().unwrap_or_else(|p| p.into_inner());
@@ -217,7 +218,14 @@ impl EventLog {
     }
 
     /// A tenant's events of types `kinds` (empty: all) with sequences in `[from, to)`, at most `max`.
-    pub fn between(&self, tenant: &str, from: u64, to: u64, kinds: &[EventType], max: usize) -> Vec<u64> {
+    pub fn between(
+        &self,
+        tenant: &str,
+        from: u64,
+        to: u64,
+        kinds: &[EventType],
+        max: usize,
+    ) -> Vec<(u64, EventType)> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let Some(events) = index.tenants.get(tenant) else { return Vec::new() };
         let start = events.partition_point(|w| unpack(*w).0 < from);
@@ -225,8 +233,8 @@ impl EventLog {
             .iter()
             .map(|w| unpack(*w))
             .take_while(|(seq, _)| *seq < to)
-            .filter(|(_, k)| kinds.is_empty() || k.is_some_and(|k| kinds.contains(&k)))
-            .map(|(seq, _)| seq)
+            .filter_map(|(seq, k)| Some((seq, k?)))
+            .filter(|(_, k)| kinds.is_empty() || kinds.contains(k))
             .take(max)
             .collect()
     }

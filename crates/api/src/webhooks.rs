@@ -381,13 +381,12 @@ impl Webhooks {
                 continue;
             }
             let kinds = endpoint.kinds();
-            for seq in
-                self.events.between(&endpoint.tenant, start, to, &kinds, INGEST_SPAN_ENTRIES_MAX as usize)
-            {
-                created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq));
+            let max = INGEST_SPAN_ENTRIES_MAX as usize;
+            for (seq, kind) in self.events.between(&endpoint.tenant, start, to, &kinds, max) {
+                created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq, kind));
             }
         }
-        for (endpoint_id, tenant, seq) in created {
+        for (endpoint_id, tenant, seq, kind) in created {
             let number = inner.p.next_delivery;
             inner.p.next_delivery += 1;
             inner.p.deliveries.push(Delivery {
@@ -395,7 +394,7 @@ impl Webhooks {
                 endpoint_id,
                 tenant,
                 event_seq: seq,
-                event_type: String::new(),
+                event_type: kind.as_str().to_string(),
                 status: DeliveryStatus::Pending,
                 attempts: 0,
                 created_at_ms: now,

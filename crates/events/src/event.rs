@@ -217,6 +217,35 @@ pub enum Mapped {
     Skip,
 }
 
+/// The type and tenant of the event an entry maps to, without building its JSON (for indexes).
+pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, codec::DecodeError> {
+    let entry = codec::decode(kind, body)?;
+    let (kind, id) = match &entry {
+        Entry::AccountCreated { account, .. } => (EventType::AccountCreated, &account.id),
+        Entry::StatusChanged { account_id, action, .. } => {
+            let kind = match action {
+                StatusAction::Freeze => EventType::AccountFrozen,
+                StatusAction::Unfreeze => EventType::AccountUnfrozen,
+                StatusAction::Close => EventType::AccountClosed,
+            };
+            (kind, account_id)
+        }
+        Entry::Transfer { request, result, .. } => {
+            let kind = match (result, request.kind) {
+                (ResultCode::Ok, TransferKind::Single | TransferKind::Pending) => EventType::TransferCreated,
+                (ResultCode::Ok, TransferKind::PostPending) => EventType::TransferPosted,
+                (ResultCode::Ok, TransferKind::VoidPending) => EventType::TransferVoided,
+                _ => EventType::TransferFailed,
+            };
+            (kind, &request.id)
+        }
+        Entry::Expired { pending_id, .. } => (EventType::TransferExpired, pending_id),
+        #[allow(unreachable_patterns)]
+        _ => return Ok(None),
+    };
+    Ok(Some((kind, split_id(id).0.to_string())))
+}
+
 /// Maps journal entry `sequence` (of `kind`, with `body`) to its event. Never panics: an entry that
 /// does not decode is an error (the journal was hash-checked, so that is a codec bug).
 pub fn map_entry(sequence: u64, kind: u8, body: &[u8]) -> Result<Mapped, codec::DecodeError> {
@@ -341,10 +370,36 @@ mod tests {
     }
 
     #[test]
+    fn classify_agrees_with_the_full_mapping() {
+        let mut ledger = puhui_ledger::Ledger::new();
+        let cny = Currency::parse("CNY", None).unwrap();
+        let accounts = ["tABCDEFGH:a", "tABCDEFGH:b"].map(|id| NewAccount::new(Id::new(id).unwrap(), cny));
+        ledger.create_accounts(accounts.to_vec(), 1_000);
+        let t = TransferRequest::single(
+            Id::new("tABCDEFGH:t1").unwrap(),
+            Id::new("tABCDEFGH:a").unwrap(),
+            Id::new("tABCDEFGH:b").unwrap(),
+            5,
+            cny.code(),
+        );
+        ledger.create_transfers(vec![t], 2_000);
+        ledger.set_account_status("tABCDEFGH:a", StatusAction::Freeze, 3_000);
+        let items: Vec<_> = ledger.drain_log().collect();
+        assert_eq!(items.len(), 4);
+        for (seq, item) in items.into_iter().enumerate() {
+            let mut body = Vec::new();
+            let kind = codec::encode_log_item(&ledger, item, &mut body);
+            let Mapped::Event(e) = map_entry(seq as u64, kind, &body).unwrap() else { panic!() };
+            assert_eq!(classify(kind, &body).unwrap(), Some((e.kind, e.tenant.clone())));
+        }
+    }
+
+    #[test]
     fn bad_bodies_are_errors_not_panics() {
         for kind in 0..=255u8 {
             for body in [&[][..], &[1, 2, 3][..], &[0xff; 40][..]] {
                 let _ = map_entry(0, kind, body);
+                let _ = classify(kind, body);
             }
         }
     }
