@@ -239,8 +239,10 @@ impl Driver<'_> {
             self.volumes[kind].0 += 1;
             self.volumes[kind].1 += t.amount_minor;
             let hour = self.hour_of(t);
-            self.report.hourly[hour].posted += 1;
-            self.report.hourly[hour].amount_minor += t.amount_minor;
+            if t.kind != TransferKind::Opening {
+                self.report.hourly[hour].posted += 1;
+                self.report.hourly[hour].amount_minor += t.amount_minor;
+            }
             if t.kind == TransferKind::MerchantPayment {
                 self.merchant_revenue[t.credit as usize] += t.amount_minor;
             }

@@ -20,7 +20,7 @@ pub fn score_bin(score: i64) -> usize {
 /// One simulated hour.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct HourPoint {
-    /// Transfers posted (or held) in the ledger.
+    /// Transfers posted (or held) in the ledger (opening balances left out: they are set-up).
     pub posted: u64,
     /// Their amount, minor units.
     pub amount_minor: u64,
@@ -409,7 +409,7 @@ svg text{{font:11px system-ui,sans-serif;fill:#3b4652}}</style></head><body>"
     fn recall_svg(&self) -> String {
         let (w, row, left) = (940.0, 34.0, 170.0);
         let ht = row * Typology::ALL.len() as f64 + 30.0;
-        let bar_w = w - left - 120.0;
+        let bar_w = w - left - 240.0;
         let mut s = format!(
             "<svg viewBox=\"0 0 {w} {ht}\" width=\"100%\" role=\"img\" aria-label=\"recall per typology\">"
         );
