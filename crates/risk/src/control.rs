@@ -186,12 +186,15 @@ impl Controller {
         }
     }
 
-    /// Decides a recorded decision's event again (active and shadow), then records the event in the
-    /// features if it was recorded online: what a backtest and a reproduction check run.
+    /// Decides a recorded decision's event again (active and shadow, without a time budget), then
+    /// records the event in the features if it was recorded online: what a backtest and a
+    /// reproduction check run.
     pub fn replay_decision(&mut self, d: &DecisionRecord) -> (Verdict, Option<Verdict>) {
         let event = d.event.as_event();
-        let active = Verdict::from(self.active.decide(&self.features, &event));
-        let shadow = self.shadow.as_ref().map(|e| Verdict::from(e.decide(&self.features, &event)));
+        // No time budget in a replay: the result must not depend on how busy the machine is.
+        let active = Verdict::from(self.active.decide_within(&self.features, &event, false));
+        let shadow =
+            self.shadow.as_ref().map(|e| Verdict::from(e.decide_within(&self.features, &event, false)));
         if d.observed {
             self.observe(&event);
         }

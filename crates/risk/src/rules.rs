@@ -523,6 +523,12 @@ impl Engine {
 
     /// Decides `event` from what `store` has recorded before it (point-in-time).
     pub fn decide(&self, store: &FeatureStore, event: &RiskEvent<'_>) -> Decision {
+        self.decide_within(store, event, true)
+    }
+
+    /// Like [`Engine::decide`], with the time budget applied or not: a replay (backtest, the
+    /// reproduction check) decides without one, since a budget makes the result depend on timing.
+    pub fn decide_within(&self, store: &FeatureStore, event: &RiskEvent<'_>, budgeted: bool) -> Decision {
         let started = Instant::now();
         let mut features = Vec::with_capacity(self.ruleset.features.len());
         let mut feature_map: HashMap<String, cel::Value> =
@@ -606,7 +612,7 @@ impl Engine {
         let mut degraded = None;
         let budget = self.ruleset.budget;
         for (index, rule) in self.ruleset.rules.iter().enumerate() {
-            if index % BUDGET_CHECK_EVERY_RULES == 0 && index > 0 {
+            if budgeted && index % BUDGET_CHECK_EVERY_RULES == 0 && index > 0 {
                 let spent_ns = started.elapsed().as_nanos() as u64;
                 if spent_ns > budget.decision_ns {
                     degraded = Some(format!(

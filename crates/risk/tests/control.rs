@@ -235,3 +235,32 @@ fn a_journaled_text_replaces_the_provisional_starter_of_the_same_version() {
         .unwrap();
     assert_eq!(c.ruleset_text(&starter_version), Some(STARTER));
 }
+
+#[test]
+fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
+    let mut text = String::from(
+        "version = \"budget\"\n[thresholds]\nreview = 50\ndecline = 100\n[budget]\ndecision_us = 0\non_exceeded = \"decline\"\n",
+    );
+    for i in 0..12 {
+        text += &format!(
+            "[[rules]]\nid = \"r{i}\"\ndescription = \"d\"\nexpression = \"amount > {i}\"\nscore = 1\n"
+        );
+    }
+    let c = controller(&text);
+    let (payer, payee, amount, t, attrs) = event_parts(1);
+    let event = RiskEvent {
+        payer: &payer,
+        payee: &payee,
+        amount_minor: amount,
+        currency: "CNY",
+        timestamp_ns: t,
+        attributes: &attrs,
+    };
+    let online = c.active().decide(c.features(), &event);
+    assert!(online.degraded.is_some(), "a zero budget is spent by the first check");
+    assert_eq!(online.outcome, Outcome::Decline, "fail closed, as the ruleset says");
+    let replayed = c.active().decide_within(c.features(), &event, false);
+    assert_eq!((replayed.degraded, replayed.outcome, replayed.fired.len()), (None, Outcome::Approve, 12));
+    let bad = text.replace("on_exceeded = \"decline\"", "on_exceeded = \"maybe\"");
+    assert!(Controller::new(&bad, Path::new("."), FeatureLimits::default()).is_err());
+}
