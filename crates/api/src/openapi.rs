@@ -63,6 +63,10 @@ impl Modify for Security {
         crate::risk::activate_ruleset, crate::risk::list_add, crate::risk::list_remove, crate::risk::get_list,
         crate::journal::latest_checkpoint, crate::journal::checkpoint, crate::journal::transfer_proof,
         crate::journal::consistency, crate::journal::public_key,
+        crate::events::list_events, crate::events::get_event,
+        crate::webhooks::create_endpoint, crate::webhooks::list_endpoints, crate::webhooks::get_endpoint,
+        crate::webhooks::delete_endpoint, crate::webhooks::rotate_secret, crate::webhooks::list_deliveries,
+        crate::webhooks::redeliver_event,
     ),
     components(schemas(
         ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
@@ -72,6 +76,10 @@ impl Modify for Security {
         crate::risk::ReviewObject, crate::risk::ReviewList, crate::risk::ShadowObject,
         crate::risk::CreateLabel, crate::risk::LabelObject, crate::risk::RulesetObject, crate::risk::CreateRuleset,
         crate::risk::RulesetList, crate::risk::Activation, crate::risk::ListChange, crate::risk::RiskListObject,
+        crate::events::EventObject, crate::events::EventList, crate::webhooks::CreateWebhookEndpoint,
+        crate::webhooks::RotateSecret, crate::webhooks::Redeliver, crate::webhooks::WebhookEndpointObject,
+        crate::webhooks::DeletedObject, crate::webhooks::WebhookEndpointList, crate::webhooks::WebhookDeliveryObject,
+        crate::webhooks::WebhookDeliveryList, crate::webhooks::DeliveryStatus,
     )),
     modifiers(&Security),
     tags(
@@ -80,6 +88,8 @@ impl Modify for Security {
         (name = "tenants", description = "Tenants and API keys (admin token)"),
         (name = "risk", description = "Risk decisions (rules over velocity features)"),
         (name = "journal", description = "Verifiable journal: signed checkpoints and Merkle proofs"),
+        (name = "events", description = "Every committed change as an event (also on NATS JetStream with --nats)"),
+        (name = "webhooks", description = "Signed webhook deliveries: Puhui-Signature t=<unix>,v1=<hex HMAC-SHA256(secret, \"<t>.<body>\")>"),
         (name = "operations", description = "Health, metrics, this document"),
     )
 )]
