@@ -386,7 +386,7 @@ impl Webhooks {
                 created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq, kind));
             }
         }
-        for (endpoint_id, tenant, seq, kind) in created {
+        for (endpoint_id, tenant, seq, kind) in created.iter().cloned() {
             let number = inner.p.next_delivery;
             inner.p.next_delivery += 1;
             inner.p.deliveries.push(Delivery {
@@ -405,8 +405,10 @@ impl Webhooks {
                 last_error: None,
             });
         }
+        // Saved only when deliveries were made: a cursor that moved past events nobody takes can be
+        // re-read after a crash without effect (and an idle tenant costs no fsync).
+        inner.dirty |= !created.is_empty();
         inner.p.cursor = to;
-        inner.dirty = true;
     }
 
     async fn start_due(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
