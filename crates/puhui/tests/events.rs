@@ -184,6 +184,7 @@ impl Stream {
         let client = async_nats::connect(NATS_URL).await.expect("NATS on 127.0.0.1:4222 (.ci/run starts it)");
         let js = async_nats::jetstream::new(client);
         let _ = js.delete_stream(name).await;
+        delete_streams_of_dead_runs(&js).await;
         Stream { js, name: name.to_string() }
     }
 
@@ -231,6 +232,31 @@ impl Stream {
 
     async fn delete(self) {
         let _ = self.js.delete_stream(&self.name).await;
+    }
+}
+
+/// Streams these tests named `<PREFIX><pid>x<nanos>` whose process is gone (a run that panicked
+/// before deleting its stream); a concurrent run's streams are left alone.
+async fn delete_streams_of_dead_runs(js: &async_nats::jetstream::Context) {
+    use futures_util::StreamExt;
+    let mut names = js.stream_names();
+    let mut stale = Vec::new();
+    while let Some(Ok(name)) = names.next().await {
+        let pid = ["PUHUI_TEST_", "PUHUI_DOWN_"]
+            .iter()
+            .find_map(|p| name.strip_prefix(p))
+            .and_then(|rest| rest.split('x').next())
+            .and_then(|pid| pid.parse::<i32>().ok());
+        // kill(pid, 0) fails with ESRCH when no such process exists.
+        if pid.is_some_and(|pid| unsafe { libc::kill(pid, 0) } != 0) {
+            stale.push(name);
+        }
+        if stale.len() >= 100 {
+            break;
+        }
+    }
+    for name in stale {
+        let _ = js.delete_stream(&name).await;
     }
 }
 
@@ -559,9 +585,37 @@ async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
     assert!(verify_signature(&headers["puhui-signature"], &body, &secret_a));
     assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
 
-    // Endpoints, secrets and the delivery log survive a restart; delivery goes on.
+    // Endpoints, secrets, the delivery log and pending deliveries survive a restart. A delivery
+    // that is failing when the server stops is retried by the next one.
+    *hook_a.fail_next.lock().unwrap() = u32::MAX;
+    assert_eq!(a.post(&server, "/v1/transfers", transfer("pay-a3", 1)).await.0, 201);
+    poll("a failed attempt of pay-a3", async || {
+        hook_a
+            .requests()
+            .iter()
+            .any(|r| r.2 == 500 && String::from_utf8_lossy(&r.1).contains("pay-a3"))
+            .then_some(())
+    })
+    .await;
     server.terminate();
+    *hook_a.fail_next.lock().unwrap() = 0;
     let server = Server::start(dir.path(), &[], &env);
+    let (_, body, _) = poll("pay-a3 delivered after the restart", async || {
+        hook_a.requests().into_iter().find(|r| r.2 == 200 && String::from_utf8_lossy(&r.1).contains("pay-a3"))
+    })
+    .await;
+    let evt_a3 = serde_json::from_slice::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let a3 = poll("pay-a3's delivery log entry", async || {
+        let (_, log) = a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}/deliveries?limit=100")).await;
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == evt_a3.as_str() && d["status"] == "succeeded")
+            .cloned()
+    })
+    .await;
+    assert!(a3["attempts"].as_u64().unwrap() >= 2, "{a3}");
     let (_, listed) = a.get(&server, "/v1/webhook_endpoints").await;
     assert_eq!(listed["data"][0]["id"], ep_a_id.as_str());
     assert_eq!(listed["data"][0]["live_secrets"], 2);
