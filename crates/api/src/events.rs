@@ -389,7 +389,8 @@ pub struct EventObject {
     /// `evt_<sequence>`: unique and stable; de-duplicate deliveries by it.
     pub id: String,
     /// `account.created`, `account.frozen`, `account.unfrozen`, `account.closed`,
-    /// `transfer.created`, `transfer.posted`, `transfer.voided`, `transfer.expired`, `transfer.failed`.
+    /// `transfer.created`, `transfer.posted`, `transfer.voided`, `transfer.expired`, `transfer.failed`,
+    /// `decision.created`, `decision.labeled`.
     #[serde(rename = "type")]
     pub kind: String,
     /// The journal sequence (increasing; gaps are other tenants' events).

@@ -50,6 +50,13 @@ pub enum EventType {
     /// A transfer was refused by the ledger and recorded (its id keeps the failure for retries).
     #[serde(rename = "transfer.failed")]
     TransferFailed = 9,
+    /// Risk control decided an event (inline on a transfer, or `POST /v1/decisions`). A review's
+    /// outcome is the held transfer's `transfer.posted` (approved) or `transfer.voided` (declined).
+    #[serde(rename = "decision.created")]
+    DecisionCreated = 10,
+    /// A decision was labelled fraud or legit.
+    #[serde(rename = "decision.labeled")]
+    DecisionLabeled = 11,
 }
 
 impl EventType {
@@ -64,6 +71,8 @@ impl EventType {
         EventType::TransferVoided,
         EventType::TransferExpired,
         EventType::TransferFailed,
+        EventType::DecisionCreated,
+        EventType::DecisionLabeled,
     ];
 
     /// The stable name, e.g. `transfer.created`.
@@ -78,6 +87,8 @@ impl EventType {
             EventType::TransferVoided => "transfer.voided",
             EventType::TransferExpired => "transfer.expired",
             EventType::TransferFailed => "transfer.failed",
+            EventType::DecisionCreated => "decision.created",
+            EventType::DecisionLabeled => "decision.labeled",
         }
     }
 
@@ -217,6 +228,53 @@ pub enum Mapped {
     Skip,
 }
 
+/// The event of an application record, if it is one: risk decisions and labels. Rulesets,
+/// activations and list changes are operator matters, not partner events. A record that does not
+/// decode is skipped (it is the risk crate's format; the journal's hash chain vouches for the bytes).
+fn record_event(record_type: u8, timestamp_ns: u64, payload: &[u8]) -> Option<(EventType, String, Value)> {
+    use puhui_risk::records::{DecisionSource, Label, RiskRecord};
+    match RiskRecord::decode(record_type, payload).ok()? {
+        RiskRecord::Decision(d) => {
+            let (tenant, id) = split_id(&d.id);
+            let fired: Vec<Value> = d
+                .active
+                .fired
+                .iter()
+                .map(|f| {
+                    json!({"rule": f.rule, "score": f.score, "outcome": f.outcome.map(|o| o.as_str()),
+                           "reasons": f.reasons})
+                })
+                .collect();
+            let object = json!({
+                "object": "decision",
+                "id": id,
+                "source": match d.source { DecisionSource::Transfer => "transfer", DecisionSource::Standalone => "standalone" },
+                "outcome": d.active.outcome.as_str(),
+                "score": d.active.score,
+                "ruleset_version": d.active.ruleset_version,
+                "fired": fired,
+                "degraded": d.active.degraded,
+                "observed": d.observed,
+                "created_at": format_ns(timestamp_ns),
+            });
+            Some((EventType::DecisionCreated, tenant.to_string(), object))
+        }
+        RiskRecord::Label(l) => {
+            let (tenant, id) = split_id(&l.decision_id);
+            let label = match l.label {
+                Label::Fraud => "fraud",
+                Label::Legit => "legit",
+            };
+            let object = json!({
+                "object": "decision_label", "decision_id": id, "label": label, "source": l.source,
+                "labelled_at": format_ns(l.labelled_at_ns),
+            });
+            Some((EventType::DecisionLabeled, tenant.to_string(), object))
+        }
+        _ => None,
+    }
+}
+
 /// The type and tenant of the event an entry maps to, without building its JSON (for indexes).
 pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, codec::DecodeError> {
     let entry = codec::decode(kind, body)?;
@@ -240,6 +298,11 @@ pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, co
             (kind, &request.id)
         }
         Entry::Expired { pending_id, .. } => (EventType::TransferExpired, pending_id),
+        Entry::Record { record_type, timestamp_ns, payload } => {
+            return Ok(
+                record_event(*record_type, *timestamp_ns, payload).map(|(kind, tenant, _)| (kind, tenant))
+            );
+        }
         #[allow(unreachable_patterns)]
         _ => return Ok(None),
     };
@@ -298,8 +361,14 @@ pub fn map_entry(sequence: u64, kind: u8, body: &[u8]) -> Result<Mapped, codec::
             });
             (EventType::TransferExpired, tenant.to_string(), object)
         }
-        // New entry kinds (e.g. risk decision records) map here once their owner defines events:
-        // add an `EventType` and an arm above.
+        Entry::Record { record_type, timestamp_ns, payload } => {
+            match record_event(record_type, timestamp_ns, &payload) {
+                Some(mapped) => mapped,
+                None => return Ok(Mapped::Skip),
+            }
+        }
+        // New entry kinds map here once their owner defines events: add an `EventType` and an arm
+        // above (and in `classify`).
         #[allow(unreachable_patterns)]
         _ => return Ok(Mapped::Skip),
     };
@@ -392,6 +461,31 @@ mod tests {
             let Mapped::Event(e) = map_entry(seq as u64, kind, &body).unwrap() else { panic!() };
             assert_eq!(classify(kind, &body).unwrap(), Some((e.kind, e.tenant.clone())));
         }
+    }
+
+    #[test]
+    fn risk_labels_are_events_and_operator_records_are_not() {
+        use puhui_risk::records::{Label, LabelRecord, RiskRecord, RulesetRecord};
+        let label = RiskRecord::Label(LabelRecord {
+            decision_id: "tABCDEFGH:t9".into(),
+            label: Label::Fraud,
+            source: Some("chargeback".into()),
+            labelled_at_ns: 5_000,
+        });
+        let (record_type, payload) = label.encode();
+        let mut body = Vec::new();
+        let kind = codec::encode_record(record_type, 5_000, &payload, &mut body);
+        let Mapped::Event(e) = map_entry(3, kind, &body).unwrap() else { panic!("skipped") };
+        assert_eq!((e.kind, e.tenant.as_str()), (EventType::DecisionLabeled, "tABCDEFGH"));
+        assert_eq!(e.data["object"]["decision_id"], "t9");
+        assert_eq!(e.data["object"]["label"], "fraud");
+        assert_eq!(classify(kind, &body).unwrap(), Some((EventType::DecisionLabeled, "tABCDEFGH".into())));
+        let ruleset = RiskRecord::Ruleset(RulesetRecord { version: "v1".into(), text: String::new() });
+        let (record_type, payload) = ruleset.encode();
+        body.clear();
+        let kind = codec::encode_record(record_type, 6_000, &payload, &mut body);
+        assert!(matches!(map_entry(4, kind, &body).unwrap(), Mapped::Skip));
+        assert_eq!(classify(kind, &body).unwrap(), None);
     }
 
     #[test]

@@ -302,6 +302,10 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
     assert_eq!(freeze.0, 200);
     let unfreeze = api.post(&server, "/v1/accounts/alice/unfreeze", json!({})).await;
     assert_eq!(unfreeze.0, 200);
+    // A transfer decided by risk control: a decision.created event beside transfer.created.
+    let mut decided = transfer("risky", 1);
+    decided["risk_context"] = json!({"device_id": "phone-1", "kyc_tier": "3"});
+    assert_eq!(api.post(&server, "/v1/transfers", decided).await.0, 201);
     for i in 0..10 {
         let id = format!("c{i}");
         assert_eq!(api.post(&server, "/v1/transfers", transfer(&id, 1)).await.0, 201);
@@ -362,11 +366,13 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
         assert_eq!(created.iter().filter(|c| *c == id).count(), 1, "transfer {id}");
     }
     let types: HashSet<&str> = messages.iter().map(|m| m.3["type"].as_str().unwrap()).collect();
-    assert!(
-        types.contains("account.frozen")
-            && types.contains("account.unfrozen")
-            && types.contains("account.created")
-    );
+    for t in ["account.created", "account.frozen", "account.unfrozen", "transfer.created", "decision.created"]
+    {
+        assert!(types.contains(t), "no {t} in {types:?}");
+    }
+    let decision = messages.iter().find(|m| m.3["type"] == "decision.created").unwrap();
+    assert_eq!(decision.3["data"]["object"]["id"], "risky");
+    assert_eq!(decision.3["data"]["object"]["outcome"], "approve");
     stream.delete().await;
 }
 
