@@ -554,15 +554,10 @@ pub async fn create_transfer_batch(
     }
     metrics::histogram!("puhui_batch_transfers").record(count as f64);
     let mut requests = Vec::with_capacity(count);
-    for (i, t) in body.transfers.into_iter().enumerate() {
+    let mut contexts = Vec::with_capacity(count);
+    for (i, mut t) in body.transfers.into_iter().enumerate() {
         let prefix = format!("transfers[{i}].");
-        if t.risk_context.is_some() {
-            return Err(ApiError::invalid(
-                "invalid_request",
-                "risk_context is decided on POST /v1/transfers; batches are not decided yet",
-                Some(&format!("{prefix}risk_context")),
-            ));
-        }
+        contexts.push(t.risk_context.take());
         let derived = |idem: &Idem| match idem {
             Some(Extension(key)) => key.derived_id(&format!("batch-{i}")),
             None => app.store.new_id().to_string(),
@@ -570,9 +565,58 @@ pub async fn create_transfer_batch(
         requests.push(t.into_domain(&principal.tenant, &prefix, || derived(&idem))?);
     }
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
-    let results = app.create_transfers(requests).await?;
-    record_results(&results);
-    let ok = results.iter().filter(|r| r.result == ResultCode::Ok).count();
+    // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
+    // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
+    // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.
+    let mut declined: Vec<Option<ResultCode>> = vec![None; count];
+    let mut reviews = Vec::new();
+    for (i, context) in contexts.into_iter().enumerate() {
+        let Some(context) = context else { continue };
+        match decide_inline(&app, &principal.tenant, &mut requests[i], context).await {
+            Ok(Some((puhui_risk::Outcome::Review, decision, _))) => reviews.push((i, decision)),
+            Ok(_) => {}
+            Err(e) if e.code == "risk_declined" => declined[i] = Some(ResultCode::RiskDeclined),
+            Err(e) => {
+                return Err(ApiError { param: Some(format!("transfers[{i}].risk_context")), ..e });
+            }
+        }
+    }
+    let mut chain_start = 0;
+    for i in 0..count {
+        if requests[i].linked && i + 1 < count {
+            continue;
+        }
+        if declined[chain_start..=i].iter().any(Option::is_some) {
+            for slot in &mut declined[chain_start..=i] {
+                slot.get_or_insert(ResultCode::LinkedEventFailed);
+            }
+        }
+        chain_start = i + 1;
+    }
+    let submitted: Vec<TransferRequest> =
+        requests.into_iter().zip(&declined).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
+    let mut committed =
+        if submitted.is_empty() { Vec::new() } else { app.create_transfers(submitted).await? };
+    record_results(&committed);
+    committed.reverse();
+    let results: Vec<(ResultCode, u64)> = declined
+        .iter()
+        .map(|d| match d {
+            Some(code) => (*code, 0),
+            None => committed
+                .pop()
+                .map(|r| (r.result, r.timestamp_ns))
+                .expect("one result per submitted transfer"),
+        })
+        .collect();
+    if let Some(risk) = app.risk.as_ref() {
+        for (i, decision) in &reviews {
+            if results[*i].0 == ResultCode::Ok {
+                risk.queue_review(&ids[*i], decision);
+            }
+        }
+    }
+    let ok = results.iter().filter(|r| r.0 == ResultCode::Ok).count();
     Ok(Json(BatchResultObject {
         object: "batch_result",
         ok,
@@ -580,11 +624,11 @@ pub async fn create_transfer_batch(
             .iter()
             .zip(&results)
             .enumerate()
-            .map(|(index, (id, r))| BatchItemResult {
+            .map(|(index, (id, (result, timestamp_ns)))| BatchItemResult {
                 index,
                 id: unscoped(id).to_string(),
-                result: r.result.as_str(),
-                timestamp_ns: (r.timestamp_ns != 0).then_some(r.timestamp_ns),
+                result: result.as_str(),
+                timestamp_ns: (*timestamp_ns != 0).then_some(*timestamp_ns),
             })
             .collect(),
     }))

@@ -580,11 +580,23 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
     let decision = c.get(&server, "/v1/decisions/t4").await;
     assert_eq!((decision.status, &decision.body["outcome"]), (200, &json!("decline")));
-    // Batches do not take risk contexts yet: refused rather than silently undecided.
-    let mut item = transfer("b1", "w", "shop", 1);
-    item["risk_context"] = json!({"device_id": "phone"});
-    let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": [item]})).await;
-    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("transfers[0].risk_context")));
+    // Batches are decided item by item: a declined item and the rest of its linked chain are not
+    // posted; the others are.
+    let mut small = transfer("b1", "w", "shop", 1_000);
+    small["risk_context"] = json!({"device_id": "phone", "kyc_tier": "3"});
+    let mut capped = transfer("b2", "w", "shop", 600_000);
+    capped["risk_context"] = json!({"device_id": "phone", "kyc_tier": "1"});
+    capped["linked"] = json!(true);
+    let partner = transfer("b3", "w", "shop", 10);
+    let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": [small, capped, partner]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results: Vec<&str> =
+        r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["ok", "risk_declined", "linked_event_failed"], "{:?}", r.body);
+    assert_eq!(r.body["ok"], 1);
+    assert_eq!(c.get(&server, "/v1/transfers/b1").await.status, 200);
+    assert_eq!(c.get(&server, "/v1/transfers/b3").await.status, 404, "not submitted");
+    assert_eq!(c.get(&server, "/v1/decisions/b2").await.body["outcome"], "decline");
 }
 
 #[tokio::test]
