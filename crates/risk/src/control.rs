@@ -5,6 +5,15 @@
 //! around "change the controller, queue the record"). At start-up, [`Controller::apply`] replays the
 //! journaled records in order and rebuilds the same state; a backtest ([`crate::backtest`]) replays
 //! them through a candidate ruleset. No I/O and no clock here.
+//!
+//! With shared features ([`Controller::set_shared_features`], Redis in `puhui serve --redis`), the
+//! features live in the backend, not in this controller: [`Controller::decide`] loads a per-decision
+//! store within the ruleset's time budget (an error or a timeout makes a degraded decision that takes
+//! `budget.on_exceeded`), [`Controller::commit_decision`] records into the backend (a failure is
+//! counted in [`SharedStats`], never fatal), and [`Controller::apply`] does not re-record replayed
+//! decisions (the other nodes saw them already; the backend's state, bounded by its TTLs, is what a
+//! restarted node decides from). Backtests and [`Controller::replay_decision`] always use the local
+//! store.
 
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -16,6 +25,7 @@ use crate::records::{
     RulesetRecord, Verdict,
 };
 use crate::rules::{observe, Engine, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
+use crate::shared::{observation_of, query_of, SharedError, SharedFeatures};
 
 /// Most rulesets kept published (each is compiled in memory).
 pub const RULESETS_MAX: usize = 256;
@@ -77,6 +87,20 @@ pub struct Controller {
     /// The version [`Controller::new`] published without a journal record yet: a journaled text
     /// of the same version replaces it on replay (the journal is the truth).
     provisional: Option<String>,
+    /// Where the features live when they are shared by several nodes (`features` is then unused).
+    shared: Option<Arc<dyn SharedFeatures>>,
+    shared_stats: SharedStats,
+}
+
+/// Failures of the shared-features backend seen by this controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SharedStats {
+    /// Decisions degraded because their features could not be loaded in time.
+    pub loads_failed: u64,
+    /// Observed events the backend did not take (their decisions stand; the windows miss them).
+    pub records_failed: u64,
+    /// The last failure.
+    pub last_error: Option<SharedError>,
 }
 
 /// A published ruleset, for listing.
@@ -113,6 +137,8 @@ impl Controller {
             lists,
             models_dir: models_dir.to_path_buf(),
             provisional: Some(version.clone()),
+            shared: None,
+            shared_stats: SharedStats::default(),
         };
         let records = vec![
             RiskRecord::Ruleset(RulesetRecord { version: version.clone(), text: text.to_string() }),
@@ -134,6 +160,18 @@ impl Controller {
     /// The velocity features.
     pub fn features(&self) -> &FeatureStore {
         &self.features
+    }
+
+    /// Keeps the velocity features in `shared` (several nodes, one set of windows) instead of this
+    /// controller's own store; `None` goes back to the local store. Set it before replaying the
+    /// journal: replayed decisions then skip the local store too.
+    pub fn set_shared_features(&mut self, shared: Option<Arc<dyn SharedFeatures>>) {
+        self.shared = shared;
+    }
+
+    /// Whether the features are shared, and the backend's failures so far.
+    pub fn shared_stats(&self) -> Option<&SharedStats> {
+        self.shared.as_ref().map(|_| &self.shared_stats)
     }
 
     /// The lists the engines read.
@@ -172,17 +210,80 @@ impl Controller {
         event: &RiskEvent<'_>,
         record: bool,
     ) -> DecisionRecord {
-        let active = Verdict::from(self.active.decide(&self.features, event));
-        let shadow = self.shadow.as_ref().map(|e| Verdict::from(e.decide(&self.features, event)));
+        let (active, shadow) = match self.shared.clone() {
+            None => (
+                Verdict::from(self.active.decide(&self.features, event)),
+                self.shadow.as_ref().map(|e| Verdict::from(e.decide(&self.features, event))),
+            ),
+            Some(shared) => self.decide_shared(shared.as_ref(), event),
+        };
         let observed = record && active.outcome != Outcome::Decline;
         DecisionRecord { id, source, event: EventRecord::of(event), observed, active, shadow }
     }
 
+    /// Loads the features from the shared backend within the active ruleset's budget, then decides
+    /// on them; a failed load makes degraded verdicts with each ruleset's `on_exceeded` outcome.
+    /// The verdicts' latency includes the load.
+    fn decide_shared(
+        &mut self,
+        shared: &dyn SharedFeatures,
+        event: &RiskEvent<'_>,
+    ) -> (Verdict, Option<Verdict>) {
+        let started = std::time::Instant::now();
+        let mut engines = vec![&self.active];
+        engines.extend(self.shadow.as_ref());
+        let query = query_of(&engines, event);
+        let budget_ns = self.active.ruleset().budget.decision_ns;
+        match shared.load(&query, budget_ns) {
+            Ok(store) => {
+                let load_ns = started.elapsed().as_nanos() as u64;
+                let verdict = |engine: &Engine| {
+                    let mut v = Verdict::from(engine.decide(&store, event));
+                    v.latency_ns = v.latency_ns.saturating_add(load_ns);
+                    v
+                };
+                (verdict(&self.active), self.shadow.as_ref().map(verdict))
+            }
+            Err(e) => {
+                let latency_ns = started.elapsed().as_nanos() as u64;
+                let degraded = |engine: &Engine| {
+                    let ruleset = engine.ruleset();
+                    Verdict {
+                        ruleset_version: ruleset.version.clone(),
+                        outcome: ruleset.budget.on_exceeded,
+                        score: 0,
+                        fired: Vec::new(),
+                        features: Vec::new(),
+                        errors: Vec::new(),
+                        degraded: Some(format!("no features: {e}")),
+                        latency_ns,
+                    }
+                };
+                let verdicts = (degraded(&self.active), self.shadow.as_ref().map(degraded));
+                self.shared_stats.loads_failed += 1;
+                self.shared_stats.last_error = Some(e);
+                verdicts
+            }
+        }
+    }
+
     /// Records a decided event in the velocity features if its record says so (online, after the
-    /// record is queued; at start-up, [`Controller::apply`] does the same).
+    /// record is queued; at start-up, [`Controller::apply`] does the same for the local store).
+    /// With shared features the event goes to the backend; a failure is counted, not returned.
     pub fn commit_decision(&mut self, d: &DecisionRecord) {
-        if d.observed {
-            self.observe(&d.event.as_event());
+        if !d.observed {
+            return;
+        }
+        let event = d.event.as_event();
+        match self.shared.clone() {
+            None => self.observe(&event),
+            Some(shared) => {
+                let names = attribute_entities(&self.active, self.shadow.as_ref());
+                if let Err(e) = shared.record(&observation_of(&d.id, &event, &names)) {
+                    self.shared_stats.records_failed += 1;
+                    self.shared_stats.last_error = Some(e);
+                }
+            }
         }
     }
 
@@ -202,14 +303,7 @@ impl Controller {
     }
 
     fn observe(&mut self, event: &RiskEvent<'_>) {
-        let mut names: Vec<&str> = self.active.attribute_entities();
-        if let Some(shadow) = &self.shadow {
-            for name in shadow.attribute_entities() {
-                if !names.contains(&name) {
-                    names.push(name);
-                }
-            }
-        }
+        let names = attribute_entities(&self.active, self.shadow.as_ref());
         observe(&mut self.features, event, &names);
     }
 
@@ -333,9 +427,14 @@ impl Controller {
 
     /// Replays a journaled record (start-up): a decision re-enters the features if it did online
     /// (it is not decided again), rulesets are published, activations switched, lists changed.
+    /// With shared features a decision is not recorded again: the backend holds it already.
     pub fn apply(&mut self, record: &RiskRecord) -> Result<(), ControlError> {
         match record {
-            RiskRecord::Decision(d) => self.commit_decision(d),
+            RiskRecord::Decision(d) => {
+                if self.shared.is_none() {
+                    self.commit_decision(d)
+                }
+            }
             RiskRecord::Label(_) => {}
             RiskRecord::Ruleset(r) => {
                 if self.provisional.as_deref() == Some(r.version.as_str()) {
@@ -362,4 +461,17 @@ impl Controller {
         }
         Ok(())
     }
+}
+
+/// The attributes the active and shadow rulesets keep features for (their union).
+fn attribute_entities<'e>(active: &'e Engine, shadow: Option<&'e Engine>) -> Vec<&'e str> {
+    let mut names: Vec<&str> = active.attribute_entities();
+    if let Some(shadow) = shadow {
+        for name in shadow.attribute_entities() {
+            if !names.contains(&name) {
+                names.push(name);
+            }
+        }
+    }
+    names
 }

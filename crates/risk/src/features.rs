@@ -204,6 +204,20 @@ impl FeatureStore {
         counterparty: &str,
     ) {
         let counterparty = self.counterparty_hash(counterparty);
+        self.record_hashed(namespace, key, timestamp_ns, amount_minor, counterparty);
+    }
+
+    /// Records an event whose counterparty is already hashed: how a shared backend (Redis) fills a
+    /// fresh store with the events it fetched, so the window arithmetic stays this code. The hash
+    /// only has to be stable within one key (distinct counts compare hashes of one key's events).
+    pub fn record_hashed(
+        &mut self,
+        namespace: Namespace,
+        key: &str,
+        timestamp_ns: u64,
+        amount_minor: u64,
+        counterparty: u64,
+    ) {
         let limits = self.limits;
         let state = touch(&mut self.keys, namespace, Box::from(key), timestamp_ns);
         // Keep time order even if events arrive slightly out of order (backfills).

@@ -7,6 +7,8 @@
 //! budget. [`control`]: the controller (published rulesets, active + shadow, lists, features) whose
 //! every change is a journaled [`records`] entry, replayed at start-up; [`backtest`]: replays
 //! those records through a candidate ruleset, or reproduces the online decisions exactly.
+//! [`shared`]: the seam for velocity features shared by several nodes (Redis, `puhui-risk-redis`):
+//! a backend fills a per-decision [`FeatureStore`], so the arithmetic stays in [`features`].
 //!
 //! Architecture invariant: no I/O and no clock; time is an argument, so online decisions, tests and
 //! backtests run the same code.
@@ -17,9 +19,11 @@ pub mod control;
 pub mod features;
 pub mod records;
 pub mod rules;
+pub mod shared;
 pub mod synthetic;
 
 pub use control::{ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
 pub use rules::{Budget, Decision, Engine, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
+pub use shared::{FeatureQuery, Observation, SharedError, SharedErrorKind, SharedFeatures, WindowRead};
