@@ -18,6 +18,7 @@ pub mod backtest;
 pub mod control;
 pub mod features;
 pub mod records;
+mod compile;
 pub mod rules;
 pub mod shared;
 pub mod synthetic;
@@ -25,5 +26,7 @@ pub mod synthetic;
 pub use control::{ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
-pub use rules::{Budget, Decision, Engine, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
+pub use rules::{
+    Budget, Decision, Engine, Evaluation, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError,
+};
 pub use shared::{FeatureQuery, Observation, SharedError, SharedErrorKind, SharedFeatures, WindowRead};

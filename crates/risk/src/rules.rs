@@ -40,7 +40,8 @@ use std::time::Instant;
 
 use serde::Deserialize;
 
-use crate::features::{parse_window, FeatureStore, Namespace};
+use crate::compile;
+use crate::features::{parse_window, FeatureStore, Namespace, WindowStats};
 
 /// What to do with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -207,6 +208,8 @@ struct Rule {
     id: String,
     description: String,
     program: cel::Program,
+    /// The expression compiled over pre-resolved slots; `None` = interpreted (`program`).
+    compiled: Option<compile::Compiled>,
     score: i64,
     outcome: Option<Outcome>,
     reasons: Vec<String>,
@@ -227,6 +230,33 @@ pub struct Ruleset {
     /// The time budget of a decision and what to do when it is exceeded.
     pub budget: Budget,
     rules: Vec<Rule>,
+    /// The names rules see and the slots compiled rules share.
+    symbols: compile::Symbols,
+    /// Features sharing an entity and a window, computed with one window scan.
+    feature_groups: Vec<FeatureGroup>,
+    /// Each model's input vector, resolved to where its values come from.
+    model_inputs: Vec<Vec<ModelInput>>,
+}
+
+/// Features over the same entity and window (one `FeatureStore::window` call serves them all).
+struct FeatureGroup {
+    entity: Entity,
+    window_ns: u64,
+    /// Indices into `Ruleset::features`.
+    members: Vec<usize>,
+}
+
+/// Where one model input comes from, resolved at load.
+enum ModelInput {
+    Amount,
+    NewPayee,
+    NewDevice,
+    /// `ctx.<name>` parsed as a number (missing or not a number = NaN, i.e. missing).
+    Attribute(String),
+    /// A feature, by index.
+    Feature(usize),
+    /// Not resolvable (cannot happen after load's check; kept total: missing).
+    Missing,
 }
 
 /// A decision's time budget (`[budget]` in the ruleset file). Everything a decision depends on runs
@@ -357,6 +387,10 @@ impl Ruleset {
             }
             models.push(ModelSlot { name: m.name.into_inner(), model, inputs: m.inputs });
         }
+        let mut symbols = compile::Symbols::new(
+            features.iter().map(|f| (f.name.as_str(), f.aggregate == Aggregate::ZScore)),
+            models.iter().map(|m| m.name.as_str()),
+        );
         let mut rules = Vec::new();
         let mut ids = HashSet::new();
         for r in file.rules {
@@ -392,15 +426,50 @@ impl Ruleset {
             if outcome.is_none() && r.score.is_none() {
                 return Err(at(span, Some(&r.id), "a rule needs a score or an outcome".into()));
             }
+            let compiled = compile::compile(program.expression(), &mut symbols);
             rules.push(Rule {
                 id: r.id,
                 description: r.description,
                 program,
+                compiled,
                 score: r.score.unwrap_or(0),
                 outcome,
                 reasons: r.reasons,
             });
         }
+        let mut feature_groups: Vec<FeatureGroup> = Vec::new();
+        for (i, f) in features.iter().enumerate() {
+            match feature_groups.iter_mut().find(|g| g.entity == f.entity && g.window_ns == f.window_ns) {
+                Some(g) => g.members.push(i),
+                None => feature_groups.push(FeatureGroup {
+                    entity: f.entity.clone(),
+                    window_ns: f.window_ns,
+                    members: vec![i],
+                }),
+            }
+        }
+        // The same precedence as the names were checked with: amount, new_payee, new_device,
+        // ctx.<name>, then the first feature of that name.
+        let model_inputs = models
+            .iter()
+            .map(|m| {
+                m.inputs
+                    .iter()
+                    .map(|input| match input.as_str() {
+                        "amount" => ModelInput::Amount,
+                        "new_payee" => ModelInput::NewPayee,
+                        "new_device" => ModelInput::NewDevice,
+                        other => match other.strip_prefix("ctx.") {
+                            Some(attr) => ModelInput::Attribute(attr.to_string()),
+                            None => features
+                                .iter()
+                                .position(|f| f.name == other)
+                                .map_or(ModelInput::Missing, ModelInput::Feature),
+                        },
+                    })
+                    .collect()
+            })
+            .collect();
         Ok(Ruleset {
             version: file.version,
             review_at: file.thresholds.review,
@@ -409,7 +478,21 @@ impl Ruleset {
             models,
             budget,
             rules,
+            symbols,
+            feature_groups,
+            model_inputs,
         })
+    }
+
+    /// How many rules are compiled (the rest run on the `cel` interpreter).
+    pub fn compiled_rules(&self) -> usize {
+        self.rules.iter().filter(|r| r.compiled.is_some()).count()
+    }
+
+    /// The ids of the rules that run on the `cel` interpreter (their expression uses something the
+    /// compiler does not reproduce exactly).
+    pub fn interpreted_rules(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter(|r| r.compiled.is_none()).map(|r| r.id.as_str())
     }
 
     /// Rules, in file order: (id, description).
@@ -484,11 +567,31 @@ pub struct Engine {
     ruleset: Arc<Ruleset>,
     root: cel::Context<'static, 'static>,
     lists: Lists,
+    evaluation: Evaluation,
 }
+
+/// How an engine evaluates rule expressions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Evaluation {
+    /// Compiled rules over pre-resolved slots (the default), the `cel` interpreter for the rules
+    /// the compiler does not take.
+    Compiled,
+    /// Every rule on the `cel` interpreter: the reference the compiled rules are tested against,
+    /// and the benchmarks' peer.
+    Interpreted,
+}
+
+/// Model inputs kept on the stack (a model with more takes a heap buffer).
+const MODEL_INPUTS_INLINE: usize = 64;
 
 impl Engine {
     /// An engine for `ruleset`, with `lists` shared (they can change while it runs).
     pub fn new(ruleset: Arc<Ruleset>, lists: Lists) -> Engine {
+        Engine::with_evaluation(ruleset, lists, Evaluation::Compiled)
+    }
+
+    /// Like [`Engine::new`], evaluating rules as `evaluation` says.
+    pub fn with_evaluation(ruleset: Arc<Ruleset>, lists: Lists, evaluation: Evaluation) -> Engine {
         let mut root = cel::Context::default();
         let for_fn = Arc::clone(&lists);
         root.add_function("in_list", move |name: Arc<String>, value: Arc<String>| -> bool {
@@ -496,7 +599,7 @@ impl Engine {
             lists.get(name.as_str()).is_some_and(|set| set.contains(value.as_str()))
         })
         .expect("in_list is not a standard function");
-        Engine { ruleset, root, lists }
+        Engine { ruleset, root, lists, evaluation }
     }
 
     /// The lists this engine reads.
@@ -509,16 +612,9 @@ impl Engine {
         &self.ruleset
     }
 
-    fn entity_key(event: &RiskEvent<'_>, entity: &Entity) -> Option<(Namespace, String)> {
-        match entity {
-            Entity::Payer => Some((Namespace::Payer, event.payer.to_string())),
-            Entity::Payee => Some((Namespace::Payee, event.payee.to_string())),
-            Entity::Device => event.attribute("device_id").map(|d| (Namespace::Device, d.to_string())),
-            Entity::Ip => event.attribute("ip").map(|d| (Namespace::Ip, d.to_string())),
-            Entity::Attribute(name) => {
-                event.attribute(name).map(|v| (Namespace::Attribute, format!("{name}={v}")))
-            }
-        }
+    /// How this engine evaluates rules.
+    pub fn evaluation(&self) -> Evaluation {
+        self.evaluation
     }
 
     /// Decides `event` from what `store` has recorded before it (point-in-time).
@@ -526,73 +622,20 @@ impl Engine {
         self.decide_within(store, event, true)
     }
 
-    /// Like [`Engine::decide`], with the time budget applied or not: a replay (backtest, the
-    /// reproduction check) decides without one, since a budget makes the result depend on timing.
-    pub fn decide_within(&self, store: &FeatureStore, event: &RiskEvent<'_>, budgeted: bool) -> Decision {
-        let started = Instant::now();
-        let mut features = Vec::with_capacity(self.ruleset.features.len());
-        let mut feature_map: HashMap<String, cel::Value> =
-            HashMap::with_capacity(self.ruleset.features.len());
-        let mut bare: Vec<(&str, cel::Value)> = Vec::with_capacity(self.ruleset.features.len());
-        for f in &self.ruleset.features {
-            let value = match Self::entity_key(event, &f.entity) {
-                None => 0.0,
-                Some((ns, key)) => {
-                    let w = store.window(ns, &key, event.timestamp_ns, f.window_ns);
-                    match f.aggregate {
-                        Aggregate::Count => w.count as f64,
-                        Aggregate::Sum => w.sum_minor as f64,
-                        Aggregate::Max => w.max_minor as f64,
-                        Aggregate::Distinct => w.distinct_counterparties as f64,
-                        Aggregate::ZScore => w.z_score(event.amount_minor),
-                    }
-                }
-            };
-            features.push((f.name.clone(), value));
-            let cel_value = if f.aggregate == Aggregate::ZScore {
-                cel::Value::Float(value)
-            } else {
-                cel::Value::Int(value as i64)
-            };
-            feature_map.insert(f.name.clone(), cel_value.clone());
-            bare.push((f.name.as_str(), cel_value));
-        }
-        let new_payee = store.is_new_payee(event.payer, event.payee);
-        let new_device = event.attribute("device_id").is_some_and(|d| store.is_new_device(event.payer, d));
-        let ctx_map: HashMap<String, cel::Value> = event
-            .attributes
-            .iter()
-            .map(|(k, v)| (k.clone(), cel::Value::String(Arc::new(v.clone()))))
-            .collect();
-
-        let mut model_scores = Vec::with_capacity(self.ruleset.models.len());
-        let mut inputs: Vec<f32> = Vec::new();
-        for slot in &self.ruleset.models {
-            inputs.clear();
-            for input in &slot.inputs {
-                let v = match input.as_str() {
-                    "amount" => event.amount_minor as f32,
-                    "new_payee" => new_payee as u8 as f32,
-                    "new_device" => new_device as u8 as f32,
-                    other => match other.strip_prefix("ctx.") {
-                        Some(attr) => {
-                            event.attribute(attr).and_then(|v| v.parse::<f32>().ok()).unwrap_or(f32::NAN)
-                        }
-                        None => features
-                            .iter()
-                            .find(|(n, _)| n == other)
-                            .map(|(_, v)| *v as f32)
-                            .unwrap_or(f32::NAN),
-                    },
-                };
-                inputs.push(v);
-            }
-            let score = slot.model.predict(&inputs);
-            model_scores.push((slot.name.as_str(), score));
-        }
+    /// The interpreter's scope for one event: what interpreted rules evaluate against. `values` are
+    /// the feature values then the model scores.
+    fn scope(
+        &self,
+        event: &RiskEvent<'_>,
+        values: &[(String, f64)],
+        new_payee: bool,
+        new_device: bool,
+    ) -> cel::Context<'_, 'static> {
+        let ruleset = &self.ruleset;
+        let (features, scores) = values.split_at(ruleset.features.len().min(values.len()));
         let mut scope = self.root.new_inner_scope();
-        for (name, score) in &model_scores {
-            scope.add_variable_from_value(*name, *score);
+        for (slot, (_, score)) in ruleset.models.iter().zip(scores) {
+            scope.add_variable_from_value(slot.name.as_str(), *score);
         }
         scope.add_variable_from_value("amount", event.amount_minor.min(i64::MAX as u64) as i64);
         scope.add_variable_from_value("currency", event.currency.to_string());
@@ -600,31 +643,176 @@ impl Engine {
         scope.add_variable_from_value("payee", event.payee.to_string());
         scope.add_variable_from_value("new_payee", new_payee);
         scope.add_variable_from_value("new_device", new_device);
+        let cel_value = |f: &Feature, value: f64| {
+            if f.aggregate == Aggregate::ZScore {
+                cel::Value::Float(value)
+            } else {
+                cel::Value::Int(value as i64)
+            }
+        };
+        let feature_map: HashMap<String, cel::Value> = ruleset
+            .features
+            .iter()
+            .zip(features)
+            .map(|(f, (_, v))| (f.name.clone(), cel_value(f, *v)))
+            .collect();
         scope.add_variable_from_value("f", feature_map);
-        for (name, value) in bare {
-            scope.add_variable_from_value(name, value);
+        for (f, (_, v)) in ruleset.features.iter().zip(features) {
+            scope.add_variable_from_value(f.name.as_str(), cel_value(f, *v));
         }
+        let ctx_map: HashMap<String, cel::Value> = event
+            .attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), cel::Value::String(Arc::new(v.clone()))))
+            .collect();
         scope.add_variable_from_value("ctx", ctx_map);
+        scope
+    }
+
+    /// Fills `values` (pre-filled with the feature names) with the features' values, one window
+    /// scan per (entity, window).
+    fn compute_features(&self, store: &FeatureStore, event: &RiskEvent<'_>, values: &mut [(String, f64)]) {
+        let mut attribute_key = String::new();
+        for group in &self.ruleset.feature_groups {
+            let key: Option<(Namespace, &str)> = match &group.entity {
+                Entity::Payer => Some((Namespace::Payer, event.payer)),
+                Entity::Payee => Some((Namespace::Payee, event.payee)),
+                Entity::Device => event.attribute("device_id").map(|d| (Namespace::Device, d)),
+                Entity::Ip => event.attribute("ip").map(|d| (Namespace::Ip, d)),
+                Entity::Attribute(name) => match event.attribute(name) {
+                    None => None,
+                    Some(v) => {
+                        attribute_key.clear();
+                        attribute_key.push_str(name);
+                        attribute_key.push('=');
+                        attribute_key.push_str(v);
+                        Some((Namespace::Attribute, attribute_key.as_str()))
+                    }
+                },
+            };
+            let stats: Option<WindowStats> =
+                key.map(|(ns, key)| store.window(ns, key, event.timestamp_ns, group.window_ns));
+            for &i in &group.members {
+                let value = match &stats {
+                    None => 0.0,
+                    Some(w) => match self.ruleset.features[i].aggregate {
+                        Aggregate::Count => w.count as f64,
+                        Aggregate::Sum => w.sum_minor as f64,
+                        Aggregate::Max => w.max_minor as f64,
+                        Aggregate::Distinct => w.distinct_counterparties as f64,
+                        Aggregate::ZScore => w.z_score(event.amount_minor),
+                    },
+                };
+                if let Some(slot) = values.get_mut(i) {
+                    slot.1 = value;
+                }
+            }
+        }
+    }
+
+    /// Appends each model's score to `values` (after the features).
+    fn score_models(
+        &self,
+        event: &RiskEvent<'_>,
+        values: &mut Vec<(String, f64)>,
+        new_payee: bool,
+        new_device: bool,
+    ) {
+        let mut inline = [0f32; MODEL_INPUTS_INLINE];
+        let mut heap: Vec<f32> = Vec::new();
+        let features = self.ruleset.features.len();
+        for (slot, sources) in self.ruleset.models.iter().zip(&self.ruleset.model_inputs) {
+            let inputs: &mut [f32] = if sources.len() <= MODEL_INPUTS_INLINE {
+                &mut inline[..sources.len()]
+            } else {
+                heap.resize(sources.len(), 0.0);
+                &mut heap[..]
+            };
+            for (input, source) in inputs.iter_mut().zip(sources) {
+                *input = match source {
+                    ModelInput::Amount => event.amount_minor as f32,
+                    ModelInput::NewPayee => new_payee as u8 as f32,
+                    ModelInput::NewDevice => new_device as u8 as f32,
+                    ModelInput::Attribute(attr) => {
+                        event.attribute(attr).and_then(|v| v.parse::<f32>().ok()).unwrap_or(f32::NAN)
+                    }
+                    ModelInput::Feature(i) => values[..features].get(*i).map_or(f32::NAN, |(_, v)| *v as f32),
+                    ModelInput::Missing => f32::NAN,
+                };
+            }
+            let score = slot.model.predict(inputs);
+            values.push((slot.name.clone(), score));
+        }
+    }
+
+    /// Like [`Engine::decide`], with the time budget applied or not: a replay (backtest, the
+    /// reproduction check) decides without one, since a budget makes the result depend on timing.
+    pub fn decide_within(&self, store: &FeatureStore, event: &RiskEvent<'_>, budgeted: bool) -> Decision {
+        let started = Instant::now();
+        let ruleset = &*self.ruleset;
+        // The output vector doubles as the rules' feature slots: features, then model scores.
+        let mut values: Vec<(String, f64)> =
+            Vec::with_capacity(ruleset.features.len() + ruleset.models.len());
+        values.extend(ruleset.features.iter().map(|f| (f.name.clone(), 0.0)));
+        self.compute_features(store, event, &mut values);
+        let new_payee = store.is_new_payee(event.payer, event.payee);
+        let new_device = event.attribute("device_id").is_some_and(|d| store.is_new_device(event.payer, d));
+        self.score_models(event, &mut values, new_payee, new_device);
+
+        // `ctx` as the interpreter's map sees it: the last value of a repeated attribute.
+        let names = ruleset.symbols.attributes();
+        let mut attributes: [Option<&str>; compile::ATTRIBUTES_MAX] = [None; compile::ATTRIBUTES_MAX];
+        for (slot, name) in attributes.iter_mut().zip(names) {
+            *slot = event.attributes.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str());
+        }
+        let split = ruleset.features.len().min(values.len());
+        let mut frame = compile::Frame::new(
+            event.amount_minor.min(i64::MAX as u64) as i64,
+            event.currency,
+            event.payer,
+            event.payee,
+            new_payee,
+            new_device,
+            &values[..split],
+            &values[split..],
+            &attributes[..names.len().min(compile::ATTRIBUTES_MAX)],
+            names,
+            &self.lists,
+        );
+        let mut scope: Option<cel::Context<'_, 'static>> = None;
 
         let mut fired = Vec::new();
         let mut errors = Vec::new();
         let mut score = 0i64;
         let mut degraded = None;
-        let budget = self.ruleset.budget;
-        for (index, rule) in self.ruleset.rules.iter().enumerate() {
+        let budget = ruleset.budget;
+        for (index, rule) in ruleset.rules.iter().enumerate() {
             if budgeted && index % BUDGET_CHECK_EVERY_RULES == 0 && index > 0 {
                 let spent_ns = started.elapsed().as_nanos() as u64;
                 if spent_ns > budget.decision_ns {
                     degraded = Some(format!(
                         "budget of {} µs spent after {index} of {} rules",
                         budget.decision_ns / 1_000,
-                        self.ruleset.rules.len()
+                        ruleset.rules.len()
                     ));
                     break;
                 }
             }
-            match rule.program.execute(&scope) {
-                Ok(cel::Value::Bool(true)) => {
+            let outcome: Result<bool, String> = match (&rule.compiled, self.evaluation) {
+                (Some(compiled), Evaluation::Compiled) => frame.eval(compiled).map_err(|e| e.to_string()),
+                _ => {
+                    frame.release_lists();
+                    let scope =
+                        scope.get_or_insert_with(|| self.scope(event, &values, new_payee, new_device));
+                    match rule.program.execute(scope) {
+                        Ok(cel::Value::Bool(b)) => Ok(b),
+                        Ok(other) => Err(format!("expression gave {other:?}, not a bool")),
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+            };
+            match outcome {
+                Ok(true) => {
                     score = score.saturating_add(rule.score);
                     fired.push(FiredRule {
                         id: rule.id.clone(),
@@ -633,11 +821,12 @@ impl Engine {
                         reasons: rule.reasons.clone(),
                     });
                 }
-                Ok(cel::Value::Bool(false)) => {}
-                Ok(other) => errors.push((rule.id.clone(), format!("expression gave {other:?}, not a bool"))),
-                Err(e) => errors.push((rule.id.clone(), e.to_string())),
+                Ok(false) => {}
+                Err(message) => errors.push((rule.id.clone(), message)),
             }
         }
+        drop(frame);
+        drop(scope);
         let direct = |o: Outcome| fired.iter().any(|r| r.outcome == Some(o));
         let outcome = if degraded.is_some() {
             budget.on_exceeded
@@ -647,21 +836,20 @@ impl Engine {
             Outcome::Approve
         } else if direct(Outcome::Review) {
             Outcome::Review
-        } else if score >= self.ruleset.decline_at {
+        } else if score >= ruleset.decline_at {
             Outcome::Decline
-        } else if score >= self.ruleset.review_at {
+        } else if score >= ruleset.review_at {
             Outcome::Review
         } else {
             Outcome::Approve
         };
-        features.extend(model_scores.iter().map(|(n, s)| (n.to_string(), *s)));
         Decision {
             outcome,
             score,
             fired,
-            features,
+            features: values,
             errors,
-            ruleset_version: self.ruleset.version.clone(),
+            ruleset_version: ruleset.version.clone(),
             latency_ns: started.elapsed().as_nanos() as u64,
             degraded,
         }

@@ -1,10 +1,14 @@
 //! A synthetic ruleset and warm feature store of a chosen size, for benchmarks (`puhui bench risk`,
-//! the criterion bench): rule shapes like the starter ruleset's, over ten velocity features.
+//! the criterion bench): rule shapes like the starter ruleset's, over ten velocity features, and
+//! optionally a gradient-boosted model (the 300-tree depth-6 one, [`bench_model_path`])
+//! whose score every tenth rule reads.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-use crate::{Engine, FeatureLimits, FeatureStore, RiskEvent, Ruleset};
+use std::path::Path;
+
+use crate::{Engine, FeatureLimits, FeatureStore, RiskEvent, Ruleset, RulesetError};
 
 const FEATURES: [(&str, &str, &str, &str); 10] = [
     ("c1m", "payer", "count", "1m"),
@@ -19,9 +23,30 @@ const FEATURES: [(&str, &str, &str, &str); 10] = [
     ("ip1h", "ip", "count", "1h"),
 ];
 
+/// The 300-tree depth-6 XGBoost model the benchmarks score (ten inputs), in the repository.
+pub fn bench_model_path() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../risk-model/tests/fixtures/xgb_bench_300x6.json")
+}
+
 /// A ruleset of `rules` rules over the ten features, as TOML text.
 pub fn ruleset_text(rules: usize) -> String {
+    text(rules, None)
+}
+
+/// Like [`ruleset_text`], with the model at `model` (named `fraud`, over amount and nine features)
+/// read by every tenth rule.
+pub fn ruleset_text_with_model(rules: usize, model: &Path) -> String {
+    text(rules, Some(model))
+}
+
+fn text(rules: usize, model: Option<&Path>) -> String {
     let mut text = String::from("version = \"synthetic\"\n[thresholds]\nreview = 500\ndecline = 1000\n");
+    if let Some(path) = model {
+        let path = path.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+        text += &format!(
+            "[[models]]\nname = \"fraud\"\npath = \"{path}\"\ninputs = [\"amount\", \"c1m\", \"c1h\", \"c24h\", \"s1h\", \"s24h\", \"m24h\", \"d24h\", \"z30d\", \"dev24h\"]\n"
+        );
+    }
     for (name, entity, aggregate, window) in FEATURES {
         text += &format!(
             "[[features]]\nname = \"{name}\"\nentity = \"{entity}\"\naggregate = \"{aggregate}\"\nwindow = \"{window}\"\n"
@@ -30,6 +55,7 @@ pub fn ruleset_text(rules: usize) -> String {
     for i in 0..rules {
         let (name, ..) = FEATURES[i % FEATURES.len()];
         let expr = match i % 4 {
+            _ if model.is_some() && i % 10 == 9 => format!("fraud > 0.{} && {name} >= {}", 5 + i % 5, i % 3),
             0 => format!("{name} >= {} && amount > {}", 5 + i, 1_000 * i),
             1 => format!("new_payee && {name} > {} && ctx.channel == 'app'", i),
             2 => format!("amount > {} || {name} > {}", 10_000_000 + i, 1_000 + i),
@@ -75,8 +101,18 @@ impl Warm {
 
 /// An engine for `rules` synthetic rules and a store warmed with `history` events over 1,000 payers.
 pub fn warm(rules: usize, history: u64) -> Warm {
-    const S: u64 = 1_000_000_000;
     let ruleset = Ruleset::parse(&ruleset_text(rules)).expect("the synthetic ruleset is valid");
+    warm_ruleset(ruleset, history)
+}
+
+/// Like [`warm`], with the model at `model` (see [`ruleset_text_with_model`]); an error if it does
+/// not load.
+pub fn warm_with_model(rules: usize, history: u64, model: &Path) -> Result<Warm, RulesetError> {
+    Ok(warm_ruleset(Ruleset::parse(&ruleset_text_with_model(rules, model))?, history))
+}
+
+fn warm_ruleset(ruleset: Ruleset, history: u64) -> Warm {
+    const S: u64 = 1_000_000_000;
     let engine = Engine::new(Arc::new(ruleset), Arc::new(RwLock::new(HashMap::new())));
     let mut store = FeatureStore::new(FeatureLimits::default());
     let attrs: Vec<Vec<(String, String)>> = (0..1_000)

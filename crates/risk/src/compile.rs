@@ -1,0 +1,881 @@
+//! Rule expressions compiled once, at ruleset load, into a typed tree evaluated over pre-resolved slots.
+//!
+//! The `cel` interpreter resolves every name through a scope of `BTreeMap`s of boxed values, so a
+//! decision had to build that scope (maps of the features and of `ctx`) and then walk each program
+//! generically. Here the parser's AST of each rule is compiled against the ruleset's variables:
+//! `amount`, `currency`, `payer`, `payee`, `new_payee`, `new_device`, the features (bare or as
+//! `f.<name>`) and model scores become slot reads, `ctx.<attr>` an index into the attributes the
+//! ruleset reads (resolved once per decision), and `in_list('name', x)` a lookup memoised for the
+//! decision (the lists themselves are read at evaluation: they change at run time).
+//!
+//! Semantics are the interpreter's, error for error, message for message (the differential test
+//! `tests/compiled.rs` runs both on random events): `&&` and `||` short-circuit and absorb an error
+//! the way `cel` does, int/uint/double keep CEL's typing (`int + double` is not compiled at all),
+//! comparisons across numeric types compare numerically, a missing `ctx` key is `No such key`.
+//! Anything this compiler does not know (another function, a list or map value, a type name, an
+//! ill-typed operation, a tree deeper than [`DEPTH_MAX`]) makes [`compile`] return `None`, and the
+//! rule keeps its `cel::Program`: no ruleset breaks.
+
+use std::cmp::Ordering;
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLockReadGuard;
+
+use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
+use cel::ExecutionError;
+
+use crate::rules::Lists;
+
+/// Most distinct `ctx.<attribute>` names the compiled rules of one ruleset read (a rule needing
+/// more is interpreted).
+pub(crate) const ATTRIBUTES_MAX: usize = 32;
+/// Most distinct `in_list(name, value)` lookups memoised per decision (beyond: interpreted).
+pub(crate) const LOOKUPS_MAX: usize = 32;
+/// Deepest expression compiled; compiling and evaluating recurse at most this deep.
+pub(crate) const DEPTH_MAX: usize = 48;
+
+/// A scalar as the compiled tree computes it (strings borrow the event or the tree).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum V<'a> {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Str(&'a str),
+}
+
+impl V<'_> {
+    fn type_name(self) -> &'static str {
+        match self {
+            V::Bool(_) => "bool",
+            V::Int(_) => "int",
+            V::UInt(_) => "uint",
+            V::Double(_) => "double",
+            V::Str(_) => "string",
+        }
+    }
+}
+
+/// A failed evaluation: the very error the interpreter would give (boxed: errors are rare).
+type Fault = Box<ExecutionError>;
+
+/// The static type of a compiled node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ty {
+    Bool,
+    Int,
+    UInt,
+    Double,
+    Str,
+}
+
+/// A literal.
+#[derive(Debug, Clone, PartialEq)]
+enum Lit {
+    Bool(bool),
+    Int(i64),
+    UInt(u64),
+    Double(f64),
+    Str(Box<str>),
+}
+
+impl Lit {
+    fn value(&self) -> V<'_> {
+        match self {
+            Lit::Bool(b) => V::Bool(*b),
+            Lit::Int(i) => V::Int(*i),
+            Lit::UInt(u) => V::UInt(*u),
+            Lit::Double(d) => V::Double(*d),
+            Lit::Str(s) => V::Str(s),
+        }
+    }
+
+    fn ty(&self) -> Ty {
+        match self {
+            Lit::Bool(_) => Ty::Bool,
+            Lit::Int(_) => Ty::Int,
+            Lit::UInt(_) => Ty::UInt,
+            Lit::Double(_) => Ty::Double,
+            Lit::Str(_) => Ty::Str,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CmpOp {
+    Less,
+    LessEquals,
+    Greater,
+    GreaterEquals,
+}
+
+impl CmpOp {
+    fn name(self) -> &'static str {
+        match self {
+            CmpOp::Less => operators::LESS,
+            CmpOp::LessEquals => operators::LESS_EQUALS,
+            CmpOp::Greater => operators::GREATER,
+            CmpOp::GreaterEquals => operators::GREATER_EQUALS,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Add,
+    Sub,
+    Mul,
+    Div,
+    Rem,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrTest {
+    Contains,
+    StartsWith,
+    EndsWith,
+}
+
+/// A compiled expression.
+#[derive(Debug)]
+enum Node {
+    Const(Lit),
+    Amount,
+    Currency,
+    Payer,
+    Payee,
+    NewPayee,
+    NewDevice,
+    /// A feature's value, read as CEL sees it: an int (truncated), or a double for z-scores.
+    Feature {
+        index: u32,
+        double: bool,
+    },
+    /// A model's score (a double).
+    Model(u32),
+    /// `ctx.<attribute>`, by attribute slot.
+    Attr(u32),
+    /// `has(ctx.<attribute>)`.
+    HasAttr(u32),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Not(Box<Node>),
+    Cond(Box<(Node, Node, Node)>),
+    Eq {
+        negate: bool,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
+    Cmp {
+        op: CmpOp,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
+    IntArith {
+        op: Arith,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
+    DoubleArith {
+        op: Arith,
+        left: Box<Node>,
+        right: Box<Node>,
+    },
+    NegInt(Box<Node>),
+    NegDouble(Box<Node>),
+    /// `in_list('<list>', value)`, memoised in slot `memo` for the decision.
+    InList {
+        memo: u32,
+        list: Box<str>,
+        value: Box<Node>,
+    },
+    Size(Box<Node>),
+    /// `target.contains(arg)` and friends (the argument is evaluated first, as `cel` does).
+    StrTest {
+        test: StrTest,
+        target: Box<Node>,
+        arg: Box<Node>,
+    },
+    /// `value in [literal, …]`.
+    InLiterals {
+        value: Box<Node>,
+        items: Box<[Lit]>,
+    },
+}
+
+/// What a name means in the interpreter's scope.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Var {
+    Amount,
+    Currency,
+    Payer,
+    Payee,
+    NewPayee,
+    NewDevice,
+    /// The `f` map of features.
+    Features,
+    /// The `ctx` map of attributes.
+    Ctx,
+    Feature {
+        index: u32,
+        double: bool,
+    },
+    Model(u32),
+}
+
+/// A pure string source, the key of a memoised list lookup.
+#[derive(Debug, Clone, PartialEq)]
+enum LookupKey {
+    Attr(u32),
+    Currency,
+    Payer,
+    Payee,
+    Const(Box<str>),
+}
+
+/// The names a ruleset's rules see, and the slots its compiled rules share (ruleset-wide).
+#[derive(Debug)]
+pub(crate) struct Symbols {
+    /// Variables by name, as the interpreter's scope binds them (a later binding replaces an
+    /// earlier one, as in the scope).
+    vars: HashMap<String, Var>,
+    /// The `f` map: feature name → (index, is a double).
+    features: HashMap<String, (u32, bool)>,
+    /// The `ctx` attributes compiled rules read, by slot.
+    attributes: Vec<String>,
+    /// The memoised list lookups, by slot.
+    lookups: Vec<(Box<str>, LookupKey)>,
+}
+
+impl Symbols {
+    /// The scope of a ruleset with these features (name, is a z-score double) and model names,
+    /// bound in the order `Engine` binds the interpreter's scope.
+    pub(crate) fn new<'n>(
+        features: impl Iterator<Item = (&'n str, bool)> + Clone,
+        models: impl Iterator<Item = &'n str>,
+    ) -> Symbols {
+        let mut vars = HashMap::new();
+        for (i, name) in models.enumerate() {
+            vars.insert(name.to_string(), Var::Model(i as u32));
+        }
+        for (name, var) in [
+            ("amount", Var::Amount),
+            ("currency", Var::Currency),
+            ("payer", Var::Payer),
+            ("payee", Var::Payee),
+            ("new_payee", Var::NewPayee),
+            ("new_device", Var::NewDevice),
+            ("f", Var::Features),
+        ] {
+            vars.insert(name.to_string(), var);
+        }
+        let mut map = HashMap::new();
+        for (i, (name, double)) in features.enumerate() {
+            map.insert(name.to_string(), (i as u32, double));
+            vars.insert(name.to_string(), Var::Feature { index: i as u32, double });
+        }
+        vars.insert("ctx".to_string(), Var::Ctx);
+        Symbols { vars, features: map, attributes: Vec::new(), lookups: Vec::new() }
+    }
+
+    /// The attributes compiled rules read, by slot.
+    pub(crate) fn attributes(&self) -> &[String] {
+        &self.attributes
+    }
+
+    fn attribute(&mut self, name: &str) -> Option<u32> {
+        if let Some(i) = self.attributes.iter().position(|a| a == name) {
+            return Some(i as u32);
+        }
+        if self.attributes.len() >= ATTRIBUTES_MAX {
+            return None;
+        }
+        self.attributes.push(name.to_string());
+        Some(self.attributes.len() as u32 - 1)
+    }
+
+    fn lookup(&mut self, list: &str, key: LookupKey) -> Option<u32> {
+        if let Some(i) = self.lookups.iter().position(|(l, k)| &**l == list && *k == key) {
+            return Some(i as u32);
+        }
+        if self.lookups.len() >= LOOKUPS_MAX {
+            return None;
+        }
+        self.lookups.push((list.into(), key));
+        Some(self.lookups.len() as u32 - 1)
+    }
+}
+
+/// A rule's compiled expression (a bool).
+#[derive(Debug)]
+pub(crate) struct Compiled {
+    root: Node,
+}
+
+/// Compiles `expr` (a rule's whole expression) against `symbols`, or `None` if anything in it is
+/// outside what this compiler reproduces exactly, or if it is not a bool: the rule stays interpreted.
+pub(crate) fn compile(expr: &IdedExpr, symbols: &mut Symbols) -> Option<Compiled> {
+    let (attributes, lookups) = (symbols.attributes.len(), symbols.lookups.len());
+    match node(expr, symbols, 0) {
+        Some((root, Ty::Bool)) => Some(Compiled { root }),
+        _ => {
+            // Give back the slots a rule that is not compiled took.
+            symbols.attributes.truncate(attributes);
+            symbols.lookups.truncate(lookups);
+            None
+        }
+    }
+}
+
+/// The segments of the qualified name `expr` spells (`a.b.c` → `[a, b, c]`), if it spells one.
+fn segments(expr: &Expr) -> Option<Vec<&str>> {
+    let mut out = Vec::new();
+    let mut e = expr;
+    for _ in 0..DEPTH_MAX {
+        match e {
+            Expr::Ident(name) => {
+                out.push(name.as_str());
+                out.reverse();
+                return Some(out);
+            }
+            Expr::Select(s) if !s.test => {
+                out.push(s.field.as_str());
+                e = &s.operand.expr;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// Resolves a qualified name as the interpreter's scope does: the longest prefix that is a
+/// variable, and the fields left to select on it.
+fn resolve<'s, 'n>(symbols: &Symbols, segs: &'s [&'n str]) -> Option<(Var, &'s [&'n str])> {
+    for prefix in (1..=segs.len()).rev() {
+        let name = segs[..prefix].join(".");
+        if let Some(var) = symbols.vars.get(&name) {
+            return Some((*var, &segs[prefix..]));
+        }
+    }
+    None
+}
+
+fn var_node(var: Var) -> Option<(Node, Ty)> {
+    Some(match var {
+        Var::Amount => (Node::Amount, Ty::Int),
+        Var::Currency => (Node::Currency, Ty::Str),
+        Var::Payer => (Node::Payer, Ty::Str),
+        Var::Payee => (Node::Payee, Ty::Str),
+        Var::NewPayee => (Node::NewPayee, Ty::Bool),
+        Var::NewDevice => (Node::NewDevice, Ty::Bool),
+        Var::Feature { index, double } => {
+            (Node::Feature { index, double }, if double { Ty::Double } else { Ty::Int })
+        }
+        Var::Model(i) => (Node::Model(i), Ty::Double),
+        Var::Features | Var::Ctx => return None, // a map as a value
+    })
+}
+
+fn literal(lit: &LiteralValue) -> Option<Lit> {
+    Some(match lit {
+        LiteralValue::Boolean(b) => Lit::Bool(*b.inner()),
+        LiteralValue::Int(i) => Lit::Int(*i.inner()),
+        LiteralValue::UInt(u) => Lit::UInt(*u.inner()),
+        LiteralValue::Double(d) => Lit::Double(*d.inner()),
+        LiteralValue::String(s) => Lit::Str(s.inner().into()),
+        LiteralValue::Null | LiteralValue::Bytes(_) => return None,
+    })
+}
+
+fn node(expr: &IdedExpr, symbols: &mut Symbols, depth: usize) -> Option<(Node, Ty)> {
+    if depth >= DEPTH_MAX {
+        return None;
+    }
+    let sub = |e: &IdedExpr, s: &mut Symbols| node(e, s, depth + 1);
+    match &expr.expr {
+        Expr::Literal(lit) => {
+            let lit = literal(lit)?;
+            let ty = lit.ty();
+            Some((Node::Const(lit), ty))
+        }
+        Expr::Ident(_) => {
+            let segs = segments(&expr.expr)?;
+            let (var, rest) = resolve(symbols, &segs)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            var_node(var)
+        }
+        Expr::Select(select) if select.test => {
+            // has(x.field): only its operand is a name.
+            let segs = segments(&select.operand.expr)?;
+            let (var, rest) = resolve(symbols, &segs)?;
+            if !rest.is_empty() {
+                return None;
+            }
+            match var {
+                Var::Features => {
+                    Some((Node::Const(Lit::Bool(symbols.features.contains_key(&select.field))), Ty::Bool))
+                }
+                Var::Ctx => Some((Node::HasAttr(symbols.attribute(&select.field)?), Ty::Bool)),
+                _ => None,
+            }
+        }
+        Expr::Select(_) => {
+            let segs = segments(&expr.expr)?;
+            let (var, rest) = resolve(symbols, &segs)?;
+            match (var, rest) {
+                (var, []) => var_node(var),
+                (Var::Features, [field]) => {
+                    let (index, double) = *symbols.features.get(*field)?;
+                    var_node(Var::Feature { index, double })
+                }
+                (Var::Ctx, [field]) => Some((Node::Attr(symbols.attribute(field)?), Ty::Str)),
+                _ => None,
+            }
+        }
+        Expr::Call(call) => {
+            let name = call.func_name.as_str();
+            let args = &call.args;
+            if let Some(target) = &call.target {
+                // Only string methods on event strings or literals: a name rooted elsewhere could
+                // name a function namespace (`base64.encode`), which the interpreter calls instead.
+                if let Some(segs) = segments(&target.expr) {
+                    if !matches!(segs[0], "ctx" | "payer" | "payee" | "currency") {
+                        return None;
+                    }
+                }
+                let test = match name {
+                    "contains" => StrTest::Contains,
+                    "startsWith" => StrTest::StartsWith,
+                    "endsWith" => StrTest::EndsWith,
+                    "size" if args.is_empty() => {
+                        let (t, ty) = sub(target, symbols)?;
+                        return (ty == Ty::Str).then(|| (Node::Size(Box::new(t)), Ty::Int));
+                    }
+                    _ => return None,
+                };
+                if args.len() != 1 {
+                    return None;
+                }
+                let (arg, arg_ty) = sub(&args[0], symbols)?;
+                let (t, t_ty) = sub(target, symbols)?;
+                if (arg_ty, t_ty) != (Ty::Str, Ty::Str) {
+                    return None;
+                }
+                return Some((Node::StrTest { test, target: Box::new(t), arg: Box::new(arg) }, Ty::Bool));
+            }
+            match (name, args.len()) {
+                (operators::LOGICAL_AND | operators::LOGICAL_OR, 2) => {
+                    let (l, lt) = sub(&args[0], symbols)?;
+                    let (r, rt) = sub(&args[1], symbols)?;
+                    if (lt, rt) != (Ty::Bool, Ty::Bool) {
+                        return None;
+                    }
+                    let (l, r) = (Box::new(l), Box::new(r));
+                    let n = if name == operators::LOGICAL_AND { Node::And(l, r) } else { Node::Or(l, r) };
+                    Some((n, Ty::Bool))
+                }
+                (operators::LOGICAL_NOT, 1) => {
+                    let (a, t) = sub(&args[0], symbols)?;
+                    (t == Ty::Bool).then(|| (Node::Not(Box::new(a)), Ty::Bool))
+                }
+                (operators::CONDITIONAL, 3) => {
+                    let (c, ct) = sub(&args[0], symbols)?;
+                    let (a, at) = sub(&args[1], symbols)?;
+                    let (b, bt) = sub(&args[2], symbols)?;
+                    (ct == Ty::Bool && at == bt).then(|| (Node::Cond(Box::new((c, a, b))), at))
+                }
+                (operators::EQUALS | operators::NOT_EQUALS, 2) => {
+                    let (l, _) = sub(&args[0], symbols)?;
+                    let (r, _) = sub(&args[1], symbols)?;
+                    let negate = name == operators::NOT_EQUALS;
+                    Some((Node::Eq { negate, left: Box::new(l), right: Box::new(r) }, Ty::Bool))
+                }
+                (
+                    operators::LESS | operators::LESS_EQUALS | operators::GREATER | operators::GREATER_EQUALS,
+                    2,
+                ) => {
+                    let op = match name {
+                        operators::LESS => CmpOp::Less,
+                        operators::LESS_EQUALS => CmpOp::LessEquals,
+                        operators::GREATER => CmpOp::Greater,
+                        _ => CmpOp::GreaterEquals,
+                    };
+                    let (l, _) = sub(&args[0], symbols)?;
+                    let (r, _) = sub(&args[1], symbols)?;
+                    Some((Node::Cmp { op, left: Box::new(l), right: Box::new(r) }, Ty::Bool))
+                }
+                (
+                    operators::ADD
+                    | operators::SUBSTRACT
+                    | operators::MULTIPLY
+                    | operators::DIVIDE
+                    | operators::MODULO,
+                    2,
+                ) => {
+                    let op = match name {
+                        operators::ADD => Arith::Add,
+                        operators::SUBSTRACT => Arith::Sub,
+                        operators::MULTIPLY => Arith::Mul,
+                        operators::DIVIDE => Arith::Div,
+                        _ => Arith::Rem,
+                    };
+                    let (l, lt) = sub(&args[0], symbols)?;
+                    let (r, rt) = sub(&args[1], symbols)?;
+                    let (left, right) = (Box::new(l), Box::new(r));
+                    match (lt, rt) {
+                        (Ty::Int, Ty::Int) => Some((Node::IntArith { op, left, right }, Ty::Int)),
+                        (Ty::Double, Ty::Double) if op != Arith::Rem => {
+                            Some((Node::DoubleArith { op, left, right }, Ty::Double))
+                        }
+                        _ => None,
+                    }
+                }
+                (operators::NEGATE, 1) => {
+                    let (a, t) = sub(&args[0], symbols)?;
+                    match t {
+                        Ty::Int => Some((Node::NegInt(Box::new(a)), Ty::Int)),
+                        Ty::Double => Some((Node::NegDouble(Box::new(a)), Ty::Double)),
+                        _ => None,
+                    }
+                }
+                (operators::IN, 2) => {
+                    let (value, _) = sub(&args[0], symbols)?;
+                    let Expr::List(list) = &args[1].expr else { return None };
+                    if !list.optional_indices.is_empty() || list.elements.len() > 1_024 {
+                        return None;
+                    }
+                    let mut items = Vec::with_capacity(list.elements.len());
+                    for e in &list.elements {
+                        match &e.expr {
+                            Expr::Literal(l) => items.push(literal(l)?),
+                            _ => return None,
+                        }
+                    }
+                    Some((Node::InLiterals { value: Box::new(value), items: items.into() }, Ty::Bool))
+                }
+                ("size", 1) => {
+                    let (a, t) = sub(&args[0], symbols)?;
+                    (t == Ty::Str).then(|| (Node::Size(Box::new(a)), Ty::Int))
+                }
+                ("in_list", 2) => {
+                    let Expr::Literal(LiteralValue::String(list)) = &args[0].expr else { return None };
+                    let (value, t) = sub(&args[1], symbols)?;
+                    if t != Ty::Str {
+                        return None;
+                    }
+                    let key = match &value {
+                        Node::Attr(slot) => LookupKey::Attr(*slot),
+                        Node::Currency => LookupKey::Currency,
+                        Node::Payer => LookupKey::Payer,
+                        Node::Payee => LookupKey::Payee,
+                        Node::Const(Lit::Str(s)) => LookupKey::Const(s.clone()),
+                        _ => return None,
+                    };
+                    let memo = symbols.lookup(list.inner(), key)?;
+                    Some((Node::InList { memo, list: list.inner().into(), value: Box::new(value) }, Ty::Bool))
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// A list membership memoised for one decision: not looked up yet, or the answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Memo {
+    Unknown,
+    Member(bool),
+}
+
+/// What one decision's compiled rules read: the event's slots, the feature values and model
+/// scores, the attributes the ruleset reads, and the lists (read-locked once, on first use).
+pub(crate) struct Frame<'a> {
+    /// `amount`.
+    pub amount: i64,
+    /// `currency`.
+    pub currency: &'a str,
+    /// `payer`.
+    pub payer: &'a str,
+    /// `payee`.
+    pub payee: &'a str,
+    /// `new_payee`.
+    pub new_payee: bool,
+    /// `new_device`.
+    pub new_device: bool,
+    /// Feature values, in declaration order.
+    pub features: &'a [(String, f64)],
+    /// Model scores, in declaration order (name, score).
+    pub models: &'a [(String, f64)],
+    /// The attributes of [`Symbols::attributes`], by slot (the last value of a repeated key, as
+    /// the interpreter's `ctx` map keeps).
+    pub attributes: &'a [Option<&'a str>],
+    /// Their names, by slot.
+    pub attribute_names: &'a [String],
+    lists: &'a Lists,
+    guard: Option<RwLockReadGuard<'a, HashMap<String, HashSet<String>>>>,
+    memo: [Memo; LOOKUPS_MAX],
+}
+
+impl<'a> Frame<'a> {
+    /// A frame over `lists`; the other fields are set by the caller.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        amount: i64,
+        currency: &'a str,
+        payer: &'a str,
+        payee: &'a str,
+        new_payee: bool,
+        new_device: bool,
+        features: &'a [(String, f64)],
+        models: &'a [(String, f64)],
+        attributes: &'a [Option<&'a str>],
+        attribute_names: &'a [String],
+        lists: &'a Lists,
+    ) -> Frame<'a> {
+        Frame {
+            amount,
+            currency,
+            payer,
+            payee,
+            new_payee,
+            new_device,
+            features,
+            models,
+            attributes,
+            attribute_names,
+            lists,
+            guard: None,
+            memo: [Memo::Unknown; LOOKUPS_MAX],
+        }
+    }
+
+    /// Releases the lists' read lock (before an interpreted rule takes it again: a reader waiting
+    /// behind a queued writer while holding the lock would deadlock).
+    pub(crate) fn release_lists(&mut self) {
+        self.guard = None;
+    }
+
+    /// Evaluates a compiled rule: `Ok(fired)` or the interpreter's error.
+    pub(crate) fn eval(&mut self, rule: &'a Compiled) -> Result<bool, ExecutionError> {
+        match eval(&rule.root, self) {
+            Ok(V::Bool(b)) => Ok(b),
+            Ok(other) => Err(ExecutionError::UnexpectedType {
+                got: other.type_name().to_string(),
+                want: "bool".to_string(),
+            }),
+            Err(e) => Err(*e),
+        }
+    }
+
+    fn in_list(&mut self, memo: u32, list: &str, value: &str) -> bool {
+        let slot = memo as usize;
+        if let Some(Memo::Member(b)) = self.memo.get(slot) {
+            return *b;
+        }
+        let lists = self.lists;
+        let guard = self.guard.get_or_insert_with(|| lists.read().unwrap_or_else(|p| p.into_inner()));
+        let member = guard.get(list).is_some_and(|set| set.contains(value));
+        if let Some(m) = self.memo.get_mut(slot) {
+            *m = Memo::Member(member);
+        }
+        member
+    }
+}
+
+fn ordering(a: V<'_>, b: V<'_>) -> Option<Ordering> {
+    match (a, b) {
+        (V::Int(x), V::Int(y)) => Some(x.cmp(&y)),
+        (V::Int(x), V::UInt(y)) => Some(u64::try_from(x).map(|x| x.cmp(&y)).unwrap_or(Ordering::Less)),
+        (V::Int(x), V::Double(y)) => (x as f64).partial_cmp(&y),
+        (V::UInt(x), V::UInt(y)) => Some(x.cmp(&y)),
+        (V::UInt(x), V::Int(y)) => Some(i64::try_from(x).map(|x| x.cmp(&y)).unwrap_or(Ordering::Greater)),
+        (V::UInt(x), V::Double(y)) => (x as f64).partial_cmp(&y),
+        (V::Double(x), V::Double(y)) => x.partial_cmp(&y),
+        (V::Double(x), V::Int(y)) => x.partial_cmp(&(y as f64)),
+        (V::Double(x), V::UInt(y)) => x.partial_cmp(&(y as f64)),
+        (V::Str(x), V::Str(y)) => Some(x.cmp(y)),
+        (V::Bool(x), V::Bool(y)) => Some(x.cmp(&y)),
+        _ => None,
+    }
+}
+
+fn overload(function: &str, a: V<'_>, b: V<'_>) -> Fault {
+    Box::new(ExecutionError::no_such_overload(function, vec![a.type_name().into(), b.type_name().into()]))
+}
+
+fn as_bool(v: V<'_>) -> Result<bool, Fault> {
+    match v {
+        V::Bool(b) => Ok(b),
+        other => Err(Box::new(ExecutionError::UnexpectedType {
+            got: other.type_name().to_string(),
+            want: "bool".to_string(),
+        })),
+    }
+}
+
+fn as_str(v: V<'_>) -> Result<&str, Fault> {
+    match v {
+        V::Str(s) => Ok(s),
+        other => Err(Box::new(ExecutionError::UnexpectedType {
+            got: other.type_name().to_string(),
+            want: "string".to_string(),
+        })),
+    }
+}
+
+fn int_arith(op: Arith, a: V<'_>, b: V<'_>) -> Result<i64, Fault> {
+    let (V::Int(x), V::Int(y)) = (a, b) else {
+        return Err(overload(arith_name(op), a, b));
+    };
+    let overflow = |name| Box::new(ExecutionError::Overflow(name, x.into(), y.into()));
+    match op {
+        Arith::Add => x.checked_add(y).ok_or_else(|| overflow("add")),
+        Arith::Sub => x.checked_sub(y).ok_or_else(|| overflow("sub")),
+        Arith::Mul => x.checked_mul(y).ok_or_else(|| overflow("mul")),
+        Arith::Div if y == 0 => Err(Box::new(ExecutionError::DivisionByZero(x.into()))),
+        Arith::Div => x.checked_div(y).ok_or_else(|| overflow("div")),
+        Arith::Rem if y == 0 => Err(Box::new(ExecutionError::RemainderByZero(x.into()))),
+        Arith::Rem => x.checked_rem(y).ok_or_else(|| overflow("rem")),
+    }
+}
+
+fn arith_name(op: Arith) -> &'static str {
+    match op {
+        Arith::Add => operators::ADD,
+        Arith::Sub => operators::SUBSTRACT,
+        Arith::Mul => operators::MULTIPLY,
+        Arith::Div => operators::DIVIDE,
+        Arith::Rem => operators::MODULO,
+    }
+}
+
+fn no_such_key(frame: &Frame<'_>, slot: u32) -> Fault {
+    let name = frame.attribute_names.get(slot as usize).map_or("", String::as_str);
+    Box::new(ExecutionError::no_such_key(name))
+}
+
+fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
+    Ok(match n {
+        Node::Const(l) => l.value(),
+        Node::Amount => V::Int(f.amount),
+        Node::Currency => V::Str(f.currency),
+        Node::Payer => V::Str(f.payer),
+        Node::Payee => V::Str(f.payee),
+        Node::NewPayee => V::Bool(f.new_payee),
+        Node::NewDevice => V::Bool(f.new_device),
+        Node::Feature { index, double } => {
+            let value = f.features.get(*index as usize).map_or(0.0, |(_, v)| *v);
+            if *double {
+                V::Double(value)
+            } else {
+                V::Int(value as i64)
+            }
+        }
+        Node::Model(i) => V::Double(f.models.get(*i as usize).map_or(f64::NAN, |(_, s)| *s)),
+        Node::Attr(slot) => match f.attributes.get(*slot as usize) {
+            Some(Some(v)) => V::Str(v),
+            _ => return Err(no_such_key(f, *slot)),
+        },
+        Node::HasAttr(slot) => V::Bool(matches!(f.attributes.get(*slot as usize), Some(Some(_)))),
+        Node::And(a, b) => {
+            let left = eval(a, f).and_then(as_bool);
+            if matches!(left, Ok(false)) {
+                return Ok(V::Bool(false));
+            }
+            let right = as_bool(eval(b, f)?)?;
+            match (left, right) {
+                (Ok(_), r) => V::Bool(r),
+                (Err(_), false) => V::Bool(false),
+                (Err(e), true) => return Err(e),
+            }
+        }
+        Node::Or(a, b) => {
+            let left = eval(a, f).and_then(as_bool);
+            if matches!(left, Ok(true)) {
+                return Ok(V::Bool(true));
+            }
+            let right = as_bool(eval(b, f)?)?;
+            match (left, right) {
+                (Ok(_), r) => V::Bool(r),
+                (Err(_), true) => V::Bool(true),
+                (Err(e), false) => return Err(e),
+            }
+        }
+        Node::Not(a) => V::Bool(!as_bool(eval(a, f)?)?),
+        Node::Cond(c) => {
+            if as_bool(eval(&c.0, f)?)? {
+                eval(&c.1, f)?
+            } else {
+                eval(&c.2, f)?
+            }
+        }
+        Node::Eq { negate, left, right } => {
+            let a = eval(left, f)?;
+            let b = eval(right, f)?;
+            V::Bool((ordering(a, b) == Some(Ordering::Equal)) != *negate)
+        }
+        Node::Cmp { op, left, right } => {
+            let a = eval(left, f)?;
+            let b = eval(right, f)?;
+            let Some(o) = ordering(a, b) else { return Err(overload(op.name(), a, b)) };
+            V::Bool(match op {
+                CmpOp::Less => o == Ordering::Less,
+                CmpOp::LessEquals => o != Ordering::Greater,
+                CmpOp::Greater => o == Ordering::Greater,
+                CmpOp::GreaterEquals => o != Ordering::Less,
+            })
+        }
+        Node::IntArith { op, left, right } => {
+            let a = eval(left, f)?;
+            let b = eval(right, f)?;
+            V::Int(int_arith(*op, a, b)?)
+        }
+        Node::DoubleArith { op, left, right } => {
+            let (V::Double(x), V::Double(y)) = (eval(left, f)?, eval(right, f)?) else {
+                return Err(Box::new(ExecutionError::InternalError("compiled double arithmetic".into())));
+            };
+            V::Double(match op {
+                Arith::Add => x + y,
+                Arith::Sub => x - y,
+                Arith::Mul => x * y,
+                Arith::Div | Arith::Rem => x / y,
+            })
+        }
+        Node::NegInt(a) => match eval(a, f)? {
+            V::Int(x) => {
+                V::Int(x.checked_neg().ok_or_else(|| {
+                    Box::new(ExecutionError::Overflow("negate", x.into(), cel::Value::Null))
+                })?)
+            }
+            other => {
+                return Err(Box::new(ExecutionError::no_such_overload("-_", vec![other.type_name().into()])))
+            }
+        },
+        Node::NegDouble(a) => match eval(a, f)? {
+            V::Double(x) => V::Double(-x),
+            other => {
+                return Err(Box::new(ExecutionError::no_such_overload("-_", vec![other.type_name().into()])))
+            }
+        },
+        Node::InList { memo, list, value } => {
+            let v = as_str(eval(value, f)?)?;
+            V::Bool(f.in_list(*memo, list, v))
+        }
+        Node::Size(a) => V::Int(as_str(eval(a, f)?)?.chars().count() as i64),
+        Node::StrTest { test, target, arg } => {
+            let needle = as_str(eval(arg, f)?)?;
+            let hay = as_str(eval(target, f)?)?;
+            V::Bool(match test {
+                StrTest::Contains => hay.contains(needle),
+                StrTest::StartsWith => hay.starts_with(needle),
+                StrTest::EndsWith => hay.ends_with(needle),
+            })
+        }
+        Node::InLiterals { value, items } => {
+            let v = eval(value, f)?;
+            V::Bool(items.iter().any(|i| ordering(i.value(), v) == Some(Ordering::Equal)))
+        }
+    })
+}
