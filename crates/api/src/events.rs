@@ -539,6 +539,75 @@ mod tests {
     }
 
     #[test]
+    fn pages_are_per_tenant_in_order_with_cursors_and_type_filters() {
+        use puhui_ledger::{Currency, Id, NewAccount, TransferRequest};
+        use puhui_store::{EmbeddedStore, LedgerStore};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let cny = Currency::parse("CNY", None).unwrap();
+        let id = |s: &str| Id::new(s).unwrap();
+        for t in ["tAAAAAAAA", "tBBBBBBBB"] {
+            let accounts = ["x", "y"].map(|a| NewAccount::new(id(&format!("{t}:{a}")), cny));
+            store.create_accounts(accounts.to_vec()).unwrap();
+        }
+        for i in 0..25 {
+            let t = if i % 5 == 0 { "tBBBBBBBB" } else { "tAAAAAAAA" };
+            let transfer = TransferRequest::single(
+                id(&format!("{t}:p{i}")),
+                id(&format!("{t}:x")),
+                id(&format!("{t}:y")),
+                1,
+                cny.code(),
+            );
+            store.create_transfers(vec![transfer]).unwrap();
+        }
+        let watched = Arc::clone(&store);
+        let log = EventLog::new(EventSource {
+            journal: dir.path().join(puhui_store::JOURNAL_FILE),
+            durable_entries: Arc::new(move || watched.stats().entries.load(Ordering::Acquire)),
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let (stop, watch) = tokio::sync::watch::channel(false);
+        runtime.block_on(async {
+            let indexer = tokio::spawn(Arc::clone(&log).run(watch));
+            for _ in 0..1_000 {
+                if log.caught_up() && log.indexed_until() == log.durable_entries() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            stop.send(true).unwrap();
+            indexer.await.unwrap();
+        });
+        assert_eq!(log.indexed_until(), 4 + 25);
+        // Tenant A: 2 accounts + 20 transfers, oldest first, in pages of 7.
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let (page, more) = log.page("tAAAAAAAA", after, &[], 7);
+            let events = log.read_blocking(&page).unwrap();
+            assert_eq!(events.len(), page.len());
+            assert!(events.iter().all(|e| e.tenant == "tAAAAAAAA"));
+            seen.extend(events.iter().map(|e| e.sequence));
+            after = page.last().copied();
+            if !more {
+                break;
+            }
+        }
+        assert_eq!(seen.len(), 22);
+        assert!(seen.windows(2).all(|w| w[0] < w[1]));
+        let (transfers, more) = log.page("tAAAAAAAA", None, &[EventType::TransferCreated], 100);
+        assert_eq!((transfers.len(), more), (20, false));
+        let (accounts, _) = log.page("tBBBBBBBB", None, &[EventType::AccountCreated], 100);
+        assert_eq!(accounts.len(), 2);
+        assert!(log.has("tBBBBBBBB", accounts[0]) && !log.has("tAAAAAAAA", accounts[0]));
+        assert_eq!(log.page("tNOBODY00", None, &[], 10), (Vec::new(), false));
+        // Between, as the webhook dispatcher asks.
+        let b = log.between("tBBBBBBBB", 0, log.indexed_until(), &[EventType::TransferCreated], 100);
+        assert_eq!(b.len(), 5);
+    }
+
+    #[test]
     fn type_filters_accept_types_and_families_only() {
         assert_eq!(parse_type_filter("transfer.posted", "type").unwrap(), vec![EventType::TransferPosted]);
         assert_eq!(parse_type_filter("account.*", "type").unwrap().len(), 4);
