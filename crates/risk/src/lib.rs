@@ -15,10 +15,10 @@
 #![deny(missing_docs)]
 
 pub mod backtest;
+mod compile;
 pub mod control;
 pub mod features;
 pub mod records;
-mod compile;
 pub mod rules;
 pub mod shared;
 pub mod synthetic;
