@@ -139,12 +139,15 @@ impl RiskService {
     pub fn open(
         store: Arc<EmbeddedStore>,
         startup: Option<(String, std::path::PathBuf)>,
+        shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
         let (text, models_dir) =
             startup.unwrap_or_else(|| (STARTER_RULESET.to_string(), store.data_dir().join("models")));
-        let (controller, initial) =
+        let (mut controller, initial) =
             Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| e.to_string())?;
+        // Before the replay: with shared features, replayed decisions are not recorded again.
+        controller.set_shared_features(shared_features);
         let mut state = RiskState {
             controller,
             decisions: HashMap::new(),

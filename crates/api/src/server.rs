@@ -31,6 +31,9 @@ pub struct ServeConfig {
     /// Publish every committed change to NATS JetStream (`--nats`); `None`: events are served by
     /// `GET /v1/events` and webhooks only.
     pub nats: Option<puhui_events::NatsConfig>,
+    /// Velocity features shared by every node (`--redis`, `puhui-risk-redis`); `None`: each node
+    /// keeps its own counters in memory.
+    pub shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
 }
 
 fn admin_token(config: &ServeConfig) -> Result<String, String> {
@@ -132,10 +135,21 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         None => None,
     };
     let risk_store = Arc::clone(&store);
-    let (risk, restore) =
-        tokio::task::spawn_blocking(move || crate::risk::RiskService::open(risk_store, startup))
-            .await
-            .map_err(|e| e.to_string())??;
+    match &config.shared_features {
+        Some(shared) => {
+            tracing::info!(backend = ?shared, "velocity counters are shared by every node (Redis)")
+        }
+        None => tracing::info!(
+            "velocity counters are per node (in memory): with several nodes each sees only its own events; \
+             use --redis to share them"
+        ),
+    }
+    let shared_features = config.shared_features.clone();
+    let (risk, restore) = tokio::task::spawn_blocking(move || {
+        crate::risk::RiskService::open(risk_store, startup, shared_features)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     tracing::info!(
         active = %restore.active,
         shadow = ?restore.shadow,

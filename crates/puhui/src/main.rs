@@ -44,12 +44,6 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
-    /// Create or upgrade the PostgreSQL schema (what a PostgreSQL-backed node also does at start).
-    Migrate {
-        /// The store URL, e.g. postgres://postgres@127.0.0.1:5432/test (`?schema=NAME` picks a schema).
-        #[arg(long)]
-        store: String,
-    },
     /// Risk control tools.
     Risk {
         #[command(subcommand)]
@@ -127,6 +121,13 @@ struct ServeArgs {
     /// Subjects are `<prefix>.<tenant>.<event type>`.
     #[arg(long, default_value = "puhui")]
     nats_subject_prefix: String,
+    /// Keep the risk velocity counters in Redis at this URL (e.g. redis://127.0.0.1:6379), shared
+    /// by every node; without it each node counts only what it saw.
+    #[arg(long)]
+    redis: Option<String>,
+    /// Prefix of the Redis keys.
+    #[arg(long, default_value = puhui_risk_redis::KEY_PREFIX_DEFAULT)]
+    redis_prefix: String,
 }
 
 /// Log line format.
@@ -206,7 +207,6 @@ fn main() -> ExitCode {
             print!("{}", puhui_api::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Migrate { store } => migrate(&store),
         Command::Risk { what: RiskCommand::Backtest(args) } => backtest::run(args),
         Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
         Command::Bench { what: BenchCommand::Risk(args) } => bench_risk::run(args),
@@ -240,13 +240,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn migrate(store: &str) -> anyhow::Result<ExitCode> {
-    let (url, schema) = puhui_store_pg::split_schema(store);
-    let applied = puhui_store_pg::migrate(&url, schema.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("schema up to date ({applied} migration(s) applied)");
-    Ok(ExitCode::SUCCESS)
-}
-
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -255,7 +248,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
     }
+    let shared_features = match &args.redis {
+        None => None,
+        Some(url) => {
+            let config = puhui_risk_redis::RedisConfig {
+                key_prefix: args.redis_prefix.clone(),
+                ..puhui_risk_redis::RedisConfig::new(url)
+            };
+            let redis = puhui_risk_redis::RedisFeatures::new(config)?;
+            // Not fatal: decisions degrade (the ruleset's on_exceeded) until Redis answers.
+            if let Err(e) = redis.ping(1_000) {
+                tracing::warn!(error = %e, "Redis does not answer yet; decisions are degraded until it does");
+            }
+            Some(std::sync::Arc::new(redis) as std::sync::Arc<dyn puhui_risk::SharedFeatures>)
+        }
+    };
     let config = puhui_api::ServeConfig {
+        shared_features,
         ruleset: args.ruleset,
         nats: args.nats.map(|url| puhui_events::NatsConfig {
             stream: args.nats_stream,
