@@ -44,6 +44,12 @@ enum Command {
         #[command(subcommand)]
         what: BenchCommand,
     },
+    /// Create or upgrade the PostgreSQL schema (what a PostgreSQL-backed node also does at start).
+    Migrate {
+        /// The store URL, e.g. postgres://postgres@127.0.0.1:5432/test (`?schema=NAME` picks a schema).
+        #[arg(long)]
+        store: String,
+    },
     /// Risk control tools.
     Risk {
         #[command(subcommand)]
@@ -207,6 +213,7 @@ fn main() -> ExitCode {
             print!("{}", puhui_api::openapi::document());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Migrate { store } => migrate(&store),
         Command::Risk { what: RiskCommand::Backtest(args) } => backtest::run(args),
         Command::Bench { what: BenchCommand::Http(args) } => bench_http::run(args),
         Command::Bench { what: BenchCommand::Risk(args) } => bench_risk::run(args),
@@ -238,6 +245,13 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+fn migrate(store: &str) -> anyhow::Result<ExitCode> {
+    let (url, schema) = puhui_store_pg::split_schema(store);
+    let applied = puhui_store_pg::migrate(&url, schema.as_deref()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("schema up to date ({applied} migration(s) applied)");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
