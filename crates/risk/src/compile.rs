@@ -200,6 +200,38 @@ enum Node {
         value: Box<Node>,
         items: Box<[Lit]>,
     },
+    /// `leaf <op> literal`, the commonest shape (`amount > 50000`, `f.count_1h >= 10`): a
+    /// comparison read in place.
+    CmpLeaf {
+        op: CmpOp,
+        leaf: Leaf,
+        literal: Lit,
+    },
+    /// `ctx.<attribute> == 'literal'` (or `!=`).
+    EqAttr {
+        negate: bool,
+        slot: u32,
+        literal: Box<str>,
+    },
+}
+
+/// A number read in place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Leaf {
+    Amount,
+    Feature { index: u32, double: bool },
+    Model(u32),
+}
+
+impl Leaf {
+    fn of(node: &Node) -> Option<Leaf> {
+        match node {
+            Node::Amount => Some(Leaf::Amount),
+            Node::Feature { index, double } => Some(Leaf::Feature { index: *index, double: *double }),
+            Node::Model(i) => Some(Leaf::Model(*i)),
+            _ => None,
+        }
+    }
 }
 
 /// What a name means in the interpreter's scope.
@@ -489,6 +521,10 @@ fn node(expr: &IdedExpr, symbols: &mut Symbols, depth: usize) -> Option<(Node, T
                     let (l, _) = sub(&args[0], symbols)?;
                     let (r, _) = sub(&args[1], symbols)?;
                     let negate = name == operators::NOT_EQUALS;
+                    if let (Node::Attr(slot), Node::Const(Lit::Str(literal))) = (&l, &r) {
+                        let (slot, literal) = (*slot, literal.clone());
+                        return Some((Node::EqAttr { negate, slot, literal }, Ty::Bool));
+                    }
                     Some((Node::Eq { negate, left: Box::new(l), right: Box::new(r) }, Ty::Bool))
                 }
                 (
@@ -503,6 +539,11 @@ fn node(expr: &IdedExpr, symbols: &mut Symbols, depth: usize) -> Option<(Node, T
                     };
                     let (l, _) = sub(&args[0], symbols)?;
                     let (r, _) = sub(&args[1], symbols)?;
+                    if let (Some(leaf), Node::Const(literal)) = (Leaf::of(&l), &r) {
+                        if matches!(literal, Lit::Int(_) | Lit::UInt(_) | Lit::Double(_)) {
+                            return Some((Node::CmpLeaf { op, leaf, literal: literal.clone() }, Ty::Bool));
+                        }
+                    }
                     Some((Node::Cmp { op, left: Box::new(l), right: Box::new(r) }, Ty::Bool))
                 }
                 (
@@ -659,14 +700,7 @@ impl<'a> Frame<'a> {
 
     /// Evaluates a compiled rule: `Ok(fired)` or the interpreter's error.
     pub(crate) fn eval(&mut self, rule: &'a Compiled) -> Result<bool, ExecutionError> {
-        match eval(&rule.root, self) {
-            Ok(V::Bool(b)) => Ok(b),
-            Ok(other) => Err(ExecutionError::UnexpectedType {
-                got: other.type_name().to_string(),
-                want: "bool".to_string(),
-            }),
-            Err(e) => Err(*e),
-        }
+        eval_bool(&rule.root, self).map_err(|e| *e)
     }
 
     fn in_list(&mut self, memo: u32, list: &str, value: &str) -> bool {
@@ -684,6 +718,7 @@ impl<'a> Frame<'a> {
     }
 }
 
+#[inline]
 fn ordering(a: V<'_>, b: V<'_>) -> Option<Ordering> {
     match (a, b) {
         (V::Int(x), V::Int(y)) => Some(x.cmp(&y)),
@@ -705,6 +740,7 @@ fn overload(function: &str, a: V<'_>, b: V<'_>) -> Fault {
     Box::new(ExecutionError::no_such_overload(function, vec![a.type_name().into(), b.type_name().into()]))
 }
 
+#[inline]
 fn as_bool(v: V<'_>) -> Result<bool, Fault> {
     match v {
         V::Bool(b) => Ok(b),
@@ -715,6 +751,7 @@ fn as_bool(v: V<'_>) -> Result<bool, Fault> {
     }
 }
 
+#[inline]
 fn as_str(v: V<'_>) -> Result<&str, Fault> {
     match v {
         V::Str(s) => Ok(s),
@@ -756,6 +793,97 @@ fn no_such_key(frame: &Frame<'_>, slot: u32) -> Fault {
     Box::new(ExecutionError::no_such_key(name))
 }
 
+/// A feature's value as CEL sees it.
+#[inline(always)]
+fn feature(f: &Frame<'_>, index: u32, double: bool) -> V<'static> {
+    let value = f.features.get(index as usize).map_or(0.0, |(_, v)| *v);
+    if double {
+        V::Double(value)
+    } else {
+        V::Int(value as i64)
+    }
+}
+
+/// An operand of a comparison or an arithmetic operation: the leaves most are (a constant, the
+/// amount, a feature) read in place, anything else evaluated.
+#[inline(always)]
+fn operand<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
+    match n {
+        Node::Const(l) => Ok(l.value()),
+        Node::Amount => Ok(V::Int(f.amount)),
+        Node::Feature { index, double } => Ok(feature(f, *index, *double)),
+        _ => eval(n, f),
+    }
+}
+
+#[inline(always)]
+fn leaf(f: &Frame<'_>, leaf: Leaf) -> V<'static> {
+    match leaf {
+        Leaf::Amount => V::Int(f.amount),
+        Leaf::Feature { index, double } => feature(f, index, double),
+        Leaf::Model(i) => V::Double(f.models.get(i as usize).map_or(f64::NAN, |(_, s)| *s)),
+    }
+}
+
+#[inline(always)]
+fn compare(op: CmpOp, a: V<'_>, b: V<'_>) -> Result<bool, Fault> {
+    let Some(o) = ordering(a, b) else { return Err(overload(op.name(), a, b)) };
+    Ok(match op {
+        CmpOp::Less => o == Ordering::Less,
+        CmpOp::LessEquals => o != Ordering::Greater,
+        CmpOp::Greater => o == Ordering::Greater,
+        CmpOp::GreaterEquals => o != Ordering::Less,
+    })
+}
+
+/// Evaluates a node whose static type is bool (anything else goes through [`eval`]).
+fn eval_bool<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<bool, Fault> {
+    match n {
+        Node::CmpLeaf { op, leaf: l, literal } => compare(*op, leaf(f, *l), literal.value()),
+        Node::EqAttr { negate, slot, literal } => match f.attributes.get(*slot as usize) {
+            Some(Some(v)) => Ok((*v == &**literal) != *negate),
+            _ => Err(no_such_key(f, *slot)),
+        },
+        Node::NewPayee => Ok(f.new_payee),
+        Node::NewDevice => Ok(f.new_device),
+        Node::And(a, b) => {
+            let left = eval_bool(a, f);
+            if matches!(left, Ok(false)) {
+                return Ok(false);
+            }
+            let right = eval_bool(b, f)?;
+            match (left, right) {
+                (Ok(_), r) => Ok(r),
+                (Err(_), false) => Ok(false),
+                (Err(e), true) => Err(e),
+            }
+        }
+        Node::Or(a, b) => {
+            let left = eval_bool(a, f);
+            if matches!(left, Ok(true)) {
+                return Ok(true);
+            }
+            let right = eval_bool(b, f)?;
+            match (left, right) {
+                (Ok(_), r) => Ok(r),
+                (Err(_), true) => Ok(true),
+                (Err(e), false) => Err(e),
+            }
+        }
+        Node::Not(a) => Ok(!eval_bool(a, f)?),
+        Node::Cmp { op, left, right } => {
+            let a = operand(left, f)?;
+            let b = operand(right, f)?;
+            compare(*op, a, b)
+        }
+        Node::InList { memo, list, value } => {
+            let v = as_str(eval(value, f)?)?;
+            Ok(f.in_list(*memo, list, v))
+        }
+        _ => as_bool(eval(n, f)?),
+    }
+}
+
 fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
     Ok(match n {
         Node::Const(l) => l.value(),
@@ -765,45 +893,13 @@ fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
         Node::Payee => V::Str(f.payee),
         Node::NewPayee => V::Bool(f.new_payee),
         Node::NewDevice => V::Bool(f.new_device),
-        Node::Feature { index, double } => {
-            let value = f.features.get(*index as usize).map_or(0.0, |(_, v)| *v);
-            if *double {
-                V::Double(value)
-            } else {
-                V::Int(value as i64)
-            }
-        }
+        Node::Feature { index, double } => feature(f, *index, *double),
         Node::Model(i) => V::Double(f.models.get(*i as usize).map_or(f64::NAN, |(_, s)| *s)),
         Node::Attr(slot) => match f.attributes.get(*slot as usize) {
             Some(Some(v)) => V::Str(v),
             _ => return Err(no_such_key(f, *slot)),
         },
         Node::HasAttr(slot) => V::Bool(matches!(f.attributes.get(*slot as usize), Some(Some(_)))),
-        Node::And(a, b) => {
-            let left = eval(a, f).and_then(as_bool);
-            if matches!(left, Ok(false)) {
-                return Ok(V::Bool(false));
-            }
-            let right = as_bool(eval(b, f)?)?;
-            match (left, right) {
-                (Ok(_), r) => V::Bool(r),
-                (Err(_), false) => V::Bool(false),
-                (Err(e), true) => return Err(e),
-            }
-        }
-        Node::Or(a, b) => {
-            let left = eval(a, f).and_then(as_bool);
-            if matches!(left, Ok(true)) {
-                return Ok(V::Bool(true));
-            }
-            let right = as_bool(eval(b, f)?)?;
-            match (left, right) {
-                (Ok(_), r) => V::Bool(r),
-                (Err(_), true) => V::Bool(true),
-                (Err(e), false) => return Err(e),
-            }
-        }
-        Node::Not(a) => V::Bool(!as_bool(eval(a, f)?)?),
         Node::Cond(c) => {
             if as_bool(eval(&c.0, f)?)? {
                 eval(&c.1, f)?
@@ -812,13 +908,13 @@ fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
             }
         }
         Node::Eq { negate, left, right } => {
-            let a = eval(left, f)?;
-            let b = eval(right, f)?;
+            let a = operand(left, f)?;
+            let b = operand(right, f)?;
             V::Bool((ordering(a, b) == Some(Ordering::Equal)) != *negate)
         }
         Node::Cmp { op, left, right } => {
-            let a = eval(left, f)?;
-            let b = eval(right, f)?;
+            let a = operand(left, f)?;
+            let b = operand(right, f)?;
             let Some(o) = ordering(a, b) else { return Err(overload(op.name(), a, b)) };
             V::Bool(match op {
                 CmpOp::Less => o == Ordering::Less,
@@ -828,8 +924,8 @@ fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
             })
         }
         Node::IntArith { op, left, right } => {
-            let a = eval(left, f)?;
-            let b = eval(right, f)?;
+            let a = operand(left, f)?;
+            let b = operand(right, f)?;
             V::Int(int_arith(*op, a, b)?)
         }
         Node::DoubleArith { op, left, right } => {
@@ -872,6 +968,9 @@ fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
                 StrTest::StartsWith => hay.starts_with(needle),
                 StrTest::EndsWith => hay.ends_with(needle),
             })
+        }
+        Node::CmpLeaf { .. } | Node::EqAttr { .. } | Node::And(..) | Node::Or(..) | Node::Not(_) => {
+            V::Bool(eval_bool(n, f)?)
         }
         Node::InLiterals { value, items } => {
             let v = eval(value, f)?;
