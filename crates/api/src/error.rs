@@ -48,6 +48,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "limit_exceeded",
     "not_checkpointed",
     "request_timeout",
+    "not_available",
 ];
 
 /// The error object inside the envelope.
@@ -115,6 +116,16 @@ impl ApiError {
             param: None,
             retry_after_secs: None,
         }
+    }
+
+    /// 501 `not_available`: `feature` needs the embedded store and this server runs on PostgreSQL.
+    pub fn not_available(feature: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "api_error",
+            "not_available",
+            format!("{feature} needs the embedded store; this server runs on PostgreSQL (--store)"),
+        )
     }
 
     /// 404 for a missing (or another tenant's) object.

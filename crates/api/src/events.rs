@@ -465,6 +465,9 @@ fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 /// The events index, or 503 while the server runs without one.
 pub fn event_log(app: &AppState) -> Result<&Arc<EventLog>, ApiError> {
     app.events.as_ref().ok_or_else(|| {
+        if app.store.is_postgres() {
+            return ApiError::not_available("events");
+        }
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "events are not enabled")
     })
 }

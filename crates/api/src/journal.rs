@@ -63,7 +63,11 @@ async fn blocking_raw<T: Send + 'static>(
     app: &Arc<AppState>,
     f: impl FnOnce(&puhui_store::EmbeddedStore) -> Result<T, VError> + Send + 'static,
 ) -> Result<Result<T, VError>, ApiError> {
-    let store = Arc::clone(&app.store);
+    let store = Arc::clone(
+        app.store
+            .embedded()
+            .ok_or_else(|| ApiError::not_available("the verifiable journal (checkpoints, proofs)"))?,
+    );
     tokio::task::spawn_blocking(move || f(&store)).await.map_err(|_| {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "proof task failed")
     })

@@ -11,6 +11,7 @@
 //! thread for the few milliseconds a commit holds it.
 #![deny(missing_docs)]
 
+pub mod backend;
 pub mod error;
 pub mod events;
 pub mod idempotency;
@@ -34,20 +35,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
-use puhui_ledger::{EventResult, Id, Ledger, NewAccount, StatusAction, TransferRequest};
-use puhui_store::{EmbeddedStore, LedgerStore};
+use puhui_ledger::{
+    Account, Balances, EventResult, Id, Ledger, NewAccount, Page, StatusAction, Transfer, TransferRequest,
+};
+use puhui_store::StoreError;
 use tokio::sync::Semaphore;
 
 use crate::error::{ApiError, REQUEST_ID};
 use crate::idempotency::{IdempotencyCache, RateLimiter};
 use crate::tenants::TenantRegistry;
 
+pub use backend::Backend;
 pub use server::{serve, ServeConfig};
 
 /// Everything a handler needs.
 pub struct AppState {
-    /// The ledger.
-    pub store: Arc<EmbeddedStore>,
+    /// The ledger: the embedded store or PostgreSQL.
+    pub store: Backend,
     /// Tenants and keys.
     pub tenants: Arc<TenantRegistry>,
     /// Remembered idempotency keys.
@@ -98,13 +102,102 @@ impl AppState {
         self.wait(|reply| self.store.submit_status(id, action, reply)).await
     }
 
-    /// Reads the ledger without blocking the runtime.
-    pub async fn read<R: Send + 'static>(&self, f: impl FnOnce(&Ledger) -> R + Clone + Send + 'static) -> R {
-        if let Some(r) = self.store.try_read(f.clone()) {
-            return r;
+    /// Reads without blocking the runtime: `embedded` over the in-memory ledger (under its read
+    /// lock when free, else on a blocking thread), `postgres` on a blocking thread.
+    async fn query<R: Send + 'static>(
+        &self,
+        embedded: impl FnOnce(&Ledger) -> R + Clone + Send + 'static,
+        postgres: impl FnOnce(&puhui_store_pg::PgStore) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, ApiError> {
+        let task_failed = |_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal_error",
+                "read task failed",
+            )
+        };
+        match &self.store {
+            Backend::Embedded(store) => {
+                if let Some(r) = store.try_read(embedded.clone()) {
+                    return Ok(r);
+                }
+                let store = Arc::clone(store);
+                tokio::task::spawn_blocking(move || store.read(embedded)).await.map_err(task_failed)
+            }
+            Backend::Postgres(store) => {
+                let store = Arc::clone(store);
+                Ok(tokio::task::spawn_blocking(move || postgres(&store)).await.map_err(task_failed)??)
+            }
         }
-        let store = Arc::clone(&self.store);
-        tokio::task::spawn_blocking(move || store.read(f)).await.expect("read task")
+    }
+
+    /// An account, if it exists.
+    pub async fn account(&self, id: Id) -> Result<Option<Account>, ApiError> {
+        let id2 = id.clone();
+        self.query(move |l| l.account(&id), move |s| puhui_store::LedgerStore::account(s, &id2)).await
+    }
+
+    /// A transfer, if it exists.
+    pub async fn transfer(&self, id: Id) -> Result<Option<Transfer>, ApiError> {
+        let id2 = id.clone();
+        self.query(move |l| l.transfer(&id), move |s| puhui_store::LedgerStore::transfer(s, &id2)).await
+    }
+
+    /// One page of an account's transfers and whether there are more; `Err` with
+    /// [`StoreError::AccountNotFound`] or [`StoreError::CursorNotFound`] inside the `Ok`.
+    pub async fn account_transfers(
+        &self,
+        id: Id,
+        limit: usize,
+        after: Option<Id>,
+        before: Option<Id>,
+    ) -> Result<Result<(Vec<Transfer>, bool), StoreError>, ApiError> {
+        let (id2, after2, before2) = (id.clone(), after.clone(), before.clone());
+        self.query(
+            move |l| {
+                let page = Page { limit, starting_after: after.as_deref(), ending_before: before.as_deref() };
+                l.account_transfers(&id, page).map_err(StoreError::from)
+            },
+            move |s| {
+                let page =
+                    Page { limit, starting_after: after2.as_deref(), ending_before: before2.as_deref() };
+                Ok(puhui_store::LedgerStore::account_transfers(s, &id2, page))
+            },
+        )
+        .await
+    }
+
+    /// An account's balances at `at_ns` (`u64::MAX`: now); `Err` with
+    /// [`StoreError::AccountNotFound`] inside the `Ok`.
+    pub async fn balance_at(&self, id: Id, at_ns: u64) -> Result<Result<Balances, StoreError>, ApiError> {
+        let id2 = id.clone();
+        self.query(
+            move |l| l.balance_at(&id, at_ns).map_err(StoreError::from),
+            move |s| Ok(puhui_store::LedgerStore::balance_at(s, &id2, at_ns)),
+        )
+        .await
+    }
+
+    /// Of `ids`, those that are not open holds (missing, not pending, or resolved).
+    pub async fn not_open_holds(&self, ids: Vec<String>) -> Result<Vec<String>, ApiError> {
+        let ids2 = ids.clone();
+        let open = |t: Option<Transfer>| {
+            t.and_then(|t| t.pending_status) == Some(puhui_ledger::PendingStatus::Pending)
+        };
+        self.query(
+            move |l| ids.into_iter().filter(|id| !open(l.transfer(id))).collect(),
+            move |s| {
+                let mut stale = Vec::new();
+                for id in ids2 {
+                    if !open(puhui_store::LedgerStore::transfer(s, &id)?) {
+                        stale.push(id);
+                    }
+                }
+                Ok(stale)
+            },
+        )
+        .await
     }
 }
 

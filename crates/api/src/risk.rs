@@ -20,10 +20,11 @@ use axum::{Extension, Json};
 use puhui_risk::control::{ControlError, Controller, RulesetInfo};
 use puhui_risk::records::{DecisionRecord, DecisionSource, Label, LabelRecord, ListOp, Verdict};
 use puhui_risk::{FeatureLimits, Outcome, RiskEvent, RiskRecord};
-use puhui_store::{EmbeddedStore, LedgerStore, Record};
+use puhui_store::Record;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use crate::backend::Backend;
 use crate::error::{ApiError, ErrorEnvelope};
 use crate::idempotency::IdempotencyKey;
 use crate::models::{parse_rfc3339, scoped, scoped_lookup, unscoped};
@@ -45,7 +46,7 @@ pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml")
 /// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
     state: Arc<Mutex<RiskState>>,
-    store: Arc<EmbeddedStore>,
+    store: Backend,
 }
 
 struct RiskState {
@@ -137,13 +138,15 @@ impl RiskService {
     /// relative to); without it the journal's active ruleset stays, or the starter ruleset is
     /// published and activated on a fresh data directory.
     pub fn open(
-        store: Arc<EmbeddedStore>,
+        store: Backend,
         startup: Option<(String, std::path::PathBuf)>,
         shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
-        let (text, models_dir) =
-            startup.unwrap_or_else(|| (STARTER_RULESET.to_string(), store.data_dir().join("models")));
+        let (text, models_dir) = startup.unwrap_or_else(|| {
+            let models = store.data_dir().map_or_else(|| "models".into(), |d| d.join("models"));
+            (STARTER_RULESET.to_string(), models)
+        });
         let (mut controller, initial) =
             Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| e.to_string())?;
         // Before the replay: with shared features, replayed decisions are not recorded again.
@@ -157,8 +160,8 @@ impl RiskService {
         };
         let mut restore = RiskRestore::default();
         let mut activated = false;
-        let journal = store.data_dir().join(puhui_store::JOURNAL_FILE);
-        puhui_journal::scan_records(&journal, |seq, record_type, _timestamp_ns, payload| {
+        // The embedded journal file, or the SQL journal table (in sequence order).
+        Backend::scan_records(&store, |seq, record_type, _timestamp_ns, payload| {
             let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
             restore.records += 1;
             state.controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
@@ -622,16 +625,7 @@ pub async fn list_reviews(
     // Drop reviews whose hold is gone (expired, or posted/voided directly) before listing.
     let (candidates, _) = risk.reviews(&principal.tenant, REVIEWS_PER_TENANT_MAX);
     let ids: Vec<String> = candidates.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
-    let stale: Vec<String> = app
-        .read(move |l| {
-            ids.into_iter()
-                .filter(|id| {
-                    l.transfer(id).and_then(|t| t.pending_status)
-                        != Some(puhui_ledger::PendingStatus::Pending)
-                })
-                .collect()
-        })
-        .await;
+    let stale: Vec<String> = app.not_open_holds(ids).await?;
     for id in &stale {
         risk.take_review(id);
     }

@@ -8,8 +8,7 @@ use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use puhui_ledger::{EventResult, Id, Page, ResultCode, StatusAction, TransferKind, TransferRequest};
-use puhui_store::LedgerStore;
+use puhui_ledger::{EventResult, Id, ResultCode, StatusAction, TransferKind, TransferRequest};
 use serde::de::DeserializeOwned;
 
 use crate::error::{ApiError, ErrorEnvelope};
@@ -191,7 +190,7 @@ pub async fn create_account(
         ResultCode::Exists => StatusCode::OK,
         other => return Err(ledger_error(other)),
     };
-    let account = app.read(move |l| l.account(&id)).await.ok_or_else(internal)?;
+    let account = app.account(id).await?.ok_or_else(internal)?;
     Ok((status, Json(AccountObject::from(account))).into_response())
 }
 
@@ -215,8 +214,7 @@ pub async fn get_account(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<AccountObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "account")?;
-    let account =
-        app.read(move |l| l.account(&id)).await.ok_or_else(|| ApiError::not_found("account", "id"))?;
+    let account = app.account(id).await?.ok_or_else(|| ApiError::not_found("account", "id"))?;
     Ok(Json(account.into()))
 }
 
@@ -266,22 +264,13 @@ pub async fn list_account_transfers(
     let after = cursor(query.starting_after, "starting_after")?;
     let before = cursor(query.ending_before, "ending_before")?;
     let param = if before.is_some() { "ending_before" } else { "starting_after" };
-    let page = app
-        .read(move |l| {
-            l.account_transfers(
-                &id,
-                Page { limit, starting_after: after.as_deref(), ending_before: before.as_deref() },
-            )
-        })
-        .await
-        .map_err(|e| match e {
-            puhui_ledger::QueryError::AccountNotFound => ApiError::not_found("account", "id"),
-            puhui_ledger::QueryError::CursorNotFound => ApiError::invalid(
-                "invalid_cursor",
-                "the cursor is not a transfer of this account",
-                Some(param),
-            ),
-        })?;
+    let page = app.account_transfers(id, limit, after, before).await?.map_err(|e| match e {
+        puhui_store::StoreError::AccountNotFound => ApiError::not_found("account", "id"),
+        puhui_store::StoreError::CursorNotFound => {
+            ApiError::invalid("invalid_cursor", "the cursor is not a transfer of this account", Some(param))
+        }
+        other => ApiError::from(other),
+    })?;
     Ok(Json(TransferList {
         object: "list",
         data: page.0.into_iter().map(TransferObject::from).collect(),
@@ -307,10 +296,10 @@ pub async fn get_balance(
         Some(text) => parse_rfc3339(text, "at")?,
         None => u64::MAX,
     };
-    let balances = app
-        .read(move |l| l.balance_at(&id, at_ns))
-        .await
-        .map_err(|_| ApiError::not_found("account", "id"))?;
+    let balances = app.balance_at(id, at_ns).await?.map_err(|e| match e {
+        puhui_store::StoreError::AccountNotFound => ApiError::not_found("account", "id"),
+        other => ApiError::from(other),
+    })?;
     Ok(Json(BalanceAtObject {
         object: "balance",
         account_id: client_id,
@@ -332,7 +321,7 @@ async fn change_status(
         ResultCode::AccountNotFound => return Err(ApiError::not_found("account", "id")),
         other => return Err(ledger_error(other)),
     }
-    let account = app.read(move |l| l.account(&id)).await.ok_or_else(internal)?;
+    let account = app.account(id).await?.ok_or_else(internal)?;
     Ok(Json(account.into()))
 }
 
@@ -408,7 +397,7 @@ async fn create_one_object(
             resolved_at_ns: None,
             expires_at_ns: None,
         },
-        _ => app.read(move |l| l.transfer(&id)).await.ok_or_else(internal)?,
+        _ => app.transfer(id).await?.ok_or_else(internal)?,
     };
     Ok((status, TransferObject::from(transfer)))
 }
@@ -428,7 +417,7 @@ async fn decide_inline(
     // A retry of a recorded transfer is answered by the ledger, not decided again. If risk control
     // had turned it into a review hold, the retry is turned the same way so that it matches.
     let id = request.id.clone();
-    if let Some(existing) = app.read(move |l| l.transfer(&id)).await {
+    if let Some(existing) = app.transfer(id).await? {
         let review_hold = existing.request.kind == TransferKind::Pending
             && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
         if request.kind == TransferKind::Single && review_hold {
@@ -450,7 +439,18 @@ async fn decide_inline(
         timestamp_ns: crate::risk::now_ns(),
         attributes: &attributes,
     };
-    let (decision, durable) = risk.decide(&request.id, puhui_risk::DecisionSource::Transfer, &event, true)?;
+    let (decision, mut durable) =
+        risk.decide(&request.id, puhui_risk::DecisionSource::Transfer, &event, true)?;
+    if app.store.is_postgres() {
+        // On PostgreSQL records and ledger writes are committed by different committers: the
+        // decision is made durable before its transfer is queued, as one FIFO queue does embedded.
+        let seq = (&mut durable).await.map_err(|_| {
+            ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
+        })??;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let _ = tx.send(Ok(seq));
+        durable = rx;
+    }
     let outcome = match decision.outcome {
         "decline" => puhui_risk::Outcome::Decline,
         "review" => puhui_risk::Outcome::Review,
@@ -645,8 +645,7 @@ pub async fn get_transfer(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<TransferObject>, ApiError> {
     let id = scoped_lookup_any(&principal.tenant, &id, "transfer")?;
-    let transfer =
-        app.read(move |l| l.transfer(&id)).await.ok_or_else(|| ApiError::not_found("transfer", "id"))?;
+    let transfer = app.transfer(id).await?.ok_or_else(|| ApiError::not_found("transfer", "id"))?;
     Ok(Json(transfer.into()))
 }
 

@@ -34,6 +34,10 @@ pub struct ServeConfig {
     /// Velocity features shared by every node (`--redis`, `puhui-risk-redis`); `None`: each node
     /// keeps its own counters in memory.
     pub shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
+    /// The ledger on PostgreSQL (`--store postgres://…[?schema=NAME]`, several nodes on one
+    /// database); `None`: the embedded store in `data_dir`. The data directory still holds the
+    /// tenants and the admin token.
+    pub store_url: Option<String>,
 }
 
 fn admin_token(config: &ServeConfig) -> Result<String, String> {
@@ -87,6 +91,9 @@ async fn shutdown_signal() {
 /// Runs the server until a termination signal. `on_listening` gets the bound address.
 pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
+    if let Some(url) = &config.store_url {
+        return serve_postgres(&config, url, on_listening).await;
+    }
     let data_dir = config.data_dir.clone();
     let options = config.store.clone();
     let store = tokio::task::spawn_blocking(move || {
@@ -134,7 +141,7 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         }
         None => None,
     };
-    let risk_store = Arc::clone(&store);
+    let risk_store = crate::Backend::Embedded(Arc::clone(&store));
     match &config.shared_features {
         Some(shared) => {
             tracing::info!(backend = ?shared, "velocity counters are shared by every node (Redis)")
@@ -159,7 +166,7 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     );
     let (event_log, webhooks, event_tasks) = crate::events::start(&store, config.nats.clone())?;
     let state = Arc::new(AppState {
-        store: Arc::clone(&store),
+        store: crate::Backend::Embedded(Arc::clone(&store)),
         tenants: Arc::new(tenants),
         idempotency: IdempotencyCache::default(),
         limiter: RateLimiter::new(config.rate_limit_per_key),
@@ -182,6 +189,105 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
     // Then the relay publishes what is durable and the webhook dispatcher saves its state.
     event_tasks.stop().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// Opens the state shared by both backends: the metrics recorder (and its upkeep task).
+fn install_metrics() -> Result<Option<metrics_exporter_prometheus::PrometheusHandle>, String> {
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .set_buckets(&[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .ok();
+    if let Some(handle) = metrics.clone() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                handle.run_upkeep();
+            }
+        });
+    }
+    Ok(metrics)
+}
+
+/// `serve` on PostgreSQL: the ledger and the risk records live in the database (every node on it
+/// sees the same ledger); tenants and the admin token stay in the data directory. The events index,
+/// relay and webhooks and the verifiable-journal endpoints need the embedded journal file: they
+/// answer `not_available` here.
+async fn serve_postgres(
+    config: &ServeConfig,
+    url: &str,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    if config.nats.is_some() {
+        return Err("--nats needs the embedded store; it is not available with --store postgres://…".into());
+    }
+    let (base, schema) = puhui_store_pg::split_schema(url);
+    let redacted = puhui_store_pg::redact(&base);
+    let options = puhui_store_pg::PgOptions { schema: schema.clone(), ..Default::default() };
+    let store = tokio::task::spawn_blocking(move || puhui_store_pg::PgStore::open_with(&base, options))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("opening the PostgreSQL store: {e}"))?;
+    let store = crate::Backend::Postgres(Arc::new(store));
+    tracing::info!(url = %redacted, schema = ?schema, "ledger on PostgreSQL (schema migrated)");
+    let tenants = TenantRegistry::open(&config.data_dir)?;
+    let metrics = install_metrics()?;
+    let startup = match &config.ruleset {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+            Some((text, dir))
+        }
+        None => None,
+    };
+    if config.shared_features.is_none() {
+        tracing::info!(
+            "velocity counters are per node (in memory): with several nodes each sees only its own events; \
+             use --redis to share them"
+        );
+    }
+    let (risk_store, shared_features) = (store.clone(), config.shared_features.clone());
+    let (risk, restore) = tokio::task::spawn_blocking(move || {
+        crate::risk::RiskService::open(risk_store, startup, shared_features)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    tracing::info!(
+        active = %restore.active,
+        shadow = ?restore.shadow,
+        records = restore.records,
+        decisions = restore.decisions,
+        "risk control ready (records replayed from the SQL journal)"
+    );
+    tracing::warn!(
+        "events, webhooks and the verifiable-journal endpoints are disabled on PostgreSQL \
+         (they answer 501 not_available)"
+    );
+    let state = Arc::new(AppState {
+        store: store.clone(),
+        tenants: Arc::new(tenants),
+        idempotency: IdempotencyCache::default(),
+        limiter: RateLimiter::new(config.rate_limit_per_key),
+        admin_token: admin_token(config)?,
+        metrics,
+        in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
+        risk: Some(Arc::new(risk)),
+        events: None,
+        webhooks: None,
+    });
+    let listener =
+        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    on_listening(addr);
+    axum::serve(listener, crate::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .map_err(|e| e.to_string())?;
+    // Every request has been answered; the committers finish what is queued.
+    tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

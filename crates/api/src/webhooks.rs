@@ -745,6 +745,9 @@ fn delivery_object(d: &Delivery) -> WebhookDeliveryObject {
 
 fn webhooks(app: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
     app.webhooks.as_ref().ok_or_else(|| {
+        if app.store.is_postgres() {
+            return ApiError::not_available("webhooks");
+        }
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "webhooks are not enabled")
     })
 }

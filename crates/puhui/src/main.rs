@@ -35,7 +35,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Simulate an inclusive-finance market: labelled transfers to JSONL/CSV and/or a running server.
     Sim(sim::SimArgs),
-    /// Serve the partner HTTP API on the embedded ledger.
+    /// Serve the partner HTTP API (embedded ledger, or PostgreSQL with --store).
     Serve(ServeArgs),
     /// Print the OpenAPI 3.1 document of the HTTP API.
     Openapi,
@@ -98,6 +98,11 @@ struct ServeArgs {
     /// Data directory (created if missing).
     #[arg(long, default_value = "puhui-data")]
     data_dir: PathBuf,
+    /// Keep the ledger in PostgreSQL (e.g. postgres://postgres@127.0.0.1:5432/puhui, `?schema=NAME`
+    /// picks a schema) so that several nodes serve one ledger; default: `PUHUI_STORE`, else the
+    /// embedded store in the data directory (which still holds the tenants and admin token).
+    #[arg(long)]
+    store: Option<String>,
     /// Address to listen on (port 0: any free port, printed at start).
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: std::net::SocketAddr,
@@ -285,6 +290,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             subject_prefix: args.nats_subject_prefix,
             ..puhui_events::NatsConfig::new(&url)
         }),
+        store_url: args.store.or_else(|| std::env::var("PUHUI_STORE").ok().filter(|s| !s.trim().is_empty())),
         data_dir: args.data_dir,
         listen: args.listen,
         admin_token: std::env::var("PUHUI_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),

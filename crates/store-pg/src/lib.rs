@@ -53,7 +53,7 @@ use puhui_ledger::{
     Account, Balances, EventResult, Id, IdGenerator, NewAccount, Page, StatusAction, Transfer,
     TransferRequest, BATCH_EVENTS_MAX,
 };
-use puhui_store::{Clock, LedgerStore, Reply, StoreError, SystemClock};
+use puhui_store::{Clock, LedgerStore, Record, Reply, StoreError, SystemClock};
 
 pub use txn::TxStats;
 use txn::{Done, TxError, Work};
@@ -71,6 +71,10 @@ pub const EXPIRE_ROUNDS_MAX: usize = 1_024;
 pub const READ_CONNECTIONS_MAX: usize = 64;
 /// Most committer threads (each holds one connection).
 pub const COMMITTERS_MAX: usize = 16;
+/// Most record submissions waiting for the records committer.
+pub const QUEUE_RECORDS_MAX: usize = 4_096;
+/// Journal rows read per query when scanning records.
+const SCAN_CHUNK_ROWS: i64 = 10_000;
 
 /// Tunables of the PostgreSQL store.
 #[derive(Clone)]
@@ -246,6 +250,9 @@ struct Inner {
 pub struct PgStore {
     inner: Arc<Inner>,
     queue: Mutex<Option<SyncSender<Job>>>,
+    /// Application records go to one dedicated committer (its own connection), so that records
+    /// queued by one thread are journaled in the order queued.
+    records: Mutex<Option<SyncSender<Job>>>,
     committers: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -292,7 +299,22 @@ impl PgStore {
                 .map_err(|e| StoreError::Io(format!("starting a committer thread: {e}")))?;
             handles.push(handle);
         }
-        Ok(PgStore { inner, queue: Mutex::new(Some(queue)), committers: Mutex::new(handles) })
+        let (records, record_jobs) = mpsc::sync_channel::<Job>(QUEUE_RECORDS_MAX);
+        let record_client = connect(url, inner.options.schema.as_deref())?;
+        let record_inner = Arc::clone(&inner);
+        let handle = std::thread::Builder::new()
+            .name("puhui-pg-records".into())
+            .spawn(move || {
+                committer_loop(record_inner, Arc::new(Mutex::new(record_jobs)), record_client, false)
+            })
+            .map_err(|e| StoreError::Io(format!("starting the records committer thread: {e}")))?;
+        handles.push(handle);
+        Ok(PgStore {
+            inner,
+            queue: Mutex::new(Some(queue)),
+            records: Mutex::new(Some(records)),
+            committers: Mutex::new(handles),
+        })
     }
 
     /// Counters of the committers (commits, retries, deadlocks seen).
@@ -306,7 +328,11 @@ impl PgStore {
     }
 
     fn submit(&self, work: Work, reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send>) {
-        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let queue = match work {
+            Work::Records(_) => &self.records,
+            _ => &self.queue,
+        };
+        let queue = queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(queue) = queue else {
             reply(Err(StoreError::Unavailable("the store is shut down".into())));
             return;
@@ -361,10 +387,100 @@ impl PgStore {
         );
     }
 
+    /// Queues application records (risk decisions, labels…); `reply` gets the journal sequence of
+    /// the first one once committed. Records are journaled in the same SQL journal and hash chain
+    /// as the ledger's events, by one dedicated committer: records queued by one thread are
+    /// journaled in the order queued (but not in order with that thread's ledger writes, which
+    /// other committers run: wait for a record's reply before a write that must follow it).
+    pub fn submit_records(&self, records: Vec<Record>, reply: Reply<u64>) -> Result<(), StoreError> {
+        check_batch(records.len())?;
+        let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
+        if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
+            return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
+        }
+        if records.is_empty() {
+            return Err(StoreError::Io("no records to journal".into()));
+        }
+        self.submit(
+            Work::Records(records),
+            Box::new(move |r| {
+                reply(r.and_then(|d| match d {
+                    Done::Seq(seq) => Ok(seq),
+                    other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+                }))
+            }),
+        );
+        Ok(())
+    }
+
+    /// Journals application records and waits until they are committed; returns the first one's
+    /// journal sequence.
+    pub fn append_records(&self, records: Vec<Record>) -> Result<u64, StoreError> {
+        let (tx, rx) = mpsc::sync_channel(1);
+        self.submit_records(
+            records,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )?;
+        rx.recv().map_err(|_| StoreError::Unavailable("the store shut down before answering".into()))?
+    }
+
+    /// Calls `on_record(seq, record_type, timestamp_ns, payload)` for every application record in
+    /// the SQL journal, in sequence order, from one consistent snapshot (other entries are skipped
+    /// undecoded). Returns how many records were read. The chain is not re-checked here: that is
+    /// `puhui journal verify --store`.
+    pub fn scan_records(
+        &self,
+        mut on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
+    ) -> Result<u64, String> {
+        let kind = i16::from(puhui_journal::codec::KIND_RECORD);
+        let mut client =
+            connect(&self.inner.url, self.inner.options.schema.as_deref()).map_err(|e| e.to_string())?;
+        let mut tx = client
+            .build_transaction()
+            .isolation_level(postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .map_err(|e| format!("starting a read: {}", describe(&e)))?;
+        let (mut next, mut count) = (0i64, 0u64);
+        loop {
+            let chunk = tx
+                .query(
+                    "SELECT seq, body FROM puhui_journal WHERE kind = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                    &[&kind, &next, &SCAN_CHUNK_ROWS],
+                )
+                .map_err(|e| format!("reading the journal: {}", describe(&e)))?;
+            for row in &chunk {
+                let (seq, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
+                let decoded = puhui_journal::codec::decode(puhui_journal::codec::KIND_RECORD, &body)
+                    .map_err(|e| format!("entry {seq}: {e}"))?;
+                let puhui_journal::codec::Event::Record { record_type, timestamp_ns, payload } = decoded
+                else {
+                    return Err(format!("entry {seq}: a record entry decoded as another event"));
+                };
+                on_record(seq as u64, record_type, timestamp_ns, &payload)?;
+                next = seq + 1;
+                count += 1;
+            }
+            if (chunk.len() as i64) < SCAN_CHUNK_ROWS {
+                break;
+            }
+        }
+        tx.commit().map_err(|e| format!("ending the read: {}", describe(&e)))?;
+        Ok(count)
+    }
+
+    /// Whether the store accepts writes (it has not been shut down).
+    pub fn is_healthy(&self) -> bool {
+        !self.inner.stopping.load(Ordering::Acquire)
+    }
+
     /// Stops the committers after what is queued. Later writes get `Unavailable`.
     pub fn shutdown(&self) {
         self.inner.stopping.store(true, Ordering::Release);
         self.queue.lock().unwrap_or_else(|p| p.into_inner()).take();
+        self.records.lock().unwrap_or_else(|p| p.into_inner()).take();
         let handles = std::mem::take(&mut *self.committers.lock().unwrap_or_else(|p| p.into_inner()));
         for handle in handles {
             let _ = handle.join();

@@ -39,6 +39,8 @@ pub enum Work {
     Status(Id, StatusAction),
     /// One round of `expire_due`: at most [`BATCH_EVENTS_MAX`] holds.
     Expire,
+    /// Application records (risk decisions, labels…) journaled in order; the ledger ignores them.
+    Records(Vec<puhui_store::Record>),
 }
 
 impl Work {
@@ -49,6 +51,7 @@ impl Work {
             Work::Transfers(b) => b.len(),
             Work::Status(..) => 1,
             Work::Expire => BATCH_EVENTS_MAX,
+            Work::Records(r) => r.len(),
         }
     }
 }
@@ -62,6 +65,8 @@ pub enum Done {
     Event(EventResult),
     /// Holds expired.
     Count(usize),
+    /// The journal sequence of the first of a work's records.
+    Seq(u64),
 }
 
 /// Why a group transaction did not commit.
@@ -144,6 +149,7 @@ pub fn execute(
                 account_ids.insert(id.to_string());
             }
             Work::Expire => expire_due = true,
+            Work::Records(_) => {}
         }
     }
     if expire_due {
@@ -273,6 +279,19 @@ pub fn execute(
     let mut done = Vec::with_capacity(works.len());
     // Due holds of the working set first (bounded), as the embedded committer does per group.
     let mut expired = ledger.expire_due_at_most(now_ns, BATCH_EVENTS_MAX);
+    // The journal entries (kind, body) in the order of the works: the ledger's log is drained after
+    // each work so that records land between the events queued before and after them.
+    let mut entries: Vec<(u8, Vec<u8>)> = Vec::new();
+    let drain = |ledger: &mut Ledger, entries: &mut Vec<(u8, Vec<u8>)>| {
+        let log: Vec<LogItem> = ledger.drain_log().collect();
+        for item in log {
+            let mut body = Vec::new();
+            let kind = codec::encode_log_item(ledger, item, &mut body);
+            entries.push((kind, body));
+        }
+    };
+    let first_seq =
+        u64::try_from(next_seq).map_err(|_| TxError::Fatal(rows::corrupt("head", "negative seq")))?;
     for work in works {
         done.push(match work {
             Work::Accounts(batch) => Done::Events(ledger.create_accounts(batch.clone(), now_ns)),
@@ -282,10 +301,20 @@ pub fn execute(
                 expired += ledger.expire_due_at_most(now_ns, BATCH_EVENTS_MAX);
                 Done::Count(std::mem::take(&mut expired))
             }
+            Work::Records(records) => {
+                drain(&mut ledger, &mut entries);
+                let first = Done::Seq(first_seq + entries.len() as u64);
+                for record in records {
+                    let mut body = Vec::new();
+                    let kind = codec::encode_record(record.record_type, now_ns, &record.payload, &mut body);
+                    entries.push((kind, body));
+                }
+                first
+            }
         });
     }
-    let log: Vec<LogItem> = ledger.drain_log().collect();
-    if log.is_empty() {
+    drain(&mut ledger, &mut entries);
+    if entries.is_empty() {
         // Nothing changed (every event was rejected or idempotent): nothing to write.
         tx.rollback().map_err(err("ROLLBACK"))?;
         return Ok(done);
@@ -335,11 +364,8 @@ pub fn execute(
     // The journal: the same entries, the same chain, continuing from the head.
     let (mut seqs, mut kinds, mut bodies, mut hashes) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut hash = last_hash;
-    let mut seq =
-        u64::try_from(next_seq).map_err(|_| TxError::Fatal(rows::corrupt("head", "negative seq")))?;
-    for item in log {
-        let mut body = Vec::new();
-        let kind = codec::encode_log_item(&ledger, item, &mut body);
+    let mut seq = first_seq;
+    for (kind, body) in entries {
         hash = frame::entry_hash(&hash, seq, kind, &body);
         seqs.push(seq as i64);
         kinds.push(kind as i16);
