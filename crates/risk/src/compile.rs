@@ -718,7 +718,7 @@ impl<'a> Frame<'a> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn ordering(a: V<'_>, b: V<'_>) -> Option<Ordering> {
     match (a, b) {
         (V::Int(x), V::Int(y)) => Some(x.cmp(&y)),

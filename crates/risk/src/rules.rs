@@ -27,9 +27,14 @@
 //!
 //! Expressions see: `amount` (int, minor units), `currency`, `payer`, `payee` (strings), `ctx` (a map
 //! of the event's attributes: device_id, ip, channel, country, mcc, kyc_tier, …), every declared
-//! feature by its bare name (also as `f.<name>`; the bare name evaluates ~15 % faster because CEL
-//! resolves `f.x` as a qualified name first), `new_payee`, `new_device` (bools), and
-//! `in_list(list, value)`.
+//! feature by its bare name (also as `f.<name>`), each model's score by its name, `new_payee`,
+//! `new_device` (bools), and `in_list(list, value)`.
+//!
+//! Each expression is parsed by the `cel` crate and compiled once, at load (the `compile` module),
+//! into a tree over pre-resolved slots; an expression the compiler does not reproduce exactly runs
+//! on the `cel` interpreter ([`Ruleset::interpreted_rules`] names those). Compiled rules take the
+//! lists' read lock at a decision's first lookup and keep it (and each (list, value) answer) until
+//! the decision ends or an interpreted rule runs, so they see one state of the lists.
 //!
 //! Outcome: a fired `decline` rule declines; else a fired `approve` rule approves (allow lists);
 //! else a fired `review` rule reviews; else the summed score against the thresholds.
