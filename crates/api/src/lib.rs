@@ -1,6 +1,7 @@
 //! # puhui-api: the partner HTTP API
 //!
-//! `puhui serve`: axum on tokio in front of the embedded ledger store. Tenants and API keys
+//! `puhui serve`: axum on tokio in front of the ledger store ([`backend`]: the embedded store, or
+//! PostgreSQL for several nodes). Tenants and API keys
 //! ([`tenants`]), Stripe-style idempotency and rate limits ([`idempotency`]), one error envelope
 //! ([`error`]), JSON models kept apart from the domain types ([`models`]), handlers ([`routes`]),
 //! OpenAPI 3.1 generated from the code ([`openapi`]), and the server itself ([`server`]).

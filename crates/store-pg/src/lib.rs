@@ -328,11 +328,7 @@ impl PgStore {
     }
 
     fn submit(&self, work: Work, reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send>) {
-        let queue = match work {
-            Work::Records(_) => &self.records,
-            _ => &self.queue,
-        };
-        let queue = queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let queue = self.queue.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let Some(queue) = queue else {
             reply(Err(StoreError::Unavailable("the store is shut down".into())));
             return;
@@ -401,16 +397,23 @@ impl PgStore {
         if records.is_empty() {
             return Err(StoreError::Io("no records to journal".into()));
         }
-        self.submit(
-            Work::Records(records),
-            Box::new(move |r| {
-                reply(r.and_then(|d| match d {
-                    Done::Seq(seq) => Ok(seq),
-                    other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
-                }))
-            }),
-        );
-        Ok(())
+        // A full queue is an error returned here (the reply is dropped uncalled), as in the
+        // embedded store: a caller must know synchronously that nothing was queued.
+        let queue = self.records.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let queue = queue.ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
+        let reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send> = Box::new(move |r| {
+            reply(r.and_then(|d| match d {
+                Done::Seq(seq) => Ok(seq),
+                other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+            }))
+        });
+        match queue.try_send(Job { work: Work::Records(records), reply }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(StoreError::Unavailable("the store is shut down".into()))
+            }
+        }
     }
 
     /// Journals application records and waits until they are committed; returns the first one's
