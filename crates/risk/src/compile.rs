@@ -31,7 +31,7 @@ pub(crate) const ATTRIBUTES_MAX: usize = 32;
 /// Most distinct `in_list(name, value)` lookups memoised per decision (beyond: interpreted).
 pub(crate) const LOOKUPS_MAX: usize = 32;
 /// Deepest expression compiled; compiling and evaluating recurse at most this deep.
-pub(crate) const DEPTH_MAX: usize = 48;
+pub(crate) const DEPTH_MAX: usize = 128;
 
 /// A scalar as the compiled tree computes it (strings borrow the event or the tree).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -417,3 +417,24 @@ fn random_expressions_decide_as_the_interpreter() {
     }
     assert!(compiled_total > 12 * 60 / 2, "most random expressions compile: {compiled_total}");
 }
+
+#[test]
+fn long_chains_compile_up_to_the_depth_bound_and_beyond_it_stay_interpreted() {
+    // `&&` chains are balanced by the parser; a sum nests as deep as it is long.
+    let chain = |n: usize| format!("amount{} > 5", " + 1".repeat(n));
+    let text = format!(
+        "version = \"deep\"\n[thresholds]\nreview = 1\ndecline = 2\n\
+         [[rules]]\nid = \"short\"\ndescription = \"d\"\nexpression = \"{}\"\nscore = 1\n\
+         [[rules]]\nid = \"long\"\ndescription = \"d\"\nexpression = \"{}\"\nscore = 1\n",
+        chain(100),
+        chain(400)
+    );
+    match Ruleset::parse(&text) {
+        Ok(ruleset) => {
+            assert_eq!(ruleset.interpreted_rules().collect::<Vec<_>>(), ["long"]);
+            differential(ruleset, 200, 6);
+        }
+        // The parser's own nesting bound may refuse the long one: an error, not a panic.
+        Err(e) => assert_eq!(e.rule_id.as_deref(), Some("long"), "{e}"),
+    }
+}
