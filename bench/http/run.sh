@@ -6,10 +6,10 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
 connections="${1:-64}" seconds="${2:-10}" accounts=1000 port=18099
-cargo build --release -q -p puhui
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 dir="$(mktemp -d ${BENCH_DIR_PARENT:+-p "$BENCH_DIR_PARENT"})"
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT
-PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} target/release/puhui serve --data-dir "$dir" --listen "127.0.0.1:$port" >/dev/null &
+PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} target/release/puhui serve --data-dir "$dir" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >/dev/null &
 server=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 KEY=$(curl -sf -XPOST "http://127.0.0.1:$port/v1/tenants" -H 'Authorization: Bearer bench' -d '{"name":"wrk"}' |
@@ -17,5 +17,5 @@ KEY=$(curl -sf -XPOST "http://127.0.0.1:$port/v1/tenants" -H 'Authorization: Bea
 for i in $(seq 0 $((accounts - 1))); do
   printf '{"id":"acct-%d","currency":"CNY"}\n' "$i"
 done | xargs -d '\n' -P 8 -I{} curl -sf -o /dev/null -XPOST "http://127.0.0.1:$port/v1/accounts" -H "Authorization: Bearer $KEY" -d '{}'
-KEY="$KEY" ACCOUNTS=$accounts wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$here/single.lua" "http://127.0.0.1:$port" |
+KEY="$KEY" ACCOUNTS=$accounts RISK="${RISK:-0}" wrk -t1 -c"$connections" -d"${seconds}s" --latency -s "$here/single.lua" "http://127.0.0.1:$port" |
   grep -E '^wrk:|Requests/sec|Non-2xx'

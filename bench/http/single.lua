@@ -1,6 +1,8 @@
 -- wrk scenario: one durable single-phase transfer per POST, unique ids, random accounts.
 -- Used by bench/http/run.sh; needs KEY (an API key) and ACCOUNTS in the environment.
 local key = os.getenv("KEY")
+-- RISK=1: every transfer carries a risk_context, so the server decides it inline before posting.
+local risk = os.getenv("RISK") == "1"
 local accounts = tonumber(os.getenv("ACCOUNTS") or "1000")
 local counter = 0
 local thread_id = 0
@@ -18,9 +20,14 @@ request = function()
   counter = counter + 1
   local debit = math.random(0, accounts - 1)
   local credit = (debit + math.random(1, accounts - 1)) % accounts
+  local context = ""
+  if risk then
+    context = string.format(',"risk_context":{"device_id":"dev-%d","ip":"10.0.%d.%d","channel":"app","kyc_tier":"3"}',
+      debit, debit % 256, credit % 256)
+  end
   local body = string.format(
-    '{"id":"wrk%d-%d-%d","debit_account_id":"acct-%d","credit_account_id":"acct-%d","amount":%d,"currency":"CNY"}',
-    thread_id, os.time(), counter, debit, credit, math.random(1, 100000))
+    '{"id":"wrk%d-%d-%d","debit_account_id":"acct-%d","credit_account_id":"acct-%d","amount":%d,"currency":"CNY"%s}',
+    thread_id, os.time(), counter, debit, credit, math.random(1, 100000), context)
   return wrk.format("POST", "/v1/transfers",
     { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }, body)
 end

@@ -139,6 +139,15 @@ impl AppState {
         self.query(move |l| l.account(&id), move |s| puhui_store::LedgerStore::account(s, &id2)).await
     }
 
+    /// A transfer, if the ledger can say without waiting: `None` when the embedded ledger's lock is
+    /// held by a group commit (the hot path must not queue behind an `fdatasync`); PostgreSQL asks.
+    pub async fn transfer_now(&self, id: Id) -> Result<Option<Option<Transfer>>, ApiError> {
+        match &self.store {
+            Backend::Embedded(store) => Ok(store.try_read(|l| l.transfer(&id))),
+            Backend::Postgres(_) => self.transfer(id).await.map(Some),
+        }
+    }
+
     /// A transfer, if it exists.
     pub async fn transfer(&self, id: Id) -> Result<Option<Transfer>, ApiError> {
         let id2 = id.clone();

@@ -416,8 +416,27 @@ async fn decide_inline(
     }
     // A retry of a recorded transfer is answered by the ledger, not decided again. If risk control
     // had turned it into a review hold, the retry is turned the same way so that it matches.
+    // Recent decisions are in the risk service's memory, so most retries are recognised without
+    // touching the ledger; otherwise the ledger is asked, but not waited for during a group commit
+    // (a retry of an old transfer arriving just then is decided again, and the ledger answers it).
+    if let Some(previous) = risk.decision(request.id.as_str()) {
+        if previous.source == "transfer" && previous.outcome != "decline" {
+            let outcome = if previous.outcome == "review" {
+                if request.kind == TransferKind::Single {
+                    request.kind = TransferKind::Pending;
+                    request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+                }
+                puhui_risk::Outcome::Review
+            } else {
+                puhui_risk::Outcome::Approve
+            };
+            // Answered with the earlier decision (a review is queued again if the hold is created
+            // only now, e.g. after a 503).
+            return Ok(Some((outcome, previous, Vec::new())));
+        }
+    }
     let id = request.id.clone();
-    if let Some(existing) = app.transfer(id).await? {
+    if let Some(Some(existing)) = app.transfer_now(id).await? {
         let review_hold = existing.request.kind == TransferKind::Pending
             && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
         if request.kind == TransferKind::Single && review_hold {
