@@ -45,13 +45,22 @@ pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml")
 
 /// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
-    state: Arc<Mutex<RiskState>>,
+    /// The controller: what orders decisions (held while deciding and queueing the record).
+    state: Mutex<RiskState>,
+    /// What the API remembers (decisions, reviews): its own lock, so neither the committer (which
+    /// notes journal positions) nor readers wait behind a decision.
+    memory: Arc<Mutex<Memory>>,
     store: Backend,
 }
 
 struct RiskState {
     controller: Controller,
+}
+
+struct Memory {
     decisions: HashMap<String, DecisionObject>,
+    /// Journal positions that arrived before their decision was remembered (bounded by the queue).
+    early_seqs: HashMap<String, u64>,
     order: VecDeque<String>,
     /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
     known: HashSet<u64>,
@@ -151,9 +160,10 @@ impl RiskService {
             Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| e.to_string())?;
         // Before the replay: with shared features, replayed decisions are not recorded again.
         controller.set_shared_features(shared_features);
-        let mut state = RiskState {
-            controller,
+        let mut state = RiskState { controller };
+        let mut memory = Memory {
             decisions: HashMap::new(),
+            early_seqs: HashMap::new(),
             order: VecDeque::new(),
             known: HashSet::new(),
             reviews: HashMap::new(),
@@ -169,10 +179,10 @@ impl RiskService {
                 RiskRecord::Decision(d) => {
                     restore.decisions += 1;
                     let id = d.id.clone();
-                    state.remember(*d);
-                    state.set_seq(&id, seq);
+                    memory.remember(*d);
+                    memory.set_seq(&id, seq);
                 }
-                RiskRecord::Label(l) => state.label(&l),
+                RiskRecord::Label(l) => memory.label(&l),
                 RiskRecord::Activation(_) => activated = true,
                 RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}
             }
@@ -196,7 +206,11 @@ impl RiskService {
         }
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
-        Ok((RiskService { state: Arc::new(Mutex::new(state)), store }, restore))
+        Ok((RiskService { state: Mutex::new(state), memory: Arc::new(Mutex::new(memory)), store }, restore))
+    }
+
+    fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
+        self.memory.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RiskState> {
@@ -229,20 +243,21 @@ impl RiskService {
         let mut state = self.lock();
         let decision = state.controller.decide(id.to_string(), source, event, record);
         let (tx, receipt) = tokio::sync::oneshot::channel();
-        let (shared, seq_id) = (Arc::clone(&self.state), id.to_string());
+        let (memory, seq_id) = (Arc::clone(&self.memory), id.to_string());
         self.store.submit_records(
             vec![to_store_record(&RiskRecord::Decision(Box::new(decision.clone())))],
             Box::new(move |r| {
                 // On the committer thread, once durable: the entry's place in the journal (for
-                // proofs). Never waits on the committer, so holding the risk lock is safe.
+                // proofs). The memory lock is only ever held briefly, never across a decision.
                 if let Ok(seq) = &r {
-                    shared.lock().unwrap_or_else(|p| p.into_inner()).set_seq(&seq_id, *seq);
+                    memory.lock().unwrap_or_else(|p| p.into_inner()).set_seq(&seq_id, *seq);
                 }
                 let _ = tx.send(r);
             }),
         )?;
         // Only once the record is queued does the event enter the features (replay does the same).
         state.controller.commit_decision(&decision);
+        drop(state);
         metrics::counter!("puhui_decisions_total", "outcome" => decision.active.outcome.as_str())
             .increment(1);
         metrics::histogram!("puhui_decision_seconds").record(decision.active.latency_ns as f64 / 1e9);
@@ -253,18 +268,18 @@ impl RiskService {
             metrics::counter!("puhui_shadow_decisions_total", "outcome" => shadow.outcome.as_str())
                 .increment(1);
         }
-        let object = state.remember(decision);
+        let object = self.mem().remember(decision);
         Ok((object, receipt))
     }
 
     /// A remembered decision.
     pub fn decision(&self, id: &str) -> Option<DecisionObject> {
-        self.lock().decisions.get(id).cloned()
+        self.mem().decisions.get(id).cloned()
     }
 
     /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
     pub fn can_queue_review(&self, tenant: &str) -> bool {
-        let state = self.lock();
+        let state = self.mem();
         let prefix = format!("{tenant}:");
         state.reviews.len() < REVIEWS_OPEN_MAX
             && state.reviews.keys().filter(|k| k.starts_with(&prefix)).count() < REVIEWS_PER_TENANT_MAX
@@ -272,21 +287,21 @@ impl RiskService {
 
     /// Queues a held transfer for review.
     pub fn queue_review(&self, id: &str, decision: &DecisionObject) {
-        self.lock().reviews.insert(id.to_string(), review_of(decision));
+        self.mem().reviews.insert(id.to_string(), review_of(decision));
     }
 
     fn queue_review_object(&self, id: &str, review: ReviewObject) {
-        self.lock().reviews.insert(id.to_string(), review);
+        self.mem().reviews.insert(id.to_string(), review);
     }
 
     /// Takes an open review out of the queue.
     pub fn take_review(&self, id: &str) -> Option<ReviewObject> {
-        self.lock().reviews.remove(id)
+        self.mem().reviews.remove(id)
     }
 
     /// A tenant's open reviews (up to `limit`, oldest ids first) and whether there are more.
     pub fn reviews(&self, tenant: &str, limit: usize) -> (Vec<ReviewObject>, bool) {
-        let state = self.lock();
+        let state = self.mem();
         let prefix = format!("{tenant}:");
         let mut keys: Vec<&String> = state.reviews.keys().filter(|k| k.starts_with(&prefix)).collect();
         keys.sort();
@@ -315,7 +330,7 @@ fn review_of(decision: &DecisionObject) -> ReviewObject {
     }
 }
 
-impl RiskState {
+impl Memory {
     /// Keeps a decision for `GET /v1/decisions/{id}` (bounded) and, for an inline review, queues it
     /// (start-up drops reviews whose hold is gone when they are listed).
     fn remember(&mut self, d: DecisionRecord) -> DecisionObject {
@@ -324,6 +339,7 @@ impl RiskState {
         let label = self.decisions.get(&scoped_id).and_then(|o| o.label.clone());
         let mut object = to_object(d);
         object.label = label;
+        object.journal_seq = self.early_seqs.remove(&scoped_id);
         if review {
             self.reviews.insert(scoped_id.clone(), review_of(&object));
         }
@@ -342,8 +358,14 @@ impl RiskState {
     }
 
     fn set_seq(&mut self, id: &str, seq: u64) {
-        if let Some(object) = self.decisions.get_mut(id) {
-            object.journal_seq = Some(seq);
+        match self.decisions.get_mut(id) {
+            Some(object) => object.journal_seq = Some(seq),
+            // Durable before it was remembered: kept until `remember` takes it (bounded, since only
+            // decisions queued and not yet remembered can be here).
+            None if self.early_seqs.len() < crate::limits::PAGE_LIMIT_MAX * 1_000 => {
+                self.early_seqs.insert(id.to_string(), seq);
+            }
+            None => {}
         }
     }
 
@@ -758,7 +780,7 @@ pub async fn label_decision(
         labelled_at_ns: now_ns(),
     };
     let receipt = {
-        let mut state = risk.lock();
+        let mut state = risk.mem();
         if !state.known.contains(&hash64(scoped_id.as_str())) {
             return Err(ApiError::not_found("decision", "id"));
         }
