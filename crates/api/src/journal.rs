@@ -117,19 +117,35 @@ pub async fn transfer_proof(
     ApiPath(id): ApiPath<String>,
     query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let checkpoint = checkpoint_of(query)?;
+    let id = scoped_lookup(&principal.tenant, &id, "transfer")?;
+    proof_response(&app, checkpoint, move |s| s.inclusion_proof_for_transfer(&id, checkpoint)).await
+}
+
+fn checkpoint_of(
+    query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Option<u64>, ApiError> {
     let Query(query) =
         query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), Some("checkpoint")))?;
-    let id = scoped_lookup(&principal.tenant, &id, "transfer")?;
-    let proof =
-        match blocking_raw(&app, move |s| s.inclusion_proof_for_transfer(&id, query.checkpoint)).await? {
-            Ok(proof) => proof,
-            // No checkpoint at all yet: like a transfer newer than the latest one, retry shortly.
-            Err(VError::NoCheckpoint) if query.checkpoint.is_none() => {
-                return Err(error(VError::NotCheckpointed { seq: 0, checkpoint_size: 0 }))
-            }
-            Err(e) => return Err(error(e)),
-        };
-    Ok(json(&proof))
+    Ok(query.checkpoint)
+}
+
+/// Runs a proof on a blocking thread and answers it as JSON, or as the typed error.
+async fn proof_response(
+    app: &Arc<AppState>,
+    checkpoint: Option<u64>,
+    prove: impl FnOnce(&puhui_store::EmbeddedStore) -> Result<puhui_store::verifiable::InclusionProof, VError>
+        + Send
+        + 'static,
+) -> Result<Response, ApiError> {
+    match blocking_raw(app, prove).await? {
+        Ok(proof) => Ok(json(&proof)),
+        // No checkpoint at all yet: like an entry newer than the latest one, retry shortly.
+        Err(VError::NoCheckpoint) if checkpoint.is_none() => {
+            Err(error(VError::NotCheckpointed { seq: 0, checkpoint_size: 0 }))
+        }
+        Err(e) => Err(error(e)),
+    }
 }
 
 /// An inclusion proof of one of your risk decisions (its journal record, with every input, feature
@@ -145,8 +161,7 @@ pub async fn decision_proof(
     ApiPath(id): ApiPath<String>,
     query: Result<Query<ProofQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), Some("checkpoint")))?;
+    let checkpoint = checkpoint_of(query)?;
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
     let decision = app
         .risk
@@ -156,14 +171,7 @@ pub async fn decision_proof(
     let Some(seq) = decision.journal_seq else {
         return Err(error(VError::NotCheckpointed { seq: 0, checkpoint_size: 0 }));
     };
-    let proof = match blocking_raw(&app, move |s| s.inclusion_proof_for_entry(seq, query.checkpoint)).await? {
-        Ok(proof) => proof,
-        Err(VError::NoCheckpoint) if query.checkpoint.is_none() => {
-            return Err(error(VError::NotCheckpointed { seq, checkpoint_size: 0 }))
-        }
-        Err(e) => return Err(error(e)),
-    };
-    Ok(json(&proof))
+    proof_response(&app, checkpoint, move |s| s.inclusion_proof_for_entry(seq, checkpoint)).await
 }
 
 /// `?from=&to=` of the consistency endpoint.

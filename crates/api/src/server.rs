@@ -116,54 +116,9 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         tracing::warn!(saved = %path.display(), "cut a torn journal tail (an unacknowledged write)");
     }
     let tenants = TenantRegistry::open(&config.data_dir)?;
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0])
-        .map_err(|e| e.to_string())?
-        .install_recorder()
-        .ok();
-    if let Some(handle) = metrics.clone() {
-        // Histograms buffer raw samples until drained: drain them every few seconds, or memory
-        // grows with every request and a scrape has to fold millions of samples at once.
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
-                tick.tick().await;
-                handle.run_upkeep();
-            }
-        });
-    }
+    let metrics = install_metrics()?;
     let store = Arc::new(store);
-    let startup = match &config.ruleset {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let dir = path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
-            Some((text, dir))
-        }
-        None => None,
-    };
-    let risk_store = crate::Backend::Embedded(Arc::clone(&store));
-    match &config.shared_features {
-        Some(shared) => {
-            tracing::info!(backend = ?shared, "velocity counters are shared by every node (Redis)")
-        }
-        None => tracing::info!(
-            "velocity counters are per node (in memory): with several nodes each sees only its own events; \
-             use --redis to share them"
-        ),
-    }
-    let shared_features = config.shared_features.clone();
-    let (risk, restore) = tokio::task::spawn_blocking(move || {
-        crate::risk::RiskService::open(risk_store, startup, shared_features)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    tracing::info!(
-        active = %restore.active,
-        shadow = ?restore.shadow,
-        records = restore.records,
-        decisions = restore.decisions,
-        "risk control ready (records replayed from the journal)"
-    );
+    let risk = start_risk(&config, crate::Backend::Embedded(Arc::clone(&store)), "the journal").await?;
     let (event_log, webhooks, event_tasks) = crate::events::start(&store, config.nats.clone())?;
     let state = Arc::new(AppState {
         store: crate::Backend::Embedded(Arc::clone(&store)),
@@ -191,6 +146,45 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     event_tasks.stop().await;
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Starts risk control on either backend: reads `--ruleset`, says whether velocity counters are
+/// shared (Redis) or per node, and replays the risk records from `journal` (named in the log).
+async fn start_risk(
+    config: &ServeConfig,
+    store: crate::Backend,
+    journal: &'static str,
+) -> Result<crate::risk::RiskService, String> {
+    let startup = match &config.ruleset {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+            let dir = path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
+            Some((text, dir))
+        }
+        None => None,
+    };
+    match &config.shared_features {
+        Some(shared) => {
+            tracing::info!(backend = ?shared, "velocity counters are shared by every node (Redis)")
+        }
+        None => tracing::info!(
+            "velocity counters are per node (in memory): with several nodes each sees only its own events; \
+             use --redis to share them"
+        ),
+    }
+    let shared_features = config.shared_features.clone();
+    let (risk, restore) =
+        tokio::task::spawn_blocking(move || crate::risk::RiskService::open(store, startup, shared_features))
+            .await
+            .map_err(|e| e.to_string())??;
+    tracing::info!(
+        active = %restore.active,
+        shadow = ?restore.shadow,
+        records = restore.records,
+        decisions = restore.decisions,
+        "risk control ready (records replayed from {journal})"
+    );
+    Ok(risk)
 }
 
 /// Opens the state shared by both backends: the metrics recorder (and its upkeep task).
@@ -235,33 +229,7 @@ async fn serve_postgres(
     tracing::info!(url = %redacted, schema = ?schema, "ledger on PostgreSQL (schema migrated)");
     let tenants = TenantRegistry::open(&config.data_dir)?;
     let metrics = install_metrics()?;
-    let startup = match &config.ruleset {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-            let dir = path.parent().unwrap_or(std::path::Path::new(".")).to_path_buf();
-            Some((text, dir))
-        }
-        None => None,
-    };
-    if config.shared_features.is_none() {
-        tracing::info!(
-            "velocity counters are per node (in memory): with several nodes each sees only its own events; \
-             use --redis to share them"
-        );
-    }
-    let (risk_store, shared_features) = (store.clone(), config.shared_features.clone());
-    let (risk, restore) = tokio::task::spawn_blocking(move || {
-        crate::risk::RiskService::open(risk_store, startup, shared_features)
-    })
-    .await
-    .map_err(|e| e.to_string())??;
-    tracing::info!(
-        active = %restore.active,
-        shadow = ?restore.shadow,
-        records = restore.records,
-        decisions = restore.decisions,
-        "risk control ready (records replayed from the SQL journal)"
-    );
+    let risk = start_risk(config, store.clone(), "the SQL journal").await?;
     tracing::warn!(
         "events, webhooks and the verifiable-journal endpoints are disabled on PostgreSQL \
          (they answer 501 not_available)"
