@@ -3,9 +3,7 @@
 //! stream, so runs repeat. No timed assertions: waits poll with bounded deadlines.
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -13,73 +11,15 @@ use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
 
+mod common;
+use common::Server;
+
 const ADMIN: &str = "adm_events_test_token_0123456789";
 const NATS_URL: &str = "nats://127.0.0.1:4222";
 const DEADLINE: Duration = Duration::from_secs(60);
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_puhui"));
-        command
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("PUHUI_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null());
-        for (k, v) in env {
-            command.env(k, v);
-        }
-        let mut child = command.spawn().expect("start puhui serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("puhui listening on ").expect("listening line").to_string();
-        Server { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM and wait: a clean stop.
-    fn terminate(mut self) {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        assert!(self.child.wait().unwrap().success());
-        std::mem::forget(self);
-    }
-
-    /// SIGKILL: no cleanup at all.
-    fn kill9(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        std::mem::forget(self);
-    }
-
-    /// Waits (bounded) for the process to end by itself.
-    fn wait_exit(mut self) -> std::process::ExitStatus {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                std::mem::forget(self);
-                return status;
-            }
-            assert!(Instant::now() < deadline, "the server did not exit");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Server {
+    Server::spawn(dir, extra, env, ADMIN)
 }
 
 struct Api {
@@ -272,7 +212,7 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
     let mut acked: Vec<String> = Vec::new();
 
     // 1. The relay aborts the process just before publishing journal entry 20 (durable, unpublished).
-    let server = Server::start(dir.path(), &nats, &[("PUHUI_FAULT_ABORT_BEFORE_PUBLISH_SEQ", "20")]);
+    let server = serve(dir.path(), &nats, &[("PUHUI_FAULT_ABORT_BEFORE_PUBLISH_SEQ", "20")]);
     let api = Api::tenant(&server).await;
     api.setup(&server).await;
     for i in 0..200 {
@@ -283,12 +223,12 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
             Err(_) => break, // the process is gone
         }
     }
-    assert!(!server.wait_exit().success(), "the fault point must have fired");
+    assert!(!server.wait_exit(DEADLINE).success(), "the fault point must have fired");
     assert!(acked.len() >= 5, "entry 20 is one of the first transfers");
 
     // 2. Restart: the relay recovers its cursor from the stream and publishes 20 onwards; then
     // SIGKILL right after more commits (their events may not be published yet).
-    let server = Server::start(dir.path(), &nats, &[]);
+    let server = serve(dir.path(), &nats, &[]);
     for i in 0..30 {
         let id = format!("b{i}");
         assert_eq!(api.post(&server, "/v1/transfers", transfer(&id, 1)).await.0, 201);
@@ -297,7 +237,7 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
     server.kill9();
 
     // 3. Restart, a few more, and a clean stop (the relay drains what is durable).
-    let server = Server::start(dir.path(), &nats, &[]);
+    let server = serve(dir.path(), &nats, &[]);
     let freeze = api.post(&server, "/v1/accounts/alice/freeze", json!({})).await;
     assert_eq!(freeze.0, 200);
     let unfreeze = api.post(&server, "/v1/accounts/alice/unfreeze", json!({})).await;
@@ -318,7 +258,7 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
     .await;
     let expected = events.len() as u64;
     poll("every event in the stream", async || (stream.count().await >= expected).then_some(())).await;
-    server.terminate();
+    assert!(server.terminate().success());
 
     let messages = stream.messages().await;
     // No duplicates: each journal sequence once (JetStream dropped every re-publish).
@@ -386,7 +326,7 @@ async fn the_api_keeps_serving_while_nats_is_down_and_events_catch_up() {
     let stream = Stream::connect(&name).await;
     // Port 9 (discard) on loopback: nothing listens, connections are refused.
     let down = ["--nats", "nats://127.0.0.1:9", "--nats-stream", &name, "--nats-subject-prefix", &prefix];
-    let server = Server::start(dir.path(), &down, &[]);
+    let server = serve(dir.path(), &down, &[]);
     let api = Api::tenant(&server).await;
     api.setup(&server).await;
     for i in 0..20 {
@@ -394,11 +334,11 @@ async fn the_api_keeps_serving_while_nats_is_down_and_events_catch_up() {
     }
     poll("22 events in GET /v1/events", async || (api.all_events(&server).await.len() == 22).then_some(()))
         .await;
-    server.terminate();
+    assert!(server.terminate().success());
     let nats = ["--nats", NATS_URL, "--nats-stream", &name, "--nats-subject-prefix", &prefix];
-    let server = Server::start(dir.path(), &nats, &[]);
+    let server = serve(dir.path(), &nats, &[]);
     poll("the backlog in the stream", async || (stream.count().await == 22).then_some(())).await;
-    server.terminate();
+    assert!(server.terminate().success());
     stream.delete().await;
 }
 
@@ -484,7 +424,7 @@ fn verify_signature(header: &str, body: &[u8], secret: &str) -> bool {
 async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let env = [("PUHUI_WEBHOOK_RETRY_BASE_MS", "50")];
-    let server = Server::start(dir.path(), &[], &env);
+    let server = serve(dir.path(), &[], &env);
     let a = Api::tenant(&server).await;
     let b = Api::tenant(&server).await;
     let (hook_a, url_a) = Receiver::start(3).await;
@@ -603,9 +543,9 @@ async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
             .then_some(())
     })
     .await;
-    server.terminate();
+    assert!(server.terminate().success());
     *hook_a.fail_next.lock().unwrap() = 0;
-    let server = Server::start(dir.path(), &[], &env);
+    let server = serve(dir.path(), &[], &env);
     let (_, body, _) = poll("pay-a3 delivered after the restart", async || {
         hook_a.requests().into_iter().find(|r| r.2 == 200 && String::from_utf8_lossy(&r.1).contains("pay-a3"))
     })
@@ -639,5 +579,5 @@ async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
         a.call(&server, "DELETE", &format!("/v1/webhook_endpoints/{ep_a_id}"), None).await.unwrap();
     assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)));
     assert_eq!(a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}")).await.0, 404);
-    server.terminate();
+    assert!(server.terminate().success());
 }

@@ -1,55 +1,18 @@
 //! Black-box tests of `puhui serve`: the real binary on a random loopback port, spoken to over HTTP.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use serde_json::{json, Value};
 
+mod common;
+use common::Server;
+
 const ADMIN: &str = "adm_black_box_test_token";
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puhui"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .args(extra)
-            .env("PUHUI_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start puhui serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("puhui listening on ").expect("listening line").to_string();
-        Server { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    /// SIGTERM, then wait for the exit status.
-    fn terminate(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(dir: &Path, extra: &[&str]) -> Server {
+    Server::spawn(dir, extra, &[], ADMIN)
 }
 
 struct Client {
@@ -155,7 +118,7 @@ fn transfer(id: &str, from: &str, to: &str, amount: u64) -> Value {
 #[tokio::test]
 async fn authentication_and_tenant_isolation() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let http = reqwest::Client::new();
     let a = Client::tenant(&server).await;
     let b = Client::tenant(&server).await;
@@ -195,7 +158,7 @@ async fn authentication_and_tenant_isolation() {
 #[tokio::test]
 async fn error_codes_are_reachable_with_the_right_status() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     let transfers_url = server.url("/v1/transfers");
@@ -255,7 +218,7 @@ async fn error_codes_are_reachable_with_the_right_status() {
 #[tokio::test]
 async fn idempotency_keys_replay_conflict_and_derive_ids() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     let body =
@@ -304,7 +267,7 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
 #[tokio::test]
 async fn pagination_holds_batches_and_balance_at() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     let batch: Vec<Value> = (0..25).map(|i| transfer(&format!("p{i:02}"), "alice", "bob", 1)).collect();
@@ -374,7 +337,7 @@ async fn pagination_holds_batches_and_balance_at() {
 #[tokio::test]
 async fn rate_limits_answer_429_with_retry_after() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &["--rate-limit", "5"]);
+    let server = serve(dir.path(), &["--rate-limit", "5"]);
     let c = Client::tenant(&server).await;
     let mut limited = None;
     for _ in 0..50 {
@@ -392,7 +355,7 @@ async fn rate_limits_answer_429_with_retry_after() {
 #[tokio::test]
 async fn operations_endpoints_and_openapi() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     let http = reqwest::Client::new();
@@ -424,7 +387,7 @@ async fn operations_endpoints_and_openapi() {
 #[tokio::test]
 async fn graceful_shutdown_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -463,7 +426,7 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
         acked.extend(t.await.unwrap());
     }
     assert!(!acked.is_empty());
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     for id in &acked {
         let r = c.get(&server, &format!("/v1/transfers/{id}")).await;
         assert_eq!(r.status, 200, "acknowledged transfer {id} is missing after restart");
@@ -475,7 +438,7 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn risk_decisions_score_events_and_explain_them() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     let other = Client::tenant(&server).await;
     let mut last = Value::Null;
@@ -511,7 +474,7 @@ async fn risk_decisions_score_events_and_explain_them() {
 #[tokio::test]
 async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     for (id, wallet) in [("bank", false), ("w", true), ("shop", true), ("mule", true), ("mule2", true)] {
         let r = c
@@ -602,7 +565,7 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
 #[tokio::test]
 async fn transfer_proofs_over_http_verify_offline() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     let other = Client::tenant(&server).await;
     c.setup(&server).await;
@@ -649,7 +612,7 @@ async fn transfer_proofs_over_http_verify_offline() {
 #[tokio::test]
 async fn hostile_inputs_get_typed_errors_not_panics() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
     // A multi-byte character where a UUID digit belongs.
@@ -692,7 +655,7 @@ reasons = ["velocity"]
 #[tokio::test]
 async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let admin = reqwest::Client::new();
     let admin_post = |path: &str, body: Value| {
         let (http, url) = (admin.clone(), server.url(path));
@@ -747,7 +710,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert!(server.terminate().success());
 
     // After a restart: decisions, labels, rulesets, lists and the velocity features are back.
-    let server = Server::start(dir.path(), &[]);
+    let server = serve(dir.path(), &[]);
     let d5 = c.get(&server, "/v1/decisions/d5").await.body;
     assert_eq!((&d5["label"], &d5["outcome"]), (&json!("fraud"), &json!("approve")), "{d5}");
     let rulesets = send(&admin, "GET", &server.url("/v1/rulesets"), ADMIN, None, None).await.body;

@@ -9,9 +9,8 @@
 //!    and `puhui journal verify --store` passes.
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,48 +19,13 @@ use puhui_store_pg::testing::TestSchema;
 use puhui_store_pg::{hammer, PgStore};
 use serde_json::{json, Value};
 
+mod common;
+use common::Server;
+
 const ADMIN: &str = "adm_black_box_test_token";
 
-struct Server {
-    child: Child,
-    base: String,
-}
-
-impl Server {
-    fn start(dir: &Path, store: &str) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_puhui"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
-            .env("PUHUI_STORE", store)
-            .env("PUHUI_ADMIN_TOKEN", ADMIN)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start puhui serve");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let base = line.trim().strip_prefix("puhui listening on ").expect("listening line").to_string();
-        Server { child, base }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn terminate(mut self) -> std::process::ExitStatus {
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let status = self.child.wait().unwrap();
-        std::mem::forget(self);
-        status
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn serve(dir: &Path, store: &str) -> Server {
+    Server::spawn(dir, &[], &[("PUHUI_STORE", store)], ADMIN)
 }
 
 struct Reply {
@@ -174,7 +138,7 @@ fn api_flows_and_risk_control_on_postgres_survive_a_restart() {
 async fn flows(store: &str) {
     let store = store.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir.path(), &store);
+    let server = serve(dir.path(), &store);
     let a = Client::tenant(&server).await;
     let b = Client::tenant(&server).await;
     a.account(&server, "bank", false).await;
@@ -251,7 +215,7 @@ async fn flows(store: &str) {
     assert!(server.terminate().success());
 
     // A restart (a new process on the same schema) keeps everything, risk control included.
-    let server = Server::start(dir.path(), &store);
+    let server = serve(dir.path(), &store);
     let alice = a.get(&server, "/v1/accounts/alice").await;
     assert_eq!(alice.body["balances"]["net_posted"], 1_000_000 - 25 - 300 - 7);
     assert_eq!(alice.body["balances"]["debits_pending"], 150_000);
@@ -307,7 +271,7 @@ fn two_serve_processes_on_one_database_lose_nothing_and_never_double_spend() {
 async fn hammer_two_nodes(store: &str) -> HashMap<Id, ResultCode> {
     let store = store.to_string();
     let dir = tempfile::tempdir().unwrap();
-    let first = Server::start(dir.path(), &store);
+    let first = serve(dir.path(), &store);
     let c = Client::tenant(&first).await;
     c.account(&first, "bank", false).await;
     for w in 0..WALLETS {
@@ -318,7 +282,7 @@ async fn hammer_two_nodes(store: &str) -> HashMap<Id, ResultCode> {
         assert_eq!(r.status, 201);
     }
     // The second node starts once the tenant exists (tenants are read from the data directory).
-    let second = Server::start(dir.path(), &store);
+    let second = serve(dir.path(), &store);
     let nodes = Arc::new([first, second]);
     let mut tasks = Vec::new();
     for node in 0..NODES {
