@@ -3,9 +3,14 @@
 //! The first request with a key stores its status and body (errors included, except 429 and 5xx,
 //! which are safe to retry); a retry with the same key and the same request replays them; the same
 //! key with another request is `idempotency_key_reused`; a retry while the first still runs is
-//! `request_in_progress`. Keys are scoped per tenant and kept 24 hours, in memory. What survives a
-//! restart is the ledger's own idempotency: when a create request has no id, the id is derived from
+//! `request_in_progress`. Keys are scoped per tenant and kept 24 hours: in memory on the embedded
+//! store, in PostgreSQL (`puhui_store_pg::control`) when the ledger is there, so that a retry that a
+//! load balancer sends to another node is still recognised. What survives a restart of an embedded
+//! node is the ledger's own idempotency: when a create request has no id, the id is derived from
 //! the idempotency key, so a retry after a restart still cannot create a second object.
+//!
+//! On PostgreSQL a request still running holds its key for at most [`IDEMPOTENCY_LEASE_MS`]
+//! without finishing (its node died): then a retry takes the key over.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -16,6 +21,8 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+
+use puhui_store_pg::control::{IdempotencyClaim, PgControl};
 
 use crate::error::ApiError;
 use crate::limits::{IDEMPOTENCY_KEYS_MAX, IDEMPOTENCY_KEY_CHARS_MAX, IDEMPOTENCY_TTL_SECS};
@@ -122,16 +129,141 @@ impl IdempotencyCache {
     }
 }
 
+/// On PostgreSQL: a key claimed by a request that has not finished for this long is taken over by
+/// a retry (its node died mid-request; requests time out long before this).
+pub const IDEMPOTENCY_LEASE_MS: u64 = 60_000;
+/// On PostgreSQL: how often a node deletes keys older than the TTL.
+pub const IDEMPOTENCY_EXPIRE_EVERY_MS: u64 = 60_000;
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Where idempotency keys are kept.
+#[derive(Clone)]
+pub enum Idempotency {
+    /// In this node's memory (the embedded store: one node).
+    Memory(Arc<IdempotencyCache>),
+    /// In PostgreSQL, shared by every node on the database.
+    Postgres(Arc<PgControl>),
+}
+
+impl Default for Idempotency {
+    fn default() -> Idempotency {
+        Idempotency::Memory(Arc::default())
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "api_error",
+        "unavailable",
+        format!("the idempotency store is unavailable: {e}"),
+    )
+}
+
+impl Idempotency {
+    async fn begin(&self, scope: Scope, fingerprint: [u8; 32]) -> Result<Begin, ApiError> {
+        match self {
+            Idempotency::Memory(cache) => Ok(cache.begin(scope, fingerprint)),
+            Idempotency::Postgres(control) => {
+                let control = Arc::clone(control);
+                let ttl_ms = IDEMPOTENCY_TTL_SECS * 1_000;
+                let claim = tokio::task::spawn_blocking(move || {
+                    control.claim_idempotency(
+                        &scope.0,
+                        &scope.1,
+                        &fingerprint,
+                        now_ms(),
+                        ttl_ms,
+                        IDEMPOTENCY_LEASE_MS,
+                    )
+                })
+                .await
+                .map_err(unavailable)?
+                .map_err(unavailable)?;
+                Ok(match claim {
+                    IdempotencyClaim::New => Begin::New,
+                    IdempotencyClaim::InProgress => Begin::InProgress,
+                    IdempotencyClaim::Reused => Begin::Reused,
+                    IdempotencyClaim::Replay(status, body) => Begin::Replay(
+                        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                        Bytes::from(body),
+                    ),
+                })
+            }
+        }
+    }
+
+    async fn complete(&self, scope: Scope, status: StatusCode, body: Bytes) {
+        match self {
+            Idempotency::Memory(cache) => cache.complete(&scope, status, body),
+            Idempotency::Postgres(control) => {
+                let control = Arc::clone(control);
+                let done = tokio::task::spawn_blocking(move || {
+                    if body.len() > IDEMPOTENCY_BODY_BYTES_STORED_MAX {
+                        control.forget_idempotency(&scope.0, &scope.1)
+                    } else {
+                        control.complete_idempotency(&scope.0, &scope.1, status.as_u16(), &body, now_ms())
+                    }
+                })
+                .await;
+                if let Ok(Err(e)) = done {
+                    // The key stays claimed until its lease ends; a retry then runs again, which
+                    // the ledger's ids make safe.
+                    tracing::warn!(error = %e, "storing an idempotent response");
+                }
+            }
+        }
+    }
+
+    fn forget(&self, scope: Scope) {
+        match self {
+            Idempotency::Memory(cache) => cache.forget(&scope),
+            Idempotency::Postgres(control) => {
+                let control = Arc::clone(control);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn_blocking(move || control.forget_idempotency(&scope.0, &scope.1));
+                }
+            }
+        }
+    }
+
+    /// On PostgreSQL: deletes expired keys every [`IDEMPOTENCY_EXPIRE_EVERY_MS`] until the
+    /// runtime stops (every node does it; the deletes are idempotent and bounded per pass).
+    pub fn spawn_expiry(&self) {
+        let Idempotency::Postgres(control) = self else { return };
+        let control = Arc::clone(control);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(IDEMPOTENCY_EXPIRE_EVERY_MS));
+            loop {
+                tick.tick().await;
+                let control = Arc::clone(&control);
+                let before_ms = now_ms().saturating_sub(IDEMPOTENCY_TTL_SECS * 1_000);
+                if let Ok(Err(e)) =
+                    tokio::task::spawn_blocking(move || control.expire_idempotency(before_ms)).await
+                {
+                    tracing::warn!(error = %e, "expiring idempotency keys");
+                }
+            }
+        });
+    }
+}
+
 /// Forgets an in-progress key if the request is dropped (client gone) before it completes.
 struct InProgressGuard<'a> {
-    cache: &'a IdempotencyCache,
+    store: &'a Idempotency,
     scope: Option<(String, String)>,
 }
 
 impl Drop for InProgressGuard<'_> {
     fn drop(&mut self) {
         if let Some(scope) = self.scope.take() {
-            self.cache.forget(&scope);
+            self.store.forget(scope);
         }
     }
 }
@@ -174,7 +306,11 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
     hasher.update(&bytes);
     let fingerprint = *hasher.finalize().as_bytes();
     let scope = (tenant, key.clone());
-    match app.idempotency.begin(scope.clone(), fingerprint) {
+    let begin = match app.idempotency.begin(scope.clone(), fingerprint).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    match begin {
         Begin::New => {}
         Begin::InProgress => {
             return ApiError::new(
@@ -203,16 +339,16 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
             return response;
         }
     }
-    let mut guard = InProgressGuard { cache: &app.idempotency, scope: Some(scope) };
+    let mut guard = InProgressGuard { store: &app.idempotency, scope: Some(scope) };
     parts.extensions.insert(IdempotencyKey(key));
     let response = next.run(Request::from_parts(parts, Body::from(bytes))).await;
     let (parts, body) = response.into_parts();
     let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
     let scope = guard.scope.take().expect("scope");
     if parts.status.is_server_error() || parts.status == StatusCode::TOO_MANY_REQUESTS {
-        app.idempotency.forget(&scope);
+        app.idempotency.forget(scope);
     } else {
-        app.idempotency.complete(&scope, parts.status, body.clone());
+        app.idempotency.complete(scope, parts.status, body.clone()).await;
     }
     Response::from_parts(parts, Body::from(body))
 }

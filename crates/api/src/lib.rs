@@ -43,7 +43,7 @@ use puhui_store::StoreError;
 use tokio::sync::Semaphore;
 
 use crate::error::{ApiError, REQUEST_ID};
-use crate::idempotency::{IdempotencyCache, RateLimiter};
+use crate::idempotency::{Idempotency, RateLimiter};
 use crate::tenants::TenantRegistry;
 
 pub use backend::Backend;
@@ -55,12 +55,13 @@ pub struct AppState {
     pub store: Backend,
     /// Tenants and keys.
     pub tenants: Arc<TenantRegistry>,
-    /// Remembered idempotency keys.
-    pub idempotency: IdempotencyCache,
+    /// Remembered idempotency keys (in memory, or shared through PostgreSQL).
+    pub idempotency: Idempotency,
     /// Per-key rate limits.
     pub limiter: RateLimiter,
-    /// The admin token.
-    pub admin_token: String,
+    /// SHA-256 of the admin token (the token itself is in `DATA_DIR/admin.token` or the
+    /// environment; on PostgreSQL every node shares this hash).
+    pub admin_token_sha256: [u8; 32],
     /// The Prometheus recorder's handle, if one is installed.
     pub metrics: Option<PrometheusHandle>,
     /// Bounds the requests being served at once.
@@ -215,6 +216,12 @@ fn bearer(request: &Request) -> Option<&str> {
     request.headers().get("authorization")?.to_str().ok()?.strip_prefix("Bearer ")
 }
 
+/// SHA-256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).into()
+}
+
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
@@ -224,7 +231,16 @@ async fn authenticate(State(app): State<Arc<AppState>>, mut request: Request, ne
         return ApiError::unauthenticated("send your API key as `Authorization: Bearer <key>`")
             .into_response();
     };
-    let Some(principal) = app.tenants.authenticate(token) else {
+    let principal = match app.tenants.authenticate(token) {
+        Some(p) => Some(p),
+        // Created on another node since the last reload?
+        None if app.tenants.is_shared() => {
+            let (tenants, token) = (Arc::clone(&app.tenants), token.to_string());
+            tokio::task::spawn_blocking(move || tenants.lookup_shared(&token)).await.ok().flatten()
+        }
+        None => None,
+    };
+    let Some(principal) = principal else {
         return ApiError::unauthenticated("unknown or revoked API key").into_response();
     };
     if let Err(retry_after_secs) = app.limiter.check(&principal.key_id) {
@@ -245,7 +261,7 @@ async fn authenticate(State(app): State<Arc<AppState>>, mut request: Request, ne
 
 async fn authenticate_admin(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     match bearer(&request) {
-        Some(token) if constant_time_eq(token.as_bytes(), app.admin_token.as_bytes()) => {
+        Some(token) if constant_time_eq(&sha256(token.as_bytes()), &app.admin_token_sha256) => {
             next.run(request).await
         }
         Some(_) => ApiError::unauthenticated("wrong admin token").into_response(),

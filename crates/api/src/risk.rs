@@ -10,6 +10,16 @@
 //! a journaled risk record (`puhui_risk::records`), queued to the store while the service's lock is
 //! held, so the journal's order is the order the controller changed. At start-up the records are
 //! replayed: features, rulesets, lists, recent decisions and open reviews come back as they were.
+//!
+//! Several nodes on PostgreSQL: every node follows the SQL journal ([`RiskService::catch_up`], every
+//! [`FOLLOW_EVERY_MS`] and at once when a lookup misses), applying the records other nodes wrote:
+//! rulesets, activations and lists (so all nodes decide with the same rules), decisions (so any node
+//! answers `GET /v1/decisions/{id}`, labels it, and resolves its review) and labels. Velocity
+//! features are not taken from other nodes' decisions: they are per node, or shared in Redis.
+//! Admin changes (publish, activate, list changes) run one at a time across nodes
+//! ([`RiskService::admin_change`]: a database-wide lock, catch up, change, wait until durable), so
+//! two nodes cannot publish two texts under one version, and every node applies them in journal
+//! order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -43,8 +53,17 @@ pub const ATTRIBUTES_MAX: usize = 32;
 /// The starter ruleset shipped with puhui (`rulesets/starter.toml`), active by default.
 pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml");
 
+/// On PostgreSQL: how often a node reads the risk records other nodes journaled.
+pub const FOLLOW_EVERY_MS: u64 = 100;
+/// Risk records one catch-up step reads at most.
+pub const FOLLOW_RECORDS_MAX: u64 = 4_096;
+/// Advisory lock key serialising risk-control admin changes across nodes.
+const ADMIN_LOCK_KEY: i64 = 7_077_846_119;
+
 /// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
+    /// The next journal sequence [`RiskService::catch_up`] reads (PostgreSQL; held while it reads).
+    follow_next: Mutex<u64>,
     /// The controller: what orders decisions (held while deciding and queueing the record).
     state: Mutex<RiskState>,
     /// What the API remembers (decisions, reviews): its own lock, so neither the committer (which
@@ -170,8 +189,10 @@ impl RiskService {
         };
         let mut restore = RiskRestore::default();
         let mut activated = false;
+        let mut follow_next = 0;
         // The embedded journal file, or the SQL journal table (in sequence order).
         Backend::scan_records(&store, |seq, record_type, _timestamp_ns, payload| {
+            follow_next = seq + 1;
             let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
             restore.records += 1;
             state.controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
@@ -206,7 +227,13 @@ impl RiskService {
         }
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
-        Ok((RiskService { state: Mutex::new(state), memory: Arc::new(Mutex::new(memory)), store }, restore))
+        let service = RiskService {
+            follow_next: Mutex::new(follow_next),
+            state: Mutex::new(state),
+            memory: Arc::new(Mutex::new(memory)),
+            store,
+        };
+        Ok((service, restore))
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -270,6 +297,88 @@ impl RiskService {
         }
         let object = self.mem().remember(decision);
         Ok((object, receipt))
+    }
+
+    /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
+    /// this node's own, which change nothing twice) — blocking. Returns how many were read.
+    pub fn catch_up(&self) -> Result<u64, String> {
+        let Backend::Postgres(pg) = &self.store else { return Ok(0) };
+        let mut next = self.follow_next.lock().unwrap_or_else(|p| p.into_inner());
+        pg.scan_records_from(*next, FOLLOW_RECORDS_MAX, |seq, record_type, _timestamp_ns, payload| {
+            *next = seq + 1;
+            match RiskRecord::decode(record_type, payload) {
+                Ok(record) => self.follow(seq, record),
+                Err(e) => tracing::warn!(seq, error = %e, "skipping a risk record this node cannot read"),
+            }
+            Ok(())
+        })
+    }
+
+    fn follow(&self, seq: u64, record: RiskRecord) {
+        match record {
+            RiskRecord::Decision(d) => {
+                // Only remembered: velocity features stay per node (or in Redis). A decision this
+                // node made, or one already resolved here, is known and left alone.
+                let mut memory = self.mem();
+                let id = d.id.clone();
+                if !memory.decisions.contains_key(&id) && !memory.known.contains(&hash64(&id)) {
+                    memory.remember(*d);
+                }
+                memory.set_seq(&id, seq);
+            }
+            RiskRecord::Label(l) => self.mem().label(&l),
+            control => {
+                if let Err(e) = self.lock().controller.apply(&control) {
+                    tracing::warn!(seq, error = %e, "a risk record from another node did not apply here");
+                }
+            }
+        }
+    }
+
+    /// `look`, and on PostgreSQL once more after catching up if it found nothing (what another
+    /// node acknowledged is then visible here).
+    pub async fn look_caught_up<T>(self: &Arc<Self>, look: impl Fn(&RiskService) -> Option<T>) -> Option<T> {
+        if let Some(found) = look(self) {
+            return Some(found);
+        }
+        if !self.store.is_postgres() {
+            return None;
+        }
+        let me = Arc::clone(self);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.catch_up()).await {
+            tracing::warn!(error = %e, "catching up with the risk records");
+        }
+        look(self)
+    }
+
+    /// Runs an admin change (publish, activate, list change): `change` applies it and queues its
+    /// record; this returns once the record is durable. On PostgreSQL the change runs under a
+    /// database-wide lock after catching up, so changes from different nodes are linearizable.
+    pub async fn admin_change<T: Send + 'static>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&RiskService) -> Result<(T, Option<Durable>), ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let Backend::Postgres(pg) = &self.store else {
+            let (value, receipt) = change(self)?;
+            if let Some(receipt) = receipt {
+                durable(receipt).await?;
+            }
+            return Ok(value);
+        };
+        let (me, pg) = (Arc::clone(self), Arc::clone(pg));
+        let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()));
+        tokio::task::spawn_blocking(move || {
+            pg.exclusive(ADMIN_LOCK_KEY, || {
+                me.catch_up().map_err(|e| ApiError::from(puhui_store::StoreError::Io(e)))?;
+                let (value, receipt) = change(&me)?;
+                if let Some(receipt) = receipt {
+                    receipt.blocking_recv().map_err(|_| stopped())??;
+                }
+                Ok(value)
+            })
+        })
+        .await
+        .map_err(|_| stopped())??
     }
 
     /// A remembered decision.
@@ -633,7 +742,10 @@ pub async fn get_decision(
 ) -> Result<Json<DecisionObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
-    risk.decision(id.as_str()).map(Json).ok_or_else(|| ApiError::not_found("decision", "id"))
+    risk.look_caught_up(|r| r.decision(id.as_str()))
+        .await
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("decision", "id"))
 }
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.
@@ -663,7 +775,10 @@ async fn resolve_review(
 ) -> Result<axum::response::Response, ApiError> {
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
     let scoped_id = scoped_lookup(&principal.tenant, &id, "review")?;
-    let review = risk.take_review(scoped_id.as_str()).ok_or_else(|| ApiError::not_found("review", "id"))?;
+    let review = risk
+        .look_caught_up(|r| r.take_review(scoped_id.as_str()))
+        .await
+        .ok_or_else(|| ApiError::not_found("review", "id"))?;
     let suffix = if approve { "post" } else { "void" };
     let resolution = puhui_ledger::Id::new(&format!("{scoped_id}.{suffix}")).ok_or_else(|| {
         ApiError::invalid("invalid_id", "the review's id is too long to derive a resolution id", None)
@@ -779,11 +894,12 @@ pub async fn label_decision(
         source: body.source.clone(),
         labelled_at_ns: now_ns(),
     };
+    let hash = hash64(scoped_id.as_str());
+    if risk.look_caught_up(|r| r.mem().known.contains(&hash).then_some(())).await.is_none() {
+        return Err(ApiError::not_found("decision", "id"));
+    }
     let receipt = {
         let mut state = risk.mem();
-        if !state.known.contains(&hash64(scoped_id.as_str())) {
-            return Err(ApiError::not_found("decision", "id"));
-        }
         let receipt = risk.journal(&[RiskRecord::Label(record.clone())])?;
         state.label(&record);
         receipt
@@ -853,19 +969,18 @@ pub async fn create_ruleset(
     ApiJson(body): ApiJson<CreateRuleset>,
 ) -> Result<(StatusCode, Json<RulesetObject>), ApiError> {
     let risk = risk_service(&app)?;
-    let (version, receipt) = {
-        let mut state = risk.lock();
-        let (version, record) = state.controller.publish(&body.text).map_err(control_error)?;
-        let receipt = match record {
-            Some(r) => Some(risk.journal(&[r])?),
-            None => None,
-        };
-        (version, receipt)
-    };
-    let created = receipt.is_some();
-    if let Some(receipt) = receipt {
-        durable(receipt).await?;
-    }
+    let text = body.text.clone();
+    let (version, created) = risk
+        .admin_change(move |risk| {
+            let mut state = risk.lock();
+            let (version, record) = state.controller.publish(&text).map_err(control_error)?;
+            let receipt = match record {
+                Some(r) => Some(risk.journal(&[r])?),
+                None => None,
+            };
+            Ok(((version, receipt.is_some()), receipt))
+        })
+        .await?;
     let state = risk.lock();
     let info = state.controller.rulesets().into_iter().find(|r| r.version == version).expect("published");
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
@@ -922,13 +1037,13 @@ pub async fn activate_ruleset(
     ApiJson(body): ApiJson<Activation>,
 ) -> Result<Json<Activation>, ApiError> {
     let risk = risk_service(&app)?;
-    let receipt = {
+    let (active, shadow) = (body.active.clone(), body.shadow.clone());
+    risk.admin_change(move |risk| {
         let mut state = risk.lock();
         let before_active = state.controller.active().ruleset().version.clone();
         let before_shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
-        let record =
-            state.controller.activate(&body.active, body.shadow.as_deref()).map_err(control_error)?;
-        match record {
+        let record = state.controller.activate(&active, shadow.as_deref()).map_err(control_error)?;
+        let receipt = match record {
             Some(r) => match risk.journal(std::slice::from_ref(&r)) {
                 Ok(receipt) => Some(receipt),
                 Err(e) => {
@@ -938,11 +1053,10 @@ pub async fn activate_ruleset(
                 }
             },
             None => None,
-        }
-    };
-    if let Some(receipt) = receipt {
-        durable(receipt).await?;
-    }
+        };
+        Ok(((), receipt))
+    })
+    .await?;
     tracing::info!(active = %body.active, shadow = ?body.shadow, "rulesets activated");
     Ok(Json(body))
 }
@@ -991,20 +1105,21 @@ async fn change_list(
 ) -> Result<Json<RiskListObject>, ApiError> {
     let risk = risk_service(&app)?;
     let values = list_values(tenant.as_deref(), values)?;
-    let receipt = {
+    let list = name.clone();
+    risk.admin_change(move |risk| {
         let mut state = risk.lock();
-        let record = state.controller.change_list(&name, op, values.clone()).map_err(control_error)?;
+        let record = state.controller.change_list(&list, op, values.clone()).map_err(control_error)?;
         match risk.journal(std::slice::from_ref(&record)) {
-            Ok(receipt) => receipt,
+            Ok(receipt) => Ok(((), Some(receipt))),
             Err(e) => {
                 // Undo, so that memory matches the journal.
                 let undo = if op == ListOp::Add { ListOp::Remove } else { ListOp::Add };
-                let _ = state.controller.change_list(&name, undo, values);
-                return Err(e);
+                let _ = state.controller.change_list(&list, undo, values);
+                Err(e)
             }
         }
-    };
-    durable(receipt).await?;
+    })
+    .await?;
     list_page(&app, tenant.as_deref(), &name, crate::limits::PAGE_LIMIT_MAX)
 }
 

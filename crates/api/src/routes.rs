@@ -785,6 +785,13 @@ pub async fn list_keys(
     State(app): State<Arc<AppState>>,
     ApiPath(tenant): ApiPath<String>,
 ) -> Result<Json<Vec<KeyObject>>, ApiError> {
+    if app.tenants.is_shared() {
+        let tenants = Arc::clone(&app.tenants);
+        tokio::task::spawn_blocking(move || tenants.reload())
+            .await
+            .map_err(|_| internal())?
+            .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", e))?;
+    }
     let keys = app.tenants.keys(&tenant).ok_or_else(|| ApiError::not_found("tenant", "id"))?;
     Ok(Json(
         keys.into_iter()

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use puhui_store::{EmbeddedStore, StoreOptions, SystemClock};
 use tokio::sync::Semaphore;
 
-use crate::idempotency::{IdempotencyCache, RateLimiter};
+use crate::idempotency::{Idempotency, RateLimiter};
 use crate::limits::IN_FLIGHT_REQUESTS_MAX;
 use crate::tenants::TenantRegistry;
 use crate::AppState;
@@ -35,27 +35,29 @@ pub struct ServeConfig {
     /// keeps its own counters in memory.
     pub shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
     /// The ledger on PostgreSQL (`--store postgres://…[?schema=NAME]`, several nodes on one
-    /// database); `None`: the embedded store in `data_dir`. The data directory still holds the
-    /// tenants and the admin token.
+    /// database); `None`: the embedded store in `data_dir`. On PostgreSQL the data directory holds
+    /// only the admin token this node generated (everything else is in the database).
     pub store_url: Option<String>,
 }
 
-fn admin_token(config: &ServeConfig) -> Result<String, String> {
-    if let Some(token) = &config.admin_token {
-        return Ok(token.clone());
+/// The admin token in `DATA_DIR/admin.token`, if the file is there.
+fn file_admin_token(config: &ServeConfig) -> Result<Option<String>, String> {
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    let Ok(token) = std::fs::read_to_string(&path) else { return Ok(None) };
+    let token = token.trim().to_string();
+    if token.len() < 16 {
+        return Err(format!(
+            "{} holds an empty or short admin token (a crash while writing it?); delete it to generate a new one",
+            path.display()
+        ));
     }
-    let path = config.data_dir.join("admin.token");
-    if let Ok(token) = std::fs::read_to_string(&path) {
-        let token = token.trim().to_string();
-        if token.len() < 16 {
-            return Err(format!(
-                "{} holds an empty or short admin token (a crash while writing it?); delete it to generate a new one",
-                path.display()
-            ));
-        }
-        return Ok(token);
-    }
+    Ok(Some(token))
+}
+
+/// Generates an admin token and writes it to `DATA_DIR/admin.token` (mode 0600, fsync'd).
+fn generate_admin_token(config: &ServeConfig) -> Result<String, String> {
     use rand::Rng;
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
     let token: String = {
         let mut rng = rand::rng();
         (0..40)
@@ -74,9 +76,88 @@ fn admin_token(config: &ServeConfig) -> Result<String, String> {
     file.write_all(token.as_bytes())
         .and_then(|_| file.sync_all())
         .map_err(|e| format!("{}: {e}", path.display()))?;
-    tracing::info!(path = %path.display(), token = %token, "generated the admin token (shown once; it is in the file)");
     Ok(token)
 }
+
+/// The admin token's SHA-256 on the embedded store: `PUHUI_ADMIN_TOKEN`, else `DATA_DIR/admin.token`,
+/// else a new token written there (and logged once).
+fn admin_token(config: &ServeConfig) -> Result<[u8; 32], String> {
+    if let Some(token) = &config.admin_token {
+        return Ok(crate::sha256(token.as_bytes()));
+    }
+    if let Some(token) = file_admin_token(config)? {
+        return Ok(crate::sha256(token.as_bytes()));
+    }
+    let token = generate_admin_token(config)?;
+    let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+    tracing::info!(path = %path.display(), token = %token, "generated the admin token (shown once; it is in the file)");
+    Ok(crate::sha256(token.as_bytes()))
+}
+
+fn hex(bytes: &[u8; 32]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The admin token's SHA-256 on PostgreSQL, shared by every node (setting [`ADMIN_TOKEN_SETTING`]):
+/// `PUHUI_ADMIN_TOKEN` sets it (replacing another: a rotation); else the database's stands; else
+/// this node's `DATA_DIR/admin.token`, or a new token written there, is stored unless another node
+/// stored one first. A node that did not make the token verifies against the hash only.
+fn admin_token_shared(
+    config: &ServeConfig,
+    control: &puhui_store_pg::control::PgControl,
+) -> Result<[u8; 32], String> {
+    let db = |e: puhui_store::StoreError| format!("the admin token in PostgreSQL: {e}");
+    if let Some(token) = &config.admin_token {
+        let hash = crate::sha256(token.as_bytes());
+        let old = control.set_setting(ADMIN_TOKEN_SETTING, &hex(&hash)).map_err(db)?;
+        if old.is_some_and(|old| old != hex(&hash)) {
+            tracing::warn!("PUHUI_ADMIN_TOKEN replaced the admin token every node on this database accepted");
+        }
+        return Ok(hash);
+    }
+    let parse = |text: &str| -> Result<[u8; 32], String> {
+        let bytes: Vec<u8> = (0..text.len())
+            .step_by(2)
+            .filter_map(|i| text.get(i..i + 2).and_then(|b| u8::from_str_radix(b, 16).ok()))
+            .collect();
+        bytes.try_into().map_err(|_| format!("setting {ADMIN_TOKEN_SETTING} is not a SHA-256 in hex"))
+    };
+    let file = file_admin_token(config)?;
+    if let Some(stored) = control.setting(ADMIN_TOKEN_SETTING).map_err(db)? {
+        let hash = parse(&stored)?;
+        if file.is_some_and(|t| crate::sha256(t.as_bytes()) != hash) {
+            tracing::warn!(
+                "{} is not the admin token of this database (another node's stands)",
+                config.data_dir.join(ADMIN_TOKEN_FILE).display()
+            );
+        }
+        return Ok(hash);
+    }
+    let (token, generated) = match file {
+        Some(token) => (token, false),
+        None => (generate_admin_token(config)?, true),
+    };
+    let ours = crate::sha256(token.as_bytes());
+    let stands = parse(&control.setting_or_insert(ADMIN_TOKEN_SETTING, &hex(&ours)).map_err(db)?)?;
+    if stands != ours {
+        // Another node got there first: its token stands.
+        if generated {
+            let _ = std::fs::remove_file(config.data_dir.join(ADMIN_TOKEN_FILE));
+        }
+        return Ok(stands);
+    }
+    if generated {
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        tracing::info!(path = %path.display(), token = %token,
+            "generated the admin token of this database (shown once; it is in the file)");
+    }
+    Ok(ours)
+}
+
+/// The file holding the admin token in the data directory.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+/// On PostgreSQL: the setting holding the admin token's SHA-256.
+pub const ADMIN_TOKEN_SETTING: &str = "admin_token_sha256";
 
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
@@ -123,9 +204,9 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     let state = Arc::new(AppState {
         store: crate::Backend::Embedded(Arc::clone(&store)),
         tenants: Arc::new(tenants),
-        idempotency: IdempotencyCache::default(),
+        idempotency: Idempotency::default(),
         limiter: RateLimiter::new(config.rate_limit_per_key),
-        admin_token: admin_token(&config)?,
+        admin_token_sha256: admin_token(&config)?,
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
         risk: Some(Arc::new(risk)),
@@ -206,8 +287,39 @@ fn install_metrics() -> Result<Option<metrics_exporter_prometheus::PrometheusHan
     Ok(metrics)
 }
 
-/// `serve` on PostgreSQL: the ledger and the risk records live in the database (every node on it
-/// sees the same ledger); tenants and the admin token stay in the data directory. The events index,
+/// Applies the risk records other nodes journal, every [`crate::risk::FOLLOW_EVERY_MS`].
+fn spawn_risk_follower(risk: Arc<crate::risk::RiskService>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(crate::risk::FOLLOW_EVERY_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let risk = Arc::clone(&risk);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || risk.catch_up()).await {
+                tracing::warn!(error = %e, "following the risk records of other nodes");
+            }
+        }
+    });
+}
+
+/// Reloads a shared tenant registry every [`crate::tenants::REGISTRY_RELOAD_MS`] (revocations made
+/// on other nodes).
+fn spawn_registry_reload(tenants: Arc<TenantRegistry>) {
+    tokio::spawn(async move {
+        let mut tick =
+            tokio::time::interval(std::time::Duration::from_millis(crate::tenants::REGISTRY_RELOAD_MS));
+        loop {
+            tick.tick().await;
+            let tenants = Arc::clone(&tenants);
+            if let Ok(Err(e)) = tokio::task::spawn_blocking(move || tenants.reload()).await {
+                tracing::warn!(error = %e, "reloading the tenant registry");
+            }
+        }
+    });
+}
+
+/// `serve` on PostgreSQL: the ledger, the risk records, tenants and keys, the admin token's hash
+/// and idempotency keys live in the database (every node on it is stateless). The events index,
 /// relay and webhooks and the verifiable-journal endpoints need the embedded journal file: they
 /// answer `not_available` here.
 async fn serve_postgres(
@@ -227,22 +339,43 @@ async fn serve_postgres(
         .map_err(|e| format!("opening the PostgreSQL store: {e}"))?;
     let store = crate::Backend::Postgres(Arc::new(store));
     tracing::info!(url = %redacted, schema = ?schema, "ledger on PostgreSQL (schema migrated)");
-    let tenants = TenantRegistry::open(&config.data_dir)?;
+    let (base, schema) = puhui_store_pg::split_schema(url);
+    let control = tokio::task::spawn_blocking(move || {
+        let control = Arc::new(
+            puhui_store_pg::control::PgControl::open(&base, schema.as_deref())
+                .map_err(|e| format!("opening the control tables: {e}"))?,
+        );
+        let tenants = TenantRegistry::open_postgres(Arc::clone(&control))?;
+        Ok::<_, String>((control, tenants))
+    });
+    let (control, tenants) = control.await.map_err(|e| e.to_string())??;
+    let admin_token_sha256 = {
+        let (config, control) = (config.clone(), Arc::clone(&control));
+        tokio::task::spawn_blocking(move || admin_token_shared(&config, &control))
+            .await
+            .map_err(|e| e.to_string())??
+    };
+    tracing::info!("tenants, API keys, the admin token and idempotency keys are shared through PostgreSQL");
+    let tenants = Arc::new(tenants);
+    spawn_registry_reload(Arc::clone(&tenants));
+    let idempotency = Idempotency::Postgres(control);
+    idempotency.spawn_expiry();
     let metrics = install_metrics()?;
-    let risk = start_risk(config, store.clone(), "the SQL journal").await?;
+    let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal").await?);
+    spawn_risk_follower(Arc::clone(&risk));
     tracing::warn!(
         "events, webhooks and the verifiable-journal endpoints are disabled on PostgreSQL \
          (they answer 501 not_available)"
     );
     let state = Arc::new(AppState {
         store: store.clone(),
-        tenants: Arc::new(tenants),
-        idempotency: IdempotencyCache::default(),
+        tenants,
+        idempotency,
         limiter: RateLimiter::new(config.rate_limit_per_key),
-        admin_token: admin_token(config)?,
+        admin_token_sha256,
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
-        risk: Some(Arc::new(risk)),
+        risk: Some(risk),
         events: None,
         webhooks: None,
     });

@@ -1,12 +1,20 @@
-//! Tenants and their API keys, kept in `DATA_DIR/tenants.json`.
+//! Tenants and their API keys: in `DATA_DIR/tenants.json` on the embedded store, in PostgreSQL
+//! tables (`puhui_store_pg::control`) when the ledger is there, so that every node knows every key.
 //!
 //! A key is shown once at creation and stored only as its SHA-256 (keys are 160 random bits, so a
 //! fast hash is enough). The file is rewritten atomically (temp file, fsync, rename, fsync dir) on
 //! every change; changes are rare (tenant creation, key rotation), lookups are in memory.
+//!
+//! On PostgreSQL every change is a transaction (limits checked under a lock, across nodes), after
+//! which this node reloads; a key another node created is looked up in the database the first time
+//! it is seen; every node reloads the whole registry every [`REGISTRY_RELOAD_MS`], so a key revoked
+//! on one node stops working on all of them within that time.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+
+use puhui_store_pg::control::{ControlError, KeyRow, PgControl, TenantRow};
 
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -76,11 +84,74 @@ pub enum RegistryError {
     Io(String),
 }
 
+/// On PostgreSQL, how often every node reloads the registry (the most a revocation on another
+/// node takes to reach this one).
+pub const REGISTRY_RELOAD_MS: u64 = 1_000;
+
+/// Where the registry is kept.
+enum Persist {
+    /// `DATA_DIR/tenants.json` (one node).
+    File(PathBuf),
+    /// PostgreSQL (every node on the database).
+    Postgres(Arc<PgControl>),
+}
+
 /// The tenants, their keys, and the lookup from key hash to tenant.
 pub struct TenantRegistry {
-    path: PathBuf,
+    persist: Persist,
     state: RwLock<(File, HashMap<String, Principal>)>,
 }
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn control_error(e: ControlError) -> RegistryError {
+    match e {
+        ControlError::TenantNotFound => RegistryError::TenantNotFound,
+        ControlError::KeyNotFound => RegistryError::KeyNotFound,
+        ControlError::Limit(what) => RegistryError::Limit(what),
+        ControlError::IdTaken => RegistryError::Io("a random id collided; retry".into()),
+        ControlError::Store(e) => RegistryError::Io(e.to_string()),
+    }
+}
+
+fn to_row(k: &StoredKey) -> KeyRow {
+    KeyRow {
+        key_id: k.key_id.clone(),
+        sha256: k.sha256.clone(),
+        prefix: k.prefix.clone(),
+        revoked: k.revoked,
+    }
+}
+
+fn from_rows(rows: Vec<TenantRow>) -> File {
+    File {
+        tenants: rows
+            .into_iter()
+            .map(|t| StoredTenant {
+                id: t.id,
+                name: t.name,
+                keys: t
+                    .keys
+                    .into_iter()
+                    .map(|k| StoredKey {
+                        key_id: k.key_id,
+                        sha256: k.sha256,
+                        prefix: k.prefix,
+                        revoked: k.revoked,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Attempts at a fresh random id before giving up (collisions are ~2⁻⁴⁰ each).
+const ID_ATTEMPTS_MAX: usize = 8;
 
 impl TenantRegistry {
     /// Loads `dir/tenants.json` (or starts empty).
@@ -92,7 +163,40 @@ impl TenantRegistry {
             Err(e) => return Err(format!("{}: {e}", path.display())),
         };
         let index = Self::index(&file);
-        Ok(TenantRegistry { path, state: RwLock::new((file, index)) })
+        Ok(TenantRegistry { persist: Persist::File(path), state: RwLock::new((file, index)) })
+    }
+
+    /// Loads the registry from PostgreSQL (shared by every node on the database).
+    pub fn open_postgres(control: Arc<PgControl>) -> Result<TenantRegistry, String> {
+        let file = from_rows(control.tenants().map_err(|e| format!("loading tenants: {e}"))?);
+        let index = Self::index(&file);
+        Ok(TenantRegistry { persist: Persist::Postgres(control), state: RwLock::new((file, index)) })
+    }
+
+    /// Whether the registry is shared through PostgreSQL (then [`TenantRegistry::lookup_shared`]
+    /// and [`TenantRegistry::reload`] apply).
+    pub fn is_shared(&self) -> bool {
+        matches!(self.persist, Persist::Postgres(_))
+    }
+
+    /// Re-reads the registry from PostgreSQL (blocking; nothing to do on a file).
+    pub fn reload(&self) -> Result<(), String> {
+        let Persist::Postgres(control) = &self.persist else { return Ok(()) };
+        let file = from_rows(control.tenants().map_err(|e| format!("loading tenants: {e}"))?);
+        let index = Self::index(&file);
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = (file, index);
+        Ok(())
+    }
+
+    /// For a key this node does not know: asks PostgreSQL (blocking), in case another node created
+    /// it since the last reload; on a hit, reloads.
+    pub fn lookup_shared(&self, key: &str) -> Option<Principal> {
+        let Persist::Postgres(control) = &self.persist else { return None };
+        let (tenant, key_id) = control.find_key(&hash_key(key)).ok()??;
+        if let Err(e) = self.reload() {
+            tracing::warn!(error = %e, "reloading the tenant registry");
+        }
+        Some(Principal { tenant, key_id })
     }
 
     fn index(file: &File) -> HashMap<String, Principal> {
@@ -112,8 +216,9 @@ impl TenantRegistry {
     }
 
     fn save(&self, file: &File) -> Result<(), RegistryError> {
-        let io = |e: std::io::Error| RegistryError::Io(format!("{}: {e}", self.path.display()));
-        let tmp = self.path.with_extension("json.tmp");
+        let Persist::File(path) = &self.persist else { return Ok(()) };
+        let io = |e: std::io::Error| RegistryError::Io(format!("{}: {e}", path.display()));
+        let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec_pretty(file).expect("tenants serialise");
         {
             use std::io::Write;
@@ -121,8 +226,8 @@ impl TenantRegistry {
             f.write_all(&bytes).map_err(io)?;
             f.sync_all().map_err(io)?;
         }
-        std::fs::rename(&tmp, &self.path).map_err(io)?;
-        if let Some(dir) = self.path.parent() {
+        std::fs::rename(&tmp, path).map_err(io)?;
+        if let Some(dir) = path.parent() {
             std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         }
         Ok(())
@@ -141,6 +246,21 @@ impl TenantRegistry {
 
     /// Creates a tenant with one key. Returns (tenant id, key id, key).
     pub fn create_tenant(&self, name: &str) -> Result<(String, String, String), RegistryError> {
+        if let Persist::Postgres(control) = &self.persist {
+            for _ in 0..ID_ATTEMPTS_MAX {
+                let id = format!("t{}", random_text(8));
+                let (key, stored) = Self::new_key(&id);
+                match control.create_tenant(&id, name, &to_row(&stored), now_ms(), TENANTS_MAX) {
+                    Ok(()) => {
+                        self.reload().map_err(RegistryError::Io)?;
+                        return Ok((id, stored.key_id, key));
+                    }
+                    Err(ControlError::IdTaken) => continue,
+                    Err(e) => return Err(control_error(e)),
+                }
+            }
+            return Err(RegistryError::Io("could not find a free tenant id".into()));
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         if state.0.tenants.len() >= TENANTS_MAX {
             return Err(RegistryError::Limit("tenants"));
@@ -164,6 +284,20 @@ impl TenantRegistry {
 
     /// Adds a key to a tenant (rotation: create the new key, move clients over, revoke the old one).
     pub fn create_key(&self, tenant: &str) -> Result<(String, String), RegistryError> {
+        if let Persist::Postgres(control) = &self.persist {
+            for _ in 0..ID_ATTEMPTS_MAX {
+                let (key, stored) = Self::new_key(tenant);
+                match control.add_key(tenant, &to_row(&stored), now_ms(), KEYS_PER_TENANT_MAX) {
+                    Ok(()) => {
+                        self.reload().map_err(RegistryError::Io)?;
+                        return Ok((stored.key_id, key));
+                    }
+                    Err(ControlError::IdTaken) => continue,
+                    Err(e) => return Err(control_error(e)),
+                }
+            }
+            return Err(RegistryError::Io("could not find a free key id".into()));
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let t = state.0.tenants.iter_mut().find(|t| t.id == tenant).ok_or(RegistryError::TenantNotFound)?;
         if t.keys.iter().filter(|k| !k.revoked).count() >= KEYS_PER_TENANT_MAX {
@@ -184,6 +318,10 @@ impl TenantRegistry {
 
     /// Revokes a key.
     pub fn revoke_key(&self, tenant: &str, key_id: &str) -> Result<(), RegistryError> {
+        if let Persist::Postgres(control) = &self.persist {
+            control.revoke_key(tenant, key_id).map_err(control_error)?;
+            return self.reload().map_err(RegistryError::Io);
+        }
         let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
         let t = state.0.tenants.iter_mut().find(|t| t.id == tenant).ok_or(RegistryError::TenantNotFound)?;
         let k = t.keys.iter_mut().find(|k| k.key_id == key_id).ok_or(RegistryError::KeyNotFound)?;

@@ -7,6 +7,8 @@
 //!    wallets (retries of one id sent to both nodes included): every acknowledged transfer is there
 //!    with its result, no wallet below zero, balances equal their transfers, debits equal credits,
 //!    and `puhui journal verify --store` passes.
+//! 3. Stateless nodes: tenants, keys (and their revocation), the admin token, idempotency keys,
+//!    decisions, reviews, labels, rulesets and lists made on one node hold on the other.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -281,8 +283,9 @@ async fn hammer_two_nodes(store: &str) -> HashMap<Id, ResultCode> {
             .await;
         assert_eq!(r.status, 201);
     }
-    // The second node starts once the tenant exists (tenants are read from the data directory).
-    let second = serve(dir.path(), &store);
+    // The second node has its own data directory: tenants and keys come from the database.
+    let dir2 = tempfile::tempdir().unwrap();
+    let second = serve(dir2.path(), &store);
     let nodes = Arc::new([first, second]);
     let mut tasks = Vec::new();
     for node in 0..NODES {
@@ -365,3 +368,156 @@ async fn hammer_two_nodes(store: &str) -> HashMap<Id, ResultCode> {
     }
     acked
 }
+
+#[test]
+fn stateless_nodes_share_tenants_keys_idempotency_and_risk_control() {
+    let schema = TestSchema::new("serve_stateless");
+    let store = store_url(&schema);
+    run(stateless(&store));
+    journal_verify(&store);
+}
+
+/// Polls `check` for up to 5 s (what another node learns by reloading or following the journal).
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("never: {what}");
+}
+
+async fn stateless(store: &str) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // No PUHUI_ADMIN_TOKEN: node A generates the database's admin token into its data directory;
+    // node B, with an empty data directory, accepts the same token.
+    let no_env = [("PUHUI_STORE", store), ("PUHUI_ADMIN_TOKEN", "")];
+    let a = Server::spawn(dir_a.path(), &[], &no_env, "");
+    let b = Server::spawn(dir_b.path(), &[], &no_env, "");
+    let admin = std::fs::read_to_string(dir_a.path().join("admin.token")).unwrap().trim().to_string();
+    assert!(!dir_b.path().join("admin.token").exists(), "B must not make a second token");
+    let http = reqwest::Client::new();
+    let created = send(&http, "POST", &b.url("/v1/tenants"), &admin, Some(json!({"name": "shop"}))).await;
+    assert_eq!(created.status, 201, "A's admin token works on B: {:?}", created.body);
+    let tenant = created.body["id"].as_str().unwrap().to_string();
+    let c = Client { http: http.clone(), key: created.body["api_key"].as_str().unwrap().to_string() };
+
+    // A key made on B works on A at once (looked up on a miss).
+    c.account(&a, "bank", false).await;
+    c.account(&b, "w", true).await;
+    c.account(&a, "shop", true).await;
+    assert_eq!(c.get(&b, "/v1/accounts/bank").await.status, 200);
+
+    // Idempotency keys hold across nodes: a retry sent to the other node replays.
+    let first = c.post_idem(&a, "/v1/transfers", transfer("fund", "bank", "w", 1_000_000), "k-fund").await;
+    assert_eq!(first.status, 201, "{:?}", first.body);
+    let replay = c.post_idem(&b, "/v1/transfers", transfer("fund", "bank", "w", 1_000_000), "k-fund").await;
+    assert_eq!((replay.status, &replay.body["_replayed"]), (201, &json!(true)), "{:?}", replay.body);
+    assert_eq!(replay.body["id"], first.body["id"]);
+    let reused = c.post_idem(&b, "/v1/transfers", transfer("fund2", "bank", "w", 5), "k-fund").await;
+    assert_eq!((reused.status, reused.body["error"]["code"].as_str()), (409, Some("idempotency_key_reused")));
+
+    // A decision made on A is explained and labelled on B.
+    let decided = c
+        .post(
+            &a,
+            "/v1/decisions",
+            json!({"id": "d1", "payer": "w", "payee": "shop", "amount": 100, "currency": "CNY"}),
+        )
+        .await;
+    assert_eq!(decided.status, 201, "{:?}", decided.body);
+    let seen = c.get(&b, "/v1/decisions/d1").await;
+    assert_eq!((seen.status, &seen.body["outcome"]), (200, &decided.body["outcome"]), "{:?}", seen.body);
+    let labelled = c.post(&b, "/v1/decisions/d1/label", json!({"label": "fraud"})).await;
+    assert_eq!(labelled.status, 200, "{:?}", labelled.body);
+    eventually("A sees B's label", async || c.get(&a, "/v1/decisions/d1").await.body["label"] == "fraud")
+        .await;
+
+    // A transfer held for review on A (a new device and a new payee after a usual payment: the
+    // starter ruleset's account-takeover rule) is approved on B.
+    c.account(&a, "mule", true).await;
+    c.account(&a, "w2", true).await;
+    assert_eq!(c.post(&b, "/v1/transfers", transfer("fund-w2", "bank", "w2", 1_000_000)).await.status, 201);
+    let mut usual = transfer("t-usual", "w2", "shop", 5_000);
+    usual["risk_context"] = json!({"device_id": "phone", "kyc_tier": "3"});
+    assert_eq!(c.post(&a, "/v1/transfers", usual).await.body["risk_outcome"], "approve");
+    let mut held = transfer("t-held", "w2", "mule", 150_000);
+    held["risk_context"] = json!({"device_id": "stolen-phone", "kyc_tier": "3"});
+    let held = c.post(&a, "/v1/transfers", held).await;
+    assert_eq!((held.status, held.body["risk_outcome"].as_str()), (201, Some("review")), "{:?}", held.body);
+    let approved = c.post(&b, "/v1/risk/reviews/t-held/approve", json!({})).await;
+    assert_eq!(approved.status, 201, "{:?}", approved.body);
+    assert_eq!(c.get(&a, "/v1/transfers/t-held").await.body["pending_status"], "posted");
+
+    // A deny-list entry added on B declines the next payment decided on A.
+    let listed = c.post(&b, "/v1/lists/deny_devices/add", json!({"values": ["bad-phone"]})).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    eventually("A applies B's list change", async || {
+        let d = c
+            .post(
+                &a,
+                "/v1/decisions",
+                json!({"payer": "w", "payee": "shop", "amount": 100, "currency": "CNY",
+                       "risk_context": {"device_id": "bad-phone"}}),
+            )
+            .await;
+        d.body["outcome"] == "decline"
+    })
+    .await;
+
+    // A ruleset published on A and activated on B is active on both; a second text under the same
+    // version is refused on either node.
+    let text = STARTER.replacen("version = ", "version = \"stateless-1\"\n#", 1);
+    let published = send(&http, "POST", &a.url("/v1/rulesets"), &admin, Some(json!({"text": text}))).await;
+    assert_eq!(published.status, 201, "{:?}", published.body);
+    let activated = send(
+        &http,
+        "POST",
+        &b.url("/v1/rulesets/activation"),
+        &admin,
+        Some(json!({"active": "stateless-1"})),
+    )
+    .await;
+    assert_eq!(activated.status, 200, "{:?}", activated.body);
+    let other = text.replace("Bursts of tiny payments", "Bursts of small payments");
+    let conflict = send(&http, "POST", &b.url("/v1/rulesets"), &admin, Some(json!({"text": other}))).await;
+    assert_eq!((conflict.status, conflict.code()), (409, "ruleset_version_conflict"), "{:?}", conflict.body);
+    eventually("A uses the ruleset B activated", async || {
+        let d = c
+            .post(
+                &a,
+                "/v1/decisions",
+                json!({"payer": "w", "payee": "shop", "amount": 100, "currency": "CNY"}),
+            )
+            .await;
+        d.body["ruleset_version"] == "stateless-1"
+    })
+    .await;
+
+    // A key revoked on A stops working on B (within the registry reload).
+    let key2 = send(&http, "POST", &a.url(&format!("/v1/tenants/{tenant}/keys")), &admin, None).await;
+    assert_eq!(key2.status, 201, "{:?}", key2.body);
+    let c2 = Client { http: http.clone(), key: key2.body["api_key"].as_str().unwrap().to_string() };
+    assert_eq!(c2.get(&b, "/v1/accounts/w").await.status, 200);
+    let key_id = key2.body["key_id"].as_str().unwrap();
+    let revoked =
+        send(&http, "POST", &a.url(&format!("/v1/tenants/{tenant}/keys/{key_id}/revoke")), &admin, None)
+            .await;
+    assert_eq!(revoked.status, 200, "{:?}", revoked.body);
+    eventually("B refuses the revoked key", async || c2.get(&b, "/v1/accounts/w").await.status == 401).await;
+    assert_eq!(c.get(&b, "/v1/accounts/w").await.status, 200, "the other key still works");
+
+    // Both nodes stop cleanly; a third node on a fresh directory serves the same state.
+    assert!(a.terminate().success());
+    assert!(b.terminate().success());
+    let dir_c = tempfile::tempdir().unwrap();
+    let third = Server::spawn(dir_c.path(), &[], &no_env, "");
+    assert_eq!(c.get(&third, "/v1/decisions/d1").await.body["label"], "fraud");
+    let rulesets = send(&http, "GET", &third.url("/v1/rulesets"), &admin, None).await;
+    assert!(rulesets.body.to_string().contains("stateless-1"), "{:?}", rulesets.body);
+    assert!(third.terminate().success());
+}
+
+/// The shipped starter ruleset.
+const STARTER: &str = include_str!("../../../rulesets/starter.toml");

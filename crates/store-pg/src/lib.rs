@@ -35,6 +35,7 @@
 //! loading and locking of one group overlaps the commit of another.
 #![deny(missing_docs)]
 
+pub mod control;
 pub mod hammer;
 mod rows;
 pub mod schema;
@@ -73,6 +74,8 @@ pub const READ_CONNECTIONS_MAX: usize = 64;
 pub const COMMITTERS_MAX: usize = 16;
 /// Most record submissions waiting for the records committer.
 pub const QUEUE_RECORDS_MAX: usize = 4_096;
+/// Longest [`PgStore::exclusive`] waits for its lock.
+pub const EXCLUSIVE_WAIT_MS: u64 = 10_000;
 /// Journal rows read per query when scanning records.
 const SCAN_CHUNK_ROWS: i64 = 10_000;
 
@@ -197,7 +200,35 @@ struct ReadPool {
     max: usize,
 }
 
+impl Drop for ReadPool {
+    /// A `postgres::Client` closes its connection by blocking on its own runtime, which panics on
+    /// a tokio worker thread (where an async caller's last reference may drop the pool): the idle
+    /// connections are closed on a plain thread instead.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|p| p.into_inner()).0);
+        if idle.is_empty() {
+            return;
+        }
+        if let Ok(closer) =
+            std::thread::Builder::new().name("puhui-pg-close".into()).spawn(move || drop(idle))
+        {
+            let _ = closer.join();
+        }
+    }
+}
+
 impl ReadPool {
+    /// A pool of at most `max` connections, opened on demand.
+    fn new(url: &str, schema: Option<&str>, max: usize) -> ReadPool {
+        ReadPool {
+            url: url.to_string(),
+            schema: schema.map(str::to_string),
+            idle: Mutex::new((Vec::new(), 0)),
+            freed: Condvar::new(),
+            max: max.max(1),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut Client) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut client = {
             let mut guard = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -276,13 +307,7 @@ impl PgStore {
         let seed = options.clock.now_ns() ^ (std::process::id() as u64) << 32 ^ (&clients as *const _ as u64);
         let inner = Arc::new(Inner {
             url: url.to_string(),
-            reads: ReadPool {
-                url: url.to_string(),
-                schema: options.schema.clone(),
-                idle: Mutex::new((Vec::new(), 0)),
-                freed: Condvar::new(),
-                max: read_max,
-            },
+            reads: ReadPool::new(url, options.schema.as_deref(), read_max),
             options,
             stats: TxStats::default(),
             ids: Mutex::new(IdGenerator::new(seed)),
@@ -435,9 +460,30 @@ impl PgStore {
     /// `puhui journal verify --store`.
     pub fn scan_records(
         &self,
+        on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
+    ) -> Result<u64, String> {
+        self.scan_records_from(0, u64::MAX, on_record)
+    }
+
+    /// Like [`PgStore::scan_records`] from journal sequence `from_seq` on, for at most
+    /// `records_max` records (a follower reading what other nodes journaled since it last looked;
+    /// sequences commit in order, so nothing below the last one read can appear later).
+    pub fn scan_records_from(
+        &self,
+        from_seq: u64,
+        records_max: u64,
         mut on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
     ) -> Result<u64, String> {
-        let kind = i16::from(puhui_journal::codec::KIND_RECORD);
+        let from = i64::try_from(from_seq).map_err(|_| format!("sequence {from_seq} is out of range"))?;
+        if from_seq > 0 {
+            // A follower's short look: a pooled connection, no snapshot needed (one query per chunk,
+            // and rows never change once committed).
+            return self
+                .inner
+                .reads
+                .with(|client| scan_chunks(client, from, records_max, &mut on_record).map_err(StoreError::Io))
+                .map_err(|e| e.to_string());
+        }
         let mut client =
             connect(&self.inner.url, self.inner.options.schema.as_deref()).map_err(|e| e.to_string())?;
         let mut tx = client
@@ -446,32 +492,26 @@ impl PgStore {
             .read_only(true)
             .start()
             .map_err(|e| format!("starting a read: {}", describe(&e)))?;
-        let (mut next, mut count) = (0i64, 0u64);
-        loop {
-            let chunk = tx
-                .query(
-                    "SELECT seq, body FROM puhui_journal WHERE kind = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
-                    &[&kind, &next, &SCAN_CHUNK_ROWS],
-                )
-                .map_err(|e| format!("reading the journal: {}", describe(&e)))?;
-            for row in &chunk {
-                let (seq, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
-                let decoded = puhui_journal::codec::decode(puhui_journal::codec::KIND_RECORD, &body)
-                    .map_err(|e| format!("entry {seq}: {e}"))?;
-                let puhui_journal::codec::Event::Record { record_type, timestamp_ns, payload } = decoded
-                else {
-                    return Err(format!("entry {seq}: a record entry decoded as another event"));
-                };
-                on_record(seq as u64, record_type, timestamp_ns, &payload)?;
-                next = seq + 1;
-                count += 1;
-            }
-            if (chunk.len() as i64) < SCAN_CHUNK_ROWS {
-                break;
-            }
-        }
+        let count = scan_chunks(&mut tx, 0, records_max, &mut on_record)?;
         tx.commit().map_err(|e| format!("ending the read: {}", describe(&e)))?;
         Ok(count)
+    }
+
+    /// Runs `f` while holding the database-wide advisory lock `key` (transaction-scoped, on a
+    /// pooled connection, waiting at most [`EXCLUSIVE_WAIT_MS`] for it): changes that must be
+    /// linearizable across nodes (risk-control rulesets and lists) run one at a time.
+    pub fn exclusive<T>(&self, key: i64, f: impl FnOnce() -> T) -> Result<T, StoreError> {
+        let io = |e: postgres::Error| StoreError::Io(describe(&e));
+        self.inner.reads.with(|client| {
+            let mut tx = client.transaction().map_err(io)?;
+            tx.batch_execute(&format!("SET LOCAL lock_timeout = '{EXCLUSIVE_WAIT_MS}ms'")).map_err(io)?;
+            tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key]).map_err(|e| {
+                StoreError::Unavailable(format!("waiting for another node's change: {}", describe(&e)))
+            })?;
+            let out = f();
+            tx.commit().map_err(io)?;
+            Ok(out)
+        })
     }
 
     /// Whether the store accepts writes (it has not been shut down).
@@ -750,4 +790,40 @@ impl LedgerStore for PgStore {
         let now_ms = self.inner.options.clock.now_ns() / 1_000_000;
         self.inner.ids.lock().unwrap_or_else(|p| p.into_inner()).next(now_ms)
     }
+}
+
+/// Reads application records from `from` on, in chunks of [`SCAN_CHUNK_ROWS`], for at most
+/// `records_max` records, calling `on_record` for each; returns how many.
+fn scan_chunks(
+    client: &mut impl postgres::GenericClient,
+    from: i64,
+    records_max: u64,
+    on_record: &mut impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
+) -> Result<u64, String> {
+    let kind = i16::from(puhui_journal::codec::KIND_RECORD);
+    let (mut next, mut count) = (from, 0u64);
+    while count < records_max {
+        let want = SCAN_CHUNK_ROWS.min(i64::try_from(records_max - count).unwrap_or(i64::MAX));
+        let chunk = client
+            .query(
+                "SELECT seq, body FROM puhui_journal WHERE kind = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&kind, &next, &want],
+            )
+            .map_err(|e| format!("reading the journal: {}", describe(&e)))?;
+        for row in &chunk {
+            let (seq, body): (i64, Vec<u8>) = (row.get(0), row.get(1));
+            let decoded = puhui_journal::codec::decode(puhui_journal::codec::KIND_RECORD, &body)
+                .map_err(|e| format!("entry {seq}: {e}"))?;
+            let puhui_journal::codec::Event::Record { record_type, timestamp_ns, payload } = decoded else {
+                return Err(format!("entry {seq}: a record entry decoded as another event"));
+            };
+            on_record(seq as u64, record_type, timestamp_ns, &payload)?;
+            next = seq + 1;
+            count += 1;
+        }
+        if (chunk.len() as i64) < want {
+            break;
+        }
+    }
+    Ok(count)
 }

@@ -10,9 +10,10 @@
 use postgres::Client;
 
 /// `(version, SQL)`, applied in order, each in the transaction that records it.
-pub const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    r#"
+pub const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        r#"
 CREATE TABLE puhui_accounts (
     id              text PRIMARY KEY,
     currency        text     NOT NULL,
@@ -81,7 +82,46 @@ CREATE TABLE puhui_journal_head (
     last_timestamp_ns bigint NOT NULL
 );
 "#,
-)];
+    ),
+    (
+        2,
+        r#"
+-- The control plane every node shares: tenants, API keys (SHA-256 only), settings (the admin
+-- token's SHA-256) and Stripe-style idempotency keys. Small tables; the ledger never reads them.
+CREATE TABLE puhui_tenants (
+    id         text   PRIMARY KEY,
+    name       text   NOT NULL,
+    created_ms bigint NOT NULL
+);
+CREATE TABLE puhui_api_keys (
+    key_id     text    PRIMARY KEY,
+    tenant_id  text    NOT NULL REFERENCES puhui_tenants (id),
+    sha256     text    NOT NULL UNIQUE,
+    prefix     text    NOT NULL,
+    revoked    boolean NOT NULL,
+    created_ms bigint  NOT NULL
+);
+CREATE INDEX puhui_api_keys_tenant ON puhui_api_keys (tenant_id);
+CREATE TABLE puhui_settings (
+    name  text PRIMARY KEY,
+    value text NOT NULL
+);
+-- status NULL: the first request with the key is still running (on node `updated_ms` says when
+-- it began; after a lease the key can be taken over, see control.rs).
+CREATE TABLE puhui_idempotency (
+    tenant      text   NOT NULL,
+    key         text   NOT NULL,
+    fingerprint bytea  NOT NULL,
+    status      integer,
+    body        bytea,
+    created_ms  bigint NOT NULL,
+    updated_ms  bigint NOT NULL,
+    PRIMARY KEY (tenant, key)
+);
+CREATE INDEX puhui_idempotency_created ON puhui_idempotency (created_ms);
+"#,
+    ),
+];
 
 /// Applies every migration not yet applied (serialised across nodes by an advisory lock), and
 /// makes sure the journal head row exists. Returns how many migrations were applied.
