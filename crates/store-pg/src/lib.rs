@@ -36,6 +36,7 @@
 #![deny(missing_docs)]
 
 pub mod hammer;
+pub mod outbox;
 mod rows;
 pub mod schema;
 pub mod testing;
@@ -55,6 +56,9 @@ use puhui_ledger::{
 };
 use puhui_store::{Clock, LedgerStore, Record, Reply, StoreError, SystemClock};
 
+pub use outbox::{JournalRow, PgLease};
+/// The PostgreSQL client crate, for callers of [`PgStore::with_connection`].
+pub use postgres;
 pub use txn::TxStats;
 use txn::{Done, TxError, Work};
 
@@ -233,6 +237,21 @@ impl ReadPool {
         drop(guard);
         self.freed.notify_one();
         out
+    }
+}
+
+impl Drop for ReadPool {
+    /// Closes the idle connections on a thread of its own: closing a `postgres::Client` blocks on
+    /// its own runtime, which panics on a thread that drives async tasks (the last holder of the
+    /// store may be an async task of the API).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|p| p.into_inner()).0);
+        if idle.is_empty() {
+            return;
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(idle));
+        });
     }
 }
 
