@@ -170,3 +170,71 @@ impl EntryCursor {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal in memory; `hole` is a sequence it pretends not to have.
+    struct Fake {
+        entries: u64,
+        hole: Option<u64>,
+    }
+
+    impl SqlJournal for Fake {
+        fn read_entries(
+            &self,
+            from_seq: u64,
+            durable_entries: u64,
+            max: usize,
+            out: &mut Vec<RawEntry>,
+        ) -> Result<usize, TailError> {
+            let to = durable_entries.min(self.entries).min(from_seq + max as u64);
+            let before = out.len();
+            let seqs = (from_seq..to).filter(|s| Some(*s) != self.hole);
+            out.extend(seqs.map(|seq| RawEntry { seq, kind: 1, body: seq.to_le_bytes().to_vec() }));
+            Ok(out.len() - before)
+        }
+        fn read_at(&self, _: &[u64], _: &mut Vec<RawEntry>) -> Result<(), TailError> {
+            Ok(())
+        }
+        fn journal_id(&self) -> Result<Option<String>, TailError> {
+            Ok(None)
+        }
+        fn load_cursor(&self, _: &str) -> Result<Option<SavedCursor>, TailError> {
+            Ok(None)
+        }
+        fn save_cursor(&self, _: &str, _: &SavedCursor) -> Result<(), TailError> {
+            Ok(())
+        }
+        fn lease(&self, _: &str) -> Result<Box<dyn Lease>, TailError> {
+            Err(TailError::Io("no leases here".into()))
+        }
+    }
+
+    fn source(fake: Fake) -> EntrySource {
+        EntrySource { journal: Journal::Sql(Arc::new(fake)), durable_entries: Arc::new(|| 10) }
+    }
+
+    #[test]
+    fn a_sql_cursor_reads_in_order_up_to_the_watermark_in_bounded_steps() {
+        let source = source(Fake { entries: 20, hole: None });
+        let mut cursor = source.cursor(JournalPosition::start(), 3);
+        let mut out = Vec::new();
+        assert_eq!(cursor.read(source.durable_entries(), 4, &mut out).unwrap(), 4);
+        assert_eq!(cursor.read(source.durable_entries(), 100, &mut out).unwrap(), 3);
+        assert_eq!(cursor.read(source.durable_entries(), 100, &mut out).unwrap(), 0);
+        assert_eq!(out.iter().map(|e| e.seq).collect::<Vec<_>>(), (3..10).collect::<Vec<_>>());
+        assert_eq!((cursor.next_seq(), cursor.resume_position().entries), (10, 0));
+    }
+
+    #[test]
+    fn a_sql_cursor_refuses_a_gap_and_stays_before_it() {
+        let source = source(Fake { entries: 20, hole: Some(5) });
+        let mut cursor = source.cursor(JournalPosition::start(), 2);
+        let mut out = Vec::new();
+        assert!(matches!(cursor.read(10, 100, &mut out), Err(TailError::Corrupt(_))));
+        assert_eq!(out.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![2, 3, 4]);
+        assert_eq!(cursor.next_seq(), 2, "nothing handed out is skipped");
+    }
+}
