@@ -370,7 +370,7 @@ pub async fn start_postgres(
     let watched = Arc::clone(&watermark);
     let durable_entries: Arc<dyn Fn() -> u64 + Send + Sync> =
         Arc::new(move || watched.load(Ordering::Acquire));
-    let sql = pg::PgJournal::new(Arc::clone(store));
+    let sql = pg::PgJournal::shared(Arc::clone(store));
     let source = EventSource { journal: Journal::Sql(sql), durable_entries };
     let (shutdown, watch) = tokio::sync::watch::channel(false);
     let log = EventLog::new(source.clone());

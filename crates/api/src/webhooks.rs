@@ -458,6 +458,11 @@ fn pending_limit(pending: usize, more: usize) -> Result<(), HookError> {
     Ok(())
 }
 
+/// The error of a file-storage step reached on PostgreSQL (each caller checks `pg()` first).
+fn not_file() -> HookError {
+    HookError::Io("webhooks: no state file on this store".into())
+}
+
 /// Runs a blocking database call of the webhook store on a blocking thread.
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, HookError> + Send + 'static,
@@ -673,7 +678,7 @@ impl Webhooks {
             return Ok(Vec::new());
         }
         let Some(pg) = self.pg() else {
-            let inner = self.file().expect("file storage");
+            let inner = self.file().ok_or_else(not_file)?;
             let in_flight = self.in_flight();
             let endpoints: HashMap<&str, &Endpoint> =
                 inner.p.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
@@ -820,7 +825,7 @@ impl Webhooks {
             return blocking(move || pg.add_endpoint(&endpoint)).await;
         }
         {
-            let mut inner = self.file().expect("file storage");
+            let mut inner = self.file().ok_or_else(not_file)?;
             let ours = inner.p.endpoints.iter().filter(|e| e.tenant == endpoint.tenant).count();
             check_endpoint_limits(ours, inner.p.endpoints.len())?;
             inner.p.endpoints.push(endpoint.clone());
@@ -840,7 +845,7 @@ impl Webhooks {
             let tenant = tenant.to_string();
             return blocking(move || pg.endpoints(&tenant, None)).await;
         }
-        let inner = self.file().expect("file storage");
+        let inner = self.file().ok_or_else(not_file)?;
         Ok(inner.p.endpoints.iter().filter(|e| e.tenant == tenant).cloned().collect())
     }
 
@@ -851,7 +856,7 @@ impl Webhooks {
             let found = blocking(move || pg.endpoints(&tenant, Some(&id))).await?;
             return found.into_iter().next().ok_or(HookError::NotFound("webhook endpoint"));
         }
-        let inner = self.file().expect("file storage");
+        let inner = self.file().ok_or_else(not_file)?;
         inner
             .p
             .endpoints
@@ -868,7 +873,7 @@ impl Webhooks {
             return blocking(move || pg.remove_endpoint(&tenant, &id)).await;
         }
         {
-            let mut inner = self.file().expect("file storage");
+            let mut inner = self.file().ok_or_else(not_file)?;
             let before = inner.p.endpoints.len();
             inner.p.endpoints.retain(|e| !(e.id == id && e.tenant == tenant));
             if inner.p.endpoints.len() == before {
@@ -896,7 +901,7 @@ impl Webhooks {
             .await;
         }
         let endpoint = {
-            let mut inner = self.file().expect("file storage");
+            let mut inner = self.file().ok_or_else(not_file)?;
             let e = inner
                 .p
                 .endpoints
@@ -923,13 +928,13 @@ impl Webhooks {
             let (tenant, id) = (tenant.to_string(), endpoint_id.to_string());
             return blocking(move || pg.deliveries(&tenant, &id, before, limit)).await;
         }
-        let inner = self.file().expect("file storage");
+        let inner = self.file().ok_or_else(not_file)?;
         if !inner.p.endpoints.iter().any(|e| e.id == endpoint_id && e.tenant == tenant) {
             return Err(HookError::NotFound("webhook endpoint"));
         }
         let mut page: Vec<&Delivery> =
             inner.p.deliveries.iter().filter(|d| d.endpoint_id == endpoint_id && d.number < before).collect();
-        page.sort_unstable_by(|a, b| b.number.cmp(&a.number));
+        page.sort_unstable_by_key(|d| std::cmp::Reverse(d.number));
         let has_more = page.len() > limit;
         page.truncate(limit);
         Ok((page.into_iter().cloned().collect(), has_more))
@@ -949,7 +954,7 @@ impl Webhooks {
             let tenant = tenant.to_string();
             blocking(move || pg.redeliver(&tenant, seq, kind, named.as_deref(), now)).await?
         } else {
-            let mut inner = self.file().expect("file storage");
+            let mut inner = self.file().ok_or_else(not_file)?;
             let pending = inner.p.deliveries.iter().filter(|d| d.status == DeliveryStatus::Pending).count();
             let targets = redelivery_targets(&inner.p.endpoints, tenant, named.as_deref(), kind)?;
             pending_limit(pending, targets.len())?;

@@ -672,14 +672,24 @@ async fn pg_outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicat
     // Node B stands by (one holder of the relay lease while both run); both take writes.
     let b_node = serve(dir.path(), &nats, &env);
     tokio::time::sleep(Duration::from_millis(600)).await;
-    assert_eq!(relay_lease_holders(&store, &name).await, 1);
+    assert_eq!(lease_holders(&store, &format!("nats-relay:{name}")).await, 1);
     for i in 0..40 {
         let (node, id) = if i % 2 == 0 { (&a_node, format!("a{i}")) } else { (&b_node, format!("b{i}")) };
         assert_eq!(api.post(node, "/v1/transfers", transfer(&id, 1)).await.0, 201);
         acked.push(id);
     }
-    // Kill the relaying node while events may still be unpublished; B takes over.
+    // A burst, then kill the relaying node at once (events still unpublished, very likely); B takes
+    // over the lease.
+    let burst: Vec<Value> = (0..200).map(|i| transfer(&format!("burst{i}"), 1)).collect();
+    let (status, body) = api.post(&b_node, "/v1/transfers/batch", json!({ "transfers": burst })).await;
+    assert_eq!((status, body["ok"].as_u64()), (200, Some(200)), "{body}");
+    acked.extend((0..200).map(|i| format!("burst{i}")));
     a_node.kill9();
+    println!("in the stream when the relaying node was killed: {}", stream.count().await);
+    poll("node B holding the relay lease", async || {
+        (lease_holders(&store, &format!("nats-relay:{name}")).await == 1).then_some(())
+    })
+    .await;
     for i in 0..40 {
         let id = format!("c{i}");
         assert_eq!(api.post(&b_node, "/v1/transfers", transfer(&id, 1)).await.0, 201);
@@ -731,10 +741,10 @@ async fn pg_outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicat
     stream.delete().await;
 }
 
-/// How many sessions hold the relay lease of `stream` (a granted advisory lock on its key).
-async fn relay_lease_holders(store: &str, stream: &str) -> i64 {
+/// How many sessions hold the lease `name` (a granted advisory lock on its key).
+async fn lease_holders(store: &str, name: &str) -> i64 {
     let (url, schema) = puhui_store_pg::split_schema(store);
-    let key = format!("puhui-lease:nats-relay:{stream}");
+    let key = format!("puhui-lease:{name}");
     tokio::task::spawn_blocking(move || {
         let mut client = puhui_store_pg::connect(&url, schema.as_deref()).unwrap();
         let row = client
@@ -834,6 +844,7 @@ async fn pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_ove
     assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
 
     // Node A (the dispatcher: it started first) is killed; B takes over the deliveries.
+    assert_eq!(lease_holders(&store, "webhook-dispatcher").await, 1);
     a_node.kill9();
     assert_eq!(a.post(&b_node, "/v1/transfers", transfer("pay-2", 1)).await.0, 201);
     let (headers, body, _) = poll("a delivery after the dispatcher died", async || {

@@ -14,7 +14,7 @@ pub struct PgJournal {
 
 impl PgJournal {
     /// The store's journal as an events source.
-    pub fn new(store: Arc<PgStore>) -> Arc<dyn SqlJournal> {
+    pub fn shared(store: Arc<PgStore>) -> Arc<dyn SqlJournal> {
         Arc::new(PgJournal { store })
     }
 }
