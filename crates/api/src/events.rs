@@ -109,7 +109,13 @@ impl EventLog {
 
     /// Indexes the journal from its start, then follows it until `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tail = self.source.cursor(JournalPosition::start(), 0);
+        // The SQL journal is read by sequence: start at the window (the file needs its frame
+        // positions from the start).
+        let first = match self.source.journal {
+            Journal::File(_) => 0,
+            Journal::Sql(_) => self.durable_entries().saturating_sub(EVENTS_INDEXED_ENTRIES_MAX),
+        };
+        let mut tail = self.source.cursor(JournalPosition::start(), first);
         let mut batch: Vec<RawEntry> = Vec::with_capacity(INDEX_BATCH_ENTRIES_MAX);
         let mut failures = 0u32;
         while !*shutdown.borrow() {

@@ -103,10 +103,11 @@ CREATE TABLE puhui_webhook_endpoints (
 );
 CREATE INDEX puhui_webhook_endpoints_tenant ON puhui_webhook_endpoints (tenant, created_at_ms);
 CREATE SEQUENCE puhui_webhook_delivery_numbers;
--- Deliveries: pending ones (status 0) and the log of finished ones (1 succeeded, 2 failed).
+-- Deliveries: pending ones (status 0) and the log of finished ones (1 succeeded, 2 failed). Deleting
+-- an endpoint deletes its deliveries; a delivery for an endpoint deleted meanwhile cannot be inserted.
 CREATE TABLE puhui_webhook_deliveries (
     number              bigint   PRIMARY KEY,
-    endpoint_id         text     NOT NULL,
+    endpoint_id         text     NOT NULL REFERENCES puhui_webhook_endpoints (id) ON DELETE CASCADE,
     tenant              text     NOT NULL,
     event_seq           bigint   NOT NULL,
     event_type          text     NOT NULL,

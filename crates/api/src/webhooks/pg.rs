@@ -73,6 +73,23 @@ fn endpoint_json(e: &Endpoint) -> String {
     serde_json::to_string(e).expect("an endpoint serialises")
 }
 
+/// The tenant's endpoints (only `id` if given), oldest first.
+fn tenant_endpoints(
+    tx: &mut Transaction<'_>,
+    tenant: &str,
+    id: Option<&str>,
+) -> Result<Vec<Endpoint>, HookError> {
+    tx.query(
+        "SELECT body FROM puhui_webhook_endpoints WHERE tenant = $1 AND ($2::text IS NULL OR id = $2) \
+         ORDER BY created_at_ms, id",
+        &[&tenant, &id],
+    )
+    .map_err(db)?
+    .iter()
+    .map(|r| endpoint(r.get(0)))
+    .collect()
+}
+
 /// The webhook tables, through the store's connections.
 #[derive(Clone)]
 pub(super) struct PgHooks {
@@ -262,20 +279,10 @@ impl PgHooks {
 
     /// The tenant's endpoints (only `id` if given), oldest first.
     pub(super) fn endpoints(&self, tenant: &str, id: Option<&str>) -> Result<Vec<Endpoint>, HookError> {
-        self.tx(|tx| {
-            tx.query(
-                "SELECT body FROM puhui_webhook_endpoints WHERE tenant = $1 AND ($2::text IS NULL OR id = $2) \
-                 ORDER BY created_at_ms, id",
-                &[&tenant, &id],
-            )
-            .map_err(db)?
-            .iter()
-            .map(|r| endpoint(r.get(0)))
-            .collect()
-        })
+        self.tx(|tx| tenant_endpoints(tx, tenant, id))
     }
 
-    /// Deletes one of the tenant's endpoints and its deliveries.
+    /// Deletes one of the tenant's endpoints (and, by the foreign key, its deliveries).
     pub(super) fn remove_endpoint(&self, tenant: &str, id: &str) -> Result<(), HookError> {
         self.tx(|tx| {
             let n = tx
@@ -284,7 +291,6 @@ impl PgHooks {
             if n == 0 {
                 return Err(HookError::NotFound("webhook endpoint"));
             }
-            tx.execute("DELETE FROM puhui_webhook_deliveries WHERE endpoint_id = $1", &[&id]).map_err(db)?;
             Ok(())
         })
     }
@@ -357,9 +363,9 @@ impl PgHooks {
         named: Option<&str>,
         now: u64,
     ) -> Result<Vec<Delivery>, HookError> {
-        let endpoints = self.endpoints(tenant, None)?;
-        let targets = redelivery_targets(&endpoints, tenant, named, kind)?;
         self.tx(|tx| {
+            let endpoints = tenant_endpoints(tx, tenant, None)?;
+            let targets = redelivery_targets(&endpoints, tenant, named, kind)?;
             let pending: i64 = tx
                 .query_one("SELECT count(*) FROM puhui_webhook_deliveries WHERE status = 0", &[])
                 .map_err(db)?
