@@ -6,6 +6,10 @@
 //! every [`INDEX_POSITION_EVERY_ENTRIES`] entries. So the index costs a few percent of the ledger's own
 //! memory, and it covers the events of the latest [`EVENTS_INDEXED_ENTRIES_MAX`] journal entries
 //! (older ones: replay the NATS stream from a sequence, or the journal itself).
+//!
+//! On PostgreSQL ([`start_postgres`]) the same index is fed from the SQL journal below the head's
+//! `next_seq` (polled every [`PG_WATERMARK_POLL_MS`]), so every node lists every node's events, and an
+//! event is read back by sequence (`events/pg.rs`); there are no frame positions.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -107,7 +111,8 @@ impl EventLog {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// Indexes the journal from its start, then follows it until `shutdown`.
+    /// Indexes the journal (the file from its start, SQL from its window), then follows it until
+    /// `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         // The SQL journal is read by sequence: start at the window (the file needs its frame
         // positions from the start).
