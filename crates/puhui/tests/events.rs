@@ -843,15 +843,37 @@ async fn pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_ove
     assert!(verify_signature(&headers["puhui-signature"], &body, &secret));
     assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
 
-    // Node A (the dispatcher: it started first) is killed; B takes over the deliveries.
+    // Node A (the dispatcher: it started first) is killed while a delivery is failing; B takes over
+    // its retries from the database.
     assert_eq!(lease_holders(&store, "webhook-dispatcher").await, 1);
-    a_node.kill9();
+    *hook.fail_next.lock().unwrap() = u32::MAX;
     assert_eq!(a.post(&b_node, "/v1/transfers", transfer("pay-2", 1)).await.0, 201);
-    let (headers, body, _) = poll("a delivery after the dispatcher died", async || {
+    poll("a failed attempt of pay-2", async || {
+        hook.requests()
+            .iter()
+            .any(|r| r.2 == 500 && String::from_utf8_lossy(&r.1).contains("pay-2"))
+            .then_some(())
+    })
+    .await;
+    a_node.kill9();
+    *hook.fail_next.lock().unwrap() = 0;
+    let (headers, body, _) = poll("pay-2 delivered after the dispatcher died", async || {
         hook.requests().into_iter().find(|r| r.2 == 200 && String::from_utf8_lossy(&r.1).contains("pay-2"))
     })
     .await;
     assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
+    let evt2 = serde_json::from_slice::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let d = poll("pay-2's delivery log entry", async || {
+        let (_, log) = a.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}/deliveries?limit=100")).await;
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == evt2.as_str() && d["status"] == "succeeded")
+            .cloned()
+    })
+    .await;
+    assert!(d["attempts"].as_u64().unwrap() >= 2, "{d}");
 
     // Deleting (on B) stops deliveries.
     let (status, deleted) =
