@@ -6,10 +6,13 @@
 //! every [`INDEX_POSITION_EVERY_ENTRIES`] entries. So the index costs a few percent of the ledger's own
 //! memory, and it covers the events of the latest [`EVENTS_INDEXED_ENTRIES_MAX`] journal entries
 //! (older ones: replay the NATS stream from a sequence, or the journal itself).
+//!
+//! On PostgreSQL ([`start_postgres`]) the same index is fed from the SQL journal below the head's
+//! `next_seq` (polled every [`PG_WATERMARK_POLL_MS`]), so every node lists every node's events, and an
+//! event is read back by sequence (`events/pg.rs`); there are no frame positions.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,7 +20,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use puhui_events::event::classify;
-use puhui_events::{map_entry, parse_event_id, Event, EventType, JournalTail, Mapped, RawEntry};
+use puhui_events::{map_entry, parse_event_id, EntrySource, Event, EventType, Journal, Mapped, RawEntry};
 use puhui_journal::JournalPosition;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -27,6 +30,8 @@ use crate::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use crate::routes::ApiPath;
 use crate::tenants::Principal;
 use crate::AppState;
+
+mod pg;
 
 /// The index covers the events of this many latest journal entries.
 pub const EVENTS_INDEXED_ENTRIES_MAX: u64 = 1 << 24;
@@ -65,14 +70,8 @@ struct Index {
     next_seq: u64,
 }
 
-/// Where events come from: the journal and its durable watermark.
-#[derive(Clone)]
-pub struct EventSource {
-    /// The journal file.
-    pub journal: PathBuf,
-    /// Entries durable so far.
-    pub durable_entries: Arc<dyn Fn() -> u64 + Send + Sync>,
-}
+/// Where events come from: the journal (file or SQL) and its durable watermark.
+pub type EventSource = EntrySource;
 
 /// The events index.
 pub struct EventLog {
@@ -97,14 +96,9 @@ impl EventLog {
         Arc::new(EventLog { source, index: RwLock::new(Index::default()), caught_up: AtomicBool::new(false) })
     }
 
-    /// The journal file.
-    pub fn journal(&self) -> &Path {
-        &self.source.journal
-    }
-
     /// Entries durable in the journal now.
     pub fn durable_entries(&self) -> u64 {
-        (self.source.durable_entries)()
+        self.source.durable_entries()
     }
 
     /// Every entry below this is indexed.
@@ -117,9 +111,16 @@ impl EventLog {
         self.caught_up.load(Ordering::Acquire)
     }
 
-    /// Indexes the journal from its start, then follows it until `shutdown`.
+    /// Indexes the journal (the file from its start, SQL from its window), then follows it until
+    /// `shutdown`.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-        let mut tail = JournalTail::new(&self.source.journal, JournalPosition::start(), 0);
+        // The SQL journal is read by sequence: start at the window (the file needs its frame
+        // positions from the start).
+        let first = match self.source.journal {
+            Journal::File(_) => 0,
+            Journal::Sql(_) => self.durable_entries().saturating_sub(EVENTS_INDEXED_ENTRIES_MAX),
+        };
+        let mut tail = self.source.cursor(JournalPosition::start(), first);
         let mut batch: Vec<RawEntry> = Vec::with_capacity(INDEX_BATCH_ENTRIES_MAX);
         let mut failures = 0u32;
         while !*shutdown.borrow() {
@@ -146,7 +147,7 @@ impl EventLog {
                 tracing::error!(error = %e, "events index: cannot read the journal; retrying");
                 let wait_ms = (100u64 << failures.min(6)).min(5_000);
                 tokio::time::sleep(Duration::from_millis(wait_ms)).await;
-                tail = JournalTail::new(&self.source.journal, JournalPosition::start(), tail.next_seq());
+                tail = self.source.cursor(JournalPosition::start(), tail.next_seq());
                 continue;
             }
             failures = 0;
@@ -262,6 +263,24 @@ impl EventLog {
     /// blocking thread). Sequences that are not events are left out.
     pub fn read_blocking(&self, seqs: &[u64]) -> Result<Vec<Event>, EventReadError> {
         let mut out = Vec::with_capacity(seqs.len());
+        let path = match &self.source.journal {
+            Journal::File(path) => path,
+            Journal::Sql(sql) => {
+                // One query per chunk of sequences: `SELECT … WHERE seq = ANY(…)`.
+                let mut raw = Vec::new();
+                for chunk in seqs.chunks(PAGE_SCAN_SPAN_ENTRIES_MAX as usize) {
+                    raw.clear();
+                    sql.read_at(chunk, &mut raw)
+                        .map_err(|e| EventReadError(format!("reading events from the journal: {e}")))?;
+                    for entry in &raw {
+                        if let Ok(Mapped::Event(e)) = map_entry(entry.seq, entry.kind, &entry.body) {
+                            out.push(e);
+                        }
+                    }
+                }
+                return Ok(out);
+            }
+        };
         let mut i = 0;
         let mut raw = Vec::new();
         while i < seqs.len() {
@@ -272,7 +291,7 @@ impl EventLog {
                 j += 1;
             }
             let last = seqs[j - 1];
-            let mut tail = JournalTail::new(&self.source.journal, self.position_before(first), first);
+            let mut tail = puhui_events::JournalTail::new(path, self.position_before(first), first);
             raw.clear();
             let want = (last - first + 1) as usize;
             while tail.next_seq() <= last {
@@ -330,28 +349,101 @@ pub fn start(
     let data_dir = store.data_dir().to_path_buf();
     let journal = data_dir.join(puhui_store::JOURNAL_FILE);
     let (shutdown, watch) = tokio::sync::watch::channel(false);
-    let log = EventLog::new(EventSource {
-        journal: journal.clone(),
-        durable_entries: Arc::clone(&durable_entries),
-    });
+    let source = EventSource { journal: Journal::File(journal), durable_entries };
+    let log = EventLog::new(source.clone());
     let hooks = crate::webhooks::Webhooks::open(&data_dir, Arc::clone(&log))?;
     let mut handles = vec![
         tokio::spawn(Arc::clone(&log).run(watch.clone())),
         tokio::spawn(Arc::clone(&hooks).run(watch.clone())),
     ];
+    start_relay(nats, source, data_dir, watch, &mut handles)?;
+    Ok((log, hooks, EventTasks { shutdown, handles }))
+}
+
+/// How often a node on PostgreSQL reads the journal head: the durable watermark its events index,
+/// relay and webhook dispatcher read up to (so an event reaches them at most this much later).
+pub const PG_WATERMARK_POLL_MS: u64 = 20;
+
+/// [`start`] on PostgreSQL: the index is fed from the SQL journal (every node indexes every node's
+/// events), the relay and the webhook dispatcher run on whichever node holds their lease, and the
+/// webhook state lives in the database (`puhui_webhook_*`, `puhui_event_cursors`).
+pub async fn start_postgres(
+    store: &Arc<puhui_store_pg::PgStore>,
+    nats: Option<puhui_events::NatsConfig>,
+    data_dir: &std::path::Path,
+) -> Result<(Arc<EventLog>, Arc<crate::webhooks::Webhooks>, EventTasks), String> {
+    let head = Arc::clone(store);
+    let first = tokio::task::spawn_blocking(move || head.journal_next_seq())
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("reading the journal head: {e}"))?;
+    let watermark = Arc::new(AtomicU64::new(first));
+    let watched = Arc::clone(&watermark);
+    let durable_entries: Arc<dyn Fn() -> u64 + Send + Sync> =
+        Arc::new(move || watched.load(Ordering::Acquire));
+    let sql = pg::PgJournal::shared(Arc::clone(store));
+    let source = EventSource { journal: Journal::Sql(sql), durable_entries };
+    let (shutdown, watch) = tokio::sync::watch::channel(false);
+    let log = EventLog::new(source.clone());
+    let hooks = crate::webhooks::Webhooks::open_postgres(Arc::clone(store), Arc::clone(&log)).await?;
+    let mut handles = vec![
+        tokio::spawn(follow_watermark(Arc::clone(store), watermark, watch.clone())),
+        tokio::spawn(Arc::clone(&log).run(watch.clone())),
+        tokio::spawn(Arc::clone(&hooks).run(watch.clone())),
+    ];
+    start_relay(nats, source, data_dir.to_path_buf(), watch, &mut handles)?;
+    Ok((log, hooks, EventTasks { shutdown, handles }))
+}
+
+/// Reads the journal head every [`PG_WATERMARK_POLL_MS`] into `watermark` until `shutdown`.
+async fn follow_watermark(
+    store: Arc<puhui_store_pg::PgStore>,
+    watermark: Arc<AtomicU64>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    while !*shutdown.borrow() {
+        let head = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || head.journal_next_seq()).await {
+            Ok(Ok(next)) => {
+                watermark.fetch_max(next, Ordering::AcqRel);
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "events: cannot read the journal head; retrying");
+                }
+                failing = true;
+            }
+            Err(_) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(PG_WATERMARK_POLL_MS)) => {}
+            _ = shutdown.changed() => {}
+        }
+    }
+}
+
+fn start_relay(
+    nats: Option<puhui_events::NatsConfig>,
+    entries: EventSource,
+    data_dir: std::path::PathBuf,
+    watch: tokio::sync::watch::Receiver<bool>,
+    handles: &mut Vec<tokio::task::JoinHandle<()>>,
+) -> Result<(), String> {
     match nats {
         Some(config) => {
             config.validate()?;
             tracing::info!(url = %config.url, stream = %config.stream, prefix = %config.subject_prefix,
                 max_age_secs = config.max_age_secs, duplicate_window_secs = config.duplicate_window_secs,
                 "events: relaying the journal to NATS JetStream");
-            let source = puhui_events::RelaySource { journal, data_dir, durable_entries };
+            let source = puhui_events::RelaySource { entries, data_dir };
             let (_status, handle) = puhui_events::spawn_relay(config, source, watch);
             handles.push(handle);
         }
         None => tracing::info!("events: no --nats; events are served by GET /v1/events and webhooks only"),
     }
-    Ok((log, hooks, EventTasks { shutdown, handles }))
+    Ok(())
 }
 
 impl EventTasks {
@@ -465,9 +557,6 @@ fn page_limit(limit: Option<&str>) -> Result<usize, ApiError> {
 /// The events index, or 503 while the server runs without one.
 pub fn event_log(app: &AppState) -> Result<&Arc<EventLog>, ApiError> {
     app.events.as_ref().ok_or_else(|| {
-        if app.store.is_postgres() {
-            return ApiError::not_available("events");
-        }
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "events are not enabled")
     })
 }
@@ -566,7 +655,7 @@ mod tests {
         }
         let watched = Arc::clone(&store);
         let log = EventLog::new(EventSource {
-            journal: dir.path().join(puhui_store::JOURNAL_FILE),
+            journal: Journal::File(dir.path().join(puhui_store::JOURNAL_FILE)),
             durable_entries: Arc::new(move || watched.stats().entries.load(Ordering::Acquire)),
         });
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();

@@ -318,18 +318,16 @@ fn spawn_registry_reload(tenants: Arc<TenantRegistry>) {
     });
 }
 
-/// `serve` on PostgreSQL: the ledger, the risk records, tenants and keys, the admin token's hash
-/// and idempotency keys live in the database (every node on it is stateless). The events index,
-/// relay and webhooks and the verifiable-journal endpoints need the embedded journal file: they
-/// answer `not_available` here.
+/// `serve` on PostgreSQL: the ledger, the risk records, tenants and keys, the admin token's hash,
+/// idempotency keys and the webhook state live in the database, so every node on it is stateless
+/// (sees the same ledger, serves every node's events). The NATS relay and the webhook dispatcher
+/// run on one node at a time (a lease). The verifiable-journal endpoints need the embedded journal
+/// file: they answer `not_available` here.
 async fn serve_postgres(
     config: &ServeConfig,
     url: &str,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    if config.nats.is_some() {
-        return Err("--nats needs the embedded store; it is not available with --store postgres://…".into());
-    }
     let (base, schema) = puhui_store_pg::split_schema(url);
     let redacted = puhui_store_pg::redact(&base);
     let options = puhui_store_pg::PgOptions { schema: schema.clone(), ..Default::default() };
@@ -337,7 +335,8 @@ async fn serve_postgres(
         .await
         .map_err(|e| e.to_string())?
         .map_err(|e| format!("opening the PostgreSQL store: {e}"))?;
-    let store = crate::Backend::Postgres(Arc::new(store));
+    let pg = Arc::new(store);
+    let store = crate::Backend::Postgres(Arc::clone(&pg));
     tracing::info!(url = %redacted, schema = ?schema, "ledger on PostgreSQL (schema migrated)");
     let (base, schema) = puhui_store_pg::split_schema(url);
     let control = tokio::task::spawn_blocking(move || {
@@ -363,9 +362,10 @@ async fn serve_postgres(
     let metrics = install_metrics()?;
     let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal").await?);
     spawn_risk_follower(Arc::clone(&risk));
+    let (event_log, webhooks, event_tasks) =
+        crate::events::start_postgres(&pg, config.nats.clone(), &config.data_dir).await?;
     tracing::warn!(
-        "events, webhooks and the verifiable-journal endpoints are disabled on PostgreSQL \
-         (they answer 501 not_available)"
+        "the verifiable-journal endpoints are disabled on PostgreSQL (they answer 501 not_available)"
     );
     let state = Arc::new(AppState {
         store: store.clone(),
@@ -376,8 +376,8 @@ async fn serve_postgres(
         metrics,
         in_flight: Arc::new(Semaphore::new(IN_FLIGHT_REQUESTS_MAX)),
         risk: Some(risk),
-        events: None,
-        webhooks: None,
+        events: Some(event_log),
+        webhooks: Some(webhooks),
     });
     let listener =
         tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
@@ -389,6 +389,8 @@ async fn serve_postgres(
         .map_err(|e| e.to_string())?;
     // Every request has been answered; the committers finish what is queued.
     tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
+    // Then the relay publishes what is durable and the webhook dispatcher stops.
+    event_tasks.stop().await;
     tracing::info!("stopped cleanly");
     Ok(())
 }

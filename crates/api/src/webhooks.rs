@@ -14,12 +14,18 @@
 //!   changes before the API answers, delivery progress at most every [`STATE_SAVE_EVERY_MS`]. After a
 //!   crash, deliveries made from events after the saved cursor are made again and attempts not yet
 //!   saved are sent again: at least once, never lost. Receivers de-duplicate by event id.
+//! - State on PostgreSQL (`serve --store postgres://…`, `Storage::Pg`, SQL in `webhooks/pg.rs`):
+//!   the same endpoints and deliveries as tables every node reads and changes, each change saved
+//!   before the API answers and each attempt's outcome as it ends; ingesting events is one
+//!   transaction with the cursor. The dispatcher runs on the one node holding [`DISPATCHER_LEASE`]
+//!   (an advisory lock); another node takes over when that one's session ends.
 //! - Bounds: [`PENDING_DELIVERIES_MAX`] deliveries waiting (then the dispatcher stops reading events:
 //!   the journal holds them), [`DELIVERIES_IN_FLIGHT_MAX`] requests at once, a delivery log of
 //!   [`DELIVERY_LOG_PER_ENDPOINT_MAX`] finished deliveries per endpoint.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -39,6 +45,8 @@ use crate::limits::{PAGE_LIMIT_DEFAULT, PAGE_LIMIT_MAX};
 use crate::routes::{ApiJson, ApiPath, OptionalJson};
 use crate::tenants::Principal;
 use crate::AppState;
+
+mod pg;
 
 /// Endpoints per tenant.
 pub const ENDPOINTS_PER_TENANT_MAX: usize = 16;
@@ -224,7 +232,6 @@ struct Persisted {
 struct Inner {
     p: Persisted,
     dirty: bool,
-    in_flight: HashSet<u64>,
 }
 
 /// Why a webhook change failed.
@@ -233,6 +240,11 @@ enum HookError {
     NotFound(&'static str),
     Limit(String),
     Io(String),
+    /// A redelivery found no endpoint: the one named (`endpoint_id`) is not the tenant's, or none of
+    /// the tenant's endpoints takes the event's type.
+    NoTarget {
+        named: bool,
+    },
 }
 
 impl From<HookError> for ApiError {
@@ -246,19 +258,216 @@ impl From<HookError> for ApiError {
                 what,
             ),
             HookError::Io(e) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", e),
+            HookError::NoTarget { named: true } => ApiError::not_found("webhook endpoint", "endpoint_id"),
+            HookError::NoTarget { named: false } => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_request_error",
+                "invalid_request",
+                "no webhook endpoint of yours takes this event's type",
+            ),
         }
     }
 }
 
+/// Where the webhook state lives.
+enum Storage {
+    /// `DATA_DIR/webhooks.json` (the embedded store): in memory, rewritten atomically.
+    File { path: PathBuf, inner: Mutex<Inner>, save_lock: Mutex<()> },
+    /// PostgreSQL tables (`puhui_webhook_*`, the cursor in `puhui_event_cursors`), shared by every
+    /// node; the dispatcher runs on the node holding the lease.
+    Pg { hooks: pg::PgHooks, lease: puhui_store_pg::PgLease },
+}
+
 /// Endpoints, deliveries and the dispatcher.
 pub struct Webhooks {
-    path: PathBuf,
-    inner: Mutex<Inner>,
-    save_lock: Mutex<()>,
+    storage: Storage,
+    /// Deliveries being attempted by this node's dispatcher.
+    in_flight: Mutex<HashSet<u64>>,
+    /// On PostgreSQL: the dispatcher cursor as last read or written by this node (never ahead of
+    /// the database's), so that an idle dispatcher does not query for nothing.
+    cursor_seen: std::sync::atomic::AtomicU64,
     events: Arc<EventLog>,
     http: reqwest::Client,
     wake: tokio::sync::Notify,
     retry_base_ms: u64,
+}
+
+/// The lease of the webhook dispatcher (one dispatcher among the nodes on a database).
+pub const DISPATCHER_LEASE: &str = "webhook-dispatcher";
+
+fn http_client() -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(DELIVERY_CONNECT_TIMEOUT_MS))
+        .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent("puhui-webhooks/1")
+        .build()
+        .map_err(|e| format!("webhook HTTP client: {e}"))
+}
+
+fn retry_base_ms() -> u64 {
+    std::env::var(RETRY_BASE_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|ms| *ms > 0)
+        .unwrap_or(RETRY_BASE_MS_DEFAULT)
+}
+
+/// A new pending delivery, due now.
+fn new_delivery(
+    number: u64,
+    endpoint_id: String,
+    tenant: String,
+    seq: u64,
+    kind: &str,
+    now: u64,
+) -> Delivery {
+    Delivery {
+        number,
+        endpoint_id,
+        tenant,
+        event_seq: seq,
+        event_type: kind.to_string(),
+        status: DeliveryStatus::Pending,
+        attempts: 0,
+        created_at_ms: now,
+        first_attempt_at_ms: None,
+        next_attempt_at_ms: now,
+        last_attempt_at_ms: None,
+        last_status_code: None,
+        last_error: None,
+    }
+}
+
+/// The deliveries to make for the events in `[from, to)`: `(endpoint, tenant, sequence, type)` for
+/// every endpoint and indexed event of its tenant and types, from the endpoint's `from_seq` on.
+fn plan_deliveries(
+    endpoints: &[Endpoint],
+    events: &EventLog,
+    from: u64,
+    to: u64,
+) -> Vec<(String, String, u64, EventType)> {
+    let mut created = Vec::new();
+    for endpoint in endpoints {
+        let start = from.max(endpoint.from_seq);
+        if start >= to {
+            continue;
+        }
+        let kinds = endpoint.kinds();
+        let max = INGEST_SPAN_ENTRIES_MAX as usize;
+        for (seq, kind) in events.between(&endpoint.tenant, start, to, &kinds, max) {
+            created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq, kind));
+        }
+    }
+    created
+}
+
+/// Records an attempt's outcome on `d`: succeeded, or failed and retried after
+/// [`retry_delay_ms`], or given up (attempts or window exhausted).
+fn apply_outcome(
+    d: &mut Delivery,
+    outcome: Result<u16, (Option<u16>, String)>,
+    kind: Option<&'static str>,
+    now: u64,
+    base_ms: u64,
+) {
+    if let Some(kind) = kind {
+        d.event_type = kind.to_string();
+    }
+    d.attempts += 1;
+    d.last_attempt_at_ms = Some(now);
+    let first = *d.first_attempt_at_ms.get_or_insert(now);
+    match outcome {
+        Ok(code) => {
+            d.status = DeliveryStatus::Succeeded;
+            d.last_status_code = Some(code);
+            d.last_error = None;
+            metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "succeeded").increment(1);
+        }
+        Err((code, error)) => {
+            d.last_status_code = code;
+            d.last_error = Some(error);
+            let next = now + retry_delay_ms(d.attempts, base_ms, rand::rng().random::<f64>());
+            let window_end = first + DELIVERY_WINDOW_SECS * 1_000;
+            if d.attempts >= DELIVERY_ATTEMPTS_MAX || next > window_end {
+                d.status = DeliveryStatus::Failed;
+                metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "failed").increment(1);
+            } else {
+                d.next_attempt_at_ms = next;
+                metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "retry").increment(1);
+            }
+        }
+    }
+}
+
+/// A new secret on `e`; the old ones end at the latest after `grace_secs`, expired ones are dropped.
+fn rotate_secrets(e: &mut Endpoint, secret: &str, now: u64, grace_secs: u64) {
+    let until = now + grace_secs * 1_000;
+    for s in &mut e.secrets {
+        s.expires_at_ms = Some(s.expires_at_ms.map_or(until, |at| at.min(until)));
+    }
+    e.secrets.retain(|s| s.expires_at_ms.is_some_and(|at| at > now));
+    e.secrets.push(Secret { secret: secret.to_string(), expires_at_ms: None });
+}
+
+/// The endpoints of `tenant` a redelivery of an event of type `kind` goes to: the one named, or
+/// every one that takes the type.
+fn redelivery_targets(
+    endpoints: &[Endpoint],
+    tenant: &str,
+    named: Option<&str>,
+    kind: EventType,
+) -> Result<Vec<String>, HookError> {
+    let targets: Vec<String> = endpoints
+        .iter()
+        .filter(|e| e.tenant == tenant)
+        .filter(|e| match named {
+            Some(want) => e.id == want,
+            None => {
+                let kinds = e.kinds();
+                kinds.is_empty() || kinds.contains(&kind)
+            }
+        })
+        .map(|e| e.id.clone())
+        .collect();
+    if targets.is_empty() {
+        return Err(HookError::NoTarget { named: named.is_some() });
+    }
+    Ok(targets)
+}
+
+/// The limits on endpoints, given how many the tenant and everyone have.
+fn check_endpoint_limits(ours: usize, all: usize) -> Result<(), HookError> {
+    if ours >= ENDPOINTS_PER_TENANT_MAX {
+        return Err(HookError::Limit(format!(
+            "at most {ENDPOINTS_PER_TENANT_MAX} webhook endpoints per tenant"
+        )));
+    }
+    if all >= ENDPOINTS_MAX {
+        return Err(HookError::Limit(format!("at most {ENDPOINTS_MAX} webhook endpoints in all")));
+    }
+    Ok(())
+}
+
+fn pending_limit(pending: usize, more: usize) -> Result<(), HookError> {
+    if pending + more > PENDING_DELIVERIES_MAX {
+        return Err(HookError::Limit(format!(
+            "{PENDING_DELIVERIES_MAX} deliveries are waiting; retry later"
+        )));
+    }
+    Ok(())
+}
+
+/// The error of a file-storage step reached on PostgreSQL (each caller checks `pg()` first).
+fn not_file() -> HookError {
+    HookError::Io("webhooks: no state file on this store".into())
+}
+
+/// Runs a blocking database call of the webhook store on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, HookError> + Send + 'static,
+) -> Result<T, HookError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| HookError::Io(e.to_string()))?
 }
 
 impl Webhooks {
@@ -270,63 +479,121 @@ impl Webhooks {
             Some(p) => p,
             None => Persisted { cursor: events.durable_entries(), ..Default::default() },
         };
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(DELIVERY_CONNECT_TIMEOUT_MS))
-            .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
-            .redirect(reqwest::redirect::Policy::none())
-            .user_agent("puhui-webhooks/1")
-            .build()
-            .map_err(|e| format!("webhook HTTP client: {e}"))?;
-        let retry_base_ms = std::env::var(RETRY_BASE_ENV)
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .filter(|ms| *ms > 0)
-            .unwrap_or(RETRY_BASE_MS_DEFAULT);
+        let storage =
+            Storage::File { path, inner: Mutex::new(Inner { p, dirty: false }), save_lock: Mutex::new(()) };
+        Webhooks::with_storage(storage, events)
+    }
+
+    /// Webhooks on PostgreSQL: the state in the store's database (the dispatcher cursor starts at
+    /// the durable end of the journal the first time), the dispatcher on the node holding
+    /// [`DISPATCHER_LEASE`].
+    pub async fn open_postgres(
+        store: Arc<puhui_store_pg::PgStore>,
+        events: Arc<EventLog>,
+    ) -> Result<Arc<Webhooks>, String> {
+        let hooks = pg::PgHooks::new(Arc::clone(&store));
+        let start = events.durable_entries();
+        let (hooks, lease) = tokio::task::spawn_blocking(move || {
+            hooks.init_cursor(start).map_err(|e| format!("webhooks: {e:?}"))?;
+            let lease = store.lease(DISPATCHER_LEASE).map_err(|e| e.to_string())?;
+            Ok::<_, String>((hooks, lease))
+        })
+        .await
+        .map_err(|e| e.to_string())??;
+        let storage = Storage::Pg { hooks, lease };
+        Webhooks::with_storage(storage, events)
+    }
+
+    fn with_storage(storage: Storage, events: Arc<EventLog>) -> Result<Arc<Webhooks>, String> {
         Ok(Arc::new(Webhooks {
-            path,
-            inner: Mutex::new(Inner { p, dirty: false, in_flight: HashSet::new() }),
-            save_lock: Mutex::new(()),
+            storage,
+            in_flight: Mutex::new(HashSet::new()),
+            cursor_seen: std::sync::atomic::AtomicU64::new(0),
             events,
-            http,
+            http: http_client()?,
             wake: tokio::sync::Notify::new(),
-            retry_base_ms,
+            retry_base_ms: retry_base_ms(),
         }))
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    fn file(&self) -> Option<std::sync::MutexGuard<'_, Inner>> {
+        match &self.storage {
+            Storage::File { inner, .. } => Some(inner.lock().unwrap_or_else(|p| p.into_inner())),
+            Storage::Pg { .. } => None,
+        }
     }
 
-    /// Writes the state file (blocking). Snapshots are taken in order under `save_lock`, so a later
-    /// state is never overwritten by an earlier one.
+    fn pg(&self) -> Option<pg::PgHooks> {
+        match &self.storage {
+            Storage::File { .. } => None,
+            Storage::Pg { hooks, .. } => Some(hooks.clone()),
+        }
+    }
+
+    fn in_flight(&self) -> std::sync::MutexGuard<'_, HashSet<u64>> {
+        self.in_flight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Writes the state file (blocking; the file storage only). Snapshots are taken in order under
+    /// `save_lock`, so a later state is never overwritten by an earlier one.
     fn save_blocking(&self) -> Result<(), HookError> {
-        let _order = self.save_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let Storage::File { path, inner, save_lock } = &self.storage else { return Ok(()) };
+        let _order = save_lock.lock().unwrap_or_else(|p| p.into_inner());
         let bytes = {
-            let mut inner = self.lock();
+            let mut inner = inner.lock().unwrap_or_else(|p| p.into_inner());
             inner.dirty = false;
             serde_json::to_vec(&inner.p).expect("webhook state serialises")
         };
-        write_private_atomic(&self.path, &bytes).map_err(|e| {
-            self.lock().dirty = true;
-            HookError::Io(format!("{}: {e}", self.path.display()))
+        write_private_atomic(path, &bytes).map_err(|e| {
+            inner.lock().unwrap_or_else(|p| p.into_inner()).dirty = true;
+            HookError::Io(format!("{}: {e}", path.display()))
         })
     }
 
     async fn save(self: &Arc<Self>) -> Result<(), HookError> {
+        if self.pg().is_some() {
+            return Ok(());
+        }
         let me = Arc::clone(self);
         tokio::task::spawn_blocking(move || me.save_blocking())
             .await
             .map_err(|e| HookError::Io(e.to_string()))?
     }
 
+    /// Whether this node dispatches: always on the embedded store; on PostgreSQL while it holds the
+    /// dispatcher lease.
+    fn dispatching(&self) -> bool {
+        match &self.storage {
+            Storage::File { .. } => true,
+            Storage::Pg { lease, .. } => lease.is_held(),
+        }
+    }
+
     /// Runs the dispatcher until `shutdown`, then saves.
     pub async fn run(self: Arc<Self>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tasks = tokio::task::JoinSet::new();
         let mut last_save = std::time::Instant::now();
+        let mut was_dispatching = false;
         while !*shutdown.borrow() {
-            self.ingest();
-            self.start_due(&mut tasks).await;
-            if last_save.elapsed().as_millis() as u64 >= STATE_SAVE_EVERY_MS && self.lock().dirty {
+            let dispatching = self.dispatching();
+            if dispatching != was_dispatching && self.pg().is_some() {
+                tracing::info!(
+                    dispatching,
+                    "webhooks: dispatcher lease {}",
+                    if dispatching { "taken" } else { "not held" }
+                );
+                // The database's cursor may have moved under another node.
+                self.cursor_seen.store(0, Ordering::Release);
+            }
+            was_dispatching = dispatching;
+            if dispatching {
+                if let Err(e) = self.ingest().await {
+                    tracing::warn!(error = ?e, "webhooks: cannot make deliveries; retrying");
+                }
+                self.start_due(&mut tasks).await;
+            }
+            let dirty = self.file().is_some_and(|inner| inner.dirty);
+            if last_save.elapsed().as_millis() as u64 >= STATE_SAVE_EVERY_MS && dirty {
                 last_save = std::time::Instant::now();
                 if let Err(e) = self.save().await {
                     tracing::warn!(error = ?e, "webhooks: cannot save delivery state; retrying");
@@ -347,22 +614,41 @@ impl Webhooks {
     }
 
     fn next_due_in_ms(&self) -> u64 {
-        let inner = self.lock();
+        // On PostgreSQL another node may add a delivery at any time: look every tick.
+        let Some(inner) = self.file() else { return DISPATCH_TICK_MS_MAX };
+        let in_flight = self.in_flight();
         let now = now_ms();
         inner
             .p
             .deliveries
             .iter()
-            .filter(|d| d.status == DeliveryStatus::Pending && !inner.in_flight.contains(&d.number))
+            .filter(|d| d.status == DeliveryStatus::Pending && !in_flight.contains(&d.number))
             .map(|d| d.next_attempt_at_ms.saturating_sub(now))
             .min()
             .unwrap_or(DISPATCH_TICK_MS_MAX)
     }
 
     /// Turns newly indexed events into deliveries (unless too many wait already).
-    fn ingest(&self) {
+    async fn ingest(&self) -> Result<(), HookError> {
         let indexed = self.events.indexed_until();
-        let mut inner = self.lock();
+        let Some(pg) = self.pg() else {
+            self.ingest_file(indexed);
+            return Ok(());
+        };
+        if indexed <= self.cursor_seen.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        let events = Arc::clone(&self.events);
+        let cursor = blocking(move || {
+            pg.ingest(indexed, now_ms(), |from, to, endpoints| plan_deliveries(endpoints, &events, from, to))
+        })
+        .await?;
+        self.cursor_seen.fetch_max(cursor, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn ingest_file(&self, indexed: u64) {
+        let Some(mut inner) = self.file() else { return };
         let from = inner.p.cursor;
         if indexed <= from {
             return;
@@ -374,36 +660,11 @@ impl Webhooks {
         }
         let to = indexed.min(from + INGEST_SPAN_ENTRIES_MAX);
         let now = now_ms();
-        let mut created = Vec::new();
-        for endpoint in &inner.p.endpoints {
-            let start = from.max(endpoint.from_seq);
-            if start >= to {
-                continue;
-            }
-            let kinds = endpoint.kinds();
-            let max = INGEST_SPAN_ENTRIES_MAX as usize;
-            for (seq, kind) in self.events.between(&endpoint.tenant, start, to, &kinds, max) {
-                created.push((endpoint.id.clone(), endpoint.tenant.clone(), seq, kind));
-            }
-        }
+        let created = plan_deliveries(&inner.p.endpoints, &self.events, from, to);
         for (endpoint_id, tenant, seq, kind) in created.iter().cloned() {
             let number = inner.p.next_delivery;
             inner.p.next_delivery += 1;
-            inner.p.deliveries.push(Delivery {
-                number,
-                endpoint_id,
-                tenant,
-                event_seq: seq,
-                event_type: kind.as_str().to_string(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                created_at_ms: now,
-                first_attempt_at_ms: None,
-                next_attempt_at_ms: now,
-                last_attempt_at_ms: None,
-                last_status_code: None,
-                last_error: None,
-            });
+            inner.p.deliveries.push(new_delivery(number, endpoint_id, tenant, seq, kind.as_str(), now));
         }
         // Saved only when deliveries were made: a cursor that moved past events nobody takes can be
         // re-read after a crash without effect (and an idle tenant costs no fsync).
@@ -411,33 +672,51 @@ impl Webhooks {
         inner.p.cursor = to;
     }
 
-    async fn start_due(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
-        let now = now_ms();
-        let due: Vec<(u64, u64, String, Vec<String>)> = {
-            let mut inner = self.lock();
-            let room = DELIVERIES_IN_FLIGHT_MAX.saturating_sub(inner.in_flight.len());
+    /// Due deliveries not in flight, at most `room`: `(number, event sequence, url, live secrets)`.
+    async fn due(&self, now: u64, room: usize) -> Result<Vec<(u64, u64, String, Vec<String>)>, HookError> {
+        if room == 0 {
+            return Ok(Vec::new());
+        }
+        let Some(pg) = self.pg() else {
+            let inner = self.file().ok_or_else(not_file)?;
+            let in_flight = self.in_flight();
             let endpoints: HashMap<&str, &Endpoint> =
                 inner.p.endpoints.iter().map(|e| (e.id.as_str(), e)).collect();
-            let picked: Vec<(u64, u64, String, Vec<String>)> = inner
+            return Ok(inner
                 .p
                 .deliveries
                 .iter()
                 .filter(|d| d.status == DeliveryStatus::Pending && d.next_attempt_at_ms <= now)
-                .filter(|d| !inner.in_flight.contains(&d.number))
+                .filter(|d| !in_flight.contains(&d.number))
                 .filter_map(|d| {
                     let e = endpoints.get(d.endpoint_id.as_str())?;
                     Some((d.number, d.event_seq, e.url.clone(), e.live_secrets(now)))
                 })
                 .take(room)
-                .collect();
-            for (number, ..) in &picked {
-                inner.in_flight.insert(*number);
+                .collect());
+        };
+        let in_flight: Vec<u64> = self.in_flight().iter().copied().collect();
+        let due = blocking(move || pg.due(now, room, &in_flight)).await?;
+        Ok(due
+            .into_iter()
+            .map(|(number, seq, e)| (number, seq, e.url.clone(), e.live_secrets(now)))
+            .collect())
+    }
+
+    async fn start_due(self: &Arc<Self>, tasks: &mut tokio::task::JoinSet<()>) {
+        let now = now_ms();
+        let room = DELIVERIES_IN_FLIGHT_MAX.saturating_sub(self.in_flight().len());
+        let due = match self.due(now, room).await {
+            Ok(due) => due,
+            Err(e) => {
+                tracing::warn!(error = ?e, "webhooks: cannot read due deliveries; retrying");
+                return;
             }
-            picked
         };
         if due.is_empty() {
             return;
         }
+        self.in_flight().extend(due.iter().map(|d| d.0));
         let mut seqs: Vec<u64> = due.iter().map(|d| d.1).collect();
         seqs.sort_unstable();
         seqs.dedup();
@@ -445,9 +724,9 @@ impl Webhooks {
             Ok(events) => events.into_iter().map(|e| (e.sequence, (e.to_json(), e.kind.as_str()))).collect(),
             Err(e) => {
                 tracing::warn!(error = %e.0, "webhooks: cannot read events; retrying");
-                let mut inner = self.lock();
+                let mut in_flight = self.in_flight();
                 for (number, ..) in &due {
-                    inner.in_flight.remove(number);
+                    in_flight.remove(number);
                 }
                 return;
             }
@@ -461,7 +740,7 @@ impl Webhooks {
                     Some((body, kind)) => me.attempt(number, seq, kind, &url, &secrets, body).await,
                     None => Err((None, "the event could not be read from the journal".to_string())),
                 };
-                me.finish(number, outcome, kind);
+                me.finish(number, outcome, kind).await;
             });
         }
     }
@@ -508,44 +787,191 @@ impl Webhooks {
         }
     }
 
-    fn finish(&self, number: u64, outcome: Result<u16, (Option<u16>, String)>, kind: Option<&'static str>) {
+    async fn finish(
+        self: &Arc<Self>,
+        number: u64,
+        outcome: Result<u16, (Option<u16>, String)>,
+        kind: Option<&'static str>,
+    ) {
         let now = now_ms();
-        let mut inner = self.lock();
-        inner.in_flight.remove(&number);
-        inner.dirty = true;
         let base = self.retry_base_ms;
+        if let Some(pg) = self.pg() {
+            let done =
+                blocking(move || pg.finish(number, |d| apply_outcome(d, outcome, kind, now, base))).await;
+            if let Err(e) = done {
+                // The delivery stays pending as last saved: it is attempted again (at least once).
+                tracing::warn!(error = ?e, number, "webhooks: cannot save a delivery attempt");
+            }
+            self.in_flight().remove(&number);
+            return;
+        }
+        let Some(mut inner) = self.file() else { return };
+        self.in_flight().remove(&number);
+        inner.dirty = true;
         let Some(d) = inner.p.deliveries.iter_mut().find(|d| d.number == number) else { return };
-        if let Some(kind) = kind {
-            d.event_type = kind.to_string();
-        }
-        d.attempts += 1;
-        d.last_attempt_at_ms = Some(now);
-        let first = *d.first_attempt_at_ms.get_or_insert(now);
-        match outcome {
-            Ok(code) => {
-                d.status = DeliveryStatus::Succeeded;
-                d.last_status_code = Some(code);
-                d.last_error = None;
-                metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "succeeded").increment(1);
-            }
-            Err((code, error)) => {
-                d.last_status_code = code;
-                d.last_error = Some(error);
-                let next = now + retry_delay_ms(d.attempts, base, rand::rng().random::<f64>());
-                let window_end = first + DELIVERY_WINDOW_SECS * 1_000;
-                if d.attempts >= DELIVERY_ATTEMPTS_MAX || next > window_end {
-                    d.status = DeliveryStatus::Failed;
-                    metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "failed").increment(1);
-                } else {
-                    d.next_attempt_at_ms = next;
-                    metrics::counter!("puhui_webhook_deliveries_total", "outcome" => "retry").increment(1);
-                }
-            }
-        }
+        apply_outcome(d, outcome, kind, now, base);
         if d.status != DeliveryStatus::Pending {
             let endpoint = d.endpoint_id.clone();
             trim_log(&mut inner.p.deliveries, &endpoint);
         }
+    }
+
+    // --------------------------------------------------------------------------------------------
+    // What the HTTP handlers change and read, on either storage.
+
+    /// Adds an endpoint (within the limits) and saves it before answering.
+    async fn add_endpoint(self: &Arc<Self>, endpoint: Endpoint) -> Result<(), HookError> {
+        if let Some(pg) = self.pg() {
+            return blocking(move || pg.add_endpoint(&endpoint)).await;
+        }
+        {
+            let mut inner = self.file().ok_or_else(not_file)?;
+            let ours = inner.p.endpoints.iter().filter(|e| e.tenant == endpoint.tenant).count();
+            check_endpoint_limits(ours, inner.p.endpoints.len())?;
+            inner.p.endpoints.push(endpoint.clone());
+        }
+        if let Err(e) = self.save().await {
+            if let Some(mut inner) = self.file() {
+                inner.p.endpoints.retain(|x| x.id != endpoint.id);
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The tenant's endpoints, oldest first.
+    async fn endpoints(&self, tenant: &str) -> Result<Vec<Endpoint>, HookError> {
+        if let Some(pg) = self.pg() {
+            let tenant = tenant.to_string();
+            return blocking(move || pg.endpoints(&tenant, None)).await;
+        }
+        let inner = self.file().ok_or_else(not_file)?;
+        Ok(inner.p.endpoints.iter().filter(|e| e.tenant == tenant).cloned().collect())
+    }
+
+    /// One of the tenant's endpoints.
+    async fn endpoint(&self, tenant: &str, id: &str) -> Result<Endpoint, HookError> {
+        if let Some(pg) = self.pg() {
+            let (tenant, id) = (tenant.to_string(), id.to_string());
+            let found = blocking(move || pg.endpoints(&tenant, Some(&id))).await?;
+            return found.into_iter().next().ok_or(HookError::NotFound("webhook endpoint"));
+        }
+        let inner = self.file().ok_or_else(not_file)?;
+        inner
+            .p
+            .endpoints
+            .iter()
+            .find(|e| e.id == id && e.tenant == tenant)
+            .cloned()
+            .ok_or(HookError::NotFound("webhook endpoint"))
+    }
+
+    /// Deletes one of the tenant's endpoints and its deliveries.
+    async fn remove_endpoint(self: &Arc<Self>, tenant: &str, id: &str) -> Result<(), HookError> {
+        if let Some(pg) = self.pg() {
+            let (tenant, id) = (tenant.to_string(), id.to_string());
+            return blocking(move || pg.remove_endpoint(&tenant, &id)).await;
+        }
+        {
+            let mut inner = self.file().ok_or_else(not_file)?;
+            let before = inner.p.endpoints.len();
+            inner.p.endpoints.retain(|e| !(e.id == id && e.tenant == tenant));
+            if inner.p.endpoints.len() == before {
+                return Err(HookError::NotFound("webhook endpoint"));
+            }
+            inner.p.deliveries.retain(|d| d.endpoint_id != id);
+        }
+        self.save().await
+    }
+
+    /// Rotates the secret of one of the tenant's endpoints; returns the endpoint after it.
+    async fn rotate(
+        self: &Arc<Self>,
+        tenant: &str,
+        id: &str,
+        secret: &str,
+        grace_secs: u64,
+    ) -> Result<Endpoint, HookError> {
+        let now = now_ms();
+        if let Some(pg) = self.pg() {
+            let (tenant, id, secret) = (tenant.to_string(), id.to_string(), secret.to_string());
+            return blocking(move || {
+                pg.update_endpoint(&tenant, &id, |e| rotate_secrets(e, &secret, now, grace_secs))
+            })
+            .await;
+        }
+        let endpoint = {
+            let mut inner = self.file().ok_or_else(not_file)?;
+            let e = inner
+                .p
+                .endpoints
+                .iter_mut()
+                .find(|e| e.id == id && e.tenant == tenant)
+                .ok_or(HookError::NotFound("webhook endpoint"))?;
+            rotate_secrets(e, secret, now, grace_secs);
+            e.clone()
+        };
+        self.save().await?;
+        Ok(endpoint)
+    }
+
+    /// A page of an endpoint's deliveries with numbers below `before`, newest first, and whether more
+    /// follow.
+    async fn deliveries(
+        &self,
+        tenant: &str,
+        endpoint_id: &str,
+        before: u64,
+        limit: usize,
+    ) -> Result<(Vec<Delivery>, bool), HookError> {
+        if let Some(pg) = self.pg() {
+            let (tenant, id) = (tenant.to_string(), endpoint_id.to_string());
+            return blocking(move || pg.deliveries(&tenant, &id, before, limit)).await;
+        }
+        let inner = self.file().ok_or_else(not_file)?;
+        if !inner.p.endpoints.iter().any(|e| e.id == endpoint_id && e.tenant == tenant) {
+            return Err(HookError::NotFound("webhook endpoint"));
+        }
+        let mut page: Vec<&Delivery> =
+            inner.p.deliveries.iter().filter(|d| d.endpoint_id == endpoint_id && d.number < before).collect();
+        page.sort_unstable_by_key(|d| std::cmp::Reverse(d.number));
+        let has_more = page.len() > limit;
+        page.truncate(limit);
+        Ok((page.into_iter().cloned().collect(), has_more))
+    }
+
+    /// New deliveries of the tenant's event `seq` (of type `kind`) to the endpoint named or to every
+    /// endpoint of the tenant that takes the type.
+    async fn redeliver(
+        self: &Arc<Self>,
+        tenant: &str,
+        seq: u64,
+        kind: EventType,
+        named: Option<String>,
+    ) -> Result<Vec<Delivery>, HookError> {
+        let now = now_ms();
+        let created = if let Some(pg) = self.pg() {
+            let tenant = tenant.to_string();
+            blocking(move || pg.redeliver(&tenant, seq, kind, named.as_deref(), now)).await?
+        } else {
+            let mut inner = self.file().ok_or_else(not_file)?;
+            let pending = inner.p.deliveries.iter().filter(|d| d.status == DeliveryStatus::Pending).count();
+            let targets = redelivery_targets(&inner.p.endpoints, tenant, named.as_deref(), kind)?;
+            pending_limit(pending, targets.len())?;
+            let mut created = Vec::new();
+            for endpoint_id in targets {
+                let number = inner.p.next_delivery;
+                inner.p.next_delivery += 1;
+                let d = new_delivery(number, endpoint_id, tenant.to_string(), seq, kind.as_str(), now);
+                created.push(d.clone());
+                inner.p.deliveries.push(d);
+            }
+            inner.dirty = true;
+            created
+        };
+        self.save().await?;
+        self.wake.notify_one();
+        Ok(created)
     }
 }
 
@@ -745,9 +1171,6 @@ fn delivery_object(d: &Delivery) -> WebhookDeliveryObject {
 
 fn webhooks(app: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
     app.webhooks.as_ref().ok_or_else(|| {
-        if app.store.is_postgres() {
-            return ApiError::not_available("webhooks");
-        }
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "api_error", "unavailable", "webhooks are not enabled")
     })
 }
@@ -813,24 +1236,7 @@ pub async fn create_endpoint(
         created_at_ms: now_ms(),
         from_seq: hooks.events.durable_entries(),
     };
-    {
-        let mut inner = hooks.lock();
-        let ours = inner.p.endpoints.iter().filter(|e| e.tenant == principal.tenant).count();
-        if ours >= ENDPOINTS_PER_TENANT_MAX {
-            return Err(HookError::Limit(format!(
-                "at most {ENDPOINTS_PER_TENANT_MAX} webhook endpoints per tenant"
-            ))
-            .into());
-        }
-        if inner.p.endpoints.len() >= ENDPOINTS_MAX {
-            return Err(HookError::Limit(format!("at most {ENDPOINTS_MAX} webhook endpoints in all")).into());
-        }
-        inner.p.endpoints.push(endpoint.clone());
-    }
-    if let Err(e) = hooks.save().await {
-        hooks.lock().p.endpoints.retain(|x| x.id != endpoint.id);
-        return Err(e.into());
-    }
+    hooks.add_endpoint(endpoint.clone()).await?;
     Ok((StatusCode::CREATED, Json(endpoint_object(&endpoint, Some(secret)))))
 }
 
@@ -842,9 +1248,8 @@ pub async fn list_endpoints(
     Extension(principal): Extension<Principal>,
 ) -> Result<Json<WebhookEndpointList>, ApiError> {
     let hooks = webhooks(&app)?;
-    let inner = hooks.lock();
-    let data =
-        inner.p.endpoints.iter().filter(|e| e.tenant == principal.tenant).map(|e| endpoint_object(e, None));
+    let endpoints = hooks.endpoints(&principal.tenant).await?;
+    let data = endpoints.iter().map(|e| endpoint_object(e, None));
     Ok(Json(WebhookEndpointList {
         object: "list",
         data: data.collect(),
@@ -864,14 +1269,8 @@ pub async fn get_endpoint(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookEndpointObject>, ApiError> {
     let hooks = webhooks(&app)?;
-    let inner = hooks.lock();
-    let e = inner
-        .p
-        .endpoints
-        .iter()
-        .find(|e| e.id == id && e.tenant == principal.tenant)
-        .ok_or(HookError::NotFound("webhook endpoint"))?;
-    Ok(Json(endpoint_object(e, None)))
+    let e = hooks.endpoint(&principal.tenant, &id).await?;
+    Ok(Json(endpoint_object(&e, None)))
 }
 
 /// Delete a webhook endpoint: its pending deliveries are dropped.
@@ -885,16 +1284,7 @@ pub async fn delete_endpoint(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<DeletedObject>, ApiError> {
     let hooks = webhooks(&app)?;
-    {
-        let mut inner = hooks.lock();
-        let before = inner.p.endpoints.len();
-        inner.p.endpoints.retain(|e| !(e.id == id && e.tenant == principal.tenant));
-        if inner.p.endpoints.len() == before {
-            return Err(HookError::NotFound("webhook endpoint").into());
-        }
-        inner.p.deliveries.retain(|d| d.endpoint_id != id);
-    }
-    hooks.save().await?;
+    hooks.remove_endpoint(&principal.tenant, &id).await?;
     Ok(Json(DeletedObject { object: "webhook_endpoint", id, deleted: true }))
 }
 
@@ -921,26 +1311,9 @@ pub async fn rotate_secret(
         ));
     }
     let secret = format!("whsec_{}", random_text(32));
-    let object = {
-        let mut inner = hooks.lock();
-        let e = inner
-            .p
-            .endpoints
-            .iter_mut()
-            .find(|e| e.id == id && e.tenant == principal.tenant)
-            .ok_or(HookError::NotFound("webhook endpoint"))?;
-        let now = now_ms();
-        let until = now + grace_secs * 1_000;
-        // Old secrets end at the latest by the new grace period; expired ones are dropped.
-        for s in &mut e.secrets {
-            s.expires_at_ms = Some(s.expires_at_ms.map_or(until, |at| at.min(until)));
-        }
-        e.secrets.retain(|s| s.expires_at_ms.is_some_and(|at| at > now));
-        e.secrets.push(Secret { secret: secret.clone(), expires_at_ms: None });
-        endpoint_object(e, Some(secret))
-    };
-    hooks.save().await?;
-    Ok(Json(object))
+    // Old secrets end at the latest by the new grace period; expired ones are dropped.
+    let e = hooks.rotate(&principal.tenant, &id, &secret, grace_secs).await?;
+    Ok(Json(endpoint_object(&e, Some(secret))))
 }
 
 /// The delivery log of an endpoint, newest first (pending deliveries and the latest 100 finished).
@@ -975,18 +1348,10 @@ pub async fn list_deliveries(
         None => u64::MAX,
     };
     let hooks = webhooks(&app)?;
-    let inner = hooks.lock();
-    if !inner.p.endpoints.iter().any(|e| e.id == id && e.tenant == principal.tenant) {
-        return Err(HookError::NotFound("webhook endpoint").into());
-    }
-    let mut page: Vec<&Delivery> =
-        inner.p.deliveries.iter().filter(|d| d.endpoint_id == id && d.number < before).collect();
-    page.sort_unstable_by(|a, b| b.number.cmp(&a.number));
-    let has_more = page.len() > limit;
-    page.truncate(limit);
+    let (page, has_more) = hooks.deliveries(&principal.tenant, &id, before, limit).await?;
     Ok(Json(WebhookDeliveryList {
         object: "list",
-        data: page.into_iter().map(delivery_object).collect(),
+        data: page.iter().map(delivery_object).collect(),
         has_more,
         url: format!("/v1/webhook_endpoints/{id}/deliveries"),
     }))
@@ -1012,68 +1377,8 @@ pub async fn redeliver_event(
         return Err(ApiError::not_found("event", "id"));
     }
     let event = log.read(vec![seq]).await?.pop().ok_or_else(|| ApiError::not_found("event", "id"))?;
-    let created = {
-        let mut inner = hooks.lock();
-        let pending = inner.p.deliveries.iter().filter(|d| d.status == DeliveryStatus::Pending).count();
-        let targets: Vec<String> = inner
-            .p
-            .endpoints
-            .iter()
-            .filter(|e| e.tenant == principal.tenant)
-            .filter(|e| match &body.endpoint_id {
-                Some(want) => &e.id == want,
-                None => {
-                    let kinds = e.kinds();
-                    kinds.is_empty() || kinds.contains(&event.kind)
-                }
-            })
-            .map(|e| e.id.clone())
-            .collect();
-        if targets.is_empty() {
-            return Err(match body.endpoint_id {
-                Some(_) => ApiError::not_found("webhook endpoint", "endpoint_id"),
-                None => ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
-                    "invalid_request_error",
-                    "invalid_request",
-                    "no webhook endpoint of yours takes this event's type",
-                ),
-            });
-        }
-        if pending + targets.len() > PENDING_DELIVERIES_MAX {
-            return Err(HookError::Limit(format!(
-                "{PENDING_DELIVERIES_MAX} deliveries are waiting; retry later"
-            ))
-            .into());
-        }
-        let now = now_ms();
-        let mut created = Vec::new();
-        for endpoint_id in targets {
-            let number = inner.p.next_delivery;
-            inner.p.next_delivery += 1;
-            let d = Delivery {
-                number,
-                endpoint_id,
-                tenant: principal.tenant.clone(),
-                event_seq: seq,
-                event_type: event.kind.as_str().to_string(),
-                status: DeliveryStatus::Pending,
-                attempts: 0,
-                created_at_ms: now,
-                first_attempt_at_ms: None,
-                next_attempt_at_ms: now,
-                last_attempt_at_ms: None,
-                last_status_code: None,
-                last_error: None,
-            };
-            created.push(delivery_object(&d));
-            inner.p.deliveries.push(d);
-        }
-        inner.dirty = true;
-        created
-    };
-    hooks.save().await?;
-    hooks.wake.notify_one();
+    let created = hooks.redeliver(&principal.tenant, seq, event.kind, body.endpoint_id).await?;
+    let created = created.iter().map(delivery_object).collect();
     Ok((
         StatusCode::CREATED,
         Json(WebhookDeliveryList {

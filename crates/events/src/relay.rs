@@ -25,7 +25,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::cursor::{load_json, save_json_atomic, PositionFile};
 use crate::event::{map_entry, Mapped};
-use crate::tail::{JournalTail, RawEntry};
+use crate::source::{EntryCursor, EntrySource, Lease, SavedCursor};
+use crate::tail::RawEntry;
 
 /// Journal entries read and published per batch (plus at most the rest of one frame).
 pub const RELAY_BATCH_ENTRIES_MAX: usize = 1_024;
@@ -57,7 +58,7 @@ pub const HEADER_SEQ: &str = "Puhui-Seq";
 /// Header: the sequence of the previous event published from the same journal (absent for the
 /// first), so a consumer can tell an entry that is not an event from a lost message.
 pub const HEADER_PREV_SEQ: &str = "Puhui-Prev-Seq";
-/// Header: the journal's id (see [`JournalTail::journal_id`]).
+/// Header: the journal's id (see [`crate::JournalTail::journal_id`]).
 pub const HEADER_JOURNAL: &str = "Puhui-Journal";
 /// Header: the event type.
 pub const HEADER_TYPE: &str = "Puhui-Event-Type";
@@ -127,12 +128,11 @@ impl NatsConfig {
 /// Where the relay reads from.
 #[derive(Clone)]
 pub struct RelaySource {
-    /// The journal file.
-    pub journal: PathBuf,
-    /// Where the cursor file goes.
+    /// The journal (file or SQL) and its durable watermark.
+    pub entries: EntrySource,
+    /// Where the cursor file goes (the embedded store; on PostgreSQL the cursor is a row of
+    /// `puhui_event_cursors`).
     pub data_dir: PathBuf,
-    /// Entries durable so far (the store's watermark; always a frame boundary).
-    pub durable_entries: Arc<dyn Fn() -> u64 + Send + Sync>,
 }
 
 /// What the relay reports (for logs, metrics, tests).
@@ -165,6 +165,8 @@ fn cursor_path(dir: &Path, stream: &str) -> PathBuf {
 enum RoundError {
     Nats(String),
     Journal(String),
+    /// Another node holds the relay's lease now (PostgreSQL).
+    LeaseLost,
 }
 
 impl std::fmt::Display for RoundError {
@@ -172,6 +174,7 @@ impl std::fmt::Display for RoundError {
         match self {
             RoundError::Nats(e) => write!(f, "NATS: {e}"),
             RoundError::Journal(e) => write!(f, "journal: {e}"),
+            RoundError::LeaseLost => write!(f, "the relay lease was lost"),
         }
     }
 }
@@ -194,6 +197,13 @@ struct Relay {
     status: Arc<RelayStatus>,
     fault_before_seq: Option<u64>,
     last_saved: Option<Instant>,
+    /// On PostgreSQL: only the node holding it publishes.
+    lease: Option<Box<dyn Lease>>,
+}
+
+/// The lease of the relay of `stream` (one publisher per stream among the nodes on a database).
+pub fn lease_name(stream: &str) -> String {
+    format!("nats-relay:{stream}")
 }
 
 async fn run(
@@ -203,7 +213,17 @@ async fn run(
     status: Arc<RelayStatus>,
 ) {
     let fault_before_seq = std::env::var(FAULT_ABORT_BEFORE_PUBLISH_ENV).ok().and_then(|v| v.parse().ok());
-    let mut relay = Relay { config, source, status, fault_before_seq, last_saved: None };
+    let lease = match source.entries.sql() {
+        Some(sql) => match sql.lease(&lease_name(&config.stream)) {
+            Ok(lease) => Some(lease),
+            Err(e) => {
+                tracing::error!(error = %e, "events: cannot start competing for the relay lease; relay not started");
+                return;
+            }
+        },
+        None => None,
+    };
+    let mut relay = Relay { config, source, status, fault_before_seq, last_saved: None, lease };
     let mut backoff_ms = RELAY_BACKOFF_MS_MIN;
     let mut outage_since: Option<Instant> = None;
     let mut outage_logged: Option<Instant> = None;
@@ -222,13 +242,22 @@ async fn run(
         }
         match relay.round(&mut shutdown, drain_deadline).await {
             Ok(()) => break,
+            Err(RoundError::LeaseLost) => {
+                relay.status.connected.store(false, Ordering::Relaxed);
+                metrics::gauge!("puhui_events_nats_connected").set(0.0);
+                tracing::warn!("events: another node took over the relay lease; standing by");
+                continue;
+            }
             Err(e) => {
                 relay.status.connected.store(false, Ordering::Relaxed);
                 metrics::gauge!("puhui_events_nats_connected").set(0.0);
                 metrics::counter!("puhui_events_nats_errors_total").increment(1);
                 let now = Instant::now();
                 let since = *outage_since.get_or_insert(now);
-                let lag = (relay.source.durable_entries)()
+                let lag = relay
+                    .source
+                    .entries
+                    .durable_entries()
                     .saturating_sub(relay.status.next_seq.load(Ordering::Relaxed));
                 if outage_logged
                     .is_none_or(|t| now.duration_since(t).as_millis() as u64 >= OUTAGE_LOG_EVERY_MS)
@@ -254,6 +283,10 @@ async fn run(
         }
     }
     tracing::info!(next_seq = relay.status.next_seq.load(Ordering::Relaxed), "events: relay stopped");
+    // Releasing the lease may wait for its thread's query: not on the runtime's threads.
+    if let Some(lease) = relay.lease.take() {
+        let _ = tokio::task::spawn_blocking(move || drop(lease)).await;
+    }
 }
 
 impl Relay {
@@ -264,6 +297,24 @@ impl Relay {
         shutdown: &mut tokio::sync::watch::Receiver<bool>,
         mut drain_deadline: Option<Instant>,
     ) -> Result<(), RoundError> {
+        // On PostgreSQL: stand by until this node holds the lease.
+        if let Some(lease) = &self.lease {
+            let mut announced = false;
+            while !lease.is_held() {
+                if *shutdown.borrow() {
+                    return Ok(());
+                }
+                if !announced {
+                    tracing::info!(stream = %self.config.stream, "events: another node relays to NATS; standing by");
+                    announced = true;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(RELAY_POLL_MS * 10)) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+            tracing::info!(stream = %self.config.stream, "events: this node holds the relay lease");
+        }
         let timeout = Duration::from_millis(NATS_TIMEOUT_MS);
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(timeout)
@@ -275,10 +326,9 @@ impl Relay {
         js.set_timeout(timeout);
         ensure_stream(&js, &self.config).await?;
         // The journal's id: wait for its first entry.
-        let journal = self.source.journal.clone();
         let journal_id = loop {
-            let path = journal.clone();
-            let id = tokio::task::spawn_blocking(move || JournalTail::journal_id(&path))
+            let entries = self.source.entries.clone();
+            let id = tokio::task::spawn_blocking(move || entries.journal_id())
                 .await
                 .map_err(|e| RoundError::Journal(e.to_string()))?
                 .map_err(|e| RoundError::Journal(e.to_string()))?;
@@ -306,7 +356,10 @@ impl Relay {
             if *shutdown.borrow() && drain_deadline.is_none() {
                 drain_deadline = Some(Instant::now() + Duration::from_millis(SHUTDOWN_DRAIN_MS_MAX));
             }
-            let durable = (self.source.durable_entries)();
+            if self.lease.as_ref().is_some_and(|l| !l.is_held()) {
+                return Err(RoundError::LeaseLost);
+            }
+            let durable = self.source.entries.durable_entries();
             metrics::gauge!("puhui_events_nats_lag_entries")
                 .set(durable.saturating_sub(tail.next_seq()) as f64);
             if tail.next_seq() >= durable {
@@ -354,12 +407,27 @@ impl Relay {
         &self,
         js: &jetstream::Context,
         journal_id: &str,
-    ) -> Result<(JournalTail, Option<u64>), RoundError> {
+    ) -> Result<(EntryCursor, Option<u64>), RoundError> {
         let path = cursor_path(&self.source.data_dir, &self.config.stream);
-        let saved: Option<CursorFile> = load_json(&path).unwrap_or_else(|e| {
-            tracing::warn!(error = %e, "events: ignoring an unreadable relay cursor file");
-            None
-        });
+        let saved: Option<CursorFile> = match self.source.entries.sql() {
+            None => load_json(&path).unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "events: ignoring an unreadable relay cursor file");
+                None
+            }),
+            Some(sql) => {
+                let (sql, name) = (Arc::clone(sql), lease_name(&self.config.stream));
+                let loaded = tokio::task::spawn_blocking(move || sql.load_cursor(&name))
+                    .await
+                    .map_err(|e| RoundError::Journal(e.to_string()))?
+                    .map_err(|e| RoundError::Journal(e.to_string()))?;
+                loaded.map(|c| CursorFile {
+                    journal_id: c.journal_id,
+                    next_seq: c.next_seq,
+                    last_published_seq: c.last_published_seq,
+                    resume: PositionFile::default(),
+                })
+            }
+        };
         let saved = saved.filter(|c| {
             let ours = c.journal_id == journal_id;
             if !ours {
@@ -403,7 +471,7 @@ impl Relay {
             .and_then(|c| c.resume.to_position())
             .filter(|p| p.entries <= next_seq)
             .unwrap_or_else(JournalPosition::start);
-        Ok((JournalTail::new(&self.source.journal, resume, next_seq), last_published))
+        Ok((self.source.entries.cursor(resume, next_seq), last_published))
     }
 
     /// Publishes a batch in order and waits for every acknowledgement. Returns the last published
@@ -462,7 +530,7 @@ impl Relay {
         Ok(last_published)
     }
 
-    async fn save_cursor(&mut self, journal_id: &str, tail: &JournalTail, last: Option<u64>, now: bool) {
+    async fn save_cursor(&mut self, journal_id: &str, tail: &EntryCursor, last: Option<u64>, now: bool) {
         let due =
             now || self.last_saved.is_none_or(|t| t.elapsed().as_millis() as u64 >= CURSOR_SAVE_EVERY_MS);
         if !due {
@@ -475,8 +543,25 @@ impl Relay {
             last_published_seq: last,
             resume: PositionFile::from(tail.resume_position()),
         };
-        let path = cursor_path(&self.source.data_dir, &self.config.stream);
-        let saved = tokio::task::spawn_blocking(move || save_json_atomic(&path, &file)).await;
+        let saved = match self.source.entries.sql() {
+            None => {
+                let path = cursor_path(&self.source.data_dir, &self.config.stream);
+                tokio::task::spawn_blocking(move || save_json_atomic(&path, &file).map_err(|e| e.to_string()))
+                    .await
+            }
+            Some(sql) => {
+                let (sql, name) = (Arc::clone(sql), lease_name(&self.config.stream));
+                let cursor = SavedCursor {
+                    journal_id: file.journal_id,
+                    next_seq: file.next_seq,
+                    last_published_seq: file.last_published_seq,
+                };
+                tokio::task::spawn_blocking(move || {
+                    sql.save_cursor(&name, &cursor).map_err(|e| e.to_string())
+                })
+                .await
+            }
+        };
         if let Ok(Err(e)) = saved {
             tracing::warn!(error = %e, "events: cannot save the relay cursor (the stream's last message is the fallback)");
         }

@@ -581,3 +581,304 @@ async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
     assert_eq!(a.get(&server, &format!("/v1/webhook_endpoints/{ep_a_id}")).await.0, 404);
     assert!(server.terminate().success());
 }
+
+// ------------------------------------------------------------------------------------------------
+// On PostgreSQL: several `puhui serve --store postgres://…` nodes on one schema (a fresh one per
+// test, dropped at the end). Tenants, keys and the admin token live in the database, so every node
+// knows every tenant.
+
+fn pg_store(schema: &puhui_store_pg::testing::TestSchema) -> String {
+    format!("{}?schema={}", schema.url(), schema.name())
+}
+
+/// Runs `body` on a runtime: the schema's PostgreSQL client blocks, so these tests are plain
+/// `#[test]`s that enter a runtime for the HTTP part only.
+fn run<T>(body: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap().block_on(body)
+}
+
+/// Every node serves every node's events, byte for byte the same.
+#[test]
+fn events_on_postgres_are_served_by_every_node() {
+    let schema = puhui_store_pg::testing::TestSchema::new("events_nodes");
+    run(pg_events_on_postgres_are_served_by_every_node(pg_store(&schema)));
+}
+
+async fn pg_events_on_postgres_are_served_by_every_node(store: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("PUHUI_STORE", store.as_str())];
+    let a_node = serve(dir.path(), &[], &env);
+    let api = Api::tenant(&a_node).await;
+    let other = Api::tenant(&a_node).await;
+    let b_node = serve(dir.path(), &[], &env);
+    api.setup(&a_node).await;
+    assert_eq!(api.post(&a_node, "/v1/transfers", transfer("via-a", 3)).await.0, 201);
+    assert_eq!(api.post(&b_node, "/v1/transfers", transfer("via-b", 4)).await.0, 201);
+    let has = |events: &[Value], id: &str| events.iter().any(|e| e["data"]["object"]["id"] == id);
+    for node in [&a_node, &b_node] {
+        poll("both transfers on every node", async || {
+            let events = api.all_events(node).await;
+            (has(&events, "via-a") && has(&events, "via-b")).then_some(())
+        })
+        .await;
+    }
+    let on_a = api.all_events(&a_node).await;
+    let on_b = api.all_events(&b_node).await;
+    assert_eq!(on_a, on_b, "the two nodes list the same events");
+    // 2 accounts and 2 transfers (risk records of transfers without risk context are not events).
+    let types: Vec<&str> = on_a.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types.iter().filter(|t| **t == "account.created").count(), 2, "{types:?}");
+    assert_eq!(types.iter().filter(|t| **t == "transfer.created").count(), 2, "{types:?}");
+    assert!(on_a.windows(2).all(|w| w[0]["sequence"].as_u64() < w[1]["sequence"].as_u64()));
+    // One event by id, from the node that did not write it; another tenant's is a 404.
+    let via_a = on_a.iter().find(|e| e["data"]["object"]["id"] == "via-a").unwrap();
+    let id = via_a["id"].as_str().unwrap();
+    let (status, got) = api.get(&b_node, &format!("/v1/events/{id}")).await;
+    assert_eq!((status, &got), (200, via_a));
+    assert_eq!(other.get(&b_node, &format!("/v1/events/{id}")).await.0, 404);
+    assert_eq!(other.all_events(&b_node).await.len(), 0);
+    let (status, only) = api.get(&b_node, "/v1/events?type=transfer.*").await;
+    assert_eq!((status, only["data"].as_array().unwrap().len()), (200, 2));
+    // The verifiable-journal endpoints stay embedded-only.
+    let (status, body) = api.get(&a_node, "/v1/journal/checkpoints/latest").await;
+    assert_eq!((status, body["error"]["code"].as_str()), (501, Some("not_available")));
+    assert!(a_node.terminate().success());
+    assert!(b_node.terminate().success());
+}
+
+/// The outbox on PostgreSQL with two relaying nodes: one publishes at a time (a lease); when it is
+/// killed (SIGKILL) the other takes over from the stream's last message. The stream ends with every
+/// event once: no gap, no duplicate.
+#[test]
+fn outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicates() {
+    let schema = puhui_store_pg::testing::TestSchema::new("events_relay");
+    run(pg_outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicates(pg_store(&schema)));
+}
+
+async fn pg_outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicates(store: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let name = unique("PUHUI_TEST_");
+    let prefix = unique("puhuitest");
+    let stream = Stream::connect(&name).await;
+    let nats = ["--nats", NATS_URL, "--nats-stream", &name, "--nats-subject-prefix", &prefix];
+    let env = [("PUHUI_STORE", store.as_str())];
+    let mut acked: Vec<String> = Vec::new();
+
+    // Node A alone: it takes the relay lease and publishes.
+    let a_node = serve(dir.path(), &nats, &env);
+    let api = Api::tenant(&a_node).await;
+    api.setup(&a_node).await;
+    poll("node A publishing", async || (stream.count().await >= 2).then_some(())).await;
+    // Node B stands by (one holder of the relay lease while both run); both take writes.
+    let b_node = serve(dir.path(), &nats, &env);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(lease_holders(&store, &format!("nats-relay:{name}")).await, 1);
+    for i in 0..40 {
+        let (node, id) = if i % 2 == 0 { (&a_node, format!("a{i}")) } else { (&b_node, format!("b{i}")) };
+        assert_eq!(api.post(node, "/v1/transfers", transfer(&id, 1)).await.0, 201);
+        acked.push(id);
+    }
+    // A burst, then kill the relaying node at once (events still unpublished, very likely); B takes
+    // over the lease.
+    let burst: Vec<Value> = (0..200).map(|i| transfer(&format!("burst{i}"), 1)).collect();
+    let (status, body) = api.post(&b_node, "/v1/transfers/batch", json!({ "transfers": burst })).await;
+    assert_eq!((status, body["ok"].as_u64()), (200, Some(200)), "{body}");
+    acked.extend((0..200).map(|i| format!("burst{i}")));
+    a_node.kill9();
+    println!("in the stream when the relaying node was killed: {}", stream.count().await);
+    poll("node B holding the relay lease", async || {
+        (lease_holders(&store, &format!("nats-relay:{name}")).await == 1).then_some(())
+    })
+    .await;
+    for i in 0..40 {
+        let id = format!("c{i}");
+        assert_eq!(api.post(&b_node, "/v1/transfers", transfer(&id, 1)).await.0, 201);
+        acked.push(id);
+    }
+    let events = poll("the last transfer in GET /v1/events", async || {
+        let events = api.all_events(&b_node).await;
+        events.iter().any(|e| e["data"]["object"]["id"] == "c39").then_some(events)
+    })
+    .await;
+    let expected = events.len() as u64;
+    poll("every event in the stream", async || (stream.count().await >= expected).then_some(())).await;
+    assert!(b_node.terminate().success());
+
+    let messages = stream.messages().await;
+    let mut seqs: Vec<u64> = messages.iter().map(|m| m.1["Puhui-Seq"].parse().unwrap()).collect();
+    let distinct: HashSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct.len(), seqs.len(), "duplicate messages in the stream");
+    seqs.sort_unstable();
+    let listed: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, listed, "a journal sequence is missing");
+    let prev_of: BTreeMap<u64, Option<u64>> = messages
+        .iter()
+        .map(|m| (m.1["Puhui-Seq"].parse().unwrap(), m.1.get("Puhui-Prev-Seq").map(|p| p.parse().unwrap())))
+        .collect();
+    for (i, seq) in seqs.iter().enumerate() {
+        assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
+    }
+    let journals: HashSet<&str> = messages.iter().map(|m| m.1["Puhui-Journal"].as_str()).collect();
+    assert_eq!(journals.len(), 1, "one journal id per database: {journals:?}");
+    for (_, headers, _, payload) in &messages {
+        let seq: u64 = headers["Puhui-Seq"].parse().unwrap();
+        assert_eq!(headers["Nats-Msg-Id"], format!("{}:{seq}", headers["Puhui-Journal"]));
+        assert_eq!(payload["id"], format!("evt_{seq}"));
+    }
+    let by_id: BTreeMap<&str, &Value> =
+        messages.iter().map(|m| (m.3["id"].as_str().unwrap(), &m.3)).collect();
+    for e in &events {
+        assert_eq!(by_id.get(e["id"].as_str().unwrap()), Some(&e), "{e}");
+    }
+    let created: Vec<&str> = messages
+        .iter()
+        .filter(|m| m.3["type"] == "transfer.created")
+        .map(|m| m.3["data"]["object"]["id"].as_str().unwrap())
+        .collect();
+    for id in &acked {
+        assert_eq!(created.iter().filter(|c| *c == id).count(), 1, "transfer {id}");
+    }
+    stream.delete().await;
+}
+
+/// How many sessions hold the lease `name` (a granted advisory lock on its key).
+async fn lease_holders(store: &str, name: &str) -> i64 {
+    let (url, schema) = puhui_store_pg::split_schema(store);
+    let key = format!("puhui-lease:{name}");
+    tokio::task::spawn_blocking(move || {
+        let mut client = puhui_store_pg::connect(&url, schema.as_deref()).unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                 AND classid = hashtext(current_schema())::oid AND objid = hashtext($1)::oid",
+                &[&key],
+            )
+            .unwrap();
+        row.get::<_, i64>(0)
+    })
+    .await
+    .unwrap()
+}
+
+/// Webhooks on PostgreSQL: an endpoint made on one node, managed from another, deliveries signed
+/// and retried by whichever node holds the dispatcher lease, and taken over when it is killed.
+#[test]
+fn webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_over() {
+    let schema = puhui_store_pg::testing::TestSchema::new("webhooks_nodes");
+    run(pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_over(pg_store(&schema)));
+}
+
+async fn pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_over(store: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let env = [("PUHUI_STORE", store.as_str()), ("PUHUI_WEBHOOK_RETRY_BASE_MS", "50")];
+    let a_node = serve(dir.path(), &[], &env);
+    let a = Api::tenant(&a_node).await;
+    let b = Api::tenant(&a_node).await;
+    let b_node = serve(dir.path(), &[], &env);
+    let (hook, url) = Receiver::start(3).await;
+
+    // Created on A; seen, and its secret kept, on B.
+    let (status, ep) =
+        a.post(&a_node, "/v1/webhook_endpoints", json!({"url": url, "enabled_events": ["transfer.*"]})).await;
+    assert_eq!(status, 201, "{ep}");
+    let secret = ep["secret"].as_str().unwrap().to_string();
+    let ep_id = ep["id"].as_str().unwrap().to_string();
+    let (status, fetched) = a.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}")).await;
+    assert_eq!((status, &fetched["url"]), (200, &json!(url)));
+    assert!(fetched.get("secret").is_none(), "the secret is shown only once");
+    assert_eq!(b.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}")).await.0, 404);
+    let (_, listed) = a.get(&b_node, "/v1/webhook_endpoints").await;
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+
+    // A transfer through B: delivered after 3 failures, signed with the endpoint's secret.
+    a.setup(&b_node).await;
+    assert_eq!(a.post(&b_node, "/v1/transfers", transfer("pay-1", 5)).await.0, 201);
+    let (headers, body, _) =
+        poll("a successful delivery", async || hook.requests().into_iter().find(|r| r.2 == 200)).await;
+    let event: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(
+        (event["type"].as_str(), event["data"]["object"]["id"].as_str()),
+        (Some("transfer.created"), Some("pay-1"))
+    );
+    assert!(verify_signature(&headers["puhui-signature"], &body, &secret), "{headers:?}");
+    assert!(!verify_signature(&headers["puhui-signature"], &body, "whsec_wrong"));
+    let attempts: Vec<u16> = hook
+        .requests()
+        .iter()
+        .filter(|r| r.0["puhui-event-id"] == headers["puhui-event-id"])
+        .map(|r| r.2)
+        .collect();
+    assert_eq!(attempts, vec![500, 500, 500, 200]);
+    assert!(hook.requests().iter().all(|r| !String::from_utf8_lossy(&r.1).contains("account.created")));
+    // The delivery log, from either node.
+    for node in [&a_node, &b_node] {
+        let d = poll("the delivery log", async || {
+            let (_, log) = a.get(node, &format!("/v1/webhook_endpoints/{ep_id}/deliveries")).await;
+            let d = log["data"][0].clone();
+            (d["status"] == "succeeded").then_some(d)
+        })
+        .await;
+        assert_eq!((d["attempts"].as_u64(), &d["event_id"]), (Some(4), &event["id"]), "{d}");
+    }
+    assert_eq!(b.get(&a_node, &format!("/v1/webhook_endpoints/{ep_id}/deliveries")).await.0, 404);
+
+    // Rotation on B, redelivery on A: signed with both secrets.
+    let (status, rotated) = a
+        .post(
+            &b_node,
+            &format!("/v1/webhook_endpoints/{ep_id}/rotate_secret"),
+            json!({"expire_old_secret_after_secs": 3600}),
+        )
+        .await;
+    assert_eq!(status, 200, "{rotated}");
+    let new_secret = rotated["secret"].as_str().unwrap().to_string();
+    let evt = event["id"].as_str().unwrap().to_string();
+    let before = hook.requests().len();
+    let (status, redelivered) = a.post(&a_node, &format!("/v1/events/{evt}/redeliver"), json!({})).await;
+    assert_eq!(status, 201, "{redelivered}");
+    assert_eq!(b.post(&a_node, &format!("/v1/events/{evt}/redeliver"), json!({})).await.0, 404);
+    let (headers, body, _) = poll("the redelivery", async || hook.requests().get(before).cloned()).await;
+    assert_eq!(headers["puhui-event-id"], evt);
+    assert_eq!(headers["puhui-signature"].matches("v1=").count(), 2);
+    assert!(verify_signature(&headers["puhui-signature"], &body, &secret));
+    assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
+
+    // Node A (the dispatcher: it started first) is killed while a delivery is failing; B takes over
+    // its retries from the database.
+    assert_eq!(lease_holders(&store, "webhook-dispatcher").await, 1);
+    *hook.fail_next.lock().unwrap() = u32::MAX;
+    assert_eq!(a.post(&b_node, "/v1/transfers", transfer("pay-2", 1)).await.0, 201);
+    poll("a failed attempt of pay-2", async || {
+        hook.requests()
+            .iter()
+            .any(|r| r.2 == 500 && String::from_utf8_lossy(&r.1).contains("pay-2"))
+            .then_some(())
+    })
+    .await;
+    a_node.kill9();
+    *hook.fail_next.lock().unwrap() = 0;
+    let (headers, body, _) = poll("pay-2 delivered after the dispatcher died", async || {
+        hook.requests().into_iter().find(|r| r.2 == 200 && String::from_utf8_lossy(&r.1).contains("pay-2"))
+    })
+    .await;
+    assert!(verify_signature(&headers["puhui-signature"], &body, &new_secret));
+    let evt2 = serde_json::from_slice::<Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+    let d = poll("pay-2's delivery log entry", async || {
+        let (_, log) = a.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}/deliveries?limit=100")).await;
+        log["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|d| d["event_id"] == evt2.as_str() && d["status"] == "succeeded")
+            .cloned()
+    })
+    .await;
+    assert!(d["attempts"].as_u64().unwrap() >= 2, "{d}");
+
+    // Deleting (on B) stops deliveries.
+    let (status, deleted) =
+        a.call(&b_node, "DELETE", &format!("/v1/webhook_endpoints/{ep_id}"), None).await.unwrap();
+    assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)));
+    assert_eq!(a.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}")).await.0, 404);
+    assert!(b_node.terminate().success());
+}

@@ -37,6 +37,7 @@
 
 pub mod control;
 pub mod hammer;
+pub mod outbox;
 mod rows;
 pub mod schema;
 pub mod testing;
@@ -56,6 +57,9 @@ use puhui_ledger::{
 };
 use puhui_store::{Clock, LedgerStore, Record, Reply, StoreError, SystemClock};
 
+pub use outbox::{JournalRow, PgLease};
+/// The PostgreSQL client crate, for callers of [`PgStore::with_connection`].
+pub use postgres;
 pub use txn::TxStats;
 use txn::{Done, TxError, Work};
 
@@ -200,23 +204,6 @@ struct ReadPool {
     max: usize,
 }
 
-impl Drop for ReadPool {
-    /// A `postgres::Client` closes its connection by blocking on its own runtime, which panics on
-    /// a tokio worker thread (where an async caller's last reference may drop the pool): the idle
-    /// connections are closed on a plain thread instead.
-    fn drop(&mut self) {
-        let idle = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|p| p.into_inner()).0);
-        if idle.is_empty() {
-            return;
-        }
-        if let Ok(closer) =
-            std::thread::Builder::new().name("puhui-pg-close".into()).spawn(move || drop(idle))
-        {
-            let _ = closer.join();
-        }
-    }
-}
-
 impl ReadPool {
     /// A pool of at most `max` connections, opened on demand.
     fn new(url: &str, schema: Option<&str>, max: usize) -> ReadPool {
@@ -264,6 +251,21 @@ impl ReadPool {
         drop(guard);
         self.freed.notify_one();
         out
+    }
+}
+
+impl Drop for ReadPool {
+    /// Closes the idle connections on a thread of its own: closing a `postgres::Client` blocks on
+    /// its own runtime, which panics on a thread that drives async tasks (the last holder of the
+    /// store may be an async task of the API).
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut self.idle.get_mut().unwrap_or_else(|p| p.into_inner()).0);
+        if idle.is_empty() {
+            return;
+        }
+        std::thread::scope(|scope| {
+            scope.spawn(move || drop(idle));
+        });
     }
 }
 

@@ -121,6 +121,47 @@ CREATE TABLE puhui_idempotency (
 CREATE INDEX puhui_idempotency_created ON puhui_idempotency (created_ms);
 "#,
     ),
+    (
+        3,
+        r#"
+-- Events and webhooks on PostgreSQL (puhui-api). Cursors of the singleton consumers of the journal
+-- (the NATS relay per stream, the webhook dispatcher): the first sequence not yet handled.
+CREATE TABLE puhui_event_cursors (
+    name               text PRIMARY KEY,
+    journal_id         text,
+    next_seq           bigint NOT NULL,
+    last_published_seq bigint
+);
+-- Webhook endpoints: the endpoint as JSON (url, enabled events, signing secrets, from_seq).
+CREATE TABLE puhui_webhook_endpoints (
+    id            text   PRIMARY KEY,
+    tenant        text   NOT NULL,
+    created_at_ms bigint NOT NULL,
+    body          text   NOT NULL
+);
+CREATE INDEX puhui_webhook_endpoints_tenant ON puhui_webhook_endpoints (tenant, created_at_ms);
+CREATE SEQUENCE puhui_webhook_delivery_numbers;
+-- Deliveries: pending ones (status 0) and the log of finished ones (1 succeeded, 2 failed). Deleting
+-- an endpoint deletes its deliveries; a delivery for an endpoint deleted meanwhile cannot be inserted.
+CREATE TABLE puhui_webhook_deliveries (
+    number              bigint   PRIMARY KEY,
+    endpoint_id         text     NOT NULL REFERENCES puhui_webhook_endpoints (id) ON DELETE CASCADE,
+    tenant              text     NOT NULL,
+    event_seq           bigint   NOT NULL,
+    event_type          text     NOT NULL,
+    status              smallint NOT NULL,
+    attempts            integer  NOT NULL,
+    created_at_ms       bigint   NOT NULL,
+    first_attempt_at_ms bigint,
+    next_attempt_at_ms  bigint   NOT NULL,
+    last_attempt_at_ms  bigint,
+    last_status_code    integer,
+    last_error          text
+);
+CREATE INDEX puhui_webhook_deliveries_due ON puhui_webhook_deliveries (next_attempt_at_ms) WHERE status = 0;
+CREATE INDEX puhui_webhook_deliveries_endpoint ON puhui_webhook_deliveries (endpoint_id, number);
+"#,
+    ),
 ];
 
 /// Applies every migration not yet applied (serialised across nodes by an advisory lock), and
