@@ -250,17 +250,19 @@ impl FeatureStore {
             stats.saturated = state.dropped_newest_ns > now_ns.saturating_sub(q.window_ns);
             out[k] = stats;
         };
+        // An event at or before `closes_at_ns` is outside window `next` (`window`'s rule: at or
+        // before `now − window_ns`, for a window no longer than `now`); `None`: it never closes.
+        let closes_at = |k: usize| queries.get(k).and_then(|q| now_ns.checked_sub(q.window_ns));
+        let mut closes_at_ns = closes_at(next);
         for e in state.events.iter().rev() {
             if e.timestamp_ns > now_ns {
                 continue; // recorded "in the future" of this query (a backtest asking about the past)
             }
             // Close every window this event (and so every older one) is outside of.
-            while next < n && {
-                let q = queries[next];
-                e.timestamp_ns <= now_ns.saturating_sub(q.window_ns) && q.window_ns <= now_ns
-            } {
+            while closes_at_ns.is_some_and(|at_ns| e.timestamp_ns <= at_ns) {
                 close(next, &run, sum_f, sum_sq, &seen_all[..seen_len]);
                 next += 1;
+                closes_at_ns = closes_at(next);
             }
             if next == n {
                 break;
