@@ -62,10 +62,10 @@
 //! rewritten at load so that *every* split is `key(threshold) < row[column]`: XGBoost's
 //! `!(v < t)` in `f32` becomes `v > (the f32 just below t)`, and LightGBM's `v > t` in `f64`, for
 //! an `f32` input, is `v > (the largest f32 <= t)`. Both are exact for every `f32`, so the
-//! library's arithmetic is kept without comparing in `f64`. A prediction walks eight trees at a
+//! library's arithmetic is kept without comparing in `f64`. A prediction walks sixteen trees at a
 //! time, one level at a time (the walk for each depth is compiled separately, so each level is
 //! straight-line code: load the split, load the row entry, compare, `j = 2j + went_right`), so the
-//! processor overlaps the eight independent chains of loads; then it adds the leaf values in tree
+//! processor overlaps the sixteen independent chains of loads; then it adds the leaf values in tree
 //! order. Forests it cannot express (deeper, too sparse, an XGBoost threshold of −∞ or a LightGBM
 //! one of +∞) use the general layout.
 //!
