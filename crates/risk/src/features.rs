@@ -399,11 +399,11 @@ fn distinct_count(values: &[u64], scratch: &mut Vec<u64>) -> u64 {
             continue;
         }
         // Fibonacci hashing of the (already hashed) value; linear probing.
-        let mut i =
+        let start =
             (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - DISTINCT_SLOTS.trailing_zeros())) as usize;
         // At most half the slots are full, so an empty slot or the value is found within them.
-        for _ in 0..DISTINCT_SLOTS {
-            let slot = &mut slots[i % DISTINCT_SLOTS];
+        for probe in 0..DISTINCT_SLOTS {
+            let slot = &mut slots[(start + probe) % DISTINCT_SLOTS];
             if *slot == v {
                 break;
             }
@@ -412,7 +412,6 @@ fn distinct_count(values: &[u64], scratch: &mut Vec<u64>) -> u64 {
                 count += 1;
                 break;
             }
-            i += 1;
         }
     }
     count + u64::from(zero)
