@@ -4,6 +4,9 @@
 
 use std::collections::VecDeque;
 
+use crate::complete::Complete;
+use crate::Source;
+
 /// `meta` bit: the node is a leaf (its `value` is the leaf value).
 pub(crate) const LEAF: u32 = 1 << 31;
 /// `meta` bit: a missing (NaN) feature value goes to the left child.
@@ -56,6 +59,11 @@ pub(crate) struct Forest {
     pub(crate) depth: Vec<u32>,
     /// The deepest leaf's depth over all trees.
     pub(crate) max_depth: usize,
+    /// Number of flattened nodes over all trees (kept when `finish` drops the arrays above).
+    pub(crate) nodes: usize,
+    /// The same trees in the complete layout, when they fit it (set by [`Forest::finish`]); the
+    /// general arrays are then dropped.
+    pub(crate) complete: Option<Complete>,
 }
 
 /// How many trees a prediction walks side by side (see [`Forest::leaves_xgboost`]).
@@ -133,9 +141,32 @@ impl Forest {
             }
         }
         self.roots.push(root as u32);
+        self.nodes = self.meta.len();
         self.depth.push(tree_depth as u32);
         self.max_depth = self.max_depth.max(tree_depth);
         Ok(())
+    }
+
+    /// Called once all trees are pushed: builds the complete layout if the forest fits it (and
+    /// then drops the general arrays, which are no longer read).
+    pub(crate) fn finish(&mut self, source: Source, num_features: usize) {
+        assert!(self.complete.is_none(), "finish is called once");
+        if let Some(complete) = Complete::build(self, source, num_features) {
+            self.complete = Some(complete);
+            self.meta = Vec::new();
+            self.value = Vec::new();
+            self.left = Vec::new();
+        }
+    }
+
+    /// Approximate heap memory, in bytes.
+    pub(crate) fn heap_bytes(&self) -> usize {
+        self.meta.capacity() * 4
+            + self.value.capacity() * 8
+            + self.left.capacity() * 4
+            + self.roots.capacity() * 4
+            + self.depth.capacity() * 4
+            + self.complete.as_ref().map_or(0, Complete::heap_bytes)
     }
 
     fn push_placeholder(&mut self) {
@@ -157,8 +188,20 @@ impl Forest {
     /// them needs (a walk that reached a leaf stays there): the walks are independent, so the
     /// processor overlaps their memory loads instead of waiting for one tree's chain of loads, and
     /// there is no hard-to-predict "is this a leaf" branch.
+    ///
+    /// A forest in the complete layout is walked there (`R` must then be the rules of the source
+    /// given to [`Forest::finish`]).
     #[inline(always)]
-    pub(crate) fn for_each_leaf<R: Rules>(&self, x: &[f32], mut f: impl FnMut(f64)) {
+    pub(crate) fn for_each_leaf<R: Rules>(&self, x: &[f32], f: impl FnMut(f64)) {
+        match &self.complete {
+            Some(complete) => complete.for_each_leaf(x, f),
+            None => self.for_each_leaf_general::<R>(x, f),
+        }
+    }
+
+    /// [`Forest::for_each_leaf`] in the general layout.
+    #[inline(always)]
+    pub(crate) fn for_each_leaf_general<R: Rules>(&self, x: &[f32], mut f: impl FnMut(f64)) {
         let nodes = self.nodes();
         let mut roots = self.roots.chunks_exact(LANES);
         let mut depths = self.depth.chunks_exact(LANES);
@@ -190,7 +233,7 @@ impl Forest {
 
     /// Number of flattened nodes.
     pub(crate) fn num_nodes(&self) -> usize {
-        self.meta.len()
+        self.nodes
     }
 }
 

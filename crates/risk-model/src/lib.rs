@@ -43,9 +43,34 @@
 //! Multiclass and multi-target models, categorical splits, linear trees, DART and other
 //! objectives are refused with [`ModelError::Unsupported`] rather than scored wrongly.
 //!
-//! # The flattened layout
+//! # The flattened layouts
 //!
-//! All trees of a model are flattened into one structure of arrays, indexed by a `u32` node id:
+//! A model is scored in one of two layouts, chosen at load; both give the same leaf for every
+//! input (a randomized test compares them on edge values), and both allocate nothing per
+//! prediction.
+//!
+//! **The complete layout** (`complete.rs`), for forests no deeper than 8 levels whose padding
+//! stays within 8 slots per real node and whose features fit the per-row table (at most 2,048
+//! XGBoost or 1,024 LightGBM features): every tree is padded to a complete binary tree of the
+//! forest's depth `D`, so children are implicit (split `i`'s are `2i + 1` and `2i + 2`) and a
+//! walk is exactly `D` steps. A leaf above depth `D` is copied into every leaf slot below it.
+//! Each split is 8 bytes: a `u32` column of the per-row table and a `u32` threshold key. Once per
+//! prediction, the row's features are written into a table on the stack, one column per
+//! (feature, missing-value direction): a present value becomes its order key (an integer whose
+//! order is the float order, −0 read as +0), a missing value becomes 0 where it must go left and
+//! `u32::MAX` where it must go right (for LightGBM also a "zero", |v| <= 1e-35). Thresholds are
+//! rewritten at load so that *every* split is `key(threshold) < row[column]`: XGBoost's
+//! `!(v < t)` in `f32` becomes `v > (the f32 just below t)`, and LightGBM's `v > t` in `f64`, for
+//! an `f32` input, is `v > (the largest f32 <= t)`. Both are exact for every `f32`, so the
+//! library's arithmetic is kept without comparing in `f64`. A prediction walks sixteen trees at a
+//! time, one level at a time (the walk for each depth is compiled separately, so each level is
+//! straight-line code: load the split, load the row entry, compare, `j = 2j + went_right`), so the
+//! processor overlaps the sixteen independent chains of loads; then it adds the leaf values in tree
+//! order. Forests it cannot express (deeper, too sparse, an XGBoost threshold of −∞ or a LightGBM
+//! one of +∞) use the general layout.
+//!
+//! **The general layout** (`forest.rs`): all trees in one structure of arrays indexed by a `u32`
+//! node id:
 //!
 //! | array | per node |
 //! |---|---|
@@ -59,11 +84,8 @@
 //! greater than its parent's: a traversal always ends, whatever the file said (loading rejects
 //! cycles, shared subtrees and out-of-range indices). A leaf is its own left child. A prediction
 //! walks eight trees at a time in lock step (`next = left + went_right`, a leaf staying put) for
-//! as many steps as the deepest of the eight needs, so the independent walks overlap their
-//! memory loads and no "is this a leaf" branch is mispredicted, then adds the leaf values in tree
-//! order. It allocates nothing. The 300-tree depth-6 benchmark model (23,208 nodes, 514 KiB)
-//! scores in about 3.2 µs (p99 about 3.6 µs) on the development machine
-//! (`cargo bench -p puhui-risk-model --bench predict`).
+//! as many steps as the deepest of the eight needs, then adds the leaf values in tree order.
+//! The complete layout is built from this one, which is then dropped.
 //!
 //! # Missing values
 //!
@@ -91,6 +113,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod complete;
 mod error;
 mod forest;
 mod lightgbm;
@@ -284,7 +307,6 @@ impl Model {
 
     /// Approximate heap memory held by the flattened trees, in bytes.
     pub fn heap_bytes(&self) -> usize {
-        let f = &self.forest;
-        f.meta.capacity() * 4 + f.value.capacity() * 8 + f.left.capacity() * 4 + f.roots.capacity() * 4
+        self.forest.heap_bytes()
     }
 }

@@ -205,6 +205,7 @@ pub(crate) fn load(text: &str) -> Result<Model, ModelError> {
     if !ended {
         return Err(text_error(last_line + 1, "missing `end of trees` (truncated file?)"));
     }
+    forest.finish(Source::LightGbm, num_features);
     Ok(Model {
         forest,
         source: Source::LightGbm,

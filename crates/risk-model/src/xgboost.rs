@@ -253,6 +253,7 @@ pub(crate) fn load(bytes: &[u8]) -> Result<Model, ModelError> {
         tree_nodes(t, tree, &mut raw)?;
         forest.push_tree(&raw, num_features).map_err(|m| invalid(t, m))?;
     }
+    forest.finish(Source::XGBoost, num_features);
     Ok(Model {
         forest,
         source: Source::XGBoost,

@@ -24,7 +24,7 @@ pub mod shared;
 pub mod synthetic;
 
 pub use control::{ControlError, Controller};
-pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowStats};
+pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowQuery, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
 pub use rules::{
     Budget, Decision, Engine, Evaluation, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError,

@@ -46,7 +46,7 @@ use std::time::Instant;
 use serde::Deserialize;
 
 use crate::compile;
-use crate::features::{parse_window, FeatureStore, Namespace, WindowStats};
+use crate::features::{parse_window, FeatureStore, Namespace, WindowQuery, WindowStats};
 
 /// What to do with an event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, Deserialize)]
@@ -237,19 +237,23 @@ pub struct Ruleset {
     rules: Vec<Rule>,
     /// The names rules see and the slots compiled rules share.
     symbols: compile::Symbols,
-    /// Features sharing an entity and a window, computed with one window scan.
+    /// Features grouped by entity: one scan of the entity's events serves all its windows.
     feature_groups: Vec<FeatureGroup>,
     /// Each model's input vector, resolved to where its values come from.
     model_inputs: Vec<Vec<ModelInput>>,
 }
 
-/// Features over the same entity and window (one `FeatureStore::window` call serves them all).
+/// Features over the same entity (one `FeatureStore::windows` call serves them all).
 struct FeatureGroup {
     entity: Entity,
-    window_ns: u64,
-    /// Indices into `Ruleset::features`.
-    members: Vec<usize>,
+    /// The entity's distinct windows, by ascending length (`distinct` if a member needs it).
+    windows: Vec<WindowQuery>,
+    /// `(index into windows, index into Ruleset::features)` of each member feature.
+    members: Vec<(usize, usize)>,
 }
+
+/// Windows per entity computed into a stack buffer; an entity with more uses the heap.
+const WINDOWS_INLINE: usize = 8;
 
 /// Where one model input comes from, resolved at load.
 enum ModelInput {
@@ -443,14 +447,32 @@ impl Ruleset {
             });
         }
         let mut feature_groups: Vec<FeatureGroup> = Vec::new();
-        for (i, f) in features.iter().enumerate() {
-            match feature_groups.iter_mut().find(|g| g.entity == f.entity && g.window_ns == f.window_ns) {
-                Some(g) => g.members.push(i),
-                None => feature_groups.push(FeatureGroup {
+        for f in &features {
+            if !feature_groups.iter().any(|g| g.entity == f.entity) {
+                feature_groups.push(FeatureGroup {
                     entity: f.entity.clone(),
-                    window_ns: f.window_ns,
-                    members: vec![i],
-                }),
+                    windows: Vec::new(),
+                    members: Vec::new(),
+                });
+            }
+        }
+        for group in &mut feature_groups {
+            let mine = || features.iter().filter(|f| f.entity == group.entity);
+            let mut windows: Vec<u64> = mine().map(|f| f.window_ns).collect();
+            windows.sort_unstable();
+            windows.dedup();
+            group.windows = windows
+                .iter()
+                .map(|&window_ns| WindowQuery {
+                    window_ns,
+                    distinct: mine()
+                        .any(|f| f.window_ns == window_ns && matches!(f.aggregate, Aggregate::Distinct)),
+                })
+                .collect();
+            for (i, f) in features.iter().enumerate().filter(|(_, f)| f.entity == group.entity) {
+                let w = group.windows.partition_point(|q| q.window_ns < f.window_ns);
+                assert_eq!(group.windows[w].window_ns, f.window_ns);
+                group.members.push((w, i));
             }
         }
         // The same precedence as the names were checked with: amount, new_payee, new_device,
@@ -695,10 +717,19 @@ impl Engine {
                     }
                 },
             };
-            let stats: Option<WindowStats> =
-                key.map(|(ns, key)| store.window(ns, key, event.timestamp_ns, group.window_ns));
-            for &i in &group.members {
-                let value = match &stats {
+            let mut inline = [WindowStats::default(); WINDOWS_INLINE];
+            let mut heap: Vec<WindowStats> = Vec::new();
+            let stats: &mut [WindowStats] = if group.windows.len() <= WINDOWS_INLINE {
+                &mut inline[..group.windows.len()]
+            } else {
+                heap.resize(group.windows.len(), WindowStats::default());
+                &mut heap
+            };
+            if let Some((ns, key)) = key {
+                store.windows(ns, key, event.timestamp_ns, &group.windows, stats);
+            }
+            for &(w, i) in &group.members {
+                let value = match key.and(stats.get(w)) {
                     None => 0.0,
                     Some(w) => match self.ruleset.features[i].aggregate {
                         Aggregate::Count => w.count as f64,

@@ -1,7 +1,7 @@
 //! Window edges with an injected clock, bounds, and derived features.
 
 use proptest::prelude::*;
-use puhui_risk::{parse_window, FeatureLimits, FeatureStore, Namespace};
+use puhui_risk::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowQuery, WindowStats};
 
 const S: u64 = 1_000_000_000;
 const H: u64 = 3_600 * S;
@@ -124,5 +124,48 @@ proptest! {
         cps.sort();
         cps.dedup();
         prop_assert_eq!(w.distinct_counterparties, cps.len() as u64);
+    }
+}
+
+proptest! {
+    /// One multi-window scan gives each window exactly (bit for bit) what its own scan gives,
+    /// sorted or not, with future events, windows longer than `now`, and saturated keys.
+    #[test]
+    fn one_scan_for_several_windows_equals_one_scan_each(
+        events in proptest::collection::vec((0u64..10_000, 1u64..1_000, 0u8..5), 0..200),
+        now in 0u64..12_000,
+        queries in proptest::collection::vec((1u64..15_000, any::<bool>()), 0..6),
+        sort in any::<bool>(),
+        events_per_key_max in 1usize..300,
+    ) {
+        let limits = FeatureLimits { horizon_ns: u64::MAX, events_per_key_max, ..FeatureLimits::default() };
+        let mut f = FeatureStore::new(limits);
+        for (ts, amount, cp) in &events {
+            f.record(Namespace::Payer, "k", *ts, *amount, &cp.to_string());
+        }
+        let mut queries: Vec<WindowQuery> =
+            queries.iter().map(|&(window_ns, distinct)| WindowQuery { window_ns, distinct }).collect();
+        if sort {
+            queries.sort_by_key(|q| q.window_ns);
+        }
+        let mut out = vec![WindowStats { count: 99, ..WindowStats::default() }; queries.len() + 1];
+        f.windows(Namespace::Payer, "k", now, &queries, &mut out);
+        for (q, got) in queries.iter().zip(&out) {
+            let mut want = f.window(Namespace::Payer, "k", now, q.window_ns);
+            if !q.distinct {
+                want.distinct_counterparties = 0;
+            }
+            prop_assert_eq!(got.count, want.count);
+            prop_assert_eq!(got.sum_minor, want.sum_minor);
+            prop_assert_eq!(got.max_minor, want.max_minor);
+            prop_assert_eq!(got.distinct_counterparties, want.distinct_counterparties);
+            prop_assert_eq!(got.mean_minor.to_bits(), want.mean_minor.to_bits());
+            prop_assert_eq!(got.stddev_minor.to_bits(), want.stddev_minor.to_bits());
+            prop_assert_eq!(got.saturated, want.saturated);
+        }
+        // The slot past the queries is left alone; an unknown key gives zeros.
+        prop_assert_eq!(out[queries.len()].count, 99);
+        f.windows(Namespace::Payer, "nobody", now, &queries, &mut out);
+        prop_assert!(out[..queries.len()].iter().all(|w| *w == WindowStats::default()));
     }
 }
