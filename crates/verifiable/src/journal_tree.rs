@@ -2,10 +2,11 @@
 //! [`TransparencyLog`], the in-memory state a node answers checkpoints and proofs from.
 //!
 //! Memory: the tree keeps about 64 bytes per entry (see [`puhui_merkle`]); the index one 16-byte mark
-//! per [`INDEX_EVERY`] entries (0.25 byte per entry). Finding an entry reads at most
-//! [`INDEX_EVERY`] entries from the journal file (page cache), so a transfer's proof needs no
-//! per-transfer index: its ledger timestamp (strictly increasing along the journal) finds the mark
-//! to start from.
+//! per [`INDEX_EVERY`] entries (0.25 byte per entry). Finding an entry's leaf reads at most
+//! 2 × [`INDEX_EVERY`] entries from the journal file (page cache; from the mark before the one
+//! covering it, since the leaf starts with the previous entry's hash), so a transfer's proof needs
+//! no per-transfer index: its ledger timestamp (strictly increasing along the journal) finds the
+//! mark to start from.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
