@@ -156,6 +156,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     );
     let rx = std::sync::Mutex::new(rx);
     let cpu_started = cpu_seconds();
+    let threads_started = thread_cpu_seconds(&["puhui-committer", "puhui-merkle"]);
     let started = Instant::now();
     let mut latencies: Vec<Duration> = Vec::with_capacity(batches);
     let mut failed = 0usize;
@@ -195,6 +196,12 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     // CPU time of the whole process during the load (all threads, generator included): the work per
     // transfer, which other load on a shared machine disturbs less than the throughput.
     let cpu_load = cpu_seconds() - cpu_started;
+    // The same per thread (from /proc, 10 ms resolution): where the work of checkpoints goes.
+    let threads_load: Vec<f64> = thread_cpu_seconds(&["puhui-committer", "puhui-merkle"])
+        .iter()
+        .zip(&threads_started)
+        .map(|(end, start)| (end - start) * 1e6 / args.transfers as f64)
+        .collect();
     bar.finish_and_clear();
     generator.join().expect("generator thread");
     if failed > 0 {
@@ -275,7 +282,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         sync_ms_avg
     );
     println!(
-        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3},\"verifiable\":{},\"verifiable_bytes_per_transfer\":{:.0},\"cpu_us_per_transfer\":{:.3}{proofs}{restart}}}",
+        "{{\"transfers\":{},\"batch\":{},\"seconds\":{:.3},\"transfers_per_s\":{:.0},\"p50_batch_ms\":{:.3},\"p99_batch_ms\":{:.3},\"rss_bytes\":{},\"accounts\":{},\"distribution\":\"{:?}\",\"clients\":{},\"ledger_bytes_per_transfer\":{:.0},\"snapshot_pause_ms_max\":{snapshot_pause_ms:.1},\"shutdown_seconds\":{shutdown_seconds:.3},\"verifiable\":{},\"verifiable_bytes_per_transfer\":{:.0},\"cpu_us_per_transfer\":{:.3},\"committer_cpu_us_per_transfer\":{:.3},\"merkle_cpu_us_per_transfer\":{:.3}{proofs}{restart}}}",
         args.transfers,
         args.batch,
         seconds,
@@ -290,6 +297,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
         !args.no_checkpoints,
         verifiable_bytes as f64 / transfers_count.max(1) as f64,
         cpu_load * 1e6 / args.transfers as f64,
+        threads_load[0],
+        threads_load[1],
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -302,6 +311,26 @@ fn account_id(i: usize) -> Id {
 /// (Check it is a real disk, not a tmpfs, which would make fdatasync free.)
 fn bench_tmp_root() -> PathBuf {
     std::env::var_os("PUHUI_BENCH_TMP").map(PathBuf::from).unwrap_or_else(std::env::temp_dir)
+}
+
+/// User + system CPU seconds used so far by the threads of this process with each of these names
+/// (summed per name; 0 for a name no thread has). Read from `/proc/self/task`, in clock ticks.
+fn thread_cpu_seconds(names: &[&str]) -> Vec<f64> {
+    let mut out = vec![0.0; names.len()];
+    // SAFETY: sysconf only reads a configuration value.
+    let ticks_per_s = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return out };
+    for task in tasks.flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        let Some(i) = names.iter().position(|n| *n == comm.trim_end()) else { continue };
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the parenthesised name: state is field 3, utime 14 and stime 15.
+        let fields: Vec<&str> =
+            stat.rsplit_once(')').map_or("", |(_, rest)| rest).split_whitespace().collect();
+        let ticks = |k: usize| fields.get(k).and_then(|f| f.parse::<u64>().ok()).unwrap_or(0);
+        out[i] += (ticks(11) + ticks(12)) as f64 / ticks_per_s;
+    }
+    out
 }
 
 /// User + system CPU seconds used by this process so far (all threads).

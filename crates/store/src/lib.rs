@@ -878,7 +878,8 @@ fn flush(
     }
 }
 
-/// Appends one entry to the open frame, and a copy to the Merkle leaf buffer if there is one.
+/// Appends one entry to the open frame, and notes its chained hash in the Merkle leaf buffer if
+/// there is one.
 fn append_entry(
     writer: &mut JournalWriter,
     leaves: Option<&mut transparency::PendingLeaves>,
@@ -889,15 +890,18 @@ fn append_entry(
             writer.append(encode);
         }
         Some(leaves) => {
-            let seq = writer.next_seq();
             let offset = writer.len_bytes()
                 + writer.frame_bytes().max(puhui_journal::frame::FRAME_HEADER_BYTES) as u64;
-            writer.append(|buf| {
+            let mut timestamp_ns = 0;
+            let seq = writer.append(|buf| {
                 let start = buf.len();
                 let kind = encode(buf);
-                leaves.push(seq, kind, &buf[start..], offset);
+                // Every body starts with the ledger timestamp (for the Merkle entry index).
+                timestamp_ns = puhui_verifiable::body_timestamp(&buf[start..]).unwrap_or(0);
                 kind
             });
+            // The tree's leaf value is the entry's chained hash: no copy of the body.
+            leaves.push(seq, writer.last_hash(), timestamp_ns, offset);
         }
     }
 }

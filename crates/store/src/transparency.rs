@@ -1,11 +1,13 @@
 //! The embedded store's verifiable journal: the Merkle tree over the journal, signed checkpoints,
 //! witnesses and proofs (see the `puhui-verifiable` crate and docs/VERIFIABILITY.md).
 //!
-//! Key decision: the committer only copies each entry's leaf bytes (`seq | kind | body`, a memcpy)
-//! while it encodes the group; after the group's `fdatasync` it hands them to the `puhui-merkle`
-//! thread, which hashes them into the tree and signs checkpoints (every N entries or T ms), each
-//! appended durably to `checkpoints.log` (and the witness file) before it is served. So hashing and
-//! signing stay off the write path, and a checkpoint only ever covers durable entries.
+//! Key decision: the tree's leaf value is each entry's chained BLAKE3 hash, which the journal
+//! computes anyway, so the committer only notes 48 bytes per entry (that hash, the ledger timestamp
+//! and the file offset) while it encodes the group; after the group's `fdatasync` it hands them to
+//! the `puhui-merkle` thread, which turns each into its RFC 6962 leaf hash (one SHA-256 block),
+//! appends it to the tree and signs checkpoints (every N entries or T ms), each appended durably to
+//! `checkpoints.log` (and the witness file) before it is served. So hashing and signing stay off
+//! the write path, and a checkpoint only ever covers durable entries.
 //!
 //! At start-up a loader thread rebuilds the tree from a hash-checked scan of the whole journal while
 //! recovery loads the snapshot and replays the tail; every stored (and witnessed) checkpoint is then
@@ -23,8 +25,8 @@ use puhui_journal::JournalPosition;
 use puhui_verifiable::journal_tree::check_against_tree;
 use puhui_verifiable::tree_file;
 use puhui_verifiable::{
-    body_timestamp, Checkpoint, CheckpointLog, ConsistencyProof, Error, InclusionProof, JournalTree, NodeKey,
-    PublicKey, TransparencyLog, CHECKPOINT_LOG_FILE,
+    Checkpoint, CheckpointLog, ConsistencyProof, Error, InclusionProof, JournalTree, NodeKey, PublicKey,
+    TransparencyLog, CHECKPOINT_LOG_FILE,
 };
 
 use crate::{EmbeddedStore, Inner, StoreError, StoreOptions};
@@ -34,12 +36,28 @@ const MERKLE_QUEUE_GROUPS_MAX: usize = 64;
 /// Leaves appended to the tree per write-lock hold (bounds how long a proof waits).
 const TREE_APPEND_CHUNK: usize = 4_096;
 
-/// Leaf bytes of the entries of one group commit, copied by the committer.
+/// Entries per group commit the leaf buffers are first sized for (the largest groups reallocate
+/// once; the buffers are then reused).
+const PENDING_LEAVES_CAPACITY: usize = 16_384;
+
+/// What the merkle thread needs of one journal entry: 48 bytes, not the entry (the committer
+/// never copies bodies: the leaf value is the chained hash the journal computed anyway).
+#[derive(Clone, Copy)]
+struct PendingLeaf {
+    /// The entry's chained BLAKE3 hash; the merkle thread turns it into the RFC 6962 leaf hash.
+    entry_hash: [u8; 32],
+    /// The entry's ledger timestamp (for the entry index).
+    timestamp_ns: u64,
+    /// The entry's file offset (for the entry index).
+    offset: u64,
+}
+
+/// The entries of one group commit, noted by the committer as it encodes them.
 #[derive(Default)]
 pub(crate) struct PendingLeaves {
-    data: Vec<u8>,
-    ends: Vec<u32>,
-    offsets: Vec<u64>,
+    leaves: Vec<PendingLeaf>,
+    /// The sequence number of the first entry (the tree's size when they are appended).
+    first_seq: u64,
     /// The journal position after these entries (a frame boundary), set once they are durable.
     end: Option<JournalPosition>,
 }
@@ -47,29 +65,34 @@ pub(crate) struct PendingLeaves {
 impl PendingLeaves {
     /// Whether no entry was noted.
     pub(crate) fn is_empty(&self) -> bool {
-        self.ends.is_empty()
+        self.leaves.is_empty()
     }
 
-    /// Empties the buffers, keeping their capacity for the next group.
+    /// Empties the buffer, keeping its capacity for the next group.
     fn clear(&mut self) {
-        self.data.clear();
-        self.ends.clear();
-        self.offsets.clear();
+        self.leaves.clear();
         self.end = None;
     }
 
     /// Records the durable journal position after these entries.
     pub(crate) fn set_end(&mut self, position: JournalPosition) {
+        assert_eq!(
+            position.entries,
+            self.first_seq + self.leaves.len() as u64,
+            "the leaves end where the journal does"
+        );
         self.end = Some(position);
     }
 
-    /// Notes entry `seq` (file `offset`) as it is encoded.
-    pub(crate) fn push(&mut self, seq: u64, kind: u8, body: &[u8], offset: u64) {
-        self.data.extend_from_slice(&seq.to_le_bytes());
-        self.data.push(kind);
-        self.data.extend_from_slice(body);
-        self.ends.push(self.data.len() as u32);
-        self.offsets.push(offset);
+    /// Notes entry `seq` (file `offset`, ledger timestamp `timestamp_ns`, chained hash
+    /// `entry_hash`) once it is encoded. Entries must be noted in order, without gaps.
+    pub(crate) fn push(&mut self, seq: u64, entry_hash: [u8; 32], timestamp_ns: u64, offset: u64) {
+        if self.leaves.is_empty() {
+            self.leaves.reserve(PENDING_LEAVES_CAPACITY);
+            self.first_seq = seq;
+        }
+        assert_eq!(seq, self.first_seq + self.leaves.len() as u64, "entries are noted in order");
+        self.leaves.push(PendingLeaf { entry_hash, timestamp_ns, offset });
     }
 }
 
@@ -257,7 +280,6 @@ impl MerkleThread {
     fn run(mut self, inner: &Inner) {
         lower_priority();
         let mut last_at = Instant::now();
-        let mut hashes: Vec<(puhui_verifiable::Hash, u64, u64)> = Vec::new();
         loop {
             let (size, checkpointed) = self.sizes();
             let wait = if size > checkpointed && !self.every.is_zero() {
@@ -272,20 +294,16 @@ impl MerkleThread {
             };
             match message {
                 Some(ToMerkle::Entries(mut pending)) => {
-                    // Hash outside the lock; append in chunks so proofs are not held up.
-                    hashes.clear();
-                    let mut start = 0usize;
-                    for (end, offset) in pending.ends.iter().zip(&pending.offsets) {
-                        let leaf = &pending.data[start..*end as usize];
-                        let ts = body_timestamp(&leaf[puhui_verifiable::LEAF_HEADER_BYTES..]).unwrap_or(0);
-                        // The leaf bytes are contiguous: one RFC 6962 leaf hash over them.
-                        hashes.push((puhui_verifiable::leaf_hash(leaf), ts, *offset));
-                        start = *end as usize;
+                    // Hash outside the lock (one SHA-256 block per entry: the leaf value is the
+                    // entry's chained hash); append in chunks so proofs are not held up.
+                    assert_eq!(self.sizes().0, pending.first_seq, "groups reach the tree in order");
+                    for leaf in pending.leaves.iter_mut() {
+                        leaf.entry_hash = puhui_verifiable::entry_leaf_hash(&leaf.entry_hash);
                     }
-                    for chunk in hashes.chunks(TREE_APPEND_CHUNK) {
+                    for chunk in pending.leaves.chunks(TREE_APPEND_CHUNK) {
                         let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
-                        for (hash, ts, offset) in chunk {
-                            log.append(*hash, *ts, *offset);
+                        for leaf in chunk {
+                            log.append(leaf.entry_hash, leaf.timestamp_ns, leaf.offset);
                         }
                     }
                     if let Some(end) = pending.end {

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use puhui_journal::codec;
+use puhui_journal::frame::genesis_hash;
 
 use crate::checkpoint::{read_checkpoints, Checkpoint, CHECKPOINT_LOG_FILE};
 use crate::journal_tree::{check_against_tree, JournalTree, TransparencyLog};
@@ -112,14 +113,16 @@ pub fn inclusion_proof_for_transfer(
     checkpoint_size: Option<u64>,
 ) -> Result<InclusionProof, Error> {
     let mut found: Option<(u64, Vec<u8>)> = None;
+    let mut previous = genesis_hash();
     let log = open_readonly(dir, |e| {
         if found.is_none() && e.kind == codec::KIND_TRANSFER {
             if let Ok(codec::Event::Transfer { request, .. }) = codec::decode(e.kind, e.body) {
                 if request.id.as_str() == transfer_id {
-                    found = Some((e.seq, leaf_bytes(e.seq, e.kind, e.body)));
+                    found = Some((e.seq, leaf_bytes(&previous, e.seq, e.kind, e.body)));
                 }
             }
         }
+        previous = *e.hash;
         Ok(())
     })?;
     let (seq, leaf) = found.ok_or_else(|| Error::TransferNotFound(transfer_id.to_string()))?;
@@ -133,10 +136,12 @@ pub fn inclusion_proof_for_entry(
     checkpoint_size: Option<u64>,
 ) -> Result<InclusionProof, Error> {
     let mut found: Option<Vec<u8>> = None;
+    let mut previous = genesis_hash();
     let log = open_readonly(dir, |e| {
         if e.seq == seq {
-            found = Some(leaf_bytes(e.seq, e.kind, e.body));
+            found = Some(leaf_bytes(&previous, e.seq, e.kind, e.body));
         }
+        previous = *e.hash;
         Ok(())
     })?;
     let leaf = found.ok_or(Error::EntryNotFound { seq })?;

@@ -4,7 +4,7 @@
 //! signed by the node key with id `key_id`. The signature covers exactly these bytes (the *note*):
 //!
 //! ```text
-//! puhui journal checkpoint v1\n
+//! puhui journal checkpoint v2\n
 //! key <key_id>\n
 //! size <size>\n
 //! root <root, 64 hex digits>\n
@@ -29,8 +29,13 @@ use crate::{hex, io_error, Error, Hash};
 /// File name of the checkpoint log inside a data directory.
 pub const CHECKPOINT_LOG_FILE: &str = "checkpoints.log";
 
-/// First line of every signed checkpoint note.
-pub const NOTE_HEADER: &str = "puhui journal checkpoint v1";
+/// First line of every signed checkpoint note. `v2`: the leaves are the journal's chained BLAKE3
+/// entry hashes (see [`crate::entry_leaf_hash`]); `v1` roots (leaf = `seq | kind | body`) are not
+/// accepted any more.
+pub const NOTE_HEADER: &str = "puhui journal checkpoint v2";
+
+/// First line of the notes of the v1 leaf format, only to name it when an old checkpoint is found.
+const NOTE_HEADER_V1: &str = "puhui journal checkpoint v1";
 
 /// A signed checkpoint: the tree size, its root, when, and the node's signature.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +77,13 @@ impl Checkpoint {
             )));
         }
         key.verify(self.note().as_bytes(), &self.signature).map_err(|_| {
+            let v1 = self.note().replacen(NOTE_HEADER, NOTE_HEADER_V1, 1);
+            if key.verify(v1.as_bytes(), &self.signature).is_ok() {
+                return Error::Format(format!(
+                    "checkpoint of size {} was signed in the v1 leaf format (before 2026-11-26); this build signs and checks v2 checkpoints (leaves are the journal's BLAKE3 entry hashes): move checkpoints.log (and merkle.phm) aside to start a new signed history over the same journal",
+                    self.size
+                ));
+            }
             Error::BadSignature(format!(
                 "checkpoint of size {} (root {}) is not validly signed by key {expected}",
                 self.size,
@@ -210,6 +222,18 @@ mod tests {
         assert!(line.ends_with('\n') && line.matches('\n').count() == 1);
         let (parsed, whole) = parse_checkpoints(line.as_bytes(), Path::new("x")).unwrap();
         assert_eq!((parsed, whole), (vec![c], line.len()));
+    }
+
+    #[test]
+    fn a_v1_checkpoint_is_named_as_such() {
+        let key = NodeKey::from_seed([7; 32]);
+        let mut c = Checkpoint::sign(&key, 10, [1; 32], 123);
+        assert!(c.note().starts_with("puhui journal checkpoint v2\n"));
+        c.signature = key.sign(c.note().replacen(NOTE_HEADER, NOTE_HEADER_V1, 1).as_bytes());
+        match c.verify_signature(&key.public_key()) {
+            Err(Error::Format(e)) => assert!(e.contains("v1 leaf format"), "{e}"),
+            other => panic!("expected the v1 format to be named, got {other:?}"),
+        }
     }
 
     #[test]

@@ -2,10 +2,11 @@
 //! [`TransparencyLog`], the in-memory state a node answers checkpoints and proofs from.
 //!
 //! Memory: the tree keeps about 64 bytes per entry (see [`puhui_merkle`]); the index one 16-byte mark
-//! per [`INDEX_EVERY`] entries (0.25 byte per entry). Finding an entry reads at most
-//! [`INDEX_EVERY`] entries from the journal file (page cache), so a transfer's proof needs no
-//! per-transfer index: its ledger timestamp (strictly increasing along the journal) finds the mark
-//! to start from.
+//! per [`INDEX_EVERY`] entries (0.25 byte per entry). Finding an entry's leaf reads at most
+//! 2 × [`INDEX_EVERY`] entries from the journal file (page cache; from the mark before the one
+//! covering it, since the leaf starts with the previous entry's hash), so a transfer's proof needs
+//! no per-transfer index: its ledger timestamp (strictly increasing along the journal) finds the
+//! mark to start from.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -19,7 +20,7 @@ use puhui_merkle::MerkleTree;
 
 use crate::checkpoint::Checkpoint;
 use crate::proof::{ConsistencyProof, InclusionProof};
-use crate::{body_timestamp, entry_leaf_hash, hex, leaf_bytes, Error};
+use crate::{body_timestamp, entry_leaf_hash, hex, leaf_bytes, leaf_hash_of_leaf, Error};
 
 /// One index mark every this many entries.
 pub const INDEX_EVERY: u64 = 64;
@@ -64,6 +65,13 @@ impl EntryIndex {
     pub fn start_for_timestamp(&self, timestamp_ns: u64) -> Option<(u64, u64)> {
         let k = self.marks.partition_point(|m| m.timestamp_ns < timestamp_ns).saturating_sub(1);
         self.marks.get(k).map(|m| (k as u64 * INDEX_EVERY, m.offset))
+    }
+
+    /// Where to start reading to learn the hash of the entry before `seq` (entry `seq`'s leaf
+    /// starts with it): the mark at or before entry `seq - 1`, or entry 0 (whose previous hash is
+    /// the genesis hash). `(first seq, file offset)`.
+    pub fn start_before_seq(&self, seq: u64) -> Option<(u64, u64)> {
+        self.start_for_seq(seq.saturating_sub(1))
     }
 
     /// Heap bytes held.
@@ -127,15 +135,15 @@ impl PosReader<'_> {
 }
 
 /// Walks journal entries on disk from `offset` (the start of entry `seq`, or of the frame header
-/// before it), calling `visit(seq, kind, body)` until it returns `false` or entry `end_seq` is
-/// reached. Checks sequence numbers and lengths, not hashes (callers compare leaf hashes with the
+/// before it), calling `visit(seq, kind, body, entry_hash)` until it returns `false` or entry
+/// `end_seq` is reached (`entry_hash`: the chained hash stored after the entry). Checks sequence numbers and lengths, not hashes (callers compare leaf hashes with the
 /// tree, which was built from a hash-checked scan).
 pub fn walk_entries(
     file: &File,
     mut offset: u64,
     mut seq: u64,
     end_seq: u64,
-    mut visit: impl FnMut(u64, u8, &[u8]) -> bool,
+    mut visit: impl FnMut(u64, u8, &[u8], &[u8; 32]) -> bool,
 ) -> Result<(), Error> {
     let mut r = PosReader { file, start: offset, buf: Vec::new() };
     while seq < end_seq {
@@ -155,7 +163,8 @@ pub fn walk_entries(
                 "found entry {found} at byte {offset} where entry {seq} belongs"
             )));
         }
-        if !visit(seq, entry[12], &entry[13..13 + body_len]) {
+        let hash: &[u8; 32] = entry[13 + body_len..].try_into().expect("32 bytes");
+        if !visit(seq, entry[12], &entry[13..13 + body_len], hash) {
             return Ok(());
         }
         offset += (ENTRY_OVERHEAD_BYTES + body_len) as u64;
@@ -198,7 +207,7 @@ impl JournalTree {
             return Err(Error::Format("the tree does not fit its journal position".into()));
         }
         let summary = puhui_journal::scan_from(path, position, |e| {
-            tree.append(entry_leaf_hash(e.seq, e.kind, e.body));
+            tree.append(entry_leaf_hash(e.hash));
             index.note(e.seq, body_timestamp(e.body).unwrap_or(0), e.offset);
             on_entry(&e)
         })
@@ -293,17 +302,21 @@ impl TransparencyLog {
         }
     }
 
-    /// Reads entry `seq`'s leaf data from the journal file.
+    /// Reads entry `seq`'s leaf data from the journal file (starting one entry earlier, for the
+    /// previous entry's hash).
     pub fn read_leaf(&self, journal: &File, seq: u64) -> Result<Vec<u8>, Error> {
         if seq >= self.size() {
             return Err(Error::EntryNotFound { seq });
         }
-        let (start, offset) = self.index.start_for_seq(seq).ok_or(Error::EntryNotFound { seq })?;
+        let (start, offset) = self.index.start_before_seq(seq).ok_or(Error::EntryNotFound { seq })?;
+        let mut previous = puhui_journal::frame::genesis_hash();
         let mut leaf = None;
-        walk_entries(journal, offset, start, seq + 1, |s, kind, body| {
+        walk_entries(journal, offset, start, seq + 1, |s, kind, body, hash| {
             if s == seq {
-                leaf = Some(leaf_bytes(s, kind, body));
+                leaf = Some(leaf_bytes(&previous, s, kind, body));
+                return false;
             }
+            previous = *hash;
             true
         })?;
         leaf.ok_or(Error::EntryNotFound { seq })
@@ -318,21 +331,27 @@ impl TransparencyLog {
         timestamp_ns: u64,
     ) -> Result<(u64, Vec<u8>), Error> {
         let not_found = || Error::TransferNotFound(id.to_string());
-        let (start, offset) = self.index.start_for_timestamp(timestamp_ns).ok_or_else(not_found)?;
+        let (first, _) = self.index.start_for_timestamp(timestamp_ns).ok_or_else(not_found)?;
+        // One entry earlier, for the hash the first candidate's leaf starts with.
+        let (start, offset) = self.index.start_before_seq(first).ok_or_else(not_found)?;
+        let mut previous = puhui_journal::frame::genesis_hash();
         let mut found = None;
-        walk_entries(journal, offset, start, self.size(), |seq, kind, body| {
-            let ts = body_timestamp(body).unwrap_or(0);
-            if ts > timestamp_ns {
-                return false;
-            }
-            if ts == timestamp_ns && kind == codec::KIND_TRANSFER {
-                if let Ok(codec::Event::Transfer { request, .. }) = codec::decode(kind, body) {
-                    if request.id.as_str() == id {
-                        found = Some((seq, leaf_bytes(seq, kind, body)));
-                        return false;
+        walk_entries(journal, offset, start, self.size(), |seq, kind, body, hash| {
+            if seq >= first {
+                let ts = body_timestamp(body).unwrap_or(0);
+                if ts > timestamp_ns {
+                    return false;
+                }
+                if ts == timestamp_ns && kind == codec::KIND_TRANSFER {
+                    if let Ok(codec::Event::Transfer { request, .. }) = codec::decode(kind, body) {
+                        if request.id.as_str() == id {
+                            found = Some((seq, leaf_bytes(&previous, seq, kind, body)));
+                            return false;
+                        }
                     }
                 }
             }
+            previous = *hash;
             true
         })?;
         found.ok_or_else(not_found)
@@ -350,7 +369,7 @@ impl TransparencyLog {
         if seq >= checkpoint.size {
             return Err(Error::NotCheckpointed { seq, checkpoint_size: checkpoint.size });
         }
-        if self.tree.leaf(seq) != Some(puhui_merkle::leaf_hash(&leaf)) {
+        if self.tree.leaf(seq) != Some(leaf_hash_of_leaf(&leaf)) {
             return Err(Error::Mismatch(format!(
                 "journal entry {seq} on disk no longer hashes to the leaf the tree holds (the file changed under the node)"
             )));

@@ -6,10 +6,13 @@
 //! journal was only ever appended to.
 //!
 //! * **Leaves.** Journal entry `seq` is leaf `seq` of an RFC 6962 Merkle tree ([`puhui_merkle`],
-//!   SHA-256). Its leaf data is [`leaf_bytes`] = `seq:u64 LE | kind:u8 | body`: the entry exactly as it
-//!   is hashed into the BLAKE3 chain, minus the previous entry's hash. The body is the self-contained
-//!   [`puhui_journal::codec`] encoding (ids as text), so an offline verifier re-derives from the leaf
-//!   alone what the transfer or decision was ([`describe_leaf`]).
+//!   SHA-256). The tree's leaf value is the entry's chained BLAKE3 hash, which the journal computes
+//!   and stores anyway: leaf hash = [`entry_leaf_hash`] = `SHA-256(0x00 | entry_hash)` (one SHA-256
+//!   block per entry, no copy of the body). A proof carries the chain input [`leaf_bytes`] =
+//!   `previous_hash | seq:u64 LE | kind:u8 | body`, from which a verifier recomputes
+//!   `entry_hash = BLAKE3(leaf)`. The body is the self-contained [`puhui_journal::codec`] encoding
+//!   (ids as text), so an offline verifier re-derives from the leaf alone what the transfer or
+//!   decision was ([`describe_leaf`]).
 //! * **Checkpoints** ([`checkpoint`]): tree size, root hash and timestamp, signed with the node's
 //!   ed25519 key ([`keys`]); appended to `checkpoints.log` (JSON lines, `fdatasync`) and optionally to
 //!   a witness file held by someone else.
@@ -38,38 +41,44 @@ pub use keys::{NodeKey, PublicKey, KEY_FILE, PUBLIC_KEY_FILE};
 pub use proof::{ConsistencyProof, InclusionProof, ProofFile, VerifiedProof};
 pub use puhui_merkle::{leaf_hash, Hash};
 
-use sha2::{Digest, Sha256};
+/// Bytes before the body in a leaf: `previous_hash:[u8; 32] | seq:u64 LE | kind:u8`.
+pub const LEAF_HEADER_BYTES: usize = 32 + 8 + 1;
 
-/// Bytes before the body in a leaf: `seq:u64 LE | kind:u8`.
-pub const LEAF_HEADER_BYTES: usize = 9;
-
-/// The leaf data of journal entry `seq`: `seq:u64 LE | kind:u8 | body`.
-pub fn leaf_bytes(seq: u64, kind: u8, body: &[u8]) -> Vec<u8> {
+/// The leaf data of journal entry `seq`: `previous_hash | seq:u64 LE | kind:u8 | body`, exactly the
+/// bytes the journal's BLAKE3 chain hashes into the entry's hash (`previous_hash` is the hash of
+/// entry `seq - 1`, or [`puhui_journal::frame::genesis_hash`] for entry 0).
+pub fn leaf_bytes(previous_hash: &[u8; 32], seq: u64, kind: u8, body: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(LEAF_HEADER_BYTES + body.len());
+    out.extend_from_slice(previous_hash);
     out.extend_from_slice(&seq.to_le_bytes());
     out.push(kind);
     out.extend_from_slice(body);
     out
 }
 
-/// The RFC 6962 leaf hash of journal entry `seq`: `SHA-256(0x00 | seq | kind | body)`, the same as
-/// [`puhui_merkle::leaf_hash`]`(`[`leaf_bytes`]`(seq, kind, body))` without building the bytes.
-pub fn entry_leaf_hash(seq: u64, kind: u8, body: &[u8]) -> Hash {
-    let mut h = Sha256::new();
-    h.update([puhui_merkle::LEAF_PREFIX]);
-    h.update(seq.to_le_bytes());
-    h.update([kind]);
-    h.update(body);
-    h.finalize().into()
+/// The RFC 6962 leaf hash of a journal entry whose chained hash (the 32 bytes the journal stores
+/// after the entry, `BLAKE3(previous_hash | seq | kind | body)`) is `entry_hash`:
+/// `SHA-256(0x00 | entry_hash)`, one SHA-256 block. The tree's leaf *data* is the entry hash, so
+/// the node reuses the hash the journal computes anyway and never copies or rehashes the body.
+pub fn entry_leaf_hash(entry_hash: &[u8; 32]) -> Hash {
+    puhui_merkle::leaf_hash(entry_hash)
 }
 
-/// Splits leaf data into `(seq, kind, body)`; `None` if it is shorter than the 9-byte header.
-pub fn split_leaf(leaf: &[u8]) -> Option<(u64, u8, &[u8])> {
+/// The RFC 6962 leaf hash of leaf data from [`leaf_bytes`] (as in a proof file):
+/// [`entry_leaf_hash`]`(BLAKE3(leaf))`.
+pub fn leaf_hash_of_leaf(leaf: &[u8]) -> Hash {
+    entry_leaf_hash(blake3::hash(leaf).as_bytes())
+}
+
+/// Splits leaf data into `(previous_hash, seq, kind, body)`; `None` if it is shorter than the
+/// [`LEAF_HEADER_BYTES`]-byte header.
+pub fn split_leaf(leaf: &[u8]) -> Option<([u8; 32], u64, u8, &[u8])> {
     if leaf.len() < LEAF_HEADER_BYTES {
         return None;
     }
-    let seq = u64::from_le_bytes(leaf[..8].try_into().ok()?);
-    Some((seq, leaf[8], &leaf[LEAF_HEADER_BYTES..]))
+    let previous: [u8; 32] = leaf[..32].try_into().ok()?;
+    let seq = u64::from_le_bytes(leaf[32..40].try_into().ok()?);
+    Some((previous, seq, leaf[40], &leaf[LEAF_HEADER_BYTES..]))
 }
 
 /// The ledger timestamp of an entry body: every entry kind starts with `timestamp_ns:u64 LE`.
@@ -80,8 +89,9 @@ pub fn body_timestamp(body: &[u8]) -> Option<u64> {
 /// Decodes leaf data into the journal event it records (checking that it is well formed), for
 /// display to a verifier. Never panics on any input.
 pub fn describe_leaf(leaf: &[u8]) -> Result<(u64, puhui_journal::Event), Error> {
-    let (seq, kind, body) =
-        split_leaf(leaf).ok_or_else(|| Error::BadProof("leaf is shorter than its 9-byte header".into()))?;
+    let (_, seq, kind, body) = split_leaf(leaf).ok_or_else(|| {
+        Error::BadProof(format!("leaf is shorter than its {LEAF_HEADER_BYTES}-byte header"))
+    })?;
     let event = puhui_journal::codec::decode(kind, body)
         .map_err(|e| Error::BadProof(format!("leaf does not decode as a journal entry: {e}")))?;
     Ok((seq, event))
@@ -173,14 +183,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn entry_leaf_hash_is_the_rfc_leaf_hash_of_leaf_bytes() {
+    fn the_leaf_hash_is_the_rfc_leaf_hash_of_the_chained_entry_hash() {
+        let previous = puhui_journal::frame::genesis_hash();
         for body in [&b""[..], b"x", &[7u8; 200]] {
-            let bytes = leaf_bytes(42, 3, body);
-            assert_eq!(entry_leaf_hash(42, 3, body), puhui_merkle::leaf_hash(&bytes));
-            assert_eq!(split_leaf(&bytes), Some((42, 3, body)));
+            let bytes = leaf_bytes(&previous, 42, 3, body);
+            let entry_hash = puhui_journal::frame::entry_hash(&previous, 42, 3, body);
+            assert_eq!(leaf_hash_of_leaf(&bytes), entry_leaf_hash(&entry_hash));
+            assert_eq!(entry_leaf_hash(&entry_hash), puhui_merkle::leaf_hash(&entry_hash));
+            assert_eq!(split_leaf(&bytes), Some((previous, 42, 3, body)));
         }
         assert_eq!(split_leaf(&[1, 2, 3]), None);
         assert!(describe_leaf(&[0; 3]).is_err());
-        assert!(describe_leaf(&leaf_bytes(0, 99, b"")).is_err());
+        assert!(describe_leaf(&leaf_bytes(&previous, 0, 99, b"")).is_err());
+    }
+
+    /// A fixed vector for other implementations: entry 0, kind 1, an empty body.
+    #[test]
+    fn leaf_hash_vector() {
+        let leaf = leaf_bytes(&puhui_journal::frame::genesis_hash(), 0, 1, b"");
+        assert_eq!(
+            hex::encode(&leaf_hash_of_leaf(&leaf)),
+            "904082dcebe7f570f65f6c2383a949f5c02e132ed6db432ec91f4180c9f342a7"
+        );
     }
 }

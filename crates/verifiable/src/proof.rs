@@ -4,11 +4,11 @@
 //! Inclusion proof (entry `index` is in the journal the checkpoint signs):
 //!
 //! ```json
-//! { "type": "puhui.journal.inclusion-proof.v1",
+//! { "type": "puhui.journal.inclusion-proof.v2",
 //!   "checkpoint": { "size": 1000, "root": "<hex>", "timestamp_ns": 1764100000000000000,
 //!                   "key_id": "<hex>", "signature": "<hex>" },
 //!   "index": 17,
-//!   "leaf": "<hex of seq:u64 LE | kind:u8 | body>",
+//!   "leaf": "<hex of previous_hash:[u8; 32] | seq:u64 LE | kind:u8 | body>",
 //!   "proof": ["<hex>", "..."],
 //!   "event": "informative: the decoded event (not trusted; the verifier re-derives it from leaf)" }
 //! ```
@@ -16,7 +16,7 @@
 //! Consistency proof (the journal at `new.size` extends the journal at `old.size`):
 //!
 //! ```json
-//! { "type": "puhui.journal.consistency-proof.v1",
+//! { "type": "puhui.journal.consistency-proof.v2",
 //!   "old": { <checkpoint> }, "new": { <checkpoint> }, "proof": ["<hex>", "..."] }
 //! ```
 
@@ -27,9 +27,9 @@ use crate::keys::PublicKey;
 use crate::{describe_leaf, hex, Error, Hash};
 
 /// `type` of an inclusion proof file.
-pub const INCLUSION_PROOF_TYPE: &str = "puhui.journal.inclusion-proof.v1";
+pub const INCLUSION_PROOF_TYPE: &str = "puhui.journal.inclusion-proof.v2";
 /// `type` of a consistency proof file.
-pub const CONSISTENCY_PROOF_TYPE: &str = "puhui.journal.consistency-proof.v1";
+pub const CONSISTENCY_PROOF_TYPE: &str = "puhui.journal.consistency-proof.v2";
 /// Largest proof file [`verify_proof_file`] reads (a leaf is at most ~1 MiB of body, in hex).
 pub const PROOF_FILE_BYTES_MAX: usize = 4 << 20;
 
@@ -43,7 +43,8 @@ pub struct InclusionProof {
     pub checkpoint: Checkpoint,
     /// The entry's sequence number = its leaf index.
     pub index: u64,
-    /// The leaf data: `seq:u64 LE | kind:u8 | body` (see [`crate::leaf_bytes`]).
+    /// The leaf data: `previous_hash | seq:u64 LE | kind:u8 | body` (see [`crate::leaf_bytes`]);
+    /// its BLAKE3 hash is the entry hash the tree commits to.
     #[serde(with = "hex::bytes")]
     pub leaf: Vec<u8>,
     /// The RFC 6962 audit path, deepest sibling first.
@@ -138,7 +139,7 @@ impl InclusionProof {
             )));
         }
         puhui_merkle::verify_inclusion(
-            &puhui_merkle::leaf_hash(&self.leaf),
+            &crate::leaf_hash_of_leaf(&self.leaf),
             self.index,
             self.checkpoint.size,
             &self.proof,
@@ -206,6 +207,10 @@ impl ProofFile {
         match tag.proof_type.as_str() {
             INCLUSION_PROOF_TYPE => Ok(ProofFile::Inclusion(serde_json::from_str(text).map_err(bad)?)),
             CONSISTENCY_PROOF_TYPE => Ok(ProofFile::Consistency(serde_json::from_str(text).map_err(bad)?)),
+            "puhui.journal.inclusion-proof.v1" | "puhui.journal.consistency-proof.v1" => Err(Error::Format(format!(
+                "{} is a v1 proof (leaf = seq | kind | body, before 2026-11-26); this verifier checks v2 proofs (leaf = previous_hash | seq | kind | body, leaf hash over its BLAKE3 entry hash): ask the node for a new proof",
+                tag.proof_type
+            ))),
             other => Err(Error::Format(format!("unknown proof type {other:?}"))),
         }
     }

@@ -27,7 +27,9 @@ use crate::{io_error, Error, Hash};
 /// File name of the tree file inside a data directory.
 pub const TREE_FILE: &str = "merkle.phm";
 const MAGIC: &[u8; 4] = b"PHMT";
-const VERSION: u16 = 1;
+/// Version 2: the leaf hashes are over the journal's BLAKE3 entry hashes (version 1 files, of the
+/// older leaf format, are ignored and the tree is rebuilt from the journal).
+const VERSION: u16 = 2;
 const HEADER_BYTES: usize = 96;
 
 /// Writes the tree file for the journal prefix at `position` (whose entries are the tree's leaves).
