@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 cargo build --release -q -p puhui
-bin=target/release/puhui
+bin="${CARGO_TARGET_DIR:-target}/release/puhui"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 run() { echo "\$ puhui bench ledger $*"; "$bin" bench ledger "$@" 2>/dev/null; }
 run --accounts 10000 --transfers 2000000 --batch 8189

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 url="${1:-${PUHUI_TEST_PG:-postgres://postgres@127.0.0.1:5432/test}}"
 cargo build --release -q -p puhui
-bin=target/release/puhui
+bin="${CARGO_TARGET_DIR:-target}/release/puhui"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), PostgreSQL $(psql "$url" -Atc 'show server_version'), synchronous_commit=$(psql "$url" -Atc 'show synchronous_commit')"
 run() { echo "\$ puhui bench ledger $*"; "$bin" bench ledger "$@" 2>/dev/null; }
 for store in "" "--store $url"; do

@@ -9,7 +9,7 @@ connections="${1:-64}" seconds="${2:-10}" accounts=1000 port=18099
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 dir="$(mktemp -d ${BENCH_DIR_PARENT:+-p "$BENCH_DIR_PARENT"})"
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT
-PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} target/release/puhui serve --data-dir "$dir" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >/dev/null &
+PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} "${CARGO_TARGET_DIR:-target}/release/puhui" serve --data-dir "$dir" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >/dev/null &
 server=$!
 for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 KEY=$(curl -sf -XPOST "http://127.0.0.1:$port/v1/tenants" -H 'Authorization: Bearer bench' -d '{"name":"wrk"}' |

@@ -241,7 +241,8 @@ fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
     let mut text = String::from(
         "version = \"budget\"\n[thresholds]\nreview = 50\ndecline = 100\n[budget]\ndecision_us = 0\non_exceeded = \"decline\"\n",
     );
-    for i in 0..12 {
+    // More rules than the engine evaluates between two looks at the clock (32).
+    for i in 0..40 {
         text += &format!(
             "[[rules]]\nid = \"r{i}\"\ndescription = \"d\"\nexpression = \"amount > {i}\"\nscore = 1\n"
         );
@@ -260,7 +261,7 @@ fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
     assert!(online.degraded.is_some(), "a zero budget is spent by the first check");
     assert_eq!(online.outcome, Outcome::Decline, "fail closed, as the ruleset says");
     let replayed = c.active().decide_within(c.features(), &event, false);
-    assert_eq!((replayed.degraded, replayed.outcome, replayed.fired.len()), (None, Outcome::Approve, 12));
+    assert_eq!((replayed.degraded, replayed.outcome, replayed.fired.len()), (None, Outcome::Approve, 40));
     let bad = text.replace("on_exceeded = \"decline\"", "on_exceeded = \"maybe\"");
     assert!(Controller::new(&bad, Path::new("."), FeatureLimits::default()).is_err());
 }
