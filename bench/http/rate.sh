@@ -22,10 +22,15 @@ for a in a b; do
   curl -sf -o /dev/null -XPOST "http://127.0.0.1:$port/v1/accounts" -H "Authorization: Bearer $KEY" \
     -d "{\"id\":\"acct-$a\",\"currency\":\"CNY\"}"
 done
-oha --no-tui --latency-correction -q "$rate" -c "$connections" -z "${seconds}s" --output-format json \
-  -m POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
-  -d '{"debit_account_id":"acct-a","credit_account_id":"acct-b","amount":100,"currency":"CNY"}' \
-  "http://127.0.0.1:$port/v1/transfers" |
+post() {
+  oha --no-tui --latency-correction -q "$rate" -c "$connections" -z "$1" --output-format json \
+    -m POST -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' \
+    -d '{"debit_account_id":"acct-a","credit_account_id":"acct-b","amount":100,"currency":"CNY"}' \
+    "http://127.0.0.1:$port/v1/transfers"
+}
+# Warm-up (WARMUP seconds, default 0): connections opened, first pages of the ledger's maps touched.
+[ "${WARMUP:-0}" = 0 ] || post "${WARMUP}s" >/dev/null
+post "${seconds}s" |
   python3 -c '
 import json, sys
 r = json.load(sys.stdin)
