@@ -213,17 +213,28 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
         events: Some(event_log),
         webhooks: Some(webhooks),
     });
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
+    listen_and_serve(config.listen, state, event_tasks, on_listening).await
+}
+
+/// Binds `listen`, serves until SIGTERM/SIGINT and every request in flight is answered, then lets
+/// the store finish what is queued (the embedded committer syncs its last group and snapshots;
+/// PostgreSQL's committers commit theirs), and only then lets the relay publish what is durable and
+/// the webhook dispatcher save its state.
+async fn listen_and_serve(
+    listen: SocketAddr,
+    state: Arc<AppState>,
+    event_tasks: crate::events::EventTasks,
+    on_listening: impl FnOnce(SocketAddr),
+) -> Result<(), String> {
+    let store = state.store.clone();
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_listening(addr);
     axum::serve(listener, crate::router(state))
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
-    // Every request has been answered; let the committer sync its last group and snapshot.
     tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
-    // Then the relay publishes what is durable and the webhook dispatcher saves its state.
     event_tasks.stop().await;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -379,18 +390,5 @@ async fn serve_postgres(
         events: Some(event_log),
         webhooks: Some(webhooks),
     });
-    let listener =
-        tokio::net::TcpListener::bind(config.listen).await.map_err(|e| format!("{}: {e}", config.listen))?;
-    let addr = listener.local_addr().map_err(|e| e.to_string())?;
-    on_listening(addr);
-    axum::serve(listener, crate::router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
-        .map_err(|e| e.to_string())?;
-    // Every request has been answered; the committers finish what is queued.
-    tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
-    // Then the relay publishes what is durable and the webhook dispatcher stops.
-    event_tasks.stop().await;
-    tracing::info!("stopped cleanly");
-    Ok(())
+    listen_and_serve(config.listen, state, event_tasks, on_listening).await
 }
