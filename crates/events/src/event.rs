@@ -275,6 +275,32 @@ fn record_event(record_type: u8, timestamp_ns: u64, payload: &[u8]) -> Option<(E
     }
 }
 
+/// The type and tenant of a risk record's event, reading only its id: the rest of the payload
+/// (features, rules, the event's inputs) is skipped by the JSON scanner, not decoded, because the
+/// index reads every decision as it is journaled. Records come from the hash-chained journal, which
+/// only puhui writes; one whose id does not parse has no event, as in [`record_event`].
+fn classify_record(record_type: u8, payload: &[u8]) -> Option<(EventType, String)> {
+    use puhui_risk::records::{RECORD_DECISION, RECORD_LABEL};
+    #[derive(serde::Deserialize)]
+    struct Decision<'a> {
+        #[serde(borrow)]
+        id: std::borrow::Cow<'a, str>,
+    }
+    #[derive(serde::Deserialize)]
+    struct LabelOf<'a> {
+        #[serde(borrow)]
+        decision_id: std::borrow::Cow<'a, str>,
+    }
+    let (kind, id) = match record_type {
+        RECORD_DECISION => (EventType::DecisionCreated, serde_json::from_slice::<Decision>(payload).ok()?.id),
+        RECORD_LABEL => {
+            (EventType::DecisionLabeled, serde_json::from_slice::<LabelOf>(payload).ok()?.decision_id)
+        }
+        _ => return None,
+    };
+    Some((kind, split_id(&id).0.to_string()))
+}
+
 /// The type and tenant of the event an entry maps to, without building its JSON (for indexes).
 pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, codec::DecodeError> {
     let entry = codec::decode(kind, body)?;
@@ -298,11 +324,7 @@ pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, co
             (kind, &request.id)
         }
         Entry::Expired { pending_id, .. } => (EventType::TransferExpired, pending_id),
-        Entry::Record { record_type, timestamp_ns, payload } => {
-            return Ok(
-                record_event(*record_type, *timestamp_ns, payload).map(|(kind, tenant, _)| (kind, tenant))
-            );
-        }
+        Entry::Record { record_type, payload, .. } => return Ok(classify_record(*record_type, payload)),
         #[allow(unreachable_patterns)]
         _ => return Ok(None),
     };
