@@ -789,7 +789,10 @@ fn committer_loop(
             continue;
         }
 
+        let lock_started = Instant::now();
         let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
+        let apply_started = Instant::now();
+        stage_took("lock", lock_started);
         let now = inner.clock.now_ns();
         // Bounded: the rest are due on the next loop (which then does not sleep).
         ledger.expire_due_at_most(now, BATCH_EVENTS_MAX);
@@ -826,9 +829,13 @@ fn committer_loop(
             }
         }
         flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
+        stage_took("apply", apply_started);
+        let sync_started = Instant::now();
         if failure.is_none() {
             failure = sync(&inner, &mut writer).err();
         }
+        stage_took("sync", sync_started);
+        let handoff_started = Instant::now();
         if let Some(e) = &failure {
             // Memory is now ahead of the disk and readers could see events that are not durable.
             // The only safe answer to a failed write or fsync is to stop and recover from the
@@ -849,9 +856,12 @@ fn committer_loop(
             snapshots.progress(&inner, &mut ledger, &writer);
         }
         drop(ledger);
+        stage_took("handoff", handoff_started);
+        let reply_started = Instant::now();
         for answer in answers.drain(..) {
             answer.send(failure.as_ref());
         }
+        stage_took("reply", reply_started);
     }
     // A final snapshot makes the next start fast.
     if !inner.poisoned.load(Ordering::Acquire) {
@@ -914,6 +924,15 @@ fn refuse(command: Command, error: &StoreError) {
         Command::Records(_, reply) => reply(Err(error.clone())),
         Command::Shutdown => {}
     }
+}
+
+/// Records how long one stage of a group commit took (`puhui_group_commit_stage_seconds{stage}`:
+/// `lock` waiting for the ledger's write lock, `apply` deciding and encoding, `sync` the write and
+/// `fdatasync`, `handoff` to the merkle thread and the snapshot step, `reply` answering callers),
+/// so a slow group shows where its time went.
+fn stage_took(stage: &'static str, started: Instant) {
+    metrics::histogram!("puhui_group_commit_stage_seconds", "stage" => stage)
+        .record(started.elapsed().as_secs_f64());
 }
 
 fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
