@@ -261,23 +261,7 @@ async fn outbox_reaches_jetstream_without_gaps_or_duplicates_across_crashes() {
     assert!(server.terminate().success());
 
     let messages = stream.messages().await;
-    // No duplicates: each journal sequence once (JetStream dropped every re-publish).
-    let mut seqs: Vec<u64> = messages.iter().map(|m| m.1["Puhui-Seq"].parse().unwrap()).collect();
-    let distinct: HashSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(distinct.len(), seqs.len(), "duplicate messages in the stream");
-    // No gaps: the journal sequences are exactly those of the events an independent reader (the
-    // events index behind GET /v1/events) found in the journal, and each message names its
-    // predecessor (journal entries that are not events, such as risk records, are skipped).
-    seqs.sort_unstable();
-    let listed: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, listed, "a journal sequence is missing");
-    let prev_of: BTreeMap<u64, Option<u64>> = messages
-        .iter()
-        .map(|m| (m.1["Puhui-Seq"].parse().unwrap(), m.1.get("Puhui-Prev-Seq").map(|p| p.parse().unwrap())))
-        .collect();
-    for (i, seq) in seqs.iter().enumerate() {
-        assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
-    }
+    assert_no_duplicates_no_gaps(&messages, &events);
     for (_, headers, subject, payload) in &messages {
         let seq: u64 = headers["Puhui-Seq"].parse().unwrap();
         let journal = &headers["Puhui-Journal"];
@@ -705,19 +689,7 @@ async fn pg_outbox_on_postgres_fails_over_between_nodes_without_gaps_or_duplicat
     assert!(b_node.terminate().success());
 
     let messages = stream.messages().await;
-    let mut seqs: Vec<u64> = messages.iter().map(|m| m.1["Puhui-Seq"].parse().unwrap()).collect();
-    let distinct: HashSet<u64> = seqs.iter().copied().collect();
-    assert_eq!(distinct.len(), seqs.len(), "duplicate messages in the stream");
-    seqs.sort_unstable();
-    let listed: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, listed, "a journal sequence is missing");
-    let prev_of: BTreeMap<u64, Option<u64>> = messages
-        .iter()
-        .map(|m| (m.1["Puhui-Seq"].parse().unwrap(), m.1.get("Puhui-Prev-Seq").map(|p| p.parse().unwrap())))
-        .collect();
-    for (i, seq) in seqs.iter().enumerate() {
-        assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
-    }
+    assert_no_duplicates_no_gaps(&messages, &events);
     let journals: HashSet<&str> = messages.iter().map(|m| m.1["Puhui-Journal"].as_str()).collect();
     assert_eq!(journals.len(), 1, "one journal id per database: {journals:?}");
     for (_, headers, _, payload) in &messages {
@@ -881,4 +853,28 @@ async fn pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_ove
     assert_eq!((status, deleted["deleted"].as_bool()), (200, Some(true)));
     assert_eq!(a.get(&b_node, &format!("/v1/webhook_endpoints/{ep_id}")).await.0, 404);
     assert!(b_node.terminate().success());
+}
+
+/// A stream's messages against the events an independent reader (the events index behind
+/// `GET /v1/events`) found in the journal. No duplicates: each journal sequence once (JetStream
+/// dropped every re-publish). No gaps: the sequences are exactly the listed events', and each
+/// message names its predecessor (journal entries that are not events, such as risk records, are
+/// skipped).
+fn assert_no_duplicates_no_gaps(
+    messages: &[(u64, BTreeMap<String, String>, String, Value)],
+    events: &[Value],
+) {
+    let mut seqs: Vec<u64> = messages.iter().map(|m| m.1["Puhui-Seq"].parse().unwrap()).collect();
+    let distinct: HashSet<u64> = seqs.iter().copied().collect();
+    assert_eq!(distinct.len(), seqs.len(), "duplicate messages in the stream");
+    seqs.sort_unstable();
+    let listed: Vec<u64> = events.iter().map(|e| e["sequence"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, listed, "a journal sequence is missing");
+    let prev_of: BTreeMap<u64, Option<u64>> = messages
+        .iter()
+        .map(|m| (m.1["Puhui-Seq"].parse().unwrap(), m.1.get("Puhui-Prev-Seq").map(|p| p.parse().unwrap())))
+        .collect();
+    for (i, seq) in seqs.iter().enumerate() {
+        assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
+    }
 }
