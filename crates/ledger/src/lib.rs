@@ -21,6 +21,7 @@ pub mod account;
 pub mod id;
 pub mod money;
 pub mod result;
+pub mod segmented;
 pub mod state;
 pub mod transfer;
 pub mod wire;

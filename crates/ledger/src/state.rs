@@ -12,8 +12,8 @@ pub use snapshot::SnapshotBuilder;
 
 use std::collections::BTreeSet;
 
+use crate::segmented::{IdIndex, Segmented};
 use foldhash::fast::RandomState;
-use hashbrown::HashTable;
 
 use crate::account::{Account, AccountFlags, AccountStatus, Balances, NewAccount, StatusAction};
 use crate::id::Id;
@@ -133,7 +133,7 @@ struct AccountRecord {
     metadata: Option<Box<[u8]>>,
     balances: Balances,
     timestamp_ns: u64,
-    history: Vec<HistoryEntry>,
+    history: Segmented<HistoryEntry>,
 }
 
 #[derive(Debug, Default)]
@@ -179,10 +179,10 @@ struct Undo {
 /// The ledger: accounts, transfers, holds, and the rules that decide every outcome.
 pub struct Ledger {
     hasher: RandomState,
-    accounts: Vec<AccountRecord>,
-    accounts_index: HashTable<u32>,
-    transfers: Vec<TransferRecord>,
-    transfers_index: HashTable<u32>,
+    accounts: Segmented<AccountRecord>,
+    accounts_index: IdIndex,
+    transfers: Segmented<TransferRecord>,
+    transfers_index: IdIndex,
     /// (expires_at_ns, transfer index) of holds with a timeout that are still pending.
     expiries: BTreeSet<(u64, u32)>,
     last_timestamp_ns: u64,
@@ -209,10 +209,10 @@ impl Ledger {
             // Randomly seeded per process (foldhash): ids come from clients, so the table must not be
             // steerable into long probe chains. No result depends on the seed.
             hasher: RandomState::default(),
-            accounts: Vec::new(),
-            accounts_index: HashTable::new(),
-            transfers: Vec::new(),
-            transfers_index: HashTable::new(),
+            accounts: Segmented::new(),
+            accounts_index: IdIndex::new(),
+            transfers: Segmented::new(),
+            transfers_index: IdIndex::new(),
             expiries: BTreeSet::new(),
             last_timestamp_ns: 0,
             log: Vec::new(),
@@ -222,9 +222,8 @@ impl Ledger {
 
     /// Reserves room for `transfers` more transfers (recovery knows roughly how many are coming).
     pub fn reserve_transfers(&mut self, transfers: usize) {
-        self.transfers.reserve(transfers);
         let (records, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index.reserve(transfers, |&i| hash_str(hasher, &records[i as usize].id));
+        self.transfers_index.reserve(transfers, |i| hash_str(hasher, &records[i as usize].id));
     }
 
     /// The last timestamp assigned.
@@ -250,12 +249,12 @@ impl Ledger {
 
     fn find_account(&self, id: &str) -> Option<u32> {
         let hash = hash_str(&self.hasher, id);
-        self.accounts_index.find(hash, |&i| &*self.accounts[i as usize].id == id).copied()
+        self.accounts_index.find(hash, |i| &*self.accounts[i as usize].id == id)
     }
 
     fn find_transfer(&self, id: &str) -> Option<u32> {
         let hash = hash_str(&self.hasher, id);
-        self.transfers_index.find(hash, |&i| &*self.transfers[i as usize].id == id).copied()
+        self.transfers_index.find(hash, |i| &*self.transfers[i as usize].id == id)
     }
 
     /// Takes the events applied since the last call, in order, for the journal.
@@ -326,10 +325,11 @@ impl Ledger {
             metadata: new.metadata,
             balances: Balances::default(),
             timestamp_ns,
-            history: Vec::new(),
+            history: Segmented::new(),
         });
         let (accounts, hasher) = (&self.accounts, &self.hasher);
-        self.accounts_index.insert_unique(hash, index, |&i| hash_str(hasher, &accounts[i as usize].id));
+        self.accounts_index
+            .insert(hash, index, accounts.len() as u32, |i| hash_str(hasher, &accounts[i as usize].id));
         self.log.push(LogItem::AccountCreated(index));
         EventResult { result: ResultCode::Ok, timestamp_ns }
     }
@@ -475,12 +475,7 @@ impl Ledger {
         assert_eq!(index as usize + 1, self.transfers.len(), "undo is last-in first-out");
         let record = self.transfers.pop().expect("record to undo");
         let hash = hash_str(&self.hasher, &record.id);
-        match self.transfers_index.find_entry(hash, |&i| i == index) {
-            Ok(entry) => {
-                entry.remove();
-            }
-            Err(_) => unreachable!("undone transfer is indexed"),
-        }
+        assert!(self.transfers_index.remove_last(hash, index), "undone transfer is indexed");
         for (account, before) in [(record.debit, undo.debit_before), (record.credit, undo.credit_before)] {
             let a = &mut self.accounts[account as usize];
             let popped = a.history.pop().expect("history entry to undo");
@@ -592,8 +587,8 @@ impl Ledger {
             return EventResult::rejected(code);
         }
         let hash = hash_str(&self.hasher, &request.id);
-        if let Some(&existing) =
-            self.transfers_index.find(hash, |&i| *self.transfers[i as usize].id == *request.id)
+        if let Some(existing) =
+            self.transfers_index.find(hash, |i| *self.transfers[i as usize].id == *request.id)
         {
             return self.compare_existing(existing, &request);
         }
@@ -811,7 +806,8 @@ impl Ledger {
             extra,
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
+        self.transfers_index
+            .insert(hash, index, transfers.len() as u32, |i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
         Undo { transfer: index, debit_before, credit_before, pending_before }
     }
@@ -840,7 +836,8 @@ impl Ledger {
             })),
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &transfers[i as usize].id));
+        self.transfers_index
+            .insert(hash, index, transfers.len() as u32, |i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
     }
 
@@ -1131,7 +1128,7 @@ impl Ledger {
         let (items, has_more): (Vec<u32>, bool) = if let Some(before) = page.ending_before {
             let end = position_of(before)?;
             let mut found: Vec<u32> =
-                history[..end].iter().rev().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
+                history.range(0, end).rev().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
             let more = found.len() > limit;
             found.truncate(limit);
             found.reverse();
@@ -1141,8 +1138,12 @@ impl Ledger {
                 Some(after) => position_of(after)? + 1,
                 None => 0,
             };
-            let mut found: Vec<u32> =
-                history[start..].iter().filter(is_transfer).take(limit + 1).map(|e| e.event).collect();
+            let mut found: Vec<u32> = history
+                .range(start, history.len())
+                .filter(is_transfer)
+                .take(limit + 1)
+                .map(|e| e.event)
+                .collect();
             let more = found.len() > limit;
             found.truncate(limit);
             (found, more)
@@ -1190,10 +1191,12 @@ impl Ledger {
                 metadata: a.metadata,
                 balances: a.balances,
                 timestamp_ns: a.timestamp_ns,
-                history: Vec::new(),
+                history: Segmented::new(),
             });
             let (records, hasher) = (&ledger.accounts, &ledger.hasher);
-            ledger.accounts_index.insert_unique(hash, index, |&i| hash_str(hasher, &records[i as usize].id));
+            ledger
+                .accounts_index
+                .insert(hash, index, records.len() as u32, |i| hash_str(hasher, &records[i as usize].id));
         }
         // Two passes: records first, then the pending references (a post may come before its hold).
         let mut resolves: Vec<(u32, Id)> = Vec::new();
@@ -1286,7 +1289,9 @@ impl Ledger {
             }
             ledger.transfers.push(record);
             let (records, hasher) = (&ledger.transfers, &ledger.hasher);
-            ledger.transfers_index.insert_unique(hash, index, |&i| hash_str(hasher, &records[i as usize].id));
+            ledger
+                .transfers_index
+                .insert(hash, index, records.len() as u32, |i| hash_str(hasher, &records[i as usize].id));
         }
         for (index, pending_id) in resolves {
             let pending = ledger
@@ -1379,13 +1384,9 @@ impl Ledger {
 
     /// Approximate bytes of memory the state holds (for capacity planning and the benchmark report).
     pub fn memory_bytes_estimate(&self) -> usize {
-        let accounts = self.accounts.capacity() * std::mem::size_of::<AccountRecord>()
-            + self
-                .accounts
-                .iter()
-                .map(|a| a.history.capacity() * std::mem::size_of::<HistoryEntry>() + a.id.len())
-                .sum::<usize>();
-        let transfers = self.transfers.capacity() * std::mem::size_of::<TransferRecord>()
+        let accounts = self.accounts.allocated_bytes()
+            + self.accounts.iter().map(|a| a.history.allocated_bytes() + a.id.len()).sum::<usize>();
+        let transfers = self.transfers.allocated_bytes()
             + self.transfers.iter().map(|t| t.id.len()).sum::<usize>()
             + self.transfers_index.capacity() * 4
             + self.accounts_index.capacity() * 4;

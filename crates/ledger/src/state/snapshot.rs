@@ -11,6 +11,7 @@ use super::{AccountRecord, HistoryEntry, Ledger, TransferExtra, TransferRecord, 
 use crate::account::{AccountFlags, AccountStatus, Balances};
 use crate::money::{Currency, CurrencyCode};
 use crate::result::ResultCode;
+use crate::segmented::{IdIndex, Segmented};
 use crate::transfer::{PendingStatus, References, TransferKind};
 use crate::wire::{
     decode_request, encode_request, put_opt_bytes, put_opt_str, put_opt_u64, put_str, put_u64, DecodeError,
@@ -71,7 +72,7 @@ impl Ledger {
     pub fn snapshot_step(&self, b: &mut SnapshotBuilder, records_max: usize) -> bool {
         assert!(self.snapshot_dirty.is_some(), "snapshot_begin first");
         let end = self.transfers.len().min(b.encoded.saturating_add(records_max));
-        for t in &self.transfers[b.encoded..end] {
+        for t in self.transfers.range(b.encoded, end) {
             encode_record(t, &mut b.buf);
             b.flush_if_full();
         }
@@ -145,7 +146,6 @@ impl Ledger {
         if transfers > crate::TRANSFERS_MAX || transfers > r.remaining() {
             return Err(bad(format!("implausible transfer count {transfers}")));
         }
-        ledger.transfers.reserve(transfers);
         for _ in 0..transfers {
             let record = decode_record(&mut r)?;
             if ledger.transfers.last().is_some_and(|p| p.timestamp_ns >= record.timestamp_ns) {
@@ -178,7 +178,6 @@ impl Ledger {
             return Err(bad(format!("implausible account count {accounts}")));
         }
         let mut stored_balances = Vec::with_capacity(accounts);
-        ledger.accounts.reserve(accounts);
         for _ in 0..accounts {
             let id = r.id()?;
             let code = r.str()?;
@@ -206,7 +205,7 @@ impl Ledger {
                 metadata,
                 balances: Balances::default(),
                 timestamp_ns,
-                history: Vec::new(),
+                history: Segmented::new(),
             });
         }
         if r.remaining() != 0 {
@@ -230,22 +229,25 @@ impl Ledger {
     /// Rebuilds indexes, balances, histories and the expiry queue from accounts and transfer records.
     fn rebuild_derived(&mut self) -> Result<(), String> {
         let hasher = self.hasher.clone();
-        self.accounts_index = hashbrown::HashTable::with_capacity(self.accounts.len());
-        for (i, a) in self.accounts.iter().enumerate() {
+        let (accounts, transfers) = (&self.accounts, &self.transfers);
+        self.accounts_index = IdIndex::new();
+        self.accounts_index.reserve(accounts.len(), |_| unreachable!("the index is empty"));
+        for (i, a) in accounts.iter().enumerate() {
             let hash = super::hash_str(&hasher, &a.id);
-            let accounts = &self.accounts;
-            if self.accounts_index.find(hash, |&j| accounts[j as usize].id == a.id).is_some() {
+            if self.accounts_index.find(hash, |j| accounts[j as usize].id == a.id).is_some() {
                 return Err(format!("account {} appears twice", a.id));
             }
-            self.accounts_index
-                .insert_unique(hash, i as u32, |&j| super::hash_str(&hasher, &accounts[j as usize].id));
+            self.accounts_index.insert(hash, i as u32, accounts.len() as u32, |j| {
+                super::hash_str(&hasher, &accounts[j as usize].id)
+            });
         }
-        self.transfers_index = hashbrown::HashTable::with_capacity(self.transfers.len());
-        for (i, t) in self.transfers.iter().enumerate() {
+        self.transfers_index = IdIndex::new();
+        self.transfers_index.reserve(transfers.len(), |_| unreachable!("the index is empty"));
+        for (i, t) in transfers.iter().enumerate() {
             let hash = super::hash_str(&hasher, &t.id);
-            let transfers = &self.transfers;
-            self.transfers_index
-                .insert_unique(hash, i as u32, |&j| super::hash_str(&hasher, &transfers[j as usize].id));
+            self.transfers_index.insert(hash, i as u32, transfers.len() as u32, |j| {
+                super::hash_str(&hasher, &transfers[j as usize].id)
+            });
         }
         if self.transfers_index.len() != self.transfers.len() {
             return Err("transfer ids are not unique".into());
