@@ -333,6 +333,17 @@ pub struct EventTasks {
     handles: Vec<tokio::task::JoinHandle<()>>,
 }
 
+impl EventTasks {
+    /// Adds tasks that stop with these (they get the same shutdown signal).
+    pub fn add(
+        &mut self,
+        start: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> Result<Vec<tokio::task::JoinHandle<()>>, String>,
+    ) -> Result<(), String> {
+        self.handles.extend(start(self.shutdown.subscribe())?);
+        Ok(())
+    }
+}
+
 /// Starts the events index, the webhook dispatcher and (if `nats` is set) the relay on the current
 /// runtime, all fed from `store`'s journal.
 pub fn start(

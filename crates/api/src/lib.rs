@@ -25,6 +25,7 @@ pub mod routes;
 pub mod server;
 pub mod tenants;
 pub mod webhooks;
+pub mod witness;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -38,6 +38,9 @@ pub struct ServeConfig {
     /// database); `None`: the embedded store in `data_dir`. On PostgreSQL the data directory holds
     /// only the admin token this node generated (everything else is in the database).
     pub store_url: Option<String>,
+    /// Network witnesses of the signed checkpoints (`--witness-nats`, `--witness-webhook`;
+    /// embedded store only, like the verifiable journal).
+    pub witness: crate::witness::WitnessConfig,
 }
 
 /// The admin token in `DATA_DIR/admin.token`, if the file is there.
@@ -173,6 +176,9 @@ async fn shutdown_signal() {
 pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -> Result<(), String> {
     std::fs::create_dir_all(&config.data_dir).map_err(|e| format!("{}: {e}", config.data_dir.display()))?;
     if let Some(url) = &config.store_url {
+        if config.witness.any() {
+            return Err("checkpoint witnesses (--witness-nats, --witness-webhook) need the embedded store: the verifiable journal is embedded-only".into());
+        }
         return serve_postgres(&config, url, on_listening).await;
     }
     let data_dir = config.data_dir.clone();
@@ -200,7 +206,8 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     let metrics = install_metrics()?;
     let store = Arc::new(store);
     let risk = start_risk(&config, crate::Backend::Embedded(Arc::clone(&store)), "the journal").await?;
-    let (event_log, webhooks, event_tasks) = crate::events::start(&store, config.nats.clone())?;
+    let (event_log, webhooks, mut event_tasks) = crate::events::start(&store, config.nats.clone())?;
+    event_tasks.add(|shutdown| crate::witness::spawn(&store, config.witness.clone(), shutdown))?;
     let state = Arc::new(AppState {
         store: crate::Backend::Embedded(Arc::clone(&store)),
         tenants: Arc::new(tenants),

@@ -115,11 +115,6 @@ struct ServeArgs {
     /// Take a snapshot every this many journal entries.
     #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
     snapshot_every: u64,
-    /// Transfers to reserve memory for at start: growing the tables later doubles them in one
-    /// step, a pause of tens of milliseconds at a few hundred thousand transfers. Untouched
-    /// reserved memory costs address space, not RSS.
-    #[arg(long, default_value_t = 4_000_000)]
-    transfers_capacity: usize,
     /// Risk ruleset (TOML); default: the shipped starter ruleset (rulesets/starter.toml).
     #[arg(long)]
     ruleset: Option<PathBuf>,
@@ -132,6 +127,20 @@ struct ServeArgs {
     /// Subjects are `<prefix>.<tenant>.<event type>`.
     #[arg(long, default_value = "puhui")]
     nats_subject_prefix: String,
+    /// Publish every signed checkpoint to NATS JetStream at this URL (a witness; subject
+    /// `<witness-nats-subject>.<key id>`); partners copy them with `puhui journal witness-fetch`.
+    #[arg(long)]
+    witness_nats: Option<String>,
+    /// The witness stream (created at start if missing; no age limit).
+    #[arg(long, default_value = "PUHUI_CHECKPOINTS")]
+    witness_nats_stream: String,
+    /// The witness subject prefix.
+    #[arg(long, default_value = "puhui_checkpoints")]
+    witness_nats_subject: String,
+    /// POST every signed checkpoint to this partner URL (a witness), signed with the HMAC secret in
+    /// PUHUI_WITNESS_WEBHOOK_SECRET (required with this option).
+    #[arg(long)]
+    witness_webhook: Option<String>,
     /// Keep the risk velocity counters in Redis at this URL (e.g. redis://127.0.0.1:6379), shared
     /// by every node; without it each node counts only what it saw.
     #[arg(long)]
@@ -176,6 +185,9 @@ enum JournalCommand {
     Proof(verifiable::ProofArgs),
     /// Write a consistency proof between two signed checkpoints.
     Consistency(verifiable::ConsistencyArgs),
+    /// Copy a node's checkpoints from a NATS witness stream into a witness file (what a partner
+    /// runs to hold them; then `journal verify --witness FILE`).
+    WitnessFetch(verifiable::WitnessFetchArgs),
     /// Print the stored signed checkpoints, one JSON line each.
     Checkpoints {
         /// The data directory.
@@ -233,6 +245,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Journal { what: JournalCommand::VerifyProof(args) } => verifiable::verify_proof(args),
+        Command::Journal { what: JournalCommand::WitnessFetch(args) } => verifiable::witness_fetch(args),
         Command::Journal { what: JournalCommand::Proof(args) } => verifiable::proof(args),
         Command::Journal { what: JournalCommand::Consistency(args) } => verifiable::consistency(args),
         Command::Journal { what: JournalCommand::Checkpoints { data_dir } } => {
@@ -282,7 +295,25 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             Some(std::sync::Arc::new(redis) as std::sync::Arc<dyn puhui_risk::SharedFeatures>)
         }
     };
+    let witness_webhook = match args.witness_webhook {
+        None => None,
+        Some(url) => {
+            let secret = std::env::var("PUHUI_WITNESS_WEBHOOK_SECRET").unwrap_or_default();
+            if secret.len() < 16 {
+                anyhow::bail!("--witness-webhook needs PUHUI_WITNESS_WEBHOOK_SECRET (at least 16 characters), the HMAC secret shared with the partner");
+            }
+            Some(puhui_api::witness::WebhookWitness { url, secret })
+        }
+    };
     let config = puhui_api::ServeConfig {
+        witness: puhui_api::witness::WitnessConfig {
+            nats: args.witness_nats.map(|url| puhui_api::witness::NatsWitness {
+                stream: args.witness_nats_stream,
+                subject: args.witness_nats_subject,
+                ..puhui_api::witness::NatsWitness::new(&url)
+            }),
+            webhook: witness_webhook,
+        },
         shared_features,
         ruleset: args.ruleset,
         nats: args.nats.map(|url| puhui_events::NatsConfig {

@@ -59,6 +59,106 @@ pub struct ConsistencyArgs {
     out: Option<PathBuf>,
 }
 
+/// Flags of `puhui journal witness-fetch`.
+#[derive(Args, Debug)]
+pub struct WitnessFetchArgs {
+    /// The NATS server (e.g. nats://127.0.0.1:4222).
+    #[arg(long)]
+    nats: String,
+    /// The witness stream (the node's `--witness-nats-stream`).
+    #[arg(long, default_value = "PUHUI_CHECKPOINTS")]
+    stream: String,
+    /// The witness subject prefix (the node's `--witness-nats-subject`).
+    #[arg(long, default_value = "puhui_checkpoints")]
+    subject: String,
+    /// The node's public key (a node.pub path or 64 hex digits): only its checkpoints are copied,
+    /// and each signature is checked before it is kept.
+    #[arg(long)]
+    public_key: String,
+    /// The witness file to append to (created if missing; checkpoints it holds are skipped).
+    #[arg(long)]
+    out: PathBuf,
+}
+
+/// `puhui journal witness-fetch`: appends the node's checkpoints from the stream that the file does
+/// not hold yet, each signature checked, in increasing size. Exit 1 if a message is not a validly
+/// signed checkpoint of that key, or if sizes go back (a node that rewrote history).
+pub fn witness_fetch(args: WitnessFetchArgs) -> anyhow::Result<ExitCode> {
+    let key = PublicKey::from_arg(&args.public_key).context("--public-key")?;
+    let subject = format!("{}.{}", args.subject, key.key_id());
+    let (mut file, held) =
+        v::CheckpointLog::open(&args.out).with_context(|| args.out.display().to_string())?;
+    let mut last = held.last().map_or(0, |c| c.size);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let messages: Vec<(u64, Vec<u8>)> = runtime.block_on(async {
+        let client = async_nats::connect(args.nats.as_str())
+            .await
+            .with_context(|| format!("connecting to {}", args.nats))?;
+        let js = async_nats::jetstream::new(client);
+        let stream = js.get_stream(&args.stream).await.with_context(|| format!("stream {}", args.stream))?;
+        let mut out = Vec::new();
+        // The subject's last message bounds the read (an ordered consumer would wait for more).
+        let last_seq = match stream.get_last_raw_message_by_subject(&subject).await {
+            Ok(message) => message.sequence,
+            Err(e) if e.kind() == async_nats::jetstream::stream::LastRawMessageErrorKind::NoMessageFound => {
+                return Ok::<_, anyhow::Error>(out);
+            }
+            Err(e) => return Err(anyhow::anyhow!("reading {subject}: {e}")),
+        };
+        let consumer = stream
+            .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+                filter_subject: subject.clone(),
+                ..Default::default()
+            })
+            .await
+            .context("creating an ordered consumer")?;
+        let mut messages = consumer.messages().await.context("reading the stream")?;
+        use futures_util::StreamExt;
+        while let Some(message) = messages.next().await {
+            let message = message.map_err(|e| anyhow::anyhow!("reading {subject}: {e}"))?;
+            let seq = message.info().map_err(|e| anyhow::anyhow!("message info: {e}"))?.stream_sequence;
+            out.push((seq, message.payload.to_vec()));
+            if seq >= last_seq {
+                break;
+            }
+        }
+        Ok(out)
+    })?;
+    let (mut added, mut seen) = (0u64, 0u64);
+    for (seq, payload) in messages {
+        seen += 1;
+        let checkpoint: v::Checkpoint = match serde_json::from_slice(&payload) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("message {seq} on {subject} is not a checkpoint: {e}");
+                return Ok(ExitCode::from(1));
+            }
+        };
+        if let Err(e) = checkpoint.verify_signature(&key) {
+            eprintln!("message {seq} on {subject}: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        if checkpoint.size <= last {
+            if held.iter().any(|h| h.size == checkpoint.size && h.root != checkpoint.root) {
+                eprintln!(
+                    "message {seq}: the node signed two different roots for tree size {} (proof of a rewritten history)",
+                    checkpoint.size
+                );
+                return Ok(ExitCode::from(1));
+            }
+            continue;
+        }
+        file.append(&checkpoint).with_context(|| args.out.display().to_string())?;
+        last = checkpoint.size;
+        added += 1;
+    }
+    println!(
+        "{added} new checkpoints appended to {} ({seen} on {subject}; the file ends at tree size {last})",
+        args.out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `puhui journal verify-proof FILE --public-key KEY`: exit 0 if the proof verifies, 1 if not.
 pub fn verify_proof(args: VerifyProofArgs) -> anyhow::Result<ExitCode> {
     let key = match PublicKey::from_arg(&args.public_key) {

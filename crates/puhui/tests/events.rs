@@ -878,3 +878,157 @@ fn assert_no_duplicates_no_gaps(
         assert_eq!(prev_of[seq], i.checked_sub(1).map(|j| seqs[j]), "prev-seq of {seq}");
     }
 }
+
+/// Network witnesses of the signed checkpoints (issue 7): every checkpoint reaches a NATS stream
+/// and a partner's webhook, once each, in order, across a webhook outage and a restart; a partner
+/// copies the stream into a witness file with `journal witness-fetch`; and a journal rewritten,
+/// re-hashed and re-signed afterwards is caught by `journal verify --witness` with either copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_are_witnessed_on_nats_and_by_webhook_and_catch_a_rewritten_journal() {
+    use puhui_store::verifiable::{self as v, Checkpoint};
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("data");
+    let name = unique("PUHUI_TEST_");
+    let subject = unique("witness");
+    let stream = Stream::connect(&name).await;
+    let secret = "witness-secret-0123456789";
+    // The partner's endpoint is down for the first three calls: checkpoints wait, in order.
+    let (receiver, url) = Receiver::start(3).await;
+    let flags = [
+        "--witness-nats",
+        NATS_URL,
+        "--witness-nats-stream",
+        &name,
+        "--witness-nats-subject",
+        &subject,
+        "--witness-webhook",
+        &url,
+    ];
+    let env = [("PUHUI_WITNESS_WEBHOOK_SECRET", secret)];
+    let mut next = 0;
+    let mut tenant: Option<Api> = None;
+    for _round in 0..2 {
+        let server = serve(&dir, &flags, &env);
+        if tenant.is_none() {
+            let api = Api::tenant(&server).await;
+            api.setup(&server).await;
+            tenant = Some(api);
+        }
+        let api = tenant.as_ref().unwrap();
+        for _batch in 0..3 {
+            for _ in 0..5 {
+                next += 1;
+                assert_eq!(
+                    api.post(&server, "/v1/transfers", transfer(&format!("w{next}"), 10)).await.0,
+                    201
+                );
+            }
+            // Wait for a checkpoint that covers the batch (one a second by default).
+            let (_, before) = api.get(&server, "/v1/journal/checkpoints/latest").await;
+            let before = before["size"].as_u64().unwrap_or(0);
+            poll("a checkpoint after the batch", async || {
+                let (status, latest) = api.get(&server, "/v1/journal/checkpoints/latest").await;
+                (status == 200 && latest["size"].as_u64() > Some(before)).then_some(())
+            })
+            .await;
+        }
+        // Shutdown makes a last checkpoint and lets the witnesses publish it.
+        assert!(server.terminate().success());
+    }
+    let stored = v::audit::checkpoints(&dir).unwrap();
+    assert!(stored.len() >= 6, "{} checkpoints", stored.len());
+    let sizes: Vec<u64> = stored.iter().map(|c| c.size).collect();
+
+    // NATS: exactly the stored checkpoints, once each, in order, across the restart.
+    let on_nats: Vec<u64> =
+        stream.messages().await.iter().map(|(_, _, _, c)| c["size"].as_u64().unwrap()).collect();
+    assert_eq!(on_nats, sizes, "the NATS witness holds every checkpoint once");
+    // Webhook: the failed calls were retried with the same checkpoint; the answered ones are every
+    // stored checkpoint, once, in order, each signed with the shared secret.
+    let requests = receiver.requests();
+    assert_eq!(requests.iter().filter(|r| r.2 == 500).count(), 3);
+    let mut answered = Vec::new();
+    for (headers, body, status) in &requests {
+        assert!(verify_signature(&headers["puhui-signature"], body, secret), "a valid HMAC signature");
+        let c: Checkpoint = serde_json::from_slice(body).unwrap();
+        assert_eq!(headers["puhui-checkpoint-size"], c.size.to_string());
+        if *status == 200 {
+            answered.push(c);
+        }
+    }
+    assert_eq!(
+        answered.iter().map(|c| c.size).collect::<Vec<_>>(),
+        sizes,
+        "the webhook witness got every checkpoint once"
+    );
+    let webhook_file = root.path().join("webhook-witness.log");
+    std::fs::write(&webhook_file, answered.iter().map(|c| c.to_line()).collect::<String>()).unwrap();
+
+    // The partner copies the NATS witness into a file (signatures checked), twice: nothing new.
+    let public = dir.join(v::PUBLIC_KEY_FILE);
+    let nats_file = root.path().join("nats-witness.log");
+    let fetch = |file: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_puhui"))
+            .args(["journal", "witness-fetch", "--nats", NATS_URL, "--stream", &name, "--subject", &subject])
+            .arg("--public-key")
+            .arg(&public)
+            .arg("--out")
+            .arg(file)
+            .output()
+            .unwrap()
+    };
+    let out = fetch(&nats_file);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{} new checkpoints", sizes.len())));
+    assert!(String::from_utf8_lossy(&fetch(&nats_file).stdout).starts_with("0 new checkpoints"));
+    let journal_verify = |witness: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_puhui"))
+            .args(["journal", "verify", "--data-dir"])
+            .arg(&dir)
+            .arg("--witness")
+            .arg(witness)
+            .output()
+            .unwrap()
+    };
+    for file in [&nats_file, &webhook_file] {
+        let out = journal_verify(file);
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // The operator rewrites a transfer of the first round, re-hashes the chain and re-signs every
+    // checkpoint with the node's key: the data directory alone verifies, both witnesses catch it.
+    let mut victim = None;
+    puhui_journal::scan(&dir.join(puhui_store::JOURNAL_FILE), |e| {
+        if victim.is_none()
+            && matches!(
+                puhui_journal::codec::decode(e.kind, e.body),
+                Ok(puhui_journal::codec::Event::Transfer { .. })
+            )
+        {
+            victim = Some(e.seq);
+        }
+        Ok(())
+    })
+    .unwrap();
+    common::rewrite_and_rehash(&dir, victim.expect("a transfer entry"));
+    common::resign_checkpoints(&dir);
+    let alone = std::process::Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["journal", "verify", "--data-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(alone.status.success(), "the forgery is self-consistent");
+    for file in [&nats_file, &webhook_file] {
+        let out = journal_verify(file);
+        let said =
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(out.status.code(), Some(1), "{said}");
+        assert!(said.contains("not consistent with the witnessed checkpoint"), "{said}");
+    }
+    stream.delete().await;
+}

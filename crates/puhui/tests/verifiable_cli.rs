@@ -6,11 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use puhui_journal::codec::{self, Event};
-use puhui_journal::frame::{genesis_hash, JournalWriter, ScanSummary};
 use puhui_ledger::{Currency, Id, NewAccount, TransferRequest};
-use puhui_store::verifiable::{self as v, Checkpoint, NodeKey};
+use puhui_store::verifiable::{self as v, NodeKey};
 use puhui_store::{EmbeddedStore, LedgerStore, StoreOptions, JOURNAL_FILE};
+
+mod common;
+use common::{resign_checkpoints, rewrite_and_rehash};
 
 fn id(s: &str) -> Id {
     Id::new(s).unwrap()
@@ -157,56 +158,6 @@ fn proofs_are_written_and_verified_offline() {
     let out = puhui(&["journal", "verify", "--data-dir", s(&dir)]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("checkpoints OK: 3 stored"), "{}", text(&out));
-}
-
-/// Rewrites the journal with entry `victim`'s amount changed, re-hashing the whole chain (what an
-/// operator with full access to the disk can do).
-fn rewrite_and_rehash(dir: &Path, victim: u64) {
-    let journal = dir.join(JOURNAL_FILE);
-    let mut entries = Vec::new();
-    puhui_journal::scan(&journal, |e| {
-        entries.push((e.kind, e.body.to_vec()));
-        Ok(())
-    })
-    .unwrap();
-    let (kind, body) = &mut entries[victim as usize];
-    let Ok(Event::Transfer { mut request, timestamp_ns, result }) = codec::decode(*kind, body) else {
-        panic!("entry {victim} is not a transfer")
-    };
-    request.amount_minor = Some(request.amount_minor.unwrap() - 1);
-    let mut forged = Vec::new();
-    forged.extend_from_slice(&timestamp_ns.to_le_bytes());
-    forged.push(result as u8);
-    puhui_ledger::wire::encode_request(&request, &mut forged);
-    *body = forged;
-    std::fs::remove_file(&journal).unwrap();
-    let empty =
-        ScanSummary { entries: 0, frames: 0, last_hash: genesis_hash(), valid_len_bytes: 0, torn_tail: None };
-    let mut writer = JournalWriter::open(&journal, &empty).unwrap();
-    for (i, (kind, body)) in entries.iter().enumerate() {
-        writer.append(|buf| {
-            buf.extend_from_slice(body);
-            *kind
-        });
-        if i % 7 == 6 {
-            writer.commit().unwrap();
-        }
-    }
-    writer.commit().unwrap();
-    let _ = std::fs::remove_file(dir.join(puhui_journal::snapshot::SNAPSHOT_FILE));
-}
-
-/// Re-signs every stored checkpoint over the rewritten journal with the node's own key.
-fn resign_checkpoints(dir: &Path) {
-    let text = std::fs::read_to_string(dir.join(v::KEY_FILE)).unwrap();
-    let key = NodeKey::from_seed(v::hex::decode_array(text.trim()).unwrap());
-    let tree = v::JournalTree::build(&dir.join(JOURNAL_FILE), |_| Ok(())).unwrap().tree;
-    let old = v::audit::checkpoints(dir).unwrap();
-    let lines: String = old
-        .iter()
-        .map(|c| Checkpoint::sign(&key, c.size, tree.root_at(c.size).unwrap(), c.timestamp_ns).to_line())
-        .collect();
-    std::fs::write(dir.join(v::CHECKPOINT_LOG_FILE), lines).unwrap();
 }
 
 #[test]

@@ -475,6 +475,15 @@ impl EmbeddedStore {
         Ok(log.checkpoints().to_vec())
     }
 
+    /// Up to `max` signed checkpoints of size above `size`, oldest first (what a witness that
+    /// holds the checkpoint of `size` has not seen yet).
+    pub fn checkpoints_after(&self, size: u64, max: usize) -> Result<Vec<Checkpoint>, Error> {
+        let log = self.verifiable()?.log.read().unwrap_or_else(|p| p.into_inner());
+        let all = log.checkpoints();
+        let from = all.partition_point(|c| c.size <= size);
+        Ok(all[from..].iter().take(max).cloned().collect())
+    }
+
     /// Makes a checkpoint of every entry durable so far (if any is not yet covered) and returns the
     /// latest checkpoint. Checkpoints are otherwise made every `checkpoint_every_entries` entries or
     /// `checkpoint_every_ms` milliseconds.

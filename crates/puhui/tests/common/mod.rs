@@ -4,6 +4,11 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+
+use puhui_journal::codec::{self, Event};
+use puhui_journal::frame::{genesis_hash, JournalWriter, ScanSummary};
+use puhui_store::verifiable::{self as v, Checkpoint, NodeKey};
+use puhui_store::JOURNAL_FILE;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
@@ -76,4 +81,54 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Rewrites the journal with entry `victim`'s amount changed, re-hashing the whole chain (what an
+/// operator with full access to the disk can do).
+pub fn rewrite_and_rehash(dir: &Path, victim: u64) {
+    let journal = dir.join(JOURNAL_FILE);
+    let mut entries = Vec::new();
+    puhui_journal::scan(&journal, |e| {
+        entries.push((e.kind, e.body.to_vec()));
+        Ok(())
+    })
+    .unwrap();
+    let (kind, body) = &mut entries[victim as usize];
+    let Ok(Event::Transfer { mut request, timestamp_ns, result }) = codec::decode(*kind, body) else {
+        panic!("entry {victim} is not a transfer")
+    };
+    request.amount_minor = Some(request.amount_minor.unwrap() - 1);
+    let mut forged = Vec::new();
+    forged.extend_from_slice(&timestamp_ns.to_le_bytes());
+    forged.push(result as u8);
+    puhui_ledger::wire::encode_request(&request, &mut forged);
+    *body = forged;
+    std::fs::remove_file(&journal).unwrap();
+    let empty =
+        ScanSummary { entries: 0, frames: 0, last_hash: genesis_hash(), valid_len_bytes: 0, torn_tail: None };
+    let mut writer = JournalWriter::open(&journal, &empty).unwrap();
+    for (i, (kind, body)) in entries.iter().enumerate() {
+        writer.append(|buf| {
+            buf.extend_from_slice(body);
+            *kind
+        });
+        if i % 7 == 6 {
+            writer.commit().unwrap();
+        }
+    }
+    writer.commit().unwrap();
+    let _ = std::fs::remove_file(dir.join(puhui_journal::snapshot::SNAPSHOT_FILE));
+}
+
+/// Re-signs every stored checkpoint over the rewritten journal with the node's own key.
+pub fn resign_checkpoints(dir: &Path) {
+    let text = std::fs::read_to_string(dir.join(v::KEY_FILE)).unwrap();
+    let key = NodeKey::from_seed(v::hex::decode_array(text.trim()).unwrap());
+    let tree = v::JournalTree::build(&dir.join(JOURNAL_FILE), |_| Ok(())).unwrap().tree;
+    let old = v::audit::checkpoints(dir).unwrap();
+    let lines: String = old
+        .iter()
+        .map(|c| Checkpoint::sign(&key, c.size, tree.root_at(c.size).unwrap(), c.timestamp_ns).to_line())
+        .collect();
+    std::fs::write(dir.join(v::CHECKPOINT_LOG_FILE), lines).unwrap();
 }
