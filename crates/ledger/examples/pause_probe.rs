@@ -10,7 +10,8 @@ fn main() {
     let mut n = 0u64;
     let mut worst = 0f64;
     let mut next_report = 1u64 << 16;
-    while n < 4_000_000 {
+    let total: u64 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(4_000_000);
+    while n < total {
         let batch: Vec<TransferRequest> = (0..64)
             .map(|k| {
                 n += 1;

@@ -52,14 +52,26 @@ impl<T> Segmented<T> {
     }
 
     /// Appends an element.
+    #[inline]
     pub fn push(&mut self, value: T) {
+        if let Some(last) = self.segments.last_mut() {
+            if last.len() < last.capacity() {
+                // Capacity never exceeds a segment, so this never reallocates.
+                last.push(value);
+                self.len += 1;
+                return;
+            }
+        }
+        self.push_growing(value);
+    }
+
+    #[cold]
+    fn push_growing(&mut self, value: T) {
         match self.segments.last_mut() {
             Some(last) if last.len() < SEGMENT_LEN => {
-                if last.len() == last.capacity() {
-                    // Only the first segment grows by doubling, up to a whole segment.
-                    let grow = last.len().max(4).min(SEGMENT_LEN - last.len());
-                    last.reserve_exact(grow);
-                }
+                // Only the first segment grows by doubling, up to a whole segment.
+                let grow = last.len().max(4).min(SEGMENT_LEN - last.len());
+                last.reserve_exact(grow);
                 last.push(value);
             }
             _ => {
@@ -70,7 +82,11 @@ impl<T> Segmented<T> {
             }
         }
         self.len += 1;
-        debug_assert!(self.segments.last().is_some_and(|s| s.len() <= SEGMENT_LEN));
+        // The fast path relies on it: a segment never has room beyond SEGMENT_LEN.
+        assert!(
+            self.segments.last().is_some_and(|s| s.capacity() <= SEGMENT_LEN),
+            "segment capacity is bounded"
+        );
     }
 
     /// Removes and returns the last element.
@@ -174,6 +190,9 @@ pub struct IdIndex {
     move_next: u32,
     /// Every index in `old` is below this.
     move_end: u32,
+    /// One past the highest index stored (indexes are inserted in increasing order, every record
+    /// below it is indexed).
+    end: u32,
 }
 
 /// The smallest table an [`IdIndex`] grows to.
@@ -187,7 +206,12 @@ impl IdIndex {
 
     /// How many ids it holds.
     pub fn len(&self) -> usize {
-        self.table.len() + self.old.len()
+        // While moving, `old` also holds the copies already in `table` (below `move_next`).
+        if self.old.is_empty() {
+            self.table.len()
+        } else {
+            self.table.len() + self.old.len() - self.move_next as usize
+        }
     }
 
     /// Whether it holds none.
@@ -201,20 +225,28 @@ impl IdIndex {
     }
 
     /// The index stored under `hash` for which `eq` holds.
+    #[inline]
     pub fn find(&self, hash: u64, mut eq: impl FnMut(u32) -> bool) -> Option<u32> {
-        self.table.find(hash, |&i| eq(i)).or_else(|| self.old.find(hash, |&i| eq(i))).copied()
+        let found = self.table.find(hash, |&i| eq(i));
+        if found.is_some() || self.old.is_empty() {
+            return found.copied();
+        }
+        self.old.find(hash, |&i| eq(i)).copied()
     }
 
-    /// Inserts `index` (not present) under `hash`. `records` is how many records exist (every
-    /// index stored is below it); `hash_of` hashes the id of the record at an index.
-    pub fn insert(&mut self, hash: u64, index: u32, records: u32, hash_of: impl Fn(u32) -> u64) {
-        debug_assert!(index < records);
+    /// Inserts `index` under `hash`: the next record (every record before it is indexed, so
+    /// `index` is at least one past the last one inserted). `hash_of` hashes the id of the record
+    /// at an index.
+    #[inline]
+    pub fn insert(&mut self, hash: u64, index: u32, hash_of: impl Fn(u32) -> u64) {
+        assert!(index >= self.end, "indexes are inserted in increasing order");
+        self.end = index + 1;
         if self.move_next < self.move_end {
             self.move_some(&hash_of);
         } else if self.table.len() == self.table.capacity() {
             let capacity = (self.table.capacity() * 2).max(INDEX_CAPACITY_MIN);
             self.old = std::mem::replace(&mut self.table, HashTable::with_capacity(capacity));
-            (self.move_next, self.move_end) = (0, records);
+            (self.move_next, self.move_end) = (0, index);
             self.move_some(&hash_of);
         }
         // The new table is twice the old one and the move ends after old/INDEX_MOVES_PER_INSERT
@@ -223,45 +255,34 @@ impl IdIndex {
         self.table.insert_unique(hash, index, |&i| hash_of(i));
     }
 
+    /// Copies the next few indexes into the new table. Every record index below `move_end` is in
+    /// `old` (every record is indexed), so no lookup is needed; `old` keeps its copies (lookups
+    /// look in `table` first) and is dropped whole once the move is over.
+    #[cold]
     fn move_some(&mut self, hash_of: &impl Fn(u32) -> u64) {
-        for _ in 0..INDEX_MOVES_PER_INSERT {
-            if self.move_next >= self.move_end {
-                break;
-            }
-            let i = self.move_next;
+        let end = self.move_end.min(self.move_next.saturating_add(INDEX_MOVES_PER_INSERT));
+        for i in self.move_next..end {
             let hash = hash_of(i);
-            if let Ok(entry) = self.old.find_entry(hash, |&j| j == i) {
-                entry.remove();
-                self.table.insert_unique(hash, i, |&j| hash_of(j));
-            }
-            self.move_next += 1;
+            debug_assert!(self.old.find(hash, |&j| j == i).is_some(), "record {i} is indexed");
+            self.table.insert_unique(hash, i, |&j| hash_of(j));
         }
+        self.move_next = end;
         if self.move_next >= self.move_end {
-            assert!(self.old.is_empty(), "every entry of the old table was moved");
             self.old = HashTable::new();
         }
     }
 
     /// Removes `index`, the last record (undoing a linked chain removes records last-first).
     pub fn remove_last(&mut self, hash: u64, index: u32) -> bool {
+        assert_eq!(index + 1, self.end, "only the last index is removed");
+        self.end = index;
         // Records at or above `index` are gone; any that come later are inserted into `table`.
         self.move_end = self.move_end.min(index);
-        let removed = match self.table.find_entry(hash, |&i| i == index) {
-            Ok(entry) => {
-                entry.remove();
-                true
-            }
-            Err(_) => match self.old.find_entry(hash, |&i| i == index) {
-                Ok(entry) => {
-                    entry.remove();
-                    true
-                }
-                Err(_) => false,
-            },
-        };
+        // A moved index is in both tables.
+        let in_table = self.table.find_entry(hash, |&i| i == index).map(|e| e.remove()).is_ok();
+        let in_old = self.old.find_entry(hash, |&i| i == index).map(|e| e.remove()).is_ok();
+        let removed = in_table || in_old;
         if self.move_next >= self.move_end && self.old.capacity() > 0 {
-            // `old` held only indexes below the old `move_end`; those above `index` went earlier.
-            assert!(self.old.is_empty(), "every entry of the old table was moved or removed");
             self.old = HashTable::new();
         }
         removed
@@ -330,7 +351,7 @@ mod tests {
                 } else {
                     let i = records.len() as u32;
                     records.push(i);
-                    index.insert(h(i), i, records.len() as u32, h);
+                    index.insert(h(i), i, h);
                 }
                 prop_assert_eq!(index.len(), records.len());
             }

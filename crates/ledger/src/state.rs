@@ -328,8 +328,7 @@ impl Ledger {
             history: Segmented::new(),
         });
         let (accounts, hasher) = (&self.accounts, &self.hasher);
-        self.accounts_index
-            .insert(hash, index, accounts.len() as u32, |i| hash_str(hasher, &accounts[i as usize].id));
+        self.accounts_index.insert(hash, index, |i| hash_str(hasher, &accounts[i as usize].id));
         self.log.push(LogItem::AccountCreated(index));
         EventResult { result: ResultCode::Ok, timestamp_ns }
     }
@@ -806,8 +805,7 @@ impl Ledger {
             extra,
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index
-            .insert(hash, index, transfers.len() as u32, |i| hash_str(hasher, &transfers[i as usize].id));
+        self.transfers_index.insert(hash, index, |i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
         Undo { transfer: index, debit_before, credit_before, pending_before }
     }
@@ -836,8 +834,7 @@ impl Ledger {
             })),
         });
         let (transfers, hasher) = (&self.transfers, &self.hasher);
-        self.transfers_index
-            .insert(hash, index, transfers.len() as u32, |i| hash_str(hasher, &transfers[i as usize].id));
+        self.transfers_index.insert(hash, index, |i| hash_str(hasher, &transfers[i as usize].id));
         self.log.push(LogItem::Transfer(index));
     }
 
@@ -1194,9 +1191,7 @@ impl Ledger {
                 history: Segmented::new(),
             });
             let (records, hasher) = (&ledger.accounts, &ledger.hasher);
-            ledger
-                .accounts_index
-                .insert(hash, index, records.len() as u32, |i| hash_str(hasher, &records[i as usize].id));
+            ledger.accounts_index.insert(hash, index, |i| hash_str(hasher, &records[i as usize].id));
         }
         // Two passes: records first, then the pending references (a post may come before its hold).
         let mut resolves: Vec<(u32, Id)> = Vec::new();
@@ -1289,9 +1284,7 @@ impl Ledger {
             }
             ledger.transfers.push(record);
             let (records, hasher) = (&ledger.transfers, &ledger.hasher);
-            ledger
-                .transfers_index
-                .insert(hash, index, records.len() as u32, |i| hash_str(hasher, &records[i as usize].id));
+            ledger.transfers_index.insert(hash, index, |i| hash_str(hasher, &records[i as usize].id));
         }
         for (index, pending_id) in resolves {
             let pending = ledger

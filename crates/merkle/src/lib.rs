@@ -73,10 +73,13 @@
 //! "verifies" as leaf 1 of a 2-leaf tree against the same (3-leaf) root, because both claims have
 //! the same shape. Callers must obtain `size` from the same authenticated source as `root`.
 #![deny(missing_docs)]
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 mod tree;
 mod verify;
+// The only unsafe code: SHA-NI intrinsics, behind a runtime CPU feature check.
+#[allow(unsafe_code)]
+mod x2;
 
 pub use tree::{MerkleTree, TreeError};
 pub use verify::{
@@ -134,6 +137,47 @@ pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
     sha256_blocks(&[first.into(), second.into()])
 }
 
+/// Two node hashes at once (`(node_hash(l0, r0), node_hash(l1, r1))`), interleaved on the CPU's
+/// SHA unit: about twice the throughput of two [`node_hash`] calls where it has SHA-NI.
+pub fn node_hash_x2(l0: &Hash, r0: &Hash, l1: &Hash, r1: &Hash) -> (Hash, Hash) {
+    let blocks = |left: &Hash, right: &Hash| {
+        let mut b = [[0u8; SHA256_BLOCK_BYTES]; 2];
+        b[0][0] = NODE_PREFIX;
+        b[0][1..1 + HASH_LEN].copy_from_slice(left);
+        b[0][1 + HASH_LEN..].copy_from_slice(&right[..HASH_LEN - 1]);
+        b[1][0] = right[HASH_LEN - 1];
+        pad(&mut b[1], 1 + 2 * HASH_LEN);
+        b
+    };
+    let (b0, b1) = (blocks(l0, r0), blocks(l1, r1));
+    let (mut s0, mut s1) = (SHA256_IV, SHA256_IV);
+    x2::compress_x2(&mut s0, &b0, &mut s1, &b1);
+    (state_bytes(s0), state_bytes(s1))
+}
+
+/// Two leaf hashes of 32-byte values at once (`(leaf_hash(a), leaf_hash(b))`), as
+/// [`node_hash_x2`].
+pub fn leaf_hash_32_x2(a: &Hash, b: &Hash) -> (Hash, Hash) {
+    let block = |value: &Hash| {
+        let mut block = [0u8; SHA256_BLOCK_BYTES];
+        block[0] = LEAF_PREFIX;
+        block[1..1 + HASH_LEN].copy_from_slice(value);
+        pad(&mut block, 1 + HASH_LEN);
+        [block]
+    };
+    let (mut s0, mut s1) = (SHA256_IV, SHA256_IV);
+    x2::compress_x2(&mut s0, &block(a), &mut s1, &block(b));
+    (state_bytes(s0), state_bytes(s1))
+}
+
+fn state_bytes(state: [u32; 8]) -> Hash {
+    let mut out = [0u8; HASH_LEN];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
+        chunk.copy_from_slice(&word.to_be_bytes());
+    }
+    out
+}
+
 /// Bytes of a SHA-256 block.
 const SHA256_BLOCK_BYTES: usize = 64;
 /// The least padding SHA-256 appends: the `0x80` byte and the 8-byte message length.
@@ -158,11 +202,7 @@ fn sha256_blocks(
 ) -> Hash {
     let mut state = SHA256_IV;
     sha2::compress256(&mut state, blocks);
-    let mut out = [0u8; HASH_LEN];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(state) {
-        chunk.copy_from_slice(&word.to_be_bytes());
-    }
-    out
+    state_bytes(state)
 }
 
 /// The Merkle Tree Hash `MTH(D[n])` of a list of leaf *data* (each leaf is hashed with

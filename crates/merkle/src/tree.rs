@@ -193,6 +193,42 @@ impl MerkleTree {
         index
     }
 
+    /// Appends leaf hashes in order; the same tree as [`MerkleTree::append`] of each, but the node
+    /// hashes that complete at one level are independent and are computed two at a time
+    /// ([`crate::node_hash_x2`]).
+    pub fn append_batch(&mut self, leaf_hashes: &[Hash]) {
+        self.levels[0].extend_from_slice(leaf_hashes);
+        let mut level = 0;
+        // Level h + 1 always holds exactly one node per complete pair of level h.
+        loop {
+            let (have, want) = (self.levels.get(level + 1).map_or(0, Vec::len), self.levels[level].len() / 2);
+            if want == have {
+                break;
+            }
+            if self.levels.len() == level + 1 {
+                self.levels.push(Vec::with_capacity(want));
+            }
+            let (below, above) = self.levels.split_at_mut(level + 1);
+            let (children, parents) = (&below[level], &mut above[0]);
+            let mut i = have;
+            while i + 1 < want {
+                let (a, b) = crate::node_hash_x2(
+                    &children[2 * i],
+                    &children[2 * i + 1],
+                    &children[2 * i + 2],
+                    &children[2 * i + 3],
+                );
+                parents.push(a);
+                parents.push(b);
+                i += 2;
+            }
+            if i < want {
+                parents.push(node_hash(&children[2 * i], &children[2 * i + 1]));
+            }
+            level += 1;
+        }
+    }
+
     /// Appends a leaf by its data, hashing it with [`crate::leaf_hash`]; returns its index.
     pub fn append_data(&mut self, data: &[u8]) -> u64 {
         self.append(crate::leaf_hash(data))
@@ -392,6 +428,36 @@ mod tests {
         assert!(grown.is_err());
         grown = MerkleTree::from_levels(Vec::new());
         assert_eq!(grown.unwrap().size(), 0);
+    }
+
+    #[test]
+    fn batch_appends_build_the_same_tree_as_single_appends() {
+        // Batch sizes that split pairs and levels every way, from trees of every small size.
+        for start in 0u64..9 {
+            for batch in [1usize, 2, 3, 4, 5, 7, 8, 17, 64, 100] {
+                let (mut one, mut many) = (MerkleTree::new(), MerkleTree::new());
+                let all = leaves(start + 3 * batch as u64);
+                for leaf in &all[..start as usize] {
+                    one.append(*leaf);
+                    many.append(*leaf);
+                }
+                for chunk in all[start as usize..].chunks(batch) {
+                    many.append_batch(chunk);
+                }
+                for leaf in &all[start as usize..] {
+                    one.append(*leaf);
+                }
+                assert_eq!(many, one, "start {start}, batch {batch}");
+                assert_eq!(many.root(), crate::root_from_leaf_hashes(all.iter().copied()));
+            }
+        }
+    }
+
+    #[test]
+    fn two_lane_hashes_equal_single_ones() {
+        let (a, b, c, d) = ([1u8; 32], [2u8; 32], [3u8; 32], [4u8; 32]);
+        assert_eq!(crate::node_hash_x2(&a, &b, &c, &d), (node_hash(&a, &b), node_hash(&c, &d)));
+        assert_eq!(crate::leaf_hash_32_x2(&a, &b), (crate::leaf_hash(&a), crate::leaf_hash(&b)));
     }
 
     #[test]

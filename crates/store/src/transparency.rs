@@ -245,6 +245,7 @@ pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), S
         witness,
         every_entries: options.checkpoint_every_entries,
         every: Duration::from_millis(options.checkpoint_every_ms),
+        hashes: Vec::with_capacity(TREE_APPEND_CHUNK),
     };
     Ok((Verifiable { log, journal: journal_file, public_key, tx, thread: Mutex::new(None), spare }, thread))
 }
@@ -262,6 +263,8 @@ pub(crate) struct MerkleThread {
     witness: Option<(CheckpointLog, u64)>,
     every_entries: u64,
     every: Duration,
+    /// Leaf hashes of the chunk being appended (reused).
+    hashes: Vec<puhui_verifiable::Hash>,
 }
 
 /// Starts the merkle thread (once `inner` exists: it reports into the store's stats).
@@ -297,14 +300,24 @@ impl MerkleThread {
                     // Hash outside the lock (one SHA-256 block per entry: the leaf value is the
                     // entry's chained hash); append in chunks so proofs are not held up.
                     assert_eq!(self.sizes().0, pending.first_seq, "groups reach the tree in order");
-                    for leaf in pending.leaves.iter_mut() {
+                    // Two leaves at a time: independent hashes, interleaved on the SHA unit.
+                    let mut pairs = pending.leaves.chunks_exact_mut(2);
+                    for pair in &mut pairs {
+                        let (a, b) =
+                            puhui_verifiable::entry_leaf_hash_x2(&pair[0].entry_hash, &pair[1].entry_hash);
+                        (pair[0].entry_hash, pair[1].entry_hash) = (a, b);
+                    }
+                    for leaf in pairs.into_remainder() {
                         leaf.entry_hash = puhui_verifiable::entry_leaf_hash(&leaf.entry_hash);
                     }
                     for chunk in pending.leaves.chunks(TREE_APPEND_CHUNK) {
+                        self.hashes.clear();
+                        self.hashes.extend(chunk.iter().map(|leaf| leaf.entry_hash));
                         let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
-                        for leaf in chunk {
-                            log.append(leaf.entry_hash, leaf.timestamp_ns, leaf.offset);
-                        }
+                        log.append_batch(
+                            &self.hashes,
+                            chunk.iter().map(|leaf| (leaf.timestamp_ns, leaf.offset)),
+                        );
                     }
                     if let Some(end) = pending.end {
                         self.position = end;

@@ -259,6 +259,19 @@ impl TransparencyLog {
         self.index.note(seq, timestamp_ns, offset);
     }
 
+    /// Appends entries in order, as [`JournalTree::append`] of each (the tree's node hashes two at
+    /// a time): `(leaf hash, timestamp_ns, offset)` per entry.
+    pub fn append_batch(&mut self, leaf_hashes: &[crate::Hash], notes: impl Iterator<Item = (u64, u64)>) {
+        let first = self.tree.size();
+        self.tree.append_batch(leaf_hashes);
+        let mut noted = 0;
+        for (timestamp_ns, offset) in notes {
+            self.index.note(first + noted, timestamp_ns, offset);
+            noted += 1;
+        }
+        assert_eq!(noted, leaf_hashes.len() as u64, "one note per leaf");
+    }
+
     /// Adds a checkpoint made of the current tree (its size must exceed the last one's).
     pub fn push_checkpoint(&mut self, checkpoint: Checkpoint) -> Result<(), Error> {
         if self.checkpoints.last().is_some_and(|l| l.size >= checkpoint.size) {

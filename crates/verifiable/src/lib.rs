@@ -64,6 +64,11 @@ pub fn entry_leaf_hash(entry_hash: &[u8; 32]) -> Hash {
     puhui_merkle::leaf_hash(entry_hash)
 }
 
+/// [`entry_leaf_hash`] of two entries at once (two SHA-256 streams interleaved).
+pub fn entry_leaf_hash_x2(a: &[u8; 32], b: &[u8; 32]) -> (Hash, Hash) {
+    puhui_merkle::leaf_hash_32_x2(a, b)
+}
+
 /// The RFC 6962 leaf hash of leaf data from [`leaf_bytes`] (as in a proof file):
 /// [`entry_leaf_hash`]`(BLAKE3(leaf))`.
 pub fn leaf_hash_of_leaf(leaf: &[u8]) -> Hash {

@@ -237,17 +237,15 @@ impl Ledger {
             if self.accounts_index.find(hash, |j| accounts[j as usize].id == a.id).is_some() {
                 return Err(format!("account {} appears twice", a.id));
             }
-            self.accounts_index.insert(hash, i as u32, accounts.len() as u32, |j| {
-                super::hash_str(&hasher, &accounts[j as usize].id)
-            });
+            self.accounts_index
+                .insert(hash, i as u32, |j| super::hash_str(&hasher, &accounts[j as usize].id));
         }
         self.transfers_index = IdIndex::new();
         self.transfers_index.reserve(transfers.len(), |_| unreachable!("the index is empty"));
         for (i, t) in transfers.iter().enumerate() {
             let hash = super::hash_str(&hasher, &t.id);
-            self.transfers_index.insert(hash, i as u32, transfers.len() as u32, |j| {
-                super::hash_str(&hasher, &transfers[j as usize].id)
-            });
+            self.transfers_index
+                .insert(hash, i as u32, |j| super::hash_str(&hasher, &transfers[j as usize].id));
         }
         if self.transfers_index.len() != self.transfers.len() {
             return Err("transfer ids are not unique".into());
