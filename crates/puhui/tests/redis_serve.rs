@@ -97,7 +97,18 @@ fn delete_keys(prefix: &str) {
 async fn a_card_testing_burst_split_across_two_nodes_is_caught_through_redis() {
     let prefix = format!("puhui:test:{:016x}:", rand::random::<u64>());
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let flags = ["--redis", &redis_url(), "--redis-prefix", &prefix];
+    // The starter ruleset with a generous time budget: the test checks what the nodes share, not
+    // how fast Redis answers on a busy machine (the shipped 5 ms budget degrades slow decisions).
+    let ruleset = dir_a.path().join("starter-generous-budget.toml");
+    let starter =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../rulesets/starter.toml")).unwrap();
+    std::fs::write(
+        &ruleset,
+        format!("{starter}\n[budget]\ndecision_us = 5000000\non_exceeded = \"review\"\n"),
+    )
+    .unwrap();
+    let ruleset = ruleset.to_str().unwrap().to_string();
+    let flags = ["--redis", &redis_url(), "--redis-prefix", &prefix, "--ruleset", &ruleset];
     let flags: Vec<&str> = flags.iter().map(|s| &**s).collect();
     let (a, logs_a) = Server::start(dir_a.path(), &flags);
     assert!(logged(&logs_a, "shared by every node"), "node A says its counters are shared");
