@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # HTTP benchmark with wrk (apt-get install wrk): starts `puhui serve` on a fresh data dir, creates a
 # tenant and accounts, then runs single-transfer POSTs with 64 connections for 10 s.
-# Usage: bench/http/run.sh [connections] [seconds]
+# Usage: [PORT=18099] bench/http/run.sh [connections] [seconds]
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
-connections="${1:-64}" seconds="${2:-10}" accounts=1000 port=18099
+connections="${1:-64}" seconds="${2:-10}" accounts=1000 port="${PORT:-18099}"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 dir="$(mktemp -d ${BENCH_DIR_PARENT:+-p "$BENCH_DIR_PARENT"})"
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT

@@ -77,14 +77,75 @@ struct RiskState {
 }
 
 struct Memory {
-    decisions: HashMap<String, DecisionObject>,
+    /// Recent decisions by scoped id, as their compact binary records (one allocation each; the
+    /// JSON object is built when one is asked for).
+    decisions: HashMap<Arc<str>, Remembered>,
     /// Journal positions that arrived before their decision was remembered (bounded by the queue).
-    early_seqs: HashMap<String, u64>,
-    order: VecDeque<String>,
+    early_seqs: HashMap<Arc<str>, u64>,
+    order: VecDeque<Arc<str>>,
     /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
-    known: HashSet<u64>,
+    /// The values are already hashes: the set does not hash them again.
+    known: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: HashMap<String, ReviewObject>,
+}
+
+/// A remembered decision: its record (`puhui_risk::records::binary`), latest label and journal
+/// position.
+struct Remembered {
+    record: Box<[u8]>,
+    label: Option<Label>,
+    journal_seq: Option<u64>,
+}
+
+/// A hasher for keys that are already uniformly distributed 64-bit hashes ([`hash64`]).
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `u64` keys are hashed with it; anything else is folded in, to stay a hasher.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A decision just made: what the request acts on. Its explanation ([`DecisionObject`]) is built
+/// only when asked for ([`Decided::object`], `POST /v1/decisions`), not for every inline decision.
+#[derive(Debug, Clone)]
+pub struct Decided {
+    record: DecisionRecord,
+}
+
+impl Decided {
+    /// The active ruleset's outcome: what is acted on.
+    pub fn outcome(&self) -> Outcome {
+        self.record.active.outcome
+    }
+
+    /// The fired rules' reason codes, in ruleset order.
+    pub fn reasons(&self) -> Vec<String> {
+        self.record.active.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
+    }
+
+    /// The review of a held transfer decided this way.
+    pub fn review(&self) -> ReviewObject {
+        review_of_record(&self.record)
+    }
+
+    /// The decision's explanation (as `GET /v1/decisions/{id}` shows it, before it is durable).
+    pub fn object(self) -> DecisionObject {
+        to_object(self.record)
+    }
 }
 
 /// Most open reviews; beyond it new reviews are declined (fail closed) rather than grow the queue.
@@ -184,7 +245,7 @@ impl RiskService {
             decisions: HashMap::new(),
             early_seqs: HashMap::new(),
             order: VecDeque::new(),
-            known: HashSet::new(),
+            known: HashSet::default(),
             reviews: HashMap::new(),
         };
         let mut restore = RiskRestore::default();
@@ -199,8 +260,8 @@ impl RiskService {
             match record {
                 RiskRecord::Decision(d) => {
                     restore.decisions += 1;
-                    let id = d.id.clone();
-                    memory.remember(*d);
+                    let id: Arc<str> = Arc::from(d.id.as_str());
+                    memory.remember_record(&d);
                     memory.set_seq(&id, seq);
                 }
                 RiskRecord::Label(l) => memory.label(&l),
@@ -266,13 +327,16 @@ impl RiskService {
         source: DecisionSource,
         event: &RiskEvent<'_>,
         record: bool,
-    ) -> Result<(DecisionObject, Durable), ApiError> {
+    ) -> Result<(Decided, Durable), ApiError> {
         let mut state = self.lock();
         let decision = state.controller.decide(id.to_string(), source, event, record);
+        let (record_type, payload) = decision.encode();
+        let kept: Box<[u8]> = payload.as_slice().into();
         let (tx, receipt) = tokio::sync::oneshot::channel();
-        let (memory, seq_id) = (Arc::clone(&self.memory), id.to_string());
+        let key: Arc<str> = Arc::from(id);
+        let (memory, seq_id) = (Arc::clone(&self.memory), Arc::clone(&key));
         self.store.submit_records(
-            vec![to_store_record(&RiskRecord::Decision(Box::new(decision.clone())))],
+            vec![Record { record_type, payload }],
             Box::new(move |r| {
                 // On the committer thread, once durable: the entry's place in the journal (for
                 // proofs). The memory lock is only ever held briefly, never across a decision.
@@ -295,8 +359,11 @@ impl RiskService {
             metrics::counter!("puhui_shadow_decisions_total", "outcome" => shadow.outcome.as_str())
                 .increment(1);
         }
-        let object = self.mem().remember(decision);
-        Ok((object, receipt))
+        let review = (decision.source == DecisionSource::Transfer
+            && decision.active.outcome == Outcome::Review)
+            .then(|| review_of_record(&decision));
+        self.mem().remember(key, kept, review);
+        Ok((Decided { record: decision }, receipt))
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
@@ -320,9 +387,9 @@ impl RiskService {
                 // Only remembered: velocity features stay per node (or in Redis). A decision this
                 // node made, or one already resolved here, is known and left alone.
                 let mut memory = self.mem();
-                let id = d.id.clone();
+                let id: Arc<str> = Arc::from(d.id.as_str());
                 if !memory.decisions.contains_key(&id) && !memory.known.contains(&hash64(&id)) {
-                    memory.remember(*d);
+                    memory.remember_record(&d);
                 }
                 memory.set_seq(&id, seq);
             }
@@ -383,7 +450,16 @@ impl RiskService {
 
     /// A remembered decision.
     pub fn decision(&self, id: &str) -> Option<DecisionObject> {
-        self.mem().decisions.get(id).cloned()
+        let (record, label, journal_seq) = {
+            let memory = self.mem();
+            let r = memory.decisions.get(id)?;
+            (r.record.clone(), r.label, r.journal_seq)
+        };
+        // Remembered records were encoded here, so they decode.
+        let mut object = to_object(puhui_risk::records::binary::decode(&record).ok()?);
+        object.label = label.map(|l| label_str(l).to_string());
+        object.journal_seq = journal_seq;
+        Some(object)
     }
 
     /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
@@ -395,11 +471,7 @@ impl RiskService {
     }
 
     /// Queues a held transfer for review.
-    pub fn queue_review(&self, id: &str, decision: &DecisionObject) {
-        self.mem().reviews.insert(id.to_string(), review_of(decision));
-    }
-
-    fn queue_review_object(&self, id: &str, review: ReviewObject) {
+    pub fn queue_review(&self, id: &str, review: ReviewObject) {
         self.mem().reviews.insert(id.to_string(), review);
     }
 
@@ -429,7 +501,8 @@ fn to_store_record(r: &RiskRecord) -> Record {
     Record { record_type, payload }
 }
 
-fn review_of(decision: &DecisionObject) -> ReviewObject {
+/// The review of a decided held transfer (or of a remembered decision, [`DecisionObject`]).
+pub fn review_of(decision: &DecisionObject) -> ReviewObject {
     ReviewObject {
         object: "review",
         id: decision.id.clone(),
@@ -439,23 +512,31 @@ fn review_of(decision: &DecisionObject) -> ReviewObject {
     }
 }
 
+fn review_of_record(d: &DecisionRecord) -> ReviewObject {
+    ReviewObject {
+        object: "review",
+        id: unscoped(&d.id).to_string(),
+        score: d.active.score,
+        reasons: d.active.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
+        ruleset_version: d.active.ruleset_version.clone(),
+    }
+}
+
 impl Memory {
-    /// Keeps a decision for `GET /v1/decisions/{id}` (bounded) and, for an inline review, queues it
-    /// (start-up drops reviews whose hold is gone when they are listed).
-    fn remember(&mut self, d: DecisionRecord) -> DecisionObject {
-        let scoped_id = d.id.clone();
-        let review = d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Review;
-        let label = self.decisions.get(&scoped_id).and_then(|o| o.label.clone());
-        let mut object = to_object(d);
-        object.label = label;
-        object.journal_seq = self.early_seqs.remove(&scoped_id);
-        if review {
-            self.reviews.insert(scoped_id.clone(), review_of(&object));
+    /// Keeps a decision (its binary record) for `GET /v1/decisions/{id}` (bounded) and, for an
+    /// inline review, queues `review` (start-up drops reviews whose hold is gone when they are
+    /// listed).
+    fn remember(&mut self, scoped_id: Arc<str>, record: Box<[u8]>, review: Option<ReviewObject>) {
+        let label = self.decisions.get(&scoped_id).and_then(|o| o.label);
+        let journal_seq = self.early_seqs.remove(&scoped_id);
+        if let Some(review) = review {
+            self.reviews.insert(scoped_id.to_string(), review);
         }
         if self.known.len() < DECISION_IDS_KEPT_MAX {
             self.known.insert(hash64(&scoped_id));
         }
-        if self.decisions.insert(scoped_id.clone(), object.clone()).is_none() {
+        let remembered = Remembered { record, label, journal_seq };
+        if self.decisions.insert(Arc::clone(&scoped_id), remembered).is_none() {
             self.order.push_back(scoped_id);
         }
         while self.order.len() > DECISIONS_KEPT_MAX {
@@ -463,24 +544,31 @@ impl Memory {
                 self.decisions.remove(&old);
             }
         }
-        object
     }
 
-    fn set_seq(&mut self, id: &str, seq: u64) {
+    /// [`Memory::remember`] for a decision read from the journal (replay, other nodes).
+    fn remember_record(&mut self, d: &DecisionRecord) {
+        let review = (d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Review)
+            .then(|| review_of_record(d));
+        let record = puhui_risk::records::binary::encode(d).into_boxed_slice();
+        self.remember(Arc::from(d.id.as_str()), record, review);
+    }
+
+    fn set_seq(&mut self, id: &Arc<str>, seq: u64) {
         match self.decisions.get_mut(id) {
             Some(object) => object.journal_seq = Some(seq),
             // Durable before it was remembered: kept until `remember` takes it (bounded, since only
             // decisions queued and not yet remembered can be here).
             None if self.early_seqs.len() < crate::limits::PAGE_LIMIT_MAX * 1_000 => {
-                self.early_seqs.insert(id.to_string(), seq);
+                self.early_seqs.insert(Arc::clone(id), seq);
             }
             None => {}
         }
     }
 
     fn label(&mut self, l: &LabelRecord) {
-        if let Some(object) = self.decisions.get_mut(&l.decision_id) {
-            object.label = Some(label_str(l.label).to_string());
+        if let Some(object) = self.decisions.get_mut(l.decision_id.as_str()) {
+            object.label = Some(l.label);
         }
     }
 }
@@ -722,7 +810,8 @@ pub async fn create_decision(
     if let Some(existing) = risk.decision(id.as_str()) {
         return Ok((StatusCode::OK, Json(existing)));
     }
-    let (object, durable) = risk.decide(&id, DecisionSource::Standalone, &event, body.record)?;
+    let (decided, durable) = risk.decide(&id, DecisionSource::Standalone, &event, body.record)?;
+    let object = decided.object();
     durable
         .await
         .map_err(|_| ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into())))??;
@@ -793,7 +882,7 @@ async fn resolve_review(
         Err(e) => {
             // Put it back unless the hold is gone for good (expired, already resolved).
             if e.status.is_server_error() {
-                risk.queue_review_object(scoped_id.as_str(), review);
+                risk.queue_review(scoped_id.as_str(), review);
             }
             Err(e)
         }

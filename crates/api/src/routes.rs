@@ -402,14 +402,15 @@ async fn create_one_object(
     Ok((status, TransferObject::from(transfer)))
 }
 
-/// Decides a transfer that came with a risk context: `Err` if declined; otherwise the outcome, with
-/// the request turned into a review hold when the outcome is review.
+/// Decides a transfer that came with a risk context: `Err` if declined; otherwise the outcome (with
+/// its review, to queue once the hold is recorded, when it is review), with the request turned into
+/// a review hold when the outcome is review.
 async fn decide_inline(
     app: &Arc<AppState>,
     tenant: &str,
     request: &mut TransferRequest,
     context: crate::risk::RiskContext,
-) -> Result<Option<(puhui_risk::Outcome, crate::risk::DecisionObject, Vec<(String, String)>)>, ApiError> {
+) -> Result<Option<(puhui_risk::Outcome, Option<crate::risk::ReviewObject>)>, ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok(None) };
     if !matches!(request.kind, TransferKind::Single | TransferKind::Pending) {
         return Ok(None);
@@ -432,7 +433,8 @@ async fn decide_inline(
             };
             // Answered with the earlier decision (a review is queued again if the hold is created
             // only now, e.g. after a 503).
-            return Ok(Some((outcome, previous, Vec::new())));
+            let review = (outcome == puhui_risk::Outcome::Review).then(|| crate::risk::review_of(&previous));
+            return Ok(Some((outcome, review)));
         }
     }
     let id = request.id.clone();
@@ -470,12 +472,7 @@ async fn decide_inline(
         let _ = tx.send(Ok(seq));
         durable = rx;
     }
-    let outcome = match decision.outcome {
-        "decline" => puhui_risk::Outcome::Decline,
-        "review" => puhui_risk::Outcome::Review,
-        _ => puhui_risk::Outcome::Approve,
-    };
-    let reasons: Vec<String> = decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
+    let outcome = decision.outcome();
     match outcome {
         puhui_risk::Outcome::Decline => {
             // The decline is recorded before it is told (approved and held transfers are queued
@@ -485,7 +482,10 @@ async fn decide_inline(
             })??;
             metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
             return Err(ApiError {
-                message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
+                message: format!(
+                    "risk control declined the transfer (reasons: {})",
+                    decision.reasons().join(", ")
+                ),
                 ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
             });
         }
@@ -508,7 +508,8 @@ async fn decide_inline(
         }
         puhui_risk::Outcome::Approve => {}
     }
-    Ok(Some((outcome, decision, attributes)))
+    let review = (outcome == puhui_risk::Outcome::Review).then(|| decision.review());
+    Ok(Some((outcome, review)))
 }
 
 /// Create a transfer (single-phase or pending; post and void have their own endpoints too).
@@ -534,11 +535,11 @@ pub async fn create_transfer(
     };
     let id = request.id.clone();
     let (status, mut object) = create_one_object(&app, request).await?;
-    if let Some((outcome, decision, _attributes)) = decided {
+    if let Some((outcome, review)) = decided {
         object.risk_outcome = Some(outcome.as_str());
-        if status == StatusCode::CREATED && outcome == puhui_risk::Outcome::Review {
+        if let (StatusCode::CREATED, Some(review)) = (status, review) {
             let risk = app.risk.as_ref().expect("decided with risk control");
-            risk.queue_review(&id, &decision);
+            risk.queue_review(&id, review);
         }
     }
     Ok((status, Json(object)).into_response())
@@ -592,7 +593,7 @@ pub async fn create_transfer_batch(
     for (i, context) in contexts.into_iter().enumerate() {
         let Some(context) = context else { continue };
         match decide_inline(&app, &principal.tenant, &mut requests[i], context).await {
-            Ok(Some((puhui_risk::Outcome::Review, decision, _))) => reviews.push((i, decision)),
+            Ok(Some((puhui_risk::Outcome::Review, Some(review)))) => reviews.push((i, review)),
             Ok(_) => {}
             Err(e) if e.code == "risk_declined" => declined[i] = Some(ResultCode::RiskDeclined),
             Err(e) => {
@@ -629,9 +630,9 @@ pub async fn create_transfer_batch(
         })
         .collect();
     if let Some(risk) = app.risk.as_ref() {
-        for (i, decision) in &reviews {
-            if results[*i].0 == ResultCode::Ok {
-                risk.queue_review(&ids[*i], decision);
+        for (i, review) in reviews {
+            if results[i].0 == ResultCode::Ok {
+                risk.queue_review(&ids[i], review);
             }
         }
     }

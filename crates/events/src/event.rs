@@ -276,23 +276,21 @@ fn record_event(record_type: u8, timestamp_ns: u64, payload: &[u8]) -> Option<(E
 }
 
 /// The type and tenant of a risk record's event, reading only its id: the rest of the payload
-/// (features, rules, the event's inputs) is skipped by the JSON scanner, not decoded, because the
+/// (features, rules, the event's inputs) is not decoded (a binary decision's id comes first; in a
+/// JSON one the scanner skips the rest), because the
 /// index reads every decision as it is journaled. Records come from the hash-chained journal, which
 /// only puhui writes; one whose id does not parse has no event, as in [`record_event`].
 fn classify_record(record_type: u8, payload: &[u8]) -> Option<(EventType, String)> {
-    use puhui_risk::records::{RECORD_DECISION, RECORD_LABEL};
-    #[derive(serde::Deserialize)]
-    struct Decision<'a> {
-        #[serde(borrow)]
-        id: std::borrow::Cow<'a, str>,
-    }
+    use puhui_risk::records::{DecisionRecord, RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
     #[derive(serde::Deserialize)]
     struct LabelOf<'a> {
         #[serde(borrow)]
         decision_id: std::borrow::Cow<'a, str>,
     }
     let (kind, id) = match record_type {
-        RECORD_DECISION => (EventType::DecisionCreated, serde_json::from_slice::<Decision>(payload).ok()?.id),
+        RECORD_DECISION | RECORD_DECISION_BINARY => {
+            (EventType::DecisionCreated, DecisionRecord::id_of(record_type, payload)?)
+        }
         RECORD_LABEL => {
             (EventType::DecisionLabeled, serde_json::from_slice::<LabelOf>(payload).ok()?.decision_id)
         }

@@ -1,9 +1,14 @@
 //! Risk records: what risk control writes into the journal, beside the ledger's events, so that every
 //! decision can be explained, audited (Merkle inclusion proofs cover them) and replayed.
 //!
-//! A record is a JSON payload with a one-byte type tag (the journal's `KIND_RECORD` entries carry
-//! both). JSON because auditors and partners read these records with their own tools; the journal
-//! frames them, chains them and proves them like every other entry.
+//! A record is a payload with a one-byte type tag (the journal's `KIND_RECORD` entries carry both).
+//! Labels, rulesets, activations and list changes are JSON, which auditors read with their own
+//! tools. Decisions, one per scored transfer, are written in a compact binary form
+//! ([`RECORD_DECISION_BINARY`], see [`binary`]): a JSON decision with a few dozen fired rules is
+//! several kilobytes to encode, hash and fsync on every transfer. Decisions journaled as JSON
+//! ([`RECORD_DECISION`], before the binary form) still decode, so older journals replay and
+//! backtest unchanged; `GET /v1/decisions/{id}` and the partner events show either as JSON. The
+//! journal frames, chains and proves records like every other entry.
 //!
 //! The order of records is the order in which the [`crate::control::Controller`] changed its state,
 //! so replaying them in journal order rebuilds the feature state exactly (restart) and re-deciding
@@ -23,6 +28,9 @@ pub const RECORD_RULESET: u8 = 3;
 pub const RECORD_ACTIVATION: u8 = 4;
 /// Record type: an allow/deny list changed.
 pub const RECORD_LIST: u8 = 5;
+/// Record type: a decision, in the compact binary form of [`binary`] (what decisions are written
+/// as; [`RECORD_DECISION`] is the JSON form older journals hold).
+pub const RECORD_DECISION_BINARY: u8 = 6;
 
 /// The event a decision was about, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -167,7 +175,7 @@ pub enum DecisionSource {
     Standalone,
 }
 
-/// A decision record ([`RECORD_DECISION`]).
+/// A decision record ([`RECORD_DECISION_BINARY`], or [`RECORD_DECISION`] in older journals).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DecisionRecord {
     /// The decision's id (tenant-scoped; the transfer's id for an inline decision).
@@ -273,11 +281,33 @@ impl std::fmt::Display for RecordError {
 
 impl std::error::Error for RecordError {}
 
+impl DecisionRecord {
+    /// Its type tag and payload, as [`RiskRecord::encode`] writes it (without moving it into one).
+    pub fn encode(&self) -> (u8, Vec<u8>) {
+        (RECORD_DECISION_BINARY, binary::encode(self))
+    }
+
+    /// The id of the decision in a record of type `record_type`, read without decoding the rest
+    /// (`None` if it is not a decision record or does not decode).
+    pub fn id_of(record_type: u8, payload: &[u8]) -> Option<std::borrow::Cow<'_, str>> {
+        #[derive(Deserialize)]
+        struct Id<'a> {
+            #[serde(borrow)]
+            id: std::borrow::Cow<'a, str>,
+        }
+        match record_type {
+            RECORD_DECISION_BINARY => binary::id(payload).map(std::borrow::Cow::Borrowed),
+            RECORD_DECISION => serde_json::from_slice::<Id<'_>>(payload).ok().map(|i| i.id),
+            _ => None,
+        }
+    }
+}
+
 impl RiskRecord {
-    /// Its type tag and JSON payload.
+    /// Its type tag and payload: binary for a decision, JSON for the others.
     pub fn encode(&self) -> (u8, Vec<u8>) {
         let encoded = match self {
-            RiskRecord::Decision(r) => (RECORD_DECISION, serde_json::to_vec(r)),
+            RiskRecord::Decision(r) => return r.encode(),
             RiskRecord::Label(r) => (RECORD_LABEL, serde_json::to_vec(r)),
             RiskRecord::Ruleset(r) => (RECORD_RULESET, serde_json::to_vec(r)),
             RiskRecord::Activation(r) => (RECORD_ACTIVATION, serde_json::to_vec(r)),
@@ -292,11 +322,282 @@ impl RiskRecord {
         let bad = |e: serde_json::Error| RecordError(format!("risk record type {record_type}: {e}"));
         Ok(match record_type {
             RECORD_DECISION => RiskRecord::Decision(Box::new(serde_json::from_slice(payload).map_err(bad)?)),
+            RECORD_DECISION_BINARY => RiskRecord::Decision(Box::new(
+                binary::decode(payload)
+                    .map_err(|e| RecordError(format!("risk record type {record_type}: {e}")))?,
+            )),
             RECORD_LABEL => RiskRecord::Label(serde_json::from_slice(payload).map_err(bad)?),
             RECORD_RULESET => RiskRecord::Ruleset(serde_json::from_slice(payload).map_err(bad)?),
             RECORD_ACTIVATION => RiskRecord::Activation(serde_json::from_slice(payload).map_err(bad)?),
             RECORD_LIST => RiskRecord::List(serde_json::from_slice(payload).map_err(bad)?),
             other => return Err(RecordError(format!("unknown risk record type {other}"))),
         })
+    }
+}
+
+/// The compact binary form of a decision record ([`RECORD_DECISION_BINARY`]).
+///
+/// Layout: a format byte (`1`), then the fields of [`DecisionRecord`] in declaration order.
+/// Unsigned integers are LEB128 varints, signed ones zigzag varints; a string is its byte length
+/// then its UTF-8 bytes; a sequence is its length then its items; an option is a byte (`0` none,
+/// `1` some) then the value; an outcome is a byte (`0` approve, `1` review, `2` decline; a fired
+/// rule's optional outcome is `0` none, else that plus one); a source is `0` transfer, `1`
+/// standalone; a feature value is the 8 little-endian bytes of its `f64` (exactly, including NaN
+/// and infinities, which JSON could only write as `null`). The id comes first, so that an index
+/// reads it without decoding the rest ([`id`]).
+pub mod binary {
+    use super::{DecisionRecord, DecisionSource, EventRecord, FiredRecord, Verdict};
+    use crate::rules::Outcome;
+
+    /// The format byte this version writes.
+    pub const FORMAT: u8 = 1;
+
+    /// Encodes `d`.
+    pub fn encode(d: &DecisionRecord) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + 24 * d.active.fired.len() + 24 * d.active.features.len());
+        out.push(FORMAT);
+        put_str(&mut out, &d.id);
+        out.push(match d.source {
+            DecisionSource::Transfer => 0,
+            DecisionSource::Standalone => 1,
+        });
+        let e = &d.event;
+        put_str(&mut out, &e.payer);
+        put_str(&mut out, &e.payee);
+        put_u64(&mut out, e.amount_minor);
+        put_str(&mut out, &e.currency);
+        put_u64(&mut out, e.timestamp_ns);
+        put_u64(&mut out, e.attributes.len() as u64);
+        for (k, v) in &e.attributes {
+            put_str(&mut out, k);
+            put_str(&mut out, v);
+        }
+        out.push(d.observed as u8);
+        put_verdict(&mut out, &d.active);
+        match &d.shadow {
+            None => out.push(0),
+            Some(v) => {
+                out.push(1);
+                put_verdict(&mut out, v);
+            }
+        }
+        out
+    }
+
+    /// Decodes a record [`encode`] wrote.
+    pub fn decode(payload: &[u8]) -> Result<DecisionRecord, String> {
+        let mut r = Reader { bytes: payload, at: 0 };
+        let format = r.byte()?;
+        if format != FORMAT {
+            return Err(format!("unknown decision record format {format}"));
+        }
+        let id = r.string()?;
+        let source = match r.byte()? {
+            0 => DecisionSource::Transfer,
+            1 => DecisionSource::Standalone,
+            other => return Err(format!("unknown decision source {other}")),
+        };
+        let payer = r.string()?;
+        let payee = r.string()?;
+        let amount_minor = r.u64()?;
+        let currency = r.string()?;
+        let timestamp_ns = r.u64()?;
+        let n = r.len()?;
+        let mut attributes = Vec::with_capacity(n);
+        for _ in 0..n {
+            attributes.push((r.string()?, r.string()?));
+        }
+        let event = EventRecord { payer, payee, amount_minor, currency, timestamp_ns, attributes };
+        let observed = r.flag()?;
+        let active = r.verdict()?;
+        let shadow = if r.flag()? { Some(r.verdict()?) } else { None };
+        if r.at != payload.len() {
+            return Err(format!("{} bytes after the decision record", payload.len() - r.at));
+        }
+        Ok(DecisionRecord { id, source, event, observed, active, shadow })
+    }
+
+    /// The id of an encoded decision, read without decoding the rest.
+    pub fn id(payload: &[u8]) -> Option<&str> {
+        let mut r = Reader { bytes: payload, at: 0 };
+        if r.byte().ok()? != FORMAT {
+            return None;
+        }
+        r.str().ok()
+    }
+
+    fn put_u64(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
+    }
+
+    fn put_i64(out: &mut Vec<u8>, v: i64) {
+        put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        put_u64(out, s.len() as u64);
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn outcome_byte(o: Outcome) -> u8 {
+        match o {
+            Outcome::Approve => 0,
+            Outcome::Review => 1,
+            Outcome::Decline => 2,
+        }
+    }
+
+    fn put_verdict(out: &mut Vec<u8>, v: &Verdict) {
+        put_str(out, &v.ruleset_version);
+        out.push(outcome_byte(v.outcome));
+        put_i64(out, v.score);
+        put_u64(out, v.fired.len() as u64);
+        for f in &v.fired {
+            put_str(out, &f.rule);
+            put_i64(out, f.score);
+            out.push(f.outcome.map_or(0, |o| outcome_byte(o) + 1));
+            put_u64(out, f.reasons.len() as u64);
+            for reason in &f.reasons {
+                put_str(out, reason);
+            }
+        }
+        put_u64(out, v.features.len() as u64);
+        for (name, value) in &v.features {
+            put_str(out, name);
+            out.extend_from_slice(&value.to_bits().to_le_bytes());
+        }
+        put_u64(out, v.errors.len() as u64);
+        for (rule, error) in &v.errors {
+            put_str(out, rule);
+            put_str(out, error);
+        }
+        match &v.degraded {
+            None => out.push(0),
+            Some(why) => {
+                out.push(1);
+                put_str(out, why);
+            }
+        }
+        put_u64(out, v.latency_ns);
+    }
+
+    struct Reader<'a> {
+        bytes: &'a [u8],
+        at: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn byte(&mut self) -> Result<u8, String> {
+            let b = *self.bytes.get(self.at).ok_or("the decision record is truncated")?;
+            self.at += 1;
+            Ok(b)
+        }
+
+        fn flag(&mut self) -> Result<bool, String> {
+            match self.byte()? {
+                0 => Ok(false),
+                1 => Ok(true),
+                other => Err(format!("{other} is not a flag")),
+            }
+        }
+
+        fn u64(&mut self) -> Result<u64, String> {
+            let mut v = 0u64;
+            for shift in (0..64).step_by(7) {
+                let b = self.byte()?;
+                if shift == 63 && b > 1 {
+                    return Err("a varint overflows 64 bits".into());
+                }
+                v |= u64::from(b & 0x7f) << shift;
+                if b & 0x80 == 0 {
+                    return Ok(v);
+                }
+            }
+            Err("a varint overflows 64 bits".into())
+        }
+
+        fn i64(&mut self) -> Result<i64, String> {
+            let v = self.u64()?;
+            Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
+        }
+
+        /// A length, bounded by the bytes left (every item takes at least one byte).
+        fn len(&mut self) -> Result<usize, String> {
+            let n = self.u64()?;
+            if n > (self.bytes.len() - self.at) as u64 {
+                return Err("a length runs past the decision record".into());
+            }
+            Ok(n as usize)
+        }
+
+        fn str(&mut self) -> Result<&'a str, String> {
+            let n = self.len()?;
+            let bytes = &self.bytes[self.at..self.at + n];
+            self.at += n;
+            std::str::from_utf8(bytes).map_err(|e| format!("a string is not UTF-8: {e}"))
+        }
+
+        fn string(&mut self) -> Result<String, String> {
+            self.str().map(str::to_string)
+        }
+
+        fn outcome(&mut self) -> Result<Outcome, String> {
+            match self.byte()? {
+                0 => Ok(Outcome::Approve),
+                1 => Ok(Outcome::Review),
+                2 => Ok(Outcome::Decline),
+                other => Err(format!("unknown outcome {other}")),
+            }
+        }
+
+        fn verdict(&mut self) -> Result<Verdict, String> {
+            let ruleset_version = self.string()?;
+            let outcome = self.outcome()?;
+            let score = self.i64()?;
+            let n = self.len()?;
+            let mut fired = Vec::with_capacity(n);
+            for _ in 0..n {
+                let rule = self.string()?;
+                let score = self.i64()?;
+                let outcome = match self.byte()? {
+                    0 => None,
+                    1 => Some(Outcome::Approve),
+                    2 => Some(Outcome::Review),
+                    3 => Some(Outcome::Decline),
+                    other => return Err(format!("unknown rule outcome {other}")),
+                };
+                let m = self.len()?;
+                let mut reasons = Vec::with_capacity(m);
+                for _ in 0..m {
+                    reasons.push(self.string()?);
+                }
+                fired.push(FiredRecord { rule, score, outcome, reasons });
+            }
+            let n = self.len()?;
+            let mut features = Vec::with_capacity(n);
+            for _ in 0..n {
+                let name = self.string()?;
+                let end = self.at + 8;
+                let bits: [u8; 8] = self
+                    .bytes
+                    .get(self.at..end)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("the decision record is truncated")?;
+                self.at = end;
+                features.push((name, f64::from_bits(u64::from_le_bytes(bits))));
+            }
+            let n = self.len()?;
+            let mut errors = Vec::with_capacity(n);
+            for _ in 0..n {
+                errors.push((self.string()?, self.string()?));
+            }
+            let degraded = if self.flag()? { Some(self.string()?) } else { None };
+            let latency_ns = self.u64()?;
+            Ok(Verdict { ruleset_version, outcome, score, fired, features, errors, degraded, latency_ns })
+        }
     }
 }

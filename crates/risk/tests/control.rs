@@ -5,7 +5,10 @@ use std::path::Path;
 
 use puhui_risk::backtest::{Backtest, BacktestOptions};
 use puhui_risk::control::{ControlError, Controller};
-use puhui_risk::records::{DecisionSource, Label, LabelRecord, ListOp};
+use puhui_risk::records::{
+    DecisionRecord, DecisionSource, EventRecord, FiredRecord, Label, LabelRecord, ListOp, Verdict,
+    RECORD_DECISION, RECORD_DECISION_BINARY,
+};
 use puhui_risk::{FeatureLimits, Outcome, RiskEvent, RiskRecord};
 
 const STARTER: &str = include_str!("../../../rulesets/starter.toml");
@@ -122,6 +125,133 @@ fn records_round_trip_through_their_encoding() {
     }
     assert!(RiskRecord::decode(1, b"{not json").is_err());
     assert!(RiskRecord::decode(99, b"{}").is_err());
+}
+
+#[test]
+fn decisions_are_written_binary_and_older_json_decisions_still_read() {
+    let (journal, outcomes) = online_session();
+    // What older journals hold: every decision as a JSON record (type 1).
+    let mut older = Vec::new();
+    for record in &journal {
+        let (t, payload) = match record {
+            RiskRecord::Decision(d) => {
+                let (t, binary) = record.encode();
+                assert_eq!(t, RECORD_DECISION_BINARY);
+                assert_eq!(binary, d.encode().1);
+                assert_eq!(DecisionRecord::id_of(t, &binary).as_deref(), Some(d.id.as_str()));
+                let json = serde_json::to_vec(d).unwrap();
+                assert!(binary.len() < json.len(), "{} bytes binary, {} JSON", binary.len(), json.len());
+                assert_eq!(DecisionRecord::id_of(RECORD_DECISION, &json).as_deref(), Some(d.id.as_str()));
+                (RECORD_DECISION, json)
+            }
+            other => other.encode(),
+        };
+        let decoded = RiskRecord::decode(t, &payload).expect("an older record decodes");
+        assert_eq!(&decoded, record);
+        older.push(decoded);
+    }
+    // A backtest of the older journal reproduces every online decision, as of the new one.
+    let mut bt = Backtest::new(controller(STARTER), BacktestOptions::default());
+    for r in &older {
+        bt.feed(r).expect("replays");
+    }
+    let report = bt.finish();
+    assert_eq!(report.decisions, outcomes.len() as u64);
+    assert_eq!(report.first_difference, None);
+
+    // A JSON decision as PR-era journals wrote it (missing numbers as `null`).
+    let json = br#"{"id":"t:x","source":"transfer","event":{"payer":"t:a","payee":"t:b","amount_minor":5,
+        "currency":"CNY","timestamp_ns":7,"attributes":[["ip","t:1.2.3.4"]]},"observed":true,
+        "active":{"ruleset_version":"v1","outcome":"review","score":60,"fired":[{"rule":"big",
+        "score":60,"outcome":null,"reasons":["amount"]}],"features":[["z",null],["c",3.0]],"errors":[],
+        "degraded":null,"latency_ns":1234},"shadow":null}"#;
+    let Ok(RiskRecord::Decision(d)) = RiskRecord::decode(RECORD_DECISION, json) else { panic!("decodes") };
+    assert_eq!(
+        (d.id.as_str(), d.active.outcome, d.active.fired[0].rule.as_str()),
+        ("t:x", Outcome::Review, "big")
+    );
+    assert!(d.active.features[0].1.is_nan());
+    assert_eq!(d.active.features[1], ("c".to_string(), 3.0));
+}
+
+#[test]
+fn binary_decisions_keep_every_bit_and_refuse_damaged_bytes() {
+    let (journal, _) = online_session();
+    let Some(RiskRecord::Decision(d)) = journal.iter().rev().find(|r| matches!(r, RiskRecord::Decision(_)))
+    else {
+        panic!("a decision")
+    };
+    let mut d = (**d).clone();
+    d.active.features.push(("nan".into(), f64::from_bits(0x7ff8_0000_dead_beef)));
+    d.active.features.push(("inf".into(), f64::NEG_INFINITY));
+    d.active.features.push(("zero".into(), -0.0));
+    d.active.errors.push(("broken".into(), "no such variable: ünïcode".into()));
+    d.active.degraded = Some("budget of 0 µs spent".into());
+    d.active.score = -3;
+    d.shadow = Some(d.active.clone());
+    let (t, payload) = d.encode();
+    let Ok(RiskRecord::Decision(back)) = RiskRecord::decode(t, &payload) else { panic!("decodes") };
+    assert!(back.active.same_decision(&d.active) && back.shadow.as_ref().unwrap().same_decision(&d.active));
+    let bits = |v: &[(String, f64)]| v.iter().map(|(n, x)| (n.clone(), x.to_bits())).collect::<Vec<_>>();
+    assert_eq!(bits(&back.active.features), bits(&d.active.features));
+    assert_eq!(
+        (back.active.errors.clone(), back.active.degraded.clone()),
+        (d.active.errors, d.active.degraded)
+    );
+    assert_eq!((back.id.as_str(), back.event.clone(), back.observed), (d.id.as_str(), d.event, d.observed));
+    // Every truncation, a trailing byte and an unknown format are errors, never panics.
+    for n in 0..payload.len() {
+        assert!(RiskRecord::decode(t, &payload[..n]).is_err(), "{n} of {} bytes", payload.len());
+    }
+    let mut longer = payload.clone();
+    longer.push(0);
+    assert!(RiskRecord::decode(t, &longer).is_err());
+    let mut other = payload.clone();
+    other[0] = 2;
+    assert!(RiskRecord::decode(t, &other).is_err());
+    assert_eq!(DecisionRecord::id_of(t, &other), None);
+    assert!(RiskRecord::decode(t, &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
+}
+
+#[test]
+fn the_binary_decision_format_is_stable() {
+    // Journals outlive binaries: these bytes must decode to this record in every later version.
+    let d = DecisionRecord {
+        id: "t:d".into(),
+        source: DecisionSource::Standalone,
+        event: EventRecord {
+            payer: "t:a".into(),
+            payee: "t:b".into(),
+            amount_minor: 300,
+            currency: "CNY".into(),
+            timestamp_ns: 1,
+            attributes: vec![("ip".into(), "t:i".into())],
+        },
+        observed: true,
+        active: Verdict {
+            ruleset_version: "v".into(),
+            outcome: Outcome::Decline,
+            score: -1,
+            fired: vec![FiredRecord {
+                rule: "r".into(),
+                score: -1,
+                outcome: Some(Outcome::Decline),
+                reasons: vec!["x".into()],
+            }],
+            features: vec![("f".into(), 1.5)],
+            errors: vec![],
+            degraded: None,
+            latency_ns: 200,
+        },
+        shadow: None,
+    };
+    let expected: &[u8] = &[
+        1, 3, b't', b':', b'd', 1, 3, b't', b':', b'a', 3, b't', b':', b'b', 0xac, 0x02, 3, b'C', b'N', b'Y',
+        1, 1, 2, b'i', b'p', 3, b't', b':', b'i', 1, 1, b'v', 2, 1, 1, 1, b'r', 1, 3, 1, 1, b'x', 1, 1, b'f',
+        0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 0, 0, 0xc8, 0x01, 0,
+    ];
+    assert_eq!(d.encode(), (RECORD_DECISION_BINARY, expected.to_vec()));
+    assert_eq!(RiskRecord::decode(RECORD_DECISION_BINARY, expected), Ok(RiskRecord::Decision(Box::new(d))));
 }
 
 #[test]
