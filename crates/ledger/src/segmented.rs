@@ -154,16 +154,31 @@ impl<T> Segmented<T> {
     }
 }
 
+// One bounds check against `len` instead of two (the ledger indexes accounts a dozen times per
+// transfer): every segment but the last is full, so `index < len` means that segment
+// `index >> SEGMENT_SHIFT` exists and holds element `index & (SEGMENT_LEN - 1)`.
 impl<T> std::ops::Index<usize> for Segmented<T> {
     type Output = T;
+    #[inline]
     fn index(&self, index: usize) -> &T {
-        &self.segments[index >> SEGMENT_SHIFT][index & (SEGMENT_LEN - 1)]
+        assert!(index < self.len, "index {index} out of bounds ({})", self.len);
+        // SAFETY: see above (`push` and `pop` keep every segment but the last full).
+        unsafe {
+            self.segments.get_unchecked(index >> SEGMENT_SHIFT).get_unchecked(index & (SEGMENT_LEN - 1))
+        }
     }
 }
 
 impl<T> std::ops::IndexMut<usize> for Segmented<T> {
+    #[inline]
     fn index_mut(&mut self, index: usize) -> &mut T {
-        &mut self.segments[index >> SEGMENT_SHIFT][index & (SEGMENT_LEN - 1)]
+        assert!(index < self.len, "index {index} out of bounds ({})", self.len);
+        // SAFETY: as for `index`.
+        unsafe {
+            self.segments
+                .get_unchecked_mut(index >> SEGMENT_SHIFT)
+                .get_unchecked_mut(index & (SEGMENT_LEN - 1))
+        }
     }
 }
 

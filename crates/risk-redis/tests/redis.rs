@@ -122,7 +122,10 @@ fn with_budget(decision_us: u64, on_exceeded: &str) -> String {
 #[test]
 fn two_nodes_sharing_redis_see_each_others_events() {
     let prefix = Prefix::new();
-    let (mut a, mut b) = (controller(&starter_generous(), prefix.backend()), controller(&starter_generous(), prefix.backend()));
+    let (mut a, mut b) = (
+        controller(&starter_generous(), prefix.backend()),
+        controller(&starter_generous(), prefix.backend()),
+    );
     for k in 0..5 {
         let d = pay(&mut a, &format!("dec_a{k}"), "t:alice", "t:shop", 300, T0_NS + k * SECOND_NS);
         assert!(d.active.degraded.is_none(), "{:?}", d.active.degraded);
