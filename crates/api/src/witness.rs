@@ -158,15 +158,7 @@ impl Sink {
     async fn resume(&mut self) -> Result<u64, String> {
         match self {
             Sink::Nats { config, key_id, js } => {
-                let timeout = Duration::from_millis(WITNESS_TIMEOUT_MS);
-                let client = async_nats::ConnectOptions::new()
-                    .connection_timeout(timeout)
-                    .request_timeout(Some(timeout))
-                    .connect(config.url.as_str())
-                    .await
-                    .map_err(|e| format!("connecting to {}: {e}", config.url))?;
-                let mut context = jetstream::new(client);
-                context.set_timeout(timeout);
+                let context = puhui_events::connect_jetstream(&config.url, WITNESS_TIMEOUT_MS).await?;
                 let wanted = stream::Config {
                     name: config.stream.clone(),
                     description: Some("puhui signed journal checkpoints (witness)".into()),

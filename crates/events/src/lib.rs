@@ -19,6 +19,6 @@ pub mod source;
 pub mod tail;
 
 pub use event::{event_id, map_entry, parse_event_id, split_id, Event, EventType, Mapped};
-pub use relay::{spawn_relay, NatsConfig, RelaySource, RelayStatus};
+pub use relay::{connect_jetstream, spawn_relay, NatsConfig, RelaySource, RelayStatus};
 pub use source::{EntryCursor, EntrySource, Journal, Lease, SavedCursor, SqlJournal};
 pub use tail::{JournalTail, RawEntry, TailError};

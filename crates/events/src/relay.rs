@@ -315,15 +315,7 @@ impl Relay {
             }
             tracing::info!(stream = %self.config.stream, "events: this node holds the relay lease");
         }
-        let timeout = Duration::from_millis(NATS_TIMEOUT_MS);
-        let client = async_nats::ConnectOptions::new()
-            .connection_timeout(timeout)
-            .request_timeout(Some(timeout))
-            .connect(self.config.url.as_str())
-            .await
-            .map_err(|e| RoundError::Nats(format!("connecting to {}: {e}", self.config.url)))?;
-        let mut js = jetstream::new(client);
-        js.set_timeout(timeout);
+        let js = connect_jetstream(&self.config.url, NATS_TIMEOUT_MS).await.map_err(RoundError::Nats)?;
         ensure_stream(&js, &self.config).await?;
         // The journal's id: wait for its first entry.
         let journal_id = loop {
@@ -566,6 +558,21 @@ impl Relay {
             tracing::warn!(error = %e, "events: cannot save the relay cursor (the stream's last message is the fallback)");
         }
     }
+}
+
+/// A JetStream context on `url` whose connection, requests and acknowledgements each time out after
+/// `timeout_ms` (the relay's and the checkpoint witness's connection).
+pub async fn connect_jetstream(url: &str, timeout_ms: u64) -> Result<jetstream::Context, String> {
+    let timeout = Duration::from_millis(timeout_ms);
+    let client = async_nats::ConnectOptions::new()
+        .connection_timeout(timeout)
+        .request_timeout(Some(timeout))
+        .connect(url)
+        .await
+        .map_err(|e| format!("connecting to {url}: {e}"))?;
+    let mut js = jetstream::new(client);
+    js.set_timeout(timeout);
+    Ok(js)
 }
 
 async fn ensure_stream(js: &jetstream::Context, config: &NatsConfig) -> Result<(), RoundError> {

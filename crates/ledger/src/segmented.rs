@@ -219,6 +219,11 @@ impl IdIndex {
         Self::default()
     }
 
+    /// An empty index with room for `capacity` ids (rebuilding an index whose size is known).
+    pub fn with_capacity(capacity: usize) -> Self {
+        IdIndex { table: HashTable::with_capacity(capacity), ..Self::default() }
+    }
+
     /// How many ids it holds.
     pub fn len(&self) -> usize {
         // While moving, `old` also holds the copies already in `table` (below `move_next`).

@@ -230,8 +230,7 @@ impl Ledger {
     fn rebuild_derived(&mut self) -> Result<(), String> {
         let hasher = self.hasher.clone();
         let (accounts, transfers) = (&self.accounts, &self.transfers);
-        self.accounts_index = IdIndex::new();
-        self.accounts_index.reserve(accounts.len(), |_| unreachable!("the index is empty"));
+        self.accounts_index = IdIndex::with_capacity(accounts.len());
         for (i, a) in accounts.iter().enumerate() {
             let hash = super::hash_str(&hasher, &a.id);
             if self.accounts_index.find(hash, |j| accounts[j as usize].id == a.id).is_some() {
@@ -240,8 +239,7 @@ impl Ledger {
             self.accounts_index
                 .insert(hash, i as u32, |j| super::hash_str(&hasher, &accounts[j as usize].id));
         }
-        self.transfers_index = IdIndex::new();
-        self.transfers_index.reserve(transfers.len(), |_| unreachable!("the index is empty"));
+        self.transfers_index = IdIndex::with_capacity(transfers.len());
         for (i, t) in transfers.iter().enumerate() {
             let hash = super::hash_str(&hasher, &t.id);
             self.transfers_index
