@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 rounds="${1:-5}"
-cargo build --release -q -p puhui
+[ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 bin="${CARGO_TARGET_DIR:-target}/release/puhui"
 echo "# $(date -u +%Y-%m-%dT%H:%MZ) $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
 out=$(mktemp)
