@@ -300,6 +300,11 @@ pub fn scan(
     scan_from(path, JournalPosition::start(), on_entry)
 }
 
+/// Smallest read buffer of a scan.
+const SCAN_BUFFER_BYTES_MIN: usize = 8 << 10;
+/// Largest read buffer of a scan (a whole-journal replay).
+const SCAN_BUFFER_BYTES_MAX: usize = 4 << 20;
+
 /// Like [`scan`], but starts at a known position (after a snapshot): checks that the journal has the
 /// position's bytes and that the entry before it has the position's hash, then reads from there.
 pub fn scan_from(
@@ -339,7 +344,11 @@ pub fn scan_from(
         }
     }
     file.seek(SeekFrom::Start(start.len_bytes)).map_err(io_err)?;
-    let mut reader = io::BufReader::with_capacity(4 << 20, &mut file);
+    // Sized to what is left to read: a tail reader that comes back every few milliseconds for a
+    // few kilobytes must not allocate (and the kernel zero) megabytes each time.
+    let buffer_bytes = (file_len.saturating_sub(start.len_bytes) as usize)
+        .clamp(SCAN_BUFFER_BYTES_MIN, SCAN_BUFFER_BYTES_MAX);
+    let mut reader = io::BufReader::with_capacity(buffer_bytes, &mut file);
     let mut offset = start.len_bytes;
     let mut seq = start.entries;
     let mut frames = 0u64;
