@@ -44,7 +44,7 @@ const PENDING_LEAVES_CAPACITY: usize = 16_384;
 /// never copies bodies: the leaf value is the chained hash the journal computed anyway).
 #[derive(Clone, Copy)]
 struct PendingLeaf {
-    /// The entry's chained BLAKE3 hash; the merkle thread turns it into the RFC 6962 leaf hash.
+    /// The entry's chained BLAKE3 hash (the merkle thread hashes it into the RFC 6962 leaf hash).
     entry_hash: [u8; 32],
     /// The entry's ledger timestamp (for the entry index).
     timestamp_ns: u64,
@@ -298,21 +298,11 @@ impl MerkleThread {
             match message {
                 Some(ToMerkle::Entries(mut pending)) => {
                     // Hash outside the lock (one SHA-256 block per entry: the leaf value is the
-                    // entry's chained hash); append in chunks so proofs are not held up.
+                    // entry's chained hash) into this thread's own buffer, so the committer's leaf
+                    // buffer is only read here; append in chunks so proofs are not held up.
                     assert_eq!(self.sizes().0, pending.first_seq, "groups reach the tree in order");
-                    // Two leaves at a time: independent hashes, interleaved on the SHA unit.
-                    let mut pairs = pending.leaves.chunks_exact_mut(2);
-                    for pair in &mut pairs {
-                        let (a, b) =
-                            puhui_verifiable::entry_leaf_hash_x2(&pair[0].entry_hash, &pair[1].entry_hash);
-                        (pair[0].entry_hash, pair[1].entry_hash) = (a, b);
-                    }
-                    for leaf in pairs.into_remainder() {
-                        leaf.entry_hash = puhui_verifiable::entry_leaf_hash(&leaf.entry_hash);
-                    }
                     for chunk in pending.leaves.chunks(TREE_APPEND_CHUNK) {
-                        self.hashes.clear();
-                        self.hashes.extend(chunk.iter().map(|leaf| leaf.entry_hash));
+                        leaf_hashes(chunk, &mut self.hashes);
                         let mut log = self.log.write().unwrap_or_else(|p| p.into_inner());
                         log.append_batch(
                             &self.hashes,
@@ -405,6 +395,18 @@ impl MerkleThread {
         inner.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(checkpoint)
     }
+}
+
+/// The RFC 6962 leaf hashes of `leaves` (each over the entry's chained hash) into `out`, two at a
+/// time: independent hashes, interleaved on the SHA unit.
+fn leaf_hashes(leaves: &[PendingLeaf], out: &mut Vec<puhui_verifiable::Hash>) {
+    out.clear();
+    let mut pairs = leaves.chunks_exact(2);
+    for pair in &mut pairs {
+        let (a, b) = puhui_verifiable::entry_leaf_hash_x2(&pair[0].entry_hash, &pair[1].entry_hash);
+        out.extend([a, b]);
+    }
+    out.extend(pairs.remainder().iter().map(|leaf| puhui_verifiable::entry_leaf_hash(&leaf.entry_hash)));
 }
 
 /// Nice value of the merkle thread: hashing yields the CPU to the committer and callers, and
