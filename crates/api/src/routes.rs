@@ -96,6 +96,11 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // The common case at full speed; only a body that fails is parsed again, tracking the path of
+    // the field at fault for the error's `param` (the same input fails the same way).
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(json_error)?;
     de.end().map_err(|e| {
