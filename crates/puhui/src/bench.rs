@@ -114,7 +114,13 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     // Every batch is made before the clock starts, so the measured loop only submits: a generator
     // running beside it would take CPU from the store's own threads (on two cores, from the Merkle
     // thread above all) and the figure would be partly the generator's.
-    let batches = prepare_batches(&args, cny);
+    let batches = prepare_batches(
+        args.accounts,
+        args.transfers,
+        args.batch,
+        args.distribution == Distribution::Zipf,
+        args.seed,
+    );
     let batch_count = batches.len();
     let queue = std::sync::Mutex::new(batches.into_iter());
 
@@ -267,7 +273,7 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn account_id(i: usize) -> Id {
+pub(crate) fn account_id(i: usize) -> Id {
     Id::new(&format!("acct-{i}")).expect("valid id")
 }
 
@@ -325,23 +331,34 @@ pub fn rss_bytes() -> u64 {
 }
 
 /// All the benchmark's batches, made up front with a progress bar (about 0.3 µs and 250 bytes per
-/// transfer: 10 million take ~2.5 GB, freed as the load consumes them).
-fn prepare_batches(args: &LedgerArgs, cny: Currency) -> Vec<Vec<TransferRequest>> {
-    let bar = ProgressBar::new(args.transfers as u64);
+/// transfer: 10 million take ~2.5 GB, freed as the load consumes them). Single-phase CNY transfers
+/// between `accounts` accounts (uniform or Zipf), amounts 1–100,000, ids `t<hex>`; the embedded and
+/// the PostgreSQL benchmarks both submit these.
+pub(crate) fn prepare_batches(
+    accounts: usize,
+    transfers: usize,
+    batch: usize,
+    zipf: bool,
+    seed: u64,
+) -> Vec<Vec<TransferRequest>> {
+    let cny = Currency::iso("CNY").expect("CNY");
+    let bar = ProgressBar::new(transfers as u64);
     bar.set_style(
         ProgressStyle::with_template("{spinner} preparing {bar:40} {pos}/{len} transfers").expect("template"),
     );
-    let mut rng = rand::rngs::StdRng::seed_from_u64(args.seed);
-    let zipf = rand_distr::Zipf::new(args.accounts as f64, 1.0).expect("valid zipf");
-    let accounts = args.accounts;
-    let pick = |rng: &mut rand::rngs::StdRng| match args.distribution {
-        Distribution::Uniform => rng.random_range(0..accounts),
-        Distribution::Zipf => (zipf.sample(rng) as usize).saturating_sub(1).min(accounts - 1),
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let zipf_distribution = rand_distr::Zipf::new(accounts as f64, 1.0).expect("valid zipf");
+    let pick = |rng: &mut rand::rngs::StdRng| {
+        if zipf {
+            (zipf_distribution.sample(rng) as usize).saturating_sub(1).min(accounts - 1)
+        } else {
+            rng.random_range(0..accounts)
+        }
     };
-    let mut batches = Vec::with_capacity(args.transfers.div_ceil(args.batch));
+    let mut batches = Vec::with_capacity(transfers.div_ceil(batch));
     let mut made = 0usize;
-    while made < args.transfers {
-        let n = args.batch.min(args.transfers - made);
+    while made < transfers {
+        let n = batch.min(transfers - made);
         let mut items = Vec::with_capacity(n);
         for k in 0..n {
             let debit = pick(&mut rng);

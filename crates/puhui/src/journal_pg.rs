@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use puhui_ledger::{Currency, Id, NewAccount, ResultCode, TransferRequest, BATCH_EVENTS_MAX};
+use puhui_ledger::{Currency, NewAccount, ResultCode, BATCH_EVENTS_MAX};
 use puhui_store::LedgerStore;
 use puhui_store_pg::{hammer, split_schema, verify::VerifyError, PgOptions, PgStore};
 
@@ -119,8 +119,6 @@ pub struct BenchParams {
 /// `puhui bench ledger --store postgres://…`: the same load as the embedded benchmark, on a fresh
 /// schema (`?schema=` or a new `puhui_bench_<pid>` that is dropped afterwards). One JSON line.
 pub fn bench_ledger(store_url: &str, p: BenchParams) -> anyhow::Result<ExitCode> {
-    use rand::{Rng, SeedableRng};
-    use rand_distr::Distribution as _;
     let (url, schema) = split_schema(store_url);
     let (schema, drop_after) = match schema {
         Some(s) => (s, false),
@@ -136,43 +134,11 @@ pub fn bench_ledger(store_url: &str, p: BenchParams) -> anyhow::Result<ExitCode>
         PgOptions { schema: Some(schema.clone()), read_connections: 2, ..Default::default() },
     )?;
     let cny = Currency::iso("CNY").expect("CNY");
-    let account_id = |i: usize| Id::new(&format!("acct-{i}")).expect("valid id");
+    let account_id = crate::bench::account_id;
     for chunk in (0..p.accounts).collect::<Vec<_>>().chunks(BATCH_EVENTS_MAX) {
         store.create_accounts(chunk.iter().map(|i| NewAccount::new(account_id(*i), cny)).collect())?;
     }
-    let mut rng = rand::rngs::StdRng::seed_from_u64(p.seed);
-    let zipf = rand_distr::Zipf::new(p.accounts as f64, 1.0).expect("valid zipf");
-    let mut batches: Vec<Vec<TransferRequest>> = Vec::new();
-    let mut made = 0usize;
-    while made < p.transfers {
-        let n = p.batch.min(p.transfers - made);
-        let mut items = Vec::with_capacity(n);
-        for k in 0..n {
-            let mut pick = || {
-                if p.zipf {
-                    (zipf.sample(&mut rng) as usize).saturating_sub(1).min(p.accounts - 1)
-                } else {
-                    rng.random_range(0..p.accounts)
-                }
-            };
-            let debit = pick();
-            let mut credit = pick();
-            if credit == debit {
-                credit = (debit + 1) % p.accounts;
-            }
-            let amount = rng.random_range(1..=100_000u64);
-            let id = Id::new(&format!("t{:x}", made + k)).expect("valid id");
-            items.push(TransferRequest::single(
-                id,
-                account_id(debit),
-                account_id(credit),
-                amount,
-                cny.code(),
-            ));
-        }
-        made += n;
-        batches.push(items);
-    }
+    let batches = crate::bench::prepare_batches(p.accounts, p.transfers, p.batch, p.zipf, p.seed);
     let queue = std::sync::Mutex::new(batches.into_iter());
     let store = Arc::new(store);
     let started = Instant::now();
