@@ -55,7 +55,8 @@
 //! **Memory:** the levels hold `n + n/2 + n/4 + … < 2n` hashes, i.e. about **2 × 32 = 64 bytes per
 //! leaf** (640 MB for 10 million leaves). `Vec` growth by doubling can add up to the same again in
 //! spare capacity while the tree grows; [`MerkleTree::with_capacity`] reserves every level up front
-//! and avoids that, and [`MerkleTree::heap_bytes`] reports the current figure.
+//! and avoids that, [`MerkleTree::reserve_touched`] also writes that memory once (no page faults
+//! while appending), and [`MerkleTree::heap_bytes`] reports the current figure.
 //!
 //! ## Conventions at the edges
 //!

@@ -63,11 +63,21 @@ impl std::error::Error for TreeError {}
 ///
 /// `levels[h][i]` is the hash of the complete subtree over leaves `[i·2^h, (i+1)·2^h)`; see the
 /// [crate documentation](crate) for the layout and the memory figure (about 64 bytes per leaf).
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct MerkleTree {
     /// `levels[0]` are the leaf hashes; never empty (level 0 always exists).
     levels: Vec<Vec<Hash>>,
 }
+
+/// Trees are equal when their hashes are: levels reserved but still empty do not count.
+impl PartialEq for MerkleTree {
+    fn eq(&self, other: &Self) -> bool {
+        let n = self.levels_count().max(other.levels_count());
+        (0..n).all(|h| self.level(h) == other.level(h))
+    }
+}
+
+impl Eq for MerkleTree {}
 
 impl Default for MerkleTree {
     fn default() -> Self {
@@ -94,16 +104,43 @@ impl MerkleTree {
 
     /// An empty tree with room reserved for `leaves` leaves at every level, so that appending up
     /// to that many never reallocates and no spare capacity is left beyond the ~64 bytes per leaf.
+    /// The memory is not touched: see [`MerkleTree::reserve_touched`] for that.
     pub fn with_capacity(leaves: u64) -> Self {
-        let mut levels = Vec::with_capacity(65);
-        let mut n = leaves;
-        levels.push(Vec::with_capacity(to_usize(n)));
-        n /= 2;
+        let mut tree = MerkleTree::new();
+        tree.reserve_levels(leaves);
+        tree
+    }
+
+    /// Reserves room for `additional` more leaves at every level (exactly, no doubling), as
+    /// [`MerkleTree::with_capacity`] does for a new tree.
+    fn reserve_levels(&mut self, additional: u64) {
+        let mut n = self.size().saturating_add(additional);
+        let mut h = 0;
         while n > 0 {
-            levels.push(Vec::with_capacity(to_usize(n)));
+            if self.levels.len() == h {
+                self.levels.push(Vec::new());
+            }
+            let level = &mut self.levels[h];
+            level.reserve_exact(to_usize(n).saturating_sub(level.len()));
             n /= 2;
+            h += 1;
         }
-        MerkleTree { levels }
+    }
+
+    /// Reserves room for `additional` more leaves at every level, as [`MerkleTree::with_capacity`]
+    /// does, and writes every reserved byte once, so that appending up to that many leaves neither
+    /// reallocates nor takes a page fault on fresh memory. On a virtual machine whose host backs
+    /// memory lazily, a first touch costs microseconds per page, and the faults of the tree's
+    /// growth slowed the journal's writer on the other core (docs/BENCHMARKS.md, "The checkpoint
+    /// cost is page faults"); paying them at start-up, in the spirit of static allocation, keeps
+    /// them off the write path. Costs `64 × additional` bytes of resident memory at once.
+    pub fn reserve_touched(&mut self, additional: u64) {
+        self.reserve_levels(additional);
+        for level in &mut self.levels {
+            for spare in level.spare_capacity_mut() {
+                spare.write([0; HASH_LEN]);
+            }
+        }
     }
 
     /// A tree of the given leaf hashes, in order.
@@ -404,6 +441,25 @@ mod tests {
         assert_eq!(t.heap_bytes(), before);
         // n + n/2 + ... < 2n hashes.
         assert!(before < 2 * 1000 * HASH_LEN + 65 * std::mem::size_of::<Vec<Hash>>());
+    }
+
+    #[test]
+    fn reserve_touched_keeps_the_tree_and_does_not_reallocate() {
+        for start in [0u64, 1, 5, 64, 100] {
+            let all = leaves(start + 1000);
+            let mut t = MerkleTree::from_leaf_hashes(all[..start as usize].iter().copied());
+            let (root, plain) = (t.root(), t.clone());
+            t.reserve_touched(1000);
+            assert_eq!((t.root(), t.size()), (root, start), "start {start}");
+            assert_eq!(t, plain, "reserved empty levels do not make trees differ");
+            let reserved = t.heap_bytes();
+            t.append_batch(&all[start as usize..start as usize + 500]);
+            for leaf in &all[start as usize + 500..] {
+                t.append(*leaf);
+            }
+            assert_eq!(t.heap_bytes(), reserved, "start {start}");
+            assert_eq!(t, MerkleTree::from_leaf_hashes(all.iter().copied()));
+        }
     }
 
     #[test]

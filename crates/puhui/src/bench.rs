@@ -45,7 +45,9 @@ pub struct LedgerArgs {
     /// Random seed.
     #[arg(long, default_value_t = 42)]
     seed: u64,
-    /// Reserve memory for all the transfers up front (static allocation) instead of growing tables.
+    /// Reserve memory for all the transfers up front (static allocation) instead of growing tables:
+    /// the ledger's tables, and the Merkle tree's levels (written once at start, so that its growth
+    /// takes no page faults during the run).
     #[arg(long)]
     reserve: bool,
     /// Take a snapshot every this many journal entries (0: only at shutdown).
@@ -100,6 +102,8 @@ pub fn ledger(args: LedgerArgs) -> anyhow::Result<ExitCode> {
     let options = puhui_store::StoreOptions {
         snapshot_every_entries: args.snapshot_every,
         transfers_capacity: if args.reserve { args.transfers } else { 0 },
+        // One journal entry per transfer, plus the account creations.
+        journal_capacity_entries: if args.reserve { (args.transfers + args.accounts) as u64 } else { 0 },
         verifiable: !args.no_checkpoints,
         ..Default::default()
     };

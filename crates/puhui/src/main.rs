@@ -115,6 +115,10 @@ struct ServeArgs {
     /// Take a snapshot every this many journal entries.
     #[arg(long, default_value_t = puhui_store::SNAPSHOT_EVERY_ENTRIES_DEFAULT)]
     snapshot_every: u64,
+    /// Journal entries to reserve the Merkle tree for at start (64 bytes each, written once up
+    /// front so that the tree's growth takes no page faults on the write path; 0: grow on demand).
+    #[arg(long, default_value_t = 0)]
+    journal_capacity: u64,
     /// Risk ruleset (TOML); default: the shipped starter ruleset (rulesets/starter.toml).
     #[arg(long)]
     ruleset: Option<PathBuf>,
@@ -328,6 +332,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         rate_limit_per_key: args.rate_limit,
         store: puhui_store::StoreOptions {
             snapshot_every_entries: args.snapshot_every,
+            journal_capacity_entries: args.journal_capacity,
             ..Default::default()
         },
     };

@@ -60,6 +60,11 @@ pub struct StoreOptions {
     /// it in one step, which pauses writes; reserving the expected size up front avoids that, in the
     /// spirit of static allocation.
     pub transfers_capacity: usize,
+    /// Journal entries to reserve the Merkle tree for at start, its memory written once up front
+    /// (0: grow on demand; verifiable journal only). Costs 64 bytes per entry of resident memory
+    /// at once, and spares the write path the page faults of the tree's growth, which on a virtual
+    /// machine slowed the journal's writer on the other core (docs/BENCHMARKS.md).
+    pub journal_capacity_entries: u64,
     /// Keep the verifiable journal (Merkle tree, signed checkpoints, proofs; see
     /// docs/VERIFIABILITY.md). Default on. Off, no key is made and the proof calls answer
     /// [`verifiable::Error::Disabled`].
@@ -79,6 +84,7 @@ impl Default for StoreOptions {
         StoreOptions {
             snapshot_every_entries: SNAPSHOT_EVERY_ENTRIES_DEFAULT,
             transfers_capacity: 0,
+            journal_capacity_entries: 0,
             verifiable: true,
             checkpoint_every_entries: CHECKPOINT_EVERY_ENTRIES_DEFAULT,
             checkpoint_every_ms: CHECKPOINT_EVERY_MS_DEFAULT,

@@ -219,7 +219,7 @@ pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), S
         len_bytes: loaded.summary.valid_len_bytes,
         last_hash: loaded.summary.last_hash,
     };
-    let log = match TransparencyLog::new(loaded.tree, loaded.index, stored.clone()) {
+    let mut log = match TransparencyLog::new(loaded.tree, loaded.index, stored.clone()) {
         Ok(log) => log,
         Err(_) if from_file => {
             // The tree file disagrees with the checkpoints: trust only the journal itself.
@@ -228,6 +228,7 @@ pub(crate) fn start(args: StartArgs<'_>) -> Result<(Verifiable, MerkleThread), S
         }
         Err(e) => return Err(to_store_error(e)),
     };
+    log.reserve_touched(options.journal_capacity_entries.saturating_sub(log.size()));
     let journal_file =
         File::open(journal).map_err(|e| StoreError::Io(format!("{}: {e}", journal.display())))?;
     let (tx, rx) = mpsc::sync_channel(MERKLE_QUEUE_GROUPS_MAX);

@@ -231,7 +231,8 @@ fn restart_rebuilds_the_tree_and_later_checkpoints_extend_earlier_ones() {
     let dir = tempfile::tempdir().unwrap();
     let witness = dir.path().join("witness.log");
     let options = StoreOptions { witness_file: Some(witness.clone()), ..manual_options() };
-    let store = open(dir.path(), options.clone());
+    // A tree reserved for fewer entries than it gets grows past its reservation.
+    let store = open(dir.path(), StoreOptions { journal_capacity_entries: 8, ..options.clone() });
     let ids = fill(&store, &[(10, true), (7, false)]);
     let first = store.latest_checkpoint().unwrap();
     let key = store.public_key().unwrap();
@@ -241,7 +242,8 @@ fn restart_rebuilds_the_tree_and_later_checkpoints_extend_earlier_ones() {
         if !snapshot {
             std::fs::remove_file(dir.path().join(puhui_journal::snapshot::SNAPSHOT_FILE)).unwrap();
         }
-        let store = open(dir.path(), options.clone());
+        // A loaded tree (from the tree file, or rebuilt) reserved for more entries than it has.
+        let store = open(dir.path(), StoreOptions { journal_capacity_entries: 64, ..options.clone() });
         assert!(store.open_report().merkle_load.is_some());
         assert_eq!(store.open_report().merkle_tree_file_error, None);
         assert_eq!(store.public_key().unwrap(), key, "the key survives restarts");

@@ -238,6 +238,12 @@ impl TransparencyLog {
         Ok(TransparencyLog { tree, index, checkpoints })
     }
 
+    /// Reserves and touches the tree's memory for `additional` more entries (see
+    /// [`MerkleTree::reserve_touched`]): appending them then takes no page fault.
+    pub fn reserve_touched(&mut self, additional: u64) {
+        self.tree.reserve_touched(additional);
+    }
+
     /// Entries in the tree.
     pub fn size(&self) -> u64 {
         self.tree.size()
