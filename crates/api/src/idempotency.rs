@@ -288,7 +288,7 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
         }
     };
     let tenant = match request.extensions().get::<Principal>() {
-        Some(p) => p.tenant.clone(),
+        Some(p) => p.tenant.to_string(),
         None => "admin".to_string(),
     };
     let (mut parts, body) = request.into_parts();

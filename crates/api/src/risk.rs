@@ -1245,7 +1245,7 @@ pub async fn list_add(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ListChange>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    change_list(app, principal.map(|p| p.0.tenant), name, ListOp::Add, body.values).await
+    change_list(app, principal.map(|p| p.0.tenant.to_string()), name, ListOp::Add, body.values).await
 }
 
 /// Remove values from one of your lists.
@@ -1259,7 +1259,7 @@ pub async fn list_remove(
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ListChange>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    change_list(app, principal.map(|p| p.0.tenant), name, ListOp::Remove, body.values).await
+    change_list(app, principal.map(|p| p.0.tenant.to_string()), name, ListOp::Remove, body.values).await
 }
 
 /// Your values in a list (sorted).

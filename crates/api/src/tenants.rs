@@ -29,8 +29,21 @@ fn random_text(len: usize) -> String {
     (0..len).map(|_| ALPHABET[rng.random_range(0..32)] as char).collect()
 }
 
+/// The SHA-256 of an API key in lowercase hex (the stored form), without allocating: this runs on
+/// every request.
+fn hash_key_hex(key: &str) -> [u8; 64] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 64];
+    for (i, b) in Sha256::digest(key.as_bytes()).iter().enumerate() {
+        hex[2 * i] = HEX[usize::from(b >> 4)];
+        hex[2 * i + 1] = HEX[usize::from(b & 15)];
+    }
+    hex
+}
+
+/// [`hash_key_hex`] as a `String`.
 fn hash_key(key: &str) -> String {
-    Sha256::digest(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    String::from_utf8(hash_key_hex(key).to_vec()).expect("hex digits are ASCII")
 }
 
 /// One API key as stored.
@@ -65,10 +78,10 @@ struct File {
 /// Who a key belongs to.
 #[derive(Debug, Clone)]
 pub struct Principal {
-    /// Tenant id.
-    pub tenant: String,
+    /// Tenant id (shared: a principal is cloned into every request).
+    pub tenant: Arc<str>,
     /// Key id (for rate limits and logs).
-    pub key_id: String,
+    pub key_id: Arc<str>,
 }
 
 /// Why a registry change failed.
@@ -196,14 +209,17 @@ impl TenantRegistry {
         if let Err(e) = self.reload() {
             tracing::warn!(error = %e, "reloading the tenant registry");
         }
-        Some(Principal { tenant, key_id })
+        Some(Principal { tenant: tenant.into(), key_id: key_id.into() })
     }
 
     fn index(file: &File) -> HashMap<String, Principal> {
         let mut index = HashMap::new();
         for t in &file.tenants {
             for k in t.keys.iter().filter(|k| !k.revoked) {
-                index.insert(k.sha256.clone(), Principal { tenant: t.id.clone(), key_id: k.key_id.clone() });
+                index.insert(
+                    k.sha256.clone(),
+                    Principal { tenant: Arc::from(t.id.as_str()), key_id: Arc::from(k.key_id.as_str()) },
+                );
             }
         }
         index
@@ -211,8 +227,10 @@ impl TenantRegistry {
 
     /// The principal an API key authenticates, if any.
     pub fn authenticate(&self, key: &str) -> Option<Principal> {
+        let hex = hash_key_hex(key);
+        let hex = std::str::from_utf8(&hex).expect("hex digits are ASCII");
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
-        state.1.get(&hash_key(key)).cloned()
+        state.1.get(hex).cloned()
     }
 
     fn save(&self, file: &File) -> Result<(), RegistryError> {
@@ -347,5 +365,16 @@ impl TenantRegistry {
     pub fn keys(&self, tenant: &str) -> Option<Vec<StoredKey>> {
         let state = self.state.read().unwrap_or_else(|p| p.into_inner());
         state.0.tenants.iter().find(|t| t.id == tenant).map(|t| t.keys.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_hashes_are_lowercase_hex_sha256() {
+        assert_eq!(hash_key("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+        assert_eq!(hash_key_hex("abc").as_slice(), hash_key("abc").as_bytes());
     }
 }

@@ -1228,7 +1228,7 @@ pub async fn create_endpoint(
     let secret = format!("whsec_{}", random_text(32));
     let endpoint = Endpoint {
         id: format!("we_{}", random_text(16)),
-        tenant: principal.tenant.clone(),
+        tenant: principal.tenant.to_string(),
         url: body.url,
         enabled_events,
         description: body.description,
