@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -257,13 +257,15 @@ async fn authenticate(State(app): State<Arc<AppState>>, mut request: Request, ne
         .into_response();
     }
     request.extensions_mut().insert(principal);
-    next.run(request).await
+    // Idempotency runs inside authentication (it scopes keys per tenant), called directly rather
+    // than as a layer of its own: one middleware layer less per request.
+    idempotency::middleware(State(app), request, next).await
 }
 
 async fn authenticate_admin(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     match bearer(&request) {
         Some(token) if constant_time_eq(&sha256(token.as_bytes()), &app.admin_token_sha256) => {
-            next.run(request).await
+            idempotency::middleware(State(app), request, next).await
         }
         Some(_) => ApiError::unauthenticated("wrong admin token").into_response(),
         None => ApiError::unauthenticated("send the admin token as `Authorization: Bearer <token>`")
@@ -271,13 +273,78 @@ async fn authenticate_admin(State(app): State<Arc<AppState>>, request: Request, 
     }
 }
 
+/// The metric label of a method: a static string, so that labelling allocates nothing.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The metric label of a status code (`"201"`): a static string for the codes the API answers.
+fn status_label(status: u16) -> metrics::SharedString {
+    let known: &'static str = match status {
+        200 => "200",
+        201 => "201",
+        204 => "204",
+        400 => "400",
+        401 => "401",
+        403 => "403",
+        404 => "404",
+        405 => "405",
+        409 => "409",
+        413 => "413",
+        415 => "415",
+        422 => "422",
+        429 => "429",
+        500 => "500",
+        501 => "501",
+        503 => "503",
+        _ => return metrics::SharedString::from(status.to_string()),
+    };
+    metrics::SharedString::const_str(known)
+}
+
+/// Route patterns as `'static` strings for metric labels, each leaked once: the patterns come from
+/// the router's fixed set of routes, so the set is bounded by [`ROUTE_LABELS_MAX`].
+fn route_label(request: &Request) -> &'static str {
+    use std::collections::HashSet;
+    use std::sync::{OnceLock, RwLock};
+    static ROUTES: OnceLock<RwLock<HashSet<&'static str>>> = OnceLock::new();
+    let Some(path) = request.extensions().get::<MatchedPath>().map(|m| m.as_str()) else {
+        return "unmatched";
+    };
+    let routes = ROUTES.get_or_init(Default::default);
+    if let Some(known) = routes.read().unwrap_or_else(|p| p.into_inner()).get(path) {
+        return known;
+    }
+    let mut routes = routes.write().unwrap_or_else(|p| p.into_inner());
+    if let Some(known) = routes.get(path) {
+        return known;
+    }
+    if routes.len() >= ROUTE_LABELS_MAX {
+        return "other";
+    }
+    let leaked: &'static str = Box::leak(path.to_owned().into_boxed_str());
+    routes.insert(leaked);
+    leaked
+}
+
+/// Distinct route patterns labelled in metrics (the router has about 50).
+const ROUTE_LABELS_MAX: usize = 256;
+
 /// Request id, in-flight bound, metrics and the access log, around every request.
 async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", app.store.new_id());
-    let route = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned());
-    let route = route.unwrap_or_else(|| "unmatched".to_owned());
-    let method = request.method().clone();
+    let route = route_label(&request);
+    let method = method_label(request.method());
     let permit = Arc::clone(&app.in_flight).try_acquire_owned();
     let mut response = REQUEST_ID
         .scope(request_id.clone(), async move {
@@ -301,13 +368,20 @@ async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next)
     }
     let status = response.status().as_u16();
     let seconds = started.elapsed().as_secs_f64();
-    metrics::counter!("puhui_http_requests_total", "route" => route.clone(), "method" => method.to_string(), "status" => status.to_string())
+    metrics::counter!("puhui_http_requests_total", "route" => route, "method" => method, "status" => status_label(status))
         .increment(1);
-    metrics::histogram!("puhui_http_request_duration_seconds", "route" => route.clone()).record(seconds);
+    metrics::histogram!("puhui_http_request_duration_seconds", "route" => route).record(seconds);
     if status >= 500 {
-        tracing::warn!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request failed");
+        tracing::warn!(
+            request_id,
+            method,
+            route,
+            status,
+            latency_us = (seconds * 1e6) as u64,
+            "request failed"
+        );
     } else {
-        tracing::debug!(request_id, %method, route, status, latency_us = (seconds * 1e6) as u64, "request");
+        tracing::debug!(request_id, method, route, status, latency_us = (seconds * 1e6) as u64, "request");
     }
     response
 }
@@ -350,7 +424,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/webhook_endpoints/{id}", get(webhooks::get_endpoint).delete(webhooks::delete_endpoint))
         .route("/v1/webhook_endpoints/{id}/rotate_secret", post(webhooks::rotate_secret))
         .route("/v1/webhook_endpoints/{id}/deliveries", get(webhooks::list_deliveries))
-        .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate));
     let admin_routes = Router::new()
         .route("/v1/tenants", post(create_tenant))
@@ -362,7 +435,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/admin/lists/{name}", get(risk::get_list))
         .route("/v1/admin/lists/{name}/add", post(risk::list_add))
         .route("/v1/admin/lists/{name}/remove", post(risk::list_remove))
-        .route_layer(from_fn_with_state(Arc::clone(&state), idempotency::middleware))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate_admin));
     let public = Router::new()
         .route("/healthz", get(healthz))

@@ -372,6 +372,14 @@ async fn operations_endpoints_and_openapi() {
     ] {
         assert!(text.contains(name), "{name} missing from /metrics");
     }
+    // Requests are labelled by route pattern, method and status.
+    assert!(
+        text.lines().any(|l| l.starts_with("puhui_http_requests_total{")
+            && l.contains(r#"route="/v1/accounts""#)
+            && l.contains(r#"method="POST""#)
+            && l.contains(r#"status="201""#)),
+        "no labelled request counter for POST /v1/accounts in /metrics:\n{text}"
+    );
     let spec = send(&http, "GET", &server.url("/openapi.json"), "", None, None).await;
     assert!(spec.body["openapi"].as_str().unwrap().starts_with("3.1"));
     let committed = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.json"))
