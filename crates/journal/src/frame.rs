@@ -310,6 +310,49 @@ const SCAN_BUFFER_BYTES_MAX: usize = 4 << 20;
 pub fn scan_from(
     path: &Path,
     start: JournalPosition,
+    on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
+) -> Result<ScanSummary, ScanError> {
+    scan_from_reusing(path, start, &mut ScanBuffers::default(), on_entry)
+}
+
+/// The buffers a scan reads through, for a caller that scans again and again (a journal tail
+/// polling every few milliseconds): reused, they cost no allocation and no fresh pages per scan.
+/// They grow to at most the largest read buffer (4 MiB) plus the largest frame read.
+#[derive(Debug, Clone, Default)]
+pub struct ScanBuffers {
+    read: Vec<u8>,
+    payload: Vec<u8>,
+}
+
+/// A buffered reader over a borrowed buffer (`std::io::BufReader` owns and allocates its own).
+struct ReusedBufReader<'a, R> {
+    inner: R,
+    buf: &'a mut [u8],
+    pos: usize,
+    filled: usize,
+}
+
+impl<R: Read> Read for ReusedBufReader<'_, R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if self.pos == self.filled {
+            if out.len() >= self.buf.len() {
+                return self.inner.read(out);
+            }
+            self.filled = self.inner.read(self.buf)?;
+            self.pos = 0;
+        }
+        let n = out.len().min(self.filled - self.pos);
+        out[..n].copy_from_slice(&self.buf[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+/// [`scan_from`] through buffers kept by the caller.
+pub fn scan_from_reusing(
+    path: &Path,
+    start: JournalPosition,
+    buffers: &mut ScanBuffers,
     mut on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
 ) -> Result<ScanSummary, ScanError> {
     let io_err = |e: io::Error| ScanError::Io(format!("{}: {e}", path.display()));
@@ -348,15 +391,19 @@ pub fn scan_from(
     // few kilobytes must not allocate (and the kernel zero) megabytes each time.
     let buffer_bytes = (file_len.saturating_sub(start.len_bytes) as usize)
         .clamp(SCAN_BUFFER_BYTES_MIN, SCAN_BUFFER_BYTES_MAX);
-    let mut reader = io::BufReader::with_capacity(buffer_bytes, &mut file);
+    if buffers.read.len() < buffer_bytes {
+        buffers.read.resize(buffer_bytes, 0);
+    }
+    let payload = &mut buffers.payload;
+    let mut reader =
+        ReusedBufReader { inner: &mut file, buf: &mut buffers.read[..buffer_bytes], pos: 0, filled: 0 };
     let mut offset = start.len_bytes;
     let mut seq = start.entries;
     let mut frames = 0u64;
     let mut last_hash = start.last_hash;
-    let mut payload = Vec::new();
 
     while offset < file_len {
-        match read_frame(&mut reader, offset, file_len, seq, &last_hash, &mut payload) {
+        match read_frame(&mut reader, offset, file_len, seq, &last_hash, payload) {
             Ok((count, hash)) => {
                 // The whole frame checked out: hand its entries over.
                 let mut at = 0usize;

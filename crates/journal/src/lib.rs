@@ -17,7 +17,10 @@ pub mod snapshot;
 use std::path::Path;
 
 pub use codec::{decode, encode_log_item, Event};
-pub use frame::{scan, scan_from, JournalPosition, JournalWriter, ScanError, ScanSummary, TornTail};
+pub use frame::{
+    scan, scan_from, scan_from_reusing, JournalPosition, JournalWriter, ScanBuffers, ScanError, ScanSummary,
+    TornTail,
+};
 
 use puhui_ledger::Ledger;
 

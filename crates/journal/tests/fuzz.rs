@@ -118,3 +118,58 @@ proptest! {
         prop_assert!(puhui_ledger::Ledger::decode_snapshot(&content[..cut]).is_err());
     }
 }
+
+/// Every entry of a scan from `start`, as (seq, kind, body, offset).
+type Seen = Vec<(u64, u8, Vec<u8>, u64)>;
+
+fn collect(
+    path: &std::path::Path,
+    start: puhui_journal::JournalPosition,
+    buffers: Option<&mut puhui_journal::ScanBuffers>,
+) -> Seen {
+    let mut seen = Vec::new();
+    let on_entry = |e: puhui_journal::frame::EntryRef<'_>| {
+        seen.push((e.seq, e.kind, e.body.to_vec(), e.offset));
+        Ok(())
+    };
+    match buffers {
+        Some(b) => puhui_journal::scan_from_reusing(path, start, b, on_entry).unwrap(),
+        None => puhui_journal::scan_from(path, start, on_entry).unwrap(),
+    };
+    seen
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// A tail's reused buffers read exactly what fresh ones do, from any frame boundary, whatever
+    /// sizes the buffers grew to on earlier scans (frames and bodies of every size around the read
+    /// buffer's 8 KiB floor).
+    #[test]
+    fn scans_through_reused_buffers_read_what_fresh_ones_do(
+        frames in proptest::collection::vec(proptest::collection::vec(0usize..12_000, 1..6), 1..12),
+        resume_at in any::<prop::sample::Index>(),
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal");
+        let summary = scan(&path, |_| Ok(())).unwrap();
+        let mut writer = puhui_journal::JournalWriter::open(&path, &summary).unwrap();
+        let mut boundaries = vec![writer.position()];
+        for (f, bodies) in frames.iter().enumerate() {
+            for (e, len) in bodies.iter().enumerate() {
+                writer.append(|buf| {
+                    buf.extend((0..*len).map(|i| (i + f * 7 + e) as u8));
+                    (e % 5) as u8
+                });
+            }
+            writer.commit().unwrap();
+            boundaries.push(writer.position());
+        }
+        let resume = boundaries[resume_at.index(boundaries.len())];
+        let mut buffers = puhui_journal::ScanBuffers::default();
+        let start = puhui_journal::JournalPosition::start();
+        prop_assert_eq!(collect(&path, start, Some(&mut buffers)), collect(&path, start, None));
+        prop_assert_eq!(collect(&path, resume, Some(&mut buffers)), collect(&path, resume, None));
+        prop_assert_eq!(collect(&path, start, Some(&mut buffers)), collect(&path, start, None));
+    }
+}
