@@ -4,6 +4,9 @@ local key = os.getenv("KEY")
 -- RISK=1: every transfer carries a risk_context, so the server decides it inline before posting.
 local risk = os.getenv("RISK") == "1"
 local accounts = tonumber(os.getenv("ACCOUNTS") or "1000")
+-- THINK_MS=n: each connection waits n ms after a response before its next request (a closed loop
+-- with think time: 64 connections then offer less than the server's saturation rate).
+local think_ms = tonumber(os.getenv("THINK_MS") or "0")
 local counter = 0
 local thread_id = 0
 
@@ -30,6 +33,12 @@ request = function()
     thread_id, os.time(), counter, debit, credit, math.random(1, 100000), context)
   return wrk.format("POST", "/v1/transfers",
     { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }, body)
+end
+
+if think_ms > 0 then
+  delay = function()
+    return think_ms
+  end
 end
 
 done = function(summary, latency, requests)

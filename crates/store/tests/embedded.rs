@@ -88,18 +88,23 @@ fn a_torn_tail_is_cut_and_saved() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         populate(&store);
         drop(store);
-        std::fs::metadata(&journal).unwrap().len()
+        frames_len(&journal)
     };
-    // Simulate a crash in the middle of writing the next frame: half a frame at the end.
-    let mut bytes = std::fs::read(&journal).unwrap();
+    // Simulate a crash in the middle of writing the next frame: half a frame after the last one,
+    // over the zeros the writer wrote ahead.
+    let bytes = std::fs::read(&journal).unwrap();
+    let file_len = bytes.len();
+    assert!(file_len as u64 > whole_len, "the writer pre-writes past the last frame");
     let first_frame: Vec<u8> = bytes[..200.min(bytes.len())].to_vec();
-    bytes.extend_from_slice(&first_frame[..77]);
-    std::fs::write(&journal, &bytes).unwrap();
+    write_at(&journal, whole_len, &first_frame[..77]);
     assert!(puhui_journal::verify(&journal).is_err(), "verify reports the torn tail");
 
     let store = EmbeddedStore::open(dir.path()).unwrap();
     let saved = store.open_report().torn_tail_saved_to.clone().expect("tail was cut");
-    assert_eq!(std::fs::read(saved).unwrap().len(), 77);
+    let saved = std::fs::read(saved).unwrap();
+    assert_eq!(saved.len() as u64, file_len as u64 - whole_len, "the tail is saved whole");
+    assert_eq!(&saved[..77], &first_frame[..77]);
+    assert!(saved[77..].iter().all(|&b| b == 0));
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole_len);
     assert!(store.account("alice").unwrap().is_some());
     drop(store);
@@ -244,17 +249,30 @@ fn a_planted_header_inside_a_torn_tail_is_not_mistaken_for_a_later_frame() {
         let store = EmbeddedStore::open(dir.path()).unwrap();
         populate(&store);
         drop(store);
-        std::fs::metadata(&journal).unwrap().len()
+        frames_len(&journal)
     };
     // A torn write whose bytes contain a valid frame header (as client-chosen bytes of an entry
     // could), followed by a payload that is not a frame.
-    let mut bytes = std::fs::read(&journal).unwrap();
-    bytes.extend_from_slice(&[0x50; 40]);
+    let mut bytes = vec![0x50; 40];
     bytes.extend_from_slice(&puhui_journal::frame::encode_frame_header(1, 64, 1_000));
     bytes.extend_from_slice(&[0x7f; 64]);
-    std::fs::write(&journal, &bytes).unwrap();
+    write_at(&journal, whole_len, &bytes);
     let store = EmbeddedStore::open(dir.path()).expect("a torn tail, not corruption");
     assert!(store.open_report().torn_tail_saved_to.is_some());
     drop(store);
     assert_eq!(std::fs::metadata(&journal).unwrap().len(), whole_len);
+}
+
+/// Bytes of whole frames in the journal (the writer pre-writes zeros after them).
+fn frames_len(journal: &std::path::Path) -> u64 {
+    let summary = puhui_journal::scan(journal, |_| Ok(())).unwrap();
+    assert!(summary.torn_tail.is_none());
+    assert_eq!(std::fs::metadata(journal).unwrap().len(), summary.valid_len_bytes + summary.prewritten_bytes);
+    summary.valid_len_bytes
+}
+
+/// Overwrites the journal's bytes at `offset` (a write the crash interrupted).
+fn write_at(journal: &std::path::Path, offset: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new().write(true).open(journal).unwrap().write_all_at(bytes, offset).unwrap();
 }

@@ -104,8 +104,14 @@ pub fn rewrite_and_rehash(dir: &Path, victim: u64) {
     puhui_ledger::wire::encode_request(&request, &mut forged);
     *body = forged;
     std::fs::remove_file(&journal).unwrap();
-    let empty =
-        ScanSummary { entries: 0, frames: 0, last_hash: genesis_hash(), valid_len_bytes: 0, torn_tail: None };
+    let empty = ScanSummary {
+        entries: 0,
+        frames: 0,
+        last_hash: genesis_hash(),
+        valid_len_bytes: 0,
+        prewritten_bytes: 0,
+        torn_tail: None,
+    };
     let mut writer = JournalWriter::open(&journal, &empty).unwrap();
     for (i, (kind, body)) in entries.iter().enumerate() {
         writer.append(|buf| {
