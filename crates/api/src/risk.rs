@@ -22,6 +22,7 @@
 //! order.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
@@ -45,6 +46,9 @@ use crate::AppState;
 /// Most decisions kept in memory for `GET /v1/decisions/{id}` (the oldest are forgotten first; all
 /// of them stay in the journal, where backtests read them).
 pub const DECISIONS_KEPT_MAX: usize = 100_000;
+/// Journal positions the committer can hand over before the memory takes them (it takes them
+/// every time it is locked, i.e. at least once per decision).
+const SEQ_INBOX_MAX: usize = 65_536;
 /// Most decision ids remembered (as 64-bit hashes) so that old decisions can still be labelled.
 pub const DECISION_IDS_KEPT_MAX: usize = 20_000_000;
 /// Most attributes in a `risk_context`.
@@ -66,9 +70,14 @@ pub struct RiskService {
     follow_next: Mutex<u64>,
     /// The controller: what orders decisions (held while deciding and queueing the record).
     state: Mutex<RiskState>,
-    /// What the API remembers (decisions, reviews): its own lock, so neither the committer (which
-    /// notes journal positions) nor readers wait behind a decision.
-    memory: Arc<Mutex<Memory>>,
+    /// What the API remembers (decisions, reviews): its own lock, so readers do not wait behind a
+    /// decision.
+    memory: Mutex<Memory>,
+    /// Journal positions of durable decision records, sent by the committer thread and taken into
+    /// [`Memory`] whenever it is locked. The committer never waits on the memory's lock: a 50–100 ms
+    /// reply stage (every request in flight waiting) was the committer queued behind a request
+    /// that held the lock while the decisions map grew.
+    seqs: SyncSender<(Arc<str>, u64)>,
     store: Backend,
 }
 
@@ -83,6 +92,8 @@ struct Memory {
     /// Journal positions that arrived before their decision was remembered (bounded by the queue).
     early_seqs: HashMap<Arc<str>, u64>,
     order: VecDeque<Arc<str>>,
+    /// Journal positions from the committer ([`RiskService::seqs`]), not yet noted.
+    seq_inbox: Receiver<(Arc<str>, u64)>,
     /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
     /// The values are already hashes: the set does not hash them again.
     known: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
@@ -241,10 +252,13 @@ impl RiskService {
         // Before the replay: with shared features, replayed decisions are not recorded again.
         controller.set_shared_features(shared_features);
         let mut state = RiskState { controller };
+        let (seqs, seq_inbox) = std::sync::mpsc::sync_channel(SEQ_INBOX_MAX);
+        // Sized for the bound at start: the map never grows (and rehashes, ~6 MB) under its lock.
         let mut memory = Memory {
-            decisions: HashMap::new(),
+            decisions: HashMap::with_capacity(DECISIONS_KEPT_MAX),
             early_seqs: HashMap::new(),
-            order: VecDeque::new(),
+            order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
+            seq_inbox,
             known: HashSet::default(),
             reviews: HashMap::new(),
         };
@@ -291,14 +305,17 @@ impl RiskService {
         let service = RiskService {
             follow_next: Mutex::new(follow_next),
             state: Mutex::new(state),
-            memory: Arc::new(Mutex::new(memory)),
+            memory: Mutex::new(memory),
+            seqs,
             store,
         };
         Ok((service, restore))
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
-        self.memory.lock().unwrap_or_else(|p| p.into_inner())
+        let mut memory = self.memory.lock().unwrap_or_else(|p| p.into_inner());
+        memory.take_seqs();
+        memory
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, RiskState> {
@@ -334,14 +351,15 @@ impl RiskService {
         let kept: Box<[u8]> = payload.as_slice().into();
         let (tx, receipt) = tokio::sync::oneshot::channel();
         let key: Arc<str> = Arc::from(id);
-        let (memory, seq_id) = (Arc::clone(&self.memory), Arc::clone(&key));
+        let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
         self.store.submit_records(
             vec![Record { record_type, payload }],
             Box::new(move |r| {
                 // On the committer thread, once durable: the entry's place in the journal (for
-                // proofs). The memory lock is only ever held briefly, never across a decision.
+                // proofs), handed over without waiting (full: the position is not shown, which
+                // only happens if decisions stop being made while thousands are in flight).
                 if let Ok(seq) = &r {
-                    memory.lock().unwrap_or_else(|p| p.into_inner()).set_seq(&seq_id, *seq);
+                    let _ = seqs.try_send((seq_id, *seq));
                 }
                 let _ = tx.send(r);
             }),
@@ -552,6 +570,14 @@ impl Memory {
             .then(|| review_of_record(d));
         let record = puhui_risk::records::binary::encode(d).into_boxed_slice();
         self.remember(Arc::from(d.id.as_str()), record, review);
+    }
+
+    /// Notes the journal positions the committer sent since the last lock.
+    fn take_seqs(&mut self) {
+        for _ in 0..SEQ_INBOX_MAX {
+            let Ok((id, seq)) = self.seq_inbox.try_recv() else { break };
+            self.set_seq(&id, seq);
+        }
     }
 
     fn set_seq(&mut self, id: &Arc<str>, seq: u64) {
