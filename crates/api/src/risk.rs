@@ -96,7 +96,7 @@ struct Memory {
     seq_inbox: Receiver<(Arc<str>, u64)>,
     /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
     /// The values are already hashes: the set does not hash them again.
-    known: HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>,
+    known: KnownIds,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: HashMap<String, ReviewObject>,
 }
@@ -107,6 +107,39 @@ struct Remembered {
     record: Box<[u8]>,
     label: Option<Label>,
     journal_seq: Option<u64>,
+}
+
+/// Hashes of decision ids seen ([`hash64`]), up to [`DECISION_IDS_KEPT_MAX`], in shards that grow
+/// on their own: one set of millions rehashed all of them (hundreds of MB near the bound) under the
+/// memory's lock; a shard's growth step is 1/256 of that.
+struct KnownIds {
+    shards: Box<[HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>]>,
+    len: usize,
+}
+
+impl KnownIds {
+    const SHARDS: usize = 256;
+
+    fn new() -> KnownIds {
+        KnownIds { shards: (0..Self::SHARDS).map(|_| HashSet::default()).collect(), len: 0 }
+    }
+
+    /// Bits the shards' tables do not use to place a hash (they use the low and the top bits).
+    fn shard(hash: u64) -> usize {
+        (hash >> 32) as usize & (Self::SHARDS - 1)
+    }
+
+    fn contains(&self, hash: u64) -> bool {
+        self.shards[Self::shard(hash)].contains(&hash)
+    }
+
+    fn insert(&mut self, hash: u64) {
+        self.len += usize::from(self.shards[Self::shard(hash)].insert(hash));
+    }
+
+    fn len(&self) -> usize {
+        self.len
+    }
 }
 
 /// A hasher for keys that are already uniformly distributed 64-bit hashes ([`hash64`]).
@@ -259,7 +292,7 @@ impl RiskService {
             early_seqs: HashMap::new(),
             order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
             seq_inbox,
-            known: HashSet::default(),
+            known: KnownIds::new(),
             reviews: HashMap::new(),
         };
         let mut restore = RiskRestore::default();
@@ -406,7 +439,7 @@ impl RiskService {
                 // node made, or one already resolved here, is known and left alone.
                 let mut memory = self.mem();
                 let id: Arc<str> = Arc::from(d.id.as_str());
-                if !memory.decisions.contains_key(&id) && !memory.known.contains(&hash64(&id)) {
+                if !memory.decisions.contains_key(&id) && !memory.known.contains(hash64(&id)) {
                     memory.remember_record(&d);
                 }
                 memory.set_seq(&id, seq);
@@ -1010,7 +1043,7 @@ pub async fn label_decision(
         labelled_at_ns: now_ns(),
     };
     let hash = hash64(scoped_id.as_str());
-    if risk.look_caught_up(|r| r.mem().known.contains(&hash).then_some(())).await.is_none() {
+    if risk.look_caught_up(|r| r.mem().known.contains(hash).then_some(())).await.is_none() {
         return Err(ApiError::not_found("decision", "id"));
     }
     let receipt = {
@@ -1305,4 +1338,25 @@ pub async fn get_list(
         return Err(ApiError::invalid("invalid_request", "limit is 1–100", Some("limit")));
     }
     list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_ids_count_once_and_find_what_was_inserted_across_shards() {
+        let mut known = KnownIds::new();
+        let ids: Vec<u64> = (0..20_000).map(|i| hash64(&format!("tenant:decision-{i}"))).collect();
+        for &h in &ids {
+            known.insert(h);
+            known.insert(h);
+        }
+        assert_eq!(known.len(), ids.len());
+        assert!(ids.iter().all(|&h| known.contains(h)));
+        assert!(!known.contains(hash64("tenant:never-seen")));
+        // The ids spread over the shards (none holds more than four times its share).
+        let most = known.shards.iter().map(|s| s.len()).max().unwrap();
+        assert!(most < 4 * ids.len() / KnownIds::SHARDS, "{most}");
+    }
 }
