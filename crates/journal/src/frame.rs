@@ -104,8 +104,6 @@ pub struct JournalWriter {
     len_bytes: u64,
     /// The file's length: `[len_bytes, file_len_bytes)` is durable zeros, written ahead.
     file_len_bytes: u64,
-    /// Bytes pre-written at a time (0: plain appends).
-    prewrite_chunk_bytes: u64,
     next_seq: u64,
     last_hash: [u8; 32],
     frame: Vec<u8>,
@@ -136,19 +134,12 @@ impl JournalWriter {
             file,
             len_bytes: position.valid_len_bytes,
             file_len_bytes: on_disk,
-            prewrite_chunk_bytes: PREWRITE_CHUNK_BYTES,
             next_seq: position.entries,
             last_hash: position.last_hash,
             frame: Vec::with_capacity(1 << 20),
             frame_entries: 0,
             frame_first_seq: position.entries,
         })
-    }
-
-    /// Sets how many bytes of zeros are written ahead at a time (0: every frame appends, growing
-    /// the file; what a test that cuts or appends bytes at the very end wants).
-    pub fn set_prewrite_chunk_bytes(&mut self, bytes: u64) {
-        self.prewrite_chunk_bytes = bytes;
     }
 
     /// Sequence number the next entry gets (= entries durable so far + entries in the open frame).
@@ -206,11 +197,9 @@ impl JournalWriter {
         self.file.write_all(&self.frame)?;
         if frame_end > self.file_len_bytes {
             self.file_len_bytes = frame_end;
-            if self.prewrite_chunk_bytes > 0 {
-                // The frame grew the file: write zeros up to the next chunk boundary, so that the
-                // next frames' syncs overwrite blocks that exist. This sync pays for them once.
-                self.prewrite(frame_end.next_multiple_of(self.prewrite_chunk_bytes))?;
-            }
+            // The frame grew the file: write zeros up to the next chunk boundary, so that the
+            // next frames' syncs overwrite blocks that exist. This sync pays for them once.
+            self.prewrite(frame_end.next_multiple_of(PREWRITE_CHUNK_BYTES))?;
         }
         self.file.sync_data()?;
         self.len_bytes = frame_end;
