@@ -22,6 +22,7 @@ use axum::{Extension, Json};
 use puhui_events::event::classify;
 use puhui_events::{map_entry, parse_event_id, EntrySource, Event, EventType, Journal, Mapped, RawEntry};
 use puhui_journal::JournalPosition;
+use puhui_ledger::segmented::{Segmented, SEGMENT_LEN};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -60,10 +61,64 @@ fn unpack(word: u64) -> (u64, Option<EventType>) {
     (word & SEQ_MASK, EventType::from_code((word >> SEQ_BITS) as u8))
 }
 
+/// One tenant's packed `(type, sequence)` words, increasing by sequence, in segments: a `Vec`
+/// that doubled copied all of a busy tenant's events (up to 128 MB) into freshly faulted pages on
+/// the runtime's thread, a 10–20 ms pause for every request in flight. The oldest words are
+/// forgotten by moving `start`, and whole segments below it are freed.
+#[derive(Default)]
+struct TenantEvents {
+    words: Segmented<u64>,
+    /// Words below this index are forgotten (fewer than a segment's worth are kept allocated).
+    start: usize,
+}
+
+impl TenantEvents {
+    fn len(&self) -> usize {
+        self.words.len() - self.start
+    }
+
+    fn push(&mut self, word: u64) {
+        self.words.push(word);
+    }
+
+    fn get(&self, i: usize) -> Option<u64> {
+        self.words.get(self.start + i).copied()
+    }
+
+    /// The index of the first word for which `pred` is false, as `slice::partition_point`.
+    fn partition_point(&self, mut pred: impl FnMut(u64) -> bool) -> usize {
+        let (mut lo, mut hi) = (self.start, self.words.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if pred(self.words[mid]) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo - self.start
+    }
+
+    /// The words from index `from` on.
+    fn from(&self, from: usize) -> impl Iterator<Item = u64> + '_ {
+        self.words.range((self.start + from).min(self.words.len()), self.words.len()).copied()
+    }
+
+    /// Forgets the first `count` words.
+    fn forget(&mut self, count: usize) {
+        self.start += count.min(self.len());
+        let whole = self.start / SEGMENT_LEN;
+        if whole > 0 {
+            self.words.remove_front_segments(whole);
+            self.start -= whole * SEGMENT_LEN;
+        }
+    }
+}
+
 #[derive(Default)]
 struct Index {
-    /// Per tenant: packed `(type, sequence)`, increasing by sequence.
-    tenants: HashMap<String, Vec<u64>>,
+    /// Per tenant: its events.
+    tenants: HashMap<String, TenantEvents>,
     /// Frame positions, increasing.
     positions: Vec<JournalPosition>,
     /// Every entry below this is indexed.
@@ -168,9 +223,9 @@ impl EventLog {
             let events = index.tenants.entry(tenant).or_default();
             events.push(word);
             // Forget events below the window, in chunks (amortised).
-            let stale = events.partition_point(|w| unpack(*w).0 < floor);
-            if stale >= 4_096 || (stale > 0 && stale * 2 >= events.len()) {
-                events.drain(..stale);
+            let stale = events.partition_point(|w| unpack(w).0 < floor);
+            if stale >= SEGMENT_LEN || (stale > 0 && stale * 2 >= events.len()) {
+                events.forget(stale);
             }
         }
         let due = index
@@ -199,12 +254,12 @@ impl EventLog {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let Some(events) = index.tenants.get(tenant) else { return (Vec::new(), false) };
         let start = match after {
-            Some(a) => events.partition_point(|w| unpack(*w).0 <= a),
+            Some(a) => events.partition_point(|w| unpack(w).0 <= a),
             None => 0,
         };
         let mut out = Vec::with_capacity(limit);
-        for (walked, w) in events[start..].iter().enumerate() {
-            let (seq, kind) = unpack(*w);
+        for (walked, w) in events.from(start).enumerate() {
+            let (seq, kind) = unpack(w);
             if kinds.is_empty() || kind.is_some_and(|k| kinds.contains(&k)) {
                 if out.len() == limit {
                     return (out, true);
@@ -229,10 +284,10 @@ impl EventLog {
     ) -> Vec<(u64, EventType)> {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         let Some(events) = index.tenants.get(tenant) else { return Vec::new() };
-        let start = events.partition_point(|w| unpack(*w).0 < from);
-        events[start..]
-            .iter()
-            .map(|w| unpack(*w))
+        let start = events.partition_point(|w| unpack(w).0 < from);
+        events
+            .from(start)
+            .map(unpack)
             .take_while(|(seq, _)| *seq < to)
             .filter_map(|(seq, k)| Some((seq, k?)))
             .filter(|(_, k)| kinds.is_empty() || kinds.contains(k))
@@ -244,8 +299,8 @@ impl EventLog {
     pub fn has(&self, tenant: &str, seq: u64) -> bool {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         index.tenants.get(tenant).is_some_and(|events| {
-            let i = events.partition_point(|w| unpack(*w).0 < seq);
-            events.get(i).is_some_and(|w| unpack(*w).0 == seq)
+            let i = events.partition_point(|w| unpack(w).0 < seq);
+            events.get(i).is_some_and(|w| unpack(w).0 == seq)
         })
     }
 
@@ -631,6 +686,36 @@ pub async fn get_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tenant_events_forget_the_oldest_and_index_like_a_slice() {
+        let mut events = TenantEvents::default();
+        let all: Vec<u64> = (0..3 * SEGMENT_LEN as u64 + 10).map(|i| i * 2).collect();
+        for w in &all {
+            events.push(*w);
+        }
+        let mut kept: &[u64] = &all;
+        // Less than a segment, then across segment boundaries (whole segments are freed).
+        for forget in [5, SEGMENT_LEN - 2, SEGMENT_LEN + 7] {
+            events.forget(forget);
+            kept = &kept[forget..];
+            assert_eq!(events.len(), kept.len());
+            assert_eq!(events.get(0), Some(kept[0]));
+            assert!(events.from(3).eq(kept[3..].iter().copied()));
+            for probe in [0, kept[0], kept[0] + 1, kept[17], *kept.last().unwrap() + 1] {
+                assert_eq!(
+                    events.partition_point(|w| w < probe),
+                    kept.partition_point(|w| *w < probe),
+                    "{probe}"
+                );
+            }
+        }
+        assert!(events.start < SEGMENT_LEN, "whole forgotten segments are freed");
+        events.forget(usize::MAX);
+        assert_eq!((events.len(), events.get(0)), (0, None));
+        events.push(7);
+        assert_eq!(events.get(0), Some(7));
+    }
 
     #[test]
     fn packing_keeps_sequence_and_type() {

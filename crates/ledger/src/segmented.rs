@@ -147,6 +147,18 @@ impl<T> Segmented<T> {
         lo
     }
 
+    /// Removes the first `count` whole segments (all of them if fewer), that is the first
+    /// `count * SEGMENT_LEN` elements: how a window over an append-only sequence forgets its oldest
+    /// part without moving the rest. Later indexes shift down by what was removed.
+    pub fn remove_front_segments(&mut self, count: usize) {
+        let count = count.min(self.segments.len());
+        let removed: usize = self.segments.drain(..count).map(|s| s.len()).sum();
+        self.len -= removed;
+        // Every segment left but the last is still full, so indexing stays `index >> SEGMENT_SHIFT`.
+        debug_assert!(self.segments.iter().rev().skip(1).all(|s| s.len() == SEGMENT_LEN));
+        debug_assert_eq!(self.len, self.segments.iter().map(|s| s.len()).sum::<usize>());
+    }
+
     /// Bytes allocated for elements (for memory estimates).
     pub fn allocated_bytes(&self) -> usize {
         self.segments.iter().map(|s| s.capacity() * std::mem::size_of::<T>()).sum::<usize>()
@@ -352,6 +364,30 @@ mod tests {
             assert_eq!(s.last(), v.last());
         }
         assert!(s.is_empty() && s.get(0).is_none());
+    }
+
+    #[test]
+    fn removing_front_segments_shifts_indexes_and_keeps_pushing() {
+        let mut s = Segmented::new();
+        for i in 0..(3 * SEGMENT_LEN + 5) {
+            s.push(i);
+        }
+        s.remove_front_segments(2);
+        assert_eq!(s.len(), SEGMENT_LEN + 5);
+        assert_eq!(s[0], 2 * SEGMENT_LEN);
+        assert_eq!(s.partition_point(|&x| x < 3 * SEGMENT_LEN), SEGMENT_LEN);
+        for i in 0..SEGMENT_LEN {
+            s.push(3 * SEGMENT_LEN + 5 + i);
+        }
+        assert!(s.iter().copied().eq(2 * SEGMENT_LEN..4 * SEGMENT_LEN + 5));
+        assert!(s
+            .range(SEGMENT_LEN - 1, SEGMENT_LEN + 2)
+            .copied()
+            .eq(3 * SEGMENT_LEN - 1..3 * SEGMENT_LEN + 2));
+        s.remove_front_segments(10);
+        assert!(s.is_empty() && s.get(0).is_none());
+        s.push(7);
+        assert_eq!((s.len(), s[0]), (1, 7));
     }
 
     fn h(i: u32) -> u64 {

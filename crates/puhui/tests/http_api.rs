@@ -392,6 +392,49 @@ async fn operations_endpoints_and_openapi() {
     );
 }
 
+/// Runs `puhui bench http` against `server` and returns its JSON summary line.
+fn bench_http(server: &Server, args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["bench", "http", "--url", &server.url(""), "--accounts", "20", "--connections", "4"])
+        .args(args)
+        .env("PUHUI_ADMIN_TOKEN", ADMIN)
+        .output()
+        .expect("run puhui bench http");
+    assert!(out.status.success(), "bench http failed: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("one JSON summary line")
+}
+
+#[tokio::test]
+async fn bench_http_loads_in_closed_and_open_loops() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    // Closed loop, batches: every request posts its whole batch.
+    let batch = bench_http(&server, &["--duration", "1", "--mode", "batch", "--batch", "10"]);
+    let requests = batch["requests"].as_u64().unwrap();
+    assert!(requests > 0 && batch["errors"] == 0, "{batch}");
+    assert_eq!(batch["offered_per_s"], 0);
+    // Open loop: 100 requests due in one second over 4 connections, no more.
+    let open = bench_http(&server, &["--duration", "1", "--rate", "100"]);
+    let sent = open["requests"].as_u64().unwrap();
+    assert!((1..=100).contains(&sent) && open["errors"] == 0, "{open}");
+    assert_eq!(open["offered_per_s"], 100);
+    assert!(open["p50_ms"].as_f64().unwrap() <= open["p99_ms"].as_f64().unwrap());
+    // Every transfer the two runs were told about is in the ledger (the bench tenants' own).
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let posted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("puhui_transfers_total{") && l.contains(r#"result="ok""#))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(posted as u64, requests * 10 + sent, "transfers counted by the server");
+    // A bad URL is a clear error, not a hang.
+    let bad = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["bench", "http", "--url", "https://127.0.0.1:1", "--duration", "1", "--admin-token", "x"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+}
+
 #[tokio::test]
 async fn graceful_shutdown_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
