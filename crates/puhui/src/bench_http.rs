@@ -2,7 +2,10 @@
 //!
 //! It creates its own tenant (with the admin token) and accounts, then runs `--connections` loops
 //! for `--duration` seconds, each posting one transfer (`--mode single`) or a batch (`--mode batch`)
-//! per request. Bounded: it stops by itself, and it only talks to the URL it is given.
+//! per request: back to back (a closed loop, the server's saturation) or, with `--rate`, on a
+//! schedule (an open loop). The load goes through [`Conn`], a minimal keep-alive HTTP/1.1 client on
+//! one thread, so that the client takes little of cores it shares with the server. Bounded: it
+//! stops by itself, and it only talks to the URL it is given.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -53,6 +56,10 @@ pub struct HttpArgs {
     /// soon as the last is answered (the server's saturation).
     #[arg(long)]
     rate: Option<std::num::NonZeroU64>,
+    /// Every transfer carries a `risk_context` (device, IP, channel, KYC tier), so a server with
+    /// risk control decides each one inline before posting it.
+    #[arg(long)]
+    risk_context: bool,
 }
 
 /// Most requests per second `--rate` may ask for.
@@ -158,6 +165,7 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
     for worker in 0..args.connections {
         let (target, key) = (target.clone(), key.clone());
         let (mode, batch, accounts, connections) = (args.mode, args.batch, args.accounts, args.connections);
+        let risk_context = args.risk_context;
         workers.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64);
             let mut stats = Stats { latencies_us: Vec::new(), transfers: 0, errors: 0 };
@@ -171,9 +179,20 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
                 let credit = (debit + 1 + rng.random_range(0..accounts - 1)) % accounts;
                 let _ = write!(
                     out,
-                    r#"{{"id":"w{worker}-{n}","debit_account_id":"acct-{debit}","credit_account_id":"acct-{credit}","amount":{},"currency":"CNY"}}"#,
+                    r#"{{"id":"w{worker}-{n}","debit_account_id":"acct-{debit}","credit_account_id":"acct-{credit}","amount":{},"currency":"CNY""#,
                     rng.random_range(1..100_000u64)
                 );
+                if risk_context {
+                    // The payer's device and an address from the pair, as `bench/http/single.lua`
+                    // sends them with RISK=1.
+                    let _ = write!(
+                        out,
+                        r#","risk_context":{{"device_id":"dev-{debit}","ip":"10.0.{}.{}","channel":"app","kyc_tier":"3"}}"#,
+                        debit % 256,
+                        credit % 256
+                    );
+                }
+                out.push(b'}');
             };
             // Open loop: this connection's requests are due every `connections / rate` seconds,
             // offset so that the connections' requests interleave.

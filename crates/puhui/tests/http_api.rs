@@ -413,8 +413,9 @@ async fn bench_http_loads_in_closed_and_open_loops() {
     let requests = batch["requests"].as_u64().unwrap();
     assert!(requests > 0 && batch["errors"] == 0, "{batch}");
     assert_eq!(batch["offered_per_s"], 0);
-    // Open loop: 100 requests due in one second over 4 connections, no more.
-    let open = bench_http(&server, &["--duration", "1", "--rate", "100"]);
+    // Open loop: 100 requests due in one second over 4 connections, no more (each with a risk
+    // context, which a server without risk control accepts and ignores).
+    let open = bench_http(&server, &["--duration", "1", "--rate", "100", "--risk-context"]);
     let sent = open["requests"].as_u64().unwrap();
     assert!((1..=100).contains(&sent) && open["errors"] == 0, "{open}");
     assert_eq!(open["offered_per_s"], 100);
