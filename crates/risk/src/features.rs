@@ -12,11 +12,21 @@
 //! (the oldest go first; a window that would need more reports `saturated`, its count a lower bound),
 //! and the store keeps at most `keys_max` keys (beyond it the least recently seen tenth is evicted,
 //! oldest first). Events older than the longest window in use are pruned as keys are touched.
+//!
+//! Windows are not rescanned per decision: each key keeps, for up to `agg::RUNS_PER_KEY_MAX` window
+//! lengths, the aggregates of the events in its window at the last query, and moves them by the
+//! events that entered or left since (`agg`). The figures depend only on the events in the window,
+//! so they are the same bit for bit whatever was asked before (a backtest, a restarted node). A
+//! kept window costs ~130 bytes plus, for distinct counts, one map entry per counterparty in it
+//! (at most `events_per_key_max`): at most about what the key's events cost.
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 
 use foldhash::fast::RandomState;
 use hashbrown::HashMap;
+
+mod agg;
 
 /// Bounds on the feature store's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -67,9 +77,17 @@ struct Event {
     counterparty: u64,
 }
 
-#[derive(Debug)]
 struct KeyState {
+    /// In time order; `events[i]` has sequence number `front_seq + i`.
     events: VecDeque<Event>,
+    /// The sequence number of `events[0]` (it grows as old events are dropped).
+    front_seq: u64,
+    /// The timestamp of `events[0]` (0 if none), kept here so that the horizon check of a record
+    /// does not read the oldest event, often in memory no longer cached.
+    oldest_ns: u64,
+    /// The aggregates of the windows asked about, moved incrementally (a cache: taken out while a
+    /// query moves them, so reads through `&self` can keep them up to date).
+    runs: Cell<Vec<agg::Run>>,
     first_seen_ns: u64,
     last_seen_ns: u64,
     /// Events dropped because of `events_per_key_max` (windows reaching back that far saturate).
@@ -113,8 +131,8 @@ impl WindowStats {
 pub struct WindowQuery {
     /// The window's length: events in `(now − window_ns, now]`.
     pub window_ns: u64,
-    /// Whether to count distinct counterparties (a sort of the window's events); without it
-    /// `distinct_counterparties` is 0.
+    /// Whether to count distinct counterparties (a count per counterparty kept for the window);
+    /// without it `distinct_counterparties` is 0.
     pub distinct: bool,
 }
 
@@ -179,46 +197,17 @@ impl FeatureStore {
 
     /// Aggregates of `key` over the window of `window_ns` ending at `now_ns` (events recorded so far).
     pub fn window(&self, namespace: Namespace, key: &str, now_ns: u64, window_ns: u64) -> WindowStats {
-        let Some(state) = self.get(namespace, key) else {
-            return WindowStats::default();
-        };
-        let start_exclusive = now_ns.saturating_sub(window_ns);
-        let mut stats = WindowStats::default();
-        let mut seen: Vec<u64> = Vec::new();
-        let (mut sum_f, mut sum_sq) = (0.0f64, 0.0f64);
-        for e in state.events.iter().rev() {
-            if e.timestamp_ns > now_ns {
-                continue; // recorded "in the future" of this query (a backtest asking about the past)
-            }
-            if e.timestamp_ns <= start_exclusive && window_ns <= now_ns {
-                break;
-            }
-            stats.count += 1;
-            stats.sum_minor = stats.sum_minor.saturating_add(e.amount_minor);
-            stats.max_minor = stats.max_minor.max(e.amount_minor);
-            let a = e.amount_minor as f64;
-            sum_f += a;
-            sum_sq += a * a;
-            seen.push(e.counterparty);
-        }
-        // A small hash set or sort and dedup: where a `contains` scan was O(n²) (a busy merchant's
-        // 1,024 events made that the most expensive step of a decision).
-        stats.distinct_counterparties = distinct_count(&seen, &mut Vec::new());
-        if stats.count > 0 {
-            let n = stats.count as f64;
-            stats.mean_minor = sum_f / n;
-            stats.stddev_minor =
-                if stats.count > 1 { (sum_sq / n - stats.mean_minor.powi(2)).max(0.0).sqrt() } else { 0.0 };
-        }
-        stats.saturated = state.dropped_newest_ns > start_exclusive;
-        stats
+        let mut out = [WindowStats::default()];
+        self.windows(namespace, key, now_ns, &[WindowQuery { window_ns, distinct: true }], &mut out);
+        out[0]
     }
 
-    /// The aggregates of `key` over several windows ending at `now_ns`, in one scan of its events:
-    /// `out[i]` becomes exactly `self.window(namespace, key, now_ns, queries[i].window_ns)` (with
-    /// `distinct_counterparties` 0 where `queries[i].distinct` is false). Queries sorted by
-    /// ascending `window_ns` share the scan; otherwise each is scanned on its own. Pairs beyond
-    /// the shorter of `queries` and `out` are left alone.
+    /// The aggregates of `key` over several windows ending at `now_ns`: `out[i]` becomes exactly
+    /// `self.window(namespace, key, now_ns, queries[i].window_ns)` (with `distinct_counterparties`
+    /// 0 where `queries[i].distinct` is false). Each window length's aggregates are kept per key and
+    /// moved by the events that entered or left the window since the last call (see `agg`), so a
+    /// call costs about the events that changed, not the events in the windows. Pairs beyond the
+    /// shorter of `queries` and `out` are left alone.
     pub fn windows(
         &self,
         namespace: Namespace,
@@ -229,88 +218,16 @@ impl FeatureStore {
     ) {
         let n = queries.len().min(out.len());
         let (queries, out) = (&queries[..n], &mut out[..n]);
-        if !queries.windows(2).all(|w| w[0].window_ns <= w[1].window_ns) {
-            for (q, o) in queries.iter().zip(out.iter_mut()) {
-                *o = self.window(namespace, key, now_ns, q.window_ns);
-                if !q.distinct {
-                    o.distinct_counterparties = 0;
-                }
-            }
-            return;
-        }
-        out.fill(WindowStats::default());
         let Some(state) = self.get(namespace, key) else {
+            out.fill(WindowStats::default());
             return;
         };
-        let distinct = queries.iter().any(|q| q.distinct);
-        // The scanned events' counterparties (newest first), on the stack for a short history.
-        let mut seen_inline = [0u64; SEEN_INLINE];
-        let mut seen_heap: Vec<u64> = Vec::new();
-        let seen_all: &mut [u64] = if !distinct {
-            &mut []
-        } else if state.events.len() <= SEEN_INLINE {
-            &mut seen_inline[..state.events.len()]
-        } else {
-            seen_heap.resize(state.events.len(), 0);
-            &mut seen_heap
-        };
-        let mut seen_len = 0usize;
-        let mut scratch: Vec<u64> = Vec::new();
-        // Running aggregates of the events scanned so far (newest first), in the same order and
-        // arithmetic as `window`, so each window's figures are bit for bit its own scan's.
-        let mut run = WindowStats::default();
-        let (mut sum_f, mut sum_sq) = (0.0f64, 0.0f64);
-        let mut next = 0usize; // the first window not yet closed
-        let mut close = |k: usize, run: &WindowStats, sum_f: f64, sum_sq: f64, seen: &[u64]| {
-            debug_assert!(!queries[k].distinct || seen.len() as u64 == run.count);
-            let q = queries[k];
-            let mut stats = *run;
-            if q.distinct {
-                stats.distinct_counterparties = distinct_count(seen, &mut scratch);
-            }
-            if stats.count > 0 {
-                let n = stats.count as f64;
-                stats.mean_minor = sum_f / n;
-                stats.stddev_minor = if stats.count > 1 {
-                    (sum_sq / n - stats.mean_minor.powi(2)).max(0.0).sqrt()
-                } else {
-                    0.0
-                };
-            }
-            stats.saturated = state.dropped_newest_ns > now_ns.saturating_sub(q.window_ns);
-            out[k] = stats;
-        };
-        // An event at or before `closes_at_ns` is outside window `next` (`window`'s rule: at or
-        // before `now − window_ns`, for a window no longer than `now`); `None`: it never closes.
-        let closes_at = |k: usize| queries.get(k).and_then(|q| now_ns.checked_sub(q.window_ns));
-        let mut closes_at_ns = closes_at(next);
-        for e in state.events.iter().rev() {
-            if e.timestamp_ns > now_ns {
-                continue; // recorded "in the future" of this query (a backtest asking about the past)
-            }
-            // Close every window this event (and so every older one) is outside of.
-            while closes_at_ns.is_some_and(|at_ns| e.timestamp_ns <= at_ns) {
-                close(next, &run, sum_f, sum_sq, &seen_all[..seen_len]);
-                next += 1;
-                closes_at_ns = closes_at(next);
-            }
-            if next == n {
-                break;
-            }
-            run.count += 1;
-            run.sum_minor = run.sum_minor.saturating_add(e.amount_minor);
-            run.max_minor = run.max_minor.max(e.amount_minor);
-            let a = e.amount_minor as f64;
-            sum_f += a;
-            sum_sq += a * a;
-            if let Some(slot) = seen_all.get_mut(seen_len) {
-                *slot = e.counterparty;
-                seen_len += 1;
-            }
+        let mut runs = state.runs.take();
+        for (q, o) in queries.iter().zip(out.iter_mut()) {
+            *o = agg::query(&mut runs, &state.events, state.front_seq, now_ns, *q);
+            o.saturated = state.dropped_newest_ns > now_ns.saturating_sub(q.window_ns);
         }
-        for k in next..n {
-            close(k, &run, sum_f, sum_sq, &seen_all[..seen_len]);
-        }
+        state.runs.set(runs);
     }
 
     /// When `key` was first seen, if it was.
@@ -359,16 +276,33 @@ impl FeatureStore {
     ) {
         let limits = self.limits;
         let state = self.touch(namespace, key, timestamp_ns);
-        // Keep time order even if events arrive slightly out of order (backfills).
-        let at = state.events.partition_point(|e| e.timestamp_ns <= timestamp_ns);
-        state.events.insert(at, Event { timestamp_ns, amount_minor, counterparty });
-        let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
-        while state.events.front().is_some_and(|e| e.timestamp_ns < horizon) {
-            state.events.pop_front();
+        // Keep time order even if events arrive slightly out of order (backfills); the usual event
+        // is the newest, appended without searching (a search's reads of a cold key cost more).
+        let at = match state.events.back() {
+            Some(newest) if newest.timestamp_ns > timestamp_ns => {
+                state.events.partition_point(|e| e.timestamp_ns <= timestamp_ns)
+            }
+            _ => state.events.len(),
+        };
+        let event = Event { timestamp_ns, amount_minor, counterparty };
+        state.events.insert(at, event);
+        let runs = state.runs.get_mut();
+        agg::inserted(runs, state.front_seq + at as u64, &event);
+        if at == 0 {
+            state.oldest_ns = timestamp_ns;
         }
-        while state.events.len() > limits.events_per_key_max {
+        let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
+        while (!state.events.is_empty() && state.oldest_ns < horizon)
+            || state.events.len() > limits.events_per_key_max
+        {
             let dropped = state.events.pop_front().expect("non-empty");
-            state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
+            agg::dropped_front(runs, state.front_seq, &dropped);
+            state.front_seq += 1;
+            state.oldest_ns = state.events.front().map_or(0, |e| e.timestamp_ns);
+            if dropped.timestamp_ns >= horizon {
+                // Dropped by the per-key bound, not by age: windows reaching back this far saturate.
+                state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
+            }
         }
         debug_assert!(state.events.len() <= limits.events_per_key_max);
         if self.keys_len > limits.keys_max {
@@ -408,62 +342,6 @@ impl FeatureStore {
     }
 }
 
-/// Counterparties of a multi-window scan kept on the stack (a key with more events uses the heap).
-const SEEN_INLINE: usize = 128;
-/// Slots of the stack hash set that counts distinct counterparties (a power of two, at least twice
-/// the values it takes, so probes are short and always end).
-const DISTINCT_SLOTS: usize = 128;
-
-/// The number of distinct values in `values`, exact: an open-addressing set with at least twice
-/// as many slots as values, on the stack for up to `DISTINCT_SLOTS / 2` values, otherwise in
-/// `scratch` (linear in the values, where a sort and dedup had been `n log n`: a payer with a few
-/// hundred events in the window made that most of a decision's feature time).
-fn distinct_count(values: &[u64], scratch: &mut Vec<u64>) -> u64 {
-    if values.len() <= DISTINCT_SLOTS / 2 {
-        let mut slots = [0u64; DISTINCT_SLOTS];
-        return count_distinct_in(values, &mut slots);
-    }
-    let slots = (values.len() * 2).next_power_of_two();
-    scratch.clear();
-    scratch.resize(slots, 0);
-    count_distinct_in(values, scratch)
-}
-
-/// [`distinct_count`] with `slots` (zeroed, a power of two, at least twice `values.len()`) as the
-/// set.
-fn count_distinct_in(values: &[u64], slots: &mut [u64]) -> u64 {
-    debug_assert!(slots.len().is_power_of_two() && slots.len() >= 2 * values.len());
-    debug_assert!(slots.iter().all(|&s| s == 0));
-    let mask = slots.len() - 1;
-    let shift = 64 - slots.len().trailing_zeros();
-    // 0 marks an empty slot; a value of 0 is counted apart.
-    let mut zero = false;
-    let mut count = 0u64;
-    for &v in values {
-        if v == 0 {
-            zero = true;
-            continue;
-        }
-        // Fibonacci hashing of the (already hashed) value; linear probing.
-        let start = if shift >= 64 { 0 } else { (v.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> shift) as usize };
-        // At most half the slots are full, so an empty slot or the value is found within them.
-        for probe in 0..slots.len() {
-            let slot = &mut slots[(start + probe) & mask];
-            if *slot == v {
-                break;
-            }
-            if *slot == 0 {
-                *slot = v;
-                count += 1;
-                break;
-            }
-        }
-    }
-    count + u64::from(zero)
-}
-
-const _: () = assert!(DISTINCT_SLOTS.is_power_of_two() && DISTINCT_SLOTS >= 2);
-
 /// A borrowed key that hashes and compares like the stored `(Namespace, Box<str>)`, so lookups do
 /// not allocate.
 #[derive(Hash)]
@@ -490,6 +368,9 @@ fn touch<'m>(keys: &'m mut KeyMap, namespace: Namespace, key: &str, at_ns: u64) 
         hashbrown::hash_map::EntryRef::Vacant(entry) => (
             entry.insert(KeyState {
                 events: VecDeque::new(),
+                front_seq: 0,
+                oldest_ns: 0,
+                runs: Cell::new(Vec::new()),
                 first_seen_ns: at_ns,
                 last_seen_ns: at_ns,
                 dropped_newest_ns: 0,
@@ -548,34 +429,5 @@ mod tests {
         assert!(!store.is_new_payee("acct-4999", "shop"));
         assert_eq!(store.first_seen_ns(Namespace::Payer, "acct-0"), None);
         assert!(store.is_new_payee("acct-0", "shop"));
-    }
-
-    #[test]
-    fn distinct_count_is_exact() {
-        let mut state = 0x1234_5678_9ABC_DEF0u64;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
-        // One scratch for every call, as `windows` uses it: left dirty by the call before.
-        let mut scratch = Vec::new();
-        for len in 0..(3 * DISTINCT_SLOTS) {
-            for pool in [1u64, 3, 17, 1_000] {
-                // Values from a small pool (many repeats), zero among them, some sharing a slot.
-                let values: Vec<u64> = (0..len)
-                    .map(|_| match next() % 4 {
-                        0 => 0,
-                        1 => (next() % pool) << 57,
-                        _ => next() % pool,
-                    })
-                    .collect();
-                let mut want = values.clone();
-                want.sort_unstable();
-                want.dedup();
-                assert_eq!(distinct_count(&values, &mut scratch), want.len() as u64, "{values:?}");
-            }
-        }
     }
 }

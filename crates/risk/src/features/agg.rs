@@ -1,0 +1,289 @@
+//! Window aggregates kept per key and moved incrementally: a decision asks each of its windows
+//! about the events in `(now − window, now]`, and between two decisions a key usually gains one
+//! event at its newest end and loses a few at the oldest. So each `(key, window length)` keeps the
+//! aggregates of a contiguous run of the key's events and moves the run's two ends, instead of
+//! scanning every event in the window (a busy key's 1,024 events made that scan most of a
+//! decision's time).
+//!
+//! Exactness: every figure is a function of the multiset of events in the window only, never of
+//! the order the run was built in, so a run moved event by event gives bit for bit what a run
+//! built from scratch gives (what a backtest, a restarted node or a second store computes). Sums
+//! are exact integers (the sum of squares in 192 bits), converted to `f64` only at the end; the
+//! largest amount is recomputed from the run's events when its last copy leaves; distinct
+//! counterparties are a count per counterparty.
+
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use super::{Event, WindowQuery, WindowStats};
+
+/// Window lengths whose runs a key keeps; a key asked about more replaces its oldest run.
+pub(super) const RUNS_PER_KEY_MAX: usize = 8;
+
+/// Events a run's end moves one at a time before the end is found by binary search instead.
+const SEEK_STEPS_MAX: u64 = 16;
+
+/// Counterparty hashes are already hashes: the map uses them as they are.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `write_u64` is used (the keys are `u64`); fold anything else in, for totality.
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// Events per counterparty hash in a run.
+type Counts = hashbrown::HashMap<u64, u32, BuildHasherDefault<Prehashed>>;
+
+/// The aggregates of the events of one key with sequence numbers `lo..hi` (the key's event at
+/// deque index `i` has sequence number `front_seq + i`).
+#[derive(Debug, Clone)]
+pub(super) struct Run {
+    window_ns: u64,
+    lo: u64,
+    hi: u64,
+    count: u64,
+    sum_minor: u128,
+    /// The sum of squared amounts: `squares_high · 2^128 + squares_low`, exact.
+    squares_low: u128,
+    squares_high: u64,
+    /// The largest amount and how many events have it (valid unless `max_stale`).
+    max_minor: u64,
+    max_count: u64,
+    /// The last copy of the largest amount left the run: recompute before reading.
+    max_stale: bool,
+    /// Events per counterparty, if this run was asked for distinct counterparties.
+    counterparties: Option<Counts>,
+}
+
+impl Run {
+    fn new(window_ns: u64, at: u64) -> Run {
+        Run {
+            window_ns,
+            lo: at,
+            hi: at,
+            count: 0,
+            sum_minor: 0,
+            squares_low: 0,
+            squares_high: 0,
+            max_minor: 0,
+            max_count: 0,
+            max_stale: false,
+            counterparties: None,
+        }
+    }
+
+    fn add(&mut self, e: &Event) {
+        self.count += 1;
+        self.sum_minor += u128::from(e.amount_minor);
+        let square = u128::from(e.amount_minor) * u128::from(e.amount_minor);
+        let (low, carry) = self.squares_low.overflowing_add(square);
+        self.squares_low = low;
+        self.squares_high += u64::from(carry);
+        if self.count == 1 {
+            (self.max_minor, self.max_count, self.max_stale) = (e.amount_minor, 1, false);
+        } else if !self.max_stale {
+            if e.amount_minor > self.max_minor {
+                (self.max_minor, self.max_count) = (e.amount_minor, 1);
+            } else if e.amount_minor == self.max_minor {
+                self.max_count += 1;
+            }
+        }
+        if let Some(counts) = &mut self.counterparties {
+            *counts.entry(e.counterparty).or_insert(0) += 1;
+        }
+    }
+
+    fn remove(&mut self, e: &Event) {
+        debug_assert!(self.count > 0, "removing from an empty run");
+        self.count -= 1;
+        self.sum_minor -= u128::from(e.amount_minor);
+        let square = u128::from(e.amount_minor) * u128::from(e.amount_minor);
+        let (low, borrow) = self.squares_low.overflowing_sub(square);
+        self.squares_low = low;
+        self.squares_high -= u64::from(borrow);
+        if self.count == 0 {
+            (self.max_minor, self.max_count, self.max_stale) = (0, 0, false);
+        } else if !self.max_stale && e.amount_minor == self.max_minor {
+            self.max_count -= 1;
+            self.max_stale = self.max_count == 0;
+        }
+        if let Some(counts) = &mut self.counterparties {
+            match counts.entry(e.counterparty) {
+                hashbrown::hash_map::Entry::Occupied(mut o) if *o.get() > 1 => *o.get_mut() -= 1,
+                hashbrown::hash_map::Entry::Occupied(o) => {
+                    o.remove();
+                }
+                hashbrown::hash_map::Entry::Vacant(_) => {
+                    debug_assert!(false, "a counterparty not in the run")
+                }
+            }
+        }
+    }
+
+    /// Makes this the run of `lo..hi`: moves its ends event by event where the old and the new
+    /// run overlap enough, otherwise rebuilds it from the events.
+    fn move_to(&mut self, events: &VecDeque<Event>, front_seq: u64, lo: u64, hi: u64, distinct: bool) {
+        debug_assert!(front_seq <= lo && lo <= hi && hi <= front_seq + events.len() as u64);
+        let at = |s: u64| &events[(s - front_seq) as usize];
+        let moves = lo.abs_diff(self.lo) + hi.abs_diff(self.hi);
+        let overlap = hi > self.lo && lo < self.hi;
+        if (distinct && self.counterparties.is_none()) || !overlap || moves > hi - lo {
+            let mut counterparties = self.counterparties.take();
+            if let Some(counts) = &mut counterparties {
+                counts.clear();
+            } else if distinct {
+                counterparties = Some(Counts::default());
+            }
+            *self = Run { counterparties, ..Run::new(self.window_ns, lo) };
+            for s in lo..hi {
+                self.add(at(s));
+            }
+        } else {
+            // Within the overlap every removed event is in the run and every added one is not.
+            for s in self.hi..hi {
+                self.add(at(s));
+            }
+            for s in hi..self.hi {
+                self.remove(at(s));
+            }
+            for s in self.lo..lo {
+                self.remove(at(s));
+            }
+            for s in lo..self.lo {
+                self.add(at(s));
+            }
+        }
+        (self.lo, self.hi) = (lo, hi);
+        if self.max_stale {
+            let max_minor = (lo..hi).map(|s| at(s).amount_minor).max().unwrap_or(0);
+            self.max_count = (lo..hi).filter(|&s| at(s).amount_minor == max_minor).count() as u64;
+            (self.max_minor, self.max_stale) = (max_minor, false);
+        }
+        debug_assert_eq!(self.count, hi - lo);
+        debug_assert!(self.counterparties.as_ref().is_none_or(|c| c.len() as u64 <= self.count));
+    }
+
+    /// The run's figures (`saturated` is the caller's: it depends on the key, not the run).
+    fn stats(&self, distinct: bool) -> WindowStats {
+        debug_assert!(!self.max_stale);
+        let mut stats = WindowStats {
+            count: self.count,
+            sum_minor: u64::try_from(self.sum_minor).unwrap_or(u64::MAX),
+            max_minor: self.max_minor,
+            distinct_counterparties: match (&self.counterparties, distinct) {
+                (Some(counts), true) => counts.len() as u64,
+                _ => 0,
+            },
+            ..WindowStats::default()
+        };
+        if self.count > 0 {
+            let n = self.count as f64;
+            stats.mean_minor = self.sum_minor as f64 / n;
+            if self.count > 1 {
+                let squares = self.squares_high as f64 * 2f64.powi(128) + self.squares_low as f64;
+                stats.stddev_minor = (squares / n - stats.mean_minor.powi(2)).max(0.0).sqrt();
+            }
+        }
+        stats
+    }
+}
+
+/// The figures of window `query` at `now_ns` over a key's events (sorted by time; the first has
+/// sequence number `front_seq`), moving or creating the key's run for that window length.
+pub(super) fn query(
+    runs: &mut Vec<Run>,
+    events: &VecDeque<Event>,
+    front_seq: u64,
+    now_ns: u64,
+    query: WindowQuery,
+) -> WindowStats {
+    let index = match runs.iter().position(|r| r.window_ns == query.window_ns) {
+        Some(i) => i,
+        None => {
+            if runs.len() >= RUNS_PER_KEY_MAX {
+                runs.remove(0);
+            }
+            runs.push(Run::new(query.window_ns, front_seq));
+            runs.len() - 1
+        }
+    };
+    let run = &mut runs[index];
+    // The window rule: events in `(now − window, now]`; a window longer than `now` has no start.
+    let hi = seek(events, front_seq, run.hi, |e| e.timestamp_ns <= now_ns);
+    let lo = match now_ns.checked_sub(query.window_ns) {
+        Some(start_ns) => seek(events, front_seq, run.lo, |e| e.timestamp_ns <= start_ns).min(hi),
+        None => front_seq,
+    };
+    run.move_to(events, front_seq, lo, hi, query.distinct);
+    run.stats(query.distinct)
+}
+
+/// The sequence number of the first event not `inside` (the events are sorted, so `inside` holds
+/// for a prefix), searched from `hint` outwards and by binary search past [`SEEK_STEPS_MAX`].
+fn seek(events: &VecDeque<Event>, front_seq: u64, hint: u64, inside: impl Fn(&Event) -> bool) -> u64 {
+    let end = front_seq + events.len() as u64;
+    let at = |s: u64| &events[(s - front_seq) as usize];
+    let mut s = hint.clamp(front_seq, end);
+    let mut steps = 0;
+    if s < end && inside(at(s)) {
+        while s < end && inside(at(s)) {
+            s += 1;
+            steps += 1;
+            if steps > SEEK_STEPS_MAX {
+                return front_seq + events.partition_point(&inside) as u64;
+            }
+        }
+    } else {
+        while s > front_seq && !inside(at(s - 1)) {
+            s -= 1;
+            steps += 1;
+            if steps > SEEK_STEPS_MAX {
+                return front_seq + events.partition_point(&inside) as u64;
+            }
+        }
+    }
+    s
+}
+
+/// Keeps the runs right when an event is inserted with sequence number `seq` (later events move
+/// up by one): a run past it moves up, a run around it takes it in.
+pub(super) fn inserted(runs: &mut [Run], seq: u64, e: &Event) {
+    for run in runs {
+        if seq <= run.lo {
+            run.lo += 1;
+            run.hi += 1;
+        } else if seq < run.hi {
+            run.add(e);
+            run.hi += 1;
+        }
+    }
+}
+
+/// Keeps the runs right when the oldest event (sequence number `seq`) is dropped (a largest amount
+/// that leaves is recomputed by the next query, which moves the run first).
+pub(super) fn dropped_front(runs: &mut [Run], seq: u64, e: &Event) {
+    for run in runs {
+        debug_assert!(run.lo >= seq);
+        if run.lo == seq {
+            if run.hi > seq {
+                run.remove(e);
+            } else {
+                run.hi = seq + 1;
+            }
+            run.lo = seq + 1;
+        }
+    }
+}
