@@ -43,6 +43,11 @@ pub struct RiskArgs {
     /// Which evaluators to time.
     #[arg(long, value_enum, default_value_t = Evaluators::Both)]
     evaluator: Evaluators,
+    /// Record each decided event in the feature store, time moving on a tenth of a second per
+    /// decision, as the server does (so the windows move); without it every timed decision reads
+    /// the store as the history left it.
+    #[arg(long)]
+    record: bool,
 }
 
 /// One evaluator's figures.
@@ -55,18 +60,33 @@ struct Figures {
     declined: usize,
 }
 
-/// Times `decisions` decisions of `engine` over the warm store, each timed on its own.
-fn time(warm: &puhui_risk::synthetic::Warm, engine: &Engine, decisions: usize) -> Figures {
+/// Times `decisions` decisions of `engine` over the warm store, each timed on its own; with
+/// `record`, each decided event is recorded too (in the time), events numbered on from `*next`.
+fn time(
+    warm: &mut puhui_risk::synthetic::Warm,
+    engine: &Engine,
+    decisions: usize,
+    record: bool,
+    next: &mut usize,
+) -> Figures {
+    let mut decide = |warm: &mut puhui_risk::synthetic::Warm, k: usize| {
+        if record {
+            *next += 1;
+            warm.decide_and_record(engine, *next - 1)
+        } else {
+            engine.decide(&warm.store, &warm.event(k))
+        }
+    };
     // Warm caches and branch predictors (and the allocator) first.
     for k in 0..decisions.min(10_000) {
-        std::hint::black_box(engine.decide(&warm.store, &warm.event(k)));
+        std::hint::black_box(decide(warm, k));
     }
     let mut latencies_ns: Vec<u64> = Vec::with_capacity(decisions);
     let mut declined = 0usize;
     let started = Instant::now();
     for k in 0..decisions {
         let t0 = Instant::now();
-        let d = engine.decide(&warm.store, &warm.event(k));
+        let d = decide(warm, k);
         latencies_ns.push(t0.elapsed().as_nanos() as u64);
         declined += (d.outcome == puhui_risk::Outcome::Decline) as usize;
     }
@@ -92,7 +112,7 @@ pub fn run(args: RiskArgs) -> anyhow::Result<ExitCode> {
     }
     let model =
         (!args.no_model).then(|| args.model.clone().unwrap_or_else(puhui_risk::synthetic::bench_model_path));
-    let warm = match &model {
+    let mut warm = match &model {
         None => puhui_risk::synthetic::warm(args.rules, args.history),
         Some(path) => puhui_risk::synthetic::warm_with_model(args.rules, args.history, path)
             .map_err(|e| anyhow!("model {}: {e}", path.display()))?,
@@ -105,24 +125,27 @@ pub fn run(args: RiskArgs) -> anyhow::Result<ExitCode> {
             format!("a {}-tree depth-{} model", m.num_trees(), m.max_depth())
         }
     };
-    let interpreter = Engine::with_evaluation(
-        Arc::clone(ruleset),
-        Arc::clone(warm.engine.lists()),
-        Evaluation::Interpreted,
-    );
+    let engine = |evaluation| {
+        Engine::with_evaluation(Arc::clone(ruleset), Arc::clone(warm.engine.lists()), evaluation)
+    };
+    let (interpreter, compiled) = (engine(Evaluation::Interpreted), engine(Evaluation::Compiled));
+    let compiled_rules = ruleset.compiled_rules();
+    let model_trees = ruleset.models.first().map_or(0, |m| m.model.num_trees());
     let mut json = Vec::new();
     let runs: &[(&str, &Engine)] = match args.evaluator {
-        Evaluators::Compiled => &[("compiled", &warm.engine)],
+        Evaluators::Compiled => &[("compiled", &compiled)],
         Evaluators::Interpreted => &[("interpreted", &interpreter)],
-        Evaluators::Both => &[("interpreted", &interpreter), ("compiled", &warm.engine)],
+        Evaluators::Both => &[("interpreted", &interpreter), ("compiled", &compiled)],
     };
+    let recording = if args.record { ", recording each event" } else { "" };
+    let mut next = 0usize;
     for (name, engine) in runs {
-        let f = time(&warm, engine, args.decisions);
+        let f = time(&mut warm, engine, args.decisions, args.record, &mut next);
         eprintln!(
-            "{name}: {} decisions, {} rules ({} compiled), 10 features, {model_label}: {:.0} decisions/s on one core, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
+            "{name}: {} decisions{recording}, {} rules ({} compiled), 10 features, {model_label}: {:.0} decisions/s on one core, p50 {:.1} µs, p99 {:.1} µs, p99.9 {:.1} µs",
             args.decisions,
             args.rules,
-            ruleset.compiled_rules(),
+            compiled_rules,
             f.per_s,
             f.p50_us,
             f.p99_us,
@@ -134,11 +157,12 @@ pub fn run(args: RiskArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     println!(
-        "{{\"decisions\":{},\"rules\":{},\"compiled_rules\":{},\"features\":10,\"model_trees\":{},{}}}",
+        "{{\"decisions\":{},\"rules\":{},\"compiled_rules\":{},\"features\":10,\"model_trees\":{},\"record\":{},{}}}",
         args.decisions,
         args.rules,
-        ruleset.compiled_rules(),
-        ruleset.models.first().map_or(0, |m| m.model.num_trees()),
+        compiled_rules,
+        model_trees,
+        args.record,
         json.join(",")
     );
     Ok(ExitCode::SUCCESS)

@@ -97,6 +97,26 @@ impl Warm {
     pub fn decide(&self, k: usize) -> crate::Decision {
         self.engine.decide(&self.store, &self.event(k))
     }
+
+    /// Decides the `k`-th benchmark event with `engine` as if it came `k` tenths of a second after
+    /// the history (each payer's next one 100 s after its last), then records it in the store
+    /// unless declined: what the server does with every transfer, so the windows move.
+    pub fn decide_and_record(&mut self, engine: &Engine, k: usize) -> crate::Decision {
+        const TENTH_OF_A_SECOND_NS: u64 = 100_000_000;
+        let event = RiskEvent {
+            payer: &self.payers[k % 1_000],
+            payee: "m5",
+            amount_minor: 25_000,
+            currency: "CNY",
+            timestamp_ns: self.now + k as u64 * TENTH_OF_A_SECOND_NS,
+            attributes: &self.attrs[k % 1_000],
+        };
+        let decision = engine.decide(&self.store, &event);
+        if decision.outcome != crate::Outcome::Decline {
+            engine.observe(&mut self.store, &event);
+        }
+        decision
+    }
 }
 
 /// An engine for `rules` synthetic rules and a store warmed with `history` events over 1,000 payers.
