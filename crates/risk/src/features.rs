@@ -85,6 +85,9 @@ struct KeyState {
     /// The timestamp of `events[0]` (0 if none), kept here so that the horizon check of a record
     /// does not read the oldest event, often in memory no longer cached.
     oldest_ns: u64,
+    /// The newest timestamp in `events` (0 if none): a window ending at or after it ends with the
+    /// newest event, known without reading it.
+    newest_ns: u64,
     /// The aggregates of the windows asked about, moved incrementally (a cache: taken out while a
     /// query moves them, so reads through `&self` can keep them up to date).
     runs: Cell<Vec<agg::Run>>,
@@ -224,7 +227,7 @@ impl FeatureStore {
         };
         let mut runs = state.runs.take();
         for (q, o) in queries.iter().zip(out.iter_mut()) {
-            *o = agg::query(&mut runs, &state.events, state.front_seq, now_ns, *q);
+            *o = agg::query(&mut runs, &state.events, state.front_seq, state.newest_ns, now_ns, *q);
             o.saturated = state.dropped_newest_ns > now_ns.saturating_sub(q.window_ns);
         }
         state.runs.set(runs);
@@ -291,6 +294,7 @@ impl FeatureStore {
         if at == 0 {
             state.oldest_ns = timestamp_ns;
         }
+        state.newest_ns = state.newest_ns.max(timestamp_ns);
         let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
         while (!state.events.is_empty() && state.oldest_ns < horizon)
             || state.events.len() > limits.events_per_key_max
@@ -299,6 +303,9 @@ impl FeatureStore {
             agg::dropped_front(runs, state.front_seq, &dropped);
             state.front_seq += 1;
             state.oldest_ns = state.events.front().map_or(0, |e| e.timestamp_ns);
+            if state.events.is_empty() {
+                state.newest_ns = 0;
+            }
             if dropped.timestamp_ns >= horizon {
                 // Dropped by the per-key bound, not by age: windows reaching back this far saturate.
                 state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
@@ -370,6 +377,7 @@ fn touch<'m>(keys: &'m mut KeyMap, namespace: Namespace, key: &str, at_ns: u64) 
                 events: VecDeque::new(),
                 front_seq: 0,
                 oldest_ns: 0,
+                newest_ns: 0,
                 runs: Cell::new(Vec::new()),
                 first_seen_ns: at_ns,
                 last_seen_ns: at_ns,

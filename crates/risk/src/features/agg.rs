@@ -66,6 +66,11 @@ pub(super) struct Run {
     max_stale: bool,
     /// Events per counterparty, if this run was asked for distinct counterparties.
     counterparties: Option<Counts>,
+    /// The window start of the last query, while the event at `lo` is still the one that query
+    /// found first in its window, with that event's timestamp: a later query with a start at or
+    /// after it, and before that timestamp, has the same `lo` without reading any event (the
+    /// oldest events of a key are rarely in the cache).
+    first: Option<(u64, u64)>,
 }
 
 impl Run {
@@ -82,7 +87,14 @@ impl Run {
             max_count: 0,
             max_stale: false,
             counterparties: None,
+            first: None,
         }
+    }
+
+    /// Whether the window starting after `start_ns` begins at `lo` still (see `first`).
+    fn starts_at_lo(&self, start_ns: u64, hi: u64) -> bool {
+        self.lo < hi
+            && self.first.is_some_and(|(last_start_ns, lo_ns)| last_start_ns <= start_ns && start_ns < lo_ns)
     }
 
     fn add(&mut self, e: &Event) {
@@ -202,11 +214,13 @@ impl Run {
 }
 
 /// The figures of window `query` at `now_ns` over a key's events (sorted by time; the first has
-/// sequence number `front_seq`), moving or creating the key's run for that window length.
+/// sequence number `front_seq`, the newest timestamp is `newest_ns`), moving or creating the key's
+/// run for that window length.
 pub(super) fn query(
     runs: &mut Vec<Run>,
     events: &VecDeque<Event>,
     front_seq: u64,
+    newest_ns: u64,
     now_ns: u64,
     query: WindowQuery,
 ) -> WindowStats {
@@ -222,12 +236,23 @@ pub(super) fn query(
     };
     let run = &mut runs[index];
     // The window rule: events in `(now − window, now]`; a window longer than `now` has no start.
-    let hi = seek(events, front_seq, run.hi, |e| e.timestamp_ns <= now_ns);
-    let lo = match now_ns.checked_sub(query.window_ns) {
-        Some(start_ns) => seek(events, front_seq, run.lo, |e| e.timestamp_ns <= start_ns).min(hi),
-        None => front_seq,
+    // Online, no event is after `now`: then the window ends with the newest, read from nowhere.
+    let end = front_seq + events.len() as u64;
+    let hi =
+        if now_ns >= newest_ns { end } else { seek(events, front_seq, run.hi, |e| e.timestamp_ns <= now_ns) };
+    let start_ns = now_ns.checked_sub(query.window_ns);
+    let (lo, known) = match start_ns {
+        Some(start_ns) if run.starts_at_lo(start_ns, hi) => (run.lo, true),
+        Some(start_ns) => (seek(events, front_seq, run.lo, |e| e.timestamp_ns <= start_ns).min(hi), false),
+        None => (front_seq, false),
     };
     run.move_to(events, front_seq, lo, hi, query.distinct);
+    if !known {
+        // The seek has just read the event at `lo`.
+        run.first = start_ns.filter(|_| lo < hi).map(|s| (s, events[(lo - front_seq) as usize].timestamp_ns));
+    } else if let (Some(start_ns), Some(first)) = (start_ns, &mut run.first) {
+        first.0 = start_ns;
+    }
     run.stats(query.distinct)
 }
 
@@ -265,6 +290,8 @@ pub(super) fn inserted(runs: &mut [Run], seq: u64, e: &Event) {
         if seq <= run.lo {
             run.lo += 1;
             run.hi += 1;
+            // The new event may be in the window, before `lo`: the next query must look.
+            run.first = None;
         } else if seq < run.hi {
             run.add(e);
             run.hi += 1;
@@ -284,6 +311,7 @@ pub(super) fn dropped_front(runs: &mut [Run], seq: u64, e: &Event) {
                 run.hi = seq + 1;
             }
             run.lo = seq + 1;
+            run.first = None;
         }
     }
 }
