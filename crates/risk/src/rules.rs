@@ -241,6 +241,10 @@ pub struct Ruleset {
     feature_groups: Vec<FeatureGroup>,
     /// Each model's input vector, resolved to where its values come from.
     model_inputs: Vec<Vec<ModelInput>>,
+    /// Whether a rule or a model reads `new_payee` / `new_device` (a decision looks them up in
+    /// the store, a cold pair key each, only if so; otherwise they are `false`, unread).
+    reads_new_payee: bool,
+    reads_new_device: bool,
 }
 
 /// Features over the same entity (one `FeatureStore::windows` call serves them all).
@@ -497,7 +501,13 @@ impl Ruleset {
                     })
                     .collect()
             })
-            .collect();
+            .collect::<Vec<Vec<ModelInput>>>();
+        let reads = |name: &str, input: fn(&ModelInput) -> bool| {
+            rules.iter().any(|r| r.program.references().has_variable(name))
+                || model_inputs.iter().flatten().any(input)
+        };
+        let reads_new_payee = reads("new_payee", |i| matches!(i, ModelInput::NewPayee));
+        let reads_new_device = reads("new_device", |i| matches!(i, ModelInput::NewDevice));
         Ok(Ruleset {
             version: file.version,
             review_at: file.thresholds.review,
@@ -509,6 +519,8 @@ impl Ruleset {
             symbols,
             feature_groups,
             model_inputs,
+            reads_new_payee,
+            reads_new_device,
         })
     }
 
@@ -792,8 +804,9 @@ impl Engine {
             Vec::with_capacity(ruleset.features.len() + ruleset.models.len());
         values.extend(ruleset.features.iter().map(|f| (f.name.clone(), 0.0)));
         self.compute_features(store, event, &mut values);
-        let new_payee = store.is_new_payee(event.payer, event.payee);
-        let new_device = event.attribute("device_id").is_some_and(|d| store.is_new_device(event.payer, d));
+        let new_payee = ruleset.reads_new_payee && store.is_new_payee(event.payer, event.payee);
+        let new_device = ruleset.reads_new_device
+            && event.attribute("device_id").is_some_and(|d| store.is_new_device(event.payer, d));
         self.score_models(event, &mut values, new_payee, new_device);
 
         // `ctx` as the interpreter's map sees it: the last value of a repeated attribute.

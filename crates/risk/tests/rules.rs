@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use puhui_risk::{Engine, FeatureLimits, FeatureStore, Outcome, RiskEvent, Ruleset};
+use puhui_risk::{Engine, FeatureLimits, FeatureStore, Namespace, Outcome, RiskEvent, Ruleset};
 
 const S: u64 = 1_000_000_000;
 
@@ -185,4 +185,64 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
     let bad = text.replace("\"ctx.amount_log\"", "\"nonsense\"");
     let e = Ruleset::parse_in(&bad, fixtures).err().expect("unknown input refused");
     assert!(e.message.contains("nonsense"), "{e}");
+}
+
+#[test]
+fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
+    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
+    let expected: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
+    let names: Vec<String> = expected["feature_names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n.as_str().unwrap().to_string())
+        .collect();
+    let row: Vec<f64> =
+        expected["rows"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
+    let ruleset_with = |k: usize, input: &str| {
+        let inputs: Vec<String> = (0..names.len())
+            .map(|i| if i == k { format!("\"{input}\"") } else { format!("\"ctx.{}\"", names[i]) })
+            .collect();
+        let text = format!(
+            "version = \"m\"\n[thresholds]\nreview = 50\ndecline = 100\n\n[[models]]\nname = \"fraud\"\npath = \"xgb_binary.json\"\ninputs = [{}]\n\n[[rules]]\nid = \"model_high\"\ndescription = \"no rule reads new_payee or new_device\"\nexpression = \"fraud > 2.0\"\nscore = 60\n",
+            inputs.join(", ")
+        );
+        engine(Ruleset::parse_in(&text, fixtures).expect("ruleset with a model"))
+    };
+    let score = |engine: &Engine, store: &FeatureStore, flag: &str| {
+        let mut attributes: Vec<(String, String)> =
+            names.iter().zip(&row).map(|(n, v)| (n.clone(), format!("{v}"))).collect();
+        attributes.push(("flag".into(), flag.into()));
+        attributes.push(("device_id".into(), "d1".into()));
+        let e = RiskEvent {
+            payer: "p",
+            payee: "q",
+            amount_minor: 1,
+            currency: "CNY",
+            timestamp_ns: 10,
+            attributes: &attributes,
+        };
+        let d = engine.decide(store, &e);
+        d.features.iter().find(|(n, _)| n == "fraud").unwrap().1
+    };
+    let mut known = FeatureStore::new(FeatureLimits::default());
+    known.record_pair(Namespace::PayerPayee, "p", "q", 1);
+    known.record_pair(Namespace::AccountDevice, "p", "d1", 1);
+    let fresh = FeatureStore::new(FeatureLimits::default());
+    let mut checked = 0;
+    for k in 0..names.len() {
+        let by_flag = ruleset_with(k, "ctx.flag");
+        let (as_new, as_known) = (score(&by_flag, &fresh, "1"), score(&by_flag, &fresh, "0"));
+        if as_new == as_known {
+            continue; // this input does not move the model at this row
+        }
+        for builtin in ["new_payee", "new_device"] {
+            let by_builtin = ruleset_with(k, builtin);
+            assert_eq!(score(&by_builtin, &fresh, "x"), as_new, "{builtin} at input {k}: new");
+            assert_eq!(score(&by_builtin, &known, "x"), as_known, "{builtin} at input {k}: known");
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "some input moves the model");
 }
