@@ -755,10 +755,10 @@ fn fired_objects(v: &Verdict) -> Vec<FiredRuleObject> {
     v.fired
         .iter()
         .map(|r| FiredRuleObject {
-            rule: r.rule.clone(),
+            rule: r.rule.to_string(),
             score: r.score,
             outcome: r.outcome.map(|o| o.as_str()),
-            reasons: r.reasons.clone(),
+            reasons: r.reasons.to_vec(),
         })
         .collect()
 }

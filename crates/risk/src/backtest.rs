@@ -229,11 +229,11 @@ impl Backtest {
                 "decision {id}: online {} (score {}, fired {:?}, ruleset {}), now {} (score {}, fired {:?}, ruleset {})",
                 online.outcome.as_str(),
                 online.score,
-                online.fired.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+                online.fired.iter().map(|f| &*f.rule).collect::<Vec<_>>(),
                 online.ruleset_version,
                 verdict.outcome.as_str(),
                 verdict.score,
-                verdict.fired.iter().map(|f| f.rule.as_str()).collect::<Vec<_>>(),
+                verdict.fired.iter().map(|f| &*f.rule).collect::<Vec<_>>(),
                 verdict.ruleset_version,
             ));
         }
@@ -244,9 +244,9 @@ impl Backtest {
         let mut fired = Vec::with_capacity(verdict.fired.len());
         for f in &verdict.fired {
             let next = self.rule_ids.len() as u32;
-            let i = *self.rule_index.entry(f.rule.clone()).or_insert(next);
+            let i = *self.rule_index.entry(f.rule.to_string()).or_insert(next);
             if i == next {
-                self.rule_ids.push(f.rule.clone());
+                self.rule_ids.push(f.rule.to_string());
             }
             fired.push(i);
         }

@@ -14,6 +14,8 @@
 //! so replaying them in journal order rebuilds the feature state exactly (restart) and re-deciding
 //! them reproduces every online decision (backtest).
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::rules::{Decision, FiredRule, Outcome, RiskEvent};
@@ -79,13 +81,13 @@ impl EventRecord {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FiredRecord {
     /// Rule id.
-    pub rule: String,
+    pub rule: Arc<str>,
     /// Score contribution.
     pub score: i64,
     /// Direct outcome, if the rule has one.
     pub outcome: Option<Outcome>,
     /// Reason codes.
-    pub reasons: Vec<String>,
+    pub reasons: Arc<[String]>,
 }
 
 impl From<FiredRule> for FiredRecord {
@@ -461,7 +463,7 @@ pub mod binary {
             put_i64(out, f.score);
             out.push(f.outcome.map_or(0, |o| outcome_byte(o) + 1));
             put_u64(out, f.reasons.len() as u64);
-            for reason in &f.reasons {
+            for reason in f.reasons.iter() {
                 put_str(out, reason);
             }
         }
@@ -575,7 +577,7 @@ pub mod binary {
                 for _ in 0..m {
                     reasons.push(self.string()?);
                 }
-                fired.push(FiredRecord { rule, score, outcome, reasons });
+                fired.push(FiredRecord { rule: rule.into(), score, outcome, reasons: reasons.into() });
             }
             let n = self.len()?;
             let mut features = Vec::with_capacity(n);

@@ -210,14 +210,14 @@ pub struct Feature {
 }
 
 struct Rule {
-    id: String,
+    id: Arc<str>,
     description: String,
     program: cel::Program,
     /// The expression compiled over pre-resolved slots; `None` = interpreted (`program`).
     compiled: Option<compile::Compiled>,
     score: i64,
     outcome: Option<Outcome>,
-    reasons: Vec<String>,
+    reasons: Arc<[String]>,
 }
 
 /// A loaded, compiled ruleset.
@@ -442,13 +442,13 @@ impl Ruleset {
             }
             let compiled = compile::compile(program.expression(), &mut symbols);
             rules.push(Rule {
-                id: r.id,
+                id: r.id.into(),
                 description: r.description,
                 program,
                 compiled,
                 score: r.score.unwrap_or(0),
                 outcome,
-                reasons: r.reasons,
+                reasons: r.reasons.into(),
             });
         }
         let mut feature_groups: Vec<FeatureGroup> = Vec::new();
@@ -532,12 +532,12 @@ impl Ruleset {
     /// The ids of the rules that run on the `cel` interpreter (their expression uses something the
     /// compiler does not reproduce exactly).
     pub fn interpreted_rules(&self) -> impl Iterator<Item = &str> {
-        self.rules.iter().filter(|r| r.compiled.is_none()).map(|r| r.id.as_str())
+        self.rules.iter().filter(|r| r.compiled.is_none()).map(|r| &*r.id)
     }
 
     /// Rules, in file order: (id, description).
     pub fn rules(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.rules.iter().map(|r| (r.id.as_str(), r.description.as_str()))
+        self.rules.iter().map(|r| (&*r.id, r.description.as_str()))
     }
 }
 
@@ -567,14 +567,14 @@ impl RiskEvent<'_> {
 /// A rule that fired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FiredRule {
-    /// Its id.
-    pub id: String,
+    /// Its id (shared with the ruleset: a decision that fires many rules allocates nothing for them).
+    pub id: Arc<str>,
     /// Its score contribution.
     pub score: i64,
     /// Its direct outcome, if it has one.
     pub outcome: Option<Outcome>,
-    /// Its reason codes.
-    pub reasons: Vec<String>,
+    /// Its reason codes (shared with the ruleset).
+    pub reasons: Arc<[String]>,
 }
 
 /// A decision, with everything needed to explain it.
@@ -872,7 +872,7 @@ impl Engine {
                     });
                 }
                 Ok(false) => {}
-                Err(message) => errors.push((rule.id.clone(), message)),
+                Err(message) => errors.push((rule.id.to_string(), message)),
             }
         }
         drop(frame);

@@ -166,10 +166,7 @@ fn decisions_are_written_binary_and_older_json_decisions_still_read() {
         "score":60,"outcome":null,"reasons":["amount"]}],"features":[["z",null],["c",3.0]],"errors":[],
         "degraded":null,"latency_ns":1234},"shadow":null}"#;
     let Ok(RiskRecord::Decision(d)) = RiskRecord::decode(RECORD_DECISION, json) else { panic!("decodes") };
-    assert_eq!(
-        (d.id.as_str(), d.active.outcome, d.active.fired[0].rule.as_str()),
-        ("t:x", Outcome::Review, "big")
-    );
+    assert_eq!((d.id.as_str(), d.active.outcome, &*d.active.fired[0].rule), ("t:x", Outcome::Review, "big"));
     assert!(d.active.features[0].1.is_nan());
     assert_eq!(d.active.features[1], ("c".to_string(), 3.0));
 }
@@ -236,7 +233,7 @@ fn the_binary_decision_format_is_stable() {
                 rule: "r".into(),
                 score: -1,
                 outcome: Some(Outcome::Decline),
-                reasons: vec!["x".into()],
+                reasons: vec!["x".to_string()].into(),
             }],
             features: vec![("f".into(), 1.5)],
             errors: vec![],

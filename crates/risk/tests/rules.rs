@@ -78,7 +78,7 @@ fn a_burst_of_tiny_payments_is_caught_and_explained() {
     assert!(d
         .fired
         .iter()
-        .any(|r| r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
+        .any(|r| &*r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
     assert!(d.features.iter().any(|(n, v)| n == "payer_count_1m" && *v >= 10.0));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     assert_eq!(d.ruleset_version, "starter-1");
@@ -110,8 +110,8 @@ fn account_takeover_declines_and_lists_override() {
         attributes: &thief,
     };
     let d = engine.decide(&store, &drain);
-    assert!(d.fired.iter().any(|r| r.id == "account_takeover"), "{d:?}");
-    assert!(d.fired.iter().any(|r| r.id == "sim_swap_pattern"), "{d:?}");
+    assert!(d.fired.iter().any(|r| &*r.id == "account_takeover"), "{d:?}");
+    assert!(d.fired.iter().any(|r| &*r.id == "sim_swap_pattern"), "{d:?}");
     assert_eq!((d.outcome, d.score), (Outcome::Decline, 140));
     // An allow list approves, a deny list declines whatever the score.
     engine.lists().write().unwrap().insert("allow_accounts".into(), HashSet::from(["mule".to_string()]));
@@ -119,7 +119,7 @@ fn account_takeover_declines_and_lists_override() {
     engine.lists().write().unwrap().insert("deny_devices".into(), HashSet::from(["new-phone".to_string()]));
     let d = engine.decide(&store, &drain);
     assert_eq!(d.outcome, Outcome::Decline);
-    assert!(d.fired.iter().any(|r| r.id == "deny_listed"));
+    assert!(d.fired.iter().any(|r| &*r.id == "deny_listed"));
 }
 
 #[test]
@@ -140,7 +140,7 @@ fn kyc_caps_apply_per_tier() {
     let e2 = RiskEvent { timestamp_ns: 20 * S, ..e.clone() };
     let d = engine.decide(&store, &e2);
     assert_eq!(d.outcome, Outcome::Decline, "{d:?}");
-    assert!(d.fired.iter().any(|r| r.id == "kyc_tier_1_daily_cap"));
+    assert!(d.fired.iter().any(|r| &*r.id == "kyc_tier_1_daily_cap"));
 }
 
 #[test]
@@ -180,7 +180,7 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
         let score = d.features.iter().find(|(n, _)| n == "fraud").unwrap().1;
         let want = expected["models"]["xgb_binary"]["predict"][i].as_f64().unwrap();
         assert!((score - want).abs() < 1e-6, "row {i}: {score} vs {want}");
-        assert_eq!(d.fired.iter().any(|r| r.id == "model_high"), score > 0.5);
+        assert_eq!(d.fired.iter().any(|r| &*r.id == "model_high"), score > 0.5);
     }
     let bad = text.replace("\"ctx.amount_log\"", "\"nonsense\"");
     let e = Ruleset::parse_in(&bad, fixtures).err().expect("unknown input refused");
