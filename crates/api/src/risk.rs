@@ -775,7 +775,7 @@ fn to_object(d: DecisionRecord) -> DecisionObject {
         outcome: v.outcome.as_str(),
         score: v.score,
         fired: fired_objects(&v),
-        features: v.features.iter().cloned().collect(),
+        features: v.features.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
         errors: v.errors.clone(),
         ruleset_version: v.ruleset_version.clone(),
         latency_us: v.latency_ns / 1_000,

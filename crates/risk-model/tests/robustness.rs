@@ -16,7 +16,7 @@ fn fixture(name: &str) -> &'static [u8] {
             .map(|n| (n.to_string(), std::fs::read(dir.join(n)).unwrap()))
             .collect()
     });
-    &files.iter().find(|(n, _)| n == name).unwrap().1
+    &files.iter().find(|(n, _)| &**n == name).unwrap().1
 }
 
 /// Replacements for a number token: out-of-range indices, special floats, garbage.

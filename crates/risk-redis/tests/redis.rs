@@ -92,7 +92,7 @@ fn attrs(device: &str) -> Vec<(String, String)> {
 }
 
 fn feature(d: &DecisionRecord, name: &str) -> f64 {
-    d.active.features.iter().find(|(n, _)| n == name).map(|(_, v)| *v).expect(name)
+    d.active.features.iter().find(|(n, _)| &**n == name).map(|(_, v)| *v).expect(name)
 }
 
 /// Decides and commits one payment on `node` (what the API does under its lock).

@@ -18,7 +18,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLockReadGuard;
+use std::sync::{Arc, RwLockReadGuard};
 
 use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
 use cel::ExecutionError;
@@ -646,9 +646,9 @@ pub(crate) struct Frame<'a> {
     /// `new_device`.
     pub new_device: bool,
     /// Feature values, in declaration order.
-    pub features: &'a [(String, f64)],
+    pub features: &'a [(Arc<str>, f64)],
     /// Model scores, in declaration order (name, score).
-    pub models: &'a [(String, f64)],
+    pub models: &'a [(Arc<str>, f64)],
     /// The attributes of [`Symbols::attributes`], by slot (the last value of a repeated key, as
     /// the interpreter's `ctx` map keeps).
     pub attributes: &'a [Option<&'a str>],
@@ -669,8 +669,8 @@ impl<'a> Frame<'a> {
         payee: &'a str,
         new_payee: bool,
         new_device: bool,
-        features: &'a [(String, f64)],
-        models: &'a [(String, f64)],
+        features: &'a [(Arc<str>, f64)],
+        models: &'a [(Arc<str>, f64)],
         attributes: &'a [Option<&'a str>],
         attribute_names: &'a [String],
         lists: &'a Lists,

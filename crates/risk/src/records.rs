@@ -110,7 +110,7 @@ pub struct Verdict {
     /// Feature values and model scores the rules saw (a value that is not a finite number is
     /// recorded as `null`).
     #[serde(with = "values")]
-    pub features: Vec<(String, f64)>,
+    pub features: Vec<(Arc<str>, f64)>,
     /// Rules that could not be evaluated, with the error.
     pub errors: Vec<(String, String)>,
     /// Why the decision is degraded (budget spent), if it is.
@@ -153,17 +153,19 @@ impl Verdict {
 /// Named values with JSON's missing number: NaN and infinities are written as `null` and read back
 /// as NaN (a missing model input, an undefined z-score).
 mod values {
+    use std::sync::Arc;
+
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer>(values: &[(String, f64)], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(values: &[(Arc<str>, f64)], s: S) -> Result<S::Ok, S::Error> {
         let finite: Vec<(&str, Option<f64>)> =
-            values.iter().map(|(n, v)| (n.as_str(), v.is_finite().then_some(*v))).collect();
+            values.iter().map(|(n, v)| (&**n, v.is_finite().then_some(*v))).collect();
         finite.serialize(s)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(String, f64)>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<(Arc<str>, f64)>, D::Error> {
         let read: Vec<(String, Option<f64>)> = Vec::deserialize(d)?;
-        Ok(read.into_iter().map(|(n, v)| (n, v.unwrap_or(f64::NAN))).collect())
+        Ok(read.into_iter().map(|(n, v)| (Arc::from(n), v.unwrap_or(f64::NAN))).collect())
     }
 }
 
@@ -348,6 +350,8 @@ impl RiskRecord {
 /// and infinities, which JSON could only write as `null`). The id comes first, so that an index
 /// reads it without decoding the rest ([`id`]).
 pub mod binary {
+    use std::sync::Arc;
+
     use super::{DecisionRecord, DecisionSource, EventRecord, FiredRecord, Verdict};
     use crate::rules::Outcome;
 
@@ -590,7 +594,7 @@ pub mod binary {
                     .and_then(|b| b.try_into().ok())
                     .ok_or("the decision record is truncated")?;
                 self.at = end;
-                features.push((name, f64::from_bits(u64::from_le_bytes(bits))));
+                features.push((Arc::from(name), f64::from_bits(u64::from_le_bytes(bits))));
             }
             let n = self.len()?;
             let mut errors = Vec::with_capacity(n);

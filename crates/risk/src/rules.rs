@@ -158,8 +158,8 @@ struct File {
 
 /// A gradient-boosted model whose score rules can use (as `<name>`, a probability for binary models).
 pub struct ModelSlot {
-    /// Name in expressions.
-    pub name: String,
+    /// Name in expressions (shared with every decision's values).
+    pub name: Arc<str>,
     /// The model.
     pub model: puhui_risk_model::Model,
     /// Its input vector, in order.
@@ -199,8 +199,8 @@ pub enum Aggregate {
 /// A declared feature.
 #[derive(Debug, Clone)]
 pub struct Feature {
-    /// Name under `f.` in expressions.
-    pub name: String,
+    /// Name under `f.` in expressions (shared with every decision's values).
+    pub name: Arc<str>,
     /// Whose history.
     pub entity: Entity,
     /// What aggregate.
@@ -377,14 +377,14 @@ impl Ruleset {
                     format!("bad window {:?} (e.g. 1m, 1h, 24h, 7d)", f.window.get_ref()),
                 )
             })?;
-            if features.iter().any(|x: &Feature| x.name == *f.name.get_ref()) {
+            if features.iter().any(|x: &Feature| *x.name == **f.name.get_ref()) {
                 return Err(at(
                     f.name.span(),
                     None,
                     format!("feature {} is declared twice", f.name.get_ref()),
                 ));
             }
-            features.push(Feature { name: f.name.into_inner(), entity, aggregate, window_ns });
+            features.push(Feature { name: f.name.into_inner().into(), entity, aggregate, window_ns });
         }
         let mut models = Vec::new();
         for m in file.models {
@@ -394,16 +394,16 @@ impl Ruleset {
             for input in &m.inputs {
                 let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device")
                     || input.starts_with("ctx.")
-                    || features.iter().any(|f: &Feature| f.name == *input);
+                    || features.iter().any(|f: &Feature| *f.name == **input);
                 if !known {
                     return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name> or a declared feature")));
                 }
             }
-            models.push(ModelSlot { name: m.name.into_inner(), model, inputs: m.inputs });
+            models.push(ModelSlot { name: m.name.into_inner().into(), model, inputs: m.inputs });
         }
         let mut symbols = compile::Symbols::new(
-            features.iter().map(|f| (f.name.as_str(), f.aggregate == Aggregate::ZScore)),
-            models.iter().map(|m| m.name.as_str()),
+            features.iter().map(|f| (&*f.name, f.aggregate == Aggregate::ZScore)),
+            models.iter().map(|m| &*m.name),
         );
         let mut rules = Vec::new();
         let mut ids = HashSet::new();
@@ -495,7 +495,7 @@ impl Ruleset {
                             Some(attr) => ModelInput::Attribute(attr.to_string()),
                             None => features
                                 .iter()
-                                .position(|f| f.name == other)
+                                .position(|f| &*f.name == other)
                                 .map_or(ModelInput::Missing, ModelInput::Feature),
                         },
                     })
@@ -587,7 +587,7 @@ pub struct Decision {
     /// Fired rules, in ruleset order.
     pub fired: Vec<FiredRule>,
     /// Feature values the rules saw.
-    pub features: Vec<(String, f64)>,
+    pub features: Vec<(Arc<str>, f64)>,
     /// Rules whose expression failed (not fired), with the error.
     pub errors: Vec<(String, String)>,
     /// The ruleset's version.
@@ -667,7 +667,7 @@ impl Engine {
     fn scope(
         &self,
         event: &RiskEvent<'_>,
-        values: &[(String, f64)],
+        values: &[(Arc<str>, f64)],
         new_payee: bool,
         new_device: bool,
     ) -> cel::Context<'_, 'static> {
@@ -675,7 +675,7 @@ impl Engine {
         let (features, scores) = values.split_at(ruleset.features.len().min(values.len()));
         let mut scope = self.root.new_inner_scope();
         for (slot, (_, score)) in ruleset.models.iter().zip(scores) {
-            scope.add_variable_from_value(slot.name.as_str(), *score);
+            scope.add_variable_from_value(&*slot.name, *score);
         }
         scope.add_variable_from_value("amount", event.amount_minor.min(i64::MAX as u64) as i64);
         scope.add_variable_from_value("currency", event.currency.to_string());
@@ -694,11 +694,11 @@ impl Engine {
             .features
             .iter()
             .zip(features)
-            .map(|(f, (_, v))| (f.name.clone(), cel_value(f, *v)))
+            .map(|(f, (_, v))| (f.name.to_string(), cel_value(f, *v)))
             .collect();
         scope.add_variable_from_value("f", feature_map);
         for (f, (_, v)) in ruleset.features.iter().zip(features) {
-            scope.add_variable_from_value(f.name.as_str(), cel_value(f, *v));
+            scope.add_variable_from_value(&*f.name, cel_value(f, *v));
         }
         let ctx_map: HashMap<String, cel::Value> = event
             .attributes
@@ -711,7 +711,7 @@ impl Engine {
 
     /// Fills `values` (pre-filled with the feature names) with the features' values, one window
     /// scan per (entity, window).
-    fn compute_features(&self, store: &FeatureStore, event: &RiskEvent<'_>, values: &mut [(String, f64)]) {
+    fn compute_features(&self, store: &FeatureStore, event: &RiskEvent<'_>, values: &mut [(Arc<str>, f64)]) {
         let mut attribute_key = String::new();
         for group in &self.ruleset.feature_groups {
             let key: Option<(Namespace, &str)> = match &group.entity {
@@ -763,7 +763,7 @@ impl Engine {
     fn score_models(
         &self,
         event: &RiskEvent<'_>,
-        values: &mut Vec<(String, f64)>,
+        values: &mut Vec<(Arc<str>, f64)>,
         new_payee: bool,
         new_device: bool,
     ) {
@@ -800,7 +800,7 @@ impl Engine {
         let started = Instant::now();
         let ruleset = &*self.ruleset;
         // The output vector doubles as the rules' feature slots: features, then model scores.
-        let mut values: Vec<(String, f64)> =
+        let mut values: Vec<(Arc<str>, f64)> =
             Vec::with_capacity(ruleset.features.len() + ruleset.models.len());
         values.extend(ruleset.features.iter().map(|f| (f.name.clone(), 0.0)));
         self.compute_features(store, event, &mut values);

@@ -168,7 +168,7 @@ fn decisions_are_written_binary_and_older_json_decisions_still_read() {
     let Ok(RiskRecord::Decision(d)) = RiskRecord::decode(RECORD_DECISION, json) else { panic!("decodes") };
     assert_eq!((d.id.as_str(), d.active.outcome, &*d.active.fired[0].rule), ("t:x", Outcome::Review, "big"));
     assert!(d.active.features[0].1.is_nan());
-    assert_eq!(d.active.features[1], ("c".to_string(), 3.0));
+    assert_eq!(d.active.features[1], ("c".into(), 3.0));
 }
 
 #[test]
@@ -189,7 +189,9 @@ fn binary_decisions_keep_every_bit_and_refuse_damaged_bytes() {
     let (t, payload) = d.encode();
     let Ok(RiskRecord::Decision(back)) = RiskRecord::decode(t, &payload) else { panic!("decodes") };
     assert!(back.active.same_decision(&d.active) && back.shadow.as_ref().unwrap().same_decision(&d.active));
-    let bits = |v: &[(String, f64)]| v.iter().map(|(n, x)| (n.clone(), x.to_bits())).collect::<Vec<_>>();
+    let bits = |v: &[(std::sync::Arc<str>, f64)]| {
+        v.iter().map(|(n, x)| (n.clone(), x.to_bits())).collect::<Vec<_>>()
+    };
     assert_eq!(bits(&back.active.features), bits(&d.active.features));
     assert_eq!(
         (back.active.errors.clone(), back.active.degraded.clone()),

@@ -79,7 +79,7 @@ fn a_burst_of_tiny_payments_is_caught_and_explained() {
         .fired
         .iter()
         .any(|r| &*r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
-    assert!(d.features.iter().any(|(n, v)| n == "payer_count_1m" && *v >= 10.0));
+    assert!(d.features.iter().any(|(n, v)| &**n == "payer_count_1m" && *v >= 10.0));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
     assert_eq!(d.ruleset_version, "starter-1");
 }
@@ -177,7 +177,7 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
             attributes: &attributes,
         };
         let d = engine.decide(&store, &e);
-        let score = d.features.iter().find(|(n, _)| n == "fraud").unwrap().1;
+        let score = d.features.iter().find(|(n, _)| &**n == "fraud").unwrap().1;
         let want = expected["models"]["xgb_binary"]["predict"][i].as_f64().unwrap();
         assert!((score - want).abs() < 1e-6, "row {i}: {score} vs {want}");
         assert_eq!(d.fired.iter().any(|r| &*r.id == "model_high"), score > 0.5);
@@ -224,7 +224,7 @@ fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
             attributes: &attributes,
         };
         let d = engine.decide(store, &e);
-        d.features.iter().find(|(n, _)| n == "fraud").unwrap().1
+        d.features.iter().find(|(n, _)| &**n == "fraud").unwrap().1
     };
     let mut known = FeatureStore::new(FeatureLimits::default());
     known.record_pair(Namespace::PayerPayee, "p", "q", 1);
