@@ -83,14 +83,7 @@ pub struct Warm {
 impl Warm {
     /// The `k`-th benchmark event: one of the 1,000 payers pays 250 yuan, right after the history.
     pub fn event(&self, k: usize) -> RiskEvent<'_> {
-        RiskEvent {
-            payer: &self.payers[k % 1_000],
-            payee: "m5",
-            amount_minor: 25_000,
-            currency: "CNY",
-            timestamp_ns: self.now,
-            attributes: &self.attrs[k % 1_000],
-        }
+        bench_event(&self.payers, &self.attrs, k, self.now)
     }
 
     /// Decides the `k`-th benchmark event.
@@ -103,19 +96,31 @@ impl Warm {
     /// unless declined: what the server does with every transfer, so the windows move.
     pub fn decide_and_record(&mut self, engine: &Engine, k: usize) -> crate::Decision {
         const TENTH_OF_A_SECOND_NS: u64 = 100_000_000;
-        let event = RiskEvent {
-            payer: &self.payers[k % 1_000],
-            payee: "m5",
-            amount_minor: 25_000,
-            currency: "CNY",
-            timestamp_ns: self.now + k as u64 * TENTH_OF_A_SECOND_NS,
-            attributes: &self.attrs[k % 1_000],
-        };
+        let at_ns = self.now + k as u64 * TENTH_OF_A_SECOND_NS;
+        // Field by field, so that the store can be borrowed mutably beside the event.
+        let event = bench_event(&self.payers, &self.attrs, k, at_ns);
         let decision = engine.decide(&self.store, &event);
         if decision.outcome != crate::Outcome::Decline {
             engine.observe(&mut self.store, &event);
         }
         decision
+    }
+}
+
+/// The `k`-th benchmark event at `timestamp_ns`: one of the 1,000 payers pays 250 yuan.
+fn bench_event<'a>(
+    payers: &'a [String],
+    attrs: &'a [Vec<(String, String)>],
+    k: usize,
+    timestamp_ns: u64,
+) -> RiskEvent<'a> {
+    RiskEvent {
+        payer: &payers[k % 1_000],
+        payee: "m5",
+        amount_minor: 25_000,
+        currency: "CNY",
+        timestamp_ns,
+        attributes: &attrs[k % 1_000],
     }
 }
 

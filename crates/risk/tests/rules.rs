@@ -143,22 +143,34 @@ fn kyc_caps_apply_per_tier() {
     assert!(d.fired.iter().any(|r| &*r.id == "kyc_tier_1_daily_cap"));
 }
 
-#[test]
-fn model_scores_are_usable_in_rules_and_match_the_library() {
+/// The model parity fixtures: their directory, `expected.json`, and its feature names.
+fn model_fixtures() -> (&'static std::path::Path, serde_json::Value, Vec<String>) {
     let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
     let expected: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
-    let names: Vec<String> = expected["feature_names"]
+    let names = expected["feature_names"]
         .as_array()
         .unwrap()
         .iter()
         .map(|n| n.as_str().unwrap().to_string())
         .collect();
-    let inputs: Vec<String> = names.iter().map(|n| format!("\"ctx.{n}\"")).collect();
-    let text = format!(
-        "version = \"m\"\n[thresholds]\nreview = 50\ndecline = 100\n\n[[models]]\nname = \"fraud\"\npath = \"xgb_binary.json\"\ninputs = [{}]\n\n[[rules]]\nid = \"model_high\"\ndescription = \"model says fraud\"\nexpression = \"fraud > 0.5\"\nscore = 60\n",
+    (fixtures, expected, names)
+}
+
+/// A ruleset with the `xgb_binary.json` model as `fraud` (`inputs` quoted) and one rule,
+/// `model_high`, on `expression`.
+fn model_ruleset(inputs: &[String], description: &str, expression: &str) -> String {
+    format!(
+        "version = \"m\"\n[thresholds]\nreview = 50\ndecline = 100\n\n[[models]]\nname = \"fraud\"\npath = \"xgb_binary.json\"\ninputs = [{}]\n\n[[rules]]\nid = \"model_high\"\ndescription = \"{description}\"\nexpression = \"{expression}\"\nscore = 60\n",
         inputs.join(", ")
-    );
+    )
+}
+
+#[test]
+fn model_scores_are_usable_in_rules_and_match_the_library() {
+    let (fixtures, expected, names) = model_fixtures();
+    let inputs: Vec<String> = names.iter().map(|n| format!("\"ctx.{n}\"")).collect();
+    let text = model_ruleset(&inputs, "model says fraud", "fraud > 0.5");
     let ruleset = Ruleset::parse_in(&text, fixtures).expect("ruleset with a model");
     let engine = engine(ruleset);
     let store = FeatureStore::new(FeatureLimits::default());
@@ -189,25 +201,14 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
 
 #[test]
 fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
-    let fixtures = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
-    let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures.join("expected.json")).unwrap()).unwrap();
-    let names: Vec<String> = expected["feature_names"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|n| n.as_str().unwrap().to_string())
-        .collect();
+    let (fixtures, expected, names) = model_fixtures();
     let row: Vec<f64> =
         expected["rows"][0].as_array().unwrap().iter().map(|v| v.as_f64().unwrap_or(0.0)).collect();
     let ruleset_with = |k: usize, input: &str| {
         let inputs: Vec<String> = (0..names.len())
             .map(|i| if i == k { format!("\"{input}\"") } else { format!("\"ctx.{}\"", names[i]) })
             .collect();
-        let text = format!(
-            "version = \"m\"\n[thresholds]\nreview = 50\ndecline = 100\n\n[[models]]\nname = \"fraud\"\npath = \"xgb_binary.json\"\ninputs = [{}]\n\n[[rules]]\nid = \"model_high\"\ndescription = \"no rule reads new_payee or new_device\"\nexpression = \"fraud > 2.0\"\nscore = 60\n",
-            inputs.join(", ")
-        );
+        let text = model_ruleset(&inputs, "no rule reads new_payee or new_device", "fraud > 2.0");
         engine(Ruleset::parse_in(&text, fixtures).expect("ruleset with a model"))
     };
     let score = |engine: &Engine, store: &FeatureStore, flag: &str| {
