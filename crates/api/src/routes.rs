@@ -456,17 +456,16 @@ async fn decide_inline(
     let (Some(payer), Some(payee)) = (&request.debit_account_id, &request.credit_account_id) else {
         return Ok(None);
     };
-    let currency = request.currency.map(|c| c.as_str().to_string()).unwrap_or_default();
-    let event = puhui_risk::RiskEvent {
-        payer,
-        payee,
+    let event = puhui_risk::records::EventRecord {
+        payer: payer.to_string(),
+        payee: payee.to_string(),
         amount_minor: request.amount_minor.unwrap_or(0),
-        currency: &currency,
+        currency: request.currency.map(|c| c.as_str().to_string()).unwrap_or_default(),
         timestamp_ns: crate::risk::now_ns(),
-        attributes: &attributes,
+        attributes,
     };
-    let (decision, mut durable) =
-        risk.decide(&request.id, puhui_risk::DecisionSource::Transfer, &event, true)?;
+    let source = puhui_risk::DecisionSource::Transfer;
+    let (decision, mut durable) = risk.decide_queued(request.id.to_string(), source, event, true).await?;
     if app.store.is_postgres() {
         // On PostgreSQL records and ledger writes are committed by different committers: the
         // decision is made durable before its transfer is queued, as one FIFO queue does embedded.

@@ -524,6 +524,35 @@ async fn risk_decisions_score_events_and_explain_them() {
 }
 
 #[tokio::test]
+async fn concurrent_decisions_are_each_decided_once_and_all_recorded() {
+    // Decisions are handed to the risk thread; many at once must neither be lost nor reordered
+    // out of the features: the decision after them sees every one of them.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    let requests = 48;
+    let mut tasks = Vec::new();
+    for i in 0..requests {
+        let (http, key, url) = (c.http.clone(), c.key.clone(), server.url("/v1/decisions"));
+        tasks.push(tokio::spawn(async move {
+            let body = json!({"id": format!("c{i}"), "payer": "w1", "payee": "shop", "amount": 100, "currency": "CNY"});
+            send(&http, "POST", &url, &key, Some(body.to_string()), None).await
+        }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let after = json!({"id": "after", "payer": "w1", "payee": "shop", "amount": 100, "currency": "CNY"});
+    let r = c.post(&server, "/v1/decisions", after).await;
+    assert_eq!(r.status, 201, "{:?}", r.body);
+    assert_eq!(r.body["features"]["payer_count_1m"].as_f64(), Some(requests as f64), "{}", r.body);
+    for i in 0..requests {
+        assert_eq!(c.get(&server, &format!("/v1/decisions/c{i}")).await.status, 200);
+    }
+}
+
+#[tokio::test]
 async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[]);

@@ -210,6 +210,18 @@ impl Controller {
         event: &RiskEvent<'_>,
         record: bool,
     ) -> DecisionRecord {
+        self.decide_record(id, source, EventRecord::of(event), record)
+    }
+
+    /// [`Controller::decide`] with the event moved into the record instead of copied.
+    pub fn decide_record(
+        &mut self,
+        id: String,
+        source: DecisionSource,
+        event_record: EventRecord,
+        record: bool,
+    ) -> DecisionRecord {
+        let event = &event_record.as_event();
         let (active, shadow) = match self.shared.clone() {
             None => (
                 Verdict::from(self.active.decide(&self.features, event)),
@@ -218,7 +230,7 @@ impl Controller {
             Some(shared) => self.decide_shared(shared.as_ref(), event),
         };
         let observed = record && active.outcome != Outcome::Decline;
-        DecisionRecord { id, source, event: EventRecord::of(event), observed, active, shadow }
+        DecisionRecord { id, source, event: event_record, observed, active, shadow }
     }
 
     /// Loads the features from the shared backend within the active ruleset's budget, then decides
