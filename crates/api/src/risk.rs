@@ -53,8 +53,9 @@ const SEQ_INBOX_MAX: usize = 65_536;
 pub const DECISION_IDS_KEPT_MAX: usize = 20_000_000;
 /// Most attributes in a `risk_context`.
 pub const ATTRIBUTES_MAX: usize = 32;
-/// Decisions waiting for the decider thread at most; beyond it a request decides on its own thread.
-pub const DECIDE_QUEUE_MAX: usize = 4_096;
+/// Decisions waiting for the decider thread at most (~0.5 s of work at ~30 µs each); a request
+/// whose decisions would pass it decides them on its own thread.
+pub const DECISIONS_QUEUED_MAX: usize = 16_384;
 
 /// The starter ruleset shipped with puhui (`rulesets/starter.toml`), active by default.
 pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml");
@@ -82,16 +83,28 @@ pub struct RiskService {
     seqs: SyncSender<(Arc<str>, u64)>,
     /// The decider thread's queue ([`RiskService::decide_queued`]), started on first use.
     decider: OnceLock<SyncSender<DecideJob>>,
+    /// Decisions handed to the decider thread and not yet made (at most [`DECISIONS_QUEUED_MAX`]).
+    queued: std::sync::atomic::AtomicUsize,
     store: Backend,
 }
 
-/// A decision waiting for the decider thread.
+/// Decisions waiting for the decider thread: one request's (a batch hands over all its items at once).
 struct DecideJob {
-    id: String,
-    source: DecisionSource,
-    event: EventRecord,
-    record: bool,
-    reply: tokio::sync::oneshot::Sender<Result<(Decided, Durable), ApiError>>,
+    items: Vec<ToDecide>,
+    reply: tokio::sync::oneshot::Sender<Vec<Result<(Decided, Durable), ApiError>>>,
+}
+
+/// An event to decide, with its decision id and whether it is to enter the features.
+#[derive(Debug)]
+pub struct ToDecide {
+    /// The decision's (scoped) id.
+    pub id: String,
+    /// What is decided.
+    pub source: DecisionSource,
+    /// The event.
+    pub event: EventRecord,
+    /// Whether the event enters the velocity features (if not declined).
+    pub record: bool,
 }
 
 struct RiskState {
@@ -354,6 +367,7 @@ impl RiskService {
             memory: Mutex::new(memory),
             seqs,
             decider: OnceLock::new(),
+            queued: std::sync::atomic::AtomicUsize::new(0),
             store,
         };
         Ok((service, restore))
@@ -443,12 +457,11 @@ impl RiskService {
     }
 
     /// [`RiskService::decide`] on the decider thread: the requests' threads hand their decisions
-    /// over and await them. Choice, over deciding on each request's thread: the decider runs one
-    /// decision after another, so the rules, the feature store's hot paths and the controller stay
-    /// in its core's caches, where between two HTTP requests they were evicted (a decision cost
-    /// ~2.5 times what `puhui bench risk --record` measures), and the HTTP work goes on beside it.
-    /// Order is kept: the record is queued for the journal before the reply, so a transfer queued
-    /// after the reply follows its decision. With the queue full ([`DECIDE_QUEUE_MAX`]) or the
+    /// over and await them. Choice, over deciding on each request's thread: decisions are made one
+    /// at a time anyway (the controller's lock orders them), so one thread making them loses
+    /// nothing, while the runtime threads go on with HTTP work instead of deciding (or waiting for
+    /// the lock, or for a shared feature store's load) in the middle of it. Order is kept: the record is queued for the journal before the reply, so a transfer queued
+    /// after the reply follows its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the
     /// thread gone, the caller decides on its own thread: a decision never waits without bound.
     pub async fn decide_queued(
         self: &Arc<Self>,
@@ -457,16 +470,40 @@ impl RiskService {
         event: EventRecord,
         record: bool,
     ) -> Result<(Decided, Durable), ApiError> {
+        let mut decided = self.decide_queued_many(vec![ToDecide { id, source, event, record }]).await;
+        decided.pop().expect("one result per item")
+    }
+
+    /// [`RiskService::decide_queued`] for several events, decided one after another in this order
+    /// with one hand-over (a batch's items): one result per item.
+    pub async fn decide_queued_many(
+        self: &Arc<Self>,
+        items: Vec<ToDecide>,
+    ) -> Vec<Result<(Decided, Durable), ApiError>> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = items.len();
+        if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
+            self.queued.fetch_sub(count, Relaxed);
+            return self.decide_all(items);
+        }
         let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
         let (reply, answer) = tokio::sync::oneshot::channel();
-        match queue.try_send(DecideJob { id, source, event, record, reply }) {
-            Ok(()) => answer.await.map_err(|_| {
-                ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into()))
-            })?,
+        match queue.try_send(DecideJob { items, reply }) {
+            Ok(()) => answer.await.unwrap_or_else(|_| {
+                let stopped = || {
+                    Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())))
+                };
+                (0..count).map(|_| stopped()).collect()
+            }),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.decide_owned(job.id, job.source, job.event, job.record)
+                self.queued.fetch_sub(count, Relaxed);
+                self.decide_all(job.items)
             }
         }
+    }
+
+    fn decide_all(&self, items: Vec<ToDecide>) -> Vec<Result<(Decided, Durable), ApiError>> {
+        items.into_iter().map(|t| self.decide_owned(t.id, t.source, t.event, t.record)).collect()
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
@@ -602,12 +639,15 @@ impl RiskService {
 /// Starts the decider thread: it decides queued jobs in arrival order until the service is dropped
 /// (its queue's sender goes with it).
 fn start_decider(service: Weak<RiskService>) -> SyncSender<DecideJob> {
-    let (queue, jobs) = std::sync::mpsc::sync_channel::<DecideJob>(DECIDE_QUEUE_MAX);
+    // Bounded by the decisions queued (`RiskService::queued`); a job holds at least one.
+    let (queue, jobs) = std::sync::mpsc::sync_channel::<DecideJob>(DECISIONS_QUEUED_MAX);
     let spawned = std::thread::Builder::new().name("puhui-risk".into()).spawn(move || {
         while let Ok(job) = jobs.recv() {
             let Some(service) = service.upgrade() else { return };
-            let decided = service.decide_owned(job.id, job.source, job.event, job.record);
-            // The requester may have gone (a closed connection); the decision stands.
+            let count = job.items.len();
+            let decided = service.decide_all(job.items);
+            service.queued.fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
+            // The requester may have gone (a closed connection); the decisions stand.
             let _ = job.reply.send(decided);
         }
     });
@@ -1415,6 +1455,49 @@ pub async fn get_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn queued_decisions_are_made_in_order_and_past_the_bound_on_the_callers_thread() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
+        let service = Arc::new(RiskService::open(store, None, None).unwrap().0);
+        let item = |i: u64| ToDecide {
+            id: format!("t:d{i}"),
+            source: DecisionSource::Standalone,
+            event: EventRecord {
+                payer: "t:w".into(),
+                payee: "t:shop".into(),
+                amount_minor: 100,
+                currency: "CNY".into(),
+                timestamp_ns: 1_000_000_000 + i,
+                attributes: Vec::new(),
+            },
+            record: true,
+        };
+        let count_1m = |d: &Decided| {
+            d.record.active.features.iter().find(|(name, _)| &**name == "payer_count_1m").map(|f| f.1)
+        };
+        // One hand-over, decided in order: each decision sees the ones before it.
+        let decided = service.decide_queued_many((0..5).map(item).collect()).await;
+        for (i, d) in decided.into_iter().enumerate() {
+            let (d, durable) = d.unwrap();
+            assert_eq!(count_1m(&d), Some(i as f64));
+            durable.await.unwrap().unwrap();
+        }
+        assert_eq!(service.queued.load(std::sync::atomic::Ordering::Relaxed), 0);
+        // Past the bound the caller decides them itself, in the same order, and the count is kept.
+        service.queued.store(DECISIONS_QUEUED_MAX, std::sync::atomic::Ordering::Relaxed);
+        let decided = service.decide_queued_many((5..7).map(item).collect()).await;
+        let counts: Vec<_> = decided.iter().map(|d| count_1m(&d.as_ref().unwrap().0)).collect();
+        assert_eq!(counts, [Some(5.0), Some(6.0)]);
+        assert_eq!(service.queued.load(std::sync::atomic::Ordering::Relaxed), DECISIONS_QUEUED_MAX);
+        service.queued.store(0, std::sync::atomic::Ordering::Relaxed);
+        let (one, _) = service
+            .decide_queued("t:d7".into(), DecisionSource::Standalone, item(7).event, true)
+            .await
+            .unwrap();
+        assert_eq!(count_1m(&one), Some(7.0));
+    }
 
     #[test]
     fn known_ids_count_once_and_find_what_was_inserted_across_shards() {

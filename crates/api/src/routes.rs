@@ -407,18 +407,47 @@ async fn create_one_object(
     Ok((status, TransferObject::from(transfer)))
 }
 
-/// Decides a transfer that came with a risk context: `Err` if declined; otherwise the outcome (with
-/// its review, to queue once the hold is recorded, when it is review), with the request turned into
-/// a review hold when the outcome is review.
+/// What an inline decision gives the transfer: the outcome (with its review, to queue once the hold
+/// is recorded, when it is review), or `None` if the transfer is not decided.
+type Inline = Option<(puhui_risk::Outcome, Option<crate::risk::ReviewObject>)>;
+
+/// Decides a transfer that came with a risk context: `Err` if declined; otherwise the outcome, with
+/// the request turned into a review hold when the outcome is review.
 async fn decide_inline(
     app: &Arc<AppState>,
     tenant: &str,
     request: &mut TransferRequest,
     context: crate::risk::RiskContext,
-) -> Result<Option<(puhui_risk::Outcome, Option<crate::risk::ReviewObject>)>, ApiError> {
+) -> Result<Inline, ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok(None) };
+    match prepare_inline(app, tenant, request, context).await? {
+        Prepared::Answered(answer) => Ok(answer),
+        Prepared::ToDecide(event) => {
+            let source = puhui_risk::DecisionSource::Transfer;
+            let decided = risk.decide_queued(request.id.to_string(), source, event, true).await;
+            act_on_decision(app, tenant, request, decided).await
+        }
+    }
+}
+
+/// A transfer with a risk context before its decision: answered already (a retry, or not a kind
+/// that is decided), or the event to decide.
+enum Prepared {
+    Answered(Inline),
+    ToDecide(puhui_risk::records::EventRecord),
+}
+
+/// Everything before an inline decision: a retry of a recorded transfer is answered (and turned
+/// into a review hold if it was one), otherwise the risk context becomes the event to decide.
+async fn prepare_inline(
+    app: &Arc<AppState>,
+    tenant: &str,
+    request: &mut TransferRequest,
+    context: crate::risk::RiskContext,
+) -> Result<Prepared, ApiError> {
+    let Some(risk) = app.risk.as_ref() else { return Ok(Prepared::Answered(None)) };
     if !matches!(request.kind, TransferKind::Single | TransferKind::Pending) {
-        return Ok(None);
+        return Ok(Prepared::Answered(None));
     }
     // A retry of a recorded transfer is answered by the ledger, not decided again. If risk control
     // had turned it into a review hold, the retry is turned the same way so that it matches.
@@ -439,7 +468,7 @@ async fn decide_inline(
             // Answered with the earlier decision (a review is queued again if the hold is created
             // only now, e.g. after a 503).
             let review = (outcome == puhui_risk::Outcome::Review).then(|| crate::risk::review_of(&previous));
-            return Ok(Some((outcome, review)));
+            return Ok(Prepared::Answered(Some((outcome, review))));
         }
     }
     let id = request.id.clone();
@@ -450,11 +479,11 @@ async fn decide_inline(
             request.kind = TransferKind::Pending;
             request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
         }
-        return Ok(None);
+        return Ok(Prepared::Answered(None));
     }
     let attributes = crate::risk::attributes(tenant, context)?;
     let (Some(payer), Some(payee)) = (&request.debit_account_id, &request.credit_account_id) else {
-        return Ok(None);
+        return Ok(Prepared::Answered(None));
     };
     let event = puhui_risk::records::EventRecord {
         payer: payer.to_string(),
@@ -464,8 +493,19 @@ async fn decide_inline(
         timestamp_ns: crate::risk::now_ns(),
         attributes,
     };
-    let source = puhui_risk::DecisionSource::Transfer;
-    let (decision, mut durable) = risk.decide_queued(request.id.to_string(), source, event, true).await?;
+    Ok(Prepared::ToDecide(event))
+}
+
+/// Acts on an inline decision: declined → `Err` (once the decline is durable); review → the request
+/// becomes a review hold (or 503 if the review queue is full); approve → as is.
+async fn act_on_decision(
+    app: &Arc<AppState>,
+    tenant: &str,
+    request: &mut TransferRequest,
+    decided: Result<(crate::risk::Decided, crate::risk::Durable), ApiError>,
+) -> Result<Inline, ApiError> {
+    let risk = app.risk.as_ref().expect("decided with risk control");
+    let (decision, mut durable) = decided?;
     if app.store.is_postgres() {
         // On PostgreSQL records and ledger writes are committed by different committers: the
         // decision is made durable before its transfer is queued, as one FIFO queue does embedded.
@@ -594,14 +634,49 @@ pub async fn create_transfer_batch(
     // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.
     let mut declined: Vec<Option<ResultCode>> = vec![None; count];
     let mut reviews = Vec::new();
-    for (i, context) in contexts.into_iter().enumerate() {
-        let Some(context) = context else { continue };
-        match decide_inline(&app, &principal.tenant, &mut requests[i], context).await {
-            Ok(Some((puhui_risk::Outcome::Review, Some(review)))) => reviews.push((i, review)),
-            Ok(_) => {}
-            Err(e) if e.code == "risk_declined" => declined[i] = Some(ResultCode::RiskDeclined),
-            Err(e) => {
-                return Err(ApiError { param: Some(format!("transfers[{i}].risk_context")), ..e });
+    let mut note = |i: usize, answer: Result<Inline, ApiError>| match answer {
+        Ok(Some((puhui_risk::Outcome::Review, Some(review)))) => {
+            reviews.push((i, review));
+            Ok(())
+        }
+        Ok(_) => Ok(()),
+        Err(e) if e.code == "risk_declined" => {
+            declined[i] = Some(ResultCode::RiskDeclined);
+            Ok(())
+        }
+        Err(e) => Err(ApiError { param: Some(format!("transfers[{i}].risk_context")), ..e }),
+    };
+    let decided: Vec<usize> = (0..count).filter(|i| contexts[*i].is_some()).collect();
+    let unique =
+        decided.iter().map(|i| &ids[*i]).collect::<std::collections::HashSet<_>>().len() == decided.len();
+    match app.risk.as_ref() {
+        // All the items' decisions handed to the risk thread at once (one hand-over, not one per
+        // item), in order; each item is checked for a retry first, as a single POST is.
+        Some(risk) if unique => {
+            let mut to_decide = Vec::new();
+            for (i, context) in contexts.into_iter().enumerate() {
+                let Some(context) = context else { continue };
+                match prepare_inline(&app, &principal.tenant, &mut requests[i], context).await {
+                    Ok(Prepared::Answered(answer)) => note(i, Ok(answer))?,
+                    Ok(Prepared::ToDecide(event)) => {
+                        let id = requests[i].id.to_string();
+                        let source = puhui_risk::DecisionSource::Transfer;
+                        to_decide.push((i, crate::risk::ToDecide { id, source, event, record: true }));
+                    }
+                    Err(e) => note(i, Err(e))?,
+                }
+            }
+            let (at, items): (Vec<usize>, Vec<_>) = to_decide.into_iter().unzip();
+            let results = risk.decide_queued_many(items).await;
+            for (i, decision) in at.into_iter().zip(results) {
+                note(i, act_on_decision(&app, &principal.tenant, &mut requests[i], decision).await)?;
+            }
+        }
+        // The same id twice: the second is answered with the first's decision, so one at a time.
+        _ => {
+            for (i, context) in contexts.into_iter().enumerate() {
+                let Some(context) = context else { continue };
+                note(i, decide_inline(&app, &principal.tenant, &mut requests[i], context).await)?;
             }
         }
     }

@@ -641,6 +641,15 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     assert_eq!(c.get(&server, "/v1/transfers/b1").await.status, 200);
     assert_eq!(c.get(&server, "/v1/transfers/b3").await.status, 404, "not submitted");
     assert_eq!(c.get(&server, "/v1/decisions/b2").await.body["outcome"], "decline");
+    // The same id twice in one batch: decided once, the second answered as a retry by the ledger.
+    let mut twice = transfer("b4", "w", "shop", 1_000);
+    twice["risk_context"] = json!({"device_id": "phone", "kyc_tier": "3"});
+    let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": [twice.clone(), twice]})).await;
+    assert_eq!(r.status, 200, "{:?}", r.body);
+    let results: Vec<&str> =
+        r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["ok", "exists"], "{:?}", r.body);
+    assert_eq!(c.get(&server, "/v1/decisions/b4").await.body["outcome"], "approve");
 }
 
 #[tokio::test]
