@@ -54,7 +54,9 @@ pub const DECISION_IDS_KEPT_MAX: usize = 20_000_000;
 /// Most attributes in a `risk_context`.
 pub const ATTRIBUTES_MAX: usize = 32;
 /// Decisions waiting for the decider thread at most (~0.5 s of work at ~30 µs each); a request
-/// whose decisions would pass it decides them on its own thread.
+/// whose decisions would pass it decides them on its own thread. Metrics: the gauge
+/// `puhui_risk_decisions_queued` (decisions waiting, as the thread takes each request's) and the
+/// counter `puhui_risk_decided_unqueued_total` (decisions made on a request's own thread).
 pub const DECISIONS_QUEUED_MAX: usize = 16_384;
 
 /// The starter ruleset shipped with puhui (`rulesets/starter.toml`), active by default.
@@ -484,6 +486,7 @@ impl RiskService {
         let count = items.len();
         if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
             self.queued.fetch_sub(count, Relaxed);
+            metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
             return self.decide_all(items);
         }
         let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
@@ -497,6 +500,7 @@ impl RiskService {
             }),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(count, Relaxed);
+                metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
                 self.decide_all(job.items)
             }
         }
@@ -645,6 +649,8 @@ fn start_decider(service: Weak<RiskService>) -> SyncSender<DecideJob> {
         while let Ok(job) = jobs.recv() {
             let Some(service) = service.upgrade() else { return };
             let count = job.items.len();
+            let waiting = service.queued.load(std::sync::atomic::Ordering::Relaxed);
+            metrics::gauge!("puhui_risk_decisions_queued").set(waiting as f64);
             let decided = service.decide_all(job.items);
             service.queued.fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
             // The requester may have gone (a closed connection); the decisions stand.

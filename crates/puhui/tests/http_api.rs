@@ -550,6 +550,11 @@ async fn concurrent_decisions_are_each_decided_once_and_all_recorded() {
     for i in 0..requests {
         assert_eq!(c.get(&server, &format!("/v1/decisions/c{i}")).await.status, 200);
     }
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains("puhui_risk_decisions_queued"),
+        "the risk thread's queue is not shown:\n{metrics}"
+    );
 }
 
 #[tokio::test]
