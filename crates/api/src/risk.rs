@@ -403,17 +403,6 @@ impl RiskService {
     /// becomes durable in the same or a later group, so awaiting the transfer is enough).
     pub fn decide(
         &self,
-        id: &str,
-        source: DecisionSource,
-        event: &RiskEvent<'_>,
-        record: bool,
-    ) -> Result<(Decided, Durable), ApiError> {
-        self.decide_owned(id.to_string(), source, EventRecord::of(event), record)
-    }
-
-    /// [`RiskService::decide`] with the id and event moved into the record instead of copied.
-    fn decide_owned(
-        &self,
         id: String,
         source: DecisionSource,
         event: EventRecord,
@@ -462,9 +451,10 @@ impl RiskService {
     /// over and await them. Choice, over deciding on each request's thread: decisions are made one
     /// at a time anyway (the controller's lock orders them), so one thread making them loses
     /// nothing, while the runtime threads go on with HTTP work instead of deciding (or waiting for
-    /// the lock, or for a shared feature store's load) in the middle of it. Order is kept: the record is queued for the journal before the reply, so a transfer queued
-    /// after the reply follows its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the
-    /// thread gone, the caller decides on its own thread: a decision never waits without bound.
+    /// the lock, or for a shared feature store's load) in the middle of it. Order is kept: the record
+    /// is queued for the journal before the reply, so a transfer queued after the reply follows
+    /// its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the thread gone, the caller
+    /// decides on its own thread: a decision never waits without bound.
     pub async fn decide_queued(
         self: &Arc<Self>,
         id: String,
@@ -507,7 +497,7 @@ impl RiskService {
     }
 
     fn decide_all(&self, items: Vec<ToDecide>) -> Vec<Result<(Decided, Durable), ApiError>> {
-        items.into_iter().map(|t| self.decide_owned(t.id, t.source, t.event, t.record)).collect()
+        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record)).collect()
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
