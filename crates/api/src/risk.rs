@@ -30,7 +30,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use puhui_risk::control::{ControlError, Controller, RulesetInfo};
 use puhui_risk::records::{DecisionRecord, DecisionSource, EventRecord, Label, LabelRecord, ListOp, Verdict};
-use puhui_risk::{FeatureLimits, Outcome, RiskEvent, RiskRecord};
+use puhui_risk::{FeatureLimits, Outcome, RiskRecord};
 use puhui_store::Record;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
