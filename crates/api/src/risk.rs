@@ -609,6 +609,25 @@ impl RiskService {
         self.mem().reviews.insert(id.to_string(), review);
     }
 
+    /// Whether `id` (scoped) is a hold waiting in the review queue.
+    pub fn is_under_review(&self, id: &str) -> bool {
+        self.mem().reviews.contains_key(id)
+    }
+
+    /// The error for posting a hold that waits for review other than by approving it.
+    pub fn under_review(param: &str) -> ApiError {
+        ApiError {
+            param: Some(param.into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "under_review",
+                "the transfer is held for risk review: approve it (POST /v1/risk/reviews/{id}/approve) \
+                 or void it",
+            )
+        }
+    }
+
     /// Takes an open review out of the queue.
     pub fn take_review(&self, id: &str) -> Option<ReviewObject> {
         self.mem().reviews.remove(id)
@@ -1023,6 +1042,11 @@ pub async fn list_reviews(
     Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
 }
 
+/// Resolution ids a review may use, one per attempt: the ledger keeps a failed transfer's result
+/// under its id for good, so an approval refused once (a frozen account) is retried under the next
+/// id. The hold itself can be posted or voided only once whatever the id.
+const REVIEW_RESOLUTION_ATTEMPTS_MAX: u32 = 16;
+
 async fn resolve_review(
     app: Arc<AppState>,
     principal: Principal,
@@ -1031,14 +1055,44 @@ async fn resolve_review(
 ) -> Result<axum::response::Response, ApiError> {
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
     let scoped_id = scoped_lookup(&principal.tenant, &id, "review")?;
-    let review = risk
-        .look_caught_up(|r| r.take_review(scoped_id.as_str()))
-        .await
-        .ok_or_else(|| ApiError::not_found("review", "id"))?;
     let suffix = if approve { "post" } else { "void" };
-    let resolution = puhui_ledger::Id::new(&format!("{scoped_id}.{suffix}")).ok_or_else(|| {
-        ApiError::invalid("invalid_id", "the review's id is too long to derive a resolution id", None)
-    })?;
+    let Some(review) = risk.look_caught_up(|r| r.take_review(scoped_id.as_str())).await else {
+        return Err(no_open_review(&app, scoped_id).await);
+    };
+    // From here on the review is out of the queue (so two analysts cannot resolve it at once): every
+    // way out that leaves the hold open puts it back.
+    let put_back = |review| risk.queue_review(scoped_id.as_str(), review);
+    let mut resolution = None;
+    for attempt in 1..=REVIEW_RESOLUTION_ATTEMPTS_MAX {
+        let text = match attempt {
+            1 => format!("{scoped_id}.{suffix}"),
+            n => format!("{scoped_id}.{suffix}.{n}"),
+        };
+        let Some(candidate) = puhui_ledger::Id::new(&text) else { break };
+        match app.transfer(candidate.clone()).await {
+            Ok(Some(earlier)) if earlier.result != puhui_ledger::ResultCode::Ok => continue,
+            Ok(_) => {
+                resolution = Some(candidate);
+                break;
+            }
+            Err(e) => {
+                put_back(review);
+                return Err(e);
+            }
+        }
+    }
+    let Some(resolution) = resolution else {
+        put_back(review);
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "review_unresolvable",
+            format!(
+                "the review's hold could not be {suffix}ed under any of its {REVIEW_RESOLUTION_ATTEMPTS_MAX} \
+                 resolution ids (each attempt failed, or the id is too long); {suffix} the transfer directly"
+            ),
+        ));
+    };
     let request = if approve {
         puhui_ledger::TransferRequest::post(resolution, scoped_id.clone(), None)
     } else {
@@ -1047,12 +1101,35 @@ async fn resolve_review(
     match crate::routes::create_one(&app, request).await {
         Ok(response) => Ok(response),
         Err(e) => {
-            // Put it back unless the hold is gone for good (expired, already resolved).
-            if e.status.is_server_error() {
-                risk.queue_review(scoped_id.as_str(), review);
+            // A refused approval (a frozen account) leaves the hold open and the review queued; only
+            // a hold that is gone (expired, voided) takes its review with it. If that cannot be
+            // read, the review goes back: listing drops it once its hold is seen to be gone.
+            match app.not_open_holds(vec![scoped_id.to_string()]).await {
+                Ok(gone) if !gone.is_empty() => {}
+                _ => put_back(review),
             }
             Err(e)
         }
+    }
+}
+
+/// Why there is no open review of `scoped_id`: 409 if its hold was resolved (posted, voided,
+/// expired), else 404.
+async fn no_open_review(app: &Arc<AppState>, scoped_id: puhui_ledger::Id) -> ApiError {
+    let resolved = match app.transfer(scoped_id).await {
+        Ok(Some(t)) if t.request.timeout_ms == Some(REVIEW_HOLD_TIMEOUT_MS) => {
+            t.pending_status.filter(|s| *s != puhui_ledger::PendingStatus::Pending)
+        }
+        _ => None,
+    };
+    match resolved {
+        Some(status) => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "review_resolved",
+            format!("the review is closed: its hold was {}", status.as_str()),
+        ),
+        None => ApiError::not_found("review", "id"),
     }
 }
 

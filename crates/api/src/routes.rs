@@ -628,6 +628,15 @@ pub async fn create_transfer_batch(
         };
         requests.push(t.into_domain(&principal.tenant, &prefix, || derived(&idem))?);
     }
+    if let Some(risk) = &app.risk {
+        for (i, r) in requests.iter().enumerate() {
+            let posts_a_review = r.kind == TransferKind::PostPending
+                && r.pending_id.as_ref().is_some_and(|p| risk.is_under_review(p.as_str()));
+            if posts_a_review {
+                return Err(crate::risk::RiskService::under_review(&format!("transfers[{i}].pending_id")));
+            }
+        }
+    }
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
     // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
@@ -778,6 +787,10 @@ pub async fn post_transfer(
     OptionalJson(body): OptionalJson<PostPending>,
 ) -> Result<Response, ApiError> {
     let pending_id = scoped_lookup_any(&principal.tenant, &pending, "transfer")?;
+    // A hold risk control queued for review is posted by approving the review, not around it.
+    if app.risk.as_ref().is_some_and(|r| r.is_under_review(pending_id.as_str())) {
+        return Err(crate::risk::RiskService::under_review("id"));
+    }
     let id = resolution_id(&principal.tenant, body.id, &pending, "post")?;
     create_one(&app, TransferRequest::post(id, pending_id, body.amount)).await
 }

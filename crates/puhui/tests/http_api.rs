@@ -562,7 +562,9 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
-    for (id, wallet) in [("bank", false), ("w", true), ("shop", true), ("mule", true), ("mule2", true)] {
+    for (id, wallet) in
+        [("bank", false), ("w", true), ("shop", true), ("mule", true), ("mule2", true), ("mule3", true)]
+    {
         let r = c
             .post(
                 &server,
@@ -605,11 +607,28 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
         approved.body
     );
     assert_eq!(c.get(&server, "/v1/accounts/mule").await.body["balances"]["net_posted"], 150_000);
-    assert_eq!(
-        c.post(&server, "/v1/risk/reviews/t2/approve", json!({})).await.status,
-        404,
-        "a review is decided once"
-    );
+    let again = c.post(&server, "/v1/risk/reviews/t2/approve", json!({})).await;
+    assert_eq!((again.status, again.code()), (409, "review_resolved"), "a review is decided once");
+    assert_eq!(c.post(&server, "/v1/risk/reviews/nothing/approve", json!({})).await.status, 404);
+    // A held transfer is posted by approving its review, not around it; an approval the ledger
+    // refuses (a frozen account) leaves the hold and its review open, and a later one posts it.
+    let held = c.post(&server, "/v1/transfers", with_ctx("t6", "mule3", 130_000, "sim-swapped", "3")).await;
+    assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
+    let around = c.post(&server, "/v1/transfers/t6/post", json!({})).await;
+    assert_eq!((around.status, around.code()), (409, "under_review"), "{:?}", around.body);
+    let mut batch_post = json!({"id": "t6-post", "type": "post_pending", "pending_id": "t6"});
+    batch_post["amount"] = json!(130_000);
+    let around = c.post(&server, "/v1/transfers/batch", json!({"transfers": [batch_post]})).await;
+    assert_eq!((around.status, around.code()), (409, "under_review"), "{:?}", around.body);
+    assert_eq!(c.post(&server, "/v1/accounts/mule3/freeze", json!({})).await.status, 200);
+    let refused = c.post(&server, "/v1/risk/reviews/t6/approve", json!({})).await;
+    assert_eq!((refused.status, refused.code()), (422, "account_frozen"), "{:?}", refused.body);
+    let queue = c.get(&server, "/v1/risk/reviews").await;
+    assert!(queue.body["data"].as_array().unwrap().iter().any(|r| r["id"] == "t6"), "{:?}", queue.body);
+    assert_eq!(c.post(&server, "/v1/accounts/mule3/unfreeze", json!({})).await.status, 200);
+    let approved = c.post(&server, "/v1/risk/reviews/t6/approve", json!({})).await;
+    assert_eq!(approved.status, 201, "{:?}", approved.body);
+    assert_eq!(c.get(&server, "/v1/accounts/mule3").await.body["balances"]["net_posted"], 130_000);
     // Another review, declined by the analyst: the hold is voided.
     let held = c.post(&server, "/v1/transfers", with_ctx("t3", "bank", 120_000, "burner", "3")).await;
     assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
