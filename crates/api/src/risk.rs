@@ -596,6 +596,12 @@ impl RiskService {
         Some(object)
     }
 
+    /// The remembered record of decision `id` (scoped), with its event.
+    pub fn decision_record(&self, id: &str) -> Option<DecisionRecord> {
+        let record = self.mem().decisions.get(id)?.record.clone();
+        puhui_risk::records::binary::decode(&record).ok()
+    }
+
     /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
     pub fn can_queue_review(&self, tenant: &str) -> bool {
         let state = self.mem();

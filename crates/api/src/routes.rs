@@ -455,6 +455,33 @@ async fn prepare_inline(
     // touching the ledger; otherwise the ledger is asked, but not waited for during a group commit
     // (a retry of an old transfer arriving just then is decided again, and the ledger answers it).
     if let Some(previous) = risk.decision(request.id.as_str()) {
+        if previous.source == "transfer" && previous.outcome == "decline" {
+            // A retry of a declined transfer gets the same answer, also after a restart (decisions
+            // are replayed from the journal): the decision under an id is made once. The same id
+            // with another payment is a conflict, as the ledger answers for a recorded transfer.
+            if let Some(record) = risk.decision_record(request.id.as_str()) {
+                let event = &record.event;
+                let conflict = if request.debit_account_id.as_ref().is_none_or(|a| a.as_str() != event.payer)
+                    || request.credit_account_id.as_ref().is_none_or(|a| a.as_str() != event.payee)
+                {
+                    Some(ResultCode::ExistsWithDifferentAccounts)
+                } else if request.amount_minor.unwrap_or(0) != event.amount_minor {
+                    Some(ResultCode::ExistsWithDifferentAmount)
+                } else if request.currency.map(|c| c.as_str().to_string()).unwrap_or_default()
+                    != event.currency
+                {
+                    Some(ResultCode::ExistsWithDifferentCurrency)
+                } else {
+                    None
+                };
+                if let Some(code) = conflict {
+                    return Err(ledger_error(code));
+                }
+            }
+            let reasons: Vec<String> =
+                previous.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
+            return Err(risk_declined(&reasons));
+        }
         if previous.source == "transfer" && previous.outcome != "decline" {
             let outcome = if previous.outcome == "review" {
                 if request.kind == TransferKind::Single {
@@ -496,6 +523,15 @@ async fn prepare_inline(
     Ok(Prepared::ToDecide(event))
 }
 
+/// 422 `risk_declined`, naming the fired rules' reasons.
+fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
+    let reasons: Vec<&str> = reasons.iter().map(AsRef::as_ref).collect();
+    ApiError {
+        message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
+        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
+    }
+}
+
 /// Acts on an inline decision: declined → `Err` (once the decline is durable); review → the request
 /// becomes a review hold (or 503 if the review queue is full); approve → as is.
 async fn act_on_decision(
@@ -525,13 +561,7 @@ async fn act_on_decision(
                 ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
             })??;
             metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
-            return Err(ApiError {
-                message: format!(
-                    "risk control declined the transfer (reasons: {})",
-                    decision.reasons().join(", ")
-                ),
-                ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
-            });
+            return Err(risk_declined(&decision.reasons()));
         }
         puhui_risk::Outcome::Review => {
             if !risk.can_queue_review(tenant) {

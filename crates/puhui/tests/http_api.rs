@@ -815,6 +815,10 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
         )
         .await;
     assert_eq!(denied.body["outcome"], "decline", "{:?}", denied.body);
+    let mut stolen = transfer("tx-stolen", "w9", "m1", 1);
+    stolen["risk_context"] = json!({"device_id": "stolen"});
+    let refused = c.post(&server, "/v1/transfers", stolen.clone()).await;
+    assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
     // Labels.
     let labelled =
         c.post(&server, "/v1/decisions/d5/label", json!({"label": "fraud", "source": "analyst"})).await;
@@ -831,6 +835,15 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let strict = rulesets["data"].as_array().unwrap().iter().find(|r| r["version"] == "strict-test").cloned();
     assert_eq!(strict.map(|r| r["shadow"].clone()), Some(json!(true)), "{rulesets}");
     assert_eq!(c.get(&server, "/v1/lists/deny_devices").await.body["values"], json!(["stolen"]));
+    // A declined transfer's retry is declined again, even with the device off the list by now: the
+    // decision under an id is made once. The same id for another payment is a conflict.
+    let cleared = c.post(&server, "/v1/lists/deny_devices/remove", json!({"values": ["stolen"]})).await;
+    assert_eq!(cleared.status, 200, "{:?}", cleared.body);
+    let retry = c.post(&server, "/v1/transfers", stolen.clone()).await;
+    assert_eq!((retry.status, retry.code()), (422, "risk_declined"), "{:?}", retry.body);
+    stolen["amount"] = json!(2);
+    let other = c.post(&server, "/v1/transfers", stolen).await;
+    assert_eq!((other.status, other.code()), (409, "exists_with_different_amount"), "{:?}", other.body);
     for i in 6..12 {
         let body = json!({
             "id": format!("d{i}"), "payer": "w1", "payee": format!("m{i}"), "amount": 100, "currency": "CNY",
@@ -880,7 +893,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("backtest.json")).unwrap()).unwrap();
-    assert_eq!(report["decisions"], 13);
+    assert_eq!(report["decisions"], 14);
     assert_eq!(report["confusion"]["true_positives"], 1, "{report}");
     assert_eq!(report["confusion_online"]["false_negatives"], 1, "{report}");
     let svg = std::fs::read_to_string(dir.path().join("scores.svg")).unwrap();
