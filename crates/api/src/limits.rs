@@ -6,6 +6,10 @@ pub const BODY_BYTES_MAX: usize = 8 << 20;
 pub const BATCH_TRANSFERS_MAX: usize = puhui_ledger::BATCH_EVENTS_MAX;
 /// Largest metadata object, serialised as compact JSON.
 pub const METADATA_BYTES_MAX: usize = puhui_ledger::METADATA_BYTES_MAX;
+/// Largest amount (and account limit) in minor units: 2^63 − 1, the `int64` the OpenAPI document
+/// promises (so a client with signed 64-bit integers reads every amount back). The ledger's own
+/// arithmetic is checked unsigned 64-bit; sums beyond it are the `overflow` result.
+pub const AMOUNT_MINOR_MAX: u64 = i64::MAX as u64;
 /// Longest client-supplied id.
 pub const CLIENT_ID_BYTES_MAX: usize = 64;
 /// Default and largest page size of list endpoints.

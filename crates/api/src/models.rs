@@ -121,7 +121,7 @@ impl CreateAccount {
                 debits_must_not_exceed_credits: self.debits_must_not_exceed_credits,
                 credits_must_not_exceed_debits: self.credits_must_not_exceed_debits,
             },
-            limit_minor: self.limit,
+            limit_minor: checked_amount(self.limit, "limit")?,
             metadata: metadata_bytes(self.metadata, "metadata")?,
         })
     }
@@ -306,6 +306,21 @@ pub struct CreateTransfer {
     pub risk_context: Option<crate::risk::RiskContext>,
 }
 
+/// `amount` if it is at most [`crate::limits::AMOUNT_MINOR_MAX`], else 400 `amount_too_large`.
+pub fn checked_amount(amount: Option<u64>, param: &str) -> Result<Option<u64>, ApiError> {
+    match amount {
+        Some(a) if a > crate::limits::AMOUNT_MINOR_MAX => Err(ApiError::invalid(
+            "amount_too_large",
+            format!(
+                "{param} must be at most {} minor units (2^63 - 1); this one is {a}",
+                crate::limits::AMOUNT_MINOR_MAX
+            ),
+            Some(param),
+        )),
+        other => Ok(other),
+    }
+}
+
 fn parse_uuid(text: &str, param: &str) -> Result<[u8; 16], ApiError> {
     let bad = || ApiError::invalid("invalid_request", "uetr must be a UUID", Some(param));
     let dashes_at = [8, 13, 18, 23];
@@ -369,7 +384,7 @@ impl CreateTransfer {
             pending_id: account(self.pending_id, "pending_id")?,
             debit_account_id: account(self.debit_account_id, "debit_account_id")?,
             credit_account_id: account(self.credit_account_id, "credit_account_id")?,
-            amount_minor: self.amount,
+            amount_minor: checked_amount(self.amount, &p("amount"))?,
             currency,
             timeout_ms: self.timeout_ms,
             code: self.code,

@@ -990,16 +990,43 @@ pub async fn create_decision(
         None => now_ns(),
     };
     let attributes = attributes(tenant, body.risk_context)?;
+    // The checks a transfer's amount and currency get: an event's figures enter the velocity
+    // features, where one absurd amount would skew a payer's sums for the window's length.
+    let amount_minor = crate::models::checked_amount(Some(body.amount), "amount")?.unwrap_or(0);
+    let Some(currency) = puhui_ledger::CurrencyCode::new(&body.currency) else {
+        return Err(ApiError::invalid(
+            "invalid_currency",
+            "a currency code is 1-12 of A-Z, 0-9, _",
+            Some("currency"),
+        ));
+    };
     let event = EventRecord {
         payer: payer.to_string(),
         payee: payee.to_string(),
-        amount_minor: body.amount,
-        currency: body.currency,
+        amount_minor,
+        currency: currency.as_str().to_string(),
         timestamp_ns,
         attributes,
     };
-    if let Some(existing) = risk.decision(id.as_str()) {
-        return Ok((StatusCode::OK, Json(existing)));
+    if let Some(existing) = risk.decision_record(id.as_str()) {
+        // A retry: the decision already made, if it was made for this event.
+        let e = &existing.event;
+        if (&e.payer, &e.payee, e.amount_minor, &e.currency)
+            != (&event.payer, &event.payee, event.amount_minor, &event.currency)
+        {
+            return Err(ApiError {
+                param: Some("id".into()),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    "exists_with_different_event",
+                    "a decision with this id was made for another event (payer, payee, amount or currency)",
+                )
+            });
+        }
+        if let Some(existing) = risk.decision(id.as_str()) {
+            return Ok((StatusCode::OK, Json(existing)));
+        }
     }
     let (decided, durable) =
         risk.decide_queued(id.to_string(), DecisionSource::Standalone, event, body.record).await?;

@@ -96,6 +96,11 @@ fn json_error(e: serde_path_to_error::Error<serde_json::Error>) -> ApiError {
 }
 
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every body is an object with named fields (serde would also read a struct from an array of
+    // its fields in order, which no client means).
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("invalid_json", "the body must be a JSON object ({...})", None));
+    }
     // The common case at full speed; only a body that fails is parsed again, tracking the path of
     // the field at fault for the error's `param` (the same input fails the same way).
     if let Ok(value) = serde_json::from_slice(bytes) {
@@ -822,7 +827,8 @@ pub async fn post_transfer(
         return Err(crate::risk::RiskService::under_review("id"));
     }
     let id = resolution_id(&principal.tenant, body.id, &pending, "post")?;
-    create_one(&app, TransferRequest::post(id, pending_id, body.amount)).await
+    let amount = crate::models::checked_amount(body.amount, "amount")?;
+    create_one(&app, TransferRequest::post(id, pending_id, amount)).await
 }
 
 /// Void a pending transfer: its hold is released.

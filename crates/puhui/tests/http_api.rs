@@ -521,6 +521,17 @@ async fn risk_decisions_score_events_and_explain_them() {
     assert_eq!((fresh.status, &fresh.body["outcome"]), (201, &json!("approve")));
     let bad = c.post(&server, "/v1/decisions", json!({"payer": "w1", "amount": 1.5})).await;
     assert_eq!(bad.status, 400);
+    // An event's figures enter the features, so they are checked as a transfer's are.
+    let event = |amount: u64, currency: &str| json!({"id": "odd", "payer": "w1", "payee": "m1", "amount": amount, "currency": currency});
+    let huge = c.post(&server, "/v1/decisions", event(u64::MAX, "CNY")).await;
+    assert_eq!((huge.status, huge.code()), (400, "amount_too_large"), "{:?}", huge.body);
+    let lower = c.post(&server, "/v1/decisions", event(1, "cny")).await;
+    assert_eq!((lower.status, lower.code()), (400, "invalid_currency"), "{:?}", lower.body);
+    // A decision id is made once: a retry gets it, the same id for another event is a conflict.
+    assert_eq!(c.post(&server, "/v1/decisions", event(5, "CNY")).await.status, 201);
+    assert_eq!(c.post(&server, "/v1/decisions", event(5, "CNY")).await.status, 200);
+    let reused = c.post(&server, "/v1/decisions", event(6, "CNY")).await;
+    assert_eq!((reused.status, reused.code()), (409, "exists_with_different_event"), "{:?}", reused.body);
 }
 
 #[tokio::test]
@@ -741,6 +752,18 @@ async fn hostile_inputs_get_typed_errors_not_panics() {
     t["uetr"] = json!("9f2c1b0a-0000-4000-8000-000000000000");
     let ok = c.post(&server, "/v1/transfers", t).await;
     assert_eq!((ok.status, ok.body["uetr"].as_str()), (201, Some("9f2c1b0a-0000-4000-8000-000000000000")));
+    // Amounts are the int64 the OpenAPI document promises; beyond it, a typed 400.
+    let r = c.post(&server, "/v1/transfers", transfer("big", "alice", "bob", 1 << 63)).await;
+    assert_eq!(
+        (r.status, r.code(), r.body["error"]["param"].as_str()),
+        (400, "amount_too_large", Some("amount"))
+    );
+    let r = c.post(&server, "/v1/accounts", json!({"id": "lim", "currency": "CNY", "limit": u64::MAX})).await;
+    assert_eq!((r.status, r.code()), (400, "amount_too_large"), "{:?}", r.body);
+    // A body is an object, not the fields in a row.
+    let r = c.post(&server, "/v1/accounts", json!(["arr1", "CNY", null, false, false, null, null])).await;
+    assert_eq!((r.status, r.code()), (400, "invalid_json"), "{:?}", r.body);
+    assert_eq!(c.get(&server, "/v1/accounts/arr1").await.status, 404);
     // A path that is not UTF-8 names nothing: 404 in the envelope.
     let r = c.get(&server, "/v1/accounts/%FF").await;
     assert_eq!((r.status, r.code()), (404, "not_found"));
