@@ -303,7 +303,18 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
     hasher.update(b"?");
     hasher.update(parts.uri.query().unwrap_or("").as_bytes());
     hasher.update(b"\n");
-    hasher.update(&bytes);
+    // The parameters, not their spelling: a JSON body is hashed in one canonical form (keys sorted,
+    // no whitespace), so a retry that serialises the same object another way is the same request.
+    match serde_json::from_slice::<serde_json::Value>(&bytes).map(|v| serde_json::to_vec(&v)) {
+        Ok(Ok(canonical)) => {
+            hasher.update(b"json ");
+            hasher.update(&canonical);
+        }
+        _ => {
+            hasher.update(b"raw ");
+            hasher.update(&bytes);
+        }
+    }
     let fingerprint = *hasher.finalize().as_bytes();
     let scope = (tenant, key.clone());
     let begin = match app.idempotency.begin(scope.clone(), fingerprint).await {

@@ -230,6 +230,13 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
     assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
     let other = c.post_idem(&server, "/v1/transfers", json!({"amount": 5}), "key-1").await;
     assert_eq!((other.status, other.code()), (409, "idempotency_key_reused"));
+    // The same parameters spelt another way (key order, spaces) are the same request.
+    let respelt = r#"{ "currency" : "CNY", "amount": 100,
+        "credit_account_id": "bob", "debit_account_id": "alice" }"#;
+    let again =
+        send(&c.http, "POST", &server.url("/v1/transfers"), &c.key, Some(respelt.into()), Some("key-1"))
+            .await;
+    assert_eq!((again.status, &again.body), (201, &first.body), "{:?}", again.body);
     // Errors are replayed too.
     let e1 = c.post_idem(&server, "/v1/transfers", transfer("x", "alice", "bob", 1_000_000), "key-2").await;
     let e2 = c.post_idem(&server, "/v1/transfers", transfer("x", "alice", "bob", 1_000_000), "key-2").await;
