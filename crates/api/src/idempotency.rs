@@ -277,7 +277,13 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
         return next.run(request).await;
     };
     let key = match header.to_str() {
-        Ok(k) if !k.is_empty() && k.chars().count() <= IDEMPOTENCY_KEY_CHARS_MAX => k.to_string(),
+        Ok(k)
+            if !k.is_empty()
+                && k.len() <= IDEMPOTENCY_KEY_CHARS_MAX
+                && k.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            k.to_string()
+        }
         _ => {
             return ApiError::invalid(
                 "idempotency_key_invalid",

@@ -53,6 +53,9 @@ const SEQ_INBOX_MAX: usize = 65_536;
 pub const DECISION_IDS_KEPT_MAX: usize = 20_000_000;
 /// Most attributes in a `risk_context`.
 pub const ATTRIBUTES_MAX: usize = 32;
+/// Longest risk-context value and attribute name: values become velocity-feature keys, which are
+/// bounded in number (`FeatureLimits::keys_max`), so their size must be bounded too.
+pub const ATTRIBUTE_BYTES_MAX: usize = 256;
 /// Decisions waiting for the decider thread at most (~0.5 s of work at ~30 µs each); a request
 /// whose decisions would pass it decides them on its own thread. Metrics: the gauge
 /// `puhui_risk_decisions_queued` (decisions waiting, as the thread takes each request's) and the
@@ -933,7 +936,21 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             Some("risk_context.attributes"),
         ));
     }
+    let too_long = |field: &str| {
+        ApiError::invalid(
+            "invalid_request",
+            format!("a risk-context name or value is at most {ATTRIBUTE_BYTES_MAX} bytes"),
+            Some(&format!("risk_context.{field}")),
+        )
+    };
+    for (name, value) in &ctx.attributes {
+        if name.len() > ATTRIBUTE_BYTES_MAX || value.len() > ATTRIBUTE_BYTES_MAX {
+            return Err(too_long("attributes"));
+        }
+    }
+    // Sorted, so that the journaled event does not depend on a hash map's order.
     let mut attributes: Vec<(String, String)> = ctx.attributes.into_iter().collect();
+    attributes.sort_unstable();
     for (name, value) in [
         ("device_id", ctx.device_id),
         ("ip", ctx.ip),
@@ -943,6 +960,9 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
         ("kyc_tier", ctx.kyc_tier),
     ] {
         if let Some(v) = value {
+            if v.len() > ATTRIBUTE_BYTES_MAX {
+                return Err(too_long(name));
+            }
             let v = if name == "device_id" || name == "ip" { format!("{tenant}:{v}") } else { v };
             attributes.retain(|(k, _)| k != name);
             attributes.push((name.to_string(), v));

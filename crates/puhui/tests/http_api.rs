@@ -267,7 +267,9 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
     assert!(created >= 1);
     assert_eq!(c.get(&server, "/v1/accounts/alice").await.body["balances"]["net_posted"], 10_000 - 100 - 7);
     let long = "k".repeat(256);
-    let r = c.post_idem(&server, "/v1/transfers", body, &long).await;
+    let r = c.post_idem(&server, "/v1/transfers", body.clone(), &long).await;
+    assert_eq!((r.status, r.code()), (400, "idempotency_key_invalid"));
+    let r = c.post_idem(&server, "/v1/transfers", body, "with\ttab").await;
     assert_eq!((r.status, r.code()), (400, "idempotency_key_invalid"));
 }
 
@@ -530,6 +532,15 @@ async fn risk_decisions_score_events_and_explain_them() {
     assert_eq!(bad.status, 400);
     // An event's figures enter the features, so they are checked as a transfer's are.
     let event = |amount: u64, currency: &str| json!({"id": "odd", "payer": "w1", "payee": "m1", "amount": amount, "currency": currency});
+    let mut long = event(1, "CNY");
+    long["risk_context"] = json!({"device_id": "d".repeat(257)});
+    let r = c.post(&server, "/v1/decisions", long).await;
+    assert_eq!(
+        (r.status, r.body["error"]["param"].as_str()),
+        (400, Some("risk_context.device_id")),
+        "{:?}",
+        r.body
+    );
     let huge = c.post(&server, "/v1/decisions", event(u64::MAX, "CNY")).await;
     assert_eq!((huge.status, huge.code()), (400, "amount_too_large"), "{:?}", huge.body);
     let lower = c.post(&server, "/v1/decisions", event(1, "cny")).await;
