@@ -72,6 +72,10 @@ pub const RETRY_BASE_MS_DEFAULT: u64 = 30_000;
 pub const RETRY_CAP_BASES: u64 = 1_440;
 /// Test-only: the retry base in milliseconds (so tests do not wait 30 s).
 pub const RETRY_BASE_ENV: &str = "PUHUI_WEBHOOK_RETRY_BASE_MS";
+/// Set to `1` to let tenants register endpoints on loopback, private and link-local addresses (a
+/// receiver on the same machine in development and tests). Off by default: a tenant's URL must not
+/// reach the operator's internal network or a cloud metadata service (server-side request forgery).
+pub const ALLOW_PRIVATE_ENV: &str = "PUHUI_WEBHOOK_ALLOW_PRIVATE";
 /// Time for a whole delivery request (connect, send, answer headers).
 pub const DELIVERY_TIMEOUT_MS: u64 = 10_000;
 /// Time to connect to a receiver.
@@ -295,8 +299,66 @@ pub struct Webhooks {
 /// The lease of the webhook dispatcher (one dispatcher among the nodes on a database).
 pub const DISPATCHER_LEASE: &str = "webhook-dispatcher";
 
+fn allow_private() -> bool {
+    std::env::var(ALLOW_PRIVATE_ENV).is_ok_and(|v| v == "1" || v == "true")
+}
+
+/// Whether an address is on the public internet: not loopback, private, link-local (cloud metadata
+/// services live at 169.254.169.254), carrier-grade NAT, unspecified, multicast or broadcast.
+fn is_public(ip: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b)))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// Resolves delivery hosts to public addresses only (a name may resolve to an internal address, or
+/// start to after it was registered): the check happens where the connection is made.
+struct PublicAddressesOnly;
+
+impl reqwest::dns::Resolve for PublicAddressesOnly {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let host = name.as_str().to_string();
+        Box::pin(async move {
+            let resolved: Vec<std::net::SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let public: Vec<std::net::SocketAddr> =
+                resolved.into_iter().filter(|a| is_public(a.ip())).collect();
+            if public.is_empty() {
+                let why =
+                    format!("{host} resolves to no public address (set {ALLOW_PRIVATE_ENV}=1 to allow)");
+                return Err(why.into());
+            }
+            Ok(Box::new(public.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
+    let builder = reqwest::Client::builder();
+    let builder = if allow_private() { builder } else { builder.dns_resolver(Arc::new(PublicAddressesOnly)) };
+    builder
         .connect_timeout(Duration::from_millis(DELIVERY_CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(DELIVERY_TIMEOUT_MS))
         .redirect(reqwest::redirect::Policy::none())
@@ -1175,7 +1237,7 @@ fn webhooks(app: &AppState) -> Result<&Arc<Webhooks>, ApiError> {
     })
 }
 
-fn validate_url(url: &str) -> Result<(), ApiError> {
+fn validate_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
     let bad = |why: &str| ApiError::invalid("invalid_request", format!("url {why}"), Some("url"));
     if url.len() > URL_BYTES_MAX {
         return Err(bad("is longer than 2,048 bytes"));
@@ -1186,6 +1248,18 @@ fn validate_url(url: &str) -> Result<(), ApiError> {
     }
     if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(bad("must not carry credentials"));
+    }
+    // Literal addresses never reach the resolver, so they are checked here (names are checked as
+    // they are resolved for each delivery).
+    let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let internal = match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
+        Ok(ip) => !is_public(ip),
+        Err(_) => host == "localhost" || host.ends_with(".localhost"),
+    };
+    if internal && !allow_private {
+        return Err(bad(&format!(
+            "must not point at a loopback, private or link-local address (the operator can allow it with {ALLOW_PRIVATE_ENV}=1)"
+        )));
     }
     Ok(())
 }
@@ -1215,7 +1289,7 @@ pub async fn create_endpoint(
     ApiJson(body): ApiJson<CreateWebhookEndpoint>,
 ) -> Result<(StatusCode, Json<WebhookEndpointObject>), ApiError> {
     let hooks = webhooks(&app)?;
-    validate_url(&body.url)?;
+    validate_url(&body.url, allow_private())?;
     let enabled_events = body.enabled_events.unwrap_or_else(|| vec!["*".to_string()]);
     validate_events(&enabled_events)?;
     if body.description.as_ref().is_some_and(|d| d.len() > DESCRIPTION_BYTES_MAX) {
@@ -1424,12 +1498,35 @@ mod tests {
         assert_eq!(parse_delivery_id("42"), None);
     }
 
+    #[tokio::test]
+    async fn deliveries_resolve_names_to_public_addresses_only() {
+        use reqwest::dns::Resolve;
+        let name: reqwest::dns::Name = "localhost".parse().unwrap();
+        let refused = PublicAddressesOnly.resolve(name).await.err().expect("localhost is refused");
+        assert!(refused.to_string().contains("no public address"), "{refused}");
+    }
+
     #[test]
     fn urls_are_http_with_a_host_and_no_credentials() {
-        assert!(validate_url("https://example.invalid/hook").is_ok());
-        assert!(validate_url("http://127.0.0.1:9/x").is_ok());
+        assert!(validate_url("https://example.invalid/hook", false).is_ok());
+        assert!(validate_url("http://127.0.0.1:9/x", true).is_ok(), "allowed by the operator");
+        for internal in [
+            "http://127.0.0.1:9/x",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/",
+            "http://192.168.0.1/",
+            "http://100.64.0.1/",
+            "http://[::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://localhost:8080/",
+            "http://0.0.0.0/",
+        ] {
+            assert!(validate_url(internal, false).is_err(), "{internal}");
+        }
+        assert!(is_public("8.8.8.8".parse().unwrap()) && is_public("2001:4860::8888".parse().unwrap()));
         for bad in ["ftp://x/", "not a url", "https://user:pw@example.invalid/", "mailto:a@example.invalid"] {
-            assert!(validate_url(bad).is_err(), "{bad}");
+            assert!(validate_url(bad, true).is_err(), "{bad}");
         }
     }
 }

@@ -407,7 +407,7 @@ fn verify_signature(header: &str, body: &[u8], secret: &str) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhooks_are_signed_retried_isolated_and_survive_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("PUHUI_WEBHOOK_RETRY_BASE_MS", "50")];
+    let env = [("PUHUI_WEBHOOK_RETRY_BASE_MS", "50"), ("PUHUI_WEBHOOK_ALLOW_PRIVATE", "1")];
     let server = serve(dir.path(), &[], &env);
     let a = Api::tenant(&server).await;
     let b = Api::tenant(&server).await;
@@ -742,7 +742,11 @@ fn webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_over() {
 
 async fn pg_webhooks_on_postgres_are_shared_by_nodes_signed_retried_and_fail_over(store: String) {
     let dir = tempfile::tempdir().unwrap();
-    let env = [("PUHUI_STORE", store.as_str()), ("PUHUI_WEBHOOK_RETRY_BASE_MS", "50")];
+    let env = [
+        ("PUHUI_STORE", store.as_str()),
+        ("PUHUI_WEBHOOK_RETRY_BASE_MS", "50"),
+        ("PUHUI_WEBHOOK_ALLOW_PRIVATE", "1"),
+    ];
     let a_node = serve(dir.path(), &[], &env);
     let a = Api::tenant(&a_node).await;
     let b = Api::tenant(&a_node).await;
