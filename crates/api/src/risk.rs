@@ -642,11 +642,16 @@ impl RiskService {
         self.mem().reviews.remove(id)
     }
 
-    /// A tenant's open reviews (up to `limit`, oldest ids first) and whether there are more.
-    pub fn reviews(&self, tenant: &str, limit: usize) -> (Vec<ReviewObject>, bool) {
+    /// A tenant's open reviews (up to `limit`, in id order, after the scoped id `after` if given) and
+    /// whether there are more.
+    pub fn reviews(&self, tenant: &str, after: Option<&str>, limit: usize) -> (Vec<ReviewObject>, bool) {
         let state = self.mem();
         let prefix = format!("{tenant}:");
-        let mut keys: Vec<&String> = state.reviews.keys().filter(|k| k.starts_with(&prefix)).collect();
+        let mut keys: Vec<&String> = state
+            .reviews
+            .keys()
+            .filter(|k| k.starts_with(&prefix) && after.is_none_or(|a| k.as_str() > a))
+            .collect();
         keys.sort();
         let more = keys.len() > limit;
         (keys.into_iter().take(limit).map(|k| state.reviews[k].clone()).collect(), more)
@@ -1078,20 +1083,26 @@ pub async fn get_decision(
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.
 #[utoipa::path(get, path = "/v1/risk/reviews", tag = "risk",
-    responses((status = 200, body = ReviewList)), security(("api_key" = [])))]
+    params(("limit" = Option<usize>, Query, description = "1–100, default 100"),
+           ("starting_after" = Option<String>, Query, description = "the last review id of the page before")),
+    responses((status = 200, body = ReviewList), (status = 400, body = ErrorEnvelope)), security(("api_key" = [])))]
 pub async fn list_reviews(
     State(app): State<Arc<AppState>>,
     Extension(principal): Extension<Principal>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ReviewList>, ApiError> {
+    let q = ListQuery::read(query)?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
+    let after = q.starting_after.map(|a| format!("{}:{a}", principal.tenant));
     // Drop reviews whose hold is gone (expired, or posted/voided directly) before listing.
-    let (candidates, _) = risk.reviews(&principal.tenant, REVIEWS_PER_TENANT_MAX);
+    let (candidates, _) = risk.reviews(&principal.tenant, None, REVIEWS_PER_TENANT_MAX);
     let ids: Vec<String> = candidates.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
     let stale: Vec<String> = app.not_open_holds(ids).await?;
     for id in &stale {
         risk.take_review(id);
     }
-    let (data, has_more) = risk.reviews(&principal.tenant, crate::limits::PAGE_LIMIT_MAX);
+    let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
+    let (data, has_more) = risk.reviews(&principal.tenant, after.as_deref(), limit);
     Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
 }
 
@@ -1506,29 +1517,48 @@ async fn change_list(
         }
     })
     .await?;
-    list_page(&app, tenant.as_deref(), &name, crate::limits::PAGE_LIMIT_MAX)
+    list_page(&app, tenant.as_deref(), &name, None, crate::limits::PAGE_LIMIT_MAX)
 }
 
+/// A page of a list's values (sorted), after the value `after` (unscoped) if given.
 fn list_page(
     app: &AppState,
     tenant: Option<&str>,
     name: &str,
+    after: Option<&str>,
     limit: usize,
 ) -> Result<Json<RiskListObject>, ApiError> {
     let risk = risk_service(app)?;
     let prefix = tenant.map(|t| format!("{t}:")).unwrap_or_default();
-    let (values, has_more) = risk.lock().controller.list_values(name, &prefix, limit).unwrap_or_default();
+    let after = after.map(|a| format!("{prefix}{a}"));
+    let (values, has_more) =
+        risk.lock().controller.list_values(name, &prefix, after.as_deref(), limit).unwrap_or_default();
     let values =
         values.into_iter().map(|v| if tenant.is_some() { unscoped(&v).to_string() } else { v }).collect();
     Ok(Json(RiskListObject { object: "risk_list", name: name.to_string(), values, has_more }))
 }
 
-/// `?limit=` on a list.
+/// `?limit=&starting_after=` on a list or the review queue.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// 1–100, default 100.
     pub limit: Option<usize>,
+    /// The page after this value (a list) or review id (the queue): the last one of the page before.
+    pub starting_after: Option<String>,
+}
+
+impl ListQuery {
+    /// The query, or 400 for an unreadable one or a limit outside 1–100.
+    fn read(
+        query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    ) -> Result<Self, ApiError> {
+        let Query(q) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+        if !(1..=crate::limits::PAGE_LIMIT_MAX).contains(&q.limit.unwrap_or(1)) {
+            return Err(ApiError::invalid("invalid_request", "limit is 1–100", Some("limit")));
+        }
+        Ok(q)
+    }
 }
 
 /// Add values to one of your allow/deny lists (`in_list('deny_devices', ctx.device_id)`).
@@ -1561,7 +1591,8 @@ pub async fn list_remove(
 
 /// Your values in a list (sorted).
 #[utoipa::path(get, path = "/v1/lists/{name}", tag = "risk",
-    params(("name" = String, Path, description = "list name"), ("limit" = Option<usize>, Query, description = "1–100")),
+    params(("name" = String, Path, description = "list name"), ("limit" = Option<usize>, Query, description = "1–100"),
+           ("starting_after" = Option<String>, Query, description = "the last value of the page before")),
     responses((status = 200, body = RiskListObject)),
     security(("api_key" = [])))]
 pub async fn get_list(
@@ -1570,12 +1601,9 @@ pub async fn get_list(
     ApiPath(name): ApiPath<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::invalid("invalid_request", e.body_text(), None))?;
+    let q = ListQuery::read(query)?;
     let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
-    if !(1..=crate::limits::PAGE_LIMIT_MAX).contains(&limit) {
-        return Err(ApiError::invalid("invalid_request", "limit is 1–100", Some("limit")));
-    }
-    list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, limit)
+    list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, q.starting_after.as_deref(), limit)
 }
 
 #[cfg(test)]

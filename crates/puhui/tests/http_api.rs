@@ -530,6 +530,16 @@ async fn risk_decisions_score_events_and_explain_them() {
     assert_eq!((fresh.status, &fresh.body["outcome"]), (201, &json!("approve")));
     let bad = c.post(&server, "/v1/decisions", json!({"payer": "w1", "amount": 1.5})).await;
     assert_eq!(bad.status, 400);
+    // Lists and the review queue page with `limit` and `starting_after`.
+    let added = c.post(&server, "/v1/lists/allow_x/add", json!({"values": ["c", "a", "b"]})).await;
+    assert_eq!(added.status, 200, "{:?}", added.body);
+    let page = c.get(&server, "/v1/lists/allow_x?limit=2").await.body;
+    assert_eq!((&page["values"], &page["has_more"]), (&json!(["a", "b"]), &json!(true)), "{page}");
+    let page = c.get(&server, "/v1/lists/allow_x?limit=2&starting_after=b").await.body;
+    assert_eq!((&page["values"], &page["has_more"]), (&json!(["c"]), &json!(false)), "{page}");
+    assert_eq!(c.get(&server, "/v1/risk/reviews?limit=0").await.status, 400);
+    let reviews = c.get(&server, "/v1/risk/reviews?limit=1&starting_after=zzz").await;
+    assert_eq!((reviews.status, &reviews.body["data"]), (200, &json!([])), "{:?}", reviews.body);
     // An event's figures enter the features, so they are checked as a transfer's are.
     let event = |amount: u64, currency: &str| json!({"id": "odd", "payer": "w1", "payee": "m1", "amount": amount, "currency": currency});
     let mut long = event(1, "CNY");

@@ -428,10 +428,17 @@ impl Controller {
     }
 
     /// The values of a list, sorted (at most `limit`), and whether there are more.
-    pub fn list_values(&self, name: &str, prefix: &str, limit: usize) -> Option<(Vec<String>, bool)> {
+    pub fn list_values(
+        &self,
+        name: &str,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Option<(Vec<String>, bool)> {
         let lists = self.lists.read().unwrap_or_else(|p| p.into_inner());
         let list = lists.get(name)?;
-        let mut values: Vec<&String> = list.iter().filter(|v| v.starts_with(prefix)).collect();
+        let mut values: Vec<&String> =
+            list.iter().filter(|v| v.starts_with(prefix) && after.is_none_or(|a| v.as_str() > a)).collect();
         values.sort();
         let more = values.len() > limit;
         Some((values.into_iter().take(limit).cloned().collect(), more))

@@ -324,7 +324,7 @@ fn replaying_the_records_rebuilds_rulesets_lists_and_features() {
     assert_eq!(restarted.active().ruleset().version, "strict-1");
     assert!(restarted.shadow().is_none());
     assert_eq!(restarted.rulesets().len(), 2);
-    assert_eq!(restarted.list_values("deny_devices", "", 10), Some((vec![], false)));
+    assert_eq!(restarted.list_values("deny_devices", "", None, 10), Some((vec![], false)));
     assert_eq!(restarted.features().keys(), online.features().keys());
 }
 
