@@ -79,9 +79,9 @@ result_codes! {
     /// The credit would take an account flagged credits_must_not_exceed_debits past its ceiling.
     ExceedsDebits = 17, "exceeds_debits", "the credit account's credits would exceed its debits plus its limit";
     /// An account is frozen and accepts no new transfers.
-    AccountFrozen = 18, "account_frozen", "an account of this transfer is frozen";
+    AccountFrozen = 18, "account_frozen", "the account (or an account of the transfer) is frozen";
     /// An account is closed.
-    AccountClosed = 19, "account_closed", "an account of this transfer is closed";
+    AccountClosed = 19, "account_closed", "the account (or an account of the transfer) is closed";
     /// The pending transfer to post or void does not exist.
     PendingNotFound = 20, "pending_not_found", "the pending transfer does not exist";
     /// The pending transfer was already posted.
