@@ -1106,11 +1106,6 @@ pub async fn list_reviews(
     Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
 }
 
-/// Resolution ids a review may use, one per attempt: the ledger keeps a failed transfer's result
-/// under its id for good, so an approval refused once (a frozen account) is retried under the next
-/// id. The hold itself can be posted or voided only once whatever the id.
-const REVIEW_RESOLUTION_ATTEMPTS_MAX: u32 = 16;
-
 async fn resolve_review(
     app: Arc<AppState>,
     principal: Principal,
@@ -1126,36 +1121,28 @@ async fn resolve_review(
     // From here on the review is out of the queue (so two analysts cannot resolve it at once): every
     // way out that leaves the hold open puts it back.
     let put_back = |review| risk.queue_review(scoped_id.as_str(), review);
-    let mut resolution = None;
-    for attempt in 1..=REVIEW_RESOLUTION_ATTEMPTS_MAX {
-        let text = match attempt {
-            1 => format!("{scoped_id}.{suffix}"),
-            n => format!("{scoped_id}.{suffix}.{n}"),
-        };
-        let Some(candidate) = puhui_ledger::Id::new(&text) else { break };
-        match app.transfer(candidate.clone()).await {
-            Ok(Some(earlier)) if earlier.result != puhui_ledger::ResultCode::Ok => continue,
-            Ok(_) => {
-                resolution = Some(candidate);
-                break;
-            }
-            Err(e) => {
-                put_back(review);
-                return Err(e);
-            }
+    // The ledger keeps a refused attempt's result under its id: a later approval uses the next id
+    // (the hold itself is resolved once whatever the id).
+    let base = format!("{scoped_id}.{suffix}");
+    let resolution = match crate::routes::resolution_attempt_id(&app, &base, |_| false).await {
+        Ok(Some(id)) => id,
+        Ok(None) => {
+            put_back(review);
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "review_unresolvable",
+                format!(
+                    "the review's hold could not be {suffix}ed under any of its {} resolution ids (each \
+                     attempt failed, or the id is too long); {suffix} the transfer directly",
+                    crate::routes::RESOLUTION_ATTEMPTS_MAX
+                ),
+            ));
         }
-    }
-    let Some(resolution) = resolution else {
-        put_back(review);
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "invalid_request_error",
-            "review_unresolvable",
-            format!(
-                "the review's hold could not be {suffix}ed under any of its {REVIEW_RESOLUTION_ATTEMPTS_MAX} \
-                 resolution ids (each attempt failed, or the id is too long); {suffix} the transfer directly"
-            ),
-        ));
+        Err(e) => {
+            put_back(review);
+            return Err(e);
+        }
     };
     let request = if approve {
         puhui_ledger::TransferRequest::post(resolution, scoped_id.clone(), None)

@@ -808,6 +808,34 @@ fn resolution_id(tenant: &str, given: Option<String>, pending: &str, suffix: &st
     }
 }
 
+/// Resolution ids tried for one hold when the client names none (see [`resolution_attempt_id`]).
+pub(crate) const RESOLUTION_ATTEMPTS_MAX: u32 = 16;
+
+/// The id of a post or void of a hold when the client gives none: `base` (`<hold>.post`), or, if an
+/// earlier attempt under it failed for another request, the first of `base.2`, `base.3`, … that is
+/// free or holds this request. The ledger keeps a failed transfer's result under its id for good
+/// (a retry gets the same failure), so a corrected request must not meet its predecessor's id.
+/// `same(t)`: whether the failed attempt `t` was this very request (then its id is reused, and the
+/// retry gets its failure). `None` past [`RESOLUTION_ATTEMPTS_MAX`] ids or an id too long.
+pub(crate) async fn resolution_attempt_id(
+    app: &Arc<AppState>,
+    base: &str,
+    same: impl Fn(&puhui_ledger::Transfer) -> bool,
+) -> Result<Option<Id>, ApiError> {
+    for attempt in 1..=RESOLUTION_ATTEMPTS_MAX {
+        let text = match attempt {
+            1 => base.to_string(),
+            n => format!("{base}.{n}"),
+        };
+        let Some(candidate) = Id::new(&text) else { return Ok(None) };
+        match app.transfer(candidate.clone()).await? {
+            Some(earlier) if earlier.result != ResultCode::Ok && !same(&earlier) => continue,
+            _ => return Ok(Some(candidate)),
+        }
+    }
+    Ok(None)
+}
+
 /// Post a pending transfer, fully or partly (the rest of the hold is released).
 #[utoipa::path(post, path = "/v1/transfers/{id}/post", tag = "transfers", request_body = Option<PostPending>,
     params(("id" = String, Path, description = "the pending transfer")),
@@ -826,8 +854,17 @@ pub async fn post_transfer(
     if app.risk.as_ref().is_some_and(|r| r.is_under_review(pending_id.as_str())) {
         return Err(crate::risk::RiskService::under_review("id"));
     }
-    let id = resolution_id(&principal.tenant, body.id, &pending, "post")?;
     let amount = crate::models::checked_amount(body.amount, "amount")?;
+    let id = match body.id {
+        Some(given) => scoped(&principal.tenant, &given, "id")?,
+        None => {
+            let base = format!("{}:{pending}.post", principal.tenant);
+            let same = |t: &puhui_ledger::Transfer| t.request.amount_minor == amount;
+            resolution_attempt_id(&app, &base, same).await?.ok_or_else(|| {
+                ApiError::invalid("invalid_id", "give an id for the posting transfer", Some("id"))
+            })?
+        }
+    };
     create_one(&app, TransferRequest::post(id, pending_id, amount)).await
 }
 

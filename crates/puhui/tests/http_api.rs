@@ -322,11 +322,18 @@ async fn pagination_holds_batches_and_balance_at() {
     let hold = json!({"id": "h1", "type": "pending", "debit_account_id": "alice", "credit_account_id": "bob", "amount": 500, "currency": "CNY", "timeout_ms": 60_000});
     assert_eq!(c.post(&server, "/v1/transfers", hold).await.body["pending_status"], "pending");
     assert_eq!(c.get(&server, "/v1/accounts/alice").await.body["balances"]["debits_pending"], 500);
+    // A refused post does not use up the default id for a corrected one; its retry is refused alike.
+    let over = c.post(&server, "/v1/transfers/h1/post", json!({"amount": 501})).await;
+    assert_eq!((over.status, over.code()), (422, "post_amount_exceeds_pending"), "{:?}", over.body);
     let post = c.post(&server, "/v1/transfers/h1/post", json!({"amount": 300})).await;
     assert_eq!(
         (post.status, post.body["id"].as_str(), post.body["amount"].as_u64()),
-        (201, Some("h1.post"), Some(300))
+        (201, Some("h1.post.2"), Some(300)),
+        "{:?}",
+        post.body
     );
+    let over = c.post(&server, "/v1/transfers/h1/post", json!({"amount": 501})).await;
+    assert_eq!((over.status, over.code()), (422, "post_amount_exceeds_pending"), "{:?}", over.body);
     assert_eq!(
         c.post(&server, "/v1/transfers/h1/post", json!({"amount": 300})).await.status,
         200,
