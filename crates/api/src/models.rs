@@ -476,7 +476,8 @@ impl From<Transfer> for TransferObject {
 #[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostPending {
-    /// Id of the posting transfer; default `<pending id>.post` (so posting twice is harmless).
+    /// Id of the posting transfer; default `<pending id>.post` (so posting twice is harmless), or
+    /// `<pending id>.post.2`, `.3`, … after refused attempts with other amounts.
     pub id: Option<String>,
     /// Amount to post (at most the hold); default the whole hold. The rest is released.
     pub amount: Option<u64>,
