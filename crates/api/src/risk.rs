@@ -1580,7 +1580,7 @@ pub async fn list_remove(
 #[utoipa::path(get, path = "/v1/lists/{name}", tag = "risk",
     params(("name" = String, Path, description = "list name"), ("limit" = Option<usize>, Query, description = "1–100"),
            ("starting_after" = Option<String>, Query, description = "the last value of the page before")),
-    responses((status = 200, body = RiskListObject)),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
     security(("api_key" = [])))]
 pub async fn get_list(
     State(app): State<Arc<AppState>>,
@@ -1589,6 +1589,7 @@ pub async fn get_list(
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskListObject>, ApiError> {
     let q = ListQuery::read(query)?;
+    Controller::check_list_name(&name).map_err(control_error)?;
     let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
     list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, q.starting_after.as_deref(), limit)
 }

@@ -545,6 +545,8 @@ async fn risk_decisions_score_events_and_explain_them() {
     let page = c.get(&server, "/v1/lists/allow_x?limit=2&starting_after=b").await.body;
     assert_eq!((&page["values"], &page["has_more"]), (&json!(["c"]), &json!(false)), "{page}");
     assert_eq!(c.get(&server, "/v1/risk/reviews?limit=0").await.status, 400);
+    let bad_name = c.get(&server, &format!("/v1/lists/{}", "x".repeat(65))).await;
+    assert_eq!((bad_name.status, bad_name.code()), (400, "invalid_list"), "{:?}", bad_name.body);
     let reviews = c.get(&server, "/v1/risk/reviews?limit=1&starting_after=zzz").await;
     assert_eq!((reviews.status, &reviews.body["data"]), (200, &json!([])), "{:?}", reviews.body);
     // An event's figures enter the features, so they are checked as a transfer's are.

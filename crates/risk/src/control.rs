@@ -389,15 +389,21 @@ impl Controller {
         Ok(RiskRecord::List(record))
     }
 
-    fn apply_list(&mut self, record: &ListRecord) -> Result<(), ControlError> {
-        let name_ok = !record.name.is_empty()
-            && record.name.len() <= LIST_NAME_BYTES_MAX
-            && record.name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    /// `Ok` if `name` can name a list: 1–[`LIST_NAME_BYTES_MAX`] characters of `[A-Za-z0-9_-]`.
+    pub fn check_list_name(name: &str) -> Result<(), ControlError> {
+        let name_ok = !name.is_empty()
+            && name.len() <= LIST_NAME_BYTES_MAX
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
         if !name_ok {
             return Err(ControlError::InvalidList(format!(
                 "a list name is 1–{LIST_NAME_BYTES_MAX} characters of [A-Za-z0-9_-]"
             )));
         }
+        Ok(())
+    }
+
+    fn apply_list(&mut self, record: &ListRecord) -> Result<(), ControlError> {
+        Controller::check_list_name(&record.name)?;
         if record.values.len() > LIST_CHANGE_VALUES_MAX {
             return Err(ControlError::Limit(format!(
                 "at most {LIST_CHANGE_VALUES_MAX} values per change; this one has {}",
