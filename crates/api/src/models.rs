@@ -42,6 +42,14 @@ pub fn unscoped(id: &str) -> &str {
 
 fn metadata_bytes(metadata: Option<Map<String, Value>>, param: &str) -> Result<Option<Box<[u8]>>, ApiError> {
     let Some(map) = metadata else { return Ok(None) };
+    if map.values().any(loses_precision) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "a metadata number is an integer beyond 64 bits or a float beyond 2^53, which would not come \
+             back as sent; send it as a string",
+            Some(param),
+        ));
+    }
     let bytes = serde_json::to_vec(&map).expect("a JSON map serialises");
     if bytes.len() > METADATA_BYTES_MAX {
         return Err(ApiError::invalid(
@@ -51,6 +59,18 @@ fn metadata_bytes(metadata: Option<Map<String, Value>>, param: &str) -> Result<O
         ));
     }
     Ok(Some(bytes.into()))
+}
+
+/// Whether `value` holds a number that JSON parsing turned into a float that is not exactly what was
+/// sent: an integer beyond 64 bits (parsed as the nearest float) or any float of magnitude ≥ 2^53.
+fn loses_precision(value: &Value) -> bool {
+    const EXACT_MAX: f64 = 9_007_199_254_740_992.0; // 2^53
+    match value {
+        Value::Number(n) => n.as_f64().is_some_and(|f| n.is_f64() && f.abs() >= EXACT_MAX),
+        Value::Array(items) => items.iter().any(loses_precision),
+        Value::Object(map) => map.values().any(loses_precision),
+        _ => false,
+    }
 }
 
 fn metadata_value(bytes: Option<&[u8]>) -> Option<Value> {

@@ -797,6 +797,15 @@ async fn hostile_inputs_get_typed_errors_not_panics() {
     );
     let r = c.post(&server, "/v1/accounts", json!({"id": "lim", "currency": "CNY", "limit": u64::MAX})).await;
     assert_eq!((r.status, r.code()), (400, "amount_too_large"), "{:?}", r.body);
+    // A metadata number that would come back changed (2^70 parsed as a float) is refused.
+    let mut t = transfer("meta-big", "alice", "bob", 1);
+    t["metadata"] = serde_json::from_str(r#"{"n": {"deep": [1180591620717411303424]}}"#).unwrap();
+    let r = c.post(&server, "/v1/transfers", t).await;
+    assert_eq!((r.status, r.body["error"]["param"].as_str()), (400, Some("metadata")), "{:?}", r.body);
+    let mut t = transfer("meta-ok", "alice", "bob", 1);
+    t["metadata"] = json!({"n": u64::MAX, "f": 1.5, "i": -5});
+    let r = c.post(&server, "/v1/transfers", t).await;
+    assert_eq!((r.status, &r.body["metadata"]["n"]), (201, &json!(u64::MAX)), "{:?}", r.body);
     // A body is an object, not the fields in a row.
     let r = c.post(&server, "/v1/accounts", json!(["arr1", "CNY", null, false, false, null, null])).await;
     assert_eq!((r.status, r.code()), (400, "invalid_json"), "{:?}", r.body);
