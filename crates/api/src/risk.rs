@@ -1134,7 +1134,8 @@ async fn resolve_review(
                 "review_unresolvable",
                 format!(
                     "the review's hold could not be {suffix}ed under any of its {} resolution ids (each \
-                     attempt failed, or the id is too long); {suffix} the transfer directly",
+                     attempt was refused, or the id is too long); void the hold with \
+                     POST /v1/transfers/{{id}}/void",
                     crate::routes::RESOLUTION_ATTEMPTS_MAX
                 ),
             ));
