@@ -46,6 +46,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "exists_with_different_event",
     "under_review",
     "review_resolved",
+    "review_in_progress",
     "review_unresolvable",
     "invalid_ruleset",
     "ruleset_version_conflict",

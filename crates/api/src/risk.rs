@@ -250,7 +250,7 @@ pub struct ReviewObject {
 pub struct ReviewList {
     /// Always `list`.
     pub object: &'static str,
-    /// Open reviews (at most 100, oldest first).
+    /// Open reviews (a page of at most `limit`, in id order).
     pub data: Vec<ReviewObject>,
     /// Whether more are open.
     pub has_more: bool,
@@ -1116,7 +1116,7 @@ async fn resolve_review(
     let scoped_id = scoped_lookup(&principal.tenant, &id, "review")?;
     let suffix = if approve { "post" } else { "void" };
     let Some(review) = risk.look_caught_up(|r| r.take_review(scoped_id.as_str())).await else {
-        return Err(no_open_review(&app, scoped_id).await);
+        return Err(no_open_review(&app, risk, scoped_id).await);
     };
     // From here on the review is out of the queue (so two analysts cannot resolve it at once): every
     // way out that leaves the hold open puts it back.
@@ -1165,23 +1165,29 @@ async fn resolve_review(
     }
 }
 
-/// Why there is no open review of `scoped_id`: 409 if its hold was resolved (posted, voided,
-/// expired), else 404.
-async fn no_open_review(app: &Arc<AppState>, scoped_id: puhui_ledger::Id) -> ApiError {
-    let resolved = match app.transfer(scoped_id).await {
-        Ok(Some(t)) if t.request.timeout_ms == Some(REVIEW_HOLD_TIMEOUT_MS) => {
-            t.pending_status.filter(|s| *s != puhui_ledger::PendingStatus::Pending)
-        }
-        _ => None,
+/// Why there is no open review of `scoped_id`: 409 `review_resolved` if its hold was posted,
+/// voided or expired, 409 `review_in_progress` if it is still held (another request is resolving
+/// it right now), 404 if there never was such a review.
+async fn no_open_review(app: &Arc<AppState>, risk: &RiskService, scoped_id: puhui_ledger::Id) -> ApiError {
+    let decided_review =
+        risk.decision(scoped_id.as_str()).is_some_and(|d| d.source == "transfer" && d.outcome == "review");
+    let hold = match app.transfer(scoped_id).await {
+        Ok(Some(t)) if decided_review || t.request.timeout_ms == Some(REVIEW_HOLD_TIMEOUT_MS) => t,
+        _ => return ApiError::not_found("review", "id"),
     };
-    match resolved {
-        Some(status) => ApiError::new(
+    match hold.pending_status {
+        Some(status) if status != puhui_ledger::PendingStatus::Pending => ApiError::new(
             StatusCode::CONFLICT,
             "invalid_request_error",
             "review_resolved",
             format!("the review is closed: its hold was {}", status.as_str()),
         ),
-        None => ApiError::not_found("review", "id"),
+        _ => ApiError::new(
+            StatusCode::CONFLICT,
+            "invalid_request_error",
+            "review_in_progress",
+            "another request is resolving this review; retry to see its outcome",
+        ),
     }
 }
 

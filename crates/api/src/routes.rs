@@ -460,32 +460,8 @@ async fn prepare_inline(
     // touching the ledger; otherwise the ledger is asked, but not waited for during a group commit
     // (a retry of an old transfer arriving just then is decided again, and the ledger answers it).
     if let Some(previous) = risk.decision(request.id.as_str()) {
-        if previous.source == "transfer" && previous.outcome == "decline" {
-            // A retry of a declined transfer gets the same answer, also after a restart (decisions
-            // are replayed from the journal): the decision under an id is made once. The same id
-            // with another payment is a conflict, as the ledger answers for a recorded transfer.
-            if let Some(record) = risk.decision_record(request.id.as_str()) {
-                let event = &record.event;
-                let conflict = if request.debit_account_id.as_ref().is_none_or(|a| a.as_str() != event.payer)
-                    || request.credit_account_id.as_ref().is_none_or(|a| a.as_str() != event.payee)
-                {
-                    Some(ResultCode::ExistsWithDifferentAccounts)
-                } else if request.amount_minor.unwrap_or(0) != event.amount_minor {
-                    Some(ResultCode::ExistsWithDifferentAmount)
-                } else if request.currency.map(|c| c.as_str().to_string()).unwrap_or_default()
-                    != event.currency
-                {
-                    Some(ResultCode::ExistsWithDifferentCurrency)
-                } else {
-                    None
-                };
-                if let Some(code) = conflict {
-                    return Err(ledger_error(code));
-                }
-            }
-            let reasons: Vec<String> =
-                previous.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
-            return Err(risk_declined(&reasons));
+        if let Some(answer) = declined_before(risk, request, &previous) {
+            return Err(answer);
         }
         if previous.source == "transfer" && previous.outcome != "decline" {
             let outcome = if previous.outcome == "review" {
@@ -526,6 +502,56 @@ async fn prepare_inline(
         attributes,
     };
     Ok(Prepared::ToDecide(event))
+}
+
+/// The answer to `request` if risk control declined a transfer under its id before (`previous`, the
+/// remembered decision): the same decline, or, for another payment under that id, a conflict as the
+/// ledger gives for a recorded transfer. A decision under an id is made once, also after a restart
+/// (decisions are replayed from the journal), and whether or not the retry carries a risk context:
+/// a declined id is taken.
+fn declined_before(
+    risk: &crate::risk::RiskService,
+    request: &TransferRequest,
+    previous: &crate::risk::DecisionObject,
+) -> Option<ApiError> {
+    if previous.source != "transfer" || previous.outcome != "decline" {
+        return None;
+    }
+    if let Some(record) = risk.decision_record(request.id.as_str()) {
+        let event = &record.event;
+        let differs =
+            |account: &Option<Id>, recorded: &str| account.as_ref().is_none_or(|a| a.as_str() != recorded);
+        let conflict = if differs(&request.debit_account_id, &event.payer)
+            || differs(&request.credit_account_id, &event.payee)
+        {
+            Some(ResultCode::ExistsWithDifferentAccounts)
+        } else if request.amount_minor.unwrap_or(0) != event.amount_minor {
+            Some(ResultCode::ExistsWithDifferentAmount)
+        } else if request.currency.map(|c| c.as_str().to_string()).unwrap_or_default() != event.currency {
+            Some(ResultCode::ExistsWithDifferentCurrency)
+        } else {
+            None
+        };
+        if let Some(code) = conflict {
+            return Some(ledger_error(code));
+        }
+    }
+    let reasons: Vec<String> = previous.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
+    Some(risk_declined(&reasons))
+}
+
+/// For a transfer without a risk context: the answer if its id was declined before (see
+/// [`declined_before`]), or 409 `under_review` if it posts a hold waiting for review.
+fn refused_without_decision(app: &AppState, request: &TransferRequest, prefix: &str) -> Option<ApiError> {
+    let risk = app.risk.as_ref()?;
+    if request.kind == TransferKind::PostPending {
+        let pending = request.pending_id.as_ref()?;
+        return risk
+            .is_under_review(pending.as_str())
+            .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id")));
+    }
+    let previous = risk.decision(request.id.as_str())?;
+    declined_before(risk, request, &previous)
 }
 
 /// 422 `risk_declined`, naming the fired rules' reasons.
@@ -610,7 +636,10 @@ pub async fn create_transfer(
     let mut request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
     let decided = match context {
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
-        None => None,
+        None => match refused_without_decision(&app, &request, "") {
+            Some(refused) => return Err(refused),
+            None => None,
+        },
     };
     let id = request.id.clone();
     let (status, mut object) = create_one_object(&app, request).await?;
@@ -663,15 +692,6 @@ pub async fn create_transfer_batch(
         };
         requests.push(t.into_domain(&principal.tenant, &prefix, || derived(&idem))?);
     }
-    if let Some(risk) = &app.risk {
-        for (i, r) in requests.iter().enumerate() {
-            let posts_a_review = r.kind == TransferKind::PostPending
-                && r.pending_id.as_ref().is_some_and(|p| risk.is_under_review(p.as_str()));
-            if posts_a_review {
-                return Err(crate::risk::RiskService::under_review(&format!("transfers[{i}].pending_id")));
-            }
-        }
-    }
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
     // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
@@ -684,12 +704,25 @@ pub async fn create_transfer_batch(
             Ok(())
         }
         Ok(_) => Ok(()),
-        Err(e) if e.code == "risk_declined" => {
-            declined[i] = Some(ResultCode::RiskDeclined);
+        // A decline, or a declined id reused for another payment: that item's result.
+        Err(e) if ResultCode::from_name(&e.code).is_some() => {
+            declined[i] = ResultCode::from_name(&e.code);
             Ok(())
         }
         Err(e) => Err(ApiError { param: Some(format!("transfers[{i}].risk_context")), ..e }),
     };
+    // Items without a risk context: a declined id stays declined; a review hold is not posted
+    // around its review.
+    for i in 0..count {
+        if contexts[i].is_some() {
+            continue;
+        }
+        match refused_without_decision(&app, &requests[i], &format!("transfers[{i}].")) {
+            Some(e) if e.code == "under_review" => return Err(e),
+            Some(e) => note(i, Err(e))?,
+            None => {}
+        }
+    }
     let decided: Vec<usize> = (0..count).filter(|i| contexts[*i].is_some()).collect();
     let unique =
         decided.iter().map(|i| &ids[*i]).collect::<std::collections::HashSet<_>>().len() == decided.len();

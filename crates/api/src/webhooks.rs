@@ -317,9 +317,16 @@ fn is_public(ip: std::net::IpAddr) -> bool {
                 || v4.is_multicast()
                 || v4.is_broadcast()
                 || a == 0
-                || (a == 100 && (64..128).contains(&b)))
+                || (a == 100 && (64..128).contains(&b))
+                || (a == 198 && (b == 18 || b == 19)))
         }
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+        // IPv4-mapped (::ffff:a.b.c.d), IPv4-compatible (::a.b.c.d, also ::1) and NAT64
+        // (64:ff9b::a.b.c.d) addresses reach the IPv4 address inside.
+        IpAddr::V6(v6) => match v6.to_ipv4().or_else(|| {
+            let s = v6.segments();
+            (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0])
+                .then(|| std::net::Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32))
+        }) {
             Some(v4) => is_public(IpAddr::V4(v4)),
             None => {
                 let first = v6.segments()[0];
@@ -1252,6 +1259,7 @@ fn validate_url(url: &str, allow_private: bool) -> Result<(), ApiError> {
     // Literal addresses never reach the resolver, so they are checked here (names are checked as
     // they are resolved for each delivery).
     let host = parsed.host_str().unwrap_or_default().to_ascii_lowercase();
+    let host = host.trim_end_matches('.');
     let internal = match host.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>() {
         Ok(ip) => !is_public(ip),
         Err(_) => host == "localhost" || host.ends_with(".localhost"),
@@ -1521,6 +1529,10 @@ mod tests {
             "http://[::ffff:127.0.0.1]/",
             "http://localhost:8080/",
             "http://0.0.0.0/",
+            "http://LOCALHOST./",
+            "http://[::127.0.0.1]/",
+            "http://[64:ff9b::7f00:1]/",
+            "http://198.18.0.1/",
         ] {
             assert!(validate_url(internal, false).is_err(), "{internal}");
         }

@@ -666,7 +666,9 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     assert_eq!((around.status, around.code()), (409, "under_review"), "{:?}", around.body);
     let mut batch_post = json!({"id": "t6-post", "type": "post_pending", "pending_id": "t6"});
     batch_post["amount"] = json!(130_000);
-    let around = c.post(&server, "/v1/transfers/batch", json!({"transfers": [batch_post]})).await;
+    let around = c.post(&server, "/v1/transfers/batch", json!({"transfers": [batch_post.clone()]})).await;
+    assert_eq!((around.status, around.code()), (409, "under_review"), "{:?}", around.body);
+    let around = c.post(&server, "/v1/transfers", batch_post).await;
     assert_eq!((around.status, around.code()), (409, "under_review"), "{:?}", around.body);
     assert_eq!(c.post(&server, "/v1/accounts/mule3/freeze", json!({})).await.status, 200);
     let refused = c.post(&server, "/v1/risk/reviews/t6/approve", json!({})).await;
@@ -693,6 +695,16 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let refused = c.post(&server, "/v1/transfers", with_ctx("t4", "shop", 600_000, "phone", "1")).await;
     assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
     assert!(refused.body["error"]["message"].as_str().unwrap().contains("kyc_cap"));
+    assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
+    // A declined id stays declined without a risk context too, alone or in a batch (where another
+    // payment under it is that item's conflict).
+    let bare = c.post(&server, "/v1/transfers", transfer("t4", "w", "shop", 600_000)).await;
+    assert_eq!((bare.status, bare.code()), (422, "risk_declined"), "{:?}", bare.body);
+    let batch = json!({"transfers": [transfer("t4", "w", "shop", 600_000), transfer("t4", "w", "shop", 1)]});
+    let r = c.post(&server, "/v1/transfers/batch", batch).await;
+    let results: Vec<&str> =
+        r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["risk_declined", "exists_with_different_amount"], "{:?}", r.body);
     assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
     let decision = c.get(&server, "/v1/decisions/t4").await;
     assert_eq!((decision.status, &decision.body["outcome"]), (200, &json!("decline")));
