@@ -93,6 +93,38 @@ pub struct RiskService {
     store: Backend,
 }
 
+/// Transfer ids taken by a request ([`RiskService::begin_deciding`]); dropping it frees them.
+pub struct Deciding {
+    risk: Arc<RiskService>,
+    ids: Vec<u64>,
+}
+
+impl Drop for Deciding {
+    fn drop(&mut self) {
+        let mut memory = self.risk.mem();
+        for id in &self.ids {
+            memory.deciding.remove(id);
+        }
+    }
+}
+
+fn deciding_hash(id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// 409 `request_in_progress`: another request under this transfer id is being decided.
+pub fn request_in_progress() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "idempotency_error",
+        "request_in_progress",
+        "another request with this transfer id is being decided; retry shortly",
+    )
+}
+
 /// Decisions waiting for the decider thread: one request's (a batch hands over all its items at once).
 struct DecideJob {
     items: Vec<ToDecide>,
@@ -130,6 +162,9 @@ struct Memory {
     known: KnownIds,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: HashMap<String, ReviewObject>,
+    /// Transfer ids (hashed) in a request right now ([`RiskService::begin_deciding`]): a second
+    /// request under one of them waits its turn (409 `request_in_progress`) instead of racing it.
+    deciding: HashSet<u64>,
 }
 
 /// A remembered decision: its record (`puhui_risk::records::binary`), latest label and journal
@@ -325,6 +360,7 @@ impl RiskService {
             seq_inbox,
             known: KnownIds::new(),
             reviews: HashMap::new(),
+            deciding: HashSet::new(),
         };
         let mut restore = RiskRestore::default();
         let mut activated = false;
@@ -616,6 +652,46 @@ impl RiskService {
     /// Queues a held transfer for review.
     pub fn queue_review(&self, id: &str, review: ReviewObject) {
         self.mem().reviews.insert(id.to_string(), review);
+    }
+
+    /// Marks transfer ids (scoped) as taken by one request until the guard is dropped (at its
+    /// answer), or, if another request holds one of them, 409 `request_in_progress` naming its
+    /// index. Two requests under one id must not race: one declined by risk control while the other
+    /// (with another context, or none) is posted. Hashes are kept, not the ids (a batch takes
+    /// thousands; a collision only makes a retry necessary).
+    pub fn begin_deciding<'a>(
+        self: &Arc<Self>,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Deciding, (usize, ApiError)> {
+        let mut taken: Vec<u64> = Vec::new();
+        let mut memory = self.mem();
+        for (i, id) in ids.into_iter().enumerate() {
+            let hash = deciding_hash(id);
+            if memory.deciding.insert(hash) {
+                taken.push(hash);
+            } else if !taken.contains(&hash) {
+                for h in &taken {
+                    memory.deciding.remove(h);
+                }
+                return Err((i, request_in_progress()));
+            }
+        }
+        drop(memory);
+        Ok(Deciding { risk: Arc::clone(self), ids: taken })
+    }
+
+    /// Of `(transfer id, pending id)` pairs (scoped), the indices of those whose transfer id has a
+    /// remembered decision or whose pending id is a hold under review: the only ones a batch must
+    /// look at more closely (one lock for all).
+    pub fn known_items<'a>(&self, items: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> Vec<usize> {
+        let memory = self.mem();
+        items
+            .enumerate()
+            .filter(|(_, (id, pending))| {
+                memory.decisions.contains_key(*id) || pending.is_some_and(|p| memory.reviews.contains_key(p))
+            })
+            .map(|(i, _)| i)
+            .collect()
     }
 
     /// Whether `id` (scoped) is a hold waiting in the review queue.

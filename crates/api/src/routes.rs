@@ -541,8 +541,10 @@ fn declined_before(
 }
 
 /// For a transfer without a risk context: the answer if its id was declined before (see
-/// [`declined_before`]), or 409 `under_review` if it posts a hold waiting for review.
-fn refused_without_decision(app: &AppState, request: &TransferRequest, prefix: &str) -> Option<ApiError> {
+/// [`declined_before`]), or 409 `under_review` if it posts a hold waiting for review. A transfer
+/// under an id risk control turned into a review hold is turned the same way, so it is that hold
+/// (the ledger takes one of the two), never a posting beside it.
+fn refused_without_decision(app: &AppState, request: &mut TransferRequest, prefix: &str) -> Option<ApiError> {
     let risk = app.risk.as_ref()?;
     if request.kind == TransferKind::PostPending {
         let pending = request.pending_id.as_ref()?;
@@ -551,6 +553,10 @@ fn refused_without_decision(app: &AppState, request: &TransferRequest, prefix: &
             .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id")));
     }
     let previous = risk.decision(request.id.as_str())?;
+    if previous.source == "transfer" && previous.outcome == "review" && request.kind == TransferKind::Single {
+        request.kind = TransferKind::Pending;
+        request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+    }
     declined_before(risk, request, &previous)
 }
 
@@ -634,9 +640,17 @@ pub async fn create_transfer(
 ) -> Result<Response, ApiError> {
     let context = body.risk_context.take();
     let mut request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
+    // With risk control the id is this request's until it is answered: a concurrent request under
+    // it (with a context or not) waits, so one cannot be declined while the other is posted.
+    let _taken = match app.risk.as_ref() {
+        Some(risk) if matches!(request.kind, TransferKind::Single | TransferKind::Pending) => {
+            Some(risk.begin_deciding([request.id.as_str()]).map_err(|(_, e)| e)?)
+        }
+        _ => None,
+    };
     let decided = match context {
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
-        None => match refused_without_decision(&app, &request, "") {
+        None => match refused_without_decision(&app, &mut request, "") {
             Some(refused) => return Err(refused),
             None => None,
         },
@@ -693,6 +707,15 @@ pub async fn create_transfer_batch(
         requests.push(t.into_domain(&principal.tenant, &prefix, || derived(&idem))?);
     }
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
+    // The items' ids are this request's until it is answered (see create_transfer).
+    let _taken = match app.risk.as_ref() {
+        Some(risk) => {
+            let new = |r: &&TransferRequest| matches!(r.kind, TransferKind::Single | TransferKind::Pending);
+            let taken = risk.begin_deciding(requests.iter().filter(new).map(|r| r.id.as_str()));
+            Some(taken.map_err(|(_, e)| ApiError { param: Some("transfers".into()), ..e })?)
+        }
+        None => None,
+    };
     // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
     // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.
@@ -713,11 +736,19 @@ pub async fn create_transfer_batch(
     };
     // Items without a risk context: a declined id stays declined; a review hold is not posted
     // around its review.
-    for i in 0..count {
+    // Only items the risk service knows something about (one lock for the batch) are looked at.
+    let known = match app.risk.as_ref() {
+        Some(risk) => {
+            risk.known_items(requests.iter().map(|r| (r.id.as_str(), r.pending_id.as_ref().map(Id::as_str))))
+        }
+        None => Vec::new(),
+    };
+    for i in known {
         if contexts[i].is_some() {
             continue;
         }
-        match refused_without_decision(&app, &requests[i], &format!("transfers[{i}].")) {
+        let prefix = format!("transfers[{i}].");
+        match refused_without_decision(&app, &mut requests[i], &prefix) {
             Some(e) if e.code == "under_review" => return Err(e),
             Some(e) => note(i, Err(e))?,
             None => {}

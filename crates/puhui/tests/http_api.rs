@@ -706,6 +706,23 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
         r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
     assert_eq!(results, ["risk_declined", "exists_with_different_amount"], "{:?}", r.body);
     assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
+    // Two requests under one id at once, one declined (a deny-listed device) and one without a
+    // context: never a decline beside a posting. Each id ends declined, or posted with neither
+    // request told it was declined.
+    assert_eq!(c.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["evil"]})).await.status, 200);
+    for round in 0..20 {
+        let id = format!("race{round}");
+        let (a, b) = tokio::join!(
+            c.post(&server, "/v1/transfers", with_ctx(&id, "shop", 10, "evil", "3")),
+            c.post(&server, "/v1/transfers", transfer(&id, "w", "shop", 10)),
+        );
+        let posted = c.get(&server, &format!("/v1/transfers/{id}")).await.status == 200;
+        let told_declined = [&a, &b].iter().any(|r| r.status == 422);
+        assert!(!(posted && told_declined), "round {round}: {:?} / {:?}", a.body, b.body);
+        for r in [&a, &b] {
+            assert!(matches!(r.status, 200 | 201 | 409 | 422), "round {round}: {} {:?}", r.status, r.body);
+        }
+    }
     let decision = c.get(&server, "/v1/decisions/t4").await;
     assert_eq!((decision.status, &decision.body["outcome"]), (200, &json!("decline")));
     // Batches are decided item by item: a declined item and the rest of its linked chain are not
