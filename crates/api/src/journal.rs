@@ -98,6 +98,7 @@ pub async fn checkpoint(
 
 /// `?checkpoint=` of the proof endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ProofQuery {
     /// Prove against this checkpoint size (default: the latest).
@@ -176,6 +177,7 @@ pub async fn decision_proof(
 
 /// `?from=&to=` of the consistency endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ConsistencyQuery {
     /// The older checkpoint's size.

@@ -240,6 +240,7 @@ pub struct BalanceAtObject {
 
 /// `?at=` of the balance endpoint.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct BalanceQuery {
     /// RFC 3339 timestamp; default now.
@@ -545,6 +546,7 @@ pub struct BatchResultObject {
 
 /// Query of list endpoints.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     /// 1-100, default 10.

@@ -1200,6 +1200,7 @@ pub struct WebhookDeliveryList {
 
 /// Query of the delivery log.
 #[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct DeliveryListQuery {
     /// 1-100, default 10.
