@@ -1233,10 +1233,13 @@ async fn resolve_review(
             // a hold that is gone (expired, voided) takes its review with it. If that cannot be
             // read, the review goes back: listing drops it once its hold is seen to be gone.
             match app.not_open_holds(vec![scoped_id.to_string()]).await {
-                Ok(gone) if !gone.is_empty() => {}
-                _ => put_back(review),
+                // The hold went another way (voided directly, expired): the review is closed.
+                Ok(gone) if !gone.is_empty() => Err(no_open_review(&app, risk, scoped_id).await),
+                _ => {
+                    put_back(review);
+                    Err(e)
+                }
             }
-            Err(e)
         }
     }
 }

@@ -688,6 +688,8 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
         c.post(&server, "/v1/transfers", with_ctx("t5", "mule2", 110_000, "another-burner", "3")).await;
     assert_eq!(held.body["risk_outcome"], "review", "{:?}", held.body);
     assert_eq!(c.post(&server, "/v1/transfers/t5/void", json!({})).await.status, 201);
+    let late = c.post(&server, "/v1/risk/reviews/t5/approve", json!({})).await;
+    assert_eq!((late.status, late.code()), (409, "review_resolved"), "{:?}", late.body);
     let queue = c.get(&server, "/v1/risk/reviews").await;
     assert!(queue.body["data"].as_array().unwrap().iter().all(|r| r["id"] != "t5"), "{:?}", queue.body);
     assert_eq!(c.get(&server, "/v1/transfers/t3").await.body["pending_status"], "voided");
