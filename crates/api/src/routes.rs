@@ -465,10 +465,7 @@ async fn prepare_inline(
         }
         if previous.source == "transfer" && previous.outcome != "decline" {
             let outcome = if previous.outcome == "review" {
-                if request.kind == TransferKind::Single {
-                    request.kind = TransferKind::Pending;
-                    request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
-                }
+                into_review_hold(request);
                 puhui_risk::Outcome::Review
             } else {
                 puhui_risk::Outcome::Approve
@@ -483,9 +480,8 @@ async fn prepare_inline(
     if let Some(Some(existing)) = app.transfer_now(id).await? {
         let review_hold = existing.request.kind == TransferKind::Pending
             && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
-        if request.kind == TransferKind::Single && review_hold {
-            request.kind = TransferKind::Pending;
-            request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+        if review_hold {
+            into_review_hold(request);
         }
         return Ok(Prepared::Answered(None));
     }
@@ -553,11 +549,19 @@ fn refused_without_decision(app: &AppState, request: &mut TransferRequest, prefi
             .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id")));
     }
     let previous = risk.decision(request.id.as_str())?;
-    if previous.source == "transfer" && previous.outcome == "review" && request.kind == TransferKind::Single {
+    if previous.source == "transfer" && previous.outcome == "review" {
+        into_review_hold(request);
+    }
+    declined_before(risk, request, &previous)
+}
+
+/// Turns a single-phase transfer into the hold risk control makes of it on review (a pending transfer
+/// with [`crate::risk::REVIEW_HOLD_TIMEOUT_MS`]); a pending one stays as it is.
+fn into_review_hold(request: &mut TransferRequest) {
+    if request.kind == TransferKind::Single {
         request.kind = TransferKind::Pending;
         request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
     }
-    declined_before(risk, request, &previous)
 }
 
 /// 422 `risk_declined`, naming the fired rules' reasons.
@@ -612,10 +616,7 @@ async fn act_on_decision(
                     )
                 });
             }
-            if request.kind == TransferKind::Single {
-                request.kind = TransferKind::Pending;
-                request.timeout_ms = Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
-            }
+            into_review_hold(request);
         }
         puhui_risk::Outcome::Approve => {}
     }
