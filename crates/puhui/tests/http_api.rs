@@ -522,7 +522,7 @@ async fn risk_decisions_score_events_and_explain_them() {
     assert_eq!(last["outcome"], "review", "{last}");
     assert!(last["fired"].as_array().unwrap().iter().any(|f| f["rule"] == "card_testing_burst"));
     assert!(last["features"]["payer_count_1m"].as_f64().unwrap() >= 10.0);
-    assert_eq!(last["ruleset_version"], "starter-1");
+    assert_eq!(last["ruleset_version"], "starter-2");
     let got = c.get(&server, "/v1/decisions/d11").await;
     assert_eq!((got.status, &got.body["outcome"]), (200, &json!("review")));
     assert_eq!(other.get(&server, "/v1/decisions/d11").await.status, 404, "decisions are tenant-scoped");
@@ -886,7 +886,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
         admin_post("/v1/rulesets", json!({"text": STRICT_RULESET.replace("score = 40", "score = 45")})).await;
     assert_eq!((conflict.status, conflict.code()), (409, "ruleset_version_conflict"));
     let switched =
-        admin_post("/v1/rulesets/activation", json!({"active": "starter-1", "shadow": "strict-test"})).await;
+        admin_post("/v1/rulesets/activation", json!({"active": "starter-2", "shadow": "strict-test"})).await;
     assert_eq!(switched.status, 200, "{:?}", switched.body);
     assert_eq!(admin_post("/v1/rulesets/activation", json!({"active": "nope"})).await.status, 404);
 

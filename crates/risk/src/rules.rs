@@ -1,7 +1,7 @@
 //! Rulesets (TOML) with CEL expressions, and the decision they make for one event.
 //!
 //! ```toml
-//! version = "starter-1"
+//! version = "starter-2"
 //! [thresholds]
 //! review = 50        # score at which an event goes to review (a hold + an analyst)
 //! decline = 100      # score at which it is declined

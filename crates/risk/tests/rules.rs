@@ -22,7 +22,7 @@ fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn the_starter_ruleset_loads() {
     let r = starter();
-    assert_eq!(r.version, "starter-1");
+    assert_eq!(r.version, "starter-2");
     assert!(r.rules().count() >= 9);
     assert_eq!(r.features.len(), 7);
 }
@@ -81,7 +81,28 @@ fn a_burst_of_tiny_payments_is_caught_and_explained() {
         .any(|r| &*r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
     assert!(d.features.iter().any(|(n, v)| &**n == "payer_count_1m" && *v >= 10.0));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
-    assert_eq!(d.ruleset_version, "starter-1");
+    assert_eq!(d.ruleset_version, "starter-2");
+}
+
+#[test]
+fn an_event_without_device_or_ip_decides_without_errors() {
+    // Attributes are optional: the starter ruleset guards every `ctx` read with `has(...)`, so a
+    // decision records no "No such key" error (a bare `ctx.ip` would, and its rule could not fire).
+    let engine = engine(starter());
+    let store = FeatureStore::new(FeatureLimits::default());
+    for a in [attrs(&[]), attrs(&[("device_id", "d1")]), attrs(&[("ip", "10.0.0.1")])] {
+        let e = RiskEvent {
+            payer: "w1",
+            payee: "grocer",
+            amount_minor: 2_000,
+            currency: "CNY",
+            timestamp_ns: 100 * S,
+            attributes: &a,
+        };
+        let d = engine.decide(&store, &e);
+        assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
+        assert_eq!(d.outcome, Outcome::Approve, "{a:?}: {d:?}");
+    }
 }
 
 #[test]
