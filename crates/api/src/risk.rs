@@ -388,7 +388,14 @@ impl RiskService {
         let mut records = Vec::new();
         if !activated {
             records = initial;
-        } else if explicit {
+        } else {
+            // The journal's activation stands. The ruleset given at start was only provisional:
+            // unless the journal published it, it is forgotten, so that `--ruleset` below journals
+            // its text (a restart without `--ruleset` must find it) and the default starter is not
+            // listed as published when it never was.
+            state.controller.drop_unjournaled_initial();
+        }
+        if activated && explicit {
             let (version, published) =
                 state.controller.publish(&text).map_err(|e| format!("--ruleset: {e}"))?;
             records.extend(published);

@@ -999,3 +999,53 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let svg = std::fs::read_to_string(dir.path().join("scores.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{svg}");
 }
+
+/// The published versions (`GET /v1/rulesets`) and the active one.
+async fn rulesets(server: &Server) -> (Vec<String>, String) {
+    let body = send(&reqwest::Client::new(), "GET", &server.url("/v1/rulesets"), ADMIN, None, None).await.body;
+    let data = body["data"].as_array().expect("a list").clone();
+    let versions = data.iter().map(|r| r["version"].as_str().unwrap().to_string()).collect();
+    let active = data.iter().find(|r| r["active"] == json!(true)).expect("one active");
+    (versions, active["version"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn a_ruleset_given_at_start_is_journaled_so_a_restart_without_it_finds_it() {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), STRICT_RULESET).unwrap();
+    let path = file.path().to_str().unwrap();
+
+    // An existing data directory (the starter active), restarted with `--ruleset`, then without.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    assert_eq!(rulesets(&server).await, (vec!["starter-2".to_string()], "starter-2".to_string()));
+    assert!(server.terminate().success());
+    let server = serve(dir.path(), &["--ruleset", path]);
+    assert_eq!(rulesets(&server).await.1, "strict-test");
+    assert!(server.terminate().success());
+    let server = serve(dir.path(), &[]);
+    let (versions, active) = rulesets(&server).await;
+    assert_eq!((versions, active.as_str()), (vec!["starter-2".to_string(), "strict-test".into()], "strict-test"));
+    assert!(server.terminate().success());
+
+    // A fresh directory started with `--ruleset`: the starter, never journaled, is not listed after
+    // a restart without it.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &["--ruleset", path]);
+    assert_eq!(rulesets(&server).await, (vec!["strict-test".to_string()], "strict-test".to_string()));
+    assert!(server.terminate().success());
+    let server = serve(dir.path(), &[]);
+    let (versions, active) = rulesets(&server).await;
+    assert_eq!((versions, active.as_str()), (vec!["strict-test".to_string()], "strict-test"));
+    let starter = send(
+        &reqwest::Client::new(),
+        "POST",
+        &server.url("/v1/rulesets/activation"),
+        ADMIN,
+        Some(json!({"active": "starter-2"}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!(starter.status, 404, "not published here: {:?}", starter.body);
+    assert!(server.terminate().success());
+}

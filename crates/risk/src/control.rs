@@ -324,6 +324,19 @@ impl Controller {
         self.provisional = None;
     }
 
+    /// After a replay that activated a journaled ruleset: forgets the ruleset [`Controller::new`]
+    /// was given if the journal never published it (and it is neither active nor in shadow), so
+    /// that only journaled rulesets are listed and activatable. Publishing it again
+    /// ([`Controller::publish`]) then returns the record that journals it.
+    pub fn drop_unjournaled_initial(&mut self) {
+        let Some(version) = self.provisional.take() else { return };
+        let in_use = self.active.ruleset().version == version
+            || self.shadow.as_ref().is_some_and(|e| e.ruleset().version == version);
+        if !in_use {
+            self.rulesets.remove(&version);
+        }
+    }
+
     /// Publishes a ruleset. `Ok(None)` if this exact text is already published under its version.
     pub fn publish(&mut self, text: &str) -> Result<(String, Option<RiskRecord>), ControlError> {
         if text.len() > RULESET_TEXT_BYTES_MAX {
