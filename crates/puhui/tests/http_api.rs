@@ -1002,7 +1002,8 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
 
 /// The published versions (`GET /v1/rulesets`) and the active one.
 async fn rulesets(server: &Server) -> (Vec<String>, String) {
-    let body = send(&reqwest::Client::new(), "GET", &server.url("/v1/rulesets"), ADMIN, None, None).await.body;
+    let body =
+        send(&reqwest::Client::new(), "GET", &server.url("/v1/rulesets"), ADMIN, None, None).await.body;
     let data = body["data"].as_array().expect("a list").clone();
     let versions = data.iter().map(|r| r["version"].as_str().unwrap().to_string()).collect();
     let active = data.iter().find(|r| r["active"] == json!(true)).expect("one active");
@@ -1025,7 +1026,10 @@ async fn a_ruleset_given_at_start_is_journaled_so_a_restart_without_it_finds_it(
     assert!(server.terminate().success());
     let server = serve(dir.path(), &[]);
     let (versions, active) = rulesets(&server).await;
-    assert_eq!((versions, active.as_str()), (vec!["starter-2".to_string(), "strict-test".into()], "strict-test"));
+    assert_eq!(
+        (versions, active.as_str()),
+        (vec!["starter-2".to_string(), "strict-test".into()], "strict-test")
+    );
     assert!(server.terminate().success());
 
     // A fresh directory started with `--ruleset`: the starter, never journaled, is not listed after

@@ -33,6 +33,52 @@ pub(crate) const LOOKUPS_MAX: usize = 32;
 /// Deepest expression compiled; compiling and evaluating recurse at most this deep.
 pub(crate) const DEPTH_MAX: usize = 128;
 
+/// Whether `expr` nests more than `limit` levels (counted as [`compile`] and the interpreter recurse:
+/// one per call, selection, list, map or comprehension part). Iterative, so a tree of any depth is
+/// measured without recursing.
+pub(crate) fn deeper_than(expr: &IdedExpr, limit: usize) -> bool {
+    let mut stack: Vec<(&IdedExpr, usize)> = vec![(expr, 1)];
+    while let Some((e, depth)) = stack.pop() {
+        if depth > limit {
+            return true;
+        }
+        children(e, |child| stack.push((child, depth + 1)));
+    }
+    false
+}
+
+/// Calls `push` with each direct sub-expression of `e`.
+fn children<'a>(e: &'a IdedExpr, mut push: impl FnMut(&'a IdedExpr)) {
+    {
+        match &e.expr {
+            Expr::Call(call) => {
+                call.target.iter().for_each(|t| push(t));
+                call.args.iter().for_each(&mut push);
+            }
+            Expr::Comprehension(c) => {
+                for part in [&c.iter_range, &c.accu_init, &c.loop_cond, &c.loop_step, &c.result] {
+                    push(part);
+                }
+            }
+            Expr::List(list) => list.elements.iter().for_each(&mut push),
+            Expr::Map(map) => map.entries.iter().for_each(|entry| push_entry(&entry.expr, &mut push)),
+            Expr::Struct(st) => st.entries.iter().for_each(|entry| push_entry(&entry.expr, &mut push)),
+            Expr::Select(select) => push(&select.operand),
+            Expr::Ident(_) | Expr::Literal(_) | Expr::Unspecified => {}
+        }
+    }
+}
+
+fn push_entry<'a>(entry: &'a cel::common::ast::EntryExpr, push: &mut impl FnMut(&'a IdedExpr)) {
+    match entry {
+        cel::common::ast::EntryExpr::StructField(f) => push(&f.value),
+        cel::common::ast::EntryExpr::MapEntry(m) => {
+            push(&m.key);
+            push(&m.value);
+        }
+    }
+}
+
 /// A scalar as the compiled tree computes it (strings borrow the event or the tree).
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum V<'a> {

@@ -283,6 +283,12 @@ pub struct Budget {
     pub on_exceeded: Outcome,
 }
 
+/// Most bytes of one rule's expression.
+pub const EXPRESSION_BYTES_MAX: usize = 4_096;
+/// Deepest expression a ruleset may hold (every accepted expression is compiled, never left to the
+/// interpreter for its depth, and evaluating it cannot overflow a thread's stack).
+pub const EXPRESSION_DEPTH_MAX: usize = compile::DEPTH_MAX;
+
 /// The budget when a ruleset names none: 5 ms, then review (neither open nor closed: the money is
 /// held and a person decides).
 pub const BUDGET_DEFAULT: Budget = Budget { decision_ns: 5_000_000, on_exceeded: Outcome::Review };
@@ -412,6 +418,18 @@ impl Ruleset {
                 return Err(at(r.expression.span(), Some(&r.id), "rule id is used twice".into()));
             }
             let span = r.expression.span();
+            // Bounded before parsing: the parser, the compiler and the interpreter recurse over the
+            // expression, and a deep enough one would overflow a thread's stack.
+            if r.expression.get_ref().len() > EXPRESSION_BYTES_MAX {
+                return Err(at(
+                    span,
+                    Some(&r.id),
+                    format!(
+                        "an expression has at most {EXPRESSION_BYTES_MAX} bytes; this one has {}",
+                        r.expression.get_ref().len()
+                    ),
+                ));
+            }
             let program = cel::Program::compile(r.expression.get_ref()).map_err(|e| {
                 let first = e.errors.first();
                 let (cel_line, cel_col) =
@@ -431,6 +449,16 @@ impl Ruleset {
                     message: format!("expression does not parse: {message}"),
                 }
             })?;
+            if compile::deeper_than(program.expression(), EXPRESSION_DEPTH_MAX) {
+                return Err(at(
+                    span,
+                    Some(&r.id),
+                    format!(
+                        "the expression nests deeper than {EXPRESSION_DEPTH_MAX} levels (a long chain of \
+                         operators counts one level per operator): split it into several rules"
+                    ),
+                ));
+            }
             let outcome = match &r.outcome {
                 None => None,
                 Some(o) => Some(parse_outcome(o.get_ref()).ok_or_else(|| {

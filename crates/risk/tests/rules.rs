@@ -268,3 +268,55 @@ fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
     }
     assert!(checked > 0, "some input moves the model");
 }
+
+#[test]
+fn deep_or_huge_expressions_are_refused_at_parse_without_overflowing_a_stack() {
+    let ruleset = |expr: &str| {
+        format!("version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n[[rules]]\nid = \"deep\"\ndescription = \"d\"\nexpression = \"{expr}\"\nscore = 1\n")
+    };
+    let event = RiskEvent {
+        payer: "a",
+        payee: "b",
+        amount_minor: 1,
+        currency: "CNY",
+        timestamp_ns: S,
+        attributes: &[],
+    };
+    // Refused with this message, or (None) accepted or refused, but never overflowing a stack when
+    // parsed or decided.
+    let shapes: Vec<(String, Option<&str>)> = vec![
+        (format!("{}1 > 0", "1 + ".repeat(200)), Some("nests deeper than 128")),
+        (format!("{}true", "true && ".repeat(300)), None), // balanced by the parser
+        (format!("{}true", "true || ".repeat(600)), Some("at most 4096 bytes")),
+        (format!("{}true", "!".repeat(4_001)), None),
+        (format!("{}1 > 0", "-".repeat(4_001)), None),
+        (format!("{}1{} > 0", "(".repeat(1_000), ")".repeat(1_000)), None),
+        (format!("{}1{} == [1]", "[".repeat(1_000), "]".repeat(1_000)), None),
+        (format!("size({}'a'{}) > 0", "string(".repeat(500), ")".repeat(500)), None),
+    ];
+    // On a thread with the stack of a tokio worker (2 MiB), where the API parses a published ruleset.
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            for (expr, message) in shapes {
+                match (Ruleset::parse(&ruleset(&expr)), message) {
+                    (Err(e), Some(message)) => {
+                        assert_eq!(e.rule_id.as_deref(), Some("deep"), "{e}");
+                        assert!(e.to_string().contains(message), "{expr:.40}: {e}");
+                    }
+                    (Ok(_), Some(_)) => panic!("accepted: {expr:.40}"),
+                    (Ok(accepted), None) => {
+                        engine(accepted).decide(&FeatureStore::new(FeatureLimits::default()), &event);
+                    }
+                    (Err(_), None) => {}
+                }
+            }
+            // 128 levels is accepted, and decided without error.
+            let ok = Ruleset::parse(&ruleset(&format!("{}1 > 0", "1 + ".repeat(120)))).expect("accepted");
+            let d = engine(ok).decide(&FeatureStore::new(FeatureLimits::default()), &event);
+            assert!(d.errors.is_empty() && d.fired.len() == 1, "{d:?}");
+        })
+        .unwrap()
+        .join()
+        .expect("no overflow");
+}
