@@ -1036,8 +1036,18 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             return Err(too_long("attributes"));
         }
     }
+    // Device ids and IPs are the tenant's own, however they are given: scoped like accounts, so
+    // that one tenant's events never count in another's device or IP windows or match its lists.
+    let scope = |name: &str, value: String| {
+        if name == "device_id" || name == "ip" {
+            format!("{tenant}:{value}")
+        } else {
+            value
+        }
+    };
     // Sorted, so that the journaled event does not depend on a hash map's order.
-    let mut attributes: Vec<(String, String)> = ctx.attributes.into_iter().collect();
+    let mut attributes: Vec<(String, String)> =
+        ctx.attributes.into_iter().map(|(name, value)| (name.clone(), scope(&name, value))).collect();
     attributes.sort_unstable();
     for (name, value) in [
         ("device_id", ctx.device_id),
@@ -1051,9 +1061,8 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             if v.len() > ATTRIBUTE_BYTES_MAX {
                 return Err(too_long(name));
             }
-            let v = if name == "device_id" || name == "ip" { format!("{tenant}:{v}") } else { v };
             attributes.retain(|(k, _)| k != name);
-            attributes.push((name.to_string(), v));
+            attributes.push((name.to_string(), scope(name, v)));
         }
     }
     Ok(attributes)

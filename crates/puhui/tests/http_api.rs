@@ -18,6 +18,8 @@ fn serve(dir: &Path, extra: &[&str]) -> Server {
 struct Client {
     http: reqwest::Client,
     key: String,
+    /// The tenant's id.
+    id: String,
 }
 
 struct Reply {
@@ -80,7 +82,8 @@ impl Client {
         )
         .await;
         assert_eq!(r.status, 201, "{:?}", r.body);
-        Client { http, key: r.body["api_key"].as_str().unwrap().to_string() }
+        let id = r.body["id"].as_str().unwrap().to_string();
+        Client { http, key: r.body["api_key"].as_str().unwrap().to_string(), id }
     }
     async fn post(&self, server: &Server, path: &str, body: Value) -> Reply {
         send(&self.http, "POST", &server.url(path), &self.key, Some(body.to_string()), None).await
@@ -1051,5 +1054,40 @@ async fn a_ruleset_given_at_start_is_journaled_so_a_restart_without_it_finds_it(
     )
     .await;
     assert_eq!(starter.status, 404, "not published here: {:?}", starter.body);
+    assert!(server.terminate().success());
+}
+
+#[tokio::test]
+async fn a_tenant_cannot_reach_another_tenants_devices_through_attributes() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let (a, b) = (Client::tenant(&server).await, Client::tenant(&server).await);
+    let listed = b.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["dev1"]})).await;
+    assert_eq!(listed.status, 200, "{:?}", listed.body);
+    let decide = |c: &Client, id: &str, context: Value| {
+        let body = json!({"id": id, "payer": "w1", "payee": "m1", "amount": 100, "currency": "CNY", "risk_context": context});
+        let (http, url, key) = (c.http.clone(), server.url("/v1/decisions"), c.key.clone());
+        async move { send(&http, "POST", &url, &key, Some(body.to_string()), None).await }
+    };
+    // B's own device is declined by B's list.
+    let own = decide(&b, "b1", json!({"device_id": "dev1"})).await;
+    assert_eq!(own.body["outcome"], "decline", "{:?}", own.body);
+    // A naming B's scoped device id, as a top-level field or as an attribute, is not on any list.
+    let spelt = format!("{}:dev1", b.id);
+    for (i, context) in
+        [json!({"device_id": spelt}), json!({"attributes": {"device_id": spelt}})].into_iter().enumerate()
+    {
+        let probe = decide(&a, &format!("a{i}"), context).await;
+        assert_eq!((probe.status, &probe.body["outcome"]), (201, &json!("approve")), "{:?}", probe.body);
+    }
+    // A's events on "B's" device do not count in B's device windows.
+    for i in 0..6 {
+        let r =
+            decide(&a, &format!("a-dev-{i}"), json!({"attributes": {"device_id": format!("{}:devX", b.id)}}))
+                .await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let first = decide(&b, "b-devX", json!({"device_id": "devX"})).await;
+    assert_eq!(first.body["features"]["device_accounts_24h"], json!(0.0), "{:?}", first.body);
     assert!(server.terminate().success());
 }

@@ -27,6 +27,7 @@ pub use control::{ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowQuery, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
 pub use rules::{
-    Budget, Decision, Engine, Evaluation, FiredRule, Lists, Outcome, RiskEvent, Ruleset, RulesetError,
+    attribute_key, Budget, Decision, Engine, Evaluation, FiredRule, Lists, Outcome, RiskEvent, Ruleset,
+    RulesetError,
 };
 pub use shared::{FeatureQuery, Observation, SharedError, SharedErrorKind, SharedFeatures, WindowRead};

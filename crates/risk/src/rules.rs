@@ -751,9 +751,7 @@ impl Engine {
                     None => None,
                     Some(v) => {
                         attribute_key.clear();
-                        attribute_key.push_str(name);
-                        attribute_key.push('=');
-                        attribute_key.push_str(v);
+                        write_attribute_key(&mut attribute_key, event.payer, name, v);
                         Some((Namespace::Attribute, attribute_key.as_str()))
                     }
                 },
@@ -953,6 +951,26 @@ impl Engine {
     }
 }
 
+/// The feature-store key of attribute `name` = `value` in an event paid by `payer`:
+/// `<scope>:<name>=<value>`, where the scope is the payer's up to its first `:` (the API scopes
+/// account ids by tenant as `<tenant>:<id>`), so that two tenants' events with the same attribute
+/// value never share windows; `<name>=<value>` for an unscoped payer.
+pub fn attribute_key(payer: &str, name: &str, value: &str) -> String {
+    let mut key = String::with_capacity(payer.len().min(64) + name.len() + value.len() + 2);
+    write_attribute_key(&mut key, payer, name, value);
+    key
+}
+
+fn write_attribute_key(key: &mut String, payer: &str, name: &str, value: &str) {
+    if let Some((scope, _)) = payer.split_once(':') {
+        key.push_str(scope);
+        key.push(':');
+    }
+    key.push_str(name);
+    key.push('=');
+    key.push_str(value);
+}
+
 /// Records `event` in `store` for the payer, payee, device and IP, the payer→payee and payer→device
 /// pairs, and the named attributes (the union over the rulesets that read `store`, so that two
 /// rulesets sharing one store record each event once).
@@ -971,7 +989,7 @@ pub fn observe(store: &mut FeatureStore, event: &RiskEvent<'_>, attribute_entiti
         }
         for name in attribute_entities {
             if let Some(v) = event.attribute(name) {
-                store.record(Namespace::Attribute, &format!("{name}={v}"), t, a, event.payer);
+                store.record(Namespace::Attribute, &attribute_key(event.payer, name, v), t, a, event.payer);
             }
         }
     }

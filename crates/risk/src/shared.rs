@@ -13,7 +13,7 @@
 //! decision's budget): the controller turns an error or a timeout into a degraded decision.
 
 use crate::features::{FeatureStore, Namespace};
-use crate::rules::{Engine, Entity, RiskEvent};
+use crate::rules::{attribute_key, Engine, Entity, RiskEvent};
 
 /// What went wrong in a shared-features backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,9 +129,8 @@ pub fn query_of<'a>(engines: &[&Engine], event: &RiskEvent<'a>) -> FeatureQuery<
                 Entity::Payee => Some((Namespace::Payee, event.payee.to_string())),
                 Entity::Device => attribute(event, "device_id").map(|d| (Namespace::Device, d.to_string())),
                 Entity::Ip => attribute(event, "ip").map(|d| (Namespace::Ip, d.to_string())),
-                Entity::Attribute(name) => {
-                    attribute(event, name).map(|v| (Namespace::Attribute, format!("{name}={v}")))
-                }
+                Entity::Attribute(name) => attribute(event, name)
+                    .map(|v| (Namespace::Attribute, attribute_key(event.payer, name, v))),
             };
             let Some((namespace, key)) = entity else { continue };
             match windows.iter_mut().find(|w| w.namespace == namespace && w.key == key) {
@@ -169,7 +168,7 @@ pub fn observation_of<'a>(
     }
     for name in attribute_entities {
         if let Some(v) = attribute(event, name) {
-            events.push((Namespace::Attribute, format!("{name}={v}"), event.payer));
+            events.push((Namespace::Attribute, attribute_key(event.payer, name, v), event.payer));
         }
     }
     Observation { id, timestamp_ns: event.timestamp_ns, amount_minor: event.amount_minor, events, pairs }

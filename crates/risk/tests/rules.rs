@@ -320,3 +320,29 @@ fn deep_or_huge_expressions_are_refused_at_parse_without_overflowing_a_stack() {
         .join()
         .expect("no overflow");
 }
+
+#[test]
+fn attribute_windows_are_kept_per_payer_scope() {
+    // The API scopes payers as `<tenant>:<id>`; two tenants' events with the same attribute value
+    // are counted apart.
+    let text = "version = \"attr\"\n[thresholds]\nreview = 1\ndecline = 2\n[[features]]\nname = \"merchant_1h\"\nentity = \"attr:merchant\"\naggregate = \"count\"\nwindow = \"1h\"\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"merchant_1h > 100\"\nscore = 1\n";
+    let engine = engine(Ruleset::parse(text).unwrap());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let a = attrs(&[("merchant", "m1")]);
+    let event = |payer: &'static str, i: u64| RiskEvent {
+        payer,
+        payee: "p",
+        amount_minor: 1,
+        currency: "CNY",
+        timestamp_ns: 100 * S + i,
+        attributes: &a,
+    };
+    for i in 0..3 {
+        engine.observe(&mut store, &event("t1:w", i));
+    }
+    let count = |d: &puhui_risk::Decision| d.features.iter().find(|(n, _)| &**n == "merchant_1h").unwrap().1;
+    assert_eq!(count(&engine.decide(&store, &event("t1:w", 10))), 3.0);
+    assert_eq!(count(&engine.decide(&store, &event("t2:w", 10))), 0.0);
+    assert_eq!(puhui_risk::attribute_key("t1:w", "merchant", "m1"), "t1:merchant=m1");
+    assert_eq!(puhui_risk::attribute_key("w", "merchant", "m1"), "merchant=m1");
+}
