@@ -1126,18 +1126,22 @@ pub async fn create_decision(
         attributes,
     };
     if let Some(existing) = risk.decision_record(id.as_str()) {
-        // A retry: the decision already made, if it was made for this event.
+        // A retry: the decision already made, if it was made for this event (everything the request
+        // says: parties, figures, context, the timestamp if it gives one, whether to record it).
         let e = &existing.event;
-        if (&e.payer, &e.payee, e.amount_minor, &e.currency)
-            != (&event.payer, &event.payee, event.amount_minor, &event.currency)
-        {
+        let same_event = (&e.payer, &e.payee, e.amount_minor, &e.currency, &e.attributes)
+            == (&event.payer, &event.payee, event.amount_minor, &event.currency, &event.attributes)
+            && (body.timestamp.is_none() || e.timestamp_ns == event.timestamp_ns);
+        let recorded = body.record && existing.active.outcome != Outcome::Decline;
+        if existing.source != DecisionSource::Standalone || !same_event || existing.observed != recorded {
             return Err(ApiError {
                 param: Some("id".into()),
                 ..ApiError::new(
                     StatusCode::CONFLICT,
                     "invalid_request_error",
                     "exists_with_different_event",
-                    "a decision with this id was made for another event (payer, payee, amount or currency)",
+                    "a decision with this id was made for another event (another transfer, or other parties, \
+                     amount, currency, risk context, timestamp or record flag)",
                 )
             });
         }

@@ -460,6 +460,20 @@ async fn prepare_inline(
     // touching the ledger; otherwise the ledger is asked, but not waited for during a group commit
     // (a retry of an old transfer arriving just then is decided again, and the ledger answers it).
     if let Some(previous) = risk.decision(request.id.as_str()) {
+        if previous.source != "transfer" {
+            // The id names a standalone decision (`POST /v1/decisions`): deciding the transfer
+            // under it would replace that decision's record.
+            return Err(ApiError {
+                param: Some("id".into()),
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    "invalid_request_error",
+                    "exists_with_different_event",
+                    "this id names a decision of another event (POST /v1/decisions); a transfer with a \
+                     risk context needs an id of its own",
+                )
+            });
+        }
         if let Some(answer) = declined_before(risk, request, &previous) {
             return Err(answer);
         }

@@ -1091,3 +1091,47 @@ async fn a_tenant_cannot_reach_another_tenants_devices_through_attributes() {
     assert_eq!(first.body["features"]["device_accounts_24h"], json!(0.0), "{:?}", first.body);
     assert!(server.terminate().success());
 }
+
+#[tokio::test]
+async fn a_decision_id_names_one_event_and_is_never_reused_by_a_transfer() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let event = json!({"id": "T9", "payer": "alice", "payee": "bob", "amount": 100, "currency": "CNY",
+                       "timestamp": "2026-11-27T10:00:00Z",
+                       "risk_context": {"device_id": "phone-1", "channel": "app"}});
+    assert_eq!(c.post(&server, "/v1/decisions", event.clone()).await.status, 201);
+    assert_eq!(c.post(&server, "/v1/decisions", event.clone()).await.status, 200, "a retry");
+    let mut without_timestamp = event.clone();
+    without_timestamp.as_object_mut().unwrap().remove("timestamp");
+    assert_eq!(c.post(&server, "/v1/decisions", without_timestamp).await.status, 200, "a retry");
+    for (field, value) in [
+        ("risk_context", json!({"device_id": "phone-1", "channel": "app", "kyc_tier": "1"})),
+        ("timestamp", json!("2026-11-27T10:00:01Z")),
+        ("record", json!(false)),
+        ("amount", json!(101)),
+    ] {
+        let mut other = event.clone();
+        other[field] = value;
+        let r = c.post(&server, "/v1/decisions", other).await;
+        assert_eq!((r.status, r.code()), (409, "exists_with_different_event"), "{field}: {:?}", r.body);
+    }
+    // A transfer with a risk context under the decision's id is refused, and the decision stays.
+    let mut t = transfer("T9", "alice", "bob", 100);
+    t["risk_context"] = json!({"device_id": "phone-1"});
+    let r = c.post(&server, "/v1/transfers", t).await;
+    assert_eq!((r.status, r.code()), (409, "exists_with_different_event"), "{:?}", r.body);
+    let got = c.get(&server, "/v1/decisions/T9").await.body;
+    assert_eq!(got["source"], "standalone", "{got}");
+    assert_eq!(c.get(&server, "/v1/transfers/T9").await.status, 404, "nothing posted");
+    // And a standalone decision under a transfer's id is refused the other way round.
+    let mut t = transfer("T10", "alice", "bob", 100);
+    t["risk_context"] = json!({"device_id": "phone-1"});
+    assert_eq!(c.post(&server, "/v1/transfers", t).await.status, 201);
+    let r = c
+        .post(&server, "/v1/decisions", json!({"id": "T10", "payer": "alice", "payee": "bob", "amount": 100, "currency": "CNY", "risk_context": {"device_id": "phone-1"}}))
+        .await;
+    assert_eq!((r.status, r.code()), (409, "exists_with_different_event"), "{:?}", r.body);
+    assert!(server.terminate().success());
+}
