@@ -1068,6 +1068,9 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
     Ok(attributes)
 }
 
+/// How far ahead of the server's clock an event's timestamp may be (clock skew between systems).
+pub const TIMESTAMP_AHEAD_NS_MAX: u64 = 5 * 60 * 1_000_000_000;
+
 /// Now, in nanoseconds since the Unix epoch.
 pub fn now_ns() -> u64 {
     std::time::SystemTime::now()
@@ -1103,7 +1106,22 @@ pub async fn create_decision(
     let payer = scoped(tenant, &body.payer, "payer")?;
     let payee = scoped(tenant, &body.payee, "payee")?;
     let timestamp_ns = match &body.timestamp {
-        Some(t) => parse_rfc3339(t, "timestamp")?,
+        Some(t) => {
+            let at_ns = parse_rfc3339(t, "timestamp")?;
+            // Windows move with the newest event: one dated days ahead would push every window
+            // past the history it should count (and prune it). Clock skew is allowed for.
+            if at_ns > now_ns().saturating_add(TIMESTAMP_AHEAD_NS_MAX) {
+                return Err(ApiError::invalid(
+                    "invalid_timestamp",
+                    format!(
+                        "the timestamp is more than {} minutes ahead of this server's clock",
+                        TIMESTAMP_AHEAD_NS_MAX / 60_000_000_000
+                    ),
+                    Some("timestamp"),
+                ));
+            }
+            at_ns
+        }
         None => now_ns(),
     };
     let attributes = attributes(tenant, body.risk_context)?;

@@ -540,6 +540,23 @@ async fn risk_decisions_score_events_and_explain_them() {
     assert_eq!((fresh.status, &fresh.body["outcome"]), (201, &json!("approve")));
     let bad = c.post(&server, "/v1/decisions", json!({"payer": "w1", "amount": 1.5})).await;
     assert_eq!(bad.status, 400);
+    // An event dated days ahead would move every window past the history it should count.
+    let ahead = c
+        .post(
+            &server,
+            "/v1/decisions",
+            json!({"payer": "w1", "payee": "m1", "amount": 100, "currency": "CNY", "timestamp": "2099-01-01T00:00:00Z"}),
+        )
+        .await;
+    assert_eq!((ahead.status, ahead.code()), (400, "invalid_timestamp"), "{:?}", ahead.body);
+    let still = c
+        .post(
+            &server,
+            "/v1/decisions",
+            json!({"id": "d12", "payer": "w1", "payee": "m12", "amount": 100, "currency": "CNY"}),
+        )
+        .await;
+    assert!(still.body["features"]["payer_count_1m"].as_f64().unwrap() >= 12.0, "{:?}", still.body);
     // Lists and the review queue page with `limit` and `starting_after`.
     let added = c.post(&server, "/v1/lists/allow_x/add", json!({"values": ["c", "a", "b"]})).await;
     assert_eq!(added.status, 200, "{:?}", added.body);

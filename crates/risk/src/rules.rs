@@ -383,6 +383,19 @@ impl Ruleset {
                     format!("bad window {:?} (e.g. 1m, 1h, 24h, 7d)", f.window.get_ref()),
                 )
             })?;
+            // The store keeps events this long: a longer window would be cut short, silently.
+            let horizon_ns = crate::features::FeatureLimits::default().horizon_ns;
+            if window_ns > horizon_ns {
+                return Err(at(
+                    f.window.span(),
+                    None,
+                    format!(
+                        "window {:?} is longer than the {} days of events the feature store keeps",
+                        f.window.get_ref(),
+                        horizon_ns / 86_400_000_000_000
+                    ),
+                ));
+            }
             if features.iter().any(|x: &Feature| *x.name == **f.name.get_ref()) {
                 return Err(at(
                     f.name.span(),
