@@ -47,6 +47,58 @@ pub(crate) fn deeper_than(expr: &IdedExpr, limit: usize) -> bool {
     false
 }
 
+/// The first name in `expr` a decision cannot resolve, as the rule's author would write it: a free
+/// identifier that `known` refuses (comprehension variables are bound in their macro), or
+/// `f.<name>` where `feature` refuses the name. Recurses; call it on trees no deeper than
+/// [`DEPTH_MAX`] ([`deeper_than`] first).
+pub(crate) fn unknown_name(
+    expr: &IdedExpr,
+    known: &dyn Fn(&str) -> bool,
+    feature: &dyn Fn(&str) -> bool,
+) -> Option<String> {
+    fn walk<'a>(
+        e: &'a IdedExpr,
+        bound: &mut Vec<&'a str>,
+        known: &dyn Fn(&str) -> bool,
+        feature: &dyn Fn(&str) -> bool,
+    ) -> Option<String> {
+        match &e.expr {
+            Expr::Ident(name) if !bound.contains(&name.as_str()) && !known(name) => Some(name.clone()),
+            Expr::Select(select) => match &select.operand.expr {
+                Expr::Ident(root) if root == "f" && !bound.contains(&"f") && !feature(&select.field) => {
+                    Some(format!("f.{}", select.field))
+                }
+                _ => walk(&select.operand, bound, known, feature),
+            },
+            Expr::Comprehension(c) => {
+                let outer = bound.len();
+                let found = walk(&c.iter_range, bound, known, feature)
+                    .or_else(|| walk(&c.accu_init, bound, known, feature))
+                    .or_else(|| {
+                        bound.push(&c.iter_var);
+                        bound.extend(c.iter_var2.as_deref());
+                        bound.push(&c.accu_var);
+                        [&c.loop_cond, &c.loop_step, &c.result]
+                            .into_iter()
+                            .find_map(|part| walk(part, bound, known, feature))
+                    });
+                bound.truncate(outer);
+                found
+            }
+            _ => {
+                let mut found = None;
+                children(e, |child| {
+                    if found.is_none() {
+                        found = walk(child, bound, known, feature);
+                    }
+                });
+                found
+            }
+        }
+    }
+    walk(expr, &mut Vec::new(), known, feature)
+}
+
 /// Calls `push` with each direct sub-expression of `e`.
 fn children<'a>(e: &'a IdedExpr, mut push: impl FnMut(&'a IdedExpr)) {
     {

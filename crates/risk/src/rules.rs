@@ -138,8 +138,10 @@ struct FileModel {
 struct FileBudget {
     /// Most microseconds a decision may take before the rest of its rules are skipped.
     decision_us: u64,
-    /// The outcome when the budget is exceeded or a rule cannot be evaluated: `approve` (fail open),
-    /// `review` or `decline` (fail closed).
+    /// The outcome when the budget is exceeded: `approve` (fail open), `review` or `decline` (fail
+    /// closed). A rule that cannot be evaluated for an event (a `ctx` key it lacks, a type that does
+    /// not fit) does not fire and is listed in the decision's `errors`; names no event could
+    /// resolve are refused when the ruleset is parsed.
     on_exceeded: toml::Spanned<String>,
 }
 
@@ -283,6 +285,10 @@ pub struct Budget {
     pub on_exceeded: Outcome,
 }
 
+/// The names every rule can read besides its ruleset's features and models (which may not reuse them).
+pub const BUILTIN_NAMES: [&str; 8] =
+    ["amount", "currency", "payer", "payee", "new_payee", "new_device", "ctx", "f"];
+
 /// Most bytes of one rule's expression.
 pub const EXPRESSION_BYTES_MAX: usize = 4_096;
 /// Deepest expression a ruleset may hold (every accepted expression is compiled, never left to the
@@ -303,6 +309,38 @@ fn parse_outcome(text: &str) -> Option<Outcome> {
         "decline" => Some(Outcome::Decline),
         _ => None,
     }
+}
+
+/// Most bytes of a model file.
+pub const MODEL_FILE_BYTES_MAX: u64 = 64 << 20;
+
+/// `dir` joined with a ruleset's model path, which must stay inside `dir` (relative, no `..`) and
+/// name a regular file of at most [`MODEL_FILE_BYTES_MAX`] bytes: a ruleset published over the API
+/// must not read other files of the server (or a device that never ends).
+fn model_path(dir: &std::path::Path, path: &str) -> Result<std::path::PathBuf, String> {
+    use std::path::Component;
+    let relative = std::path::Path::new(path);
+    if path.is_empty()
+        || !relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
+    {
+        return Err(format!(
+            "the path {path:?} must be relative to the models directory, without \"..\" ({})",
+            dir.display()
+        ));
+    }
+    let full = dir.join(relative);
+    let meta = std::fs::metadata(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+    if !meta.is_file() {
+        return Err(format!("{} is not a regular file", full.display()));
+    }
+    if meta.len() > MODEL_FILE_BYTES_MAX {
+        return Err(format!(
+            "{} has {} bytes; a model file has at most {MODEL_FILE_BYTES_MAX}",
+            full.display(),
+            meta.len()
+        ));
+    }
+    Ok(full)
 }
 
 fn position(text: &str, offset: usize) -> (usize, usize) {
@@ -396,6 +434,17 @@ impl Ruleset {
                     ),
                 ));
             }
+            if BUILTIN_NAMES.contains(&f.name.get_ref().as_str()) {
+                return Err(at(
+                    f.name.span(),
+                    None,
+                    format!(
+                        "feature name {:?} is a built-in name ({})",
+                        f.name.get_ref(),
+                        BUILTIN_NAMES.join(", ")
+                    ),
+                ));
+            }
             if features.iter().any(|x: &Feature| *x.name == **f.name.get_ref()) {
                 return Err(at(
                     f.name.span(),
@@ -407,7 +456,17 @@ impl Ruleset {
         }
         let mut models = Vec::new();
         for m in file.models {
-            let path = dir.join(m.path.get_ref());
+            if BUILTIN_NAMES.contains(&m.name.get_ref().as_str())
+                || features.iter().any(|f: &Feature| *f.name == **m.name.get_ref())
+            {
+                return Err(at(
+                    m.name.span(),
+                    None,
+                    format!("model name {:?} is taken (a built-in name or a feature)", m.name.get_ref()),
+                ));
+            }
+            let path = model_path(dir, m.path.get_ref())
+                .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
             let model = puhui_risk_model::Model::load(&path)
                 .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
             for input in &m.inputs {
@@ -469,6 +528,23 @@ impl Ruleset {
                     format!(
                         "the expression nests deeper than {EXPRESSION_DEPTH_MAX} levels (a long chain of \
                          operators counts one level per operator): split it into several rules"
+                    ),
+                ));
+            }
+            // A name no decision can resolve would fail every time (and the rule never fire).
+            let known = |name: &str| {
+                BUILTIN_NAMES.contains(&name)
+                    || features.iter().any(|f: &Feature| *f.name == *name)
+                    || models.iter().any(|m: &ModelSlot| *m.name == *name)
+            };
+            let feature = |name: &str| features.iter().any(|f: &Feature| *f.name == *name);
+            if let Some(name) = compile::unknown_name(program.expression(), &known, &feature) {
+                return Err(at(
+                    span,
+                    Some(&r.id),
+                    format!(
+                        "unknown name {name:?}: a rule reads {}, f.<feature>, a declared feature or a model",
+                        BUILTIN_NAMES.join(", ")
                     ),
                 ));
             }

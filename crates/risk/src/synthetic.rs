@@ -33,8 +33,8 @@ pub fn ruleset_text(rules: usize) -> String {
     text(rules, None)
 }
 
-/// Like [`ruleset_text`], with the model at `model` (named `fraud`, over amount and nine features)
-/// read by every tenth rule.
+/// Like [`ruleset_text`], with the model at `model`, a path relative to the directory the ruleset is
+/// parsed in (named `fraud`, over amount and nine features), read by every tenth rule.
 pub fn ruleset_text_with_model(rules: usize, model: &Path) -> String {
     text(rules, Some(model))
 }
@@ -133,7 +133,10 @@ pub fn warm(rules: usize, history: u64) -> Warm {
 /// Like [`warm`], with the model at `model` (see [`ruleset_text_with_model`]); an error if it does
 /// not load.
 pub fn warm_with_model(rules: usize, history: u64, model: &Path) -> Result<Warm, RulesetError> {
-    Ok(warm_ruleset(Ruleset::parse(&ruleset_text_with_model(rules, model))?, history))
+    // Model paths are relative to the ruleset's directory: the model's own, here.
+    let name = model.file_name().map(Path::new).unwrap_or(model);
+    let dir = model.parent().unwrap_or(Path::new("."));
+    Ok(warm_ruleset(Ruleset::parse_in(&ruleset_text_with_model(rules, name), dir)?, history))
 }
 
 fn warm_ruleset(ruleset: Ruleset, history: u64) -> Warm {

@@ -350,3 +350,56 @@ fn attribute_windows_are_kept_per_payer_scope() {
     assert_eq!(puhui_risk::attribute_key("t1:w", "merchant", "m1"), "t1:merchant=m1");
     assert_eq!(puhui_risk::attribute_key("w", "merchant", "m1"), "merchant=m1");
 }
+
+#[test]
+fn names_no_decision_could_resolve_are_refused_at_parse() {
+    let ruleset = |features: &str, expr: &str| {
+        format!("version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n{features}[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"{expr}\"\nscore = 1\n")
+    };
+    let count = "[[features]]\nname = \"c1h\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"1h\"\n";
+    for (expr, name) in [
+        ("unknown_feat >= 3", "unknown_feat"),
+        ("f.unknown_feat >= 3", "f.unknown_feat"),
+        ("has(f.c2h)", "f.c2h"),
+        ("c1h > 1 && [1, 2].exists(x, x > y)", "y"),
+        ("ammount > 5", "ammount"),
+    ] {
+        let e = Ruleset::parse(&ruleset(count, expr)).err().unwrap_or_else(|| panic!("refused: {expr}"));
+        assert_eq!(e.rule_id.as_deref(), Some("r"), "{e}");
+        assert!(e.message.contains(&format!("unknown name {name:?}")), "{expr}: {e}");
+    }
+    for expr in [
+        "c1h > 1 && f.c1h > 1",
+        "[1, 2].exists(x, x > c1h)",
+        "[1].map(x, x + amount)[0] > 0",
+        "has(ctx.tier)",
+    ] {
+        Ruleset::parse(&ruleset(count, expr)).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    }
+    // A feature or model may not take a built-in name (it would shadow the event's own).
+    let shadowing = count.replace("c1h", "amount");
+    let e = Ruleset::parse(&ruleset(&shadowing, "amount > 5")).err().expect("refused");
+    assert!(e.message.contains("built-in name"), "{e}");
+}
+
+#[test]
+fn model_paths_stay_inside_the_models_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("sub")).unwrap();
+    let ruleset = |path: &str| {
+        format!("version = \"m\"\n[thresholds]\nreview = 1\ndecline = 2\n[[models]]\nname = \"fraud\"\npath = \"{path}\"\ninputs = [\"amount\"]\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"fraud > 0.5\"\nscore = 1\n")
+    };
+    for (path, message) in [
+        ("/etc/passwd", "must be relative"),
+        ("/dev/zero", "must be relative"),
+        ("../x.json", "must be relative"),
+        ("sub/../../x.json", "must be relative"),
+        ("", "must be relative"),
+        ("sub", "not a regular file"),
+        ("missing.json", "No such file"),
+    ] {
+        let e =
+            Ruleset::parse_in(&ruleset(path), dir.path()).err().unwrap_or_else(|| panic!("refused: {path}"));
+        assert!(e.message.contains(message), "{path}: {e}");
+    }
+}
