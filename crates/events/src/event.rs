@@ -500,7 +500,11 @@ mod tests {
         assert_eq!(e.data["object"]["decision_id"], "t9");
         assert_eq!(e.data["object"]["label"], "fraud");
         assert_eq!(classify(kind, &body).unwrap(), Some((EventType::DecisionLabeled, "tABCDEFGH".into())));
-        let ruleset = RiskRecord::Ruleset(RulesetRecord { version: "v1".into(), text: String::new() });
+        let ruleset = RiskRecord::Ruleset(RulesetRecord {
+            version: "v1".into(),
+            text: String::new(),
+            models: Vec::new(),
+        });
         let (record_type, payload) = ruleset.encode();
         body.clear();
         let kind = codec::encode_record(record_type, 6_000, &payload, &mut body);

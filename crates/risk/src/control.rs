@@ -126,6 +126,7 @@ impl Controller {
     ) -> Result<(Controller, Vec<RiskRecord>), ControlError> {
         let ruleset = Arc::new(Ruleset::parse_in(text, models_dir).map_err(ControlError::Ruleset)?);
         let version = ruleset.version.clone();
+        let models = ruleset.model_digests();
         let lists: Lists = Arc::default();
         let mut rulesets = BTreeMap::new();
         rulesets.insert(version.clone(), Published { ruleset: Arc::clone(&ruleset), text: text.to_string() });
@@ -141,7 +142,7 @@ impl Controller {
             shared_stats: SharedStats::default(),
         };
         let records = vec![
-            RiskRecord::Ruleset(RulesetRecord { version: version.clone(), text: text.to_string() }),
+            RiskRecord::Ruleset(RulesetRecord { version: version.clone(), text: text.to_string(), models }),
             RiskRecord::Activation(ActivationRecord { active: version, shadow: None }),
         ];
         Ok((controller, records))
@@ -357,9 +358,36 @@ impl Controller {
         if self.rulesets.len() >= RULESETS_MAX {
             return Err(ControlError::Limit(format!("at most {RULESETS_MAX} rulesets can be published")));
         }
+        let models = ruleset.model_digests();
         self.rulesets
             .insert(version.clone(), Published { ruleset: Arc::new(ruleset), text: text.to_string() });
-        Ok((version.clone(), Some(RiskRecord::Ruleset(RulesetRecord { version, text: text.to_string() }))))
+        Ok((
+            version.clone(),
+            Some(RiskRecord::Ruleset(RulesetRecord { version, text: text.to_string(), models })),
+        ))
+    }
+
+    /// [`Controller::publish`] for a journaled ruleset: its model files must be the ones it was
+    /// published with (same digests), or the decisions made with it could not be reproduced.
+    fn publish_journaled(&mut self, r: &RulesetRecord) -> Result<(), ControlError> {
+        let (version, _) = self.publish(&r.text)?;
+        let now = self.rulesets[&version].ruleset.model_digests();
+        if r.models.is_empty() || now == r.models {
+            return Ok(());
+        }
+        self.rulesets.remove(&version);
+        let changed: Vec<&str> =
+            r.models.iter().filter(|m| !now.contains(m)).map(|m| m.name.as_str()).collect();
+        Err(ControlError::Ruleset(crate::RulesetError {
+            rule_id: None,
+            line: 1,
+            column: 1,
+            message: format!(
+                "ruleset {version}: the model file of {} changed since it was published (BLAKE3 differs); \
+                 restore the file it was published with, or publish the new one under a new version",
+                changed.join(", ")
+            ),
+        }))
     }
 
     /// Makes `active` the acted-on ruleset and `shadow` (if any) the logged one, atomically: the
@@ -478,7 +506,7 @@ impl Controller {
                 if self.provisional.as_deref() == Some(r.version.as_str()) {
                     self.provisional = None;
                     let replaced = self.rulesets.remove(&r.version);
-                    if let Err(e) = self.publish(&r.text) {
+                    if let Err(e) = self.publish_journaled(r) {
                         if let Some(p) = replaced {
                             self.rulesets.insert(r.version.clone(), p);
                         }
@@ -489,7 +517,7 @@ impl Controller {
                         self.active = Engine::new(ruleset, Arc::clone(&self.lists));
                     }
                 } else {
-                    self.publish(&r.text)?;
+                    self.publish_journaled(r)?;
                 }
             }
             RiskRecord::Activation(a) => {

@@ -226,6 +226,20 @@ pub struct RulesetRecord {
     pub version: String,
     /// The TOML text.
     pub text: String,
+    /// The BLAKE3 digest of each model file it read when published (empty in records written before
+    /// digests were kept): a replay or a backtest refuses a model file that changed since, rather
+    /// than scoring with other trees than the decisions were made with.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub models: Vec<ModelDigest>,
+}
+
+/// A model file as a ruleset read it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModelDigest {
+    /// The model's name in the ruleset.
+    pub name: String,
+    /// BLAKE3 of the file's bytes, in hex.
+    pub blake3: String,
 }
 
 /// Which rulesets run ([`RECORD_ACTIVATION`]).

@@ -166,6 +166,8 @@ pub struct ModelSlot {
     pub model: puhui_risk_model::Model,
     /// Its input vector, in order.
     pub inputs: Vec<String>,
+    /// BLAKE3 of the model file's bytes, in hex.
+    pub digest: String,
 }
 
 /// Which entity a feature is about.
@@ -467,7 +469,11 @@ impl Ruleset {
             }
             let path = model_path(dir, m.path.get_ref())
                 .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
-            let model = puhui_risk_model::Model::load(&path)
+            let bytes = std::fs::read(&path).map_err(|e| {
+                at(m.path.span(), None, format!("model {}: {}: {e}", m.name.get_ref(), path.display()))
+            })?;
+            let digest = blake3::hash(&bytes).to_hex().to_string();
+            let model = puhui_risk_model::Model::from_bytes(&bytes)
                 .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
             for input in &m.inputs {
                 let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device")
@@ -477,7 +483,7 @@ impl Ruleset {
                     return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name> or a declared feature")));
                 }
             }
-            models.push(ModelSlot { name: m.name.into_inner().into(), model, inputs: m.inputs });
+            models.push(ModelSlot { name: m.name.into_inner().into(), model, inputs: m.inputs, digest });
         }
         let mut symbols = compile::Symbols::new(
             features.iter().map(|f| (&*f.name, f.aggregate == Aggregate::ZScore)),
@@ -655,6 +661,14 @@ impl Ruleset {
     /// Rules, in file order: (id, description).
     pub fn rules(&self) -> impl Iterator<Item = (&str, &str)> {
         self.rules.iter().map(|r| (&*r.id, r.description.as_str()))
+    }
+
+    /// The digests of the model files it read, in file order.
+    pub fn model_digests(&self) -> Vec<crate::records::ModelDigest> {
+        self.models
+            .iter()
+            .map(|m| crate::records::ModelDigest { name: m.name.to_string(), blake3: m.digest.clone() })
+            .collect()
     }
 }
 

@@ -394,3 +394,35 @@ fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
     let bad = text.replace("on_exceeded = \"decline\"", "on_exceeded = \"maybe\"");
     assert!(Controller::new(&bad, Path::new("."), FeatureLimits::default()).is_err());
 }
+
+#[test]
+fn a_model_file_changed_since_publication_is_refused_on_replay() {
+    let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(fixtures.join("xgb_binary.json"), dir.path().join("fraud.json")).unwrap();
+    let text = "version = \"m1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[models]]\nname = \"fraud\"\npath = \"fraud.json\"\ninputs = [\"amount\"]\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"fraud > 0.9\"\nscore = 60\n";
+    let (mut online, _) = Controller::new(STARTER, dir.path(), FeatureLimits::default()).unwrap();
+    let (_, record) = online.publish(text).unwrap();
+    let record = record.expect("a new version");
+    let RiskRecord::Ruleset(r) = &record else { panic!("a ruleset record") };
+    assert_eq!(r.models.len(), 1, "{r:?}");
+    assert_eq!(
+        r.models[0].blake3,
+        blake3::hash(&std::fs::read(dir.path().join("fraud.json")).unwrap()).to_hex().to_string()
+    );
+
+    // The same file: the record replays.
+    let replay = || Controller::new(STARTER, dir.path(), FeatureLimits::default()).unwrap().0;
+    replay().apply(&record).expect("the same model replays");
+    // Another file under the same name: refused, naming the model.
+    std::fs::copy(fixtures.join("xgb_regression.json"), dir.path().join("fraud.json")).unwrap();
+    let e = replay().apply(&record).expect_err("a changed model is refused");
+    assert!(
+        matches!(&e, ControlError::Ruleset(r) if r.message.contains("model file of fraud changed")),
+        "{e}"
+    );
+    // A record from before digests were kept replays as it did.
+    let RiskRecord::Ruleset(mut old) = record else { unreachable!() };
+    old.models.clear();
+    replay().apply(&RiskRecord::Ruleset(old)).expect("no digest to check");
+}
