@@ -342,6 +342,11 @@ impl RiskService {
         shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
+        if let Some(problem) =
+            startup.as_ref().and_then(|(text, _)| puhui_risk::Ruleset::version_problem(text))
+        {
+            return Err(format!("--ruleset: {problem}"));
+        }
         let (text, models_dir) = startup.unwrap_or_else(|| {
             let models = store.data_dir().map_or_else(|| "models".into(), |d| d.join("models"));
             (STARTER_RULESET.to_string(), models)
@@ -1477,6 +1482,13 @@ pub async fn create_ruleset(
     ApiJson(body): ApiJson<CreateRuleset>,
 ) -> Result<(StatusCode, Json<RulesetObject>), ApiError> {
     let risk = risk_service(&app)?;
+    if let Some(problem) = puhui_risk::Ruleset::version_problem(&body.text) {
+        return Err(ApiError::invalid(
+            "invalid_ruleset",
+            format!("the ruleset is invalid: {problem}"),
+            Some("text"),
+        ));
+    }
     let text = body.text.clone();
     let (version, created) = risk
         .admin_change(move |risk| {
@@ -1545,6 +1557,13 @@ pub async fn activate_ruleset(
     ApiJson(body): ApiJson<Activation>,
 ) -> Result<Json<Activation>, ApiError> {
     let risk = risk_service(&app)?;
+    if body.shadow.as_deref() == Some(body.active.as_str()) {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            "the shadow ruleset must differ from the active one (its verdicts would repeat the active's)",
+            Some("shadow"),
+        ));
+    }
     let (active, shadow) = (body.active.clone(), body.shadow.clone());
     risk.admin_change(move |risk| {
         let mut state = risk.lock();

@@ -905,6 +905,20 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let conflict =
         admin_post("/v1/rulesets", json!({"text": STRICT_RULESET.replace("score = 40", "score = 45")})).await;
     assert_eq!((conflict.status, conflict.code()), (409, "ruleset_version_conflict"));
+    for version in ["", "two words", "new\nline", &"v".repeat(65)] {
+        let text = STRICT_RULESET.replace("version = \"strict-test\"", &format!("version = {version:?}"));
+        let refused = admin_post("/v1/rulesets", json!({"text": text})).await;
+        assert_eq!(
+            (refused.status, refused.code()),
+            (400, "invalid_ruleset"),
+            "{version:?}: {:?}",
+            refused.body
+        );
+    }
+    let same =
+        admin_post("/v1/rulesets/activation", json!({"active": "strict-test", "shadow": "strict-test"}))
+            .await;
+    assert_eq!((same.status, same.code()), (400, "invalid_request"), "{:?}", same.body);
     let switched =
         admin_post("/v1/rulesets/activation", json!({"active": "starter-2", "shadow": "strict-test"})).await;
     assert_eq!(switched.status, 200, "{:?}", switched.body);

@@ -352,7 +352,27 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
     (line, column)
 }
 
+/// Most characters of a ruleset version.
+pub const VERSION_CHARS_MAX: usize = 64;
+
 impl Ruleset {
+    /// For a ruleset about to be published: why its `version` cannot name it (it must be 1–64 of
+    /// `[A-Za-z0-9_.-]`, since it appears in URLs, logs and decision records), or `None`. Not part of
+    /// [`Ruleset::parse`], so that rulesets journaled before the rule replay unchanged.
+    pub fn version_problem(text: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Head {
+            version: String,
+        }
+        let version = toml::from_str::<Head>(text).ok()?.version;
+        let ok = !version.is_empty()
+            && version.len() <= VERSION_CHARS_MAX
+            && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+        (!ok).then(|| {
+            format!("a ruleset version is 1-{VERSION_CHARS_MAX} characters of A-Z, a-z, 0-9, _ . - (got {version:?})")
+        })
+    }
+
     /// Parses and compiles a ruleset; the first problem is reported with rule id, line and column.
     /// Model paths are relative to the working directory (see [`Ruleset::parse_in`]).
     pub fn parse(text: &str) -> Result<Ruleset, RulesetError> {
