@@ -45,6 +45,9 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         to_ns: args.to.as_deref().map(|t| parse_time(t, "to")).transpose()?,
         candidate: args.ruleset.is_some(),
     };
+    if let (Some(from), Some(to)) = (options.from_ns, options.to_ns) {
+        anyhow::ensure!(from < to, "--from must be before --to (nothing lies between them)");
+    }
     let (text, models_dir) = match &args.ruleset {
         Some(path) => (
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?,
@@ -88,11 +91,13 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
     let report = backtest.finish();
 
     let out = args.out.clone().unwrap_or_else(|| args.data_dir.clone());
-    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     let json_path = out.join("backtest.json");
-    std::fs::write(&json_path, serde_json::to_vec_pretty(&report_json(&report, args.ruleset.is_some()))?)?;
+    std::fs::write(&json_path, serde_json::to_vec_pretty(&report_json(&report, args.ruleset.is_some()))?)
+        .with_context(|| format!("writing {}", json_path.display()))?;
     let svg_path = out.join("scores.svg");
-    std::fs::write(&svg_path, scores_svg(&report))?;
+    std::fs::write(&svg_path, scores_svg(&report))
+        .with_context(|| format!("writing {}", svg_path.display()))?;
 
     print_report(&report, args.ruleset.as_deref(), scanned.entries, records, truncated);
     println!("report: {}", json_path.display());

@@ -1032,6 +1032,15 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert_eq!(report["confusion_online"]["false_negatives"], 1, "{report}");
     let svg = std::fs::read_to_string(dir.path().join("scores.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{svg}");
+    // An empty period is a mistake, not a clean report.
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .args(["--from", "2030-01-01T00:00:00Z", "--to", "2020-01-01T00:00:00Z"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--from must be before --to"), "{stderr}");
 }
 
 /// The published versions (`GET /v1/rulesets`) and the active one.
