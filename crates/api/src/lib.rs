@@ -432,9 +432,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/rulesets", post(risk::create_ruleset).get(risk::list_rulesets))
         .route("/v1/rulesets/activation", post(risk::activate_ruleset))
         .route("/v1/rulesets/{version}", get(risk::get_ruleset))
-        .route("/v1/admin/lists/{name}", get(risk::get_list))
-        .route("/v1/admin/lists/{name}/add", post(risk::list_add))
-        .route("/v1/admin/lists/{name}/remove", post(risk::list_remove))
+        .route("/v1/admin/lists/{name}", get(risk::admin_get_list))
+        .route("/v1/admin/lists/{name}/add", post(risk::admin_list_add))
+        .route("/v1/admin/lists/{name}/remove", post(risk::admin_list_remove))
         .route_layer(from_fn_with_state(Arc::clone(&state), authenticate_admin));
     let public = Router::new()
         .route("/healthz", get(healthz))

@@ -61,6 +61,7 @@ impl Modify for Security {
         crate::journal::decision_proof,
         crate::risk::create_ruleset, crate::risk::list_rulesets, crate::risk::get_ruleset,
         crate::risk::activate_ruleset, crate::risk::list_add, crate::risk::list_remove, crate::risk::get_list,
+        crate::risk::admin_list_add, crate::risk::admin_list_remove, crate::risk::admin_get_list,
         crate::journal::latest_checkpoint, crate::journal::checkpoint, crate::journal::transfer_proof,
         crate::journal::consistency, crate::journal::public_key,
         crate::events::list_events, crate::events::get_event,

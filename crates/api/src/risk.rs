@@ -1592,9 +1592,10 @@ pub async fn activate_ruleset(
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ListChange {
-    /// The values (at most 10,000 per call). With an API key they are your ids (accounts, devices,
-    /// IPs), scoped to your tenant like every other id; with the admin token they are stored as
-    /// given and apply to every tenant (countries, names).
+    /// The values (at most 10,000 per call; each 1–256 bytes, no control characters). With an API
+    /// key they are your ids (accounts, devices, IPs), scoped to your tenant like every other id;
+    /// with the admin token they are stored as given and apply to every tenant, so they match
+    /// unscoped values (countries, channels, names), never a tenant's accounts, device ids or IPs.
     pub values: Vec<String>,
 }
 
@@ -1612,15 +1613,20 @@ pub struct RiskListObject {
 }
 
 fn list_values(tenant: Option<&str>, values: Vec<String>) -> Result<Vec<String>, ApiError> {
-    match tenant {
-        Some(t) => values.iter().map(|v| scoped(t, v, "values").map(|id| id.to_string())).collect(),
-        None => {
-            if values.iter().any(|v| v.is_empty() || v.len() > 256) {
-                return Err(ApiError::invalid("invalid_request", "a value has 1–256 bytes", Some("values")));
-            }
-            Ok(values)
-        }
+    // Whatever a risk context may carry (a device id is up to 256 bytes of anything) can be listed.
+    if values.iter().any(|v| v.is_empty() || v.len() > ATTRIBUTE_BYTES_MAX || v.chars().any(char::is_control))
+    {
+        return Err(ApiError::invalid(
+            "invalid_request",
+            format!("a list value has 1–{ATTRIBUTE_BYTES_MAX} bytes and no control characters"),
+            Some("values"),
+        ));
     }
+    Ok(match tenant {
+        // Scoped like the tenant's ids, device ids and IPs in its events.
+        Some(t) => values.iter().map(|v| format!("{t}:{v}")).collect(),
+        None => values,
+    })
 }
 
 async fn change_list(
@@ -1698,11 +1704,11 @@ impl ListQuery {
     security(("api_key" = [])))]
 pub async fn list_add(
     State(app): State<Arc<AppState>>,
-    principal: Option<Extension<Principal>>,
+    Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ListChange>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    change_list(app, principal.map(|p| p.0.tenant.to_string()), name, ListOp::Add, body.values).await
+    change_list(app, Some(principal.tenant.to_string()), name, ListOp::Add, body.values).await
 }
 
 /// Remove values from one of your lists.
@@ -1712,11 +1718,11 @@ pub async fn list_add(
     security(("api_key" = [])))]
 pub async fn list_remove(
     State(app): State<Arc<AppState>>,
-    principal: Option<Extension<Principal>>,
+    Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
     ApiJson(body): ApiJson<ListChange>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    change_list(app, principal.map(|p| p.0.tenant.to_string()), name, ListOp::Remove, body.values).await
+    change_list(app, Some(principal.tenant.to_string()), name, ListOp::Remove, body.values).await
 }
 
 /// Your values in a list (sorted).
@@ -1727,14 +1733,65 @@ pub async fn list_remove(
     security(("api_key" = [])))]
 pub async fn get_list(
     State(app): State<Arc<AppState>>,
-    principal: Option<Extension<Principal>>,
+    Extension(principal): Extension<Principal>,
     ApiPath(name): ApiPath<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskListObject>, ApiError> {
+    queried_page(&app, Some(&principal.tenant), &name, query)
+}
+
+/// [`list_page`] for a `GET` with `?limit=&starting_after=`.
+fn queried_page(
+    app: &AppState,
+    tenant: Option<&str>,
+    name: &str,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RiskListObject>, ApiError> {
     let q = ListQuery::read(query)?;
-    Controller::check_list_name(&name).map_err(control_error)?;
+    Controller::check_list_name(name).map_err(control_error)?;
     let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
-    list_page(&app, principal.map(|p| p.0.tenant).as_deref(), &name, q.starting_after.as_deref(), limit)
+    list_page(app, tenant, name, q.starting_after.as_deref(), limit)
+}
+
+/// Add values to an operator-wide list (every tenant's rules see them; they match unscoped values
+/// such as countries and channels).
+#[utoipa::path(post, path = "/v1/admin/lists/{name}/add", tag = "risk", request_body = ListChange,
+    params(("name" = String, Path, description = "list name, [A-Za-z0-9_-]{1,64}")),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn admin_list_add(
+    State(app): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ListChange>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    change_list(app, None, name, ListOp::Add, body.values).await
+}
+
+/// Remove values from an operator-wide list.
+#[utoipa::path(post, path = "/v1/admin/lists/{name}/remove", tag = "risk", request_body = ListChange,
+    params(("name" = String, Path, description = "list name")),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn admin_list_remove(
+    State(app): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    ApiJson(body): ApiJson<ListChange>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    change_list(app, None, name, ListOp::Remove, body.values).await
+}
+
+/// The operator-wide values of a list (sorted).
+#[utoipa::path(get, path = "/v1/admin/lists/{name}", tag = "risk",
+    params(("name" = String, Path, description = "list name"), ("limit" = Option<usize>, Query, description = "1–100"),
+           ("starting_after" = Option<String>, Query, description = "the last value of the page before")),
+    responses((status = 200, body = RiskListObject), (status = 400, body = ErrorEnvelope)),
+    security(("admin_token" = [])))]
+pub async fn admin_get_list(
+    State(app): State<Arc<AppState>>,
+    ApiPath(name): ApiPath<String>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RiskListObject>, ApiError> {
+    queried_page(&app, None, &name, query)
 }
 
 #[cfg(test)]

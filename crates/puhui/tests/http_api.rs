@@ -1109,9 +1109,34 @@ async fn a_tenant_cannot_reach_another_tenants_devices_through_attributes() {
         let (http, url, key) = (c.http.clone(), server.url("/v1/decisions"), c.key.clone());
         async move { send(&http, "POST", &url, &key, Some(body.to_string()), None).await }
     };
-    // B's own device is declined by B's list.
+    // B's own device is declined by B's list, whatever characters its id has.
     let own = decide(&b, "b1", json!({"device_id": "dev1"})).await;
     assert_eq!(own.body["outcome"], "decline", "{:?}", own.body);
+    let base64 = b.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["ab+/c=="]})).await;
+    assert_eq!(base64.status, 200, "{:?}", base64.body);
+    let own = decide(&b, "b2", json!({"device_id": "ab+/c=="})).await;
+    assert_eq!(own.body["outcome"], "decline", "{:?}", own.body);
+    let control = b.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["a\nb"]})).await;
+    assert_eq!(control.status, 400, "{:?}", control.body);
+    // Operator-wide lists are the admin's, listed apart.
+    let admin = reqwest::Client::new();
+    let global = send(
+        &admin,
+        "POST",
+        &server.url("/v1/admin/lists/deny_countries/add"),
+        ADMIN,
+        Some(json!({"values": ["XX"]}).to_string()),
+        None,
+    )
+    .await;
+    assert_eq!((global.status, &global.body["values"]), (200, &json!(["XX"])), "{:?}", global.body);
+    let page = send(&admin, "GET", &server.url("/v1/admin/lists/deny_countries"), ADMIN, None, None).await;
+    assert_eq!(page.body["values"], json!(["XX"]), "{:?}", page.body);
+    assert_eq!(
+        b.get(&server, "/v1/lists/deny_countries").await.body["values"],
+        json!([]),
+        "a tenant sees its own values"
+    );
     // A naming B's scoped device id, as a top-level field or as an attribute, is not on any list.
     let spelt = format!("{}:dev1", b.id);
     for (i, context) in
