@@ -98,7 +98,7 @@ impl std::error::Error for RulesetError {}
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FileThresholds {
-    review: i64,
+    review: toml::Spanned<i64>,
     decline: i64,
 }
 
@@ -389,13 +389,12 @@ impl Ruleset {
             let (line, column) = position(text, span.start);
             RulesetError { rule_id: rule.map(Into::into), line, column, message }
         };
-        if file.thresholds.review > file.thresholds.decline {
-            return Err(RulesetError {
-                rule_id: None,
-                line: 1,
-                column: 1,
-                message: "thresholds.review must not exceed thresholds.decline".into(),
-            });
+        if *file.thresholds.review.get_ref() > file.thresholds.decline {
+            return Err(at(
+                file.thresholds.review.span(),
+                None,
+                "thresholds.review must not exceed thresholds.decline".into(),
+            ));
         }
         let budget = match &file.budget {
             None => BUDGET_DEFAULT,
@@ -653,7 +652,7 @@ impl Ruleset {
         let reads_new_device = reads("new_device", |i| matches!(i, ModelInput::NewDevice));
         Ok(Ruleset {
             version: file.version,
-            review_at: file.thresholds.review,
+            review_at: *file.thresholds.review.get_ref(),
             decline_at: file.thresholds.decline,
             features,
             models,

@@ -49,6 +49,9 @@ fn structural_errors_are_located() {
     let bad_window = "version = \"x\"\nrules = []\n[thresholds]\nreview = 1\ndecline = 2\n[[features]]\nname = \"a\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"1 week\"\n";
     let e = Ruleset::parse(bad_window).err().unwrap();
     assert_eq!((e.line, e.message.contains("bad window")), (10, true), "{e}");
+    let inverted = "version = \"x\"\nrules = []\n[thresholds]\nreview = 5\ndecline = 2\n";
+    let e = Ruleset::parse(inverted).err().unwrap();
+    assert_eq!((e.line, e.message.contains("must not exceed")), (4, true), "{e}");
     let too_long = bad_window.replace("1 week", "31d");
     let e = Ruleset::parse(&too_long).err().unwrap();
     assert_eq!((e.line, e.message.contains("longer than the 30 days")), (10, true), "{e}");
