@@ -70,6 +70,18 @@ pub(crate) fn unknown_name(
                 }
                 _ => walk(&select.operand, bound, known, feature),
             },
+            Expr::Call(call)
+                if call.func_name == operators::INDEX
+                    && matches!(call.args.first().map(|a| &a.expr), Some(Expr::Ident(root)) if root == "f")
+                    && !bound.contains(&"f") =>
+            {
+                match call.args.get(1).map(|a| &a.expr) {
+                    Some(Expr::Literal(LiteralValue::String(name))) if !feature(name) => {
+                        Some(format!("f[{:?}]", &**name))
+                    }
+                    _ => call.args.iter().skip(1).find_map(|a| walk(a, bound, known, feature)),
+                }
+            }
             Expr::Comprehension(c) => {
                 let outer = bound.len();
                 let found = walk(&c.iter_range, bound, known, feature)
@@ -97,6 +109,84 @@ pub(crate) fn unknown_name(
         }
     }
     walk(expr, &mut Vec::new(), known, feature)
+}
+
+/// Most comprehensions (`all`, `exists`, `exists_one`, `map`, `filter`) in one expression; none may
+/// sit inside another, since nesting multiplies their iterations (two elements per level, fifty
+/// levels: 2^50 steps, past any time budget, which is checked between rules).
+pub(crate) const COMPREHENSIONS_MAX: usize = 4;
+
+/// Why `expr` could run away or fail on every event, or `None`: a comprehension inside another or
+/// more than [`COMPREHENSIONS_MAX`] of them, or a function the interpreter does not have (probed
+/// on the `cel` standard library; `in_list` is the engine's own). Recurses; call it on trees no
+/// deeper than [`DEPTH_MAX`].
+pub(crate) fn static_problem(expr: &IdedExpr) -> Option<String> {
+    fn walk(
+        e: &IdedExpr,
+        inside: bool,
+        count: &mut usize,
+        probed: &mut HashMap<(String, bool), bool>,
+    ) -> Option<String> {
+        match &e.expr {
+            Expr::Comprehension(c) => {
+                if inside {
+                    return Some("a comprehension (all, exists, map, filter…) inside another".into());
+                }
+                *count += 1;
+                if *count > COMPREHENSIONS_MAX {
+                    return Some(format!(
+                        "more than {COMPREHENSIONS_MAX} comprehensions (all, exists, map, filter…)"
+                    ));
+                }
+                [&c.iter_range, &c.accu_init].into_iter().find_map(|p| walk(p, false, count, probed)).or_else(
+                    || {
+                        [&c.loop_cond, &c.loop_step, &c.result]
+                            .into_iter()
+                            .find_map(|p| walk(p, true, count, probed))
+                    },
+                )
+            }
+            Expr::Call(call) => {
+                let name = call.func_name.as_str();
+                let operator = !name.starts_with(|c: char| c.is_ascii_alphabetic());
+                if !operator && name != "in_list" {
+                    let member = call.target.is_some();
+                    let known = *probed
+                        .entry((name.to_string(), member))
+                        .or_insert_with(|| function_exists(name, member));
+                    if !known {
+                        let how = if member { format!("x.{name}(…)") } else { format!("{name}(…)") };
+                        return Some(format!("unknown function {how}"));
+                    }
+                }
+                let mut found = None;
+                children(e, |child| {
+                    if found.is_none() {
+                        found = walk(child, inside, count, probed);
+                    }
+                });
+                found
+            }
+            _ => {
+                let mut found = None;
+                children(e, |child| {
+                    if found.is_none() {
+                        found = walk(child, inside, count, probed);
+                    }
+                });
+                found
+            }
+        }
+    }
+    walk(expr, false, &mut 0, &mut HashMap::new())
+}
+
+/// Whether the `cel` standard library has a function (`member`: a method) called `name`: a call
+/// without arguments answers "no such overload" if it does, "undeclared reference" if not.
+fn function_exists(name: &str, member: bool) -> bool {
+    let source = if member { format!("''.{name}()") } else { format!("{name}()") };
+    let Ok(program) = cel::Program::compile(&source) else { return false };
+    !matches!(program.execute(&cel::Context::default()), Err(ExecutionError::UndeclaredReference(_)))
 }
 
 /// Calls `push` with each direct sub-expression of `e`.

@@ -563,6 +563,9 @@ impl Ruleset {
                     || models.iter().any(|m: &ModelSlot| *m.name == *name)
             };
             let feature = |name: &str| features.iter().any(|f: &Feature| *f.name == *name);
+            if let Some(problem) = compile::static_problem(program.expression()) {
+                return Err(at(span, Some(&r.id), format!("the expression has {problem}")));
+            }
             if let Some(name) = compile::unknown_name(program.expression(), &known, &feature) {
                 return Err(at(
                     span,

@@ -366,6 +366,7 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
         ("has(f.c2h)", "f.c2h"),
         ("c1h > 1 && [1, 2].exists(x, x > y)", "y"),
         ("ammount > 5", "ammount"),
+        ("f['c2h'] >= 3", "f[\"c2h\"]"),
     ] {
         let e = Ruleset::parse(&ruleset(count, expr)).err().unwrap_or_else(|| panic!("refused: {expr}"));
         assert_eq!(e.rule_id.as_deref(), Some("r"), "{e}");
@@ -376,8 +377,21 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
         "[1, 2].exists(x, x > c1h)",
         "[1].map(x, x + amount)[0] > 0",
         "has(ctx.tier)",
+        "f['c1h'] > 1",
+        "payer.startsWith('a') && size(payer) > 1 && int(ctx.tier) > 1 && ctx.tier.contains('1')",
+        "[1, 2].exists(x, x > 1) && [3].all(y, y > 0)",
     ] {
         Ruleset::parse(&ruleset(count, expr)).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    }
+    // What would fail on every event, or run away: refused with the rule id.
+    for (expr, message) in [
+        ("nosuchfn(amount) > 0", "unknown function nosuchfn"),
+        ("payer.nosuch()", "unknown function x.nosuch"),
+        ("[1, 2].all(x, [1, 2].all(y, true))", "inside another"),
+        ("[1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true)", "more than 4"),
+    ] {
+        let e = Ruleset::parse(&ruleset(count, expr)).err().unwrap_or_else(|| panic!("refused: {expr}"));
+        assert!(e.rule_id.as_deref() == Some("r") && e.message.contains(message), "{expr}: {e}");
     }
     // A feature or model may not take a built-in name (it would shadow the event's own).
     let shadowing = count.replace("c1h", "amount");
