@@ -1036,9 +1036,25 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             Some(&format!("risk_context.{field}")),
         )
     };
+    // Lists hold a tenant's values as `<tenant>:<value>`: an unscoped value spelt that way for
+    // another tenant would look its lists up (whether it deny-listed a device, say). Device ids and
+    // IPs are scoped below, so they cannot be spelt so.
+    let foreign = |v: &str| {
+        v.split_once(':').is_some_and(|(prefix, _)| prefix != tenant && crate::tenants::is_tenant_id(prefix))
+    };
+    let foreign_error = |field: &str| {
+        ApiError::invalid(
+            "invalid_request",
+            "a risk-context value may not begin with another tenant's id and ':'",
+            Some(&format!("risk_context.{field}")),
+        )
+    };
     for (name, value) in &ctx.attributes {
         if name.len() > ATTRIBUTE_BYTES_MAX || value.len() > ATTRIBUTE_BYTES_MAX {
             return Err(too_long("attributes"));
+        }
+        if foreign(value) && name != "device_id" && name != "ip" {
+            return Err(foreign_error("attributes"));
         }
     }
     // Device ids and IPs are the tenant's own, however they are given: scoped like accounts, so
@@ -1065,6 +1081,9 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
         if let Some(v) = value {
             if v.len() > ATTRIBUTE_BYTES_MAX {
                 return Err(too_long(name));
+            }
+            if foreign(&v) && name != "device_id" && name != "ip" {
+                return Err(foreign_error(name));
             }
             attributes.retain(|(k, _)| k != name);
             attributes.push((name.to_string(), scope(name, v)));

@@ -24,6 +24,13 @@ use crate::limits::{KEYS_PER_TENANT_MAX, TENANTS_MAX};
 
 const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
 
+/// Whether `s` has the form of a tenant id (`t` and 8 characters of the id alphabet).
+pub fn is_tenant_id(s: &str) -> bool {
+    s.len() == crate::models::TENANT_ID_LEN
+        && s.starts_with('t')
+        && s.bytes().skip(1).all(|b| ALPHABET.contains(&b))
+}
+
 fn random_text(len: usize) -> String {
     let mut rng = rand::rng();
     (0..len).map(|_| ALPHABET[rng.random_range(0..32)] as char).collect()

@@ -1145,6 +1145,13 @@ async fn a_tenant_cannot_reach_another_tenants_devices_through_attributes() {
         let probe = decide(&a, &format!("a{i}"), context).await;
         assert_eq!((probe.status, &probe.body["outcome"]), (201, &json!("approve")), "{:?}", probe.body);
     }
+    // Nor through an unscoped attribute spelt as B's scoped value (a rule may look any up).
+    for context in [json!({"channel": spelt}), json!({"attributes": {"foo": spelt}})] {
+        let probe = decide(&a, "a-probe", context).await;
+        assert_eq!((probe.status, probe.code()), (400, "invalid_request"), "{:?}", probe.body);
+    }
+    let own = decide(&a, "a-own", json!({"attributes": {"foo": format!("{}:x", a.id)}})).await;
+    assert_eq!(own.status, 201, "its own prefix is its own: {:?}", own.body);
     // A's events on "B's" device do not count in B's device windows.
     for i in 0..6 {
         let r =
