@@ -343,7 +343,7 @@ impl RiskService {
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
         if let Some(problem) =
-            startup.as_ref().and_then(|(text, _)| puhui_risk::Ruleset::version_problem(text))
+            startup.as_ref().and_then(|(text, _)| puhui_risk::Ruleset::publish_problem(text))
         {
             return Err(format!("--ruleset: {problem}"));
         }
@@ -1029,6 +1029,14 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             Some("risk_context.attributes"),
         ));
     }
+    // Control characters could not be listed (a list value has none), nor logged as sent.
+    let control = |field: &str| {
+        ApiError::invalid(
+            "invalid_request",
+            "a risk-context name or value has no control characters",
+            Some(&format!("risk_context.{field}")),
+        )
+    };
     let too_long = |field: &str| {
         ApiError::invalid(
             "invalid_request",
@@ -1052,6 +1060,9 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
     for (name, value) in &ctx.attributes {
         if name.len() > ATTRIBUTE_BYTES_MAX || value.len() > ATTRIBUTE_BYTES_MAX {
             return Err(too_long("attributes"));
+        }
+        if name.chars().chain(value.chars()).any(char::is_control) {
+            return Err(control("attributes"));
         }
         if foreign(value) && name != "device_id" && name != "ip" {
             return Err(foreign_error("attributes"));
@@ -1081,6 +1092,9 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
         if let Some(v) = value {
             if v.len() > ATTRIBUTE_BYTES_MAX {
                 return Err(too_long(name));
+            }
+            if v.chars().any(char::is_control) {
+                return Err(control(name));
             }
             if foreign(&v) && name != "device_id" && name != "ip" {
                 return Err(foreign_error(name));
@@ -1501,7 +1515,7 @@ pub async fn create_ruleset(
     ApiJson(body): ApiJson<CreateRuleset>,
 ) -> Result<(StatusCode, Json<RulesetObject>), ApiError> {
     let risk = risk_service(&app)?;
-    if let Some(problem) = puhui_risk::Ruleset::version_problem(&body.text) {
+    if let Some(problem) = puhui_risk::Ruleset::publish_problem(&body.text) {
         return Err(ApiError::invalid(
             "invalid_ruleset",
             format!("the ruleset is invalid: {problem}"),

@@ -905,7 +905,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let conflict =
         admin_post("/v1/rulesets", json!({"text": STRICT_RULESET.replace("score = 40", "score = 45")})).await;
     assert_eq!((conflict.status, conflict.code()), (409, "ruleset_version_conflict"));
-    for version in ["", "two words", "new\nline", &"v".repeat(65)] {
+    for version in ["", "two words", "new\nline", &"v".repeat(65), ".", ".."] {
         let text = STRICT_RULESET.replace("version = \"strict-test\"", &format!("version = {version:?}"));
         let refused = admin_post("/v1/rulesets", json!({"text": text})).await;
         assert_eq!(
@@ -914,6 +914,15 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
             "{version:?}: {:?}",
             refused.body
         );
+    }
+    let renamed = [
+        ("name = \"payer_count_1h\"", "name = \"a-b\""),
+        ("name = \"payer_count_1h\"", "name = \"true\""),
+        ("id = \"busy_payer\"", "id = \"\""),
+    ];
+    for (from, to) in renamed {
+        let refused = admin_post("/v1/rulesets", json!({"text": STRICT_RULESET.replace(from, to)})).await;
+        assert_eq!((refused.status, refused.code()), (400, "invalid_ruleset"), "{to}: {:?}", refused.body);
     }
     let same =
         admin_post("/v1/rulesets/activation", json!({"active": "strict-test", "shadow": "strict-test"}))
@@ -1118,6 +1127,8 @@ async fn a_tenant_cannot_reach_another_tenants_devices_through_attributes() {
     assert_eq!(own.body["outcome"], "decline", "{:?}", own.body);
     let control = b.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["a\nb"]})).await;
     assert_eq!(control.status, 400, "{:?}", control.body);
+    let control = decide(&b, "b3", json!({"device_id": "a\nb"})).await;
+    assert_eq!((control.status, control.code()), (400, "invalid_request"), "{:?}", control.body);
     // Operator-wide lists are the admin's, listed apart.
     let admin = reqwest::Client::new();
     let global = send(

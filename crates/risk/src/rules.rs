@@ -325,20 +325,17 @@ fn model_path(dir: &std::path::Path, path: &str) -> Result<std::path::PathBuf, S
     if path.is_empty()
         || !relative.components().all(|c| matches!(c, Component::Normal(_) | Component::CurDir))
     {
-        return Err(format!(
-            "the path {path:?} must be relative to the models directory, without \"..\" ({})",
-            dir.display()
-        ));
+        return Err(format!("the path {path:?} must be relative to the models directory, without \"..\""));
     }
+    // Messages name the path as given: they reach API clients, who need not see the server's layout.
     let full = dir.join(relative);
-    let meta = std::fs::metadata(&full).map_err(|e| format!("{}: {e}", full.display()))?;
+    let meta = std::fs::metadata(&full).map_err(|e| format!("{path}: {e}"))?;
     if !meta.is_file() {
-        return Err(format!("{} is not a regular file", full.display()));
+        return Err(format!("{path} is not a regular file"));
     }
     if meta.len() > MODEL_FILE_BYTES_MAX {
         return Err(format!(
-            "{} has {} bytes; a model file has at most {MODEL_FILE_BYTES_MAX}",
-            full.display(),
+            "{path} has {} bytes; a model file has at most {MODEL_FILE_BYTES_MAX}",
             meta.len()
         ));
     }
@@ -356,21 +353,61 @@ fn position(text: &str, offset: usize) -> (usize, usize) {
 pub const VERSION_CHARS_MAX: usize = 64;
 
 impl Ruleset {
-    /// For a ruleset about to be published: why its `version` cannot name it (it must be 1–64 of
-    /// `[A-Za-z0-9_.-]`, since it appears in URLs, logs and decision records), or `None`. Not part of
-    /// [`Ruleset::parse`], so that rulesets journaled before the rule replay unchanged.
-    pub fn version_problem(text: &str) -> Option<String> {
+    /// For a ruleset about to be published: why its names are unfit, or `None`. The `version` must be
+    /// 1–64 of `[A-Za-z0-9_.-]` starting with a letter or digit (it appears in URLs, logs and
+    /// decision records); rule ids 1–64 of the same; feature and model names identifiers
+    /// (`[A-Za-z_][A-Za-z0-9_]*`, what an expression can name) other than CEL's `true`, `false`,
+    /// `null` and `in_list`. Not part of [`Ruleset::parse`], so that rulesets journaled before
+    /// these rules replay unchanged.
+    pub fn publish_problem(text: &str) -> Option<String> {
+        #[derive(Deserialize)]
+        struct Named {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            name: Option<String>,
+        }
         #[derive(Deserialize)]
         struct Head {
             version: String,
+            #[serde(default)]
+            rules: Vec<Named>,
+            #[serde(default)]
+            features: Vec<Named>,
+            #[serde(default)]
+            models: Vec<Named>,
         }
-        let version = toml::from_str::<Head>(text).ok()?.version;
-        let ok = !version.is_empty()
-            && version.len() <= VERSION_CHARS_MAX
-            && version.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-        (!ok).then(|| {
-            format!("a ruleset version is 1-{VERSION_CHARS_MAX} characters of A-Z, a-z, 0-9, _ . - (got {version:?})")
-        })
+        let head = toml::from_str::<Head>(text).ok()?;
+        let label = |v: &str| {
+            !v.is_empty()
+                && v.len() <= VERSION_CHARS_MAX
+                && v.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+        };
+        if !label(&head.version) {
+            return Some(format!(
+                "a ruleset version is 1-{VERSION_CHARS_MAX} characters of A-Z, a-z, 0-9, _ . -, starting with a letter or digit (got {:?})",
+                head.version
+            ));
+        }
+        if let Some(id) = head.rules.iter().filter_map(|r| r.id.as_deref()).find(|id| !label(id)) {
+            return Some(format!(
+                "a rule id is 1-{VERSION_CHARS_MAX} characters of A-Z, a-z, 0-9, _ . - (got {id:?})"
+            ));
+        }
+        let identifier = |v: &str| {
+            v.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+                && v.len() <= VERSION_CHARS_MAX
+                && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && !matches!(v, "true" | "false" | "null" | "in_list")
+        };
+        let mut names = head.features.iter().chain(&head.models).filter_map(|n| n.name.as_deref());
+        if let Some(name) = names.find(|n| !identifier(n)) {
+            return Some(format!(
+                "a feature or model name is an identifier ([A-Za-z_][A-Za-z0-9_]*, at most {VERSION_CHARS_MAX}) other than true, false, null, in_list (got {name:?})"
+            ));
+        }
+        None
     }
 
     /// Parses and compiles a ruleset; the first problem is reported with rule id, line and column.
@@ -489,7 +526,7 @@ impl Ruleset {
             let path = model_path(dir, m.path.get_ref())
                 .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
             let bytes = std::fs::read(&path).map_err(|e| {
-                at(m.path.span(), None, format!("model {}: {}: {e}", m.name.get_ref(), path.display()))
+                at(m.path.span(), None, format!("model {}: {}: {e}", m.name.get_ref(), m.path.get_ref()))
             })?;
             let digest = blake3::hash(&bytes).to_hex().to_string();
             let model = puhui_risk_model::Model::from_bytes(&bytes)
