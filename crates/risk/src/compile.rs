@@ -533,16 +533,24 @@ pub(crate) struct Compiled {
 
 /// Compiles `expr` (a rule's whole expression) against `symbols`, or `None` if anything in it is
 /// outside what this compiler reproduces exactly, or if it is not a bool: the rule stays interpreted.
-pub(crate) fn compile(expr: &IdedExpr, symbols: &mut Symbols) -> Option<Compiled> {
+///
+/// `Err` names the type of an expression that compiles to a number or a string: it gives that for
+/// every event, never the bool a rule must give.
+pub(crate) fn compile(expr: &IdedExpr, symbols: &mut Symbols) -> Result<Option<Compiled>, &'static str> {
     let (attributes, lookups) = (symbols.attributes.len(), symbols.lookups.len());
-    match node(expr, symbols, 0) {
-        Some((root, Ty::Bool)) => Some(Compiled { root }),
-        _ => {
-            // Give back the slots a rule that is not compiled took.
-            symbols.attributes.truncate(attributes);
-            symbols.lookups.truncate(lookups);
-            None
-        }
+    let compiled = node(expr, symbols, 0);
+    if let Some((root, Ty::Bool)) = compiled {
+        return Ok(Some(Compiled { root }));
+    }
+    // Give back the slots a rule that is not compiled took.
+    symbols.attributes.truncate(attributes);
+    symbols.lookups.truncate(lookups);
+    match compiled {
+        Some((_, Ty::Int)) => Err("an int"),
+        Some((_, Ty::UInt)) => Err("a uint"),
+        Some((_, Ty::Double)) => Err("a double"),
+        Some((_, Ty::Str)) => Err("a string"),
+        Some((_, Ty::Bool)) | None => Ok(None),
     }
 }
 

@@ -622,7 +622,13 @@ impl Ruleset {
             if outcome.is_none() && r.score.is_none() {
                 return Err(at(span, Some(&r.id), "a rule needs a score or an outcome".into()));
             }
-            let compiled = compile::compile(program.expression(), &mut symbols);
+            let compiled = compile::compile(program.expression(), &mut symbols).map_err(|ty| {
+                at(
+                    span.clone(),
+                    Some(&r.id),
+                    format!("the expression gives {ty}, never the bool a rule must give"),
+                )
+            })?;
             rules.push(Rule {
                 id: r.id.into(),
                 description: r.description,

@@ -387,6 +387,8 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
     for (expr, message) in [
         ("nosuchfn(amount) > 0", "unknown function nosuchfn"),
         ("payer.nosuch()", "unknown function x.nosuch"),
+        ("amount", "gives an int"),
+        ("'yes'", "gives a string"),
         ("[1, 2].all(x, [1, 2].all(y, true))", "inside another"),
         ("[1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true)", "more than 4"),
     ] {
