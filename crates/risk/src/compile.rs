@@ -178,7 +178,74 @@ pub(crate) fn static_problem(expr: &IdedExpr) -> Option<String> {
             }
         }
     }
+    if let Expr::List(_) | Expr::Map(_) | Expr::Literal(_) = &expr.expr {
+        if !matches!(&expr.expr, Expr::Literal(LiteralValue::Boolean(_))) {
+            return Some("a value that is not a bool (a rule gives a bool)".into());
+        }
+    }
+    let steps = cost(expr);
+    if steps > EXPRESSION_COST_MAX {
+        return Some(format!(
+            "a worst case of {steps} evaluation steps (at most {EXPRESSION_COST_MAX}: every decision runs every rule)"
+        ));
+    }
     walk(expr, false, &mut 0, &mut HashMap::new())
+}
+
+/// Most evaluation steps one expression may take in the worst case, as [`cost`] estimates them
+/// (a step is a value made, compared or copied: tens of nanoseconds). Comprehensions over list
+/// literals multiply: `[… 1,000 elements …].map(x, [… 1,000 …])` is a million steps.
+pub(crate) const EXPRESSION_COST_MAX: u64 = 20_000;
+
+/// An upper bound on the steps evaluating `expr` can take: a list or map is made element by
+/// element, an operation copies or scans its operands, and a comprehension runs its condition and
+/// step once per element of its range (the accumulator copied each time). The range's size is
+/// bounded by the literal's length, a `map`/`filter` result by its own range, a `ctx` by the
+/// attributes an event may carry (64). Recurses; call it on trees no deeper than [`DEPTH_MAX`].
+pub(crate) fn cost(expr: &IdedExpr) -> u64 {
+    /// (steps, elements if a list or map).
+    fn walk(e: &IdedExpr) -> (u64, u64) {
+        match &e.expr {
+            Expr::List(list) => {
+                let inner: u64 = list.elements.iter().map(|x| walk(x).0).fold(0, u64::saturating_add);
+                let n = list.elements.len() as u64;
+                (inner.saturating_add(n).saturating_add(1), n)
+            }
+            Expr::Map(map) => {
+                let mut inner = 1u64;
+                for entry in &map.entries {
+                    let mut add = |x: &IdedExpr| inner = inner.saturating_add(walk(x).0);
+                    push_entry(&entry.expr, &mut add);
+                }
+                (inner.saturating_add(map.entries.len() as u64), map.entries.len() as u64)
+            }
+            Expr::Ident(name) if name == "ctx" => (1, 64),
+            Expr::Comprehension(c) => {
+                let (range_steps, n) = walk(&c.iter_range);
+                let (init_steps, _) = walk(&c.accu_init);
+                let per = walk(&c.loop_cond).0.saturating_add(walk(&c.loop_step).0).saturating_add(n);
+                let steps = range_steps
+                    .saturating_add(init_steps)
+                    .saturating_add(n.saturating_mul(per))
+                    .saturating_add(walk(&c.result).0);
+                // map and filter make a list as long as their range at most.
+                let list_result = matches!(c.accu_init.expr, Expr::List(_));
+                (steps, if list_result { n } else { 1 })
+            }
+            _ => {
+                let (mut steps, mut elements) = (1u64, 0u64);
+                children(e, |child| {
+                    let (s, n) = walk(child);
+                    steps = steps.saturating_add(s).saturating_add(n);
+                    elements = elements.saturating_add(n);
+                });
+                // `+` of two lists is a list as long as both; any other call gives a scalar.
+                let concatenation = matches!(&e.expr, Expr::Call(c) if c.func_name == operators::ADD);
+                (steps, if concatenation { elements } else { 0 })
+            }
+        }
+    }
+    walk(expr).0
 }
 
 /// Whether the `cel` standard library has a function (`member`: a method) called `name`: a call

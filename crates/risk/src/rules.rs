@@ -291,6 +291,10 @@ pub struct Budget {
 pub const BUILTIN_NAMES: [&str; 8] =
     ["amount", "currency", "payer", "payee", "new_payee", "new_device", "ctx", "f"];
 
+/// Most evaluation steps all of a ruleset's rules may take together in the worst case (see
+/// `compile::cost`): a decision runs every rule, and its time budget is checked only between rules.
+pub const RULESET_COST_MAX: u64 = 200_000;
+
 /// Most bytes of one rule's expression.
 pub const EXPRESSION_BYTES_MAX: usize = 4_096;
 /// Deepest expression a ruleset may hold (every accepted expression is compiled, never left to the
@@ -330,6 +334,14 @@ fn model_path(dir: &std::path::Path, path: &str) -> Result<std::path::PathBuf, S
     // Messages name the path as given: they reach API clients, who need not see the server's layout.
     let full = dir.join(relative);
     let meta = std::fs::metadata(&full).map_err(|e| format!("{path}: {e}"))?;
+    // A symbolic link inside the directory may not lead out of it.
+    let inside = match (full.canonicalize(), dir.canonicalize()) {
+        (Ok(file), Ok(dir)) => file.starts_with(dir),
+        _ => false,
+    };
+    if !inside {
+        return Err(format!("{path} leads out of the models directory"));
+    }
     if !meta.is_file() {
         return Err(format!("{path} is not a regular file"));
     }
@@ -547,6 +559,7 @@ impl Ruleset {
         );
         let mut rules = Vec::new();
         let mut ids = HashSet::new();
+        let mut ruleset_cost = 0u64;
         for r in file.rules {
             if !ids.insert(r.id.clone()) {
                 return Err(at(r.expression.span(), Some(&r.id), "rule id is used twice".into()));
@@ -602,6 +615,17 @@ impl Ruleset {
             let feature = |name: &str| features.iter().any(|f: &Feature| *f.name == *name);
             if let Some(problem) = compile::static_problem(program.expression()) {
                 return Err(at(span, Some(&r.id), format!("the expression has {problem}")));
+            }
+            ruleset_cost = ruleset_cost.saturating_add(compile::cost(program.expression()));
+            if ruleset_cost > RULESET_COST_MAX {
+                return Err(at(
+                    span,
+                    Some(&r.id),
+                    format!(
+                        "the rules up to this one take a worst case of {ruleset_cost} evaluation steps per \
+                         decision (at most {RULESET_COST_MAX})"
+                    ),
+                ));
             }
             if let Some(name) = compile::unknown_name(program.expression(), &known, &feature) {
                 return Err(at(

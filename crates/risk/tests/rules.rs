@@ -384,11 +384,17 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
         Ruleset::parse(&ruleset(count, expr)).unwrap_or_else(|e| panic!("{expr}: {e}"));
     }
     // What would fail on every event, or run away: refused with the rule id.
+    let list = format!("[{}]", vec!["1"; 200].join(", "));
+    let blowup = format!("{list}.map(x, {list}).size() > 0");
     for (expr, message) in [
         ("nosuchfn(amount) > 0", "unknown function nosuchfn"),
         ("payer.nosuch()", "unknown function x.nosuch"),
         ("amount", "gives an int"),
-        ("'yes'", "gives a string"),
+        ("null", "not a bool"),
+        ("[true]", "not a bool"),
+        ("{'a': true}", "not a bool"),
+        (blowup.as_str(), "evaluation steps"),
+        ("'yes'", "not a bool"),
         ("[1, 2].all(x, [1, 2].all(y, true))", "inside another"),
         ("[1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true) && [1].all(x, true)", "more than 4"),
     ] {
@@ -405,6 +411,7 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
 fn model_paths_stay_inside_the_models_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
+    std::os::unix::fs::symlink("/etc", dir.path().join("out")).unwrap();
     let ruleset = |path: &str| {
         format!("version = \"m\"\n[thresholds]\nreview = 1\ndecline = 2\n[[models]]\nname = \"fraud\"\npath = \"{path}\"\ninputs = [\"amount\"]\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"fraud > 0.5\"\nscore = 1\n")
     };
@@ -416,6 +423,7 @@ fn model_paths_stay_inside_the_models_directory() {
         ("", "must be relative"),
         ("sub", "not a regular file"),
         ("missing.json", "No such file"),
+        ("out/passwd", "leads out of the models directory"),
     ] {
         let e =
             Ruleset::parse_in(&ruleset(path), dir.path()).err().unwrap_or_else(|| panic!("refused: {path}"));
