@@ -1029,54 +1029,43 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
             Some("risk_context.attributes"),
         ));
     }
-    // Control characters could not be listed (a list value has none), nor logged as sent.
-    let control = |field: &str| {
-        ApiError::invalid(
-            "invalid_request",
-            "a risk-context name or value has no control characters",
-            Some(&format!("risk_context.{field}")),
-        )
-    };
-    let too_long = |field: &str| {
-        ApiError::invalid(
-            "invalid_request",
-            format!("a risk-context name or value is at most {ATTRIBUTE_BYTES_MAX} bytes"),
-            Some(&format!("risk_context.{field}")),
-        )
-    };
-    // Lists hold a tenant's values as `<tenant>:<value>`: an unscoped value spelt that way for
-    // another tenant would look its lists up (whether it deny-listed a device, say). Device ids and
-    // IPs are scoped below, so they cannot be spelt so.
-    let foreign = |v: &str| {
-        v.split_once(':').is_some_and(|(prefix, _)| prefix != tenant && crate::tenants::is_tenant_id(prefix))
-    };
-    let foreign_error = |field: &str| {
-        ApiError::invalid(
-            "invalid_request",
-            "a risk-context value may not begin with another tenant's id and ':'",
-            Some(&format!("risk_context.{field}")),
-        )
-    };
-    for (name, value) in &ctx.attributes {
-        if name.len() > ATTRIBUTE_BYTES_MAX || value.len() > ATTRIBUTE_BYTES_MAX {
-            return Err(too_long("attributes"));
-        }
-        if name.chars().chain(value.chars()).any(char::is_control) {
-            return Err(control("attributes"));
-        }
-        if foreign(value) && name != "device_id" && name != "ip" {
-            return Err(foreign_error("attributes"));
-        }
-    }
     // Device ids and IPs are the tenant's own, however they are given: scoped like accounts, so
     // that one tenant's events never count in another's device or IP windows or match its lists.
+    let scoped_by_tenant = |name: &str| name == "device_id" || name == "ip";
+    // Each name and value: bounded (they become feature keys), no control characters (they could
+    // not be listed, nor logged as sent), and an unscoped value may not be spelt as another
+    // tenant's scoped one (`<tenant>:<value>`: a rule's list lookup would reach that tenant's).
+    let check = |field: &str, name: &str, value: &str| {
+        let problem = if name.len() > ATTRIBUTE_BYTES_MAX || value.len() > ATTRIBUTE_BYTES_MAX {
+            Some(format!("a risk-context name or value is at most {ATTRIBUTE_BYTES_MAX} bytes"))
+        } else if name.chars().chain(value.chars()).any(char::is_control) {
+            Some("a risk-context name or value has no control characters".to_string())
+        } else if !scoped_by_tenant(name)
+            && value
+                .split_once(':')
+                .is_some_and(|(prefix, _)| prefix != tenant && crate::tenants::is_tenant_id(prefix))
+        {
+            Some("a risk-context value may not begin with another tenant's id and ':'".to_string())
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                Err(ApiError::invalid("invalid_request", message, Some(&format!("risk_context.{field}"))))
+            }
+            None => Ok(()),
+        }
+    };
     let scope = |name: &str, value: String| {
-        if name == "device_id" || name == "ip" {
+        if scoped_by_tenant(name) {
             format!("{tenant}:{value}")
         } else {
             value
         }
     };
+    for (name, value) in &ctx.attributes {
+        check("attributes", name, value)?;
+    }
     // Sorted, so that the journaled event does not depend on a hash map's order.
     let mut attributes: Vec<(String, String)> =
         ctx.attributes.into_iter().map(|(name, value)| (name.clone(), scope(&name, value))).collect();
@@ -1090,15 +1079,7 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
         ("kyc_tier", ctx.kyc_tier),
     ] {
         if let Some(v) = value {
-            if v.len() > ATTRIBUTE_BYTES_MAX {
-                return Err(too_long(name));
-            }
-            if v.chars().any(char::is_control) {
-                return Err(control(name));
-            }
-            if foreign(&v) && name != "device_id" && name != "ip" {
-                return Err(foreign_error(name));
-            }
+            check(name, name, &v)?;
             attributes.retain(|(k, _)| k != name);
             attributes.push((name.to_string(), scope(name, v)));
         }
