@@ -340,13 +340,21 @@ impl Controller {
 
     /// Publishes a ruleset. `Ok(None)` if this exact text is already published under its version.
     pub fn publish(&mut self, text: &str) -> Result<(String, Option<RiskRecord>), ControlError> {
+        self.publish_parsed(text, Ruleset::parse_in)
+    }
+
+    fn publish_parsed(
+        &mut self,
+        text: &str,
+        parse: fn(&str, &Path) -> Result<Ruleset, crate::RulesetError>,
+    ) -> Result<(String, Option<RiskRecord>), ControlError> {
         if text.len() > RULESET_TEXT_BYTES_MAX {
             return Err(ControlError::Limit(format!(
                 "a ruleset has at most {RULESET_TEXT_BYTES_MAX} bytes; this one has {}",
                 text.len()
             )));
         }
-        let ruleset = Ruleset::parse_in(text, &self.models_dir).map_err(ControlError::Ruleset)?;
+        let ruleset = parse(text, &self.models_dir).map_err(ControlError::Ruleset)?;
         let version = ruleset.version.clone();
         if let Some(existing) = self.rulesets.get(&version) {
             return if existing.text == text {
@@ -367,10 +375,11 @@ impl Controller {
         ))
     }
 
-    /// [`Controller::publish`] for a journaled ruleset: its model files must be the ones it was
-    /// published with (same digests), or the decisions made with it could not be reproduced.
+    /// [`Controller::publish`] for a journaled ruleset, parsed as when it was published
+    /// ([`Ruleset::parse_journaled`]): its model files must be the ones it was published with
+    /// (same digests), or the decisions made with it could not be reproduced.
     fn publish_journaled(&mut self, r: &RulesetRecord) -> Result<(), ControlError> {
-        let (version, _) = self.publish(&r.text)?;
+        let (version, _) = self.publish_parsed(&r.text, Ruleset::parse_journaled)?;
         let now = self.rulesets[&version].ruleset.model_digests();
         if r.models.is_empty() || now == r.models {
             return Ok(());

@@ -430,6 +430,18 @@ impl Ruleset {
 
     /// Like [`Ruleset::parse`], with model paths relative to `dir` (the ruleset file's directory).
     pub fn parse_in(text: &str, dir: &std::path::Path) -> Result<Ruleset, RulesetError> {
+        Ruleset::parse_with(text, dir, true)
+    }
+
+    /// A ruleset read back from the journal: parsed as it was when published, without the checks
+    /// added since (expression bounds and costs, resolvable names, bool results, the window
+    /// horizon, built-in names, model paths inside `dir`), so that an older journal still replays.
+    /// Its rules decide exactly as before; only a new publication must pass the checks.
+    pub fn parse_journaled(text: &str, dir: &std::path::Path) -> Result<Ruleset, RulesetError> {
+        Ruleset::parse_with(text, dir, false)
+    }
+
+    fn parse_with(text: &str, dir: &std::path::Path, strict: bool) -> Result<Ruleset, RulesetError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((1, 1));
             RulesetError { rule_id: None, line, column, message: e.message().to_string() }
@@ -493,7 +505,7 @@ impl Ruleset {
             })?;
             // The store keeps events this long: a longer window would be cut short, silently.
             let horizon_ns = crate::features::FeatureLimits::default().horizon_ns;
-            if window_ns > horizon_ns {
+            if strict && window_ns > horizon_ns {
                 return Err(at(
                     f.window.span(),
                     None,
@@ -504,7 +516,7 @@ impl Ruleset {
                     ),
                 ));
             }
-            if BUILTIN_NAMES.contains(&f.name.get_ref().as_str()) {
+            if strict && BUILTIN_NAMES.contains(&f.name.get_ref().as_str()) {
                 return Err(at(
                     f.name.span(),
                     None,
@@ -526,8 +538,9 @@ impl Ruleset {
         }
         let mut models = Vec::new();
         for m in file.models {
-            if BUILTIN_NAMES.contains(&m.name.get_ref().as_str())
-                || features.iter().any(|f: &Feature| *f.name == **m.name.get_ref())
+            if strict
+                && (BUILTIN_NAMES.contains(&m.name.get_ref().as_str())
+                    || features.iter().any(|f: &Feature| *f.name == **m.name.get_ref()))
             {
                 return Err(at(
                     m.name.span(),
@@ -535,8 +548,12 @@ impl Ruleset {
                     format!("model name {:?} is taken (a built-in name or a feature)", m.name.get_ref()),
                 ));
             }
-            let path = model_path(dir, m.path.get_ref())
-                .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
+            let path = if strict {
+                model_path(dir, m.path.get_ref())
+                    .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?
+            } else {
+                dir.join(m.path.get_ref())
+            };
             let bytes = std::fs::read(&path).map_err(|e| {
                 at(m.path.span(), None, format!("model {}: {}: {e}", m.name.get_ref(), m.path.get_ref()))
             })?;
@@ -567,7 +584,7 @@ impl Ruleset {
             let span = r.expression.span();
             // Bounded before parsing: the parser, the compiler and the interpreter recurse over the
             // expression, and a deep enough one would overflow a thread's stack.
-            if r.expression.get_ref().len() > EXPRESSION_BYTES_MAX {
+            if strict && r.expression.get_ref().len() > EXPRESSION_BYTES_MAX {
                 return Err(at(
                     span,
                     Some(&r.id),
@@ -596,7 +613,7 @@ impl Ruleset {
                     message: format!("expression does not parse: {message}"),
                 }
             })?;
-            if compile::deeper_than(program.expression(), EXPRESSION_DEPTH_MAX) {
+            if strict && compile::deeper_than(program.expression(), EXPRESSION_DEPTH_MAX) {
                 return Err(at(
                     span,
                     Some(&r.id),
@@ -613,10 +630,12 @@ impl Ruleset {
                     || models.iter().any(|m: &ModelSlot| *m.name == *name)
             };
             let feature = |name: &str| features.iter().any(|f: &Feature| *f.name == *name);
-            if let Some(problem) = compile::static_problem(program.expression()) {
+            if let Some(problem) = compile::static_problem(program.expression()).filter(|_| strict) {
                 return Err(at(span, Some(&r.id), format!("the expression has {problem}")));
             }
-            ruleset_cost = ruleset_cost.saturating_add(compile::cost(program.expression()));
+            if strict {
+                ruleset_cost = ruleset_cost.saturating_add(compile::cost(program.expression()));
+            }
             if ruleset_cost > RULESET_COST_MAX {
                 return Err(at(
                     span,
@@ -627,7 +646,9 @@ impl Ruleset {
                     ),
                 ));
             }
-            if let Some(name) = compile::unknown_name(program.expression(), &known, &feature) {
+            if let Some(name) =
+                compile::unknown_name(program.expression(), &known, &feature).filter(|_| strict)
+            {
                 return Err(at(
                     span,
                     Some(&r.id),
@@ -646,13 +667,17 @@ impl Ruleset {
             if outcome.is_none() && r.score.is_none() {
                 return Err(at(span, Some(&r.id), "a rule needs a score or an outcome".into()));
             }
-            let compiled = compile::compile(program.expression(), &mut symbols).map_err(|ty| {
-                at(
-                    span.clone(),
-                    Some(&r.id),
-                    format!("the expression gives {ty}, never the bool a rule must give"),
-                )
-            })?;
+            let compiled = match compile::compile(program.expression(), &mut symbols) {
+                Ok(compiled) => compiled,
+                Err(ty) if strict => {
+                    return Err(at(
+                        span.clone(),
+                        Some(&r.id),
+                        format!("the expression gives {ty}, never the bool a rule must give"),
+                    ))
+                }
+                Err(_) => None,
+            };
             rules.push(Rule {
                 id: r.id.into(),
                 description: r.description,

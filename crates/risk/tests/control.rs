@@ -426,3 +426,26 @@ fn a_model_file_changed_since_publication_is_refused_on_replay() {
     old.models.clear();
     replay().apply(&RiskRecord::Ruleset(old)).expect("no digest to check");
 }
+
+#[test]
+fn a_journaled_ruleset_replays_though_a_new_publication_would_be_refused() {
+    // Published before the window horizon and name checks: a 60-day window and a misspelt name.
+    let old = "version = \"old-1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[features]]\nname = \"c60d\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"60d\"\n[[rules]]\nid = \"typo\"\ndescription = \"d\"\nexpression = \"c60dd > 3\"\nscore = 60\n";
+    let dir = tempfile::tempdir().unwrap();
+    let fresh = || Controller::new(STARTER, dir.path(), FeatureLimits::default()).unwrap().0;
+    assert!(fresh().publish(old).is_err(), "a new publication is checked");
+    let record = RiskRecord::Ruleset(puhui_risk::records::RulesetRecord {
+        version: "old-1".into(),
+        text: old.into(),
+        models: Vec::new(),
+    });
+    let mut replayed = fresh();
+    replayed.apply(&record).expect("the journal replays");
+    replayed
+        .apply(&RiskRecord::Activation(puhui_risk::records::ActivationRecord {
+            active: "old-1".into(),
+            shadow: None,
+        }))
+        .expect("and its activation");
+    assert_eq!(replayed.active().ruleset().version, "old-1");
+}
