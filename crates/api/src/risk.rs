@@ -1087,6 +1087,14 @@ pub fn attributes(tenant: &str, ctx: RiskContext) -> Result<Vec<(String, String)
     Ok(attributes)
 }
 
+/// 409 `exists_with_different_event`: an id that names a decision of another event.
+pub fn decision_id_conflict(message: &str) -> ApiError {
+    ApiError {
+        param: Some("id".into()),
+        ..ApiError::new(StatusCode::CONFLICT, "invalid_request_error", "exists_with_different_event", message)
+    }
+}
+
 /// How far ahead of the server's clock an event's timestamp may be (clock skew between systems).
 pub const TIMESTAMP_AHEAD_NS_MAX: u64 = 5 * 60 * 1_000_000_000;
 
@@ -1171,16 +1179,10 @@ pub async fn create_decision(
             && (body.timestamp.is_none() || e.timestamp_ns == event.timestamp_ns);
         let recorded = body.record && existing.active.outcome != Outcome::Decline;
         if existing.source != DecisionSource::Standalone || !same_event || existing.observed != recorded {
-            return Err(ApiError {
-                param: Some("id".into()),
-                ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    "invalid_request_error",
-                    "exists_with_different_event",
-                    "a decision with this id was made for another event (another transfer, or other parties, \
-                     amount, currency, risk context, timestamp or record flag)",
-                )
-            });
+            return Err(decision_id_conflict(
+                "a decision with this id was made for another event (another transfer, or other parties, \
+                 amount, currency, risk context, timestamp or record flag)",
+            ));
         }
         if let Some(existing) = risk.decision(id.as_str()) {
             return Ok((StatusCode::OK, Json(existing)));

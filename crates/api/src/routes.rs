@@ -463,16 +463,10 @@ async fn prepare_inline(
         if previous.source != "transfer" {
             // The id names a standalone decision (`POST /v1/decisions`): deciding the transfer
             // under it would replace that decision's record.
-            return Err(ApiError {
-                param: Some("id".into()),
-                ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    "invalid_request_error",
-                    "exists_with_different_event",
-                    "this id names a decision of another event (POST /v1/decisions); a transfer with a \
-                     risk context needs an id of its own",
-                )
-            });
+            return Err(crate::risk::decision_id_conflict(
+                "this id names a decision of another event (POST /v1/decisions); a transfer with a risk \
+                 context needs an id of its own",
+            ));
         }
         if let Some(answer) = declined_before(risk, request, &previous) {
             return Err(answer);

@@ -97,15 +97,7 @@ pub(crate) fn unknown_name(
                 bound.truncate(outer);
                 found
             }
-            _ => {
-                let mut found = None;
-                children(e, |child| {
-                    if found.is_none() {
-                        found = walk(child, bound, known, feature);
-                    }
-                });
-                found
-            }
+            _ => first_in_children(e, |child| walk(child, bound, known, feature)),
         }
     }
     walk(expr, &mut Vec::new(), known, feature)
@@ -159,23 +151,9 @@ pub(crate) fn static_problem(expr: &IdedExpr) -> Option<String> {
                         return Some(format!("unknown function {how}"));
                     }
                 }
-                let mut found = None;
-                children(e, |child| {
-                    if found.is_none() {
-                        found = walk(child, inside, count, probed);
-                    }
-                });
-                found
+                first_in_children(e, |child| walk(child, inside, count, probed))
             }
-            _ => {
-                let mut found = None;
-                children(e, |child| {
-                    if found.is_none() {
-                        found = walk(child, inside, count, probed);
-                    }
-                });
-                found
-            }
+            _ => first_in_children(e, |child| walk(child, inside, count, probed)),
         }
     }
     if let Expr::List(_) | Expr::Map(_) | Expr::Literal(_) = &expr.expr {
@@ -254,6 +232,17 @@ fn function_exists(name: &str, member: bool) -> bool {
     let source = if member { format!("''.{name}()") } else { format!("{name}()") };
     let Ok(program) = cel::Program::compile(&source) else { return false };
     !matches!(program.execute(&cel::Context::default()), Err(ExecutionError::UndeclaredReference(_)))
+}
+
+/// The first `Some` that `look` gives for a direct sub-expression of `e`, in order.
+fn first_in_children<'a, T>(e: &'a IdedExpr, mut look: impl FnMut(&'a IdedExpr) -> Option<T>) -> Option<T> {
+    let mut found = None;
+    children(e, |child| {
+        if found.is_none() {
+            found = look(child);
+        }
+    });
+    found
 }
 
 /// Calls `push` with each direct sub-expression of `e`.
