@@ -170,6 +170,155 @@ pub(crate) fn static_problem(expr: &IdedExpr) -> Option<String> {
     walk(expr, false, &mut 0, &mut HashMap::new())
 }
 
+/// The first operation in `expr` whose operands' types are known at publish time and cannot go
+/// together, described for the rule's author, or `None`: an ordering (`<`, `<=`, `>`, `>=`) or
+/// arithmetic of mismatched types fails on every event that reaches it (CEL has no implicit
+/// conversion), and `==`/`!=` across types is constant (a string is never equal to a number), so
+/// the rule could never fire as written. The classic case: `ctx` values are strings, so
+/// `ctx.kyc_tier > 1` is `int(ctx.kyc_tier) > 1` or `ctx.kyc_tier == '1'`. Operands whose type
+/// depends on the event (a comprehension's variable, a function's result) are not judged.
+/// Recurses; call it on trees no deeper than [`DEPTH_MAX`].
+pub(crate) fn type_problem(expr: &IdedExpr, symbols: &Symbols) -> Option<String> {
+    fn walk<'a>(e: &'a IdedExpr, bound: &mut Vec<&'a str>, symbols: &Symbols) -> Option<String> {
+        if let Expr::Comprehension(c) = &e.expr {
+            let outer = bound.len();
+            bound.push(&c.iter_var);
+            bound.extend(c.iter_var2.as_deref());
+            bound.push(&c.accu_var);
+            // The range and the initial value are outside the comprehension's own names, but a
+            // name bound by it is only ever judged unknown (never wrongly typed), so one scope will do.
+            let found = first_in_children(e, |part| walk(part, bound, symbols));
+            bound.truncate(outer);
+            return found;
+        }
+        if let Expr::Call(call) = &e.expr {
+            if let (None, [a, b]) = (&call.target, call.args.as_slice()) {
+                let types = (static_type(a, bound, symbols), static_type(b, bound, symbols));
+                if let (Some(ta), Some(tb)) = types {
+                    if let Some(problem) = mismatch(call.func_name.as_str(), ta, tb) {
+                        return Some(problem);
+                    }
+                }
+            }
+        }
+        first_in_children(e, |child| walk(child, bound, symbols))
+    }
+    walk(expr, &mut Vec::new(), symbols)
+}
+
+/// Why `op` cannot take operands of types `a` and `b` (see [`type_problem`]), or `None`.
+fn mismatch(op: &str, a: Ty, b: Ty) -> Option<String> {
+    let numeric = |t: Ty| matches!(t, Ty::Int | Ty::UInt | Ty::Double);
+    let comparable = a == b || (numeric(a) && numeric(b));
+    let hint = if (a == Ty::Str) != (b == Ty::Str) && (numeric(a) || numeric(b)) {
+        " (ctx values are strings: compare with a string literal, or convert with int(ctx.<name>))"
+    } else {
+        ""
+    };
+    let fits = match op {
+        operators::ADD => a == b && a != Ty::Bool,
+        operators::MODULO => a == b && matches!(a, Ty::Int | Ty::UInt),
+        _ => a == b && numeric(a),
+    };
+    let (a, b) = (ty_name(a), ty_name(b));
+    match op {
+        operators::LESS | operators::LESS_EQUALS | operators::GREATER | operators::GREATER_EQUALS
+            if !comparable =>
+        {
+            let op = op.trim_start_matches('_').trim_end_matches('_');
+            Some(format!("`{a} {op} {b}`, which fails on every event{hint}"))
+        }
+        operators::EQUALS if !comparable => Some(format!("`{a} == {b}`, which is never true{hint}")),
+        operators::NOT_EQUALS if !comparable => Some(format!("`{a} != {b}`, which is always true{hint}")),
+        operators::ADD
+        | operators::SUBSTRACT
+        | operators::MULTIPLY
+        | operators::DIVIDE
+        | operators::MODULO => {
+            let op = op.trim_start_matches('_').trim_end_matches('_');
+            (!fits).then(|| format!("`{a} {op} {b}`, which fails on every event{hint}"))
+        }
+        _ => None,
+    }
+}
+
+fn ty_name(t: Ty) -> &'static str {
+    match t {
+        Ty::Bool => "bool",
+        Ty::Int => "int",
+        Ty::UInt => "uint",
+        Ty::Double => "double",
+        Ty::Str => "string",
+    }
+}
+
+/// The type `e` has on every event, where that is known without one: literals, the event's names,
+/// features, models, `ctx.<name>` (a string), `has(…)`, and operators and conversions of those.
+fn static_type(e: &IdedExpr, bound: &[&str], symbols: &Symbols) -> Option<Ty> {
+    match &e.expr {
+        Expr::Literal(lit) => literal(lit).map(|l| l.ty()),
+        Expr::Select(select) if select.test => Some(Ty::Bool),
+        Expr::Ident(_) | Expr::Select(_) => {
+            let segs = segments(&e.expr)?;
+            if bound.contains(&segs[0]) {
+                return None;
+            }
+            match resolve(symbols, &segs)? {
+                (Var::Features, [field]) => {
+                    let (index, double) = *symbols.features.get(*field)?;
+                    var_node(Var::Feature { index, double }).map(|(_, t)| t)
+                }
+                (Var::Ctx, [_]) => Some(Ty::Str),
+                (var, []) => var_node(var).map(|(_, t)| t),
+                _ => None,
+            }
+        }
+        Expr::Call(call) => {
+            let name = call.func_name.as_str();
+            let arg = |i: usize| call.args.get(i).and_then(|a| static_type(a, bound, symbols));
+            match (name, call.target.is_some(), call.args.len()) {
+                (
+                    operators::LOGICAL_AND
+                    | operators::LOGICAL_OR
+                    | operators::LOGICAL_NOT
+                    | operators::LESS
+                    | operators::LESS_EQUALS
+                    | operators::GREATER
+                    | operators::GREATER_EQUALS
+                    | operators::EQUALS
+                    | operators::NOT_EQUALS
+                    | operators::IN,
+                    false,
+                    _,
+                )
+                | ("in_list", false, 2)
+                | ("contains" | "startsWith" | "endsWith", true, 1) => Some(Ty::Bool),
+                (
+                    operators::ADD
+                    | operators::SUBSTRACT
+                    | operators::MULTIPLY
+                    | operators::DIVIDE
+                    | operators::MODULO,
+                    false,
+                    2,
+                ) => {
+                    let (a, b) = (arg(0)?, arg(1)?);
+                    mismatch(name, a, b).is_none().then_some(a)
+                }
+                (operators::NEGATE, false, 1) => arg(0).filter(|t| matches!(t, Ty::Int | Ty::Double)),
+                (operators::CONDITIONAL, false, 3) => arg(1).filter(|t| Some(*t) == arg(2)),
+                ("size", _, _) => Some(Ty::Int),
+                ("int", false, 1) => Some(Ty::Int),
+                ("uint", false, 1) => Some(Ty::UInt),
+                ("double", false, 1) => Some(Ty::Double),
+                ("string", false, 1) => Some(Ty::Str),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
 /// Most evaluation steps one expression may take in the worst case, as [`cost`] estimates them
 /// (a step is a value made, compared or copied: tens of nanoseconds). Comprehensions over list
 /// literals multiply: `[… 1,000 elements …].map(x, [… 1,000 …])` is a million steps.

@@ -658,6 +658,9 @@ impl Ruleset {
                     ),
                 ));
             }
+            if let Some(problem) = compile::type_problem(program.expression(), &symbols).filter(|_| strict) {
+                return Err(at(span, Some(&r.id), format!("the expression has {problem}")));
+            }
             let outcome = match &r.outcome {
                 None => None,
                 Some(o) => Some(parse_outcome(o.get_ref()).ok_or_else(|| {

@@ -408,6 +408,66 @@ fn names_no_decision_could_resolve_are_refused_at_parse() {
 }
 
 #[test]
+fn operations_of_types_that_never_go_together_are_refused_at_parse() {
+    let ruleset = |expr: &str| {
+        format!("version = \"x\"\n[thresholds]\nreview = 1\ndecline = 2\n[[features]]\nname = \"c1h\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"1h\"\n[[features]]\nname = \"z\"\nentity = \"payer\"\naggregate = \"zscore\"\nwindow = \"1h\"\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"{expr}\"\nscore = 1\n")
+    };
+    let refused = [
+        (
+            "has(ctx.kyc_tier) && ctx.kyc_tier > 1",
+            "`string > int`, which fails on every event (ctx values are strings",
+        ),
+        ("ctx.kyc_tier == 3", "`string == int`, which is never true"),
+        ("ctx.channel != 1.5", "`string != double`, which is always true"),
+        ("amount + 0.5 > 10.0", "`int + double`, which fails"),
+        ("z % 2.0 > 0.0", "`double % double`, which fails"),
+        ("f.c1h - ctx.n > 0", "`int - string`, which fails"),
+        ("new_payee > 0", "`bool > int`"),
+        ("[1, 2].exists(x, x > 0) && payer < 5", "`string < int`"),
+        ("(amount > 1) == 'yes'", "`bool == string`, which is never true"),
+    ];
+    for (expr, message) in refused {
+        let e = Ruleset::parse(&ruleset(expr)).err().unwrap_or_else(|| panic!("refused: {expr}"));
+        assert!(e.rule_id.as_deref() == Some("r") && e.message.contains(message), "{expr}: {e}");
+        // What the check refuses is what the interpreter would do on every event: fail, or never fire.
+        let journaled = Ruleset::parse_journaled(&ruleset(expr), std::path::Path::new(".")).unwrap();
+        let interpreted = Engine::with_evaluation(
+            Arc::new(journaled),
+            Arc::new(RwLock::new(HashMap::new())),
+            puhui_risk::Evaluation::Interpreted,
+        );
+        let a = attrs(&[("kyc_tier", "3"), ("channel", "app"), ("n", "1")]);
+        let event = RiskEvent {
+            payer: "p",
+            payee: "q",
+            amount_minor: 100,
+            currency: "CNY",
+            timestamp_ns: S,
+            attributes: &a,
+        };
+        let d = interpreted.decide(&FeatureStore::new(FeatureLimits::default()), &event);
+        let failed = d.errors.iter().any(|(rule, _)| rule == "r");
+        let fired = d.fired.iter().any(|f| &*f.id == "r");
+        let constant = message.contains("never true") || message.contains("always true");
+        assert!(!fired || expr.contains("!="), "{expr}: {d:?}");
+        assert!(failed != constant, "{expr}: {d:?}");
+    }
+    for expr in [
+        "int(ctx.kyc_tier) > 1",
+        "ctx.kyc_tier == '3'",
+        "amount > 1.5 && c1h >= 2u && z > 1",
+        "double(amount) + 0.5 > z",
+        "payer + ':' + payee == 'p:q'",
+        "size(payer) % 2 == 0",
+        "[1, 2].exists(amount, amount > 1)",
+        "(c1h > 2 ? 1 : 2) > 1",
+        "new_payee == true",
+    ] {
+        Ruleset::parse(&ruleset(expr)).unwrap_or_else(|e| panic!("{expr}: {e}"));
+    }
+}
+
+#[test]
 fn model_paths_stay_inside_the_models_directory() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("sub")).unwrap();
