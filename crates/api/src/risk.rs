@@ -351,8 +351,11 @@ impl RiskService {
             let models = store.data_dir().map_or_else(|| "models".into(), |d| d.join("models"));
             (STARTER_RULESET.to_string(), models)
         });
+        // Parsed as journaled: the journal may hold this very text, published before a check it
+        // fails existed. A text the journal does not hold is checked in full after the replay.
         let (mut controller, initial) =
-            Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| e.to_string())?;
+            Controller::new_journaled(&text, &models_dir, FeatureLimits::default())
+                .map_err(|e| e.to_string())?;
         // Before the replay: with shared features, replayed decisions are not recorded again.
         controller.set_shared_features(shared_features);
         let mut state = RiskState { controller };
@@ -370,11 +373,13 @@ impl RiskService {
         let mut restore = RiskRestore::default();
         let mut activated = false;
         let mut follow_next = 0;
+        let mut text_journaled = false;
         // The embedded journal file, or the SQL journal table (in sequence order).
         Backend::scan_records(&store, |seq, record_type, _timestamp_ns, payload| {
             follow_next = seq + 1;
             let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
             restore.records += 1;
+            text_journaled |= matches!(&record, RiskRecord::Ruleset(r) if r.text == text);
             state.controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
             match record {
                 RiskRecord::Decision(d) => {
@@ -390,6 +395,10 @@ impl RiskService {
             Ok(())
         })
         .map_err(|e| format!("replaying risk records: {e}"))?;
+        if !text_journaled {
+            // About to be published: the publish-time checks apply.
+            puhui_risk::Ruleset::parse_in(&text, &models_dir).map_err(|e| format!("--ruleset: {e}"))?;
+        }
         let mut records = Vec::new();
         if !activated {
             records = initial;
@@ -1813,6 +1822,41 @@ pub async fn admin_get_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_ruleset_journaled_before_a_check_can_be_given_again_at_start_and_a_new_one_is_checked() {
+        // Published before the window horizon and name checks: a 60-day window, a misspelt name.
+        let old = "version = \"old-1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[features]]\nname = \"c60d\"\nentity = \"payer\"\naggregate = \"count\"\nwindow = \"60d\"\n[[rules]]\nid = \"typo\"\ndescription = \"d\"\nexpression = \"c60dd > 3\"\nscore = 60\n";
+        let dir = tempfile::tempdir().unwrap();
+        let open = |startup: Option<&str>| {
+            let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
+            RiskService::open(store, startup.map(|t| (t.to_string(), dir.path().to_path_buf())), None)
+                .map(|(_, restore)| restore.active)
+        };
+        let e = open(Some(old)).expect_err("a new text is checked");
+        assert!(e.starts_with("--ruleset: ") && e.contains("longer than the 30 days"), "{e}");
+        assert_eq!(open(None).unwrap(), "starter-2", "nothing was journaled by the refusal");
+        // As if an older binary had published and activated it.
+        let store = puhui_store::EmbeddedStore::open(dir.path()).unwrap();
+        let records = [
+            RiskRecord::Ruleset(puhui_risk::records::RulesetRecord {
+                version: "old-1".into(),
+                text: old.into(),
+                models: Vec::new(),
+            }),
+            RiskRecord::Activation(puhui_risk::records::ActivationRecord {
+                active: "old-1".into(),
+                shadow: None,
+            }),
+        ];
+        store.append_records(records.iter().map(to_store_record).collect()).unwrap();
+        drop(store);
+        assert_eq!(open(Some(old)).unwrap(), "old-1", "the journaled text is given again");
+        assert_eq!(open(None).unwrap(), "old-1");
+        assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-2");
+        let changed = old.replace("score = 60", "score = 61").replace("old-1", "old-2");
+        assert!(open(Some(&changed)).is_err(), "another text is checked");
+    }
 
     #[tokio::test]
     async fn queued_decisions_are_made_in_order_and_past_the_bound_on_the_callers_thread() {

@@ -124,7 +124,28 @@ impl Controller {
         models_dir: &Path,
         limits: FeatureLimits,
     ) -> Result<(Controller, Vec<RiskRecord>), ControlError> {
-        let ruleset = Arc::new(Ruleset::parse_in(text, models_dir).map_err(ControlError::Ruleset)?);
+        Controller::new_parsed(text, models_dir, limits, Ruleset::parse_in)
+    }
+
+    /// [`Controller::new`] for a text that may already be in the journal: parsed as a journaled
+    /// ruleset ([`Ruleset::parse_journaled`], without the publish-time checks), so that a node can
+    /// start with `--ruleset` naming a ruleset it published before those checks existed. The caller
+    /// must check a text the journal does not hold with [`Ruleset::parse_in`] before journaling it.
+    pub fn new_journaled(
+        text: &str,
+        models_dir: &Path,
+        limits: FeatureLimits,
+    ) -> Result<(Controller, Vec<RiskRecord>), ControlError> {
+        Controller::new_parsed(text, models_dir, limits, Ruleset::parse_journaled)
+    }
+
+    fn new_parsed(
+        text: &str,
+        models_dir: &Path,
+        limits: FeatureLimits,
+        parse: fn(&str, &Path) -> Result<Ruleset, crate::RulesetError>,
+    ) -> Result<(Controller, Vec<RiskRecord>), ControlError> {
+        let ruleset = Arc::new(parse(text, models_dir).map_err(ControlError::Ruleset)?);
         let version = ruleset.version.clone();
         let models = ruleset.model_digests();
         let lists: Lists = Arc::default();
@@ -353,6 +374,11 @@ impl Controller {
                 "a ruleset has at most {RULESET_TEXT_BYTES_MAX} bytes; this one has {}",
                 text.len()
             )));
+        }
+        // The same text always names the same version: already published (perhaps before a check
+        // it would now fail existed), it is answered without parsing it again.
+        if let Some((version, _)) = self.rulesets.iter().find(|(_, p)| p.text == text) {
+            return Ok((version.clone(), None));
         }
         let ruleset = parse(text, &self.models_dir).map_err(ControlError::Ruleset)?;
         let version = ruleset.version.clone();

@@ -448,4 +448,7 @@ fn a_journaled_ruleset_replays_though_a_new_publication_would_be_refused() {
         }))
         .expect("and its activation");
     assert_eq!(replayed.active().ruleset().version, "old-1");
+    // Published again as it stands (an operator's `--ruleset`, an API retry): already there.
+    assert_eq!(replayed.publish(old).unwrap(), ("old-1".to_string(), None));
+    assert!(replayed.publish(&old.replace("score = 60", "score = 61")).is_err());
 }
