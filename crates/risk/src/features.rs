@@ -184,12 +184,25 @@ impl std::hash::Hasher for Placement {
 
 type KeyMap = HashMap<KeyId, KeyState, std::hash::BuildHasherDefault<Placement>>;
 
+/// When a pair (payer-payee, account-device) was first and last seen: all a pair is asked about,
+/// so pairs keep 32 bytes a slot in tables of their own instead of a key's 120 (they are most of
+/// the keys: every payee a payer ever paid).
+#[derive(Debug, Clone, Copy)]
+struct Seen {
+    first_ns: u64,
+    last_ns: u64,
+}
+
+type PairMap = HashMap<KeyId, Seen, std::hash::BuildHasherDefault<Placement>>;
+
 /// Velocity state for every entity, bounded.
 pub struct FeatureStore {
     limits: FeatureLimits,
     /// [`KEY_SHARDS`] maps; a key's shard is [`FeatureStore::shard`].
     keys: Box<[KeyMap]>,
-    /// Keys in all shards.
+    /// The pairs ([`Namespace::PayerPayee`], [`Namespace::AccountDevice`]), sharded the same way.
+    pairs: Box<[PairMap]>,
+    /// Keys and pairs in all shards (bounded together by `keys_max`).
     keys_len: usize,
     hasher: RandomState,
     /// The keyed hash of [`KeyId::check`].
@@ -201,9 +214,11 @@ impl FeatureStore {
     pub fn new(limits: FeatureLimits) -> FeatureStore {
         assert!(limits.events_per_key_max > 0 && limits.keys_max > 0, "limits must be positive");
         let keys = (0..KEY_SHARDS).map(|_| KeyMap::default()).collect();
+        let pairs = (0..KEY_SHARDS).map(|_| PairMap::default()).collect();
         FeatureStore {
             limits,
             keys,
+            pairs,
             keys_len: 0,
             hasher: RandomState::default(),
             checker: std::hash::RandomState::new(),
@@ -236,6 +251,12 @@ impl FeatureStore {
 
     fn get(&self, namespace: Namespace, key: &str) -> Option<&KeyState> {
         self.get_id(self.key_id(namespace, &[key]))
+    }
+
+    /// When the pair `a`–`b` of `namespace` was first and last seen, if it was.
+    fn pair(&self, namespace: Namespace, a: &str, b: &str) -> Option<Seen> {
+        let id = self.key_id(namespace, &[a, b]);
+        self.pairs[Self::shard(id)].get(&id).copied()
     }
 
     fn get_id(&self, id: KeyId) -> Option<&KeyState> {
@@ -304,24 +325,30 @@ impl FeatureStore {
         state.runs.set(runs);
     }
 
-    /// When `key` was first seen, if it was.
+    /// When `key` was first seen, if it was (a pair's key is its two parts joined by U+001F).
     pub fn first_seen_ns(&self, namespace: Namespace, key: &str) -> Option<u64> {
-        self.get(namespace, key).map(|s| s.first_seen_ns)
+        match pair_parts(namespace, key) {
+            Some((a, b)) => self.pair(namespace, a, b).map(|s| s.first_ns),
+            None => self.get(namespace, key).map(|s| s.first_seen_ns),
+        }
     }
 
-    /// When `key` was last seen, if it was.
+    /// When `key` was last seen, if it was (a pair's key is its two parts joined by U+001F).
     pub fn last_seen_ns(&self, namespace: Namespace, key: &str) -> Option<u64> {
-        self.get(namespace, key).map(|s| s.last_seen_ns)
+        match pair_parts(namespace, key) {
+            Some((a, b)) => self.pair(namespace, a, b).map(|s| s.last_ns),
+            None => self.get(namespace, key).map(|s| s.last_seen_ns),
+        }
     }
 
     /// Whether `payee` never received from `payer` before.
     pub fn is_new_payee(&self, payer: &str, payee: &str) -> bool {
-        self.get_id(self.key_id(Namespace::PayerPayee, &[payer, payee])).is_none()
+        self.pair(Namespace::PayerPayee, payer, payee).is_none()
     }
 
     /// Whether `account` never used `device` before.
     pub fn is_new_device(&self, account: &str, device: &str) -> bool {
-        self.get_id(self.key_id(Namespace::AccountDevice, &[account, device])).is_none()
+        self.pair(Namespace::AccountDevice, account, device).is_none()
     }
 
     /// Records an event of `key` (after it was decided).
@@ -388,10 +415,23 @@ impl FeatureStore {
         }
     }
 
-    /// Records that `payer` paid `payee` (for new-payee checks).
+    /// Records that the pair `a`–`b` of `namespace` was seen (a payer paid a payee, an account used
+    /// a device: for new-payee and new-device checks). A pair keeps only when it was first and
+    /// last seen; [`FeatureStore::record`] under a pair namespace keeps a key with events apart
+    /// from it.
     pub fn record_pair(&mut self, namespace: Namespace, a: &str, b: &str, timestamp_ns: u64) {
         let id = self.key_id(namespace, &[a, b]);
-        self.touch_id(id, timestamp_ns);
+        match self.pairs[Self::shard(id)].entry(id) {
+            hashbrown::hash_map::Entry::Occupied(mut entry) => {
+                let seen = entry.get_mut();
+                seen.first_ns = seen.first_ns.min(timestamp_ns);
+                seen.last_ns = seen.last_ns.max(timestamp_ns);
+            }
+            hashbrown::hash_map::Entry::Vacant(entry) => {
+                entry.insert(Seen { first_ns: timestamp_ns, last_ns: timestamp_ns });
+                self.keys_len += 1;
+            }
+        }
         if self.keys_len > self.limits.keys_max {
             self.evict();
         }
@@ -399,22 +439,24 @@ impl FeatureStore {
 
     /// Drops the least recently seen tenth of the keys (at least one).
     fn evict(&mut self) {
-        let mut last_seen: Vec<u64> =
-            self.keys.iter().flat_map(|shard| shard.values().map(|s| s.last_seen_ns)).collect();
+        let keys = self.keys.iter().flat_map(|shard| shard.values().map(|s| s.last_seen_ns));
+        let pairs = self.pairs.iter().flat_map(|shard| shard.values().map(|s| s.last_ns));
+        let mut last_seen: Vec<u64> = keys.chain(pairs).collect();
         debug_assert_eq!(last_seen.len(), self.keys_len);
         let drop = (self.keys_len / 10).max(self.keys_len - self.limits.keys_max).max(1);
         let (_, cutoff, _) = last_seen.select_nth_unstable(drop - 1);
         let cutoff = *cutoff;
         let mut removed = 0;
+        let mut keep = |last_seen_ns: u64| {
+            let evicted = removed < drop && last_seen_ns <= cutoff;
+            removed += usize::from(evicted);
+            !evicted
+        };
         for shard in self.keys.iter_mut() {
-            shard.retain(|_, s| {
-                if removed < drop && s.last_seen_ns <= cutoff {
-                    removed += 1;
-                    false
-                } else {
-                    true
-                }
-            });
+            shard.retain(|_, s| keep(s.last_seen_ns));
+        }
+        for shard in self.pairs.iter_mut() {
+            shard.retain(|_, s| keep(s.last_ns));
         }
         self.keys_len -= removed;
         debug_assert!(self.keys_len <= self.limits.keys_max);
@@ -443,6 +485,14 @@ fn touch(keys: &mut KeyMap, id: KeyId, at_ns: u64) -> (&mut KeyState, bool) {
     state.first_seen_ns = state.first_seen_ns.min(at_ns);
     state.last_seen_ns = state.last_seen_ns.max(at_ns);
     (state, inserted)
+}
+
+/// The two parts of a pair namespace's key (joined by U+001F), or `None` for another namespace.
+fn pair_parts(namespace: Namespace, key: &str) -> Option<(&str, &str)> {
+    match namespace {
+        Namespace::PayerPayee | Namespace::AccountDevice => key.split_once('\u{1f}'),
+        _ => None,
+    }
 }
 
 /// Parses a window like `30s`, `1m`, `1h`, `24h`, `7d` into nanoseconds.
@@ -474,8 +524,10 @@ mod tests {
             store.record_pair(Namespace::PayerPayee, &format!("acct-{i}"), "shop", 1_000 + i);
             assert!(store.keys() <= limits.keys_max);
         }
-        let held = store.keys.iter().map(|shard| shard.len()).sum::<usize>();
+        let held = store.keys.iter().map(|shard| shard.len()).sum::<usize>()
+            + store.pairs.iter().map(|shard| shard.len()).sum::<usize>();
         assert_eq!(held, store.keys());
+        assert_eq!(store.last_seen_ns(Namespace::PayerPayee, "acct-4999\u{1f}shop"), Some(5_999));
         assert!(store.keys() >= limits.keys_max * 9 / 10 - 1, "{}", store.keys());
         // The newest keys are kept, the oldest are gone, and a key's state is found in its shard.
         assert_eq!(store.last_seen_ns(Namespace::Payer, "acct-4999"), Some(5_999));
