@@ -250,7 +250,8 @@ impl FeatureStore {
     }
 
     fn get(&self, namespace: Namespace, key: &str) -> Option<&KeyState> {
-        self.get_id(self.key_id(namespace, &[key]))
+        let id = self.key_id(namespace, &[key]);
+        self.keys[Self::shard(id)].get(&id)
     }
 
     /// When the pair `a`–`b` of `namespace` was first and last seen, if it was.
@@ -259,17 +260,9 @@ impl FeatureStore {
         self.pairs[Self::shard(id)].get(&id).copied()
     }
 
-    fn get_id(&self, id: KeyId) -> Option<&KeyState> {
-        self.keys[Self::shard(id)].get(&id)
-    }
-
     /// The state of `key`, created on first sight (counted), its first/last seen moved to `at_ns`.
     fn touch(&mut self, namespace: Namespace, key: &str, at_ns: u64) -> &mut KeyState {
         let id = self.key_id(namespace, &[key]);
-        self.touch_id(id, at_ns)
-    }
-
-    fn touch_id(&mut self, id: KeyId, at_ns: u64) -> &mut KeyState {
         let (state, inserted) = touch(&mut self.keys[Self::shard(id)], id, at_ns);
         self.keys_len += usize::from(inserted);
         state
