@@ -210,36 +210,38 @@ pub(crate) fn type_problem(expr: &IdedExpr, symbols: &Symbols) -> Option<String>
 fn mismatch(op: &str, a: Ty, b: Ty) -> Option<String> {
     let numeric = |t: Ty| matches!(t, Ty::Int | Ty::UInt | Ty::Double);
     let comparable = a == b || (numeric(a) && numeric(b));
-    let hint = if (a == Ty::Str) != (b == Ty::Str) && (numeric(a) || numeric(b)) {
-        " (ctx values are strings: compare with a string literal, or convert with int(ctx.<name>))"
-    } else {
-        ""
-    };
     let fits = match op {
         operators::ADD => a == b && a != Ty::Bool,
         operators::MODULO => a == b && matches!(a, Ty::Int | Ty::UInt),
         _ => a == b && numeric(a),
     };
-    let (a, b) = (ty_name(a), ty_name(b));
-    match op {
+    let what = match op {
         operators::LESS | operators::LESS_EQUALS | operators::GREATER | operators::GREATER_EQUALS
             if !comparable =>
         {
-            let op = op.trim_start_matches('_').trim_end_matches('_');
-            Some(format!("`{a} {op} {b}`, which fails on every event{hint}"))
+            "fails on every event"
         }
-        operators::EQUALS if !comparable => Some(format!("`{a} == {b}`, which is never true{hint}")),
-        operators::NOT_EQUALS if !comparable => Some(format!("`{a} != {b}`, which is always true{hint}")),
+        operators::EQUALS if !comparable => "is never true",
+        operators::NOT_EQUALS if !comparable => "is always true",
         operators::ADD
         | operators::SUBSTRACT
         | operators::MULTIPLY
         | operators::DIVIDE
-        | operators::MODULO => {
-            let op = op.trim_start_matches('_').trim_end_matches('_');
-            (!fits).then(|| format!("`{a} {op} {b}`, which fails on every event{hint}"))
+        | operators::MODULO
+            if !fits =>
+        {
+            "fails on every event"
         }
-        _ => None,
-    }
+        _ => return None,
+    };
+    let hint = if (a == Ty::Str) != (b == Ty::Str) && (numeric(a) || numeric(b)) {
+        " (CEL does not convert a string to a number: ctx values are strings, so compare with a string \
+         literal or convert with int(ctx.<name>))"
+    } else {
+        ""
+    };
+    let symbol = op.trim_start_matches('_').trim_end_matches('_');
+    Some(format!("`{} {symbol} {}`, which {what}{hint}", ty_name(a), ty_name(b)))
 }
 
 fn ty_name(t: Ty) -> &'static str {

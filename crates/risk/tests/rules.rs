@@ -415,7 +415,7 @@ fn operations_of_types_that_never_go_together_are_refused_at_parse() {
     let refused = [
         (
             "has(ctx.kyc_tier) && ctx.kyc_tier > 1",
-            "`string > int`, which fails on every event (ctx values are strings",
+            "`string > int`, which fails on every event (CEL does not convert a string to a number: ctx values are strings",
         ),
         ("ctx.kyc_tier == 3", "`string == int`, which is never true"),
         ("ctx.channel != 1.5", "`string != double`, which is always true"),
