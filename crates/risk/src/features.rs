@@ -166,23 +166,7 @@ impl std::hash::Hash for KeyId {
     }
 }
 
-/// The hasher of [`KeyId`]s: their placement hash, as it is.
-#[derive(Default)]
-struct Placement(u64);
-
-impl std::hash::Hasher for Placement {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, _: &[u8]) {
-        unreachable!("a KeyId hashes as one u64");
-    }
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
-
-type KeyMap = HashMap<KeyId, KeyState, std::hash::BuildHasherDefault<Placement>>;
+type KeyMap = HashMap<KeyId, KeyState, std::hash::BuildHasherDefault<agg::Prehashed>>;
 
 /// When a pair (payer-payee, account-device) was first and last seen: all a pair is asked about,
 /// so pairs keep 32 bytes a slot in tables of their own instead of a key's 120 (they are most of
@@ -193,7 +177,7 @@ struct Seen {
     last_ns: u64,
 }
 
-type PairMap = HashMap<KeyId, Seen, std::hash::BuildHasherDefault<Placement>>;
+type PairMap = HashMap<KeyId, Seen, std::hash::BuildHasherDefault<agg::Prehashed>>;
 
 /// Velocity state for every entity, bounded.
 pub struct FeatureStore {

@@ -23,9 +23,10 @@ pub(super) const RUNS_PER_KEY_MAX: usize = 8;
 /// Events a run's end moves one at a time before the end is found by binary search instead.
 const SEEK_STEPS_MAX: u64 = 16;
 
-/// Counterparty hashes are already hashes: the map uses them as they are.
+/// Keys that are already hashes (counterparty hashes here, `KeyId` placements in the store): the
+/// maps use them as they are.
 #[derive(Default)]
-struct Prehashed(u64);
+pub(super) struct Prehashed(u64);
 
 impl Hasher for Prehashed {
     fn finish(&self) -> u64 {
