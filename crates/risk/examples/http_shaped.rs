@@ -17,6 +17,10 @@ use std::time::Instant;
 use puhui_risk::records::EventRecord;
 use puhui_risk::{Controller, DecisionSource, FeatureLimits};
 
+/// The server's allocator (`crates/puhui`): where the store's allocations land decides its misses.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Decisions made before timing starts.
 const WARM_UP: u64 = 50_000;
 

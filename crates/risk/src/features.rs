@@ -17,7 +17,7 @@
 //! lengths, the aggregates of the events in its window at the last query, and moves them by the
 //! events that entered or left since (`agg`). The figures depend only on the events in the window,
 //! so they are the same bit for bit whatever was asked before (a backtest, a restarted node). A
-//! kept window costs ~130 bytes plus, for distinct counts, one map entry per counterparty in it
+//! kept window costs 96 bytes plus, for distinct counts, a map of one entry per counterparty in it
 //! (at most `events_per_key_max`): at most about what the key's events cost.
 
 use std::cell::Cell;
@@ -31,7 +31,7 @@ mod agg;
 /// Bounds on the feature store's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FeatureLimits {
-    /// Events kept per key.
+    /// Events kept per key (less than `u32::MAX`: windows keep 32-bit positions).
     pub events_per_key_max: usize,
     /// Keys kept in total (all namespaces).
     pub keys_max: usize,
@@ -77,11 +77,10 @@ struct Event {
     counterparty: u64,
 }
 
+/// 96 bytes; a slot of the key maps, with its [`KeyId`], 112.
 struct KeyState {
-    /// In time order; `events[i]` has sequence number `front_seq + i`.
+    /// In time order.
     events: VecDeque<Event>,
-    /// The sequence number of `events[0]` (it grows as old events are dropped).
-    front_seq: u64,
     /// The timestamp of `events[0]` (0 if none), kept here so that the horizon check of a record
     /// does not read the oldest event, often in memory no longer cached.
     oldest_ns: u64,
@@ -166,6 +165,8 @@ impl std::hash::Hash for KeyId {
     }
 }
 
+const _: () = assert!(std::mem::size_of::<KeyState>() == 96);
+
 type KeyMap = HashMap<KeyId, KeyState, std::hash::BuildHasherDefault<agg::Prehashed>>;
 
 /// When a pair (payer-payee, account-device) was first and last seen: all a pair is asked about,
@@ -197,6 +198,7 @@ impl FeatureStore {
     /// An empty store.
     pub fn new(limits: FeatureLimits) -> FeatureStore {
         assert!(limits.events_per_key_max > 0 && limits.keys_max > 0, "limits must be positive");
+        assert!(limits.events_per_key_max < u32::MAX as usize, "events_per_key_max must be below 2^32 - 1");
         let keys = (0..KEY_SHARDS).map(|_| KeyMap::default()).collect();
         let pairs = (0..KEY_SHARDS).map(|_| PairMap::default()).collect();
         FeatureStore {
@@ -296,7 +298,7 @@ impl FeatureStore {
         };
         let mut runs = state.runs.take();
         for (q, o) in queries.iter().zip(out.iter_mut()) {
-            *o = agg::query(&mut runs, &state.events, state.front_seq, state.newest_ns, now_ns, *q);
+            *o = agg::query(&mut runs, &state.events, state.newest_ns, now_ns, *q);
             o.saturated = state.dropped_newest_ns > now_ns.saturating_sub(q.window_ns);
         }
         state.runs.set(runs);
@@ -365,7 +367,7 @@ impl FeatureStore {
         let event = Event { timestamp_ns, amount_minor, counterparty };
         state.events.insert(at, event);
         let runs = state.runs.get_mut();
-        agg::inserted(runs, state.front_seq + at as u64, &event);
+        agg::inserted(runs, at, &event);
         if at == 0 {
             state.oldest_ns = timestamp_ns;
         }
@@ -375,8 +377,7 @@ impl FeatureStore {
             || state.events.len() > limits.events_per_key_max
         {
             let dropped = state.events.pop_front().expect("non-empty");
-            agg::dropped_front(runs, state.front_seq, &dropped);
-            state.front_seq += 1;
+            agg::dropped_front(runs, &dropped);
             state.oldest_ns = state.events.front().map_or(0, |e| e.timestamp_ns);
             if state.events.is_empty() {
                 state.newest_ns = 0;
@@ -448,7 +449,6 @@ fn touch(keys: &mut KeyMap, id: KeyId, at_ns: u64) -> (&mut KeyState, bool) {
         hashbrown::hash_map::Entry::Vacant(entry) => (
             entry.insert(KeyState {
                 events: VecDeque::new(),
-                front_seq: 0,
                 oldest_ns: 0,
                 newest_ns: 0,
                 runs: Cell::new(Vec::new()),

@@ -21,7 +21,7 @@ use super::{Event, WindowQuery, WindowStats};
 pub(super) const RUNS_PER_KEY_MAX: usize = 8;
 
 /// Events a run's end moves one at a time before the end is found by binary search instead.
-const SEEK_STEPS_MAX: u64 = 16;
+const SEEK_STEPS_MAX: u32 = 16;
 
 /// Keys that are already hashes (counterparty hashes here, `KeyId` placements in the store): the
 /// maps use them as they are.
@@ -48,54 +48,69 @@ impl Hasher for Prehashed {
 /// Events per counterparty hash in a run.
 type Counts = hashbrown::HashMap<u64, u32, BuildHasherDefault<Prehashed>>;
 
-/// The aggregates of the events of one key with sequence numbers `lo..hi` (the key's event at
-/// deque index `i` has sequence number `front_seq + i`).
+/// A run's position in its key's events: a deque index (a key keeps at most
+/// `events_per_key_max` ≤ `u32::MAX` events).
+type Index = u32;
+
+/// The aggregates of the events of one key at deque indexes `lo..hi`.
+///
+/// 96 bytes: a decision reads every line of every window it asks about, most of them not cached
+/// (a payer's four windows were ten cache lines at 160 bytes a run, and the most missed memory of
+/// an HTTP-shaped decision); so the count and the positions are 32-bit, "stale" and "no first"
+/// are values of other fields, and the counts per counterparty, which most windows do not keep,
+/// are behind one pointer.
 #[derive(Debug, Clone)]
 pub(super) struct Run {
     window_ns: u64,
-    lo: u64,
-    hi: u64,
-    count: u64,
+    lo: Index,
+    hi: Index,
+    /// `hi - lo`.
+    count: Index,
+    /// How many events have the amount `max_minor`; 0 in a non-empty run means the last copy of
+    /// the largest amount left the run (stale: recomputed before it is read).
+    max_count: Index,
+    max_minor: u64,
     sum_minor: u128,
     /// The sum of squared amounts: `squares_high · 2^128 + squares_low`, exact.
     squares_low: u128,
     squares_high: u64,
-    /// The largest amount and how many events have it (valid unless `max_stale`).
-    max_minor: u64,
-    max_count: u64,
-    /// The last copy of the largest amount left the run: recompute before reading.
-    max_stale: bool,
-    /// Events per counterparty, if this run was asked for distinct counterparties.
-    counterparties: Option<Counts>,
     /// The window start of the last query, while the event at `lo` is still the one that query
-    /// found first in its window, with that event's timestamp: a later query with a start at or
-    /// after it, and before that timestamp, has the same `lo` without reading any event (the
-    /// oldest events of a key are rarely in the cache).
-    first: Option<(u64, u64)>,
+    /// found first in its window, and that event's timestamp (`u64::MAX` while there is no such
+    /// query): a later query with a start at or after it, and before that timestamp, has the same
+    /// `lo` without reading any event (the oldest events of a key are rarely in the cache).
+    first_start_ns: u64,
+    first_lo_ns: u64,
+    /// Events per counterparty, if this run was asked for distinct counterparties.
+    counterparties: Option<Box<Counts>>,
 }
 
+// The layout the cache-line arithmetic above counts on.
+const _: () = assert!(std::mem::size_of::<Run>() == 96);
+
+/// `first_start_ns` when no query's start is known.
+const NO_FIRST: u64 = u64::MAX;
+
 impl Run {
-    fn new(window_ns: u64, at: u64) -> Run {
+    fn new(window_ns: u64) -> Run {
         Run {
             window_ns,
-            lo: at,
-            hi: at,
+            lo: 0,
+            hi: 0,
             count: 0,
+            max_count: 0,
+            max_minor: 0,
             sum_minor: 0,
             squares_low: 0,
             squares_high: 0,
-            max_minor: 0,
-            max_count: 0,
-            max_stale: false,
+            first_start_ns: NO_FIRST,
+            first_lo_ns: 0,
             counterparties: None,
-            first: None,
         }
     }
 
-    /// Whether the window starting after `start_ns` begins at `lo` still (see `first`).
-    fn starts_at_lo(&self, start_ns: u64, hi: u64) -> bool {
-        self.lo < hi
-            && self.first.is_some_and(|(last_start_ns, lo_ns)| last_start_ns <= start_ns && start_ns < lo_ns)
+    /// Whether the window starting after `start_ns` begins at `lo` still (see `first_start_ns`).
+    fn starts_at_lo(&self, start_ns: u64, hi: Index) -> bool {
+        self.lo < hi && self.first_start_ns <= start_ns && start_ns < self.first_lo_ns
     }
 
     fn add(&mut self, e: &Event) {
@@ -106,8 +121,8 @@ impl Run {
         self.squares_low = low;
         self.squares_high += u64::from(carry);
         if self.count == 1 {
-            (self.max_minor, self.max_count, self.max_stale) = (e.amount_minor, 1, false);
-        } else if !self.max_stale {
+            (self.max_minor, self.max_count) = (e.amount_minor, 1);
+        } else if self.max_count > 0 {
             if e.amount_minor > self.max_minor {
                 (self.max_minor, self.max_count) = (e.amount_minor, 1);
             } else if e.amount_minor == self.max_minor {
@@ -128,10 +143,9 @@ impl Run {
         self.squares_low = low;
         self.squares_high -= u64::from(borrow);
         if self.count == 0 {
-            (self.max_minor, self.max_count, self.max_stale) = (0, 0, false);
-        } else if !self.max_stale && e.amount_minor == self.max_minor {
+            (self.max_minor, self.max_count) = (0, 0);
+        } else if self.max_count > 0 && e.amount_minor == self.max_minor {
             self.max_count -= 1;
-            self.max_stale = self.max_count == 0;
         }
         if let Some(counts) = &mut self.counterparties {
             match counts.entry(e.counterparty) {
@@ -148,52 +162,52 @@ impl Run {
 
     /// Makes this the run of `lo..hi`: moves its ends event by event where the old and the new
     /// run overlap enough, otherwise rebuilds it from the events.
-    fn move_to(&mut self, events: &VecDeque<Event>, front_seq: u64, lo: u64, hi: u64, distinct: bool) {
-        debug_assert!(front_seq <= lo && lo <= hi && hi <= front_seq + events.len() as u64);
-        let at = |s: u64| &events[(s - front_seq) as usize];
-        let moves = lo.abs_diff(self.lo) + hi.abs_diff(self.hi);
+    fn move_to(&mut self, events: &VecDeque<Event>, lo: Index, hi: Index, distinct: bool) {
+        debug_assert!(lo <= hi && hi as usize <= events.len());
+        let at = |i: Index| &events[i as usize];
+        let moves = u64::from(lo.abs_diff(self.lo)) + u64::from(hi.abs_diff(self.hi));
         let overlap = hi > self.lo && lo < self.hi;
-        if (distinct && self.counterparties.is_none()) || !overlap || moves > hi - lo {
+        if (distinct && self.counterparties.is_none()) || !overlap || moves > u64::from(hi - lo) {
             let mut counterparties = self.counterparties.take();
             if let Some(counts) = &mut counterparties {
                 counts.clear();
             } else if distinct {
-                counterparties = Some(Counts::default());
+                counterparties = Some(Box::default());
             }
-            *self = Run { counterparties, ..Run::new(self.window_ns, lo) };
-            for s in lo..hi {
-                self.add(at(s));
+            *self = Run { counterparties, ..Run::new(self.window_ns) };
+            for i in lo..hi {
+                self.add(at(i));
             }
         } else {
             // Within the overlap every removed event is in the run and every added one is not.
-            for s in self.hi..hi {
-                self.add(at(s));
+            for i in self.hi..hi {
+                self.add(at(i));
             }
-            for s in hi..self.hi {
-                self.remove(at(s));
+            for i in hi..self.hi {
+                self.remove(at(i));
             }
-            for s in self.lo..lo {
-                self.remove(at(s));
+            for i in self.lo..lo {
+                self.remove(at(i));
             }
-            for s in lo..self.lo {
-                self.add(at(s));
+            for i in lo..self.lo {
+                self.add(at(i));
             }
         }
         (self.lo, self.hi) = (lo, hi);
-        if self.max_stale {
-            let max_minor = (lo..hi).map(|s| at(s).amount_minor).max().unwrap_or(0);
-            self.max_count = (lo..hi).filter(|&s| at(s).amount_minor == max_minor).count() as u64;
-            (self.max_minor, self.max_stale) = (max_minor, false);
+        if self.count > 0 && self.max_count == 0 {
+            let max_minor = (lo..hi).map(|i| at(i).amount_minor).max().unwrap_or(0);
+            self.max_count = (lo..hi).filter(|&i| at(i).amount_minor == max_minor).count() as Index;
+            self.max_minor = max_minor;
         }
         debug_assert_eq!(self.count, hi - lo);
-        debug_assert!(self.counterparties.as_ref().is_none_or(|c| c.len() as u64 <= self.count));
+        debug_assert!(self.counterparties.as_ref().is_none_or(|c| c.len() <= self.count as usize));
     }
 
     /// The run's figures (`saturated` is the caller's: it depends on the key, not the run).
     fn stats(&self, distinct: bool) -> WindowStats {
-        debug_assert!(!self.max_stale);
+        debug_assert!(self.count == 0 || self.max_count > 0, "a stale largest amount");
         let mut stats = WindowStats {
-            count: self.count,
+            count: u64::from(self.count),
             sum_minor: u64::try_from(self.sum_minor).unwrap_or(u64::MAX),
             max_minor: self.max_minor,
             distinct_counterparties: match (&self.counterparties, distinct) {
@@ -203,7 +217,7 @@ impl Run {
             ..WindowStats::default()
         };
         if self.count > 0 {
-            let n = self.count as f64;
+            let n = f64::from(self.count);
             stats.mean_minor = self.sum_minor as f64 / n;
             if self.count > 1 {
                 let squares = self.squares_high as f64 * 2f64.powi(128) + self.squares_low as f64;
@@ -214,13 +228,11 @@ impl Run {
     }
 }
 
-/// The figures of window `query` at `now_ns` over a key's events (sorted by time; the first has
-/// sequence number `front_seq`, the newest timestamp is `newest_ns`), moving or creating the key's
-/// run for that window length.
+/// The figures of window `query` at `now_ns` over a key's events (sorted by time, the newest
+/// timestamp `newest_ns`), moving or creating the key's run for that window length.
 pub(super) fn query(
     runs: &mut Vec<Run>,
     events: &VecDeque<Event>,
-    front_seq: u64,
     newest_ns: u64,
     now_ns: u64,
     query: WindowQuery,
@@ -231,88 +243,90 @@ pub(super) fn query(
             if runs.len() >= RUNS_PER_KEY_MAX {
                 runs.remove(0);
             }
-            runs.push(Run::new(query.window_ns, front_seq));
+            runs.push(Run::new(query.window_ns));
             runs.len() - 1
         }
     };
     let run = &mut runs[index];
     // The window rule: events in `(now − window, now]`; a window longer than `now` has no start.
     // Online, no event is after `now`: then the window ends with the newest, read from nowhere.
-    let end = front_seq + events.len() as u64;
-    let hi =
-        if now_ns >= newest_ns { end } else { seek(events, front_seq, run.hi, |e| e.timestamp_ns <= now_ns) };
+    let end = events.len() as Index;
+    let hi = if now_ns >= newest_ns { end } else { seek(events, run.hi, |e| e.timestamp_ns <= now_ns) };
     let start_ns = now_ns.checked_sub(query.window_ns);
     let (lo, known) = match start_ns {
         Some(start_ns) if run.starts_at_lo(start_ns, hi) => (run.lo, true),
-        Some(start_ns) => (seek(events, front_seq, run.lo, |e| e.timestamp_ns <= start_ns).min(hi), false),
-        None => (front_seq, false),
+        Some(start_ns) => (seek(events, run.lo, |e| e.timestamp_ns <= start_ns).min(hi), false),
+        None => (0, false),
     };
-    run.move_to(events, front_seq, lo, hi, query.distinct);
-    if !known {
+    run.move_to(events, lo, hi, query.distinct);
+    match start_ns {
         // The seek has just read the event at `lo`.
-        run.first = start_ns.filter(|_| lo < hi).map(|s| (s, events[(lo - front_seq) as usize].timestamp_ns));
-    } else if let (Some(start_ns), Some(first)) = (start_ns, &mut run.first) {
-        first.0 = start_ns;
+        Some(start_ns) if !known && lo < hi => {
+            (run.first_start_ns, run.first_lo_ns) = (start_ns, events[lo as usize].timestamp_ns)
+        }
+        Some(start_ns) if known => run.first_start_ns = start_ns,
+        _ => run.first_start_ns = NO_FIRST,
     }
     run.stats(query.distinct)
 }
 
-/// The sequence number of the first event not `inside` (the events are sorted, so `inside` holds
-/// for a prefix), searched from `hint` outwards and by binary search past [`SEEK_STEPS_MAX`].
-fn seek(events: &VecDeque<Event>, front_seq: u64, hint: u64, inside: impl Fn(&Event) -> bool) -> u64 {
-    let end = front_seq + events.len() as u64;
-    let at = |s: u64| &events[(s - front_seq) as usize];
-    let mut s = hint.clamp(front_seq, end);
+/// The index of the first event not `inside` (the events are sorted, so `inside` holds for a
+/// prefix), searched from `hint` outwards and by binary search past [`SEEK_STEPS_MAX`].
+fn seek(events: &VecDeque<Event>, hint: Index, inside: impl Fn(&Event) -> bool) -> Index {
+    let end = events.len() as Index;
+    let at = |i: Index| &events[i as usize];
+    let mut i = hint.min(end);
     let mut steps = 0;
-    if s < end && inside(at(s)) {
-        while s < end && inside(at(s)) {
-            s += 1;
+    if i < end && inside(at(i)) {
+        while i < end && inside(at(i)) {
+            i += 1;
             steps += 1;
             if steps > SEEK_STEPS_MAX {
-                return front_seq + events.partition_point(&inside) as u64;
+                return events.partition_point(&inside) as Index;
             }
         }
     } else {
-        while s > front_seq && !inside(at(s - 1)) {
-            s -= 1;
+        while i > 0 && !inside(at(i - 1)) {
+            i -= 1;
             steps += 1;
             if steps > SEEK_STEPS_MAX {
-                return front_seq + events.partition_point(&inside) as u64;
+                return events.partition_point(&inside) as Index;
             }
         }
     }
-    s
+    i
 }
 
-/// Keeps the runs right when an event is inserted with sequence number `seq` (later events move
-/// up by one): a run past it moves up, a run around it takes it in.
-pub(super) fn inserted(runs: &mut [Run], seq: u64, e: &Event) {
+/// Keeps the runs right when an event is inserted at index `at` (later events move up by one): a
+/// run past it moves up, a run around it takes it in.
+pub(super) fn inserted(runs: &mut [Run], at: usize, e: &Event) {
+    let at = at as Index;
     for run in runs {
-        if seq <= run.lo {
+        if at <= run.lo {
             run.lo += 1;
             run.hi += 1;
             // The new event may be in the window, before `lo`: the next query must look.
-            run.first = None;
-        } else if seq < run.hi {
+            run.first_start_ns = NO_FIRST;
+        } else if at < run.hi {
             run.add(e);
             run.hi += 1;
         }
     }
 }
 
-/// Keeps the runs right when the oldest event (sequence number `seq`) is dropped (a largest amount
-/// that leaves is recomputed by the next query, which moves the run first).
-pub(super) fn dropped_front(runs: &mut [Run], seq: u64, e: &Event) {
+/// Keeps the runs right when the oldest event `e` is dropped (later events move down by one; a
+/// largest amount that leaves is recomputed by the next query, which moves the run first).
+pub(super) fn dropped_front(runs: &mut [Run], e: &Event) {
     for run in runs {
-        debug_assert!(run.lo >= seq);
-        if run.lo == seq {
-            if run.hi > seq {
+        if run.lo == 0 {
+            if run.hi > 0 {
                 run.remove(e);
-            } else {
-                run.hi = seq + 1;
+                run.hi -= 1;
             }
-            run.lo = seq + 1;
-            run.first = None;
+            run.first_start_ns = NO_FIRST;
+        } else {
+            run.lo -= 1;
+            run.hi -= 1;
         }
     }
 }
