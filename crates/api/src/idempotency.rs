@@ -5,9 +5,18 @@
 //! key with another request is `idempotency_key_reused`; a retry while the first still runs is
 //! `request_in_progress`. Keys are scoped per tenant and kept 24 hours: in memory on the embedded
 //! store, in PostgreSQL (`puhui_store_pg::control`) when the ledger is there, so that a retry that a
-//! load balancer sends to another node is still recognised. What survives a restart of an embedded
-//! node is the ledger's own idempotency: when a create request has no id, the id is derived from
-//! the idempotency key, so a retry after a restart still cannot create a second object.
+//! load balancer sends to another node is still recognised.
+//!
+//! On the embedded store a key's first request also journals a claim ([`RECORD_IDEMPOTENCY_KEY`]:
+//! tenant, key, the request's fingerprint) before the handler runs, in the committer's one FIFO
+//! queue: whatever the request writes is durable only after its claim is. A restart (or a crash)
+//! reads the claims of the last 24 hours back: the same key with another request is still
+//! `idempotency_key_reused`, and with the same request it runs again, which the ledger's ids make
+//! safe (when a create request has no id, the id is derived from the key), so the retry gets the
+//! object the first request made — with 200 ("it exists") where the first answer was 201:
+//! responses themselves are not journaled (that would be a second durable write per request). A
+//! key stays bound to its first request's fingerprint for 24 hours, whatever that request's
+//! outcome.
 //!
 //! On PostgreSQL a request still running holds its key for at most [`IDEMPOTENCY_LEASE_MS`]
 //! without finishing (its node died): then a retry takes the key over.
@@ -44,7 +53,49 @@ impl IdempotencyKey {
 
 enum Slot {
     InProgress,
-    Done { status: StatusCode, body: Bytes },
+    Done {
+        status: StatusCode,
+        body: Bytes,
+    },
+    /// Claimed in the journal, with no response at hand (read back at start, or the request was
+    /// dropped or failed): a request with the same fingerprint runs again.
+    Claimed,
+}
+
+/// The journal record type of an idempotency key's claim (embedded store). Payload: a format byte
+/// (`1`), the tenant and the key each as a `u16` byte length (little-endian) and their bytes, then
+/// the request's 32-byte fingerprint.
+pub const RECORD_IDEMPOTENCY_KEY: u8 = 32;
+
+/// The payload of a claim record.
+fn encode_claim(scope: &Scope, fingerprint: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(1 + 4 + scope.0.len() + scope.1.len() + 32);
+    out.push(1);
+    for part in [&scope.0, &scope.1] {
+        // Tenant ids and keys are short (a key at most `IDEMPOTENCY_KEY_CHARS_MAX` characters).
+        let len = u16::try_from(part.len()).expect("a tenant id or key of at most 64 KiB");
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(part.as_bytes());
+    }
+    out.extend_from_slice(fingerprint);
+    out
+}
+
+/// A claim record's scope and fingerprint, or `None` if the payload is not one.
+fn decode_claim(payload: &[u8]) -> Option<(Scope, [u8; 32])> {
+    let (&format, mut rest) = payload.split_first()?;
+    if format != 1 {
+        return None;
+    }
+    let mut part = || -> Option<String> {
+        let len = u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize;
+        let text = std::str::from_utf8(rest.get(2..2 + len)?).ok()?.to_string();
+        rest = &rest[2 + len..];
+        Some(text)
+    };
+    let scope = (part()?, part()?);
+    let fingerprint: [u8; 32] = rest.try_into().ok()?;
+    Some((scope, fingerprint))
 }
 
 struct Entry {
@@ -64,48 +115,97 @@ type Scope = (String, String);
 /// The remembered keys of all tenants.
 #[derive(Default)]
 pub struct IdempotencyCache {
-    inner: Mutex<(HashMap<Scope, Entry>, VecDeque<(Instant, Scope)>, usize)>,
+    inner: Mutex<Keys>,
 }
 
 enum Begin {
+    /// A key not seen before: the request runs (and its claim is journaled).
     New,
+    /// A claimed key without a response, asked again with the same request: it runs again.
+    Rerun,
     InProgress,
     Reused,
     Replay(StatusCode, Bytes),
 }
 
+type Keys = (HashMap<Scope, Entry>, VecDeque<(Instant, Scope)>, usize);
+
+/// Forgets expired keys, and the oldest beyond the bounds (keys, queue, stored bytes).
+fn expire((map, order, bytes): &mut Keys, now: Instant) {
+    let ttl = Duration::from_secs(IDEMPOTENCY_TTL_SECS);
+    while let Some((at, key)) = order.front() {
+        let within = now.duration_since(*at) < ttl
+            && map.len() < IDEMPOTENCY_KEYS_MAX
+            && order.len() < 2 * IDEMPOTENCY_KEYS_MAX
+            && *bytes <= IDEMPOTENCY_BODY_BYTES_MAX;
+        if within {
+            break;
+        }
+        if map.get(key).is_some_and(|e| e.created == *at) {
+            if let Some(Entry { slot: Slot::Done { body, .. }, .. }) = map.remove(key) {
+                *bytes -= body.len();
+            }
+        }
+        order.pop_front();
+    }
+}
+
 impl IdempotencyCache {
     fn begin(&self, scope: (String, String), fingerprint: [u8; 32]) -> Begin {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        let (map, order, bytes) = &mut *guard;
         let now = Instant::now();
-        let ttl = Duration::from_secs(IDEMPOTENCY_TTL_SECS);
-        // Forget expired keys, and the oldest beyond the bounds (keys, queue, stored bytes).
-        while let Some((at, key)) = order.front() {
-            let within = now.duration_since(*at) < ttl
-                && map.len() < IDEMPOTENCY_KEYS_MAX
-                && order.len() < 2 * IDEMPOTENCY_KEYS_MAX
-                && *bytes <= IDEMPOTENCY_BODY_BYTES_MAX;
-            if within {
-                break;
-            }
-            if map.get(key).is_some_and(|e| e.created == *at) {
-                if let Some(Entry { slot: Slot::Done { body, .. }, .. }) = map.remove(key) {
-                    *bytes -= body.len();
-                }
-            }
-            order.pop_front();
-        }
-        match map.get(&scope) {
+        expire(&mut guard, now);
+        let (map, order, _) = &mut *guard;
+        match map.get_mut(&scope) {
             Some(e) if e.fingerprint != fingerprint => Begin::Reused,
             Some(Entry { slot: Slot::InProgress, .. }) => Begin::InProgress,
             Some(Entry { slot: Slot::Done { status, body }, .. }) => Begin::Replay(*status, body.clone()),
+            Some(e @ Entry { slot: Slot::Claimed, .. }) => {
+                e.slot = Slot::InProgress;
+                Begin::Rerun
+            }
             None => {
                 map.insert(scope.clone(), Entry { fingerprint, slot: Slot::InProgress, created: now });
                 order.push_back((now, scope));
                 Begin::New
             }
         }
+    }
+
+    /// Takes in a claim record read from the journal at start (journaled `timestamp_ns`, Unix
+    /// nanoseconds); claims older than the TTL, and records of another kind, are skipped.
+    pub fn restore(&self, record_type: u8, timestamp_ns: u64, payload: &[u8]) {
+        if record_type != RECORD_IDEMPOTENCY_KEY {
+            return;
+        }
+        let Some((scope, fingerprint)) = decode_claim(payload) else {
+            tracing::warn!("skipping an idempotency claim that does not decode");
+            return;
+        };
+        let age = Duration::from_nanos(now_ms().saturating_mul(1_000_000).saturating_sub(timestamp_ns));
+        if age >= Duration::from_secs(IDEMPOTENCY_TTL_SECS) {
+            return;
+        }
+        let now = Instant::now();
+        let created = now.checked_sub(age).unwrap_or(now);
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order, _) = &mut *guard;
+        // The journal's first claim of a key is the one that binds it (a later one is a rerun's).
+        if !map.contains_key(&scope) {
+            map.insert(scope.clone(), Entry { fingerprint, slot: Slot::Claimed, created });
+            order.push_back((created, scope));
+        }
+        expire(&mut guard, now);
+    }
+
+    /// Keys held (for tests and metrics).
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn complete(&self, scope: &(String, String), status: StatusCode, body: Bytes) {
@@ -121,7 +221,17 @@ impl IdempotencyCache {
         }
     }
 
+    /// A request that ran and has no response to keep (dropped, or failed with a 5xx or 429):
+    /// its key stays claimed (the claim is journaled), so that the same request may run again.
     fn forget(&self, scope: &(String, String)) {
+        let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(e) = guard.0.get_mut(scope).filter(|e| matches!(e.slot, Slot::InProgress)) {
+            e.slot = Slot::Claimed;
+        }
+    }
+
+    /// A key whose claim could not be journaled: forgotten, as if never seen.
+    fn unclaim(&self, scope: &(String, String)) {
         let mut guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if guard.0.get(scope).is_some_and(|e| matches!(e.slot, Slot::InProgress)) {
             guard.0.remove(scope);
@@ -219,6 +329,26 @@ impl Idempotency {
                 }
             }
         }
+    }
+
+    /// On the embedded store: queues the claim of a key seen for the first time, before the
+    /// request's own writes (one FIFO queue: they are durable only after it). On a failure the key
+    /// is forgotten and the request refused.
+    fn journal_claim(
+        &self,
+        store: &crate::Backend,
+        scope: &Scope,
+        fingerprint: &[u8; 32],
+    ) -> Result<(), ApiError> {
+        let Idempotency::Memory(cache) = self else { return Ok(()) };
+        let record = puhui_store::Record {
+            record_type: RECORD_IDEMPOTENCY_KEY,
+            payload: encode_claim(scope, fingerprint),
+        };
+        store.submit_records(vec![record], Box::new(|_| {})).map_err(|e| {
+            cache.unclaim(scope);
+            unavailable(e)
+        })
     }
 
     fn forget(&self, scope: Scope) {
@@ -328,7 +458,12 @@ pub async fn middleware(State(app): State<Arc<AppState>>, request: Request, next
         Err(e) => return e.into_response(),
     };
     match begin {
-        Begin::New => {}
+        Begin::New => {
+            if let Err(e) = app.idempotency.journal_claim(&app.store, &scope, &fingerprint) {
+                return e.into_response();
+            }
+        }
+        Begin::Rerun => {}
         Begin::InProgress => {
             return ApiError::new(
                 StatusCode::CONFLICT,
@@ -403,5 +538,52 @@ impl RateLimiter {
         } else {
             Err(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claims_round_trip_and_damaged_ones_are_refused() {
+        let scope = ("ten_1".to_string(), "key-ü".to_string());
+        let fingerprint = [7u8; 32];
+        let payload = encode_claim(&scope, &fingerprint);
+        assert_eq!(decode_claim(&payload), Some((scope, fingerprint)));
+        for n in 0..payload.len() {
+            assert_eq!(decode_claim(&payload[..n]), None, "{n} bytes");
+        }
+        let mut longer = payload.clone();
+        longer.push(0);
+        assert_eq!(decode_claim(&longer), None);
+        let mut other_format = payload;
+        other_format[0] = 2;
+        assert_eq!(decode_claim(&other_format), None);
+    }
+
+    #[test]
+    fn a_restored_claim_binds_its_key_and_lets_the_same_request_run_again() {
+        let cache = IdempotencyCache::default();
+        let scope = ("ten_1".to_string(), "k".to_string());
+        let now_ns = now_ms() * 1_000_000;
+        cache.restore(RECORD_IDEMPOTENCY_KEY, now_ns - 1_000_000_000, &encode_claim(&scope, &[1; 32]));
+        // Too old, another record type, a damaged payload: skipped.
+        let day_ns = IDEMPOTENCY_TTL_SECS * 1_000_000_000;
+        let old = ("ten_1".to_string(), "old".to_string());
+        cache.restore(RECORD_IDEMPOTENCY_KEY, now_ns - day_ns - 1, &encode_claim(&old, &[1; 32]));
+        cache.restore(RECORD_IDEMPOTENCY_KEY + 1, now_ns, &encode_claim(&old, &[1; 32]));
+        cache.restore(RECORD_IDEMPOTENCY_KEY, now_ns, b"\x01");
+        assert_eq!(cache.len(), 1);
+        assert!(matches!(cache.begin(scope.clone(), [2; 32]), Begin::Reused));
+        assert!(matches!(cache.begin(scope.clone(), [1; 32]), Begin::Rerun));
+        assert!(matches!(cache.begin(scope.clone(), [1; 32]), Begin::InProgress));
+        // A rerun that fails keeps the key bound; one that answers is replayed from then on.
+        cache.forget(&scope);
+        assert!(matches!(cache.begin(scope.clone(), [2; 32]), Begin::Reused));
+        assert!(matches!(cache.begin(scope.clone(), [1; 32]), Begin::Rerun));
+        cache.complete(&scope, StatusCode::CREATED, Bytes::from_static(b"{}"));
+        assert!(matches!(cache.begin(scope.clone(), [1; 32]), Begin::Replay(StatusCode::CREATED, _)));
+        assert!(matches!(cache.begin(old, [1; 32]), Begin::New));
     }
 }

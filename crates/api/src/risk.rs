@@ -335,11 +335,14 @@ impl RiskService {
     /// Starts risk control on `store`: replays the journal's risk records, then makes sure a
     /// ruleset is active. `startup` is `--ruleset` (its text and the directory its model paths are
     /// relative to); without it the journal's active ruleset stays, or the starter ruleset is
-    /// published and activated on a fresh data directory.
+    /// published and activated on a fresh data directory. The same pass over the journal hands
+    /// every record of another owner to `other_record(record_type, timestamp_ns, payload)` (so
+    /// that a start reads the journal once).
     pub fn open(
         store: Backend,
         startup: Option<(String, std::path::PathBuf)>,
         shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
+        other_record: &mut dyn FnMut(u8, u64, &[u8]),
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
         if let Some(problem) =
@@ -375,8 +378,12 @@ impl RiskService {
         let mut follow_next = 0;
         let mut text_journaled = false;
         // The embedded journal file, or the SQL journal table (in sequence order).
-        Backend::scan_records(&store, |seq, record_type, _timestamp_ns, payload| {
+        Backend::scan_records(&store, |seq, record_type, timestamp_ns, payload| {
             follow_next = seq + 1;
+            if !RiskRecord::knows(record_type) {
+                other_record(record_type, timestamp_ns, payload);
+                return Ok(());
+            }
             let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
             restore.records += 1;
             text_journaled |= matches!(&record, RiskRecord::Ruleset(r) if r.text == text);
@@ -567,6 +574,9 @@ impl RiskService {
         let mut next = self.follow_next.lock().unwrap_or_else(|p| p.into_inner());
         pg.scan_records_from(*next, FOLLOW_RECORDS_MAX, |seq, record_type, _timestamp_ns, payload| {
             *next = seq + 1;
+            if !RiskRecord::knows(record_type) {
+                return Ok(());
+            }
             match RiskRecord::decode(record_type, payload) {
                 Ok(record) => self.follow(seq, record),
                 Err(e) => tracing::warn!(seq, error = %e, "skipping a risk record this node cannot read"),
@@ -1830,8 +1840,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let open = |startup: Option<&str>| {
             let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
-            RiskService::open(store, startup.map(|t| (t.to_string(), dir.path().to_path_buf())), None)
-                .map(|(_, restore)| restore.active)
+            RiskService::open(
+                store,
+                startup.map(|t| (t.to_string(), dir.path().to_path_buf())),
+                None,
+                &mut |_, _, _| {},
+            )
+            .map(|(_, restore)| restore.active)
         };
         let e = open(Some(old)).expect_err("a new text is checked");
         assert!(e.starts_with("--ruleset: ") && e.contains("longer than the 30 days"), "{e}");
@@ -1862,7 +1877,7 @@ mod tests {
     async fn queued_decisions_are_made_in_order_and_past_the_bound_on_the_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
         let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
-        let service = Arc::new(RiskService::open(store, None, None).unwrap().0);
+        let service = Arc::new(RiskService::open(store, None, None, &mut |_, _, _| {}).unwrap().0);
         let item = |i: u64| ToDecide {
             id: format!("t:d{i}"),
             source: DecisionSource::Standalone,

@@ -205,13 +205,25 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     let tenants = TenantRegistry::open(&config.data_dir)?;
     let metrics = install_metrics()?;
     let store = Arc::new(store);
-    let risk = start_risk(&config, crate::Backend::Embedded(Arc::clone(&store)), "the journal").await?;
+    // Idempotency claims are read back in the same pass over the journal as the risk records.
+    let idempotency = Arc::new(crate::idempotency::IdempotencyCache::default());
+    let restore = Arc::clone(&idempotency);
+    let risk = start_risk(
+        &config,
+        crate::Backend::Embedded(Arc::clone(&store)),
+        "the journal",
+        Box::new(move |record_type, timestamp_ns, payload| {
+            restore.restore(record_type, timestamp_ns, payload)
+        }),
+    )
+    .await?;
+    tracing::info!(keys = idempotency.len(), "idempotency keys of the last 24 hours read back");
     let (event_log, webhooks, mut event_tasks) = crate::events::start(&store, config.nats.clone())?;
     event_tasks.add(|shutdown| crate::witness::spawn(&store, config.witness.clone(), shutdown))?;
     let state = Arc::new(AppState {
         store: crate::Backend::Embedded(Arc::clone(&store)),
         tenants: Arc::new(tenants),
-        idempotency: Idempotency::default(),
+        idempotency: Idempotency::Memory(idempotency),
         limiter: RateLimiter::new(config.rate_limit_per_key),
         admin_token_sha256: admin_token(&config)?,
         metrics,
@@ -256,12 +268,16 @@ async fn listen_and_serve(
     Ok(())
 }
 
+/// What a start does with a journal record that is not risk control's: `(type, timestamp_ns, payload)`.
+type OtherRecord = Box<dyn FnMut(u8, u64, &[u8]) + Send>;
+
 /// Starts risk control on either backend: reads `--ruleset`, says whether velocity counters are
 /// shared (Redis) or per node, and replays the risk records from `journal` (named in the log).
 async fn start_risk(
     config: &ServeConfig,
     store: crate::Backend,
     journal: &'static str,
+    mut other_record: OtherRecord,
 ) -> Result<crate::risk::RiskService, String> {
     let startup = match &config.ruleset {
         Some(path) => {
@@ -281,10 +297,11 @@ async fn start_risk(
         ),
     }
     let shared_features = config.shared_features.clone();
-    let (risk, restore) =
-        tokio::task::spawn_blocking(move || crate::risk::RiskService::open(store, startup, shared_features))
-            .await
-            .map_err(|e| e.to_string())??;
+    let (risk, restore) = tokio::task::spawn_blocking(move || {
+        crate::risk::RiskService::open(store, startup, shared_features, &mut *other_record)
+    })
+    .await
+    .map_err(|e| e.to_string())??;
     tracing::info!(
         active = %restore.active,
         shadow = ?restore.shadow,
@@ -391,7 +408,7 @@ async fn serve_postgres(
     let idempotency = Idempotency::Postgres(control);
     idempotency.spawn_expiry();
     let metrics = install_metrics()?;
-    let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal").await?);
+    let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal", Box::new(|_, _, _| {})).await?);
     spawn_risk_follower(Arc::clone(&risk));
     let (event_log, webhooks, event_tasks) =
         crate::events::start_postgres(&pg, config.nats.clone(), &config.data_dir).await?;

@@ -80,6 +80,9 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         else {
             return Err(format!("entry {} does not decode", entry.seq));
         };
+        if !RiskRecord::knows(record_type) {
+            return Ok(());
+        }
         let record =
             RiskRecord::decode(record_type, &payload).map_err(|e| format!("entry {}: {e}", entry.seq))?;
         records += 1;

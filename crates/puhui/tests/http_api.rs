@@ -269,6 +269,28 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
     }
     assert!(created >= 1);
     assert_eq!(c.get(&server, "/v1/accounts/alice").await.body["balances"]["net_posted"], 10_000 - 100 - 7);
+    // A crash and a restart: the keys' claims are read back from the journal. Another request
+    // under a key is still refused; the same request runs again and gets what the first one made.
+    let explicit = c.post_idem(&server, "/v1/transfers", transfer("t-4", "alice", "bob", 3), "key-4").await;
+    assert_eq!(explicit.status, 201);
+    server.kill9();
+    let server = serve(dir.path(), &[]);
+    let other = c.post_idem(&server, "/v1/transfers", transfer("t-5", "alice", "bob", 3), "key-4").await;
+    assert_eq!((other.status, other.code()), (409, "idempotency_key_reused"), "{:?}", other.body);
+    let other = c.post_idem(&server, "/v1/transfers", json!({"amount": 5}), "key-1").await;
+    assert_eq!((other.status, other.code()), (409, "idempotency_key_reused"));
+    let again = c.post_idem(&server, "/v1/transfers", body.clone(), "key-1").await;
+    assert_eq!((again.status, &again.body), (200, &first.body), "the object the first request made");
+    let again = c.post_idem(&server, "/v1/transfers", transfer("t-4", "alice", "bob", 3), "key-4").await;
+    // Answered by the ledger: 200, the transfer exists (the first answer, not kept, was 201).
+    assert_eq!((again.status, &again.body), (200, &explicit.body));
+    assert_eq!(
+        c.get(&server, "/v1/accounts/alice").await.body["balances"]["net_posted"],
+        10_000 - 100 - 7 - 3,
+        "nothing ran twice"
+    );
+    let new_key = c.post_idem(&server, "/v1/transfers", transfer("t-5", "alice", "bob", 3), "key-5").await;
+    assert_eq!(new_key.status, 201, "{:?}", new_key.body);
     let long = "k".repeat(256);
     let r = c.post_idem(&server, "/v1/transfers", body.clone(), &long).await;
     assert_eq!((r.status, r.code()), (400, "idempotency_key_invalid"));

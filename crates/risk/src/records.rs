@@ -335,6 +335,20 @@ impl RiskRecord {
         (encoded.0, encoded.1.expect("risk records serialize"))
     }
 
+    /// Whether `record_type` is a risk record's (other owners journal records of their own beside
+    /// them: idempotency keys, for one).
+    pub fn knows(record_type: u8) -> bool {
+        matches!(
+            record_type,
+            RECORD_DECISION
+                | RECORD_DECISION_BINARY
+                | RECORD_LABEL
+                | RECORD_RULESET
+                | RECORD_ACTIVATION
+                | RECORD_LIST
+        )
+    }
+
     /// Decodes a record of type `record_type`.
     pub fn decode(record_type: u8, payload: &[u8]) -> Result<RiskRecord, RecordError> {
         let bad = |e: serde_json::Error| RecordError(format!("risk record type {record_type}: {e}"));
