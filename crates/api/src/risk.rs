@@ -61,6 +61,11 @@ pub const ATTRIBUTE_BYTES_MAX: usize = 256;
 /// `puhui_risk_decisions_queued` (decisions waiting, as the thread takes each request's) and the
 /// counter `puhui_risk_decided_unqueued_total` (decisions made on a request's own thread).
 pub const DECISIONS_QUEUED_MAX: usize = 16_384;
+/// Longest the decider thread waits for room in the journal's write queue for one decision record
+/// before the decision is refused (503 `overloaded`).
+pub const JOURNAL_ROOM_WAIT_MS: u64 = 2_000;
+/// How often the decider looks for that room again.
+const JOURNAL_ROOM_POLL_US: u64 = 200;
 
 /// The starter ruleset shipped with puhui (`rulesets/starter.toml`), active by default.
 pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml");
@@ -468,32 +473,59 @@ impl RiskService {
     /// `record` and not declined, records the event in the velocity features. The caller must await
     /// the receipt before telling the client (an inline decision's transfer, queued after it,
     /// becomes durable in the same or a later group, so awaiting the transfer is enough).
+    ///
+    /// `wait_for_room`: on the decider thread, a journal queue that is full (a big batch's
+    /// decisions arrive faster than group commits drain them) is waited on for up to
+    /// [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once; a request's own thread
+    /// does not wait.
     pub fn decide(
         &self,
         id: String,
         source: DecisionSource,
         event: EventRecord,
         record: bool,
+        wait_for_room: bool,
     ) -> Result<(Decided, Durable), ApiError> {
         let mut state = self.lock();
         let decision = state.controller.decide_record(id, source, event, record);
         let (record_type, payload) = decision.encode();
         let kept: Box<[u8]> = payload.as_slice().into();
-        let (tx, receipt) = tokio::sync::oneshot::channel();
         let key: Arc<str> = Arc::from(decision.id.as_str());
-        let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
-        self.store.submit_records(
-            vec![Record { record_type, payload }],
-            Box::new(move |r| {
-                // On the committer thread, once durable: the entry's place in the journal (for
-                // proofs), handed over without waiting (full: the position is not shown, which
-                // only happens if decisions stop being made while thousands are in flight).
-                if let Ok(seq) = &r {
-                    let _ = seqs.try_send((seq_id, *seq));
+        let mut payload = Some(payload);
+        let mut waited_since = None;
+        let receipt = loop {
+            let (tx, receipt) = tokio::sync::oneshot::channel();
+            let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
+            // A refused submission dropped the record: a retry journals the kept copy.
+            let payload = payload.take().unwrap_or_else(|| kept.to_vec());
+            let submitted = self.store.submit_records(
+                vec![Record { record_type, payload }],
+                Box::new(move |r| {
+                    // On the committer thread, once durable: the entry's place in the journal (for
+                    // proofs), handed over without waiting (full: the position is not shown, which
+                    // only happens if decisions stop being made while thousands are in flight).
+                    if let Ok(seq) = &r {
+                        let _ = seqs.try_send((seq_id, *seq));
+                    }
+                    let _ = tx.send(r);
+                }),
+            );
+            match submitted {
+                Ok(()) => break receipt,
+                Err(puhui_store::StoreError::Overloaded)
+                    if wait_for_room
+                        && waited_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                            < std::time::Duration::from_millis(JOURNAL_ROOM_WAIT_MS) =>
+                {
+                    // With the lock held: the next decision must not overtake this one.
+                    std::thread::sleep(std::time::Duration::from_micros(JOURNAL_ROOM_POLL_US));
                 }
-                let _ = tx.send(r);
-            }),
-        )?;
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if waited_since.is_some() {
+            metrics::counter!("puhui_decisions_waited_for_journal_total").increment(1);
+        }
         // Only once the record is queued does the event enter the features (replay does the same).
         state.controller.commit_decision(&decision);
         drop(state);
@@ -544,7 +576,7 @@ impl RiskService {
         if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
             self.queued.fetch_sub(count, Relaxed);
             metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
-            return self.decide_all(items);
+            return self.decide_all(items, false);
         }
         let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -558,13 +590,18 @@ impl RiskService {
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(count, Relaxed);
                 metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
-                self.decide_all(job.items)
+                self.decide_all(job.items, false)
             }
         }
     }
 
-    fn decide_all(&self, items: Vec<ToDecide>) -> Vec<Result<(Decided, Durable), ApiError>> {
-        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record)).collect()
+    /// Decides `items` in order; `wait_for_room` as in [`RiskService::decide`].
+    fn decide_all(
+        &self,
+        items: Vec<ToDecide>,
+        wait_for_room: bool,
+    ) -> Vec<Result<(Decided, Durable), ApiError>> {
+        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record, wait_for_room)).collect()
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
@@ -781,7 +818,7 @@ fn start_decider(service: Weak<RiskService>) -> SyncSender<DecideJob> {
             let count = job.items.len();
             let waiting = service.queued.load(std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("puhui_risk_decisions_queued").set(waiting as f64);
-            let decided = service.decide_all(job.items);
+            let decided = service.decide_all(job.items, true);
             service.queued.fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
             // The requester may have gone (a closed connection); the decisions stand.
             let _ = job.reply.send(decided);

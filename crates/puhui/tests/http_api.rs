@@ -648,6 +648,45 @@ async fn concurrent_decisions_are_each_decided_once_and_all_recorded() {
 }
 
 #[tokio::test]
+async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing() {
+    // Each decision is journaled as it is made; four full batches at once are ~33,000 records that
+    // arrive faster than group commits drain the journal's bounded queue. The decider waits for
+    // room: before, items past the queue's bound failed the batch with 503 `overloaded`.
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    for i in 0..100 {
+        assert_eq!(
+            c.post(&server, "/v1/accounts", json!({"id": format!("a{i}"), "currency": "CNY"})).await.status,
+            201
+        );
+    }
+    let mut tasks = Vec::new();
+    for b in 0..4 {
+        let items: Vec<Value> = (0..8_189)
+            .map(|i| {
+                let (from, to) = (i % 100, (i * 7 + 1) % 100);
+                let mut t =
+                    transfer(&format!("b{b}-{i}"), &format!("a{from}"), &format!("a{to}"), 1 + i as u64);
+                t["risk_context"] =
+                    json!({"device_id": format!("d{from}"), "ip": format!("10.0.0.{to}"), "kyc_tier": "3"});
+                t
+            })
+            .collect();
+        let (http, key, url) = (c.http.clone(), c.key.clone(), server.url("/v1/transfers/batch"));
+        let body = json!({ "transfers": items }).to_string();
+        tasks.push(tokio::spawn(async move { send(&http, "POST", &url, &key, Some(body), None).await }));
+    }
+    for t in tasks {
+        let r = t.await.unwrap();
+        assert_eq!(r.status, 200, "{:?}", r.body["error"]);
+        let results = r.body["results"].as_array().expect("results");
+        assert_eq!(results.len(), 8_189);
+        assert!(results.iter().all(|x| x["code"] != "overloaded"), "an item refused for a full queue");
+    }
+}
+
+#[tokio::test]
 async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[]);
