@@ -260,6 +260,9 @@ struct FeatureGroup {
     members: Vec<(usize, usize)>,
 }
 
+/// The stack of the thread a ruleset is parsed on (only the pages it touches are committed).
+pub const PARSE_STACK_BYTES: usize = 64 << 20;
+
 /// Windows per entity computed into a stack buffer; an entity with more uses the heap.
 const WINDOWS_INLINE: usize = 8;
 
@@ -441,7 +444,25 @@ impl Ruleset {
         Ruleset::parse_with(text, dir, false)
     }
 
+    /// Parses on a thread of its own with a [`PARSE_STACK_BYTES`] stack: the expression parser
+    /// recurses once per level of nesting, and at the bounds a publication may reach (4,096 bytes
+    /// of brackets) a debug build needs more than a 2 MiB thread (a runtime worker's, a test's)
+    /// has. Publishing is rare; the thread costs tens of microseconds.
     fn parse_with(text: &str, dir: &std::path::Path, strict: bool) -> Result<Ruleset, RulesetError> {
+        std::thread::scope(|scope| {
+            let parser = std::thread::Builder::new()
+                .name("puhui-ruleset-parse".into())
+                .stack_size(PARSE_STACK_BYTES)
+                .spawn_scoped(scope, || Ruleset::parse_here(text, dir, strict));
+            match parser {
+                Ok(parser) => parser.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                // No thread to be had (resource limits): parse on this one.
+                Err(_) => Ruleset::parse_here(text, dir, strict),
+            }
+        })
+    }
+
+    fn parse_here(text: &str, dir: &std::path::Path, strict: bool) -> Result<Ruleset, RulesetError> {
         let file: File = toml::from_str(text).map_err(|e| {
             let (line, column) = e.span().map(|s| position(text, s.start)).unwrap_or((1, 1));
             RulesetError { rule_id: None, line, column, message: e.message().to_string() }

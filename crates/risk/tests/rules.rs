@@ -301,7 +301,8 @@ fn deep_or_huge_expressions_are_refused_at_parse_without_overflowing_a_stack() {
         (format!("{}1{} == [1]", "[".repeat(1_000), "]".repeat(1_000)), None),
         (format!("size({}'a'{}) > 0", "string(".repeat(500), ")".repeat(500)), None),
     ];
-    // On a thread with the stack of a tokio worker (2 MiB), where the API parses a published ruleset.
+    // On a thread with the stack of a tokio worker (2 MiB), where the API publishes a ruleset (the
+    // parse itself runs on a thread of its own, `PARSE_STACK_BYTES`) and decides with it.
     std::thread::Builder::new()
         .stack_size(2 << 20)
         .spawn(move || {
