@@ -57,13 +57,19 @@ pub const ATTRIBUTES_MAX: usize = 32;
 /// bounded in number (`FeatureLimits::keys_max`), so their size must be bounded too.
 pub const ATTRIBUTE_BYTES_MAX: usize = 256;
 /// Decisions waiting for the decider thread at most (~0.5 s of work at ~30 µs each); a request
-/// whose decisions would pass it decides them on its own thread. Metrics: the gauge
+/// whose decisions would pass it has them decided on a blocking-pool thread. Metrics: the gauge
 /// `puhui_risk_decisions_queued` (decisions waiting, as the thread takes each request's) and the
-/// counter `puhui_risk_decided_unqueued_total` (decisions made on a request's own thread).
+/// counter `puhui_risk_decided_unqueued_total` (decisions made on a blocking-pool thread instead).
 pub const DECISIONS_QUEUED_MAX: usize = 16_384;
 /// Longest the decider thread waits for room in the journal's write queue for one decision record
 /// before the decision is refused (503 `overloaded`).
 pub const JOURNAL_ROOM_WAIT_MS: u64 = 2_000;
+/// Decision records in the journal's write queue at most: half its bound, so that however many
+/// big batches with risk contexts are being decided, the other half stays free for every other
+/// write (transfers, the batches' own postings, accounts). Without it the deciders, waiting for
+/// room, kept the queue full, and a batch's posting found it full and failed with 503.
+pub const DECISION_RECORDS_IN_FLIGHT_MAX: usize = puhui_store::QUEUE_COMMANDS_MAX / 2;
+const _: () = assert!(DECISION_RECORDS_IN_FLIGHT_MAX < puhui_store_pg::QUEUE_COMMANDS_MAX);
 /// How often the decider looks for that room again.
 const JOURNAL_ROOM_POLL_US: u64 = 200;
 
@@ -95,6 +101,9 @@ pub struct RiskService {
     decider: OnceLock<SyncSender<DecideJob>>,
     /// Decisions handed to the decider thread and not yet made (at most [`DECISIONS_QUEUED_MAX`]).
     queued: std::sync::atomic::AtomicUsize,
+    /// Decision records submitted to the journal and not yet durable (at most
+    /// [`DECISION_RECORDS_IN_FLIGHT_MAX`]).
+    records_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     store: Backend,
 }
 
@@ -442,6 +451,7 @@ impl RiskService {
             seqs,
             decider: OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
+            records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             store,
         };
         Ok((service, restore))
@@ -474,17 +484,16 @@ impl RiskService {
     /// the receipt before telling the client (an inline decision's transfer, queued after it,
     /// becomes durable in the same or a later group, so awaiting the transfer is enough).
     ///
-    /// `wait_for_room`: on the decider thread, a journal queue that is full (a big batch's
-    /// decisions arrive faster than group commits drain them) is waited on for up to
-    /// [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once; a request's own thread
-    /// does not wait.
-    pub fn decide(
+    /// Blocking, so never on the async runtime (it runs on the decider thread or a blocking-pool
+    /// thread): with [`DECISION_RECORDS_IN_FLIGHT_MAX`] decision records waiting for the journal,
+    /// or its queue full (a big batch's decisions arrive faster than group commits drain them), it
+    /// waits for room for up to [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once.
+    fn decide(
         &self,
         id: String,
         source: DecisionSource,
         event: EventRecord,
         record: bool,
-        wait_for_room: bool,
     ) -> Result<(Decided, Durable), ApiError> {
         let mut state = self.lock();
         let decision = state.controller.decide_record(id, source, event, record);
@@ -494,33 +503,42 @@ impl RiskService {
         let mut payload = Some(payload);
         let mut waited_since = None;
         let receipt = loop {
-            let (tx, receipt) = tokio::sync::oneshot::channel();
-            let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
-            // A refused submission dropped the record: a retry journals the kept copy.
-            let payload = payload.take().unwrap_or_else(|| kept.to_vec());
-            let submitted = self.store.submit_records(
-                vec![Record { record_type, payload }],
-                Box::new(move |r| {
-                    // On the committer thread, once durable: the entry's place in the journal (for
-                    // proofs), handed over without waiting (full: the position is not shown, which
-                    // only happens if decisions stop being made while thousands are in flight).
-                    if let Ok(seq) = &r {
-                        let _ = seqs.try_send((seq_id, *seq));
-                    }
-                    let _ = tx.send(r);
-                }),
-            );
+            let submitted = match RecordSlot::take(&self.records_in_flight) {
+                None => Err(puhui_store::StoreError::Overloaded),
+                Some(slot) => {
+                    let (tx, receipt) = tokio::sync::oneshot::channel();
+                    let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
+                    // A refused submission dropped the record: a retry journals the kept copy.
+                    let payload = payload.take().unwrap_or_else(|| kept.to_vec());
+                    self.store
+                        .submit_records(
+                            vec![Record { record_type, payload }],
+                            Box::new(move |r| {
+                                // On the committer thread, once durable (or failed): the entry's
+                                // place in the journal (for proofs), handed over without waiting
+                                // (full: the position is not shown, which only happens if
+                                // decisions stop being made while thousands are in flight).
+                                drop(slot);
+                                if let Ok(seq) = &r {
+                                    let _ = seqs.try_send((seq_id, *seq));
+                                }
+                                let _ = tx.send(r);
+                            }),
+                        )
+                        .map(|()| receipt)
+                }
+            };
             match submitted {
-                Ok(()) => break receipt,
-                Err(puhui_store::StoreError::Overloaded)
-                    if wait_for_room
-                        && waited_since.get_or_insert_with(std::time::Instant::now).elapsed()
-                            < std::time::Duration::from_millis(JOURNAL_ROOM_WAIT_MS) =>
-                {
+                Ok(receipt) => break receipt,
+                Err(e) => {
+                    let waiting = waited_since.get_or_insert_with(std::time::Instant::now).elapsed()
+                        < std::time::Duration::from_millis(JOURNAL_ROOM_WAIT_MS);
+                    if !(waiting && matches!(e, puhui_store::StoreError::Overloaded)) {
+                        return Err(e.into());
+                    }
                     // With the lock held: the next decision must not overtake this one.
                     std::thread::sleep(std::time::Duration::from_micros(JOURNAL_ROOM_POLL_US));
                 }
-                Err(e) => return Err(e.into()),
             }
         };
         if waited_since.is_some() {
@@ -552,8 +570,8 @@ impl RiskService {
     /// nothing, while the runtime threads go on with HTTP work instead of deciding (or waiting for
     /// the lock, or for a shared feature store's load) in the middle of it. Order is kept: the record
     /// is queued for the journal before the reply, so a transfer queued after the reply follows
-    /// its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the thread gone, the caller
-    /// decides on its own thread: a decision never waits without bound.
+    /// its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the thread gone, the
+    /// decisions are made on a blocking-pool thread: a decision never waits without bound.
     pub async fn decide_queued(
         self: &Arc<Self>,
         id: String,
@@ -575,8 +593,7 @@ impl RiskService {
         let count = items.len();
         if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
             self.queued.fetch_sub(count, Relaxed);
-            metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
-            return self.decide_all(items, false);
+            return self.decide_unqueued(items).await;
         }
         let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -589,19 +606,33 @@ impl RiskService {
             }),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(count, Relaxed);
-                metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
-                self.decide_all(job.items, false)
+                self.decide_unqueued(job.items).await
             }
         }
     }
 
-    /// Decides `items` in order; `wait_for_room` as in [`RiskService::decide`].
-    fn decide_all(
-        &self,
+    /// Decides `items` past the decider's queue on a blocking-pool thread of their own, which,
+    /// like the decider, waits for room in the journal's queue: the runtime thread stays free
+    /// for HTTP work, and a burst of big batches is slowed rather than refused (before, such
+    /// items were decided on the runtime thread without waiting and failed with 503 whenever the
+    /// decider's own batches had filled the journal's queue).
+    async fn decide_unqueued(
+        self: &Arc<Self>,
         items: Vec<ToDecide>,
-        wait_for_room: bool,
     ) -> Vec<Result<(Decided, Durable), ApiError>> {
-        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record, wait_for_room)).collect()
+        let count = items.len();
+        metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
+        let this = Arc::clone(self);
+        tokio::task::spawn_blocking(move || this.decide_all(items)).await.unwrap_or_else(|_| {
+            let stopped =
+                || Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())));
+            (0..count).map(|_| stopped()).collect()
+        })
+    }
+
+    /// Decides `items` in order, blocking ([`RiskService::decide`]).
+    fn decide_all(&self, items: Vec<ToDecide>) -> Vec<Result<(Decided, Durable), ApiError>> {
+        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record)).collect()
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
@@ -818,17 +849,37 @@ fn start_decider(service: Weak<RiskService>) -> SyncSender<DecideJob> {
             let count = job.items.len();
             let waiting = service.queued.load(std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("puhui_risk_decisions_queued").set(waiting as f64);
-            let decided = service.decide_all(job.items, true);
+            let decided = service.decide_all(job.items);
             service.queued.fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
             // The requester may have gone (a closed connection); the decisions stand.
             let _ = job.reply.send(decided);
         }
     });
     if let Err(e) = spawned {
-        // The queue's receiver went with the closure: every caller decides on its own thread.
-        tracing::warn!(error = %e, "no risk decider thread; deciding on the requests' threads");
+        // The queue's receiver went with the closure: every caller decides on a blocking thread.
+        tracing::warn!(error = %e, "no risk decider thread; deciding on blocking-pool threads");
     }
     queue
+}
+
+/// One of the [`DECISION_RECORDS_IN_FLIGHT_MAX`] places for a decision record on its way to the
+/// journal, given back when dropped: with the completion callback once the record is durable or
+/// has failed, or with a refused submission (which drops the callback unrun).
+struct RecordSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl RecordSlot {
+    /// A place, or `None` with all of them taken.
+    fn take(in_flight: &Arc<std::sync::atomic::AtomicUsize>) -> Option<RecordSlot> {
+        let slot = RecordSlot(Arc::clone(in_flight));
+        (in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel) < DECISION_RECORDS_IN_FLIGHT_MAX)
+            .then_some(slot)
+    }
+}
+
+impl Drop for RecordSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 fn to_store_record(r: &RiskRecord) -> Record {

@@ -649,9 +649,12 @@ async fn concurrent_decisions_are_each_decided_once_and_all_recorded() {
 
 #[tokio::test]
 async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing() {
-    // Each decision is journaled as it is made; four full batches at once are ~33,000 records that
-    // arrive faster than group commits drain the journal's bounded queue. The decider waits for
-    // room: before, items past the queue's bound failed the batch with 503 `overloaded`.
+    // Each decision is journaled as it is made; eight full batches at once are ~65,000 records
+    // that arrive faster than group commits drain the journal's bounded queue. The deciders wait
+    // for room: before, items past the queue's bound failed the batch with 503 `overloaded`. Eight
+    // batches pass the decider thread's own queue (`DECISIONS_QUEUED_MAX`), so some are decided on
+    // blocking-pool threads, which must wait too; and the deciders, waiting, must leave room in the
+    // journal's queue for the batches' own postings (`DECISION_RECORDS_IN_FLIGHT_MAX`).
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[]);
     let c = Client::tenant(&server).await;
@@ -662,7 +665,7 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
         );
     }
     let mut tasks = Vec::new();
-    for b in 0..4 {
+    for b in 0..8 {
         let items: Vec<Value> = (0..8_189)
             .map(|i| {
                 let (from, to) = (i % 100, (i * 7 + 1) % 100);
