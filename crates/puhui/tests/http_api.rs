@@ -269,10 +269,14 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
     }
     assert!(created >= 1);
     assert_eq!(c.get(&server, "/v1/accounts/alice").await.body["balances"]["net_posted"], 10_000 - 100 - 7);
-    // A crash and a restart: the keys' claims are read back from the journal. Another request
-    // under a key is still refused; the same request runs again and gets what the first one made.
+    // A crash and a restart: the keys' claims and responses are read back from the journal.
+    // Another request under a key is still refused; the same request gets the first response.
     let explicit = c.post_idem(&server, "/v1/transfers", transfer("t-4", "alice", "bob", 3), "key-4").await;
     assert_eq!(explicit.status, 201);
+    // A response is journaled without being waited for; any later acknowledged write is durable
+    // after it (one FIFO queue).
+    let later = c.post(&server, "/v1/accounts", json!({"id": "later", "currency": "CNY"})).await;
+    assert_eq!(later.status, 201);
     server.kill9();
     let server = serve(dir.path(), &[]);
     let other = c.post_idem(&server, "/v1/transfers", transfer("t-5", "alice", "bob", 3), "key-4").await;
@@ -280,10 +284,12 @@ async fn idempotency_keys_replay_conflict_and_derive_ids() {
     let other = c.post_idem(&server, "/v1/transfers", json!({"amount": 5}), "key-1").await;
     assert_eq!((other.status, other.code()), (409, "idempotency_key_reused"));
     let again = c.post_idem(&server, "/v1/transfers", body.clone(), "key-1").await;
-    assert_eq!((again.status, &again.body), (200, &first.body), "the object the first request made");
+    assert_eq!((again.status, &again.body), (201, &first.body), "the first response, replayed");
+    assert_eq!(again.headers.get("idempotent-replayed").unwrap(), "true");
     let again = c.post_idem(&server, "/v1/transfers", transfer("t-4", "alice", "bob", 3), "key-4").await;
-    // Answered by the ledger: 200, the transfer exists (the first answer, not kept, was 201).
-    assert_eq!((again.status, &again.body), (200, &explicit.body));
+    assert_eq!((again.status, &again.body), (201, &explicit.body));
+    let e3 = c.post_idem(&server, "/v1/transfers", transfer("x", "alice", "bob", 1_000_000), "key-2").await;
+    assert_eq!(e3.body, e1.body, "an error response, replayed after the restart");
     assert_eq!(
         c.get(&server, "/v1/accounts/alice").await.body["balances"]["net_posted"],
         10_000 - 100 - 7 - 3,

@@ -40,6 +40,11 @@ pub const GROUP_EVENTS_MAX: usize = 8 * BATCH_EVENTS_MAX;
 pub const FRAME_BYTES_SOFT_MAX: usize = 16 << 20;
 /// Longest the committer sleeps when idle before checking for expired holds.
 pub const EXPIRY_POLL_MS_MAX: u64 = 100;
+/// Most records waiting to ride along with the next group commit
+/// ([`EmbeddedStore::submit_records_riding`]); beyond it (or [`RIDERS_BYTES_MAX`]) they are refused.
+pub const RIDERS_MAX: usize = 4_096;
+/// Most payload bytes of the records waiting to ride along.
+pub const RIDERS_BYTES_MAX: usize = 8 << 20;
 /// File name of the journal inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.phj";
 /// By default a snapshot is taken every this many journal entries (and at shutdown).
@@ -318,6 +323,8 @@ struct Inner {
     ids: Mutex<IdGenerator>,
     stats: StoreStats,
     verifiable: Option<transparency::Verifiable>,
+    /// Records that ride along with the next group commit, and their payload bytes.
+    riders: Mutex<(Vec<Record>, usize)>,
 }
 
 /// The embedded store: an in-memory ledger made durable by the journal in a data directory.
@@ -426,6 +433,7 @@ impl EmbeddedStore {
             ids: Mutex::new(IdGenerator::new(seed)),
             stats: StoreStats::default(),
             verifiable,
+            riders: Mutex::new((Vec::new(), 0)),
         });
         if let Some(thread) = merkle_thread {
             transparency::spawn(&inner, thread)?;
@@ -547,6 +555,31 @@ impl EmbeddedStore {
             return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
         }
         self.enqueue(Command::Records(records, reply))
+    }
+
+    /// Journals application records with the next group commit, without a reply and without
+    /// waking the committer: they are durable once any command queued after this call is, or
+    /// within [`EXPIRY_POLL_MS_MAX`] when the store is idle. For records whose loss in a crash is
+    /// harmless (a stored idempotent response: without it a retry runs again), so that they cost
+    /// no wake-up and no reply of their own. [`StoreError::Overloaded`] past [`RIDERS_MAX`]
+    /// records or [`RIDERS_BYTES_MAX`] bytes waiting.
+    pub fn submit_records_riding(&self, records: Vec<Record>) -> Result<(), StoreError> {
+        check_batch(records.len())?;
+        let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
+        if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
+            return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
+        }
+        if self.inner.poisoned.load(Ordering::Acquire) {
+            return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
+        }
+        let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
+        let mut riders = self.inner.riders.lock().unwrap_or_else(|p| p.into_inner());
+        if riders.0.len() + records.len() > RIDERS_MAX || riders.1 + bytes > RIDERS_BYTES_MAX {
+            return Err(StoreError::Overloaded);
+        }
+        riders.0.extend(records);
+        riders.1 += bytes;
+        Ok(())
     }
 
     /// Journals application records and waits until they are durable; returns the first one's
@@ -779,7 +812,8 @@ fn committer_loop(
             }
         }
         let due = next_expiry.is_some_and(|at| at <= inner.clock.now_ns());
-        if group.is_empty() && !due {
+        let riders = std::mem::take(&mut *inner.riders.lock().unwrap_or_else(|p| p.into_inner())).0;
+        if group.is_empty() && !due && riders.is_empty() {
             if snapshots.open.is_some() {
                 // Idle: use the time to move an open snapshot along.
                 let mut ledger = inner.state.write().unwrap_or_else(|p| p.into_inner());
@@ -833,6 +867,13 @@ fn committer_loop(
             if writer.frame_bytes() >= FRAME_BYTES_SOFT_MAX && failure.is_none() {
                 failure = sync(&inner, &mut writer).err();
             }
+        }
+        // Riders last (at most `RIDERS_BYTES_MAX`): each was submitted after the commands it
+        // follows were answered, so the journal's order is kept.
+        for record in &riders {
+            append_entry(&mut writer, leaves.as_mut(), |buf| {
+                codec::encode_record(record.record_type, now, &record.payload, buf)
+            });
         }
         flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
         stage_took("apply", apply_started);

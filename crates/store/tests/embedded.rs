@@ -276,3 +276,57 @@ fn write_at(journal: &std::path::Path, offset: u64, bytes: &[u8]) {
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new().write(true).open(journal).unwrap().write_all_at(bytes, offset).unwrap();
 }
+
+/// The record types of the journal's application records, in journal order.
+fn journaled_record_types(journal: &std::path::Path) -> Vec<u8> {
+    let mut types = Vec::new();
+    puhui_journal::scan(journal, |entry| {
+        if entry.kind == puhui_journal::codec::KIND_RECORD {
+            if let Ok(puhui_journal::Event::Record { record_type, .. }) =
+                puhui_journal::decode(entry.kind, entry.body)
+            {
+                types.push(record_type);
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+    types
+}
+
+#[test]
+fn riding_records_go_with_the_next_group_commit_or_the_idle_timer() {
+    use puhui_store::{Record, RIDERS_BYTES_MAX, RIDERS_MAX};
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let record = |t: u8, len: usize| Record { record_type: t, payload: vec![t; len] };
+    // With the next command: durable once that command is acknowledged, and journaled before it.
+    store.submit_records_riding(vec![record(40, 10), record(41, 10)]).unwrap();
+    store.append_records(vec![record(42, 10)]).unwrap();
+    let journal = dir.path().join(JOURNAL_FILE);
+    let types = journaled_record_types(&journal);
+    assert!(types.ends_with(&[42, 40, 41]) || types.ends_with(&[40, 41, 42]), "{types:?}");
+    // Idle: the committer's timer takes them within `EXPIRY_POLL_MS_MAX`.
+    store.submit_records_riding(vec![record(43, 10)]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !journaled_record_types(&journal).contains(&43) {
+        assert!(std::time::Instant::now() < deadline, "an idle store never journaled its rider");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    // Bounded in count and bytes; an oversized record is refused as `submit_records` refuses it.
+    let too_many: Vec<Record> = (0..=RIDERS_MAX).map(|_| record(44, 1)).collect();
+    assert!(matches!(
+        store.submit_records_riding(too_many),
+        Err(StoreError::Overloaded | StoreError::BatchTooLarge { .. })
+    ));
+    let big = (RIDERS_BYTES_MAX / 2) + 1;
+    let bytes = vec![record(45, big.min(puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX))];
+    let mut refused = false;
+    for _ in 0..RIDERS_BYTES_MAX / puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX + 2 {
+        refused |= matches!(store.submit_records_riding(bytes.clone()), Err(StoreError::Overloaded));
+    }
+    assert!(refused, "riders past RIDERS_BYTES_MAX were taken");
+    let oversized = vec![record(46, puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX + 1)];
+    assert!(matches!(store.submit_records_riding(oversized), Err(StoreError::RecordTooLarge { .. })));
+    store.shutdown();
+}
