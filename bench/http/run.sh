@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # HTTP benchmark with wrk (apt-get install wrk): starts `puhui serve` on a fresh data dir, creates a
 # tenant and accounts, then runs single-transfer POSTs with 64 connections for 10 s.
-# Usage: [PORT=18099] bench/http/run.sh [connections] [seconds]
+# Usage: [PORT=18099] [RISK=1] [IDEM=1] bench/http/run.sh [connections] [seconds]
+# (RISK=1: transfers carry a risk context; IDEM=1: each POST carries an Idempotency-Key)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."

@@ -7,6 +7,8 @@ local accounts = tonumber(os.getenv("ACCOUNTS") or "1000")
 -- THINK_MS=n: each connection waits n ms after a response before its next request (a closed loop
 -- with think time: 64 connections then offer less than the server's saturation rate).
 local think_ms = tonumber(os.getenv("THINK_MS") or "0")
+-- IDEM=1: every POST carries an Idempotency-Key (the transfer's id), as partners send them.
+local idem = os.getenv("IDEM") == "1"
 local counter = 0
 local thread_id = 0
 
@@ -28,11 +30,15 @@ request = function()
     context = string.format(',"risk_context":{"device_id":"dev-%d","ip":"10.0.%d.%d","channel":"app","kyc_tier":"3"}',
       debit, debit % 256, credit % 256)
   end
+  local id = string.format("wrk%d-%d-%d", thread_id, os.time(), counter)
   local body = string.format(
-    '{"id":"wrk%d-%d-%d","debit_account_id":"acct-%d","credit_account_id":"acct-%d","amount":%d,"currency":"CNY"%s}',
-    thread_id, os.time(), counter, debit, credit, math.random(1, 100000), context)
-  return wrk.format("POST", "/v1/transfers",
-    { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }, body)
+    '{"id":"%s","debit_account_id":"acct-%d","credit_account_id":"acct-%d","amount":%d,"currency":"CNY"%s}',
+    id, debit, credit, math.random(1, 100000), context)
+  local headers = { ["Authorization"] = "Bearer " .. key, ["Content-Type"] = "application/json" }
+  if idem then
+    headers["Idempotency-Key"] = id
+  end
+  return wrk.format("POST", "/v1/transfers", headers, body)
 end
 
 if think_ms > 0 then
