@@ -45,6 +45,12 @@ pub const EXPIRY_POLL_MS_MAX: u64 = 100;
 pub const RIDERS_MAX: usize = 4_096;
 /// Most payload bytes of the records waiting to ride along.
 pub const RIDERS_BYTES_MAX: usize = 8 << 20;
+// A group's frame is cut past `FRAME_BYTES_SOFT_MAX` between commands; the riders come after the
+// last command, so the frame's hard limit must leave room for a command of 16 MiB and all of them.
+const _: () = assert!(
+    FRAME_BYTES_SOFT_MAX + RIDERS_BYTES_MAX + RIDERS_MAX * 64 + (16 << 20)
+        <= puhui_journal::frame::FRAME_PAYLOAD_BYTES_MAX
+);
 /// File name of the journal inside a data directory.
 pub const JOURNAL_FILE: &str = "journal.phj";
 /// By default a snapshot is taken every this many journal entries (and at shutdown).
