@@ -78,6 +78,8 @@ pub const STARTER_RULESET: &str = include_str!("../../../rulesets/starter.toml")
 
 /// On PostgreSQL: how often a node reads the risk records other nodes journaled.
 pub const FOLLOW_EVERY_MS: u64 = 100;
+/// Passes of [`FOLLOW_RECORDS_MAX`] records one catch-up makes at most (the rest waits for the next).
+pub const CATCH_UP_PASSES_MAX: usize = 16;
 /// Risk records one catch-up step reads at most.
 pub const FOLLOW_RECORDS_MAX: u64 = 4_096;
 /// Advisory lock key serialising risk-control admin changes across nodes.
@@ -86,7 +88,11 @@ const ADMIN_LOCK_KEY: i64 = 7_077_846_119;
 /// The risk controller, the remembered decisions and the review queue, journaled through the store.
 pub struct RiskService {
     /// The next journal sequence [`RiskService::catch_up`] reads (PostgreSQL; held while it reads).
-    follow_next: Mutex<u64>,
+    follow_next: Mutex<Following>,
+    /// Catch-ups begun so far (numbered from 1, under `follow_next`'s lock): a request notes it
+    /// on arrival, and a catch-up numbered higher, once finished, covers it
+    /// ([`RiskService::caught_up`]).
+    catch_ups_begun: std::sync::atomic::AtomicU64,
     /// The controller: what orders decisions (held while deciding and queueing the record).
     state: Mutex<RiskState>,
     /// What the API remembers (decisions, reviews): its own lock, so readers do not wait behind a
@@ -105,6 +111,14 @@ pub struct RiskService {
     /// [`DECISION_RECORDS_IN_FLIGHT_MAX`]).
     records_in_flight: Arc<std::sync::atomic::AtomicUsize>,
     store: Backend,
+}
+
+/// Where [`RiskService::catch_up`] goes on reading, and how far it got.
+struct Following {
+    /// The next journal sequence to read.
+    next_seq: u64,
+    /// The number of the last catch-up that read to the journal's end (0: none yet).
+    caught_up_by: u64,
 }
 
 /// Transfer ids taken by a request ([`RiskService::begin_deciding`]); dropping it frees them.
@@ -445,7 +459,8 @@ impl RiskService {
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
         let service = RiskService {
-            follow_next: Mutex::new(follow_next),
+            follow_next: Mutex::new(Following { next_seq: follow_next, caught_up_by: 0 }),
+            catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
             memory: Mutex::new(memory),
             seqs,
@@ -638,19 +653,48 @@ impl RiskService {
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
     /// this node's own, which change nothing twice) — blocking. Returns how many were read.
     pub fn catch_up(&self) -> Result<u64, String> {
+        self.catch_up_after(None)
+    }
+
+    /// [`RiskService::catch_up`], in passes of [`FOLLOW_RECORDS_MAX`] records until the journal's
+    /// end (at most [`CATCH_UP_PASSES_MAX`] passes); with `Some(ticket)` (a value of
+    /// `catch_ups_begun` read earlier), nothing if a catch-up begun after it has reached the end
+    /// meanwhile: that one read everything journaled before the ticket was taken. Concurrent
+    /// requests thus share catch-ups: about one query per burst, not one per request.
+    fn catch_up_after(&self, ticket: Option<u64>) -> Result<u64, String> {
         let Backend::Postgres(pg) = &self.store else { return Ok(0) };
-        let mut next = self.follow_next.lock().unwrap_or_else(|p| p.into_inner());
-        pg.scan_records_from(*next, FOLLOW_RECORDS_MAX, |seq, record_type, _timestamp_ns, payload| {
-            *next = seq + 1;
-            if !RiskRecord::knows(record_type) {
-                return Ok(());
+        let mut following = self.follow_next.lock().unwrap_or_else(|p| p.into_inner());
+        if ticket.is_some_and(|t| following.caught_up_by > t) {
+            return Ok(0);
+        }
+        let number = self.catch_ups_begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        let Following { next_seq: next, caught_up_by } = &mut *following;
+        let mut total = 0;
+        for _ in 0..CATCH_UP_PASSES_MAX {
+            let read = pg.scan_records_from(
+                *next,
+                FOLLOW_RECORDS_MAX,
+                |seq, record_type, _timestamp_ns, payload| {
+                    *next = seq + 1;
+                    if !RiskRecord::knows(record_type) {
+                        return Ok(());
+                    }
+                    match RiskRecord::decode(record_type, payload) {
+                        Ok(record) => self.follow(seq, record),
+                        Err(e) => {
+                            tracing::warn!(seq, error = %e, "skipping a risk record this node cannot read")
+                        }
+                    }
+                    Ok(())
+                },
+            )?;
+            total += read;
+            if read < FOLLOW_RECORDS_MAX {
+                *caught_up_by = number;
+                break;
             }
-            match RiskRecord::decode(record_type, payload) {
-                Ok(record) => self.follow(seq, record),
-                Err(e) => tracing::warn!(seq, error = %e, "skipping a risk record this node cannot read"),
-            }
-            Ok(())
-        })
+        }
+        Ok(total)
     }
 
     fn follow(&self, seq: u64, record: RiskRecord) {
@@ -683,11 +727,23 @@ impl RiskService {
         if !self.store.is_postgres() {
             return None;
         }
+        self.caught_up().await;
+        look(self)
+    }
+
+    /// On PostgreSQL: reads the risk records other nodes journaled until now (one query), so that
+    /// what they acknowledged before this request arrived — a decline under an id, a hold put
+    /// under review — holds here too, not only after the next follower pass (~100 ms). Nothing to
+    /// do on the embedded store. A failure is logged: the request goes on with what is known.
+    pub async fn caught_up(self: &Arc<Self>) {
+        if !self.store.is_postgres() {
+            return;
+        }
+        let ticket = self.catch_ups_begun.load(std::sync::atomic::Ordering::SeqCst);
         let me = Arc::clone(self);
-        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.catch_up()).await {
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.catch_up_after(Some(ticket))).await {
             tracing::warn!(error = %e, "catching up with the risk records");
         }
-        look(self)
     }
 
     /// Runs an admin change (publish, activate, list change): `change` applies it and queues its

@@ -657,6 +657,11 @@ pub async fn create_transfer(
         }
         _ => None,
     };
+    // On PostgreSQL, what other nodes decided before this request arrived counts here too: a retry
+    // sent to another node is declined again, not decided afresh on that node's own features.
+    if let Some(risk) = app.risk.as_ref() {
+        risk.caught_up().await;
+    }
     let decided = match context {
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
         None => match refused_without_decision(&app, &mut request, "") {
@@ -725,6 +730,9 @@ pub async fn create_transfer_batch(
         }
         None => None,
     };
+    if let Some(risk) = app.risk.as_ref() {
+        risk.caught_up().await;
+    }
     // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
     // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.

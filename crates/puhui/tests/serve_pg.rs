@@ -452,6 +452,28 @@ async fn stateless(store: &str) {
     assert_eq!(approved.status, 201, "{:?}", approved.body);
     assert_eq!(c.get(&a, "/v1/transfers/t-held").await.body["pending_status"], "posted");
 
+    // A decline on A holds for a retry sent at once to B, whose own velocity features (kept per
+    // node) would approve it: B reads what the other nodes journaled before it decides.
+    c.account(&a, "w3", true).await;
+    assert_eq!(c.post(&b, "/v1/transfers", transfer("fund-w3", "bank", "w3", 1_000_000)).await.status, 201);
+    let tier_1 = |id: &str, amount: u64| {
+        let mut t = transfer(id, "w3", "shop", amount);
+        t["risk_context"] = json!({"kyc_tier": "1"});
+        t
+    };
+    let under_cap = c.post(&a, "/v1/transfers", tier_1("cap-1", 400_000)).await;
+    assert_eq!(
+        (under_cap.status, &under_cap.body["risk_outcome"]),
+        (201, &json!("approve")),
+        "{:?}",
+        under_cap.body
+    );
+    let over_cap = c.post(&a, "/v1/transfers", tier_1("cap-2", 200_000)).await;
+    assert_eq!((over_cap.status, over_cap.code()), (422, "risk_declined"), "{:?}", over_cap.body);
+    let retried = c.post(&b, "/v1/transfers", tier_1("cap-2", 200_000)).await;
+    assert_eq!((retried.status, retried.code()), (422, "risk_declined"), "{:?}", retried.body);
+    assert_eq!(c.get(&b, "/v1/transfers/cap-2").await.status, 404, "a declined transfer was posted");
+
     // A deny-list entry added on B declines the next payment decided on A.
     let listed = c.post(&b, "/v1/lists/deny_devices/add", json!({"values": ["bad-phone"]})).await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
