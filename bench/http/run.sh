@@ -2,7 +2,8 @@
 # HTTP benchmark with wrk (apt-get install wrk): starts `puhui serve` on a fresh data dir, creates a
 # tenant and accounts, then runs single-transfer POSTs with 64 connections for 10 s.
 # Usage: [PORT=18099] [RISK=1] [IDEM=1] bench/http/run.sh [connections] [seconds]
-# (RISK=1: transfers carry a risk context; IDEM=1: each POST carries an Idempotency-Key)
+# (RISK=1: transfers carry a risk context; IDEM=1: each POST carries an Idempotency-Key;
+# SERVE_ENV="PUHUI_STORE=postgres://…?schema=NEW": the server on PostgreSQL, in a fresh schema)
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd "$here/../.."
@@ -10,9 +11,9 @@ connections="${1:-64}" seconds="${2:-10}" accounts=1000 port="${PORT:-18099}"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 dir="$(mktemp -d ${BENCH_DIR_PARENT:+-p "$BENCH_DIR_PARENT"})"
 trap 'kill "$server" 2>/dev/null; wait "$server" 2>/dev/null; rm -rf "$dir"' EXIT
-PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn ${SERVE_ENV:-} "${CARGO_TARGET_DIR:-target}/release/puhui" serve --data-dir "$dir" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >/dev/null &
+PUHUI_ADMIN_TOKEN=bench RUST_LOG=warn env ${SERVE_ENV:-} "${CARGO_TARGET_DIR:-target}/release/puhui" serve --data-dir "$dir" --listen "127.0.0.1:$port" ${SERVE_ARGS:-} >/dev/null &
 server=$!
-for _ in $(seq 50); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
+for _ in $(seq 300); do curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break; sleep 0.1; done
 KEY=$(curl -sf -XPOST "http://127.0.0.1:$port/v1/tenants" -H 'Authorization: Bearer bench' -d '{"name":"wrk"}' |
   sed -E 's/.*"api_key":"([^"]+)".*/\1/')
 for i in $(seq 0 $((accounts - 1))); do
