@@ -40,6 +40,68 @@ impl Modify for Security {
     }
 }
 
+/// Documents the answers the middleware gives on any operation, where a handler's own list does not
+/// name them: 400 (a malformed path, query, body or `Idempotency-Key`), 401 (no or a wrong key or
+/// token), 429 (an API key's rate limit), and on POST 409 (the idempotency key is in use or was used
+/// with another request), 413 (the body is too large) and 503 (the write queue is full, the store
+/// unavailable). A fuzzer (schemathesis) against the spec found them undocumented.
+struct CommonResponses;
+
+impl Modify for CommonResponses {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::HttpMethod;
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        let error = |what: &str| {
+            ResponseBuilder::new()
+                .description(what)
+                .content(
+                    "application/json",
+                    ContentBuilder::new().schema(Some(Ref::from_schema_name("ErrorEnvelope"))).build(),
+                )
+                .build()
+        };
+        for item in doc.paths.paths.values_mut() {
+            let operations = [
+                (HttpMethod::Get, item.get.as_mut()),
+                (HttpMethod::Post, item.post.as_mut()),
+                (HttpMethod::Put, item.put.as_mut()),
+                (HttpMethod::Delete, item.delete.as_mut()),
+                (HttpMethod::Patch, item.patch.as_mut()),
+            ];
+            for (method, operation) in operations {
+                let Some(operation) = operation else { continue };
+                let schemes: Vec<String> = operation
+                    .security
+                    .iter()
+                    .flatten()
+                    .filter_map(|r| serde_json::to_value(r).ok())
+                    .filter_map(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
+                    .flatten()
+                    .collect();
+                let mut common = Vec::new();
+                if !schemes.is_empty() {
+                    common.push(("400", "invalid input (path, query, body or Idempotency-Key)"));
+                    common.push(("401", "missing, unknown or revoked key or token"));
+                }
+                if schemes.iter().any(|s| s == "api_key") {
+                    common.push(("429", "this API key's rate limit; retry after Retry-After seconds"));
+                }
+                if method == HttpMethod::Post && !schemes.is_empty() {
+                    common.push(("409", "the Idempotency-Key is in use, or was used with another request"));
+                    common.push(("413", "the body is too large"));
+                    common.push(("503", "the write queue is full or the store unavailable; retry shortly"));
+                }
+                for (status, what) in common {
+                    let responses = &mut operation.responses.responses;
+                    if !responses.contains_key(status) {
+                        responses.insert(status.to_string(), RefOr::T(error(what)));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The API's OpenAPI description.
 #[derive(OpenApi)]
 #[openapi(
@@ -82,7 +144,7 @@ impl Modify for Security {
         crate::webhooks::DeletedObject, crate::webhooks::WebhookEndpointList, crate::webhooks::WebhookDeliveryObject,
         crate::webhooks::WebhookDeliveryList, crate::webhooks::DeliveryStatus,
     )),
-    modifiers(&Security),
+    modifiers(&Security, &CommonResponses),
     tags(
         (name = "accounts", description = "Accounts and balances"),
         (name = "transfers", description = "Transfers, holds, batches"),
