@@ -653,6 +653,110 @@ async fn concurrent_decisions_are_each_decided_once_and_all_recorded() {
     );
 }
 
+/// A keyed POST that may meet a dead server: `None` if no whole response came back.
+async fn try_post_idem(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+    key: &str,
+) -> Option<(u16, Value)> {
+    let response = http
+        .post(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("idempotency-key", key)
+        .header("content-type", "application/json")
+        .body(body.to_string())
+        .send()
+        .await
+        .ok()?;
+    let status = response.status().as_u16();
+    let text = response.text().await.ok()?;
+    Some((status, serde_json::from_str(&text).ok()?))
+}
+
+#[tokio::test]
+async fn keyed_responses_survive_kill_9_under_load() {
+    // Keyed transfers without ids (the id is derived from the key) from 16 clients; the server is
+    // killed with SIGKILL mid-load, three times. After each restart every acknowledged key, sent
+    // again, gets its first response (the record rode along with a later group commit) or, if the
+    // crash took that record, the same transfer (200) or the same refusal: never another answer.
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = serve(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let body =
+        json!({"debit_account_id": "alice", "credit_account_id": "bob", "amount": 7, "currency": "CNY"});
+    let (mut replayed, mut rerun, mut created) = (0, 0, Vec::new());
+    for cycle in 0..3 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for client in 0..16 {
+            let (http, key, url) = (c.http.clone(), c.key.clone(), server.url("/v1/transfers"));
+            let (stop, body) = (stop.clone(), body.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let idem = format!("crash-{cycle}-{client}-{i}");
+                    match try_post_idem(&http, &url, &key, &body, &idem).await {
+                        Some(answer) => acked.push((idem, answer)),
+                        None => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        server = serve(dir.path(), &[]);
+        assert!(!acked.is_empty(), "no request was answered before the kill");
+        for (idem, (status, first)) in acked {
+            let url = server.url("/v1/transfers");
+            let (again_status, again) =
+                try_post_idem(&c.http, &url, &c.key, &body, &idem).await.expect("an answer");
+            if (again_status, &again) == (status, &first) {
+                replayed += 1;
+            } else {
+                rerun += 1;
+                match status {
+                    201 => assert_eq!((again_status, &again["id"]), (200, &first["id"]), "{idem}: {again:?}"),
+                    _ => assert_eq!(
+                        (again_status, &again["error"]["code"]),
+                        (status, &first["error"]["code"]),
+                        "{idem}: {again:?}"
+                    ),
+                }
+            }
+            if status == 201 {
+                created.push(first["id"].as_str().expect("an id").to_string());
+            }
+        }
+    }
+    eprintln!("{replayed} responses replayed after a crash, {rerun} run again");
+    assert!(replayed > rerun, "most responses must survive: {replayed} replayed, {rerun} run again");
+    // Nothing acknowledged is lost, nothing ran twice: bob holds 7 per distinct transfer.
+    let bob = c.get(&server, "/v1/accounts/bob").await;
+    let posted = bob.body["balances"]["net_posted"].as_i64().expect("bob's balance");
+    created.sort();
+    created.dedup();
+    assert!(
+        posted >= 7 * created.len() as i64,
+        "acknowledged transfers lost: {posted} < 7 × {}",
+        created.len()
+    );
+    for id in created.iter().take(50) {
+        assert_eq!(c.get(&server, &format!("/v1/transfers/{id}")).await.status, 200, "{id}");
+    }
+}
+
 #[tokio::test]
 async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing() {
     // Each decision is journaled as it is made; eight full batches at once are ~65,000 records
