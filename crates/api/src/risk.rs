@@ -113,6 +113,12 @@ pub struct RiskService {
     store: Backend,
 }
 
+/// `count` answers of "risk control stopped" (the thread deciding them went away).
+fn stopped(count: usize) -> Vec<Result<(Decided, Durable), ApiError>> {
+    let stopped = || Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())));
+    (0..count).map(|_| stopped()).collect()
+}
+
 /// Where [`RiskService::catch_up`] goes on reading, and how far it got.
 struct Following {
     /// The next journal sequence to read.
@@ -613,12 +619,7 @@ impl RiskService {
         let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
         let (reply, answer) = tokio::sync::oneshot::channel();
         match queue.try_send(DecideJob { items, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| {
-                let stopped = || {
-                    Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())))
-                };
-                (0..count).map(|_| stopped()).collect()
-            }),
+            Ok(()) => answer.await.unwrap_or_else(|_| stopped(count)),
             Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
                 self.queued.fetch_sub(count, Relaxed);
                 self.decide_unqueued(job.items).await
@@ -638,11 +639,7 @@ impl RiskService {
         let count = items.len();
         metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.decide_all(items)).await.unwrap_or_else(|_| {
-            let stopped =
-                || Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())));
-            (0..count).map(|_| stopped()).collect()
-        })
+        tokio::task::spawn_blocking(move || this.decide_all(items)).await.unwrap_or_else(|_| stopped(count))
     }
 
     /// Decides `items` in order, blocking ([`RiskService::decide`]).

@@ -507,10 +507,16 @@ impl EmbeddedStore {
         committer_alive && !self.inner.poisoned.load(Ordering::Acquire)
     }
 
-    fn enqueue(&self, command: Command) -> Result<(), StoreError> {
+    /// Refuses writes once a journal write failed (the committer then aborts the process).
+    fn check_not_poisoned(&self) -> Result<(), StoreError> {
         if self.inner.poisoned.load(Ordering::Acquire) {
             return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
         }
+        Ok(())
+    }
+
+    fn enqueue(&self, command: Command) -> Result<(), StoreError> {
+        self.check_not_poisoned()?;
         match self.inner.queue.try_send(command) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
@@ -555,11 +561,7 @@ impl EmbeddedStore {
     /// one once all are durable. Records queued by one thread are journaled in the order queued, and
     /// in order with that thread's other submissions (one FIFO queue feeds the committer).
     pub fn submit_records(&self, records: Vec<Record>, reply: Reply<u64>) -> Result<(), StoreError> {
-        check_batch(records.len())?;
-        let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
-        if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
-            return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
-        }
+        check_records(&records)?;
         self.enqueue(Command::Records(records, reply))
     }
 
@@ -570,14 +572,8 @@ impl EmbeddedStore {
     /// no wake-up and no reply of their own. [`StoreError::Overloaded`] past [`RIDERS_MAX`]
     /// records or [`RIDERS_BYTES_MAX`] bytes waiting.
     pub fn submit_records_riding(&self, records: Vec<Record>) -> Result<(), StoreError> {
-        check_batch(records.len())?;
-        let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
-        if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
-            return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
-        }
-        if self.inner.poisoned.load(Ordering::Acquire) {
-            return Err(StoreError::Unavailable("a journal write failed; restart to recover".into()));
-        }
+        check_records(&records)?;
+        self.check_not_poisoned()?;
         let bytes: usize = records.iter().map(|r| r.payload.len()).sum();
         let mut riders = self.inner.riders.lock().unwrap_or_else(|p| p.into_inner());
         if riders.0.len() + records.len() > RIDERS_MAX || riders.1 + bytes > RIDERS_BYTES_MAX {
@@ -859,11 +855,7 @@ fn committer_loop(
                     // The ledger's pending log goes first so that entries keep the order of commands.
                     flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
                     let first = writer.next_seq();
-                    for record in &records {
-                        append_entry(&mut writer, leaves.as_mut(), |buf| {
-                            codec::encode_record(record.record_type, now, &record.payload, buf)
-                        });
-                    }
+                    append_records(&mut writer, leaves.as_mut(), &records, now);
                     Answer::Seq(reply, first)
                 }
                 Command::Shutdown => unreachable!("shutdown is never queued in a group"),
@@ -876,11 +868,7 @@ fn committer_loop(
         }
         // Riders last (at most `RIDERS_BYTES_MAX`): each was submitted after the commands it
         // follows were answered, so the journal's order is kept.
-        for record in &riders {
-            append_entry(&mut writer, leaves.as_mut(), |buf| {
-                codec::encode_record(record.record_type, now, &record.payload, buf)
-            });
-        }
+        append_records(&mut writer, leaves.as_mut(), &riders, now);
         flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
         stage_took("apply", apply_started);
         let sync_started = Instant::now();
@@ -926,6 +914,30 @@ fn committer_loop(
     while let Ok(command) = commands.try_recv() {
         refuse(command, &error);
     }
+}
+
+/// Appends application records as entries stamped `now_ns`, in order.
+fn append_records(
+    writer: &mut JournalWriter,
+    mut leaves: Option<&mut transparency::PendingLeaves>,
+    records: &[Record],
+    now_ns: u64,
+) {
+    for record in records {
+        append_entry(writer, leaves.as_deref_mut(), |buf| {
+            codec::encode_record(record.record_type, now_ns, &record.payload, buf)
+        });
+    }
+}
+
+/// Refuses a set of application records that is too large in count or in any one payload.
+fn check_records(records: &[Record]) -> Result<(), StoreError> {
+    check_batch(records.len())?;
+    let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
+    if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
+        return Err(StoreError::RecordTooLarge { len_bytes: r.payload.len(), max_bytes });
+    }
+    Ok(())
 }
 
 /// Moves the ledger's pending log into the journal (and the Merkle leaf buffer), in order.
