@@ -105,6 +105,8 @@ pub struct RiskService {
     seqs: SyncSender<(Arc<str>, u64)>,
     /// The decider thread's queue ([`RiskService::decide_queued`]), started on first use.
     decider: OnceLock<SyncSender<DecideJob>>,
+    /// The decision metrics' handles, made at the first decision (after the recorder is installed).
+    metrics: OnceLock<DecisionMetrics>,
     /// Decisions handed to the decider thread and not yet made (at most [`DECISIONS_QUEUED_MAX`]).
     queued: std::sync::atomic::AtomicUsize,
     /// Decision records submitted to the journal and not yet durable (at most
@@ -155,8 +157,52 @@ pub fn request_in_progress() -> ApiError {
         StatusCode::CONFLICT,
         "idempotency_error",
         "request_in_progress",
-        "another request with this transfer id is being decided; retry shortly",
+        "another request with this id is being decided; retry shortly",
     )
+}
+
+/// Handles of the metrics every decision updates: looked up once, not by name and label at every
+/// decision (a registry lookup and label hash each).
+struct DecisionMetrics {
+    /// `puhui_decisions_total` by outcome ([`outcome_index`]).
+    decisions: [metrics::Counter; 3],
+    /// `puhui_shadow_decisions_total` by outcome.
+    shadow_decisions: [metrics::Counter; 3],
+    degraded: metrics::Counter,
+    seconds: metrics::Histogram,
+}
+
+const OUTCOMES: [Outcome; 3] = [Outcome::Approve, Outcome::Review, Outcome::Decline];
+
+fn outcome_index(outcome: Outcome) -> usize {
+    match outcome {
+        Outcome::Approve => 0,
+        Outcome::Review => 1,
+        Outcome::Decline => 2,
+    }
+}
+
+impl DecisionMetrics {
+    fn new() -> DecisionMetrics {
+        DecisionMetrics {
+            decisions: OUTCOMES.map(|o| metrics::counter!("puhui_decisions_total", "outcome" => o.as_str())),
+            shadow_decisions: OUTCOMES
+                .map(|o| metrics::counter!("puhui_shadow_decisions_total", "outcome" => o.as_str())),
+            degraded: metrics::counter!("puhui_decisions_degraded_total"),
+            seconds: metrics::histogram!("puhui_decision_seconds"),
+        }
+    }
+
+    fn count(&self, decision: &DecisionRecord) {
+        self.decisions[outcome_index(decision.active.outcome)].increment(1);
+        self.seconds.record(decision.active.latency_ns as f64 / 1e9);
+        if decision.active.degraded.is_some() {
+            self.degraded.increment(1);
+        }
+        if let Some(shadow) = &decision.shadow {
+            self.shadow_decisions[outcome_index(shadow.outcome)].increment(1);
+        }
+    }
 }
 
 /// Decisions waiting for the decider thread: one request's (a batch hands over all its items at once).
@@ -263,33 +309,59 @@ impl std::hash::Hasher for Prehashed {
     }
 }
 
-/// A decision just made: what the request acts on. Its explanation ([`DecisionObject`]) is built
-/// only when asked for ([`Decided::object`], `POST /v1/decisions`), not for every inline decision.
+/// A decision just made: what the request acts on. Made on the deciding thread from the record,
+/// which is dropped there: an inline decision carries only its outcome, a decline's reasons and a
+/// review's queue entry to the request's thread (the whole record, freed on another thread than
+/// the one that built it, was 3 % of the runtime's time); a standalone decision also carries the
+/// record, whose explanation ([`Decided::object`]) is its answer.
 #[derive(Debug, Clone)]
 pub struct Decided {
-    record: DecisionRecord,
+    outcome: Outcome,
+    /// A decline's reason codes (empty otherwise).
+    reasons: Vec<String>,
+    /// A held transfer's review (inline review decisions only).
+    review: Option<ReviewObject>,
+    /// The whole record (standalone decisions only).
+    record: Option<DecisionRecord>,
 }
 
 impl Decided {
+    fn of(record: DecisionRecord) -> Decided {
+        let outcome = record.active.outcome;
+        let reasons = match outcome {
+            Outcome::Decline => reasons_of(&record.active),
+            _ => Vec::new(),
+        };
+        let inline = record.source == DecisionSource::Transfer;
+        let review = (inline && outcome == Outcome::Review).then(|| review_of_record(&record));
+        Decided { outcome, reasons, review, record: (!inline).then_some(record) }
+    }
+
     /// The active ruleset's outcome: what is acted on.
     pub fn outcome(&self) -> Outcome {
-        self.record.active.outcome
+        self.outcome
     }
 
-    /// The fired rules' reason codes, in ruleset order.
-    pub fn reasons(&self) -> Vec<String> {
-        self.record.active.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
+    /// A decline's reason codes, in ruleset order (empty for other outcomes).
+    pub fn reasons(&self) -> &[String] {
+        &self.reasons
     }
 
-    /// The review of a held transfer decided this way.
-    pub fn review(&self) -> ReviewObject {
-        review_of_record(&self.record)
+    /// The review of a held transfer decided this way (an inline review decision only).
+    pub fn review(&self) -> Option<ReviewObject> {
+        self.review.clone()
     }
 
-    /// The decision's explanation (as `GET /v1/decisions/{id}` shows it, before it is durable).
-    pub fn object(self) -> DecisionObject {
-        to_object(self.record)
+    /// The decision's explanation (as `GET /v1/decisions/{id}` shows it, before it is durable):
+    /// `None` for an inline decision.
+    pub fn object(self) -> Option<DecisionObject> {
+        self.record.map(to_object)
     }
+}
+
+/// A verdict's reason codes: its fired rules', in ruleset order.
+fn reasons_of(verdict: &Verdict) -> Vec<String> {
+    verdict.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
 }
 
 /// Most open reviews; beyond it new reviews are declined (fail closed) rather than grow the queue.
@@ -471,6 +543,7 @@ impl RiskService {
             memory: Mutex::new(memory),
             seqs,
             decider: OnceLock::new(),
+            metrics: OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             store,
@@ -568,21 +641,10 @@ impl RiskService {
         // Only once the record is queued does the event enter the features (replay does the same).
         state.controller.commit_decision(&decision);
         drop(state);
-        metrics::counter!("puhui_decisions_total", "outcome" => decision.active.outcome.as_str())
-            .increment(1);
-        metrics::histogram!("puhui_decision_seconds").record(decision.active.latency_ns as f64 / 1e9);
-        if decision.active.degraded.is_some() {
-            metrics::counter!("puhui_decisions_degraded_total").increment(1);
-        }
-        if let Some(shadow) = &decision.shadow {
-            metrics::counter!("puhui_shadow_decisions_total", "outcome" => shadow.outcome.as_str())
-                .increment(1);
-        }
-        let review = (decision.source == DecisionSource::Transfer
-            && decision.active.outcome == Outcome::Review)
-            .then(|| review_of_record(&decision));
-        self.mem().remember(key, kept, review);
-        Ok((Decided { record: decision }, receipt))
+        self.metrics.get_or_init(DecisionMetrics::new).count(&decision);
+        let decided = Decided::of(decision);
+        self.mem().remember(key, kept, decided.review());
+        Ok((decided, receipt))
     }
 
     /// [`RiskService::decide`] on the decider thread: the requests' threads hand their decisions
@@ -741,6 +803,30 @@ impl RiskService {
         if let Ok(Err(e)) = tokio::task::spawn_blocking(move || me.catch_up_after(Some(ticket))).await {
             tracing::warn!(error = %e, "catching up with the risk records");
         }
+    }
+
+    /// On PostgreSQL: locks decision ids `ids` (scoped) across nodes, then catches up
+    /// ([`RiskService::caught_up`]); held until the guard is dropped (once the decisions are
+    /// durable). Another node deciding under one of these ids at the same moment waits, then reads
+    /// this node's decision and answers with it, and the other way round: without it, a transfer
+    /// sent to two nodes at once was declined by one and posted by the other. Nothing on the
+    /// embedded store (one process: [`RiskService::begin_deciding`] is enough). See
+    /// `puhui_store_pg::locks` for how (one connection and one round trip for all the requests
+    /// waiting at a time).
+    pub async fn lock_across_nodes<'a>(
+        self: &Arc<Self>,
+        ids: impl IntoIterator<Item = &'a str>,
+    ) -> Result<Option<puhui_store_pg::DecisionLock>, ApiError> {
+        let Backend::Postgres(pg) = &self.store else { return Ok(None) };
+        let (reply, locked) = tokio::sync::oneshot::channel();
+        pg.lock_decisions(ids.into_iter().map(hash64), move |r| {
+            // The request gone: the guard is dropped with the message, which lets go.
+            let _ = reply.send(r);
+        })?;
+        let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()));
+        let lock = locked.await.map_err(|_| stopped())??;
+        self.caught_up().await;
+        Ok(Some(lock))
     }
 
     /// Runs an admin change (publish, activate, list change): `change` applies it and queues its
@@ -956,7 +1042,7 @@ fn review_of_record(d: &DecisionRecord) -> ReviewObject {
         object: "review",
         id: unscoped(&d.id).to_string(),
         score: d.active.score,
-        reasons: d.active.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
+        reasons: reasons_of(&d.active),
         ruleset_version: d.active.ruleset_version.clone(),
     }
 }
@@ -1290,6 +1376,10 @@ pub async fn create_decision(
         None => app.store.new_id().to_string(),
     });
     let id = scoped(tenant, &client_id, "id")?;
+    // One decision under an id at a time, in this process and (PostgreSQL) across nodes: a retry
+    // sent while the first request is being decided waits for it or answers with it.
+    let _taken = risk.begin_deciding([id.as_str()]).map_err(|(_, e)| e)?;
+    let _locks = risk.lock_across_nodes([id.as_str()]).await?;
     let payer = scoped(tenant, &body.payer, "payer")?;
     let payee = scoped(tenant, &body.payee, "payee")?;
     let timestamp_ns = match &body.timestamp {
@@ -1350,7 +1440,7 @@ pub async fn create_decision(
     }
     let (decided, durable) =
         risk.decide_queued(id.to_string(), DecisionSource::Standalone, event, body.record).await?;
-    let object = decided.object();
+    let object = decided.object().expect("a standalone decision keeps its record");
     durable
         .await
         .map_err(|_| ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into())))??;
@@ -2033,7 +2123,14 @@ mod tests {
             record: true,
         };
         let count_1m = |d: &Decided| {
-            d.record.active.features.iter().find(|(name, _)| &**name == "payer_count_1m").map(|f| f.1)
+            d.record
+                .as_ref()
+                .unwrap()
+                .active
+                .features
+                .iter()
+                .find(|(name, _)| &**name == "payer_count_1m")
+                .map(|f| f.1)
         };
         // One hand-over, decided in order: each decision sees the ones before it.
         let decided = service.decide_queued_many((0..5).map(item).collect()).await;

@@ -610,7 +610,7 @@ async fn act_on_decision(
                 ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
             })??;
             metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
-            return Err(risk_declined(&decision.reasons()));
+            return Err(risk_declined(decision.reasons()));
         }
         puhui_risk::Outcome::Review => {
             if !risk.can_queue_review(tenant) {
@@ -628,7 +628,7 @@ async fn act_on_decision(
         }
         puhui_risk::Outcome::Approve => {}
     }
-    let review = (outcome == puhui_risk::Outcome::Review).then(|| decision.review());
+    let review = decision.review();
     Ok(Some((outcome, review)))
 }
 
@@ -658,10 +658,17 @@ pub async fn create_transfer(
         _ => None,
     };
     // On PostgreSQL, what other nodes decided before this request arrived counts here too: a retry
-    // sent to another node is declined again, not decided afresh on that node's own features.
-    if let Some(risk) = app.risk.as_ref() {
-        risk.caught_up().await;
-    }
+    // sent to another node is declined again, not decided afresh on that node's own features. A
+    // transfer to decide first locks its id across nodes: sent to two nodes at the same moment,
+    // it is decided by one, and the other answers with that decision.
+    let locks = match (app.risk.as_ref(), &context) {
+        (Some(risk), Some(_)) if _taken.is_some() => risk.lock_across_nodes([request.id.as_str()]).await?,
+        (Some(risk), _) => {
+            risk.caught_up().await;
+            None
+        }
+        (None, _) => None,
+    };
     let decided = match context {
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
         None => match refused_without_decision(&app, &mut request, "") {
@@ -669,6 +676,9 @@ pub async fn create_transfer(
             None => None,
         },
     };
+    // The decision is durable (on PostgreSQL it is awaited before the transfer is queued): other
+    // nodes read it from here on, so they need not wait for the posting.
+    drop(locks);
     let id = request.id.clone();
     let (status, mut object) = create_one_object(&app, request).await?;
     if let Some((outcome, review)) = decided {
@@ -730,9 +740,20 @@ pub async fn create_transfer_batch(
         }
         None => None,
     };
-    if let Some(risk) = app.risk.as_ref() {
-        risk.caught_up().await;
-    }
+    // As for one transfer (see create_transfer): the ids to decide are locked across nodes.
+    let locks = match app.risk.as_ref() {
+        Some(risk) if contexts.iter().any(Option::is_some) => {
+            let decided = requests.iter().zip(&contexts).filter(|(r, c)| {
+                c.is_some() && matches!(r.kind, TransferKind::Single | TransferKind::Pending)
+            });
+            risk.lock_across_nodes(decided.map(|(r, _)| r.id.as_str())).await?
+        }
+        Some(risk) => {
+            risk.caught_up().await;
+            None
+        }
+        None => None,
+    };
     // Items with a risk context are decided in order, as POST /v1/transfers decides one: a declined
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
     // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.
@@ -805,6 +826,8 @@ pub async fn create_transfer_batch(
             }
         }
     }
+    // Every decision is durable (see create_transfer): other nodes may read them now.
+    drop(locks);
     let mut chain_start = 0;
     for i in 0..count {
         if requests[i].linked && i + 1 < count {

@@ -474,6 +474,38 @@ async fn stateless(store: &str) {
     assert_eq!((retried.status, retried.code()), (422, "risk_declined"), "{:?}", retried.body);
     assert_eq!(c.get(&b, "/v1/transfers/cap-2").await.status, 404, "a declined transfer was posted");
 
+    // One transfer sent to both nodes at the same moment is decided once. A has seen w4 spend
+    // 400,000 today (a tier-1 payment of 200,000 more is over the cap there); B has seen nothing
+    // and would approve it. Whichever node decides first, the other answers with that decision:
+    // never a 422 on one node while the other posts the transfer.
+    c.account(&a, "w4", true).await;
+    assert_eq!(c.post(&b, "/v1/transfers", transfer("fund-w4", "bank", "w4", 10_000_000)).await.status, 201);
+    let tier_1_w4 = |id: &str, amount: u64| {
+        let mut t = transfer(id, "w4", "shop", amount);
+        t["risk_context"] = json!({"kyc_tier": "1"});
+        t
+    };
+    assert_eq!(c.post(&a, "/v1/transfers", tier_1_w4("race-0", 400_000)).await.status, 201);
+    let mut declined = 0;
+    for round in 1..=RACE_ROUNDS {
+        let id = format!("race-{round}");
+        let (on_a, on_b) = tokio::join!(
+            c.post(&a, "/v1/transfers", tier_1_w4(&id, 200_000)),
+            c.post(&b, "/v1/transfers", tier_1_w4(&id, 200_000))
+        );
+        let posted = |r: &Reply| matches!(r.status, 200 | 201);
+        assert!(
+            posted(&on_a) == posted(&on_b) && matches!(on_a.status, 200 | 201 | 422),
+            "round {round}: A answered {} {:?}, B {} {:?}",
+            on_a.status,
+            on_a.body,
+            on_b.status,
+            on_b.body
+        );
+        declined += usize::from(on_a.status == 422);
+    }
+    assert!(declined > 0, "A's own features decline some rounds");
+
     // A deny-list entry added on B declines the next payment decided on A.
     let listed = c.post(&b, "/v1/lists/deny_devices/add", json!({"values": ["bad-phone"]})).await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
@@ -542,6 +574,9 @@ async fn stateless(store: &str) {
     assert!(rulesets.body.to_string().contains("stateless-1"), "{:?}", rulesets.body);
     assert!(third.terminate().success());
 }
+
+/// Rounds of one transfer sent to two nodes at once.
+const RACE_ROUNDS: usize = 20;
 
 /// The shipped starter ruleset.
 const STARTER: &str = include_str!("../../../rulesets/starter.toml");

@@ -833,6 +833,9 @@ impl RiskEvent<'_> {
     }
 }
 
+/// Most fired rules a decision makes room for up front (more grow the list as usual).
+const FIRED_CAPACITY_MAX: usize = 32;
+
 /// A rule that fired.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FiredRule {
@@ -1098,7 +1101,9 @@ impl Engine {
         );
         let mut scope: Option<cel::Context<'_, 'static>> = None;
 
-        let mut fired = Vec::new();
+        // Room for the rules that usually fire, so that a decision firing many does not regrow
+        // (and copy) its list several times.
+        let mut fired = Vec::with_capacity(ruleset.rules.len().min(FIRED_CAPACITY_MAX));
         let mut errors = Vec::new();
         let mut score = 0i64;
         let mut degraded = None;

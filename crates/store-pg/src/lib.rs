@@ -37,6 +37,7 @@
 
 pub mod control;
 pub mod hammer;
+pub mod locks;
 pub mod outbox;
 mod rows;
 pub mod schema;
@@ -57,6 +58,7 @@ use puhui_ledger::{
 };
 use puhui_store::{Clock, LedgerStore, Record, Reply, StoreError, SystemClock};
 
+pub use locks::{DecisionLock, DECISION_LOCK_BUCKETS, DECISION_LOCK_REQUESTS_MAX, DECISION_LOCK_WAIT_MS};
 pub use outbox::{JournalRow, PgLease};
 /// The PostgreSQL client crate, for callers of [`PgStore::with_connection`].
 pub use postgres;
@@ -274,6 +276,8 @@ struct Inner {
     options: PgOptions,
     stats: TxStats,
     reads: ReadPool,
+    /// The decision lock thread ([`PgStore::lock_decisions`]), started on first use.
+    decision_locks: std::sync::OnceLock<locks::Locker>,
     ids: Mutex<IdGenerator>,
     stopping: AtomicBool,
 }
@@ -310,6 +314,7 @@ impl PgStore {
         let inner = Arc::new(Inner {
             url: url.to_string(),
             reads: ReadPool::new(url, options.schema.as_deref(), read_max),
+            decision_locks: std::sync::OnceLock::new(),
             options,
             stats: TxStats::default(),
             ids: Mutex::new(IdGenerator::new(seed)),
@@ -514,6 +519,27 @@ impl PgStore {
             tx.commit().map_err(io)?;
             Ok(out)
         })
+    }
+
+    /// Locks, across nodes, the decision ids hashed to `keys` (their buckets, see [`locks`]):
+    /// `reply` gets the guard (on the lock thread; keep it short) once this node holds them all,
+    /// or `Unavailable` after [`DECISION_LOCK_WAIT_MS`] of another node holding one. Refused at
+    /// once (`Overloaded`) with [`DECISION_LOCK_REQUESTS_MAX`] requests waiting or holding.
+    pub fn lock_decisions(
+        &self,
+        keys: impl IntoIterator<Item = u64>,
+        reply: impl FnOnce(Result<DecisionLock, StoreError>) + Send + 'static,
+    ) -> Result<(), StoreError> {
+        let locker = match self.inner.decision_locks.get() {
+            Some(locker) => locker,
+            None => {
+                let started = locks::Locker::start(&self.inner.url, self.inner.options.schema.as_deref())?;
+                // Two first callers at once: one thread is kept, the other ends with its queue.
+                let _ = self.inner.decision_locks.set(started);
+                self.inner.decision_locks.get().expect("set above")
+            }
+        };
+        locker.lock(keys, Box::new(reply))
     }
 
     /// Whether the store accepts writes (it has not been shut down).
