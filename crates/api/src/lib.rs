@@ -273,6 +273,36 @@ async fn authenticate_admin(State(app): State<Arc<AppState>>, request: Request, 
     }
 }
 
+/// 414 or 431 for a request whose URI or headers are past [`limits::URI_BYTES_MAX`] or
+/// [`limits::HEADER_BYTES_MAX`]: a typed JSON error rather than work on (or logs of) huge heads.
+fn oversized_head(request: &Request) -> Option<ApiError> {
+    let uri_bytes = request.uri().path_and_query().map_or(0, |p| p.as_str().len());
+    if uri_bytes > limits::URI_BYTES_MAX {
+        return Some(ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            "invalid_request_error",
+            "uri_too_long",
+            format!(
+                "the request's path and query are {uri_bytes} bytes; at most {} are accepted",
+                limits::URI_BYTES_MAX
+            ),
+        ));
+    }
+    let header_bytes: usize =
+        request.headers().iter().map(|(name, value)| name.as_str().len() + value.len()).sum();
+    (header_bytes > limits::HEADER_BYTES_MAX).then(|| {
+        ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "invalid_request_error",
+            "headers_too_large",
+            format!(
+                "the request's headers are {header_bytes} bytes; at most {} are accepted",
+                limits::HEADER_BYTES_MAX
+            ),
+        )
+    })
+}
+
 /// The metric label of a method: a static string, so that labelling allocates nothing.
 fn method_label(method: &Method) -> &'static str {
     match *method {
@@ -346,8 +376,12 @@ async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next)
     let route = route_label(&request);
     let method = method_label(request.method());
     let permit = Arc::clone(&app.in_flight).try_acquire_owned();
+    let oversized = oversized_head(&request);
     let mut response = REQUEST_ID
         .scope(request_id.clone(), async move {
+            if let Some(refused) = oversized {
+                return refused.into_response();
+            }
             match permit {
                 Ok(_permit) => next.run(request).await,
                 Err(_) => ApiError {

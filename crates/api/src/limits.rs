@@ -32,3 +32,9 @@ pub const TENANTS_MAX: usize = 10_000;
 pub const KEYS_PER_TENANT_MAX: usize = 16;
 /// Longest a request body may take to arrive (a slow sender would otherwise hold an in-flight slot).
 pub const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Longest request URI (path and query), in bytes: 414 `uri_too_long` beyond (a JSON error from
+/// the API; past hyper's own 64 KiB hyper answers 414 with an empty body).
+pub const URI_BYTES_MAX: usize = 8 << 10;
+/// Most header bytes in a request (names and values): 431 `headers_too_large` beyond (past hyper's
+/// own limits — 100 headers, ~400 KiB — hyper answers 431 with an empty body).
+pub const HEADER_BYTES_MAX: usize = 32 << 10;

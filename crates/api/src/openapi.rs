@@ -78,7 +78,10 @@ impl Modify for CommonResponses {
                     .filter_map(|v| v.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>()))
                     .flatten()
                     .collect();
-                let mut common = Vec::new();
+                let mut common = vec![
+                    ("414", "the path and query are longer than 8 KiB"),
+                    ("431", "the headers are larger than 32 KiB"),
+                ];
                 if !schemes.is_empty() {
                     common.push(("400", "invalid input (path, query, body or Idempotency-Key)"));
                     common.push(("401", "missing, unknown or revoked key or token"));

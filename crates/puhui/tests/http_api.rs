@@ -1038,6 +1038,16 @@ async fn hostile_inputs_get_typed_errors_not_panics() {
     // A path that is not UTF-8 names nothing: 404 in the envelope.
     let r = c.get(&server, "/v1/accounts/%FF").await;
     assert_eq!((r.status, r.code()), (404, "not_found"));
+    // A huge path or huge headers: 414 / 431 in the envelope, before any other work (even with no
+    // key); hyper's own limits are far beyond these.
+    let r = c.get(&server, &format!("/v1/accounts/{}", "a".repeat(9 << 10))).await;
+    assert_eq!((r.status, r.code()), (414, "uri_too_long"), "{:?}", r.body);
+    let http = reqwest::Client::new();
+    let big = http.get(server.url("/v1/accounts/alice")).header("x-padding", "p".repeat(40 << 10));
+    let r = big.send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 431);
+    let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap();
+    assert_eq!(body["error"]["code"], "headers_too_large", "{body:?}");
     // The server is still up.
     assert_eq!(c.get(&server, "/v1/accounts/alice").await.status, 200);
 }
