@@ -1376,8 +1376,8 @@ pub async fn create_decision(
         None => app.store.new_id().to_string(),
     });
     let id = scoped(tenant, &client_id, "id")?;
-    // One decision under an id at a time, in this process and (PostgreSQL) across nodes: a retry
-    // sent while the first request is being decided waits for it or answers with it.
+    // One decision under an id at a time: a concurrent request under it in this process gets 409
+    // `request_in_progress`; one on another node (PostgreSQL) waits, then answers with this one's.
     let _taken = risk.begin_deciding([id.as_str()]).map_err(|(_, e)| e)?;
     let _locks = risk.lock_across_nodes([id.as_str()]).await?;
     let payer = scoped(tenant, &body.payer, "payer")?;
