@@ -71,3 +71,33 @@ fn a_decision_id_is_held_by_one_node_at_a_time_and_passes_on_when_let_go() {
     drop(everything);
     drop(got(&waits));
 }
+
+#[test]
+fn locks_lost_with_their_connection_pass_on_and_the_node_locks_again_on_a_new_one() {
+    let schema = TestSchema::new("decision_locks_lost");
+    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let held_by_a = got(&ask(&a, &[5]));
+    let b_waits = ask(&b, &[5]);
+    still_waiting(&b_waits);
+    // A's lock session ends (a network cut, an operator): PostgreSQL frees its locks, and B, which
+    // was waiting, gets the bucket.
+    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
+    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
+    // (B's session in this schema holds no advisory lock: its try failed.)
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(a.pid) FROM pg_stat_activity a WHERE a.application_name = $1 \
+             AND EXISTS (SELECT 1 FROM pg_locks l WHERE l.pid = a.pid AND l.locktype = 'advisory' AND l.granted)",
+            &[&name],
+        )
+        .unwrap();
+    assert_eq!(ended.len(), 1, "one lock session ({name}) holds a lock");
+    let held_by_b = got(&b_waits);
+    // A's guard from the lost session lets go of nothing on the new one; A locks again once B is done.
+    drop(held_by_a);
+    let a_waits = ask(&a, &[5]);
+    still_waiting(&a_waits);
+    drop(held_by_b);
+    drop(got(&a_waits));
+}
