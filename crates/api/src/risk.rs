@@ -806,8 +806,8 @@ impl RiskService {
     }
 
     /// On PostgreSQL: locks decision ids `ids` (scoped) across nodes, then catches up
-    /// ([`RiskService::caught_up`]); held until the guard is dropped (once the decisions are
-    /// durable). Another node deciding under one of these ids at the same moment waits, then reads
+    /// ([`RiskService::caught_up`]; only that with no ids); held until the guard is dropped (once
+    /// the decisions are durable). Another node deciding under one of these ids at the same moment waits, then reads
     /// this node's decision and answers with it, and the other way round: without it, a transfer
     /// sent to two nodes at once was declined by one and posted by the other. Nothing on the
     /// embedded store (one process: [`RiskService::begin_deciding`] is enough). See
@@ -818,8 +818,14 @@ impl RiskService {
         ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<Option<puhui_store_pg::DecisionLock>, ApiError> {
         let Backend::Postgres(pg) = &self.store else { return Ok(None) };
+        let keys: Vec<u64> = ids.into_iter().map(hash64).collect();
+        if keys.is_empty() {
+            // Nothing decided here: only what other nodes decided counts.
+            self.caught_up().await;
+            return Ok(None);
+        }
         let (reply, locked) = tokio::sync::oneshot::channel();
-        pg.lock_decisions(ids.into_iter().map(hash64), move |r| {
+        pg.lock_decisions(keys, move |r| {
             // The request gone: the guard is dropped with the message, which lets go.
             let _ = reply.send(r);
         })?;

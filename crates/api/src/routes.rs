@@ -661,13 +661,12 @@ pub async fn create_transfer(
     // sent to another node is declined again, not decided afresh on that node's own features. A
     // transfer to decide first locks its id across nodes: sent to two nodes at the same moment,
     // it is decided by one, and the other answers with that decision.
-    let locks = match (app.risk.as_ref(), &context) {
-        (Some(risk), Some(_)) if _taken.is_some() => risk.lock_across_nodes([request.id.as_str()]).await?,
-        (Some(risk), _) => {
-            risk.caught_up().await;
-            None
+    let locks = match app.risk.as_ref() {
+        Some(risk) => {
+            let deciding = context.is_some() && _taken.is_some();
+            risk.lock_across_nodes(deciding.then_some(request.id.as_str())).await?
         }
-        (None, _) => None,
+        None => None,
     };
     let decided = match context {
         Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
@@ -742,15 +741,11 @@ pub async fn create_transfer_batch(
     };
     // As for one transfer (see create_transfer): the ids to decide are locked across nodes.
     let locks = match app.risk.as_ref() {
-        Some(risk) if contexts.iter().any(Option::is_some) => {
+        Some(risk) => {
             let decided = requests.iter().zip(&contexts).filter(|(r, c)| {
                 c.is_some() && matches!(r.kind, TransferKind::Single | TransferKind::Pending)
             });
             risk.lock_across_nodes(decided.map(|(r, _)| r.id.as_str())).await?
-        }
-        Some(risk) => {
-            risk.caught_up().await;
-            None
         }
         None => None,
     };
