@@ -116,7 +116,7 @@ pub struct RiskService {
 }
 
 /// `count` answers of "risk control stopped" (the thread deciding them went away).
-fn stopped(count: usize) -> Vec<Result<(Decided, Durable), ApiError>> {
+fn stopped(count: usize) -> Vec<DecisionResult> {
     let stopped = || Err(ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into())));
     (0..count).map(|_| stopped()).collect()
 }
@@ -208,8 +208,24 @@ impl DecisionMetrics {
 /// Decisions waiting for the decider thread: one request's (a batch hands over all its items at once).
 struct DecideJob {
     items: Vec<ToDecide>,
-    reply: tokio::sync::oneshot::Sender<Vec<Result<(Decided, Durable), ApiError>>>,
+    answer: JobAnswer,
 }
+
+/// A decision and the receipt of its record's durability, or why it was not made.
+pub type DecisionResult = Result<(Decided, Durable), ApiError>;
+
+/// How a [`DecideJob`] is answered.
+enum JobAnswer {
+    /// The decisions, one per item, sent to the awaiting request.
+    Reply(tokio::sync::oneshot::Sender<Vec<DecisionResult>>),
+    /// A single item's next step, run on the deciding thread ([`RiskService::decide_then`]).
+    Then(Then),
+}
+
+/// What a request has done right after its decision, on the thread that made it
+/// ([`RiskService::decide_then`]): given the decision, it may queue writes behind the decision
+/// record, and answers the request itself.
+pub type Then = Box<dyn FnOnce(DecisionResult) + Send>;
 
 /// An event to decide, with its decision id and whether it is to enter the features.
 #[derive(Debug)]
@@ -582,13 +598,7 @@ impl RiskService {
     /// thread): with [`DECISION_RECORDS_IN_FLIGHT_MAX`] decision records waiting for the journal,
     /// or its queue full (a big batch's decisions arrive faster than group commits drain them), it
     /// waits for room for up to [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once.
-    fn decide(
-        &self,
-        id: String,
-        source: DecisionSource,
-        event: EventRecord,
-        record: bool,
-    ) -> Result<(Decided, Durable), ApiError> {
+    fn decide(&self, id: String, source: DecisionSource, event: EventRecord, record: bool) -> DecisionResult {
         let mut state = self.lock();
         let decision = state.controller.decide_record(id, source, event, record);
         let (record_type, payload) = decision.encode();
@@ -661,51 +671,73 @@ impl RiskService {
         source: DecisionSource,
         event: EventRecord,
         record: bool,
-    ) -> Result<(Decided, Durable), ApiError> {
+    ) -> DecisionResult {
         let mut decided = self.decide_queued_many(vec![ToDecide { id, source, event, record }]).await;
         decided.pop().expect("one result per item")
     }
 
-    /// [`RiskService::decide_queued`] for several events, decided one after another in this order
-    /// with one hand-over (a batch's items): one result per item.
-    pub async fn decide_queued_many(
-        self: &Arc<Self>,
-        items: Vec<ToDecide>,
-    ) -> Vec<Result<(Decided, Durable), ApiError>> {
-        use std::sync::atomic::Ordering::Relaxed;
-        let count = items.len();
-        if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
-            self.queued.fetch_sub(count, Relaxed);
-            return self.decide_unqueued(items).await;
-        }
-        let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
-        let (reply, answer) = tokio::sync::oneshot::channel();
-        match queue.try_send(DecideJob { items, reply }) {
-            Ok(()) => answer.await.unwrap_or_else(|_| stopped(count)),
-            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-                self.queued.fetch_sub(count, Relaxed);
-                self.decide_unqueued(job.items).await
-            }
-        }
+    /// [`RiskService::decide_queued`], then `then` on the deciding thread right after the
+    /// decision; `then` answers the request (a transfer queues its posting there, behind its
+    /// decision record, and answers once the posting is durable). Dropped unrun if risk control
+    /// stops. Choice, over answering at once and posting from the request's thread: the request
+    /// wakes once instead of twice, and its decision record and posting reach the journal's queue
+    /// together, so they share a group commit (handed over apart, a group often began between
+    /// them and the request waited for two).
+    pub fn decide_then(self: &Arc<Self>, item: ToDecide, then: Then) {
+        self.hand_over(DecideJob { items: vec![item], answer: JobAnswer::Then(then) });
     }
 
-    /// Decides `items` past the decider's queue on a blocking-pool thread of their own, which,
-    /// like the decider, waits for room in the journal's queue: the runtime thread stays free
-    /// for HTTP work, and a burst of big batches is slowed rather than refused (before, such
-    /// items were decided on the runtime thread without waiting and failed with 503 whenever the
-    /// decider's own batches had filled the journal's queue).
-    async fn decide_unqueued(
-        self: &Arc<Self>,
-        items: Vec<ToDecide>,
-    ) -> Vec<Result<(Decided, Durable), ApiError>> {
+    /// [`RiskService::decide_queued`] for several events, decided one after another in this order
+    /// with one hand-over (a batch's items): one result per item.
+    pub async fn decide_queued_many(self: &Arc<Self>, items: Vec<ToDecide>) -> Vec<DecisionResult> {
+        let (reply, answer) = tokio::sync::oneshot::channel();
         let count = items.len();
+        self.hand_over(DecideJob { items, answer: JobAnswer::Reply(reply) });
+        answer.await.unwrap_or_else(|_| stopped(count))
+    }
+
+    /// Queues `job` for the decider thread, or, with [`DECISIONS_QUEUED_MAX`] decisions waiting or
+    /// the thread gone, runs it on a blocking-pool thread of its own, which, like the decider,
+    /// waits for room in the journal's queue: the runtime thread stays free for HTTP work, and a
+    /// burst of big batches is slowed rather than refused (before, such items were decided on the
+    /// runtime thread without waiting and failed with 503 whenever the decider's own batches had
+    /// filled the journal's queue).
+    fn hand_over(self: &Arc<Self>, job: DecideJob) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let count = job.items.len();
+        let job = if self.queued.fetch_add(count, Relaxed) + count > DECISIONS_QUEUED_MAX {
+            self.queued.fetch_sub(count, Relaxed);
+            job
+        } else {
+            let queue = self.decider.get_or_init(|| start_decider(Arc::downgrade(self)));
+            match queue.try_send(job) {
+                Ok(()) => return,
+                Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                    self.queued.fetch_sub(count, Relaxed);
+                    job
+                }
+            }
+        };
         metrics::counter!("puhui_risk_decided_unqueued_total").increment(count as u64);
         let this = Arc::clone(self);
-        tokio::task::spawn_blocking(move || this.decide_all(items)).await.unwrap_or_else(|_| stopped(count))
+        // Detached: the job answers through its own reply, as on the decider thread.
+        drop(tokio::task::spawn_blocking(move || this.run_job(job)));
+    }
+
+    /// Decides a job's items in order and answers it (through its `then` if it has one).
+    fn run_job(&self, job: DecideJob) {
+        let decided = self.decide_all(job.items);
+        match job.answer {
+            JobAnswer::Then(then) => {
+                then(decided.into_iter().next().expect("a job with `then` has one item"))
+            }
+            // The requester may have gone (a closed connection); the decisions stand.
+            JobAnswer::Reply(reply) => drop(reply.send(decided)),
+        }
     }
 
     /// Decides `items` in order, blocking ([`RiskService::decide`]).
-    fn decide_all(&self, items: Vec<ToDecide>) -> Vec<Result<(Decided, Durable), ApiError>> {
+    fn decide_all(&self, items: Vec<ToDecide>) -> Vec<DecisionResult> {
         items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record)).collect()
     }
 
@@ -994,10 +1026,8 @@ fn start_decider(service: Weak<RiskService>) -> SyncSender<DecideJob> {
             let count = job.items.len();
             let waiting = service.queued.load(std::sync::atomic::Ordering::Relaxed);
             metrics::gauge!("puhui_risk_decisions_queued").set(waiting as f64);
-            let decided = service.decide_all(job.items);
+            service.run_job(job);
             service.queued.fetch_sub(count, std::sync::atomic::Ordering::Relaxed);
-            // The requester may have gone (a closed connection); the decisions stand.
-            let _ = job.reply.send(decided);
         }
     });
     if let Err(e) = spawned {

@@ -387,27 +387,36 @@ async fn create_one_object(
     app: &Arc<AppState>,
     request: TransferRequest,
 ) -> Result<(StatusCode, TransferObject), ApiError> {
-    let id = request.id.clone();
     // A new single-phase transfer is fully described by its request and timestamp: answer from
     // those instead of reading the ledger back (which would wait for the next group commit).
-    let echo = (request.kind == TransferKind::Single).then(|| request.clone());
-    let results = app.create_transfers(vec![request]).await?;
+    let results = app.create_transfers(vec![request.clone()]).await?;
+    posted_object(app, request, results).await
+}
+
+/// The answer to a transfer `request` the ledger has applied with `results`.
+async fn posted_object(
+    app: &Arc<AppState>,
+    request: TransferRequest,
+    results: Vec<EventResult>,
+) -> Result<(StatusCode, TransferObject), ApiError> {
     record_results(&results);
     let status = match results[0].result {
         ResultCode::Ok => StatusCode::CREATED,
         ResultCode::Exists => StatusCode::OK,
         other => return Err(ledger_error(other)),
     };
-    let transfer = match echo {
-        Some(request) if status == StatusCode::CREATED => puhui_ledger::Transfer {
-            request,
-            timestamp_ns: results[0].timestamp_ns,
-            result: ResultCode::Ok,
-            pending_status: None,
-            resolved_at_ns: None,
-            expires_at_ns: None,
-        },
-        _ => app.transfer(id).await?.ok_or_else(internal)?,
+    let transfer = match request {
+        request if status == StatusCode::CREATED && request.kind == TransferKind::Single => {
+            puhui_ledger::Transfer {
+                request,
+                timestamp_ns: results[0].timestamp_ns,
+                result: ResultCode::Ok,
+                pending_status: None,
+                resolved_at_ns: None,
+                expires_at_ns: None,
+            }
+        }
+        request => app.transfer(request.id).await?.ok_or_else(internal)?,
     };
     Ok((status, TransferObject::from(transfer)))
 }
@@ -432,6 +441,95 @@ async fn decide_inline(
             let decided = risk.decide_queued(request.id.to_string(), source, event, true).await;
             act_on_decision(app, tenant, request, decided).await
         }
+    }
+}
+
+/// What the deciding thread did with a transfer after its decision ([`decide_and_post`]).
+enum AfterDecision {
+    /// Not posted there (declined, review, or the decision failed): the decision and the request.
+    Decided(Box<(crate::risk::DecisionResult, TransferRequest)>),
+    /// Approved and posted behind its decision record: the request as posted and the ledger's results.
+    Posted(TransferRequest, Vec<EventResult>),
+    /// Approved, and the posting failed.
+    Failed(puhui_store::StoreError),
+}
+
+/// [`decide_inline`] for `POST /v1/transfers` on the embedded store: an approved transfer is queued
+/// for posting on the deciding thread right behind its decision record
+/// ([`crate::risk::RiskService::decide_then`]), and `Some` of the ledger's results comes back with
+/// the outcome; otherwise the request goes on as after [`decide_inline`] (on PostgreSQL records
+/// and postings have different committers: the decision is made durable first). Gives the request
+/// back (as it is to be posted, or as it was posted).
+async fn decide_and_post(
+    app: &Arc<AppState>,
+    tenant: &str,
+    mut request: TransferRequest,
+    context: crate::risk::RiskContext,
+) -> Result<(TransferRequest, Inline, Option<Vec<EventResult>>), ApiError> {
+    let Some(risk) = app.risk.as_ref() else { return Ok((request, None, None)) };
+    if app.store.is_postgres() {
+        let inline = decide_inline(app, tenant, &mut request, context).await?;
+        return Ok((request, inline, None));
+    }
+    let event = match prepare_inline(app, tenant, &mut request, context).await? {
+        Prepared::Answered(answer) => return Ok((request, answer, None)),
+        Prepared::ToDecide(event) => event,
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let to_post = request;
+    let store = app.store.clone();
+    let item = crate::risk::ToDecide {
+        id: to_post.id.to_string(),
+        source: puhui_risk::DecisionSource::Transfer,
+        event,
+        record: true,
+    };
+    risk.decide_then(
+        item,
+        Box::new(move |decided| {
+            if !matches!(&decided, Ok((d, _)) if d.outcome() == puhui_risk::Outcome::Approve) {
+                let _ = tx.send(AfterDecision::Decided(Box::new((decided, to_post))));
+                return;
+            }
+            // The sender is shared with the reply: whichever of the two runs answers.
+            let tx = Arc::new(std::sync::Mutex::new(Some(tx)));
+            fn answer(
+                tx: &std::sync::Mutex<Option<tokio::sync::oneshot::Sender<AfterDecision>>>,
+                after: AfterDecision,
+            ) {
+                if let Some(tx) = tx.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                    let _ = tx.send(after);
+                }
+            }
+            let replied = Arc::clone(&tx);
+            let queued = store.submit_transfers(
+                vec![to_post.clone()],
+                Box::new(move |r| {
+                    answer(
+                        &replied,
+                        match r {
+                            Ok(results) => AfterDecision::Posted(to_post, results),
+                            Err(e) => AfterDecision::Failed(e),
+                        },
+                    )
+                }),
+            );
+            if let Err(e) = queued {
+                answer(&tx, AfterDecision::Failed(e));
+            }
+        }),
+    );
+    let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into()));
+    match rx.await.map_err(|_| stopped())? {
+        AfterDecision::Decided(undecided) => {
+            let (decided, mut request) = *undecided;
+            let inline = act_on_decision(app, tenant, &mut request, decided).await?;
+            Ok((request, inline, None))
+        }
+        AfterDecision::Posted(posted, results) => {
+            Ok((posted, Some((puhui_risk::Outcome::Approve, None)), Some(results)))
+        }
+        AfterDecision::Failed(e) => Err(e.into()),
     }
 }
 
@@ -587,7 +685,7 @@ async fn act_on_decision(
     app: &Arc<AppState>,
     tenant: &str,
     request: &mut TransferRequest,
-    decided: Result<(crate::risk::Decided, crate::risk::Durable), ApiError>,
+    decided: crate::risk::DecisionResult,
 ) -> Result<Inline, ApiError> {
     let risk = app.risk.as_ref().expect("decided with risk control");
     let (decision, mut durable) = decided?;
@@ -668,18 +766,21 @@ pub async fn create_transfer(
         }
         None => None,
     };
-    let decided = match context {
-        Some(context) => decide_inline(&app, &principal.tenant, &mut request, context).await?,
+    let (request, decided, posted) = match context {
+        Some(context) => decide_and_post(&app, &principal.tenant, request, context).await?,
         None => match refused_without_decision(&app, &mut request, "") {
             Some(refused) => return Err(refused),
-            None => None,
+            None => (request, None, None),
         },
     };
     // The decision is durable (on PostgreSQL it is awaited before the transfer is queued): other
     // nodes read it from here on, so they need not wait for the posting.
     drop(locks);
     let id = request.id.clone();
-    let (status, mut object) = create_one_object(&app, request).await?;
+    let (status, mut object) = match posted {
+        Some(results) => posted_object(&app, request, results).await?,
+        None => create_one_object(&app, request).await?,
+    };
     if let Some((outcome, review)) = decided {
         object.risk_outcome = Some(outcome.as_str());
         if let (StatusCode::CREATED, Some(review)) = (status, review) {
