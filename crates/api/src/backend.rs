@@ -110,6 +110,20 @@ impl Backend {
         }
     }
 
+    /// [`Backend::submit_records`] for a decision's records under its cross-node lock's `fence`
+    /// (PostgreSQL: refused if the lock was lost; the embedded store has no fences).
+    pub fn submit_records_fenced(
+        &self,
+        records: Vec<Record>,
+        fence: Option<puhui_store_pg::Fence>,
+        reply: Reply<u64>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.submit_records(records, reply),
+            Backend::Postgres(s) => s.submit_records_fenced(records, fence, reply),
+        }
+    }
+
     /// Journals application records and waits until they are durable (blocking).
     pub fn append_records(&self, records: Vec<Record>) -> Result<u64, StoreError> {
         match self {

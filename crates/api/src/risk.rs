@@ -238,6 +238,9 @@ pub struct ToDecide {
     pub event: EventRecord,
     /// Whether the event enters the velocity features (if not declined).
     pub record: bool,
+    /// On PostgreSQL, the fence of the decision lock held for it ([`RiskService::lock_across_nodes`]):
+    /// its record is written only while that lock is held.
+    pub fence: Option<puhui_store_pg::Fence>,
 }
 
 struct RiskState {
@@ -598,7 +601,8 @@ impl RiskService {
     /// thread): with [`DECISION_RECORDS_IN_FLIGHT_MAX`] decision records waiting for the journal,
     /// or its queue full (a big batch's decisions arrive faster than group commits drain them), it
     /// waits for room for up to [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once.
-    fn decide(&self, id: String, source: DecisionSource, event: EventRecord, record: bool) -> DecisionResult {
+    fn decide(&self, item: ToDecide) -> DecisionResult {
+        let ToDecide { id, source, event, record, fence } = item;
         let mut state = self.lock();
         let decision = state.controller.decide_record(id, source, event, record);
         let (record_type, payload) = decision.encode();
@@ -615,8 +619,9 @@ impl RiskService {
                     // A refused submission dropped the record: a retry journals the kept copy.
                     let payload = payload.take().unwrap_or_else(|| kept.to_vec());
                     self.store
-                        .submit_records(
+                        .submit_records_fenced(
                             vec![Record { record_type, payload }],
+                            fence.clone(),
                             Box::new(move |r| {
                                 // On the committer thread, once durable (or failed): the entry's
                                 // place in the journal (for proofs), handed over without waiting
@@ -665,14 +670,8 @@ impl RiskService {
     /// is queued for the journal before the reply, so a transfer queued after the reply follows
     /// its decision. With [`DECISIONS_QUEUED_MAX`] decisions waiting or the thread gone, the
     /// decisions are made on a blocking-pool thread: a decision never waits without bound.
-    pub async fn decide_queued(
-        self: &Arc<Self>,
-        id: String,
-        source: DecisionSource,
-        event: EventRecord,
-        record: bool,
-    ) -> DecisionResult {
-        let mut decided = self.decide_queued_many(vec![ToDecide { id, source, event, record }]).await;
+    pub async fn decide_queued(self: &Arc<Self>, item: ToDecide) -> DecisionResult {
+        let mut decided = self.decide_queued_many(vec![item]).await;
         decided.pop().expect("one result per item")
     }
 
@@ -738,7 +737,7 @@ impl RiskService {
 
     /// Decides `items` in order, blocking ([`RiskService::decide`]).
     fn decide_all(&self, items: Vec<ToDecide>) -> Vec<DecisionResult> {
-        items.into_iter().map(|t| self.decide(t.id, t.source, t.event, t.record)).collect()
+        items.into_iter().map(|t| self.decide(t)).collect()
     }
 
     /// On PostgreSQL: applies the risk records journaled since the last look (by other nodes, and
@@ -1415,7 +1414,7 @@ pub async fn create_decision(
     // One decision under an id at a time: a concurrent request under it in this process gets 409
     // `request_in_progress`; one on another node (PostgreSQL) waits, then answers with this one's.
     let _taken = risk.begin_deciding([id.as_str()]).map_err(|(_, e)| e)?;
-    let _locks = risk.lock_across_nodes([id.as_str()]).await?;
+    let locks = risk.lock_across_nodes([id.as_str()]).await?;
     let payer = scoped(tenant, &body.payer, "payer")?;
     let payee = scoped(tenant, &body.payee, "payee")?;
     let timestamp_ns = match &body.timestamp {
@@ -1474,8 +1473,15 @@ pub async fn create_decision(
             return Ok((StatusCode::OK, Json(existing)));
         }
     }
-    let (decided, durable) =
-        risk.decide_queued(id.to_string(), DecisionSource::Standalone, event, body.record).await?;
+    let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
+    let item = ToDecide {
+        id: id.to_string(),
+        source: DecisionSource::Standalone,
+        event,
+        record: body.record,
+        fence,
+    };
+    let (decided, durable) = risk.decide_queued(item).await?;
     let object = decided.object().expect("a standalone decision keeps its record");
     durable
         .await
@@ -2157,6 +2163,7 @@ mod tests {
                 attributes: Vec::new(),
             },
             record: true,
+            fence: None,
         };
         let count_1m = |d: &Decided| {
             d.record
@@ -2183,10 +2190,7 @@ mod tests {
         assert_eq!(counts, [Some(5.0), Some(6.0)]);
         assert_eq!(service.queued.load(std::sync::atomic::Ordering::Relaxed), DECISIONS_QUEUED_MAX);
         service.queued.store(0, std::sync::atomic::Ordering::Relaxed);
-        let (one, _) = service
-            .decide_queued("t:d7".into(), DecisionSource::Standalone, item(7).event, true)
-            .await
-            .unwrap();
+        let (one, _) = service.decide_queued(item(7)).await.unwrap();
         assert_eq!(count_1m(&one), Some(7.0));
     }
 

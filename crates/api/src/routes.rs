@@ -432,13 +432,16 @@ async fn decide_inline(
     tenant: &str,
     request: &mut TransferRequest,
     context: crate::risk::RiskContext,
+    fence: Option<puhui_store_pg::Fence>,
 ) -> Result<Inline, ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok(None) };
     match prepare_inline(app, tenant, request, context).await? {
         Prepared::Answered(answer) => Ok(answer),
         Prepared::ToDecide(event) => {
             let source = puhui_risk::DecisionSource::Transfer;
-            let decided = risk.decide_queued(request.id.to_string(), source, event, true).await;
+            let item =
+                crate::risk::ToDecide { id: request.id.to_string(), source, event, record: true, fence };
+            let decided = risk.decide_queued(item).await;
             act_on_decision(app, tenant, request, decided).await
         }
     }
@@ -465,10 +468,11 @@ async fn decide_and_post(
     tenant: &str,
     mut request: TransferRequest,
     context: crate::risk::RiskContext,
+    fence: Option<puhui_store_pg::Fence>,
 ) -> Result<(TransferRequest, Inline, Option<Vec<EventResult>>), ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok((request, None, None)) };
     if app.store.is_postgres() {
-        let inline = decide_inline(app, tenant, &mut request, context).await?;
+        let inline = decide_inline(app, tenant, &mut request, context, fence).await?;
         return Ok((request, inline, None));
     }
     let event = match prepare_inline(app, tenant, &mut request, context).await? {
@@ -483,6 +487,7 @@ async fn decide_and_post(
         source: puhui_risk::DecisionSource::Transfer,
         event,
         record: true,
+        fence,
     };
     risk.decide_then(
         item,
@@ -767,7 +772,10 @@ pub async fn create_transfer(
         None => None,
     };
     let (request, decided, posted) = match context {
-        Some(context) => decide_and_post(&app, &principal.tenant, request, context).await?,
+        Some(context) => {
+            let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
+            decide_and_post(&app, &principal.tenant, request, context, fence).await?
+        }
         None => match refused_without_decision(&app, &mut request, "") {
             Some(refused) => return Err(refused),
             None => (request, None, None),
@@ -888,6 +896,7 @@ pub async fn create_transfer_batch(
             None => {}
         }
     }
+    let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
     let decided: Vec<usize> = (0..count).filter(|i| contexts[*i].is_some()).collect();
     let unique =
         decided.iter().map(|i| &ids[*i]).collect::<std::collections::HashSet<_>>().len() == decided.len();
@@ -903,7 +912,8 @@ pub async fn create_transfer_batch(
                     Ok(Prepared::ToDecide(event)) => {
                         let id = requests[i].id.to_string();
                         let source = puhui_risk::DecisionSource::Transfer;
-                        to_decide.push((i, crate::risk::ToDecide { id, source, event, record: true }));
+                        let fence = fence.clone();
+                        to_decide.push((i, crate::risk::ToDecide { id, source, event, record: true, fence }));
                     }
                     Err(e) => note(i, Err(e))?,
                 }
@@ -918,7 +928,8 @@ pub async fn create_transfer_batch(
         _ => {
             for (i, context) in contexts.into_iter().enumerate() {
                 let Some(context) = context else { continue };
-                note(i, decide_inline(&app, &principal.tenant, &mut requests[i], context).await)?;
+                let fence = fence.clone();
+                note(i, decide_inline(&app, &principal.tenant, &mut requests[i], context, fence).await)?;
             }
         }
     }

@@ -58,7 +58,9 @@ use puhui_ledger::{
 };
 use puhui_store::{Clock, LedgerStore, Record, Reply, StoreError, SystemClock};
 
-pub use locks::{DecisionLock, DECISION_LOCK_BUCKETS, DECISION_LOCK_REQUESTS_MAX, DECISION_LOCK_WAIT_MS};
+pub use locks::{
+    DecisionLock, Fence, DECISION_LOCK_BUCKETS, DECISION_LOCK_REQUESTS_MAX, DECISION_LOCK_WAIT_MS,
+};
 pub use outbox::{JournalRow, PgLease};
 /// The PostgreSQL client crate, for callers of [`PgStore::with_connection`].
 pub use postgres;
@@ -421,6 +423,18 @@ impl PgStore {
     /// journaled in the order queued (but not in order with that thread's ledger writes, which
     /// other committers run: wait for a record's reply before a write that must follow it).
     pub fn submit_records(&self, records: Vec<Record>, reply: Reply<u64>) -> Result<(), StoreError> {
+        self.submit_records_fenced(records, None, reply)
+    }
+
+    /// [`PgStore::submit_records`] for records written under decision locks: with `Some(fence)`
+    /// ([`DecisionLock::fence`]) they are committed only while the lock session still holds the
+    /// fence's buckets, and refused with [`StoreError::Unavailable`] (nothing written) otherwise.
+    pub fn submit_records_fenced(
+        &self,
+        records: Vec<Record>,
+        fence: Option<Fence>,
+        reply: Reply<u64>,
+    ) -> Result<(), StoreError> {
         check_batch(records.len())?;
         let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
         if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
@@ -434,12 +448,19 @@ impl PgStore {
         let queue = self.records.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let queue = queue.ok_or_else(|| StoreError::Unavailable("the store is shut down".into()))?;
         let reply: Box<dyn FnOnce(Result<Done, StoreError>) + Send> = Box::new(move |r| {
-            reply(r.and_then(|d| match d {
-                Done::Seq(seq) => Ok(seq),
-                other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+            reply(r.and_then(|d| {
+                match d {
+                    Done::Seq(seq) => Ok(seq),
+                    Done::Fenced => Err(StoreError::Unavailable(
+                        "the decision's lock across nodes was lost with its PostgreSQL session before its \
+                     record was committed; nothing was written, retry"
+                            .into(),
+                    )),
+                    other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+                }
             }))
         });
-        match queue.try_send(Job { work: Work::Records(records), reply }) {
+        match queue.try_send(Job { work: Work::Records(records, fence), reply }) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => Err(StoreError::Overloaded),
             Err(TrySendError::Disconnected(_)) => {

@@ -18,13 +18,22 @@
 //! what it has while it waits for the rest, so waiting cannot go round in a circle across nodes.
 //!
 //! If the connection fails, the session's locks are gone with it: waiters start over on a new
-//! connection, holders are told nothing (their decisions are already made; the exclusion is lost
-//! only for the decisions in flight at that moment, which is logged). No request is answered
-//! without a round trip in the same round, also one given only buckets the session already holds:
-//! a session that died unnoticed would otherwise hand out locks another node has taken since (a
-//! test that ends the session found exactly that).
+//! connection. No request is answered without a round trip in the same round, also one given only
+//! buckets the session already holds: a session that died unnoticed would otherwise hand out locks
+//! another node has taken since (a test that ends the session found exactly that).
+//!
+//! **Fencing.** A holder whose session died has its decision made, its record maybe on the way to
+//! the journal: another node may now take the bucket and must see that record, or the record must
+//! not be written. A holder's records therefore carry its lock's [`Fence`] (the session's backend
+//! pid, the class and buckets), and the records' transaction, before writing, takes a shared
+//! transaction lock on each bucket in the fence class and checks in `pg_locks` that the session
+//! still holds them; if not, the records are refused (the request gets 503, nothing is written).
+//! A node that takes a bucket from PostgreSQL grants it only once a try of the bucket's exclusive
+//! fence lock succeeds (and is let go at once), i.e. once no transaction that checked the old
+//! holder is still in flight: after that, any such record is committed and its catch-up reads it.
+//! (A transaction that takes its shared lock after that probe finds the old session gone.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
@@ -56,10 +65,27 @@ enum Message {
     Release { buckets: Vec<i32>, epoch: u64 },
 }
 
+/// What a decision record written under a [`DecisionLock`] is checked against before it is
+/// committed ([`DecisionLock::fence`]; see the module docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fence {
+    /// The backend pid of the session holding the locks.
+    pub pid: i32,
+    /// The lock class (first key) of the buckets.
+    pub class: i32,
+    /// The class of the buckets' fence locks.
+    pub fence_class: i32,
+    /// The buckets, ascending (shared: a batch's records carry one lock's fence each).
+    pub buckets: std::sync::Arc<[i32]>,
+}
+
 /// Buckets held by one request; dropping it lets them go.
 pub struct DecisionLock {
     buckets: Vec<i32>,
     epoch: u64,
+    /// The holding session's backend pid and lock class.
+    pid: i32,
+    class: i32,
     /// The locker's queue and request count (filled in on the requester's side: [`wrap`]).
     locker: Option<(Sender<Message>, Arc<AtomicUsize>)>,
 }
@@ -67,6 +93,19 @@ pub struct DecisionLock {
 impl std::fmt::Debug for DecisionLock {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionLock").field("buckets", &self.buckets.len()).finish()
+    }
+}
+
+impl DecisionLock {
+    /// What records written under this lock are checked against: they are committed only while
+    /// the session still holds every bucket.
+    pub fn fence(&self) -> Fence {
+        Fence {
+            pid: self.pid,
+            class: self.class,
+            fence_class: fence_class_of(self.class),
+            buckets: self.buckets.as_slice().into(),
+        }
     }
 }
 
@@ -102,8 +141,10 @@ impl Locker {
                     schema,
                     class,
                     client: None,
+                    pid: 0,
                     epoch: 0,
                     held: HashMap::new(),
+                    unclear: HashSet::new(),
                     waiting: VecDeque::new(),
                     to_unlock: Vec::new(),
                 };
@@ -167,6 +208,11 @@ fn class_of(schema: &str) -> i32 {
     hash as i32
 }
 
+/// The class of the fence locks of the decision locks of `class` (see the module docs).
+pub(crate) fn fence_class_of(class: i32) -> i32 {
+    class ^ 0x5f5f_5f5f
+}
+
 struct Waiter {
     /// Ascending, distinct.
     buckets: Vec<i32>,
@@ -181,10 +227,15 @@ struct LockerThread {
     schema: Option<String>,
     class: i32,
     client: Option<(Client, postgres::Statement)>,
+    /// The session's backend pid.
+    pid: i32,
     /// Connections made so far: a release from an earlier session's holder is ignored.
     epoch: u64,
     /// Buckets this session holds, with the number of requests holding each.
     held: HashMap<i32, usize>,
+    /// Buckets of `held` not granted yet: taken from PostgreSQL while a transaction that checked
+    /// their previous holder's fence may still be in flight (probed again each round).
+    unclear: HashSet<i32>,
     waiting: VecDeque<Waiter>,
     /// Buckets no request holds any more, to unlock in the next round trip.
     to_unlock: Vec<i32>,
@@ -252,6 +303,9 @@ impl LockerThread {
     fn grant_shared(&mut self) {
         for waiter in &mut self.waiting {
             while let Some(&bucket) = waiter.buckets.get(waiter.taken) {
+                if self.unclear.contains(&bucket) {
+                    break;
+                }
                 if let Some(count) = self.held.get_mut(&bucket) {
                     *count += 1;
                 } else if let Some(at) = self.to_unlock.iter().position(|b| *b == bucket) {
@@ -279,7 +333,7 @@ impl LockerThread {
         // all the same: had the session died unnoticed (its locks since taken by another node),
         // the query fails and the grant is undone instead of answered.
         let answering = self.waiting.iter().any(|w| w.taken == w.buckets.len() && w.taken > 0);
-        if tries.is_empty() && self.to_unlock.is_empty() && !answering {
+        if tries.is_empty() && self.to_unlock.is_empty() && self.unclear.is_empty() && !answering {
             return Ok(());
         }
         if self.client.is_none() {
@@ -287,32 +341,62 @@ impl LockerThread {
             // Named, so that an operator (or a test) can find the session that holds the locks.
             let name = application_name(self.schema.as_deref());
             client.batch_execute(&format!("SET application_name = '{name}'")).map_err(|e| describe(&e))?;
+            // Per key, by mode: 0 unlocks, 1 tries the lock, 2 only probes (a bucket held, unclear).
+            // `clear`: the fence lock was free once the bucket was held (tried and let go at once;
+            // CASE and the unflattened subquery keep that order).
             let statement = client
                 .prepare(
-                    "SELECT k, CASE WHEN t THEN pg_try_advisory_lock($1, k) ELSE pg_advisory_unlock($1, k) END \
-                     FROM unnest($2::int4[], $3::bool[]) AS u(k, t)",
+                    "SELECT k, held, CASE WHEN held AND m <> 0 THEN \
+                       CASE WHEN pg_try_advisory_lock($4, k) THEN pg_advisory_unlock($4, k) ELSE false END \
+                     ELSE false END AS clear \
+                     FROM (SELECT k, m, CASE m WHEN 0 THEN pg_advisory_unlock($1, k) \
+                                               WHEN 1 THEN pg_try_advisory_lock($1, k) ELSE true END AS held \
+                           FROM unnest($2::int4[], $3::int2[]) AS u(k, m) OFFSET 0) s",
                 )
                 .map_err(|e| describe(&e))?;
+            let pid: i32 = client.query_one("SELECT pg_backend_pid()", &[]).map_err(|e| describe(&e))?.get(0);
             self.client = Some((client, statement));
+            self.pid = pid;
             self.epoch += 1;
         }
         let (client, statement) = self.client.as_mut().expect("connected");
-        let keys: Vec<i32> = self.to_unlock.iter().chain(&tries).copied().collect();
-        let locking: Vec<bool> =
-            self.to_unlock.iter().map(|_| false).chain(tries.iter().map(|_| true)).collect();
-        let rows = client.query(statement, &[&self.class, &keys, &locking]).map_err(|e| describe(&e))?;
+        let probes: Vec<i32> = self.unclear.iter().copied().collect();
+        let keys: Vec<i32> = self.to_unlock.iter().chain(&tries).chain(&probes).copied().collect();
+        let modes: Vec<i16> = (self.to_unlock.iter().map(|_| 0))
+            .chain(tries.iter().map(|_| 1))
+            .chain(probes.iter().map(|_| 2))
+            .collect();
+        let fence_class = fence_class_of(self.class);
+        let rows =
+            client.query(statement, &[&self.class, &keys, &modes, &fence_class]).map_err(|e| describe(&e))?;
         self.to_unlock.clear();
-        for (row, is_try) in rows.iter().zip(&locking) {
-            let (bucket, ok): (i32, bool) = (row.get(0), row.get(1));
-            if *is_try && ok {
-                // Held by the session now; `grant_shared` hands it to every waiter that is next in line.
-                self.held.insert(bucket, 0);
+        for (row, mode) in rows.iter().zip(&modes) {
+            let (bucket, held, clear): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
+            match mode {
+                // Held by the session now; `grant_shared` hands it to every waiter that is next in
+                // line once it is clear.
+                1 if held => {
+                    self.held.insert(bucket, 0);
+                    if !clear {
+                        self.unclear.insert(bucket);
+                    }
+                }
+                2 if clear => {
+                    self.unclear.remove(&bucket);
+                }
+                _ => {}
             }
         }
         self.grant_shared();
         // A bucket taken for waiters that timed out meanwhile would otherwise stay locked.
         let unused: Vec<i32> = self.held.iter().filter(|(_, n)| **n == 0).map(|(b, _)| *b).collect();
+        let waited: HashSet<i32> =
+            self.waiting.iter().filter_map(|w| w.buckets.get(w.taken).copied()).collect();
         for bucket in unused {
+            if self.unclear.contains(&bucket) && waited.contains(&bucket) {
+                continue;
+            }
+            self.unclear.remove(&bucket);
             self.held.remove(&bucket);
             self.to_unlock.push(bucket);
         }
@@ -325,7 +409,13 @@ impl LockerThread {
         let mut still = VecDeque::with_capacity(self.waiting.len());
         while let Some(waiter) = self.waiting.pop_front() {
             if waiter.taken == waiter.buckets.len() {
-                let lock = DecisionLock { buckets: waiter.buckets, epoch: self.epoch, locker: None };
+                let lock = DecisionLock {
+                    buckets: waiter.buckets,
+                    epoch: self.epoch,
+                    pid: self.pid,
+                    class: self.class,
+                    locker: None,
+                };
                 (waiter.reply)(Ok(lock));
             } else if now >= waiter.deadline {
                 for bucket in &waiter.buckets[..waiter.taken] {
@@ -342,16 +432,17 @@ impl LockerThread {
     }
 
     /// The connection failed: its session's locks are gone. Waiters start over; holders are not
-    /// told (see the module docs).
+    /// told: their records not yet committed are refused by their fence (see the module docs).
     fn lose_session(&mut self) {
         if !self.held.is_empty() {
             tracing::warn!(
                 buckets = self.held.len(),
-                "decision locks lost with their connection: decisions in flight were not excluded across nodes"
+                "decision locks lost with their connection: records of decisions in flight will be refused"
             );
         }
         self.client = None;
         self.held.clear();
+        self.unclear.clear();
         self.to_unlock.clear();
         for waiter in &mut self.waiting {
             waiter.taken = 0;

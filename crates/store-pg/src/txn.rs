@@ -15,7 +15,7 @@
 //! 6. Write back the new and changed rows, the balance history, the journal entries (chained from
 //!    the head's hash) and the new head; COMMIT.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use postgres::error::SqlState;
 use postgres::Client;
@@ -40,7 +40,8 @@ pub enum Work {
     /// One round of `expire_due`: at most [`BATCH_EVENTS_MAX`] holds.
     Expire,
     /// Application records (risk decisions, labels…) journaled in order; the ledger ignores them.
-    Records(Vec<puhui_store::Record>),
+    /// With a fence, written only while its decision locks are held ([`crate::locks`]).
+    Records(Vec<puhui_store::Record>, Option<crate::locks::Fence>),
 }
 
 impl Work {
@@ -51,7 +52,7 @@ impl Work {
             Work::Transfers(b) => b.len(),
             Work::Status(..) => 1,
             Work::Expire => BATCH_EVENTS_MAX,
-            Work::Records(r) => r.len(),
+            Work::Records(r, _) => r.len(),
         }
     }
 }
@@ -67,6 +68,8 @@ pub enum Done {
     Count(usize),
     /// The journal sequence of the first of a work's records.
     Seq(u64),
+    /// A work's records were not written: their fence's session no longer holds its locks.
+    Fenced,
 }
 
 /// Why a group transaction did not commit.
@@ -112,6 +115,48 @@ fn classify(what: &'static str, e: postgres::Error, stats: &TxStats) -> TxError 
 /// Due holds loaded per group at most (one expiry round).
 const DUE_HOLDS_MAX: i64 = BATCH_EVENTS_MAX as i64;
 
+/// The indexes of the fenced record works in `works` whose lock session no longer holds all of
+/// their buckets. Takes a shared transaction lock on every fenced bucket in its fence class first,
+/// so that a node taking one of these buckets from a dead session waits for this transaction to
+/// end before it grants the bucket (see [`crate::locks`]).
+fn fenced_out(
+    tx: &mut postgres::Transaction<'_>,
+    works: &[&Work],
+) -> Result<HashSet<usize>, postgres::Error> {
+    let mut out = HashSet::new();
+    let mut sessions: BTreeMap<(i32, i32, i32), BTreeSet<i32>> = BTreeMap::new();
+    for work in works {
+        if let Work::Records(_, Some(f)) = work {
+            sessions.entry((f.pid, f.class, f.fence_class)).or_default().extend(f.buckets.iter());
+        }
+    }
+    for ((pid, class, fence_class), buckets) in sessions {
+        let buckets: Vec<i32> = buckets.into_iter().collect();
+        tx.execute(
+            "SELECT pg_advisory_xact_lock_shared($1, b) FROM unnest($2::int4[]) AS u(b)",
+            &[&fence_class, &buckets],
+        )?;
+        let held: HashSet<i64> = tx
+            .query(
+                "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 \
+                 AND classid = $2::int4::oid AND objsubid = 2",
+                &[&pid, &class],
+            )?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        for (at, work) in works.iter().enumerate() {
+            if let Work::Records(_, Some(f)) = work {
+                let lost = f.buckets.iter().any(|b| !held.contains(&i64::from(*b)));
+                if (f.pid, f.class) == (pid, class) && lost {
+                    out.insert(at);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Runs `works` as one transaction at ledger time `now_ns` (the clock's reading).
 pub fn execute(
     client: &mut Client,
@@ -149,7 +194,7 @@ pub fn execute(
                 account_ids.insert(id.to_string());
             }
             Work::Expire => expire_due = true,
-            Work::Records(_) => {}
+            Work::Records(..) => {}
         }
     }
     if expire_due {
@@ -270,6 +315,9 @@ pub fn execute(
         }
     }
 
+    // 4b. Fenced records: written only while their lock session holds their buckets.
+    let fenced = fenced_out(&mut tx, works).map_err(err("checking decision lock fences"))?;
+
     // 5. The same domain code, on the working set.
     let loaded_accounts: HashMap<Id, Account> = accounts.iter().map(|a| (a.id.clone(), a.clone())).collect();
     let loaded_transfers: HashMap<Id, Transfer> =
@@ -292,8 +340,9 @@ pub fn execute(
     };
     let first_seq =
         u64::try_from(next_seq).map_err(|_| TxError::Fatal(rows::corrupt("head", "negative seq")))?;
-    for work in works {
+    for (at, work) in works.iter().enumerate() {
         done.push(match work {
+            Work::Records(..) if fenced.contains(&at) => Done::Fenced,
             Work::Accounts(batch) => Done::Events(ledger.create_accounts(batch.clone(), now_ns)),
             Work::Transfers(batch) => Done::Events(ledger.create_transfers(batch.clone(), now_ns)),
             Work::Status(id, action) => Done::Event(ledger.set_account_status(id, *action, now_ns)),
@@ -301,7 +350,7 @@ pub fn execute(
                 expired += ledger.expire_due_at_most(now_ns, BATCH_EVENTS_MAX);
                 Done::Count(std::mem::take(&mut expired))
             }
-            Work::Records(records) => {
+            Work::Records(records, _) => {
                 drain(&mut ledger, &mut entries);
                 let first = Done::Seq(first_seq + entries.len() as u64);
                 for record in records {

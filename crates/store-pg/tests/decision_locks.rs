@@ -101,3 +101,73 @@ fn locks_lost_with_their_connection_pass_on_and_the_node_locks_again_on_a_new_on
     drop(held_by_b);
     drop(got(&a_waits));
 }
+
+/// Journals one record of type 99 holding `n`, under `fence`, and waits for the answer.
+fn journal_fenced(store: &PgStore, n: u8, fence: Option<puhui_store_pg::Fence>) -> Result<u64, StoreError> {
+    let (tx, rx) = mpsc::channel();
+    let record = puhui_store::Record { record_type: 99, payload: vec![n] };
+    store
+        .submit_records_fenced(
+            vec![record],
+            fence,
+            Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        )
+        .unwrap();
+    rx.recv_timeout(Duration::from_secs(10)).expect("answered")
+}
+
+#[test]
+fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_committing() {
+    let schema = TestSchema::new("decision_fences");
+    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let held_by_a = got(&ask(&a, &[5]));
+    let fence = held_by_a.fence();
+    assert_eq!(&*fence.buckets, &[5]);
+    journal_fenced(&a, 1, Some(fence.clone())).expect("written while the lock is held");
+
+    // A transaction of A's that checked the fence and has not committed yet (as the records
+    // committer holds it between its check and COMMIT).
+    let mut in_flight =
+        postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
+    let mut committing = in_flight.transaction().unwrap();
+    committing.execute("SELECT pg_advisory_xact_lock_shared($1, 5)", &[&fence.fence_class]).unwrap();
+
+    // A's lock session ends.
+    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
+    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+            &[&fence.pid, &name],
+        )
+        .unwrap();
+    assert_eq!(ended.len(), 1, "the fence names A's lock session");
+
+    // B takes the bucket from PostgreSQL but is not granted it while that transaction may still
+    // write a record of A's decision (B's catch-up must read it)...
+    let b_waits = ask(&b, &[5]);
+    still_waiting(&b_waits);
+    // ...and A's records written after the session ended are refused, nothing written.
+    match journal_fenced(&a, 2, Some(fence.clone())) {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("lost"), "{message}"),
+        other => panic!("a record under a lost lock was not refused: {other:?}"),
+    }
+    committing.commit().unwrap();
+    let held_by_b = got(&b_waits);
+    journal_fenced(&b, 3, Some(held_by_b.fence())).expect("B's own records are written");
+    journal_fenced(&a, 4, None).expect("records without a fence are not checked");
+
+    let mut written = Vec::new();
+    b.scan_records_from(0, 100, |_, record_type, _, payload| {
+        if record_type == 99 {
+            written.push(payload[0]);
+        }
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(written, [1, 3, 4], "the refused record left nothing in the journal");
+    drop((held_by_a, held_by_b));
+}
