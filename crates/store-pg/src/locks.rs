@@ -31,7 +31,9 @@
 //! A node that takes a bucket from PostgreSQL grants it only once a try of the bucket's exclusive
 //! fence lock succeeds (and is let go at once), i.e. once no transaction that checked the old
 //! holder is still in flight: after that, any such record is committed and its catch-up reads it.
-//! (A transaction that takes its shared lock after that probe finds the old session gone.)
+//! (A transaction that takes its shared lock after that probe finds the old session gone.) Not
+//! covered: a new backend given the dead session's pid that then takes the same bucket (pids are
+//! reused only after the OS's pid space wraps, `pid_max`, 4M on current Linux).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
