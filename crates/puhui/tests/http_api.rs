@@ -947,6 +947,13 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
         r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
     assert_eq!(results, ["ok", "exists"], "{:?}", r.body);
     assert_eq!(c.get(&server, "/v1/decisions/b4").await.body["outcome"], "approve");
+    // Approved, then refused by the ledger (the posting queued behind the decision on the
+    // deciding thread): the ledger's error, the decision on record, and a retry gets the same.
+    for _ in 0..2 {
+        let ghost = c.post(&server, "/v1/transfers", with_ctx("t1x", "ghost", 500, "phone", "3")).await;
+        assert_eq!((ghost.status, ghost.code()), (404, "account_not_found"), "{:?}", ghost.body);
+    }
+    assert_eq!(c.get(&server, "/v1/decisions/t1x").await.body["outcome"], "approve");
 }
 
 #[tokio::test]
