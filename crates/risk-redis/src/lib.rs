@@ -13,7 +13,11 @@
 //! z-scores are the very code of the embedded path, not a second implementation in Lua.
 //!
 //! Writes are one Lua script per observed event (EVALSHA; atomic, so concurrent nodes lose
-//! nothing): ZADD into every entity's set, ZREMRANGEBYSCORE for events older than the horizon,
+//! nothing), sent without waiting for its reply: the reply is read with the next load's, on the
+//! same connection, which Redis serves in order, so a node's next decision sees its last event
+//! and costs one round trip, not two (other nodes see the event once Redis has run the script,
+//! microseconds after the decision). A NOSCRIPT reply (Redis restarted) loads the script, sends
+//! the record again and repeats the load that overtook it. The script: ZADD into every entity's set, ZREMRANGEBYSCORE for events older than the horizon,
 //! ZREMRANGEBYRANK beyond `events_per_key_max`, the pairs, and PEXPIRE = horizon on every key
 //! touched, so memory is bounded by the TTLs and the per-key bounds. Member ids derive from the
 //! decision id, so a retried record counts once.
@@ -83,7 +87,8 @@ pub struct RedisConfig {
     pub key_prefix: String,
     /// Most time to open a connection (also bounded by the decision's budget when loading).
     pub connect_timeout_ms: u64,
-    /// Most time a record may take (it runs after the decision, under the node's risk lock).
+    /// Most time sending a record may take (after the decision, under the node's risk lock; its
+    /// reply is read with the next load, within that decision's budget).
     pub record_timeout_ms: u64,
     /// After a failed connection attempt, calls fail at once for this long (no connect storm, no
     /// decision waits for a dead server more than once per period).
@@ -115,7 +120,22 @@ struct Link {
     connection: Option<redis::Connection>,
     /// No connection attempt before this instant (set after a failed one).
     retry_after: Option<Instant>,
+    /// Records sent on `connection` whose replies are not read yet, oldest first (at most
+    /// [`RECORDS_UNREAD_MAX`]; lost with the connection).
+    unread: std::collections::VecDeque<SentRecord>,
 }
+
+/// A record sent without reading its reply: what checking the reply and sending it again needs.
+struct SentRecord {
+    /// Keys the script must report touched.
+    keys: usize,
+    /// The packed EVALSHA command.
+    packed: Vec<u8>,
+}
+
+/// Most records sent and not yet answered; one more reads the oldest replies first. A node
+/// alternates loads and records, so there is rarely more than one.
+pub const RECORDS_UNREAD_MAX: usize = 64;
 
 /// Velocity features in Redis (one connection, used under a mutex: a node decides under one lock
 /// anyway).
@@ -222,7 +242,7 @@ impl RedisFeatures {
             config,
             client,
             record_script: redis::Script::new(RECORD_LUA),
-            link: Mutex::new(Link { connection: None, retry_after: None }),
+            link: Mutex::new(Link { connection: None, retry_after: None, unread: Default::default() }),
             last_warning: Mutex::new(None),
         })
     }
@@ -245,7 +265,9 @@ impl RedisFeatures {
 
     /// Checks that Redis answers (PING) within `timeout_ms`.
     pub fn ping(&self, timeout_ms: u64) -> Result<(), SharedError> {
-        self.with_connection("pinging", timeout_ms.saturating_mul(1_000_000), |c| {
+        self.with_connection("pinging", timeout_ms.saturating_mul(1_000_000), |c, unread| {
+            let again = self.read_unread(c, unread)?;
+            self.resend(c, again)?;
             redis::cmd("PING").query::<String>(c).map(|_| ())
         })
     }
@@ -257,7 +279,10 @@ impl RedisFeatures {
         &self,
         context: &'static str,
         timeout_ns: u64,
-        op: impl FnOnce(&mut redis::Connection) -> redis::RedisResult<T>,
+        op: impl FnOnce(
+            &mut redis::Connection,
+            &mut std::collections::VecDeque<SentRecord>,
+        ) -> redis::RedisResult<T>,
     ) -> Result<T, SharedError> {
         let started = Instant::now();
         let mut link = self.link.lock().unwrap_or_else(|p| p.into_inner());
@@ -288,12 +313,13 @@ impl RedisFeatures {
         if remaining_ns == 0 {
             return Err(error(SharedErrorKind::Timeout, context, "the time ran out while connecting"));
         }
-        let connection = link.connection.as_mut().expect("connected above");
+        let Link { connection, unread, .. } = &mut *link;
+        let connection = connection.as_mut().expect("connected above");
         let timeout = Some(socket_timeout(remaining_ns));
         let result = connection
             .set_read_timeout(timeout)
             .and_then(|_| connection.set_write_timeout(timeout))
-            .and_then(|_| op(connection));
+            .and_then(|_| op(connection, unread));
         match result {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -303,6 +329,12 @@ impl RedisFeatures {
                     || e.is_unrecoverable_error()
                 {
                     link.connection = None;
+                    if !link.unread.is_empty() {
+                        // Sent, maybe run: their replies cannot be read any more.
+                        metrics::counter!("puhui_shared_features_records_unconfirmed_total")
+                            .increment(link.unread.len() as u64);
+                        link.unread.clear();
+                    }
                 }
                 Err(classify(&e, context))
             }
@@ -344,8 +376,22 @@ impl RedisFeatures {
         for (namespace, a, b) in &query.pairs {
             pipe.cmd("ZSCORE").arg(self.key(*namespace, a)).arg(*b);
         }
+        let packed = pipe.get_packed_pipeline();
+        let commands = query.windows.len() + query.pairs.len();
         let replies: Vec<redis::Value> =
-            self.with_connection("loading features", timeout_ns, |c| pipe.query(c))?;
+            self.with_connection("loading features", timeout_ns, |c, unread| {
+                // The load goes out first; the replies of earlier records come back ahead of its own.
+                c.send_packed_command(&packed)?;
+                let again = self.read_unread(c, unread)?;
+                let mut replies = receive(c, commands)?;
+                if !again.is_empty() {
+                    // Records that ran only now, after this load: load again to see them.
+                    self.resend(c, again)?;
+                    c.send_packed_command(&packed)?;
+                    replies = receive(c, commands)?;
+                }
+                Ok(replies)
+            })?;
         if replies.len() != query.windows.len() + query.pairs.len() {
             return Err(error(
                 SharedErrorKind::Protocol,
@@ -394,7 +440,14 @@ impl RedisFeatures {
         let t = observation.timestamp_ns;
         let cutoff = t.saturating_sub(limits.horizon_ns).saturating_sub(SCORE_SLACK_NS);
         let ttl_ms = (limits.horizon_ns / 1_000_000).max(1);
-        let mut invocation = self.record_script.prepare_invoke();
+        let mut invocation = redis::cmd("EVALSHA");
+        invocation.arg(self.record_script.get_hash()).arg(keys);
+        for (namespace, key, _) in &observation.events {
+            invocation.arg(self.key(*namespace, key));
+        }
+        for (namespace, a, _) in &observation.pairs {
+            invocation.arg(self.key(*namespace, a));
+        }
         invocation
             .arg(observation.events.len())
             .arg(t)
@@ -402,27 +455,94 @@ impl RedisFeatures {
             .arg(limits.events_per_key_max)
             .arg(ttl_ms)
             .arg(self.config.pairs_per_key_max);
-        for (namespace, key, counterparty) in &observation.events {
-            invocation.key(self.key(*namespace, key));
+        for (_, _, counterparty) in &observation.events {
             invocation
                 .arg(&encode_member(t, observation.amount_minor, counterparty_hash(counterparty), id)[..]);
         }
-        for (namespace, a, b) in &observation.pairs {
-            invocation.key(self.key(*namespace, a));
+        for (_, _, b) in &observation.pairs {
             invocation.arg(*b);
         }
+        let packed = invocation.get_packed_command();
         let timeout_ns = self.config.record_timeout_ms.saturating_mul(1_000_000);
-        let touched: i64 =
-            self.with_connection("recording an event", timeout_ns, |c| invocation.invoke(c))?;
-        if touched != keys as i64 {
-            return Err(error(
-                SharedErrorKind::Protocol,
-                "recording an event",
-                format!("the script touched {touched} keys of {keys}"),
-            ));
+        self.with_connection("recording an event", timeout_ns, |c, unread| {
+            if unread.len() >= RECORDS_UNREAD_MAX {
+                let again = self.read_unread(c, unread)?;
+                self.resend(c, again)?;
+            }
+            c.send_packed_command(&packed)?;
+            unread.push_back(SentRecord { keys, packed });
+            Ok(())
+        })
+    }
+
+    /// Reads the replies of the records sent and not yet answered, oldest first, and returns
+    /// those Redis could not run for want of the script (NOSCRIPT: it lost its script cache), to
+    /// send again with [`RedisFeatures::resend`] once every reply in flight is read. Other failed
+    /// records are counted and logged (the decision stands, its event missing from the shared
+    /// windows), not returned.
+    fn read_unread(
+        &self,
+        c: &mut redis::Connection,
+        unread: &mut std::collections::VecDeque<SentRecord>,
+    ) -> redis::RedisResult<Vec<SentRecord>> {
+        let mut again = Vec::new();
+        while let Some(sent) = unread.pop_front() {
+            let reply = match c.recv_response() {
+                Ok(reply) => reply,
+                Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+                    again.push(sent);
+                    continue;
+                }
+                // The connection is unusable: the caller drops it (and the replies still unread).
+                Err(e) => {
+                    unread.push_front(sent);
+                    return Err(e);
+                }
+            };
+            let problem = match reply {
+                redis::Value::Int(touched) if touched == sent.keys as i64 => None,
+                redis::Value::Int(touched) => {
+                    Some(format!("the script touched {touched} keys of {}", sent.keys))
+                }
+                redis::Value::ServerError(e) if e.code() == "NOSCRIPT" => {
+                    again.push(sent);
+                    None
+                }
+                redis::Value::ServerError(e) => Some(format!("{}: {}", e.code(), e.details().unwrap_or(""))),
+                other => Some(format!("unexpected reply {other:?}")),
+            };
+            if let Some(problem) = problem {
+                self.report("record", &error(SharedErrorKind::Protocol, "recording an event", problem));
+            }
+        }
+        Ok(again)
+    }
+
+    /// Loads the record script and sends `records` again, in order, reading each reply (nothing
+    /// else may be in flight on `c`).
+    fn resend(&self, c: &mut redis::Connection, records: Vec<SentRecord>) -> redis::RedisResult<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.record_script.prepare_invoke().load(c)?;
+        let mut unread: std::collections::VecDeque<SentRecord> = records.into();
+        while let Some(sent) = unread.pop_front() {
+            c.send_packed_command(&sent.packed)?;
+            let mut one = std::collections::VecDeque::from([sent]);
+            if !self.read_unread(c, &mut one)?.is_empty() {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::NoScriptError,
+                    "the record script vanished again right after it was loaded",
+                )));
+            }
         }
         Ok(())
     }
+}
+
+/// Reads `count` replies (a pipeline's, in order).
+fn receive(c: &mut redis::Connection, count: usize) -> redis::RedisResult<Vec<redis::Value>> {
+    (0..count).map(|_| c.recv_response()).collect()
 }
 
 impl SharedFeatures for RedisFeatures {

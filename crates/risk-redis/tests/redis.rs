@@ -371,3 +371,18 @@ fn replaying_the_journal_at_start_up_does_not_record_again() {
     assert_eq!(card(&mut connection()), 1);
     assert_eq!(restarted.features().keys(), 0);
 }
+
+#[test]
+fn a_record_redis_could_not_run_for_want_of_its_script_runs_before_the_next_load() {
+    let prefix = Prefix::new();
+    let mut node = controller(&starter_generous(), prefix.backend());
+    pay(&mut node, "dec_s0", "t:gina", "t:shop", 300, T0_NS);
+    // Redis loses its scripts (a restart, SCRIPT FLUSH): the next record is refused (NOSCRIPT),
+    // a reply read only with the next load, which must send it again and load once more.
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query(&mut connection()).unwrap();
+    pay(&mut node, "dec_s1", "t:gina", "t:shop", 300, T0_NS + SECOND_NS);
+    let d = pay(&mut node, "dec_s2", "t:gina", "t:shop", 300, T0_NS + 2 * SECOND_NS);
+    assert!(d.active.degraded.is_none(), "{:?}", d.active.degraded);
+    assert_eq!(feature(&d, "payer_count_1m"), 2.0, "both earlier events counted");
+    assert_eq!(node.shared_stats().expect("shared").records_failed, 0);
+}
