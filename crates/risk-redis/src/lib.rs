@@ -17,10 +17,11 @@
 //! same connection, which Redis serves in order, so a node's next decision sees its last event
 //! and costs one round trip, not two (other nodes see the event once Redis has run the script,
 //! microseconds after the decision). A NOSCRIPT reply (Redis restarted) loads the script, sends
-//! the record again and repeats the load that overtook it. The script: ZADD into every entity's set, ZREMRANGEBYSCORE for events older than the horizon,
-//! ZREMRANGEBYRANK beyond `events_per_key_max`, the pairs, and PEXPIRE = horizon on every key
-//! touched, so memory is bounded by the TTLs and the per-key bounds. Member ids derive from the
-//! decision id, so a retried record counts once.
+//! the record again and repeats the load that overtook it. The script: ZADD into every entity's
+//! set, ZREMRANGEBYSCORE for events older than the horizon, ZREMRANGEBYRANK beyond
+//! `events_per_key_max`, the pairs, and PEXPIRE = horizon on every key touched, so memory is
+//! bounded by the TTLs and the per-key bounds. Member ids derive from the decision id, so a retried
+//! record counts once.
 //!
 //! Keys: `<prefix><tag>:<entity key>` with the tenant-scoped ids unchanged (`puhui:f:payer:acme:alice`,
 //! `puhui:f:pp:acme:alice` for alice's payees); tags `payer payee device ip attr pp ad`. A script
