@@ -115,43 +115,50 @@ fn classify(what: &'static str, e: postgres::Error, stats: &TxStats) -> TxError 
 /// Due holds loaded per group at most (one expiry round).
 const DUE_HOLDS_MAX: i64 = BATCH_EVENTS_MAX as i64;
 
-/// The indexes of the fenced record works in `works` whose lock session no longer holds all of
-/// their buckets. Takes a shared transaction lock on every fenced bucket in its fence class first,
-/// so that a node taking one of these buckets from a dead session waits for this transaction to
-/// end before it grants the bucket (see [`crate::locks`]).
+/// The indexes of the fenced record works in `works` whose lock session no longer holds their
+/// buckets. Takes a shared transaction lock on every fenced bucket in its fence class first, so
+/// that a node taking one of these buckets from a dead session waits for this transaction to end
+/// before it grants the bucket, then has each session answer a round trip (see [`crate::locks`]).
 fn fenced_out(
     tx: &mut postgres::Transaction<'_>,
     works: &[&Work],
 ) -> Result<HashSet<usize>, postgres::Error> {
+    let fences: Vec<(usize, &crate::locks::Fence)> = works
+        .iter()
+        .enumerate()
+        .filter_map(|(at, w)| match w {
+            Work::Records(_, Some(f)) => Some((at, f)),
+            _ => None,
+        })
+        .collect();
     let mut out = HashSet::new();
-    let mut sessions: BTreeMap<(i32, i32, i32), BTreeSet<i32>> = BTreeMap::new();
-    for work in works {
-        if let Work::Records(_, Some(f)) = work {
-            sessions.entry((f.pid, f.class, f.fence_class)).or_default().extend(f.buckets.iter());
-        }
+    if fences.is_empty() {
+        return Ok(out);
     }
-    for ((pid, class, fence_class), buckets) in sessions {
+    let mut by_class: BTreeMap<i32, BTreeSet<i32>> = BTreeMap::new();
+    for (_, f) in &fences {
+        by_class.entry(f.fence_class()).or_default().extend(f.buckets().iter());
+    }
+    for (fence_class, buckets) in by_class {
         let buckets: Vec<i32> = buckets.into_iter().collect();
         tx.execute(
             "SELECT pg_advisory_xact_lock_shared($1, b) FROM unnest($2::int4[]) AS u(b)",
             &[&fence_class, &buckets],
         )?;
-        let held: HashSet<i64> = tx
-            .query(
-                "SELECT objid::int8 FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 \
-                 AND classid = $2::int4::oid AND objsubid = 2",
-                &[&pid, &class],
-            )?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
-        for (at, work) in works.iter().enumerate() {
-            if let Work::Records(_, Some(f)) = work {
-                let lost = f.buckets.iter().any(|b| !held.contains(&i64::from(*b)));
-                if (f.pid, f.class) == (pid, class) && lost {
-                    out.insert(at);
-                }
+    }
+    // One round trip per session (a node has one at a time; a batch's records share one lock).
+    let mut asked: Vec<(&crate::locks::Fence, bool)> = Vec::new();
+    for (at, fence) in fences {
+        let alive = match asked.iter().find(|(f, _)| f.same_session(fence)) {
+            Some((_, alive)) => *alive,
+            None => {
+                let alive = fence.session_alive();
+                asked.push((fence, alive));
+                alive
             }
+        };
+        if !alive {
+            out.insert(at);
         }
     }
     Ok(out)
@@ -284,6 +291,10 @@ pub fn execute(
         }
     }
 
+    // 3b. Fenced records: written only while their lock session holds their buckets (checked
+    // before the head is locked: the check waits for a round trip of the lock session).
+    let fenced = fenced_out(&mut tx, works).map_err(err("checking decision lock fences"))?;
+
     // 4. The head: from here to COMMIT no other writer runs.
     let head = tx
         .query_one("SELECT next_seq, last_hash, last_timestamp_ns FROM puhui_journal_head FOR UPDATE", &[])
@@ -314,9 +325,6 @@ pub fn execute(
             return Err(TxError::Retry("rows appeared after the working set was read"));
         }
     }
-
-    // 4b. Fenced records: written only while their lock session holds their buckets.
-    let fenced = fenced_out(&mut tx, works).map_err(err("checking decision lock fences"))?;
 
     // 5. The same domain code, on the working set.
     let loaded_accounts: HashMap<Id, Account> = accounts.iter().map(|a| (a.id.clone(), a.clone())).collect();

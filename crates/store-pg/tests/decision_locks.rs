@@ -125,7 +125,7 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
     let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
     let held_by_a = got(&ask(&a, &[5]));
     let fence = held_by_a.fence();
-    assert_eq!(&*fence.buckets, &[5]);
+    assert_eq!(fence.buckets(), &[5]);
     journal_fenced(&a, 1, Some(fence.clone())).expect("written while the lock is held");
 
     // A transaction of A's that checked the fence and has not committed yet (as the records
@@ -133,7 +133,7 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
     let mut in_flight =
         postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
     let mut committing = in_flight.transaction().unwrap();
-    committing.execute("SELECT pg_advisory_xact_lock_shared($1, 5)", &[&fence.fence_class]).unwrap();
+    committing.execute("SELECT pg_advisory_xact_lock_shared($1, 5)", &[&fence.fence_class()]).unwrap();
 
     // A's lock session ends.
     let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
@@ -141,7 +141,7 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
     let ended = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
-            &[&fence.pid, &name],
+            &[&fence.pid(), &name],
         )
         .unwrap();
     assert_eq!(ended.len(), 1, "the fence names A's lock session");
