@@ -27,7 +27,9 @@
 //! not be written. A holder's records therefore carry its lock's [`Fence`] (the session's epoch and
 //! buckets), and the records' transaction, before writing, takes a shared transaction lock on each
 //! bucket in the fence class, then has the locker make a round trip on that session (a session
-//! alive holds every bucket a request still holds: the locker unlocks only buckets nobody holds);
+//! alive holds every bucket a fence still holds: the locker unlocks only buckets nobody holds, and
+//! a fence keeps its buckets held until its records are committed or refused, also if the request
+//! went away meanwhile);
 //! if it cannot (the session is gone or was replaced), the records are refused (the request gets
 //! 503, nothing is written). Choice, over reading `pg_locks`: that copies PostgreSQL's whole lock
 //! table, 2–4 ms with 4,096 advisory locks held (four busy nodes), per records group.
@@ -63,10 +65,13 @@ const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// What a request is told once it holds its buckets, or why it does not.
 pub type LockReply = Box<dyn FnOnce(Result<DecisionLock, StoreError>) + Send>;
 
+/// What the locker thread hands to [`wrap`] for a request holding all its buckets.
+type HeldReply = Box<dyn FnOnce(Result<Held, StoreError>) + Send>;
+
 enum Message {
     Acquire {
         buckets: Vec<i32>,
-        reply: LockReply,
+        reply: HeldReply,
     },
     Release {
         buckets: Vec<i32>,
@@ -80,28 +85,20 @@ enum Message {
 }
 
 /// What a decision record written under a [`DecisionLock`] is checked against before it is
-/// committed ([`DecisionLock::fence`]; see the module docs).
+/// committed ([`DecisionLock::fence`]; see the module docs). It keeps the buckets held: a request
+/// that goes away (its client gone) while its record waits for the journal does not let them go
+/// before the record is committed or refused.
 #[derive(Clone)]
 pub struct Fence {
-    /// The backend pid of the session holding the locks (for operators and tests).
-    pid: i32,
-    /// The session (numbered by the locker).
-    epoch: u64,
-    /// The class of the buckets' fence locks.
-    fence_class: i32,
-    /// The buckets, ascending (shared: a batch's records carry one lock's fence each).
-    buckets: Arc<[i32]>,
-    /// The locker thread that holds them, and its request count (which tells lockers apart).
-    locker: Sender<Message>,
-    locker_id: Arc<AtomicUsize>,
+    held: Arc<Held>,
 }
 
 impl std::fmt::Debug for Fence {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Fence")
-            .field("pid", &self.pid)
-            .field("epoch", &self.epoch)
-            .field("buckets", &self.buckets.len())
+            .field("pid", &self.held.pid)
+            .field("epoch", &self.held.epoch)
+            .field("buckets", &self.held.buckets.len())
             .finish()
     }
 }
@@ -112,24 +109,25 @@ const ALIVE_WAIT_MS: u64 = 5_000;
 impl Fence {
     /// The backend pid of the session holding the locks.
     pub fn pid(&self) -> i32 {
-        self.pid
+        self.held.pid
     }
 
     /// The class (first key) of the buckets' fence locks.
     pub fn fence_class(&self) -> i32 {
-        self.fence_class
+        fence_class_of(self.held.class)
     }
 
     /// The buckets, ascending.
     pub fn buckets(&self) -> &[i32] {
-        &self.buckets
+        &self.held.buckets
     }
 
     /// Whether the session is the same and answers a round trip made after this call (blocking,
-    /// at most [`ALIVE_WAIT_MS`]); if so, it still holds the buckets.
+    /// at most [`ALIVE_WAIT_MS`]); if so, it still holds the buckets (this fence holds them).
     pub(crate) fn session_alive(&self) -> bool {
+        let Some((locker, _)) = &self.held.locker else { return false };
         let (reply, answer) = mpsc::channel();
-        if self.locker.send(Message::Alive { epoch: self.epoch, reply }).is_err() {
+        if locker.send(Message::Alive { epoch: self.held.epoch, reply }).is_err() {
             return false;
         }
         answer.recv_timeout(Duration::from_millis(ALIVE_WAIT_MS)).unwrap_or(false)
@@ -137,12 +135,25 @@ impl Fence {
 
     /// Whether `self` and `other` name the same session.
     pub(crate) fn same_session(&self, other: &Fence) -> bool {
-        self.epoch == other.epoch && Arc::ptr_eq(&self.locker_id, &other.locker_id)
+        let locker_id = |f: &Fence| f.held.locker.as_ref().map(|(_, id)| Arc::as_ptr(id));
+        self.held.epoch == other.held.epoch && locker_id(self) == locker_id(other)
     }
 }
 
-/// Buckets held by one request; dropping it lets them go.
-pub struct DecisionLock {
+/// Buckets held by one request; dropping it (and every [`Fence`] made from it) lets them go.
+#[derive(Debug)]
+pub struct DecisionLock(Arc<Held>);
+
+impl DecisionLock {
+    /// What records written under this lock are checked against: they are committed only while
+    /// the session still holds every bucket (the fence holds them until it is dropped).
+    pub fn fence(&self) -> Fence {
+        Fence { held: Arc::clone(&self.0) }
+    }
+}
+
+/// The buckets a request holds; the last handle dropped lets them go.
+struct Held {
     buckets: Vec<i32>,
     epoch: u64,
     /// The holding session's backend pid and lock class.
@@ -152,29 +163,13 @@ pub struct DecisionLock {
     locker: Option<(Sender<Message>, Arc<AtomicUsize>)>,
 }
 
-impl std::fmt::Debug for DecisionLock {
+impl std::fmt::Debug for Held {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecisionLock").field("buckets", &self.buckets.len()).finish()
     }
 }
 
-impl DecisionLock {
-    /// What records written under this lock are checked against: they are committed only while
-    /// the session still holds every bucket.
-    pub fn fence(&self) -> Fence {
-        let (locker, locker_id) = self.locker.as_ref().expect("a lock handed out has its locker");
-        Fence {
-            pid: self.pid,
-            epoch: self.epoch,
-            fence_class: fence_class_of(self.class),
-            buckets: self.buckets.as_slice().into(),
-            locker: locker.clone(),
-            locker_id: Arc::clone(locker_id),
-        }
-    }
-}
-
-impl Drop for DecisionLock {
+impl Drop for Held {
     fn drop(&mut self) {
         if let Some((locker, in_flight)) = self.locker.take() {
             let buckets = std::mem::take(&mut self.buckets);
@@ -243,11 +238,11 @@ impl Locker {
 
 /// A reply that fills in the guard's queue and counter (the locker thread only knows its buckets
 /// and epoch), and gives the count back if the request is refused.
-fn wrap(reply: LockReply, locker: Sender<Message>, in_flight: Arc<AtomicUsize>) -> LockReply {
-    Box::new(move |r: Result<DecisionLock, StoreError>| match r {
-        Ok(mut lock) => {
-            lock.locker = Some((locker, in_flight));
-            reply(Ok(lock))
+fn wrap(reply: LockReply, locker: Sender<Message>, in_flight: Arc<AtomicUsize>) -> HeldReply {
+    Box::new(move |r: Result<Held, StoreError>| match r {
+        Ok(mut held) => {
+            held.locker = Some((locker, in_flight));
+            reply(Ok(DecisionLock(Arc::new(held))))
         }
         Err(e) => {
             in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -285,7 +280,7 @@ struct Waiter {
     /// How many of `buckets` it holds (a prefix).
     taken: usize,
     deadline: Instant,
-    reply: LockReply,
+    reply: HeldReply,
 }
 
 struct LockerThread {
@@ -490,7 +485,7 @@ impl LockerThread {
         let mut still = VecDeque::with_capacity(self.waiting.len());
         while let Some(waiter) = self.waiting.pop_front() {
             if waiter.taken == waiter.buckets.len() {
-                let lock = DecisionLock {
+                let lock = Held {
                     buckets: waiter.buckets,
                     epoch: self.epoch,
                     pid: self.pid,

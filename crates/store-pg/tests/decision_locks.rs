@@ -171,3 +171,20 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
     assert_eq!(written, [1, 3, 4], "the refused record left nothing in the journal");
     drop((held_by_a, held_by_b));
 }
+
+#[test]
+fn a_fence_keeps_its_buckets_held_after_the_request_lets_go() {
+    let schema = TestSchema::new("decision_fence_held");
+    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    // A request goes away (its client gone) while its record still waits for the journal: the
+    // record's fence keeps the bucket, so no other node decides under the id before it is written.
+    let lock = got(&ask(&a, &[9]));
+    let fence = lock.fence();
+    drop(lock);
+    let b_waits = ask(&b, &[9]);
+    still_waiting(&b_waits);
+    journal_fenced(&a, 7, Some(fence.clone())).expect("written: the session still holds the bucket");
+    drop(fence);
+    drop(got(&b_waits));
+}
