@@ -526,8 +526,7 @@ impl RedisFeatures {
             return Ok(());
         }
         self.record_script.prepare_invoke().load(c)?;
-        let mut unread: std::collections::VecDeque<SentRecord> = records.into();
-        while let Some(sent) = unread.pop_front() {
+        for sent in records {
             c.send_packed_command(&sent.packed)?;
             let mut one = std::collections::VecDeque::from([sent]);
             if !self.read_unread(c, &mut one)?.is_empty() {

@@ -9,6 +9,11 @@ use puhui_store::StoreError;
 use puhui_store_pg::testing::TestSchema;
 use puhui_store_pg::{DecisionLock, PgStore, DECISION_LOCK_BUCKETS};
 
+/// A node (a store of its own) on `schema`.
+fn node(schema: &TestSchema) -> PgStore {
+    PgStore::open_with(schema.url(), schema.options()).unwrap()
+}
+
 /// Asks `store` for `keys` and returns the answer's channel.
 fn ask(store: &PgStore, keys: &[u64]) -> mpsc::Receiver<Result<DecisionLock, StoreError>> {
     let (tx, rx) = mpsc::channel();
@@ -31,10 +36,10 @@ fn still_waiting(rx: &mpsc::Receiver<Result<DecisionLock, StoreError>>) {
 #[test]
 fn a_decision_id_is_held_by_one_node_at_a_time_and_passes_on_when_let_go() {
     let schema = TestSchema::new("decision_locks");
-    let a = Arc::new(PgStore::open_with(schema.url(), schema.options()).unwrap());
-    let b = Arc::new(PgStore::open_with(schema.url(), schema.options()).unwrap());
+    let a = Arc::new(node(&schema));
+    let b = Arc::new(node(&schema));
     let other_schema = TestSchema::new("decision_locks_other");
-    let c = PgStore::open_with(other_schema.url(), other_schema.options()).unwrap();
+    let c = node(&other_schema);
 
     // A holds id 7; B waits for it, and gets it once A lets go.
     let held = got(&ask(&a, &[7]));
@@ -75,8 +80,8 @@ fn a_decision_id_is_held_by_one_node_at_a_time_and_passes_on_when_let_go() {
 #[test]
 fn locks_lost_with_their_connection_pass_on_and_the_node_locks_again_on_a_new_one() {
     let schema = TestSchema::new("decision_locks_lost");
-    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
-    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let a = node(&schema);
+    let b = node(&schema);
     let held_by_a = got(&ask(&a, &[5]));
     let b_waits = ask(&b, &[5]);
     still_waiting(&b_waits);
@@ -121,8 +126,8 @@ fn journal_fenced(store: &PgStore, n: u8, fence: Option<puhui_store_pg::Fence>) 
 #[test]
 fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_committing() {
     let schema = TestSchema::new("decision_fences");
-    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
-    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let a = node(&schema);
+    let b = node(&schema);
     let held_by_a = got(&ask(&a, &[5]));
     let fence = held_by_a.fence();
     assert_eq!(fence.buckets(), &[5]);
@@ -175,8 +180,8 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
 #[test]
 fn a_fence_keeps_its_buckets_held_after_the_request_lets_go() {
     let schema = TestSchema::new("decision_fence_held");
-    let a = PgStore::open_with(schema.url(), schema.options()).unwrap();
-    let b = PgStore::open_with(schema.url(), schema.options()).unwrap();
+    let a = node(&schema);
+    let b = node(&schema);
     // A request goes away (its client gone) while its record still waits for the journal: the
     // record's fence keeps the bucket, so no other node decides under the id before it is written.
     let lock = got(&ask(&a, &[9]));
