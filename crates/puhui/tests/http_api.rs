@@ -661,15 +661,25 @@ async fn try_post_idem(
     body: &Value,
     key: &str,
 ) -> Option<(u16, Value)> {
-    let response = http
+    try_post(http, url, token, body, Some(key)).await
+}
+
+/// A POST (keyed if `key`) that may meet a dead server: `None` if no whole response came back.
+async fn try_post(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    body: &Value,
+    key: Option<&str>,
+) -> Option<(u16, Value)> {
+    let mut request = http
         .post(url)
         .header("authorization", format!("Bearer {token}"))
-        .header("idempotency-key", key)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .ok()?;
+        .header("content-type", "application/json");
+    if let Some(key) = key {
+        request = request.header("idempotency-key", key);
+    }
+    let response = request.body(body.to_string()).send().await.ok()?;
     let status = response.status().as_u16();
     let text = response.text().await.ok()?;
     Some((status, serde_json::from_str(&text).ok()?))
@@ -755,6 +765,133 @@ async fn keyed_responses_survive_kill_9_under_load() {
     for id in created.iter().take(50) {
         assert_eq!(c.get(&server, &format!("/v1/transfers/{id}")).await.status, 200, "{id}");
     }
+}
+
+/// Declines a payer's payments on the `capped` channel from its `VELOCITY_CAP`th approved one in
+/// an hour on.
+const CAP_RULESET: &str = r#"
+version = "cap-test"
+[thresholds]
+review = 50
+decline = 100
+[[features]]
+name = "payer_count_1h"
+entity = "payer"
+aggregate = "count"
+window = "1h"
+[[rules]]
+id = "over_cap"
+description = "twenty payments in an hour"
+expression = "payer_count_1h >= 20 && ctx.channel == 'capped'"
+score = 100
+reasons = ["velocity"]
+"#;
+const VELOCITY_CAP: i64 = 20;
+
+#[tokio::test]
+async fn risk_decisions_and_features_survive_kill_9_under_load() {
+    // Eight payers pay with risk contexts, each from its own client, until the server is killed
+    // with SIGKILL; three cycles, restarted without `--ruleset` (the active one is journaled).
+    // Half the payers are capped (their payments are declined from the cap on), half are not (so
+    // approvals are in flight when the kill comes).
+    // After each restart: every acknowledged transfer is in the ledger and its decision is on
+    // record; every acknowledged decline is on record and not in the ledger, and a retry is
+    // declined again; and the velocity features were rebuilt from the journal: no capped payer ever
+    // gets more than `VELOCITY_CAP` payments through in the hour (with the features lost, a restart
+    // would let each payer through twenty more times), and a payer at the cap is declined at once.
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("cap.toml");
+    std::fs::write(&ruleset, CAP_RULESET).unwrap();
+    let mut server = serve(dir.path(), &["--ruleset", ruleset.to_str().unwrap()]);
+    let c = Client::tenant(&server).await;
+    let payers: Vec<String> = (0..8).map(|p| format!("payer{p}")).collect();
+    let capped = |payer: &str| payer < "payer4";
+    for id in payers.iter().map(String::as_str).chain(["shop"]) {
+        let r = c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await;
+        assert_eq!(r.status, 201, "{:?}", r.body);
+    }
+    let (mut approvals, mut declines) = (0, 0);
+    for cycle in 0..3 {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for payer in &payers {
+            let (http, key, url) = (c.http.clone(), c.key.clone(), server.url("/v1/transfers"));
+            let (stop, payer) = (stop.clone(), payer.clone());
+            let channel = if capped(&payer) { "capped" } else { "open" };
+            tasks.push(tokio::spawn(async move {
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let mut body = transfer(&format!("{payer}-{cycle}-{i}"), &payer, "shop", 1);
+                    body["risk_context"] = json!({"device_id": format!("{payer}-phone"), "channel": channel});
+                    match try_post(&http, &url, &key, &body, None).await {
+                        Some(answer) => acked.push((body, answer)),
+                        None => break,
+                    }
+                }
+                acked
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(250 + 100 * cycle)).await;
+        server.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut acked = Vec::new();
+        for t in tasks {
+            acked.extend(t.await.unwrap());
+        }
+        assert!(!acked.is_empty(), "no request was answered before the kill (cycle {cycle})");
+        server = serve(dir.path(), &[]);
+        for (body, (status, first)) in &acked {
+            let id = body["id"].as_str().unwrap();
+            let decision = c.get(&server, &format!("/v1/decisions/{id}")).await;
+            let posted = c.get(&server, &format!("/v1/transfers/{id}")).await;
+            match (*status, first["error"]["code"].as_str()) {
+                (201, _) => {
+                    approvals += 1;
+                    assert_eq!(posted.status, 200, "acknowledged transfer {id} was lost (cycle {cycle})");
+                    assert_eq!(
+                        (decision.status, decision.body["outcome"].as_str()),
+                        (200, Some("approve")),
+                        "{id}: {:?}",
+                        decision.body
+                    );
+                }
+                (422, Some("risk_declined")) => {
+                    declines += 1;
+                    assert_eq!(posted.status, 404, "declined transfer {id} is in the ledger");
+                    assert_eq!(
+                        (decision.status, decision.body["outcome"].as_str()),
+                        (200, Some("decline")),
+                        "{id}: {:?}",
+                        decision.body
+                    );
+                    let retry = c.post(&server, "/v1/transfers", body.clone()).await;
+                    assert_eq!(
+                        (retry.status, retry.code()),
+                        (422, "risk_declined"),
+                        "{id}: {:?}",
+                        retry.body
+                    );
+                }
+                other => panic!("{id}: unexpected answer {other:?}: {first}"),
+            }
+        }
+        for payer in payers.iter().filter(|p| capped(p)) {
+            let account = c.get(&server, &format!("/v1/accounts/{payer}")).await;
+            let paid = -account.body["balances"]["net_posted"].as_i64().expect("a balance");
+            assert!(paid <= VELOCITY_CAP, "{payer} paid {paid} times in the hour (cycle {cycle})");
+            if paid == VELOCITY_CAP {
+                let mut next = transfer(&format!("{payer}-{cycle}-probe"), payer, "shop", 1);
+                next["risk_context"] = json!({"device_id": format!("{payer}-phone"), "channel": "capped"});
+                let r = c.post(&server, "/v1/transfers", next).await;
+                assert_eq!((r.status, r.code()), (422, "risk_declined"), "{payer}: {:?}", r.body);
+            }
+        }
+    }
+    eprintln!("{approvals} approvals and {declines} declines acknowledged before kills");
+    assert!(declines > 0 && approvals > 0, "{approvals} approvals, {declines} declines");
 }
 
 #[tokio::test]
