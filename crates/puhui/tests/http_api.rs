@@ -768,7 +768,7 @@ async fn keyed_responses_survive_kill_9_under_load() {
 }
 
 /// Declines a payer's payments on the `capped` channel from its `VELOCITY_CAP`th approved one in
-/// an hour on.
+/// an hour on; holds payments of 1,000 or more for review.
 const CAP_RULESET: &str = r#"
 version = "cap-test"
 [thresholds]
@@ -783,8 +783,14 @@ window = "1h"
 id = "over_cap"
 description = "twenty payments in an hour"
 expression = "payer_count_1h >= 20 && ctx.channel == 'capped'"
-score = 100
+outcome = "decline"
 reasons = ["velocity"]
+[[rules]]
+id = "large"
+description = "a large payment is held for an analyst"
+expression = "amount >= 1000"
+outcome = "review"
+reasons = ["amount"]
 "#;
 const VELOCITY_CAP: i64 = 20;
 
@@ -793,9 +799,10 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
     // Eight payers pay with risk contexts, each from its own client, until the server is killed
     // with SIGKILL; three cycles, restarted without `--ruleset` (the active one is journaled).
     // Half the payers are capped (their payments are declined from the cap on), half are not (so
-    // approvals are in flight when the kill comes).
+    // approvals are in flight when the kill comes); every 16th payment is large (held for review).
     // After each restart: every acknowledged transfer is in the ledger and its decision is on
-    // record; every acknowledged decline is on record and not in the ledger, and a retry is
+    // record; every acknowledged review is in the queue and an analyst's approval
+    // posts it; every acknowledged decline is on record and not in the ledger, and a retry is
     // declined again; and the velocity features were rebuilt from the journal: no capped payer ever
     // gets more than `VELOCITY_CAP` payments through in the hour (with the features lost, a restart
     // would let each payer through twenty more times), and a payer at the cap is declined at once.
@@ -810,7 +817,7 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
         let r = c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await;
         assert_eq!(r.status, 201, "{:?}", r.body);
     }
-    let (mut approvals, mut declines) = (0, 0);
+    let (mut approvals, mut declines, mut reviews) = (0, 0, 0);
     for cycle in 0..3 {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let mut tasks = Vec::new();
@@ -824,7 +831,8 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
                     if stop.load(std::sync::atomic::Ordering::Relaxed) {
                         break;
                     }
-                    let mut body = transfer(&format!("{payer}-{cycle}-{i}"), &payer, "shop", 1);
+                    let amount = if i % 16 == 15 { 1_000 } else { 1 };
+                    let mut body = transfer(&format!("{payer}-{cycle}-{i}"), &payer, "shop", amount);
                     body["risk_context"] = json!({"device_id": format!("{payer}-phone"), "channel": channel});
                     match try_post(&http, &url, &key, &body, None).await {
                         Some(answer) => acked.push((body, answer)),
@@ -848,6 +856,23 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
             let decision = c.get(&server, &format!("/v1/decisions/{id}")).await;
             let posted = c.get(&server, &format!("/v1/transfers/{id}")).await;
             match (*status, first["error"]["code"].as_str()) {
+                (201, _) if first["risk_outcome"] == "review" => {
+                    reviews += 1;
+                    assert_eq!(
+                        (posted.status, posted.body["pending_status"].as_str()),
+                        (200, Some("pending")),
+                        "acknowledged hold {id} was lost (cycle {cycle}): {:?}",
+                        posted.body
+                    );
+                    assert_eq!(decision.body["outcome"], "review", "{id}: {:?}", decision.body);
+                    let approved =
+                        c.post(&server, &format!("/v1/risk/reviews/{id}/approve"), json!({})).await;
+                    assert_eq!(
+                        approved.status, 201,
+                        "{id}: the review is not open after restart: {:?}",
+                        approved.body
+                    );
+                }
                 (201, _) => {
                     approvals += 1;
                     assert_eq!(posted.status, 200, "acknowledged transfer {id} was lost (cycle {cycle})");
@@ -880,7 +905,9 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
         }
         for payer in payers.iter().filter(|p| capped(p)) {
             let account = c.get(&server, &format!("/v1/accounts/{payer}")).await;
-            let paid = -account.body["balances"]["net_posted"].as_i64().expect("a balance");
+            // Reviews are approved above, so each payment counts 1 or 1,000 (a large one).
+            let net = -account.body["balances"]["net_posted"].as_i64().expect("a balance");
+            let paid = net % 1_000 + net / 1_000;
             assert!(paid <= VELOCITY_CAP, "{payer} paid {paid} times in the hour (cycle {cycle})");
             if paid == VELOCITY_CAP {
                 let mut next = transfer(&format!("{payer}-{cycle}-probe"), payer, "shop", 1);
@@ -890,8 +917,11 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
             }
         }
     }
-    eprintln!("{approvals} approvals and {declines} declines acknowledged before kills");
-    assert!(declines > 0 && approvals > 0, "{approvals} approvals, {declines} declines");
+    eprintln!("{approvals} approvals, {reviews} reviews and {declines} declines acknowledged before kills");
+    assert!(
+        declines > 0 && approvals > 0 && reviews > 0,
+        "{approvals} approvals, {reviews} reviews, {declines} declines"
+    );
 }
 
 #[tokio::test]
