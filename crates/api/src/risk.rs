@@ -1008,6 +1008,14 @@ impl RiskService {
         (keys.into_iter().take(limit).map(|k| state.reviews[k].clone()).collect(), more)
     }
 
+    /// Confirms the events recorded in shared features (Redis records without waiting), so that
+    /// none sent just before the node stops is lost; blocking (a record timeout at most).
+    pub fn confirm_shared(&self) {
+        if let Err(e) = self.lock().controller.confirm_shared() {
+            tracing::warn!(error = %e, "events recorded just before stopping may be missing from the shared features");
+        }
+    }
+
     /// The active ruleset's version.
     pub fn version(&self) -> String {
         self.lock().controller.active().ruleset().version.clone()

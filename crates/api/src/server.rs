@@ -245,7 +245,7 @@ async fn listen_and_serve(
     event_tasks: crate::events::EventTasks,
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
-    let store = state.store.clone();
+    let (store, risk) = (state.store.clone(), state.risk.clone());
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_listening(addr);
@@ -262,6 +262,9 @@ async fn listen_and_serve(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
+    if let Some(risk) = risk {
+        tokio::task::spawn_blocking(move || risk.confirm_shared()).await.map_err(|e| e.to_string())?;
+    }
     tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
     event_tasks.stop().await;
     tracing::info!("stopped cleanly");

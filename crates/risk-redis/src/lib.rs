@@ -540,6 +540,35 @@ impl RedisFeatures {
     }
 }
 
+impl RedisFeatures {
+    /// Reads the replies of the records sent and not yet confirmed (within the record timeout),
+    /// sending again any Redis could not run for want of its script. Without it, records sent
+    /// just before the connection closes can be lost: a socket closed with replies unread is
+    /// reset, and Redis drops the commands it had not read yet.
+    pub fn confirm_records(&self) -> Result<(), SharedError> {
+        let pending = {
+            let link = self.link.lock().unwrap_or_else(|p| p.into_inner());
+            link.connection.is_some() && !link.unread.is_empty()
+        };
+        if !pending {
+            return Ok(());
+        }
+        let timeout_ns = self.config.record_timeout_ms.saturating_mul(1_000_000);
+        self.with_connection("confirming recorded events", timeout_ns, |c, unread| {
+            let again = self.read_unread(c, unread)?;
+            self.resend(c, again)
+        })
+    }
+}
+
+impl Drop for RedisFeatures {
+    fn drop(&mut self) {
+        if let Err(e) = self.confirm_records() {
+            self.report("record", &e);
+        }
+    }
+}
+
 /// Reads `count` replies (a pipeline's, in order).
 fn receive(c: &mut redis::Connection, count: usize) -> redis::RedisResult<Vec<redis::Value>> {
     (0..count).map(|_| c.recv_response()).collect()
@@ -552,6 +581,10 @@ impl SharedFeatures for RedisFeatures {
             self.report("load", e);
         }
         result
+    }
+
+    fn confirm(&self) -> Result<(), SharedError> {
+        self.confirm_records()
     }
 
     fn record(&self, observation: &Observation<'_>) -> Result<(), SharedError> {

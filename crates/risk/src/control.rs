@@ -196,6 +196,12 @@ impl Controller {
         self.shared.as_ref().map(|_| &self.shared_stats)
     }
 
+    /// Waits until the events recorded in shared features (if any) are confirmed there; for a
+    /// node that stops.
+    pub fn confirm_shared(&self) -> Result<(), SharedError> {
+        self.shared.as_ref().map_or(Ok(()), |s| s.confirm())
+    }
+
     /// The lists the engines read.
     pub fn lists(&self) -> &Lists {
         &self.lists

@@ -112,6 +112,12 @@ pub trait SharedFeatures: Send + Sync + std::fmt::Debug {
 
     /// Adds an observed event, atomically for all its entities and pairs.
     fn record(&self, observation: &Observation<'_>) -> Result<(), SharedError>;
+
+    /// Waits until every event recorded so far is in the shared state (a backend that records
+    /// without waiting for the answer); called when the node stops.
+    fn confirm(&self) -> Result<(), SharedError> {
+        Ok(())
+    }
 }
 
 fn attribute<'a>(event: &RiskEvent<'a>, name: &str) -> Option<&'a str> {
