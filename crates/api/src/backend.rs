@@ -101,6 +101,14 @@ impl Backend {
         }
     }
 
+    /// Embedded only: runs `job` on the committer thread in queue order ([`EmbeddedStore::submit_deferred`]).
+    pub fn submit_deferred(&self, job: puhui_store::DeferredJob) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.submit_deferred(job),
+            _ => Err(StoreError::Unavailable("deferred jobs need the embedded store".into())),
+        }
+    }
+
     /// Queues application records (journaled in the order queued); `reply` gets the first one's
     /// journal sequence once durable.
     pub fn submit_records(&self, records: Vec<Record>, reply: Reply<u64>) -> Result<(), StoreError> {

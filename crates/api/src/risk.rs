@@ -112,6 +112,10 @@ pub struct RiskService {
     /// Decision records submitted to the journal and not yet durable (at most
     /// [`DECISION_RECORDS_IN_FLIGHT_MAX`]).
     records_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Single transfers are decided on the embedded store's committer thread
+    /// ([`RiskService::decide_deferred`]): the embedded store with the features in memory (a
+    /// shared backend's round trips must not hold up group commits).
+    decides_on_committer: bool,
     store: Backend,
 }
 
@@ -226,6 +230,10 @@ enum JobAnswer {
 /// ([`RiskService::decide_then`]): given the decision, it may queue writes behind the decision
 /// record, and answers the request itself.
 pub type Then = Box<dyn FnOnce(DecisionResult) + Send>;
+
+/// A decision record and its durability reply, for the committer to journal
+/// ([`RiskService::decide_deferred`]).
+pub type StashedRecord = (Record, puhui_store::Reply<u64>);
 
 /// An event to decide, with its decision id and whether it is to enter the features.
 #[derive(Debug)]
@@ -485,6 +493,7 @@ impl RiskService {
             Controller::new_journaled(&text, &models_dir, FeatureLimits::default())
                 .map_err(|e| e.to_string())?;
         // Before the replay: with shared features, replayed decisions are not recorded again.
+        let shared = shared_features.is_some();
         controller.set_shared_features(shared_features);
         let mut state = RiskState { controller };
         let (seqs, seq_inbox) = std::sync::mpsc::sync_channel(SEQ_INBOX_MAX);
@@ -565,6 +574,7 @@ impl RiskService {
             metrics: OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            decides_on_committer: !store.is_postgres() && !shared,
             store,
         };
         Ok((service, restore))
@@ -602,8 +612,57 @@ impl RiskService {
     /// or its queue full (a big batch's decisions arrive faster than group commits drain them), it
     /// waits for room for up to [`JOURNAL_ROOM_WAIT_MS`] instead of refusing the decision at once.
     fn decide(&self, item: ToDecide) -> DecisionResult {
-        let ToDecide { id, source, event, record, fence } = item;
-        let mut state = self.lock();
+        let fence = item.fence.clone();
+        self.decide_locked(self.lock(), item, true, |record, reply| {
+            self.store.submit_records_fenced(vec![record], fence.clone(), reply)
+        })
+    }
+
+    /// Whether single transfers are decided on the committer thread
+    /// ([`RiskService::decide_deferred`]) rather than handed to the decider thread.
+    pub fn decides_on_committer(&self) -> bool {
+        self.decides_on_committer
+    }
+
+    /// [`RiskService::decide`] on the embedded store's committer thread, in its group commit: the
+    /// decision record is given back with its reply instead of queued, for the committer to
+    /// journal at once, and it takes no in-flight place (it never waits in the queue). `Err` gives
+    /// the item back undecided if another thread holds the controller (the decider, deciding a
+    /// batch): the committer never waits for it, since that thread may be waiting for room in
+    /// the committer's queue. Choice, over the decider thread for every decision: a single
+    /// transfer then costs the same wake-ups as one without risk control (runtime → committer →
+    /// runtime); the decider's hand-over made the same HTTP code cost more on two cores (+11 to
+    /// +32 % decided transfers/s, docs/BENCHMARKS.md).
+    pub fn decide_deferred(
+        &self,
+        item: ToDecide,
+    ) -> Result<(DecisionResult, Option<StashedRecord>), ToDecide> {
+        let state = match self.state.try_lock() {
+            Ok(state) => state,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return Err(item),
+        };
+        let mut stashed = None;
+        let decided = self.decide_locked(state, item, false, |record, reply| {
+            puhui_store::check_records(std::slice::from_ref(&record))?;
+            stashed = Some((record, reply));
+            Ok(())
+        });
+        Ok((decided, stashed))
+    }
+
+    /// Decides with the controller's lock `state` held, and hands the record to `submit` (which
+    /// may refuse with [`puhui_store::StoreError::Overloaded`]: then, for up to
+    /// [`JOURNAL_ROOM_WAIT_MS`], it is offered again); with `limit_in_flight`, it first takes one of
+    /// the [`DECISION_RECORDS_IN_FLIGHT_MAX`] places.
+    fn decide_locked(
+        &self,
+        mut state: std::sync::MutexGuard<'_, RiskState>,
+        item: ToDecide,
+        limit_in_flight: bool,
+        mut submit: impl FnMut(Record, puhui_store::Reply<u64>) -> Result<(), puhui_store::StoreError>,
+    ) -> DecisionResult {
+        let ToDecide { id, source, event, record, fence: _ } = item;
         let decision = state.controller.decide_record(id, source, event, record);
         let (record_type, payload) = decision.encode();
         let kept: Box<[u8]> = payload.as_slice().into();
@@ -611,30 +670,32 @@ impl RiskService {
         let mut payload = Some(payload);
         let mut waited_since = None;
         let receipt = loop {
-            let submitted = match RecordSlot::take(&self.records_in_flight) {
+            let slot = match limit_in_flight {
+                true => RecordSlot::take(&self.records_in_flight).map(Some),
+                false => Some(None),
+            };
+            let submitted = match slot {
                 None => Err(puhui_store::StoreError::Overloaded),
                 Some(slot) => {
                     let (tx, receipt) = tokio::sync::oneshot::channel();
                     let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
                     // A refused submission dropped the record: a retry journals the kept copy.
                     let payload = payload.take().unwrap_or_else(|| kept.to_vec());
-                    self.store
-                        .submit_records_fenced(
-                            vec![Record { record_type, payload }],
-                            fence.clone(),
-                            Box::new(move |r| {
-                                // On the committer thread, once durable (or failed): the entry's
-                                // place in the journal (for proofs), handed over without waiting
-                                // (full: the position is not shown, which only happens if
-                                // decisions stop being made while thousands are in flight).
-                                drop(slot);
-                                if let Ok(seq) = &r {
-                                    let _ = seqs.try_send((seq_id, *seq));
-                                }
-                                let _ = tx.send(r);
-                            }),
-                        )
-                        .map(|()| receipt)
+                    submit(
+                        Record { record_type, payload },
+                        Box::new(move |r| {
+                            // On the committer thread, once durable (or failed): the entry's
+                            // place in the journal (for proofs), handed over without waiting
+                            // (full: the position is not shown, which only happens if
+                            // decisions stop being made while thousands are in flight).
+                            drop(slot);
+                            if let Ok(seq) = &r {
+                                let _ = seqs.try_send((seq_id, *seq));
+                            }
+                            let _ = tx.send(r);
+                        }),
+                    )
+                    .map(|()| receipt)
                 }
             };
             match submitted {

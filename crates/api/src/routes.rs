@@ -455,11 +455,14 @@ enum AfterDecision {
     Posted(TransferRequest, Vec<EventResult>),
     /// Approved, and the posting failed.
     Failed(puhui_store::StoreError),
+    /// Not decided: the committer found the controller taken; the decider thread decides it.
+    Busy(Box<(crate::risk::ToDecide, TransferRequest)>),
 }
 
-/// [`decide_inline`] for `POST /v1/transfers` on the embedded store: an approved transfer is queued
-/// for posting on the deciding thread right behind its decision record
-/// ([`crate::risk::RiskService::decide_then`]), and `Some` of the ledger's results comes back with
+/// [`decide_inline`] for `POST /v1/transfers` on the embedded store: decided on the committer thread
+/// in its group commit (features in memory; [`decide_on_committer`]) or on the decider thread
+/// (shared features, or the controller busy; [`decide_on_decider`]); an approved transfer is posted
+/// right behind its decision record, and `Some` of the ledger's results comes back with
 /// the outcome; otherwise the request goes on as after [`decide_inline`] (on PostgreSQL records
 /// and postings have different committers: the decision is made durable first). Gives the request
 /// back (as it is to be posted, or as it was posted).
@@ -479,16 +482,104 @@ async fn decide_and_post(
         Prepared::Answered(answer) => return Ok((request, answer, None)),
         Prepared::ToDecide(event) => event,
     };
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let to_post = request;
-    let store = app.store.clone();
     let item = crate::risk::ToDecide {
-        id: to_post.id.to_string(),
+        id: request.id.to_string(),
         source: puhui_risk::DecisionSource::Transfer,
         event,
         record: true,
         fence,
     };
+    let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into()));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if risk.decides_on_committer() {
+        app.store.submit_deferred(decide_on_committer(Arc::clone(risk), item, request, tx))?;
+    } else {
+        decide_on_decider(risk, &app.store, item, request, tx);
+    }
+    let after = match rx.await.map_err(|_| stopped())? {
+        AfterDecision::Busy(busy) => {
+            // The committer found the controller taken (the decider deciding a batch).
+            metrics::counter!("puhui_risk_committer_found_busy_total").increment(1);
+            let (item, request) = *busy;
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            decide_on_decider(risk, &app.store, item, request, tx);
+            rx.await.map_err(|_| stopped())?
+        }
+        after => after,
+    };
+    match after {
+        AfterDecision::Decided(undecided) => {
+            let (decided, mut request) = *undecided;
+            let inline = act_on_decision(app, tenant, &mut request, decided).await?;
+            Ok((request, inline, None))
+        }
+        AfterDecision::Posted(posted, results) => {
+            Ok((posted, Some((puhui_risk::Outcome::Approve, None)), Some(results)))
+        }
+        AfterDecision::Failed(e) => Err(e.into()),
+        AfterDecision::Busy(_) => Err(stopped()),
+    }
+}
+
+/// The job that decides `item` on the committer thread ([`crate::risk::RiskService::decide_deferred`])
+/// and has the committer journal its record and, if approved, post `to_post` right behind it, in
+/// the same group; the answer goes to `tx` (`Busy` with the item if the controller was taken).
+fn decide_on_committer(
+    risk: Arc<crate::risk::RiskService>,
+    item: crate::risk::ToDecide,
+    to_post: TransferRequest,
+    tx: tokio::sync::oneshot::Sender<AfterDecision>,
+) -> puhui_store::DeferredJob {
+    Box::new(move || {
+        let nothing = || puhui_store::Deferred {
+            records: Vec::new(),
+            records_reply: Box::new(|_| {}),
+            transfers: None,
+        };
+        let (decided, stashed) = match risk.decide_deferred(item) {
+            Ok(decided) => decided,
+            Err(item) => {
+                let _ = tx.send(AfterDecision::Busy(Box::new((item, to_post))));
+                return nothing();
+            }
+        };
+        let Some((record, records_reply)) = stashed else {
+            // Not decided (an error before the record): nothing to journal.
+            let _ = tx.send(AfterDecision::Decided(Box::new((decided, to_post))));
+            return nothing();
+        };
+        if !matches!(&decided, Ok((d, _)) if d.outcome() == puhui_risk::Outcome::Approve) {
+            // The request acts on the decision once its record is durable (the receipt inside).
+            let _ = tx.send(AfterDecision::Decided(Box::new((decided, to_post))));
+            return puhui_store::Deferred { records: vec![record], records_reply, transfers: None };
+        }
+        let posted = to_post.clone();
+        puhui_store::Deferred {
+            records: vec![record],
+            records_reply,
+            transfers: Some((
+                vec![to_post],
+                Box::new(move |r| {
+                    let _ = tx.send(match r {
+                        Ok(results) => AfterDecision::Posted(posted, results),
+                        Err(e) => AfterDecision::Failed(e),
+                    });
+                }),
+            )),
+        }
+    })
+}
+
+/// Hands `item` to the decider thread ([`crate::risk::RiskService::decide_then`]); an approved
+/// transfer is queued for posting there, right behind its decision record. The answer goes to `tx`.
+fn decide_on_decider(
+    risk: &Arc<crate::risk::RiskService>,
+    store: &crate::Backend,
+    item: crate::risk::ToDecide,
+    to_post: TransferRequest,
+    tx: tokio::sync::oneshot::Sender<AfterDecision>,
+) {
+    let store = store.clone();
     risk.decide_then(
         item,
         Box::new(move |decided| {
@@ -524,18 +615,6 @@ async fn decide_and_post(
             }
         }),
     );
-    let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into()));
-    match rx.await.map_err(|_| stopped())? {
-        AfterDecision::Decided(undecided) => {
-            let (decided, mut request) = *undecided;
-            let inline = act_on_decision(app, tenant, &mut request, decided).await?;
-            Ok((request, inline, None))
-        }
-        AfterDecision::Posted(posted, results) => {
-            Ok((posted, Some((puhui_risk::Outcome::Approve, None)), Some(results)))
-        }
-        AfterDecision::Failed(e) => Err(e.into()),
-    }
 }
 
 /// A transfer with a risk context before its decision: answered already (a retry, or not a kind

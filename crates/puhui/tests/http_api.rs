@@ -957,6 +957,28 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
         let body = json!({ "transfers": items }).to_string();
         tasks.push(tokio::spawn(async move { send(&http, "POST", &url, &key, Some(body), None).await }));
     }
+    // Single transfers meanwhile: the committer decides them unless the decider (deciding the
+    // batches) holds the controller; then the decider decides them. Each answer matches its record.
+    let batches_done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut singles = Vec::new();
+    for client in 0..8 {
+        let (http, key, url) = (c.http.clone(), c.key.clone(), server.url("/v1/transfers"));
+        let done = batches_done.clone();
+        singles.push(tokio::spawn(async move {
+            let mut answers = Vec::new();
+            for i in 0.. {
+                if done.load(std::sync::atomic::Ordering::Relaxed) && i >= 20 {
+                    break;
+                }
+                let (from, to) = (client, 50 + (i % 50));
+                let mut t = transfer(&format!("s{client}-{i}"), &format!("a{from}"), &format!("a{to}"), 5);
+                t["risk_context"] = json!({"device_id": format!("d{from}"), "kyc_tier": "3"});
+                let r = send(&http, "POST", &url, &key, Some(t.to_string()), None).await;
+                answers.push((format!("s{client}-{i}"), r.status, r.body));
+            }
+            answers
+        }));
+    }
     for t in tasks {
         let r = t.await.unwrap();
         assert_eq!(r.status, 200, "{:?}", r.body["error"]);
@@ -964,6 +986,29 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
         assert_eq!(results.len(), 8_189);
         assert!(results.iter().all(|x| x["code"] != "overloaded"), "an item refused for a full queue");
     }
+    batches_done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut answered = 0;
+    for t in singles {
+        for (id, status, body) in t.await.unwrap() {
+            answered += 1;
+            let decision = c.get(&server, &format!("/v1/decisions/{id}")).await;
+            let outcome = decision.body["outcome"].as_str().unwrap_or("none").to_string();
+            match (status, outcome.as_str()) {
+                (201, "approve") => assert_eq!(body["type"], "single", "{id}: {body}"),
+                (201, "review") => assert_eq!(body["type"], "pending", "{id}: {body}"),
+                (422, "decline") => assert_eq!(body["error"]["code"], "risk_declined", "{id}: {body}"),
+                other => panic!("{id}: answer and record disagree: {other:?}: {body}"),
+            }
+        }
+    }
+    let metrics = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let busy = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("puhui_risk_committer_found_busy_total "))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .unwrap_or(0.0);
+    eprintln!("{answered} single transfers, {busy} found the controller busy");
+    assert!(busy > 0.0, "no single transfer met the decider at work: the fallback went untested");
 }
 
 #[tokio::test]

@@ -254,8 +254,23 @@ enum Command {
     Status(Id, StatusAction, Reply<EventResult>),
     Expire(Reply<usize>),
     Records(Vec<Record>, Reply<u64>),
+    Run(DeferredJob),
     Shutdown,
 }
+
+/// What a job run on the committer thread ([`EmbeddedStore::submit_deferred`]) gives it to
+/// journal, in this order: records, then (if any) transfers.
+pub struct Deferred {
+    /// Records to journal first.
+    pub records: Vec<Record>,
+    /// Answered once the records are durable (or failed), with the first one's sequence.
+    pub records_reply: Reply<u64>,
+    /// Transfers to apply right after the records, and their reply.
+    pub transfers: Option<(Vec<TransferRequest>, Reply<Vec<EventResult>>)>,
+}
+
+/// A job the committer runs in its group, in queue order ([`EmbeddedStore::submit_deferred`]).
+pub type DeferredJob = Box<dyn FnOnce() -> Deferred + Send>;
 
 /// An application record to journal beside the ledger's events (a risk decision, a label…): same
 /// hash chain, same Merkle tree, same durability; the ledger ignores it.
@@ -273,6 +288,7 @@ impl Command {
             Command::Accounts(b, _) => b.len(),
             Command::Transfers(b, _) => b.len(),
             Command::Records(b, _) => b.len(),
+            Command::Run(_) => 2,
             _ => 1,
         }
     }
@@ -535,6 +551,16 @@ impl EmbeddedStore {
     ) -> Result<(), StoreError> {
         check_batch(batch.len())?;
         self.enqueue(Command::Transfers(batch, reply))
+    }
+
+    /// Queues `job` to run on the committer thread in its turn, with the ledger's write lock held:
+    /// what it returns is journaled there and then (records, then transfers), in the same group,
+    /// and answered when the group is durable. A job must not wait for anything the committer
+    /// provides (it would wait on itself); one refused (the store stopping or poisoned) is dropped
+    /// unrun. For work that must be ordered with the journal and costs microseconds: risk control
+    /// decides a transfer there and posts it behind its decision record.
+    pub fn submit_deferred(&self, job: DeferredJob) -> Result<(), StoreError> {
+        self.enqueue(Command::Run(job))
     }
 
     /// Submits accounts without waiting; see [`EmbeddedStore::submit_transfers`].
@@ -858,6 +884,20 @@ fn committer_loop(
                     append_records(&mut writer, leaves.as_mut(), &records, now);
                     Answer::Seq(reply, first)
                 }
+                Command::Run(job) => {
+                    let deferred = job();
+                    flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
+                    let first = writer.next_seq();
+                    append_records(&mut writer, leaves.as_mut(), &deferred.records, now);
+                    match deferred.transfers {
+                        None => Answer::Seq(deferred.records_reply, first),
+                        Some((batch, reply)) => {
+                            answers.push(Answer::Seq(deferred.records_reply, first));
+                            flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
+                            Answer::Events(reply, ledger.create_transfers(batch, now))
+                        }
+                    }
+                }
                 Command::Shutdown => unreachable!("shutdown is never queued in a group"),
             };
             answers.push(answer);
@@ -931,7 +971,7 @@ fn append_records(
 }
 
 /// Refuses a set of application records that is too large in count or in any one payload.
-fn check_records(records: &[Record]) -> Result<(), StoreError> {
+pub fn check_records(records: &[Record]) -> Result<(), StoreError> {
     check_batch(records.len())?;
     let max_bytes = puhui_journal::codec::RECORD_PAYLOAD_BYTES_MAX;
     if let Some(r) = records.iter().find(|r| r.payload.len() > max_bytes) {
@@ -987,6 +1027,9 @@ fn refuse(command: Command, error: &StoreError) {
         Command::Status(_, _, reply) => reply(Err(error.clone())),
         Command::Expire(reply) => reply(Err(error.clone())),
         Command::Records(_, reply) => reply(Err(error.clone())),
+        // Not run: nothing is decided for a group that is not written (its requester sees the
+        // job's answer channel close).
+        Command::Run(_) => {}
         Command::Shutdown => {}
     }
 }
