@@ -112,6 +112,10 @@ pub struct RiskService {
     /// Decision records submitted to the journal and not yet durable (at most
     /// [`DECISION_RECORDS_IN_FLIGHT_MAX`]).
     records_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Records queued for the journal with the controller's lock held (decisions, rulesets,
+    /// activations, lists), counted so that a decision on the committer thread can tell whether
+    /// one was queued behind it ([`RiskService::decide_deferred`]).
+    records_queued: std::sync::atomic::AtomicU64,
     /// Single transfers are decided on the embedded store's committer thread
     /// ([`RiskService::decide_deferred`]): the embedded store with the features in memory (a
     /// shared backend's round trips must not hold up group commits).
@@ -574,6 +578,7 @@ impl RiskService {
             metrics: OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            records_queued: std::sync::atomic::AtomicU64::new(0),
             decides_on_committer: !store.is_postgres() && !shared,
             store,
         };
@@ -599,7 +604,14 @@ impl RiskService {
                 let _ = tx.send(r);
             }),
         )?;
+        self.records_queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(rx)
+    }
+
+    /// How many records were queued with the controller's lock held so far (pass it to
+    /// [`RiskService::decide_deferred`] when its job is queued).
+    pub fn records_queued(&self) -> u64 {
+        self.records_queued.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Decides an event (active ruleset, and the shadow one if any), journals the decision and, if
@@ -628,20 +640,27 @@ impl RiskService {
     /// decision record is given back with its reply instead of queued, for the committer to
     /// journal at once, and it takes no in-flight place (it never waits in the queue). `Err` gives
     /// the item back undecided if another thread holds the controller (the decider, deciding a
-    /// batch): the committer never waits for it, since that thread may be waiting for room in
-    /// the committer's queue. Choice, over the decider thread for every decision: a single
+    /// batch: the committer never waits for it, since that thread may be waiting for room in the
+    /// committer's queue), or if a record was queued with the lock since the job was
+    /// (`queued_before`, [`RiskService::records_queued`] then): that record is behind the job in the
+    /// queue, and this decision, made after it, must not be journaled before it (the journal's
+    /// order is the decisions' order, which replays and backtests follow). Choice, over the decider thread for every decision: a single
     /// transfer then costs the same wake-ups as one without risk control (runtime → committer →
     /// runtime); the decider's hand-over made the same HTTP code cost more on two cores (+11 to
     /// +32 % decided transfers/s, docs/BENCHMARKS.md).
     pub fn decide_deferred(
         &self,
         item: ToDecide,
+        queued_before: u64,
     ) -> Result<(DecisionResult, Option<StashedRecord>), ToDecide> {
         let state = match self.state.try_lock() {
             Ok(state) => state,
             Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
             Err(std::sync::TryLockError::WouldBlock) => return Err(item),
         };
+        if self.records_queued() != queued_before {
+            return Err(item);
+        }
         let mut stashed = None;
         let decided = self.decide_locked(state, item, false, |record, reply| {
             puhui_store::check_records(std::slice::from_ref(&record))?;
@@ -695,7 +714,12 @@ impl RiskService {
                             let _ = tx.send(r);
                         }),
                     )
-                    .map(|()| receipt)
+                    .map(|()| {
+                        if limit_in_flight {
+                            self.records_queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        }
+                        receipt
+                    })
                 }
             };
             match submitted {

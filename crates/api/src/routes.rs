@@ -492,13 +492,15 @@ async fn decide_and_post(
     let stopped = || ApiError::from(puhui_store::StoreError::Unavailable("risk control stopped".into()));
     let (tx, rx) = tokio::sync::oneshot::channel();
     if risk.decides_on_committer() {
-        app.store.submit_deferred(decide_on_committer(Arc::clone(risk), item, request, tx))?;
+        let job = decide_on_committer(Arc::clone(risk), risk.records_queued(), item, request, tx);
+        app.store.submit_deferred(job)?;
     } else {
         decide_on_decider(risk, &app.store, item, request, tx);
     }
     let after = match rx.await.map_err(|_| stopped())? {
         AfterDecision::Busy(busy) => {
-            // The committer found the controller taken (the decider deciding a batch).
+            // The committer found the controller taken, or a record queued behind the job (the
+            // decider deciding a batch): the decider decides it, in order.
             metrics::counter!("puhui_risk_committer_found_busy_total").increment(1);
             let (item, request) = *busy;
             let (tx, rx) = tokio::sync::oneshot::channel();
@@ -523,9 +525,12 @@ async fn decide_and_post(
 
 /// The job that decides `item` on the committer thread ([`crate::risk::RiskService::decide_deferred`])
 /// and has the committer journal its record and, if approved, post `to_post` right behind it, in
-/// the same group; the answer goes to `tx` (`Busy` with the item if the controller was taken).
+/// the same group; the answer goes to `tx` (`Busy` with the item if it cannot be decided there in
+/// order: [`crate::risk::RiskService::decide_deferred`]). `queued_before`: the records queued when
+/// the job is.
 fn decide_on_committer(
     risk: Arc<crate::risk::RiskService>,
+    queued_before: u64,
     item: crate::risk::ToDecide,
     to_post: TransferRequest,
     tx: tokio::sync::oneshot::Sender<AfterDecision>,
@@ -536,7 +541,7 @@ fn decide_on_committer(
             records_reply: Box::new(|_| {}),
             transfers: None,
         };
-        let (decided, stashed) = match risk.decide_deferred(item) {
+        let (decided, stashed) = match risk.decide_deferred(item, queued_before) {
             Ok(decided) => decided,
             Err(item) => {
                 let _ = tx.send(AfterDecision::Busy(Box::new((item, to_post))));

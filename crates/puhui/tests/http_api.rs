@@ -1009,6 +1009,17 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
         .unwrap_or(0.0);
     eprintln!("{answered} single transfers, {busy} found the controller busy");
     assert!(busy > 0.0, "no single transfer met the decider at work: the fallback went untested");
+    // The journal holds the decisions in the order they were made (the singles decided on the
+    // committer, the batches' items on the decider): a backtest reproduces every one exactly.
+    assert!(server.terminate().success());
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
 }
 
 #[tokio::test]
