@@ -120,6 +120,8 @@ pub struct RiskService {
     /// ([`RiskService::decide_deferred`]): the embedded store with the features in memory (a
     /// shared backend's round trips must not hold up group commits).
     decides_on_committer: bool,
+    /// The controller's lists, read for pages without the controller's lock ([`puhui_risk::list_page`]).
+    lists: puhui_risk::Lists,
     store: Backend,
 }
 
@@ -568,6 +570,7 @@ impl RiskService {
         }
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
+        let lists = &Arc::clone(state.controller.lists());
         let service = RiskService {
             follow_next: Mutex::new(Following { next_seq: follow_next, caught_up_by: 0 }),
             catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
@@ -580,6 +583,7 @@ impl RiskService {
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             records_queued: std::sync::atomic::AtomicU64::new(0),
             decides_on_committer: !store.is_postgres() && !shared,
+            lists: Arc::clone(lists),
             store,
         };
         Ok((service, restore))
@@ -2054,11 +2058,13 @@ async fn change_list(
         }
     })
     .await?;
-    list_page(&app, tenant.as_deref(), &name, None, crate::limits::PAGE_LIMIT_MAX)
+    list_page(&app, tenant.as_deref(), &name, None, crate::limits::PAGE_LIMIT_MAX).await
 }
 
-/// A page of a list's values (sorted), after the value `after` (unscoped) if given.
-fn list_page(
+/// A page of a list's values (sorted), after the value `after` (unscoped) if given. On a blocking
+/// thread, with only the lists' read lock ([`puhui_risk::list_page`]): decisions go on meanwhile,
+/// and the runtime thread is not held for a pass over a large list.
+async fn list_page(
     app: &AppState,
     tenant: Option<&str>,
     name: &str,
@@ -2068,8 +2074,15 @@ fn list_page(
     let risk = risk_service(app)?;
     let prefix = tenant.map(|t| format!("{t}:")).unwrap_or_default();
     let after = after.map(|a| format!("{prefix}{a}"));
-    let (values, has_more) =
-        risk.lock().controller.list_values(name, &prefix, after.as_deref(), limit).unwrap_or_default();
+    let (lists, list) = (Arc::clone(&risk.lists), name.to_string());
+    let page = tokio::task::spawn_blocking(move || {
+        puhui_risk::list_page(&lists, &list, &prefix, after.as_deref(), limit)
+    })
+    .await
+    .map_err(|_| {
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "api_error", "internal_error", "list task failed")
+    })?;
+    let (values, has_more) = page.unwrap_or_default();
     let values =
         values.into_iter().map(|v| if tenant.is_some() { unscoped(&v).to_string() } else { v }).collect();
     Ok(Json(RiskListObject { object: "risk_list", name: name.to_string(), values, has_more }))
@@ -2138,11 +2151,11 @@ pub async fn get_list(
     ApiPath(name): ApiPath<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    queried_page(&app, Some(&principal.tenant), &name, query)
+    queried_page(&app, Some(&principal.tenant), &name, query).await
 }
 
 /// [`list_page`] for a `GET` with `?limit=&starting_after=`.
-fn queried_page(
+async fn queried_page(
     app: &AppState,
     tenant: Option<&str>,
     name: &str,
@@ -2151,7 +2164,7 @@ fn queried_page(
     let q = ListQuery::read(query)?;
     Controller::check_list_name(name).map_err(control_error)?;
     let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
-    list_page(app, tenant, name, q.starting_after.as_deref(), limit)
+    list_page(app, tenant, name, q.starting_after.as_deref(), limit).await
 }
 
 /// Add values to an operator-wide list (every tenant's rules see them; they match unscoped values
@@ -2192,7 +2205,7 @@ pub async fn admin_get_list(
     ApiPath(name): ApiPath<String>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RiskListObject>, ApiError> {
-    queried_page(&app, None, &name, query)
+    queried_page(&app, None, &name, query).await
 }
 
 #[cfg(test)]

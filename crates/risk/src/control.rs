@@ -515,7 +515,8 @@ impl Controller {
         Ok(())
     }
 
-    /// The values of a list, sorted (at most `limit`), and whether there are more.
+    /// The values of a list, sorted (at most `limit`), and whether there are more
+    /// ([`list_page`] on [`Controller::lists`]).
     pub fn list_values(
         &self,
         name: &str,
@@ -523,13 +524,7 @@ impl Controller {
         after: Option<&str>,
         limit: usize,
     ) -> Option<(Vec<String>, bool)> {
-        let lists = self.lists.read().unwrap_or_else(|p| p.into_inner());
-        let list = lists.get(name)?;
-        let mut values: Vec<&String> =
-            list.iter().filter(|v| v.starts_with(prefix) && after.is_none_or(|a| v.as_str() > a)).collect();
-        values.sort();
-        let more = values.len() > limit;
-        Some((values.into_iter().take(limit).cloned().collect(), more))
+        list_page(&self.lists, name, prefix, after, limit)
     }
 
     /// Replays a journaled record (start-up): a decision re-enters the features if it did online
@@ -581,4 +576,43 @@ fn attribute_entities<'e>(active: &'e Engine, shadow: Option<&'e Engine>) -> Vec
         }
     }
     names
+}
+
+/// A page of the list `name`: its values that start with `prefix` and sort after `after`, the
+/// first `limit` of them in order, and whether there are more (`None`: no such list).
+///
+/// Takes only the lists' read lock, so decisions (which read the lists too) go on meanwhile; call
+/// it without the controller's lock. One pass over the list keeping the `limit + 1` smallest
+/// candidates in a heap: O(n log limit) and no copy of the list. Choice, over collecting and
+/// sorting every candidate per page: on a list of a million values that sort took hundreds of
+/// milliseconds (under the controller's lock, then: every decision waited), and a list kept sorted
+/// (a B-tree) would make every `in_list` of a decision a walk of string comparisons instead of a
+/// hash lookup.
+pub fn list_page(
+    lists: &Lists,
+    name: &str,
+    prefix: &str,
+    after: Option<&str>,
+    limit: usize,
+) -> Option<(Vec<String>, bool)> {
+    let lists = lists.read().unwrap_or_else(|p| p.into_inner());
+    let list = lists.get(name)?;
+    let keep = limit.saturating_add(1);
+    let mut smallest: std::collections::BinaryHeap<&str> =
+        std::collections::BinaryHeap::with_capacity(keep.min(1_024));
+    let candidates =
+        list.iter().map(String::as_str).filter(|v| v.starts_with(prefix) && after.is_none_or(|a| *v > a));
+    for value in candidates {
+        if smallest.len() < keep {
+            smallest.push(value);
+        } else if let Some(mut largest) = smallest.peek_mut() {
+            if value < *largest {
+                *largest = value;
+            }
+        }
+    }
+    let mut values = smallest.into_sorted_vec();
+    let more = values.len() > limit;
+    values.truncate(limit);
+    Some((values.into_iter().map(str::to_string).collect(), more))
 }

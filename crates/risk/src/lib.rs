@@ -23,7 +23,7 @@ pub mod rules;
 pub mod shared;
 pub mod synthetic;
 
-pub use control::{ControlError, Controller};
+pub use control::{list_page, ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowQuery, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
 pub use rules::{

@@ -452,3 +452,33 @@ fn a_journaled_ruleset_replays_though_a_new_publication_would_be_refused() {
     assert_eq!(replayed.publish(old).unwrap(), ("old-1".to_string(), None));
     assert!(replayed.publish(&old.replace("score = 60", "score = 61")).is_err());
 }
+
+proptest::proptest! {
+    /// Paging a list with `list_page` (each page after the last value of the one before) gives its
+    /// values with the prefix, in order, each once, whatever the page size.
+    #[test]
+    fn list_pages_concatenate_to_the_sorted_values_with_the_prefix(
+        values in proptest::collection::hash_set("(t:|u:)?[a-c]{0,3}", 0..60),
+        limit in 1usize..7,
+        scoped in proptest::bool::ANY,
+    ) {
+        let lists: puhui_risk::Lists = std::sync::Arc::default();
+        lists.write().unwrap().insert("deny".into(), values.clone());
+        let prefix = if scoped { "t:" } else { "" };
+        let mut expected: Vec<String> = values.iter().filter(|v| v.starts_with(prefix)).cloned().collect();
+        expected.sort();
+        let (mut paged, mut after) = (Vec::new(), None::<String>);
+        loop {
+            let (page, more) = puhui_risk::list_page(&lists, "deny", prefix, after.as_deref(), limit).unwrap();
+            proptest::prop_assert!(page.len() <= limit);
+            paged.extend(page.iter().cloned());
+            if !more {
+                break;
+            }
+            proptest::prop_assert_eq!(page.len(), limit, "a page before the last is full");
+            after = page.last().cloned();
+        }
+        proptest::prop_assert_eq!(paged, expected);
+        proptest::prop_assert!(puhui_risk::list_page(&lists, "allow", prefix, None, limit).is_none());
+    }
+}
