@@ -274,10 +274,79 @@ struct Memory {
     /// The values are already hashes: the set does not hash them again.
     known: KnownIds,
     /// Held transfers waiting for an analyst, by scoped transfer id.
-    reviews: HashMap<String, ReviewObject>,
+    reviews: Reviews,
     /// Transfer ids (hashed) in a request right now ([`RiskService::begin_deciding`]): a second
     /// request under one of them waits its turn (409 `request_in_progress`) instead of racing it.
     deciding: HashSet<u64>,
+}
+
+/// Held transfers waiting for an analyst, by scoped transfer id (`<tenant>:<id>`), ordered so that
+/// a tenant's page is a range of the map, and counted per tenant. Choice, over a hash map scanned
+/// and sorted per page and counted per queued review: those scans ran under the memory's lock,
+/// which the committer thread takes for every decision, at up to `REVIEWS_OPEN_MAX` reviews.
+#[derive(Default)]
+struct Reviews {
+    by_id: std::collections::BTreeMap<String, ReviewObject>,
+    per_tenant: HashMap<String, usize>,
+}
+
+impl Reviews {
+    fn tenant_of(scoped_id: &str) -> &str {
+        scoped_id.split_once(':').map_or(scoped_id, |(tenant, _)| tenant)
+    }
+
+    fn insert(&mut self, scoped_id: String, review: ReviewObject) {
+        let tenant = Reviews::tenant_of(&scoped_id).to_string();
+        if self.by_id.insert(scoped_id, review).is_none() {
+            *self.per_tenant.entry(tenant).or_default() += 1;
+        }
+    }
+
+    fn remove(&mut self, scoped_id: &str) -> Option<ReviewObject> {
+        let review = self.by_id.remove(scoped_id)?;
+        let tenant = Reviews::tenant_of(scoped_id);
+        if let Some(count) = self.per_tenant.get_mut(tenant) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_tenant.remove(tenant);
+            }
+        }
+        Some(review)
+    }
+
+    fn contains_key(&self, scoped_id: &str) -> bool {
+        self.by_id.contains_key(scoped_id)
+    }
+
+    fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Open reviews of `tenant`.
+    fn of_tenant(&self, tenant: &str) -> usize {
+        self.per_tenant.get(tenant).copied().unwrap_or(0)
+    }
+
+    /// The first `limit` reviews of `tenant` after the scoped id `after` (if given), in id order,
+    /// and whether there are more.
+    fn page(&self, tenant: &str, after: Option<&str>, limit: usize) -> (Vec<ReviewObject>, bool) {
+        use std::ops::Bound;
+        let prefix = format!("{tenant}:");
+        let start = match after {
+            Some(a) if a >= prefix.as_str() => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.clone()),
+        };
+        let mut page: Vec<ReviewObject> = self
+            .by_id
+            .range((start, Bound::Unbounded))
+            .take_while(|(id, _)| id.starts_with(&prefix))
+            .take(limit.saturating_add(1))
+            .map(|(_, review)| review.clone())
+            .collect();
+        let more = page.len() > limit;
+        page.truncate(limit);
+        (page, more)
+    }
 }
 
 /// A remembered decision: its record (`puhui_risk::records::binary`), latest label and journal
@@ -401,6 +470,9 @@ fn reasons_of(verdict: &Verdict) -> Vec<String> {
 pub const REVIEWS_OPEN_MAX: usize = 100_000;
 /// Most open reviews per tenant, so one tenant cannot fill the queue for everyone.
 pub const REVIEWS_PER_TENANT_MAX: usize = 10_000;
+/// Most pages `GET /v1/risk/reviews` reads to fill one without stale reviews (each pass drops the
+/// stale ones it found; past this, the page is answered short).
+pub const REVIEW_PAGE_PASSES_MAX: usize = 8;
 /// A review hold expires (and releases) after this long if nobody decides it.
 pub const REVIEW_HOLD_TIMEOUT_MS: u64 = 72 * 3_600 * 1_000;
 
@@ -510,7 +582,7 @@ impl RiskService {
             order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
             seq_inbox,
             known: KnownIds::new(),
-            reviews: HashMap::new(),
+            reviews: Reviews::default(),
             deciding: HashSet::new(),
         };
         let mut restore = RiskRestore::default();
@@ -1008,9 +1080,7 @@ impl RiskService {
     /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
     pub fn can_queue_review(&self, tenant: &str) -> bool {
         let state = self.mem();
-        let prefix = format!("{tenant}:");
-        state.reviews.len() < REVIEWS_OPEN_MAX
-            && state.reviews.keys().filter(|k| k.starts_with(&prefix)).count() < REVIEWS_PER_TENANT_MAX
+        state.reviews.len() < REVIEWS_OPEN_MAX && state.reviews.of_tenant(tenant) < REVIEWS_PER_TENANT_MAX
     }
 
     /// Queues a held transfer for review.
@@ -1085,16 +1155,7 @@ impl RiskService {
     /// A tenant's open reviews (up to `limit`, in id order, after the scoped id `after` if given) and
     /// whether there are more.
     pub fn reviews(&self, tenant: &str, after: Option<&str>, limit: usize) -> (Vec<ReviewObject>, bool) {
-        let state = self.mem();
-        let prefix = format!("{tenant}:");
-        let mut keys: Vec<&String> = state
-            .reviews
-            .keys()
-            .filter(|k| k.starts_with(&prefix) && after.is_none_or(|a| k.as_str() > a))
-            .collect();
-        keys.sort();
-        let more = keys.len() > limit;
-        (keys.into_iter().take(limit).map(|k| state.reviews[k].clone()).collect(), more)
+        self.mem().reviews.page(tenant, after, limit)
     }
 
     /// Confirms the events recorded in shared features (Redis records without waiting), so that
@@ -1618,16 +1679,23 @@ pub async fn list_reviews(
     let q = ListQuery::read(query)?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("review", "id"))?;
     let after = q.starting_after.map(|a| format!("{}:{a}", principal.tenant));
-    // Drop reviews whose hold is gone (expired, or posted/voided directly) before listing.
-    let (candidates, _) = risk.reviews(&principal.tenant, None, REVIEWS_PER_TENANT_MAX);
-    let ids: Vec<String> = candidates.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
-    let stale: Vec<String> = app.not_open_holds(ids).await?;
-    for id in &stale {
-        risk.take_review(id);
-    }
     let limit = q.limit.unwrap_or(crate::limits::PAGE_LIMIT_MAX);
-    let (data, has_more) = risk.reviews(&principal.tenant, after.as_deref(), limit);
-    Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }))
+    // Reviews whose hold is gone (expired, or posted/voided directly) leave the queue as their page
+    // is read: each pass checks one page's holds (a page's work, not the tenant's whole queue).
+    let mut pass = 0;
+    loop {
+        pass += 1;
+        let (mut data, has_more) = risk.reviews(&principal.tenant, after.as_deref(), limit);
+        let ids: Vec<String> = data.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
+        let stale: Vec<String> = app.not_open_holds(ids).await?;
+        for id in &stale {
+            risk.take_review(id);
+        }
+        if stale.is_empty() || pass == REVIEW_PAGE_PASSES_MAX {
+            data.retain(|r| !stale.contains(&format!("{}:{}", principal.tenant, r.id)));
+            return Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }));
+        }
+    }
 }
 
 async fn resolve_review(
@@ -2211,6 +2279,36 @@ pub async fn admin_get_list(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reviews_are_paged_in_id_order_per_tenant_and_counted() {
+        let review = |id: &str| ReviewObject {
+            object: "risk_review",
+            id: id.to_string(),
+            score: 0,
+            reasons: Vec::new(),
+            ruleset_version: "v".into(),
+        };
+        let mut reviews = Reviews::default();
+        for (tenant, id) in [("tb", "b"), ("ta", "c"), ("ta", "a"), ("t", "z"), ("ta", "b"), ("tab", "q")] {
+            reviews.insert(format!("{tenant}:{id}"), review(id));
+        }
+        reviews.insert("ta:a".into(), review("a")); // again: not counted twice
+        assert_eq!((reviews.len(), reviews.of_tenant("ta"), reviews.of_tenant("tb")), (6, 3, 1));
+        let ids = |(page, more): (Vec<ReviewObject>, bool)| {
+            (page.into_iter().map(|r| r.id).collect::<Vec<_>>(), more)
+        };
+        assert_eq!(ids(reviews.page("ta", None, 2)), (vec!["a".to_string(), "b".to_string()], true));
+        assert_eq!(ids(reviews.page("ta", Some("ta:b"), 2)), (vec!["c".to_string()], false));
+        assert_eq!(ids(reviews.page("ta", Some("a"), 5)).0.len(), 3, "a cursor before the tenant's range");
+        assert_eq!(ids(reviews.page("ta", Some("zz"), 5)), (vec![], false));
+        assert_eq!(ids(reviews.page("t", None, 5)), (vec!["z".to_string()], false));
+        assert!(reviews.remove("ta:b").is_some() && reviews.remove("ta:b").is_none());
+        assert_eq!((reviews.len(), reviews.of_tenant("ta")), (5, 2));
+        reviews.remove("tb:b");
+        assert_eq!(reviews.of_tenant("tb"), 0);
+        assert!(!reviews.per_tenant.contains_key("tb"), "an empty tenant's count goes");
+    }
 
     #[test]
     fn a_ruleset_journaled_before_a_check_can_be_given_again_at_start_and_a_new_one_is_checked() {
