@@ -17,7 +17,7 @@
 //! rule keeps its `cel::Program`: no ruleset breaks.
 
 use std::cmp::Ordering;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLockReadGuard};
 
 use cel::common::ast::{operators, Expr, IdedExpr, LiteralValue};
@@ -1058,7 +1058,7 @@ pub(crate) struct Frame<'a> {
     /// Their names, by slot.
     pub attribute_names: &'a [String],
     lists: &'a Lists,
-    guard: Option<RwLockReadGuard<'a, HashMap<String, HashSet<String>>>>,
+    guard: Option<RwLockReadGuard<'a, HashMap<String, crate::rules::ListSet>>>,
     memo: [Memo; LOOKUPS_MAX],
 }
 

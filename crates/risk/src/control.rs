@@ -15,7 +15,7 @@
 //! restarted node decides from). Backtests and [`Controller::replay_decision`] always use the local
 //! store.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -496,7 +496,7 @@ impl Controller {
         if !lists.contains_key(&record.name) && lists.len() >= LISTS_MAX {
             return Err(ControlError::Limit(format!("at most {LISTS_MAX} lists")));
         }
-        let list = lists.entry(record.name.clone()).or_insert_with(HashSet::new);
+        let list = lists.entry(record.name.clone()).or_default();
         match record.op {
             ListOp::Add => {
                 if list.len() + record.values.len() > LIST_VALUES_MAX {

@@ -27,7 +27,7 @@ pub use control::{list_page, ControlError, Controller};
 pub use features::{parse_window, FeatureLimits, FeatureStore, Namespace, WindowQuery, WindowStats};
 pub use records::{DecisionRecord, DecisionSource, Label, RiskRecord};
 pub use rules::{
-    attribute_key, Budget, Decision, Engine, Evaluation, FiredRule, Lists, Outcome, RiskEvent, Ruleset,
-    RulesetError,
+    attribute_key, Budget, Decision, Engine, Evaluation, FiredRule, ListSet, Lists, Outcome, RiskEvent,
+    Ruleset, RulesetError,
 };
 pub use shared::{FeatureQuery, Observation, SharedError, SharedErrorKind, SharedFeatures, WindowRead};

@@ -3,7 +3,7 @@
 //! the synthetic benchmark ruleset, the test rulesets, a ruleset of awkward expressions, and
 //! randomly generated expressions.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
@@ -104,7 +104,7 @@ fn differential(ruleset: Ruleset, events: usize, seed: u64) -> (usize, usize) {
             let mut l = lists.write().unwrap();
             let name = rng.pick(&LISTS).to_string();
             let pool = ["d1", "new-phone", "10.9.9.9", "mule", "w2", "grocer", "CNY"];
-            let set: HashSet<String> =
+            let set: puhui_risk::ListSet =
                 pool.iter().filter(|_| rng.chance(30)).map(|s| s.to_string()).collect();
             l.insert(name, set);
         }

@@ -463,7 +463,7 @@ proptest::proptest! {
         scoped in proptest::bool::ANY,
     ) {
         let lists: puhui_risk::Lists = std::sync::Arc::default();
-        lists.write().unwrap().insert("deny".into(), values.clone());
+        lists.write().unwrap().insert("deny".into(), values.iter().cloned().collect());
         let prefix = if scoped { "t:" } else { "" };
         let mut expected: Vec<String> = values.iter().filter(|v| v.starts_with(prefix)).cloned().collect();
         expected.sort();

@@ -1,6 +1,6 @@
 //! Rulesets: parse errors with rule id, line and column; decisions and their explanations.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use puhui_risk::{Engine, FeatureLimits, FeatureStore, Namespace, Outcome, RiskEvent, Ruleset};
@@ -142,9 +142,17 @@ fn account_takeover_declines_and_lists_override() {
     assert!(d.fired.iter().any(|r| &*r.id == "sim_swap_pattern"), "{d:?}");
     assert_eq!((d.outcome, d.score), (Outcome::Decline, 140));
     // An allow list approves, a deny list declines whatever the score.
-    engine.lists().write().unwrap().insert("allow_accounts".into(), HashSet::from(["mule".to_string()]));
+    engine
+        .lists()
+        .write()
+        .unwrap()
+        .insert("allow_accounts".into(), puhui_risk::ListSet::from_iter(["mule".to_string()]));
     assert_eq!(engine.decide(&store, &drain).outcome, Outcome::Approve);
-    engine.lists().write().unwrap().insert("deny_devices".into(), HashSet::from(["new-phone".to_string()]));
+    engine
+        .lists()
+        .write()
+        .unwrap()
+        .insert("deny_devices".into(), puhui_risk::ListSet::from_iter(["new-phone".to_string()]));
     let d = engine.decide(&store, &drain);
     assert_eq!(d.outcome, Outcome::Decline);
     assert!(d.fired.iter().any(|r| &*r.id == "deny_listed"));
@@ -490,4 +498,22 @@ fn model_paths_stay_inside_the_models_directory() {
             Ruleset::parse_in(&ruleset(path), dir.path()).err().unwrap_or_else(|| panic!("refused: {path}"));
         assert!(e.message.contains(message), "{path}: {e}");
     }
+}
+
+#[test]
+fn a_list_set_counts_finds_and_forgets_its_values_across_shards() {
+    let mut set = puhui_risk::ListSet::default();
+    assert!(set.is_empty());
+    for i in 0..10_000 {
+        assert!(set.insert(format!("dev-{i}")));
+    }
+    assert!(!set.insert("dev-7".into()), "a value is held once");
+    assert_eq!(set.len(), 10_000);
+    assert!(set.contains("dev-9999") && !set.contains("dev-10000"));
+    assert!(set.remove("dev-7") && !set.remove("dev-7"));
+    assert_eq!((set.len(), set.iter().count()), (9_999, 9_999));
+    let mut values: Vec<&String> = set.iter().collect();
+    values.sort();
+    values.dedup();
+    assert_eq!(values.len(), 9_999);
 }
