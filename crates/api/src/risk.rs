@@ -1963,10 +1963,25 @@ pub async fn create_ruleset(
         ));
     }
     let text = body.text.clone();
+    // Parsed (and its models read) before the controller's lock is taken, on a blocking thread:
+    // decisions do not wait for it.
+    let models_dir = risk.lock().controller.models_dir().to_path_buf();
+    let parsing = text.clone();
+    let prepared = tokio::task::spawn_blocking(move || Controller::prepare(&parsing, &models_dir))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "api_error",
+                "internal_error",
+                "ruleset task failed",
+            )
+        })?;
     let (version, created) = risk
         .admin_change(move |risk| {
             let mut state = risk.lock();
-            let (version, record) = state.controller.publish(&text).map_err(control_error)?;
+            let (version, record) =
+                state.controller.publish_prepared(&text, prepared).map_err(control_error)?;
             let receipt = match record {
                 Some(r) => Some(risk.journal(&[r])?),
                 None => None,

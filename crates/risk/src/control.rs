@@ -370,23 +370,50 @@ impl Controller {
         self.publish_parsed(text, Ruleset::parse_in)
     }
 
+    /// The parse [`Controller::publish`] makes, done without the controller (so without holding
+    /// its lock): parsing reads and checks the ruleset's model files (~10 ms for a 300-tree model),
+    /// which every decision would wait for under the lock. Hand the result to
+    /// [`Controller::publish_prepared`]; `models_dir` is [`Controller::models_dir`].
+    pub fn prepare(text: &str, models_dir: &Path) -> Result<Ruleset, ControlError> {
+        check_text_len(text)?;
+        Ruleset::parse_in(text, models_dir).map_err(ControlError::Ruleset)
+    }
+
+    /// [`Controller::publish`] with the parse [`Controller::prepare`] made (its error is returned
+    /// only if the text is not published already: a published text is answered as such).
+    pub fn publish_prepared(
+        &mut self,
+        text: &str,
+        prepared: Result<Ruleset, ControlError>,
+    ) -> Result<(String, Option<RiskRecord>), ControlError> {
+        self.publish_with(text, |_, _| prepared)
+    }
+
+    /// Where the rulesets' model paths are resolved.
+    pub fn models_dir(&self) -> &Path {
+        &self.models_dir
+    }
+
     fn publish_parsed(
         &mut self,
         text: &str,
         parse: fn(&str, &Path) -> Result<Ruleset, crate::RulesetError>,
     ) -> Result<(String, Option<RiskRecord>), ControlError> {
-        if text.len() > RULESET_TEXT_BYTES_MAX {
-            return Err(ControlError::Limit(format!(
-                "a ruleset has at most {RULESET_TEXT_BYTES_MAX} bytes; this one has {}",
-                text.len()
-            )));
-        }
+        self.publish_with(text, |text, models_dir| parse(text, models_dir).map_err(ControlError::Ruleset))
+    }
+
+    fn publish_with(
+        &mut self,
+        text: &str,
+        parse: impl FnOnce(&str, &Path) -> Result<Ruleset, ControlError>,
+    ) -> Result<(String, Option<RiskRecord>), ControlError> {
+        check_text_len(text)?;
         // The same text always names the same version: already published (perhaps before a check
         // it would now fail existed), it is answered without parsing it again.
         if let Some((version, _)) = self.rulesets.iter().find(|(_, p)| p.text == text) {
             return Ok((version.clone(), None));
         }
-        let ruleset = parse(text, &self.models_dir).map_err(ControlError::Ruleset)?;
+        let ruleset = parse(text, &self.models_dir)?;
         let version = ruleset.version.clone();
         if let Some(existing) = self.rulesets.get(&version) {
             return if existing.text == text {
@@ -615,4 +642,15 @@ pub fn list_page(
     let more = values.len() > limit;
     values.truncate(limit);
     Some((values.into_iter().map(str::to_string).collect(), more))
+}
+
+/// `Err` for a ruleset text over [`RULESET_TEXT_BYTES_MAX`].
+fn check_text_len(text: &str) -> Result<(), ControlError> {
+    if text.len() > RULESET_TEXT_BYTES_MAX {
+        return Err(ControlError::Limit(format!(
+            "a ruleset has at most {RULESET_TEXT_BYTES_MAX} bytes; this one has {}",
+            text.len()
+        )));
+    }
+    Ok(())
 }

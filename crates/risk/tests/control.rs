@@ -482,3 +482,25 @@ proptest::proptest! {
         proptest::prop_assert!(puhui_risk::list_page(&lists, "allow", prefix, None, limit).is_none());
     }
 }
+
+#[test]
+fn a_ruleset_prepared_outside_the_controller_publishes_as_publish_does() {
+    let mut c = controller(STARTER);
+    let text = puhui_risk::synthetic::ruleset_text(5);
+    let prepared = Controller::prepare(&text, c.models_dir());
+    let (version, record) = c.publish_prepared(&text, prepared).expect("publishes");
+    assert!(matches!(record, Some(RiskRecord::Ruleset(_))));
+    // The same text again is answered as published, whatever its parse gave this time.
+    let failed = Err(ControlError::Limit("a parse that failed".into()));
+    assert_eq!(c.publish_prepared(&text, failed).expect("already published"), (version, None));
+    // A new text that does not parse is refused with the parse's error, and nothing is published.
+    let bad = "version = \"bad-1\"\n[thresholds]\nreview = 1\n";
+    let before = c.rulesets().len();
+    assert!(matches!(
+        c.publish_prepared(bad, Controller::prepare(bad, c.models_dir())),
+        Err(ControlError::Ruleset(_))
+    ));
+    assert_eq!(c.rulesets().len(), before);
+    let long = "#".repeat(puhui_risk::control::RULESET_TEXT_BYTES_MAX + 1);
+    assert!(matches!(Controller::prepare(&long, c.models_dir()), Err(ControlError::Limit(_))));
+}
