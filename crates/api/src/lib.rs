@@ -18,6 +18,7 @@ pub mod events;
 pub mod idempotency;
 pub mod journal;
 pub mod limits;
+pub mod log_budget;
 pub mod models;
 pub mod openapi;
 pub mod risk;
@@ -406,14 +407,25 @@ async fn observe(State(app): State<Arc<AppState>>, request: Request, next: Next)
         .increment(1);
     metrics::histogram!("puhui_http_request_duration_seconds", "route" => route).record(seconds);
     if status >= 500 {
-        tracing::warn!(
-            request_id,
-            method,
-            route,
-            status,
-            latency_us = (seconds * 1e6) as u64,
-            "request failed"
-        );
+        static FAILED: log_budget::LogBudget =
+            log_budget::LogBudget::new(limits::FAILED_REQUEST_LOGS_PER_SECOND_MAX);
+        if let log_budget::Admit::Log { suppressed_before } = FAILED.admit_now() {
+            if suppressed_before > 0 {
+                tracing::warn!(
+                    lines_left_out = suppressed_before,
+                    per_second_max = limits::FAILED_REQUEST_LOGS_PER_SECOND_MAX,
+                    "more requests failed than are logged a second (see puhui_http_requests_total)"
+                );
+            }
+            tracing::warn!(
+                request_id,
+                method,
+                route,
+                status,
+                latency_us = (seconds * 1e6) as u64,
+                "request failed"
+            );
+        }
     } else {
         tracing::debug!(request_id, method, route, status, latency_us = (seconds * 1e6) as u64, "request");
     }

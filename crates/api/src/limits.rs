@@ -38,3 +38,7 @@ pub const URI_BYTES_MAX: usize = 8 << 10;
 /// Most header bytes in a request (names and values): 431 `headers_too_large` beyond (past hyper's
 /// own limits — 100 headers, ~400 KiB — hyper answers 431 with an empty body).
 pub const HEADER_BYTES_MAX: usize = 32 << 10;
+/// Most "request failed" (5xx) log lines a second; the rest are counted and reported in one line
+/// when the next second's first failure is logged (an overload answering tens of thousands of
+/// 503s a second would otherwise write as many lines).
+pub const FAILED_REQUEST_LOGS_PER_SECOND_MAX: u64 = 20;
