@@ -1002,6 +1002,29 @@ pub enum Evaluation {
 /// Model inputs kept on the stack (a model with more takes a heap buffer).
 const MODEL_INPUTS_INLINE: usize = 64;
 
+/// The outcome of the rules that fired (`fired`, adding up to `score`), or, when the time budget
+/// ran out (`exceeded`: the ruleset's `on_exceeded`), that outcome, except that a rule that fired
+/// with a direct decline before the budget ran out still declines: a decline already certain is
+/// not given up to fail open.
+fn settle(fired: &[FiredRule], score: i64, ruleset: &Ruleset, exceeded: Option<Outcome>) -> Outcome {
+    let direct = |o: Outcome| fired.iter().any(|r| r.outcome == Some(o));
+    if direct(Outcome::Decline) {
+        Outcome::Decline
+    } else if let Some(outcome) = exceeded {
+        outcome
+    } else if direct(Outcome::Approve) {
+        Outcome::Approve
+    } else if direct(Outcome::Review) {
+        Outcome::Review
+    } else if score >= ruleset.decline_at {
+        Outcome::Decline
+    } else if score >= ruleset.review_at {
+        Outcome::Review
+    } else {
+        Outcome::Approve
+    }
+}
+
 impl Engine {
     /// An engine for `ruleset`, with `lists` shared (they can change while it runs).
     pub fn new(ruleset: Arc<Ruleset>, lists: Lists) -> Engine {
@@ -1215,7 +1238,8 @@ impl Engine {
         let mut degraded = None;
         let budget = ruleset.budget;
         for (index, rule) in ruleset.rules.iter().enumerate() {
-            if budgeted && index % BUDGET_CHECK_EVERY_RULES == 0 && index > 0 {
+            // The first look is before any rule: the features' and models' time counts too.
+            if budgeted && index % BUDGET_CHECK_EVERY_RULES == 0 {
                 let spent_ns = started.elapsed().as_nanos() as u64;
                 if spent_ns > budget.decision_ns {
                     degraded = Some(format!(
@@ -1255,22 +1279,7 @@ impl Engine {
         }
         drop(frame);
         drop(scope);
-        let direct = |o: Outcome| fired.iter().any(|r| r.outcome == Some(o));
-        let outcome = if degraded.is_some() {
-            budget.on_exceeded
-        } else if direct(Outcome::Decline) {
-            Outcome::Decline
-        } else if direct(Outcome::Approve) {
-            Outcome::Approve
-        } else if direct(Outcome::Review) {
-            Outcome::Review
-        } else if score >= ruleset.decline_at {
-            Outcome::Decline
-        } else if score >= ruleset.review_at {
-            Outcome::Review
-        } else {
-            Outcome::Approve
-        };
+        let outcome = settle(&fired, score, ruleset, degraded.is_some().then_some(budget.on_exceeded));
         Decision {
             outcome,
             score,
@@ -1344,5 +1353,37 @@ pub fn observe(store: &mut FeatureStore, event: &RiskEvent<'_>, attribute_entiti
                 store.record(Namespace::Attribute, &attribute_key(event.payer, name, v), t, a, event.payer);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spent_budget_takes_the_rulesets_outcome_but_does_not_undo_a_direct_decline() {
+        let ruleset = Ruleset::parse(
+            "version = \"v\"\n[thresholds]\nreview = 50\ndecline = 100\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"amount > 1\"\nscore = 1\n",
+        )
+        .unwrap();
+        let fired = |outcome: Option<Outcome>, score: i64| FiredRule {
+            id: Arc::from("x"),
+            score,
+            outcome,
+            reasons: Arc::from(Vec::new()),
+        };
+        let (decline, approve) = (Some(Outcome::Decline), Some(Outcome::Approve));
+        // Within the budget: direct outcomes first (decline, approve, review), then the thresholds.
+        assert_eq!(settle(&[fired(approve, 0), fired(decline, 0)], 0, &ruleset, None), Outcome::Decline);
+        assert_eq!(settle(&[fired(approve, 0)], 500, &ruleset, None), Outcome::Approve);
+        assert_eq!(settle(&[fired(None, 60)], 60, &ruleset, None), Outcome::Review);
+        assert_eq!(settle(&[], 0, &ruleset, None), Outcome::Approve);
+        // Out of budget: the ruleset's outcome (fail open or closed), whatever the score so far...
+        assert_eq!(settle(&[fired(None, 500)], 500, &ruleset, approve), Outcome::Approve);
+        assert_eq!(settle(&[fired(approve, 0)], 0, &ruleset, decline), Outcome::Decline);
+        assert_eq!(settle(&[], 0, &ruleset, Some(Outcome::Review)), Outcome::Review);
+        // ...but a direct decline that fired before it ran out stands (a deny list is not failed open).
+        assert_eq!(settle(&[fired(decline, 0)], 0, &ruleset, approve), Outcome::Decline);
+        assert_eq!(settle(&[fired(decline, 0)], 0, &ruleset, Some(Outcome::Review)), Outcome::Decline);
     }
 }

@@ -370,7 +370,8 @@ fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
     let mut text = String::from(
         "version = \"budget\"\n[thresholds]\nreview = 50\ndecline = 100\n[budget]\ndecision_us = 0\non_exceeded = \"decline\"\n",
     );
-    // More rules than the engine evaluates between two looks at the clock (32).
+    // More rules than the engine evaluates between two looks at the clock (32; the first look is
+    // before any rule).
     for i in 0..40 {
         text += &format!(
             "[[rules]]\nid = \"r{i}\"\ndescription = \"d\"\nexpression = \"amount > {i}\"\nscore = 1\n"
