@@ -273,6 +273,10 @@ struct Memory {
     /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
     /// The values are already hashes: the set does not hash them again.
     known: KnownIds,
+    /// Hashes of the declined transfers' ids no longer in `decisions` (bounded like `known`): a
+    /// retry of one is declined again, not decided again (or posted, without a risk context).
+    /// Empty until the memory forgets a decline, so a new id costs no hashing for it.
+    declined_forgotten: KnownIds,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: Reviews,
     /// Transfer ids (hashed) in a request right now ([`RiskService::begin_deciding`]): a second
@@ -355,6 +359,8 @@ struct Remembered {
     record: Box<[u8]>,
     label: Option<Label>,
     journal_seq: Option<u64>,
+    /// A transfer's decision that declined it (kept in `declined_forgotten` once forgotten).
+    declined_transfer: bool,
 }
 
 /// Hashes of decision ids seen ([`hash64`]), up to [`DECISION_IDS_KEPT_MAX`], in shards that grow
@@ -582,6 +588,7 @@ impl RiskService {
             order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
             seq_inbox,
             known: KnownIds::new(),
+            declined_forgotten: KnownIds::new(),
             reviews: Reviews::default(),
             deciding: HashSet::new(),
         };
@@ -818,8 +825,10 @@ impl RiskService {
         state.controller.commit_decision(&decision);
         drop(state);
         self.metrics.get_or_init(DecisionMetrics::new).count(&decision);
+        let declined_transfer =
+            decision.source == DecisionSource::Transfer && decision.active.outcome == Outcome::Decline;
         let decided = Decided::of(decision);
-        self.mem().remember(key, kept, decided.review());
+        self.mem().remember(key, kept, decided.review(), declined_transfer);
         Ok((decided, receipt))
     }
 
@@ -1071,6 +1080,20 @@ impl RiskService {
         Some(object)
     }
 
+    /// Whether `id` (scoped) names a transfer risk control declined, whose decision is older than
+    /// the [`DECISIONS_KEPT_MAX`] kept in memory: its retry is declined again.
+    pub fn declined_long_ago(&self, id: &str) -> bool {
+        self.mem().declined_and_forgotten(id)
+    }
+
+    /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
+    /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]).
+    pub fn decided_long_ago(&self, id: &str) -> bool {
+        let hash = hash64(id);
+        let memory = self.mem();
+        !memory.decisions.contains_key(id) && memory.known.contains(hash)
+    }
+
     /// The remembered record of decision `id` (scoped), with its event.
     pub fn decision_record(&self, id: &str) -> Option<DecisionRecord> {
         let record = self.mem().decisions.get(id)?.record.clone();
@@ -1244,7 +1267,13 @@ impl Memory {
     /// Keeps a decision (its binary record) for `GET /v1/decisions/{id}` (bounded) and, for an
     /// inline review, queues `review` (start-up drops reviews whose hold is gone when they are
     /// listed).
-    fn remember(&mut self, scoped_id: Arc<str>, record: Box<[u8]>, review: Option<ReviewObject>) {
+    fn remember(
+        &mut self,
+        scoped_id: Arc<str>,
+        record: Box<[u8]>,
+        review: Option<ReviewObject>,
+        declined_transfer: bool,
+    ) {
         let label = self.decisions.get(&scoped_id).and_then(|o| o.label);
         let journal_seq = self.early_seqs.remove(&scoped_id);
         if let Some(review) = review {
@@ -1253,15 +1282,24 @@ impl Memory {
         if self.known.len() < DECISION_IDS_KEPT_MAX {
             self.known.insert(hash64(&scoped_id));
         }
-        let remembered = Remembered { record, label, journal_seq };
+        let remembered = Remembered { record, label, journal_seq, declined_transfer };
         if self.decisions.insert(Arc::clone(&scoped_id), remembered).is_none() {
             self.order.push_back(scoped_id);
         }
         while self.order.len() > DECISIONS_KEPT_MAX {
-            if let Some(old) = self.order.pop_front() {
-                self.decisions.remove(&old);
+            let Some(old) = self.order.pop_front() else { break };
+            let forgotten = self.decisions.remove(&old);
+            if forgotten.is_some_and(|f| f.declined_transfer)
+                && self.declined_forgotten.len() < DECISION_IDS_KEPT_MAX
+            {
+                self.declined_forgotten.insert(hash64(&old));
             }
         }
+    }
+
+    /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
+    fn declined_and_forgotten(&self, scoped_id: &str) -> bool {
+        self.declined_forgotten.len() > 0 && self.declined_forgotten.contains(hash64(scoped_id))
     }
 
     /// [`Memory::remember`] for a decision read from the journal (replay, other nodes).
@@ -1269,7 +1307,8 @@ impl Memory {
         let review = (d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Review)
             .then(|| review_of_record(d));
         let record = puhui_risk::records::binary::encode(d).into_boxed_slice();
-        self.remember(Arc::from(d.id.as_str()), record, review);
+        let declined_transfer = d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Decline;
+        self.remember(Arc::from(d.id.as_str()), record, review, declined_transfer);
     }
 
     /// Notes the journal positions the committer sent since the last lock.
@@ -1631,6 +1670,21 @@ pub async fn create_decision(
             return Ok((StatusCode::OK, Json(existing)));
         }
     }
+    if risk.decided_long_ago(id.as_str()) {
+        // Deciding again would journal a second record under the id, and count its event twice.
+        return Err(ApiError {
+            param: Some("id".into()),
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "decision_exists",
+                format!(
+                    "a decision under this id was made earlier and is older than the {DECISIONS_KEPT_MAX} \
+                     decisions kept in memory, so a retry cannot be matched with it: use a new id"
+                ),
+            )
+        });
+    }
     let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
     let item = ToDecide {
         id: id.to_string(),
@@ -1660,10 +1714,19 @@ pub async fn get_decision(
 ) -> Result<Json<DecisionObject>, ApiError> {
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
     let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
-    risk.look_caught_up(|r| r.decision(id.as_str()))
-        .await
-        .map(Json)
-        .ok_or_else(|| ApiError::not_found("decision", "id"))
+    if let Some(decision) = risk.look_caught_up(|r| r.decision(id.as_str())).await {
+        return Ok(Json(decision));
+    }
+    if risk.decided_long_ago(id.as_str()) {
+        return Err(ApiError {
+            message: format!(
+                "no such decision in memory: it is older than the {DECISIONS_KEPT_MAX} decisions kept there \
+                 (every decision stays in the journal, which `puhui risk backtest` reads)"
+            ),
+            ..ApiError::not_found("decision", "id")
+        });
+    }
+    Err(ApiError::not_found("decision", "id"))
 }
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.
@@ -2363,6 +2426,72 @@ mod tests {
         assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-2");
         let changed = old.replace("score = 60", "score = 61").replace("old-1", "old-2");
         assert!(open(Some(&changed)).is_err(), "another text is checked");
+    }
+
+    #[tokio::test]
+    async fn a_decline_older_than_the_decisions_kept_stays_declined_also_after_a_restart() {
+        let text = "version = \"big-1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[rules]]\nid = \"big\"\ndescription = \"d\"\nexpression = \"amount > 1000\"\nscore = 100\n";
+        let dir = tempfile::tempdir().unwrap();
+        let open = || {
+            let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
+            Arc::new(
+                RiskService::open(
+                    store,
+                    Some((text.to_string(), dir.path().to_path_buf())),
+                    None,
+                    &mut |_, _, _| {},
+                )
+                .unwrap()
+                .0,
+            )
+        };
+        let item = |id: String, source: DecisionSource, amount_minor: u64| ToDecide {
+            id,
+            source,
+            event: EventRecord {
+                payer: "t:w".into(),
+                payee: "t:shop".into(),
+                amount_minor,
+                currency: "CNY".into(),
+                timestamp_ns: 1_000_000_000,
+                attributes: Vec::new(),
+            },
+            record: false,
+            fence: None,
+        };
+        let service = open();
+        let declined = |s: &RiskService| (s.declined_long_ago("t:big"), s.decided_long_ago("t:big"));
+        let (d, durable) =
+            service.decide_queued(item("t:big".into(), DecisionSource::Transfer, 5_000)).await.unwrap();
+        durable.await.unwrap().unwrap();
+        assert_eq!(d.outcome(), Outcome::Decline);
+        assert!(service.decision("t:big").is_some());
+        assert_eq!(declined(&service), (false, false), "in memory: answered from its record");
+        // One more later decision (approved, and one declined standalone) than memory keeps.
+        let mut later = (0..=DECISIONS_KEPT_MAX)
+            .map(|i| item(format!("t:d{i}"), DecisionSource::Standalone, if i == 0 { 5_000 } else { 10 }));
+        loop {
+            let chunk: Vec<ToDecide> = later.by_ref().take(8_192).collect();
+            if chunk.is_empty() {
+                break;
+            }
+            for d in service.decide_queued_many(chunk).await {
+                d.unwrap().1.await.unwrap().unwrap();
+            }
+        }
+        assert!(service.decision("t:big").is_none() && service.decision("t:d0").is_none());
+        assert_eq!(declined(&service), (true, true), "forgotten, but known as a declined transfer");
+        assert_eq!((service.declined_long_ago("t:d0"), service.decided_long_ago("t:d0")), (false, true));
+        assert_eq!((service.declined_long_ago("t:new"), service.decided_long_ago("t:new")), (false, false));
+        drop(service);
+        // The journal's replay forgets the same decisions and keeps the same decline.
+        let service = open();
+        assert!(service.decision("t:big").is_none());
+        assert_eq!(declined(&service), (true, true));
+        assert!(
+            service.decision(&format!("t:d{DECISIONS_KEPT_MAX}")).is_some()
+                && service.decision("t:d1").is_some()
+        );
     }
 
     #[tokio::test]

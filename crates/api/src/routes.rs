@@ -671,6 +671,9 @@ async fn prepare_inline(
             return Ok(Prepared::Answered(Some((outcome, review))));
         }
     }
+    if risk.declined_long_ago(request.id.as_str()) {
+        return Err(declined_long_ago());
+    }
     let id = request.id.clone();
     if let Some(Some(existing)) = app.transfer_now(id).await? {
         let review_hold = existing.request.kind == TransferKind::Pending
@@ -743,7 +746,9 @@ fn refused_without_decision(app: &AppState, request: &mut TransferRequest, prefi
             .is_under_review(pending.as_str())
             .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id")));
     }
-    let previous = risk.decision(request.id.as_str())?;
+    let Some(previous) = risk.decision(request.id.as_str()) else {
+        return risk.declined_long_ago(request.id.as_str()).then(declined_long_ago);
+    };
     if previous.source == "transfer" && previous.outcome == "review" {
         into_review_hold(request);
     }
@@ -764,6 +769,20 @@ fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
     let reasons: Vec<&str> = reasons.iter().map(AsRef::as_ref).collect();
     ApiError {
         message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
+        ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
+    }
+}
+
+/// 422 `risk_declined` for a retry under the id of a transfer risk control declined so long ago that
+/// its decision is no longer in memory (only its id's hash is): declined again, whatever the retry
+/// says, since its payment cannot be compared with the declined one.
+fn declined_long_ago() -> ApiError {
+    ApiError {
+        message: format!(
+            "risk control declined a transfer under this id earlier (its decision is older than the {} kept \
+             in memory, so its reasons are not repeated: they are in the journal); use a new id for a new payment",
+            crate::risk::DECISIONS_KEPT_MAX
+        ),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
     }
 }
