@@ -1586,7 +1586,8 @@ pub fn now_ns() -> u64 {
 
 /// Score an event with the active ruleset (nothing is posted).
 #[utoipa::path(post, path = "/v1/decisions", tag = "risk", request_body = CreateDecision,
-    responses((status = 201, body = DecisionObject), (status = 400, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
+    responses((status = 201, body = DecisionObject), (status = 400, body = ErrorEnvelope),
+        (status = 409, body = ErrorEnvelope), (status = 503, body = ErrorEnvelope)),
     security(("api_key" = [])))]
 pub async fn create_decision(
     State(app): State<Arc<AppState>>,
