@@ -157,18 +157,19 @@ fn print_report(r: &BacktestReport, candidate: Option<&Path>, entries: u64, reco
     println!("{}", confusion_line("online", &r.confusion_online));
     if !r.rules.is_empty() {
         println!(
-            "\n{:<28}{:>9}{:>9}{:>9}{:>11}{:>9}",
-            "rule", "fired", "fraud", "legit", "precision", "recall"
+            "\n{:<28}{:>9}{:>9}{:>9}{:>11}{:>9}{:>9}",
+            "rule", "fired", "fraud", "legit", "precision", "recall", "FPR"
         );
         for rule in &r.rules {
             println!(
-                "{:<28}{:>9}{:>9}{:>9}{:>11}{:>9}",
+                "{:<28}{:>9}{:>9}{:>9}{:>11}{:>9}{:>9}",
                 rule.rule,
                 rule.fired,
                 rule.fired_fraud,
                 rule.fired_legit,
                 pct(rule.precision()),
-                pct(rule.recall())
+                pct(rule.recall()),
+                pct(rule.false_positive_rate())
             );
         }
     }
@@ -201,7 +202,7 @@ fn report_json(r: &BacktestReport, candidate: bool) -> serde_json::Value {
         "confusion_online": confusion(&r.confusion_online),
         "rules": r.rules.iter().map(|x| serde_json::json!({
             "rule": x.rule, "fired": x.fired, "fired_fraud": x.fired_fraud, "fired_legit": x.fired_legit,
-            "precision": x.precision(), "recall": x.recall(),
+            "precision": x.precision(), "recall": x.recall(), "false_positive_rate": x.false_positive_rate(),
         })).collect::<Vec<_>>(),
         "score_buckets": r.scores.iter().map(|(b, c)| serde_json::json!({
             "from": b, "to": b + SCORE_BUCKET_WIDTH, "fraud": c.fraud, "legit": c.legit, "unlabelled": c.unlabelled,

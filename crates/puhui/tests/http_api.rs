@@ -1453,6 +1453,8 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert_eq!(report["decisions"], 14);
     assert_eq!(report["confusion"]["true_positives"], 1, "{report}");
     assert_eq!(report["confusion_online"]["false_negatives"], 1, "{report}");
+    let rules = report["rules"].as_array().unwrap();
+    assert!(!rules.is_empty() && rules.iter().all(|r| r.get("false_positive_rate").is_some()), "{report}");
     let svg = std::fs::read_to_string(dir.path().join("scores.svg")).unwrap();
     assert!(svg.starts_with("<svg") && svg.contains("<rect"), "{svg}");
     // An empty period is a mistake, not a clean report.

@@ -92,6 +92,8 @@ pub struct RuleStats {
     pub fired_legit: u64,
     /// Labelled-fraud decisions in all (its recall's denominator).
     pub fraud_total: u64,
+    /// Labelled-legit decisions in all (its false-positive rate's denominator).
+    pub legit_total: u64,
 }
 
 impl RuleStats {
@@ -103,6 +105,11 @@ impl RuleStats {
     /// Of the fraud, the share it fired on.
     pub fn recall(&self) -> Option<f64> {
         ratio(self.fired_fraud, self.fraud_total)
+    }
+
+    /// Of the legit, the share it fired on (its false-positive rate).
+    pub fn false_positive_rate(&self) -> Option<f64> {
+        ratio(self.fired_legit, self.legit_total)
     }
 }
 
@@ -272,6 +279,7 @@ impl Backtest {
             }
         }
         let fraud_total = label_of_row.iter().filter(|l| **l == Some(Label::Fraud)).count() as u64;
+        let legit_total = label_of_row.iter().filter(|l| **l == Some(Label::Legit)).count() as u64;
         for (row, label) in self.rows.iter().zip(&label_of_row) {
             let bucket = row.score.div_euclid(SCORE_BUCKET_WIDTH) * SCORE_BUCKET_WIDTH;
             let counts = report.scores.entry(bucket).or_default();
@@ -301,6 +309,7 @@ impl Backtest {
         }
         for r in &mut rules {
             r.fraud_total = fraud_total;
+            r.legit_total = legit_total;
         }
         rules.sort_by(|a, b| b.fired.cmp(&a.fired).then_with(|| a.rule.cmp(&b.rule)));
         report.rules = rules;

@@ -285,6 +285,16 @@ fn backtest_of_a_candidate_differs_and_is_point_in_time() {
     assert_eq!(report.decisions, 600);
     assert!(report.first_difference.is_some(), "strict-1 does not decide like the starter everywhere");
     assert!(report.rules.iter().any(|r| r.rule == "busy_payer" && r.fired > 0));
+    // Per rule, its false-positive rate: the labelled legit it fired on, of all labelled legit.
+    let legit = report.confusion.false_positives + report.confusion.true_negatives;
+    let fraud = report.confusion.true_positives + report.confusion.false_negatives;
+    assert!(legit > 0 && fraud > 0, "{:?}", report.confusion);
+    for r in &report.rules {
+        assert_eq!((r.legit_total, r.fraud_total), (legit, fraud), "{r:?}");
+        assert!(r.fired_legit + r.fired_fraud <= r.fired, "{r:?}");
+        assert_eq!(r.false_positive_rate(), Some(r.fired_legit as f64 / legit as f64));
+    }
+    assert!(report.rules.iter().any(|r| r.fired_legit > 0), "some rule fired on legit: {:?}", report.rules);
 
     // Point in time: the same candidate over only the first half of the history decides the first
     // half exactly as it does over the whole history.
