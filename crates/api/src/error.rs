@@ -1,4 +1,5 @@
-//! The one error envelope: `{"error":{"type","code","message","param","request_id"}}`.
+//! The one error envelope: `{"error":{"type","code","message","param","request_id"}}`, with
+//! `reasons` on `risk_declined`.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -43,6 +44,7 @@ pub const API_ERROR_CODES: &[&str] = &[
     "unavailable",
     "internal_error",
     "risk_declined",
+    "decision_exists",
     "exists_with_different_event",
     "under_review",
     "review_resolved",
@@ -71,6 +73,10 @@ pub struct ErrorBody {
     /// The request field at fault, if one is.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub param: Option<String>,
+    /// `risk_declined`: the reason codes of the rules that declined (empty if none gave one;
+    /// absent when they are no longer known: a decline older than the decisions kept in memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
     /// The request's id (also in the `Request-Id` header and the logs).
     pub request_id: String,
 }
@@ -97,6 +103,8 @@ pub struct ApiError {
     pub param: Option<String>,
     /// Seconds for `Retry-After` (429, 503).
     pub retry_after_secs: Option<u64>,
+    /// Reason codes (`risk_declined`).
+    pub reasons: Option<Vec<String>>,
 }
 
 impl ApiError {
@@ -109,6 +117,7 @@ impl ApiError {
             message: message.into(),
             param: param.map(Into::into),
             retry_after_secs: None,
+            reasons: None,
         }
     }
 
@@ -121,6 +130,7 @@ impl ApiError {
             message: message.into(),
             param: None,
             retry_after_secs: None,
+            reasons: None,
         }
     }
 
@@ -171,6 +181,7 @@ impl ApiError {
             message: code.message().into(),
             param: param.map(Into::into),
             retry_after_secs: None,
+            reasons: None,
         }
     }
 }
@@ -218,6 +229,7 @@ impl IntoResponse for ApiError {
                 code: self.code,
                 message: self.message,
                 param: self.param,
+                reasons: self.reasons,
                 request_id: current_request_id(),
             },
         };

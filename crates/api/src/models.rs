@@ -531,6 +531,9 @@ pub struct BatchItemResult {
     pub result: &'static str,
     /// Ledger timestamp (nanoseconds) if the transfer is recorded.
     pub timestamp_ns: Option<u64>,
+    /// `risk_declined`: the reason codes of the rules that declined it (absent otherwise).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reasons: Option<Vec<String>>,
 }
 
 /// `POST /v1/transfers/batch` answer: one result per transfer, in order.

@@ -769,6 +769,7 @@ fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
     let reasons: Vec<&str> = reasons.iter().map(AsRef::as_ref).collect();
     ApiError {
         message: format!("risk control declined the transfer (reasons: {})", reasons.join(", ")),
+        reasons: Some(reasons.iter().map(|r| r.to_string()).collect()),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
     }
 }
@@ -965,6 +966,8 @@ pub async fn create_transfer_batch(
     // item is not submitted (`risk_declined`) and neither is the rest of its linked chain
     // (`linked_event_failed`); a review item becomes a hold and is queued once it is recorded.
     let mut declined: Vec<Option<ResultCode>> = vec![None; count];
+    // A declined item's reason codes (`risk_declined`, when known).
+    let mut reasons: Vec<Option<Vec<String>>> = vec![None; count];
     let mut reviews = Vec::new();
     let mut note = |i: usize, answer: Result<Inline, ApiError>| match answer {
         Ok(Some((puhui_risk::Outcome::Review, Some(review)))) => {
@@ -975,6 +978,7 @@ pub async fn create_transfer_batch(
         // A decline, or a declined id reused for another payment: that item's result.
         Err(e) if ResultCode::from_name(&e.code).is_some() => {
             declined[i] = ResultCode::from_name(&e.code);
+            reasons[i] = e.reasons;
             Ok(())
         }
         Err(e) => Err(ApiError { param: Some(format!("transfers[{i}].risk_context")), ..e }),
@@ -1081,11 +1085,13 @@ pub async fn create_transfer_batch(
             .iter()
             .zip(&results)
             .enumerate()
-            .map(|(index, (id, (result, timestamp_ns)))| BatchItemResult {
+            .zip(reasons)
+            .map(|((index, (id, (result, timestamp_ns))), reasons)| BatchItemResult {
                 index,
                 id: unscoped(id).to_string(),
                 result: result.as_str(),
                 timestamp_ns: (*timestamp_ns != 0).then_some(*timestamp_ns),
+                reasons,
             })
             .collect(),
     }))

@@ -1114,11 +1114,14 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let refused = c.post(&server, "/v1/transfers", with_ctx("t4", "shop", 600_000, "phone", "1")).await;
     assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
     assert!(refused.body["error"]["message"].as_str().unwrap().contains("kyc_cap"));
+    let reasons = refused.body["error"]["reasons"].as_array().expect("reason codes, as a list").clone();
+    assert!(reasons.iter().any(|r| r.as_str().unwrap().contains("kyc_cap")), "{:?}", refused.body);
     assert_eq!(c.get(&server, "/v1/transfers/t4").await.status, 404);
     // A declined id stays declined without a risk context too, alone or in a batch (where another
     // payment under it is that item's conflict).
     let bare = c.post(&server, "/v1/transfers", transfer("t4", "w", "shop", 600_000)).await;
     assert_eq!((bare.status, bare.code()), (422, "risk_declined"), "{:?}", bare.body);
+    assert_eq!(bare.body["error"]["reasons"], json!(reasons), "the same reasons on a retry");
     let batch = json!({"transfers": [transfer("t4", "w", "shop", 600_000), transfer("t4", "w", "shop", 1)]});
     let r = c.post(&server, "/v1/transfers/batch", batch).await;
     let results: Vec<&str> =
@@ -1157,6 +1160,8 @@ async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let results: Vec<&str> =
         r.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
     assert_eq!(results, ["ok", "risk_declined", "linked_event_failed"], "{:?}", r.body);
+    assert_eq!(r.body["results"][1]["reasons"], json!(reasons), "a declined item's reasons: {:?}", r.body);
+    assert!(r.body["results"][0].get("reasons").is_none() && r.body["results"][2].get("reasons").is_none());
     assert_eq!(r.body["ok"], 1);
     assert_eq!(c.get(&server, "/v1/transfers/b1").await.status, 200);
     assert_eq!(c.get(&server, "/v1/transfers/b3").await.status, 404, "not submitted");
