@@ -526,6 +526,48 @@ pub struct RiskRestore {
 /// A durable-write receipt: resolves once the records are in the journal and fsync'd.
 pub type Durable = tokio::sync::oneshot::Receiver<Result<u64, puhui_store::StoreError>>;
 
+/// The file in a data directory that holds its feature store's placement seed (16 hex digits).
+pub const FEATURE_SEED_FILE: &str = "risk-feature-seed";
+
+/// The feature store's placement seed of the data directory `dir` ([`FEATURE_SEED_FILE`]; see
+/// `puhui_risk::FeatureStore::with_seed`): read, or with `create` made at random and written
+/// durably (written, synced, renamed into place, directory synced) if there is none yet;
+/// `Ok(None)` if there is none and `create` is false. Choice, over a seed fixed in the code or one
+/// in the journal: it stays secret (clients choose the keys it places) and off the verifiable
+/// journal partners read, and restarts and backtests of this directory place keys as it did.
+pub fn feature_seed(dir: &std::path::Path, create: bool) -> Result<Option<u64>, String> {
+    let path = dir.join(FEATURE_SEED_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            let digits = text.trim();
+            let seed = (digits.len() == 16).then(|| u64::from_str_radix(digits, 16).ok()).flatten();
+            return seed.map(Some).ok_or_else(|| {
+                format!(
+                    "{}: not a seed of 16 hex digits; restore the file from a backup of this directory \
+                     (risk features are placed by it)",
+                    path.display()
+                )
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    }
+    use std::hash::{BuildHasher, Hasher};
+    use std::io::Write;
+    let seed = std::hash::RandomState::new().build_hasher().finish();
+    let tmp = dir.join(format!("{FEATURE_SEED_FILE}.tmp"));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        writeln!(file, "{seed:016x}")?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(Some(seed))
+}
+
 fn hash64(id: &str) -> u64 {
     let h = blake3::hash(id.as_bytes());
     u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes"))
@@ -576,6 +618,13 @@ impl RiskService {
         let (mut controller, initial) =
             Controller::new_journaled(&text, &models_dir, FeatureLimits::default())
                 .map_err(|e| e.to_string())?;
+        // Before the replay: the node's feature placement seed, so that the replay evicts (past
+        // `keys_max`) what the online run evicted. On PostgreSQL a node keeps no files: random.
+        if let Some(dir) = store.data_dir() {
+            if let Some(seed) = feature_seed(dir, true)? {
+                controller.seed_features(seed);
+            }
+        }
         // Before the replay: with shared features, replayed decisions are not recorded again.
         let shared = shared_features.is_some();
         controller.set_shared_features(shared_features);
@@ -2427,6 +2476,21 @@ mod tests {
         assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-2");
         let changed = old.replace("score = 60", "score = 61").replace("old-1", "old-2");
         assert!(open(Some(&changed)).is_err(), "another text is checked");
+    }
+
+    #[test]
+    fn a_data_directorys_feature_seed_is_made_once_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(feature_seed(dir.path(), false).unwrap(), None, "none yet, and none made");
+        let seed = feature_seed(dir.path(), true).unwrap().expect("made");
+        assert_eq!(feature_seed(dir.path(), true).unwrap(), Some(seed), "read back, not made again");
+        assert_eq!(feature_seed(dir.path(), false).unwrap(), Some(seed));
+        assert!(!dir.path().join(format!("{FEATURE_SEED_FILE}.tmp")).exists());
+        let other = tempfile::tempdir().unwrap();
+        assert_ne!(feature_seed(other.path(), true).unwrap(), Some(seed), "each directory its own");
+        std::fs::write(dir.path().join(FEATURE_SEED_FILE), "not hex\n").unwrap();
+        let e = feature_seed(dir.path(), true).expect_err("a damaged seed is not replaced");
+        assert!(e.contains("16 hex digits"), "{e}");
     }
 
     #[tokio::test]

@@ -56,9 +56,21 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         // As recorded: the journal's own rulesets take over from the first record on.
         None => (puhui_api::risk::STARTER_RULESET.to_string(), args.data_dir.join("models")),
     };
-    let (controller, _) = Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| {
+    let (mut controller, _) = Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| {
         anyhow::anyhow!("{}: {e}", args.ruleset.as_deref().unwrap_or(Path::new("starter")).display())
     })?;
+    // The server's feature placement, so that evictions past the key bound match its own.
+    match puhui_api::risk::feature_seed(&args.data_dir, false).map_err(|e| anyhow::anyhow!(e))? {
+        Some(seed) => {
+            controller.seed_features(seed);
+        }
+        None => eprintln!(
+            "note: no {} in {}: past the feature store's key bound this replay may evict other keys \
+             than the server did",
+            puhui_api::risk::FEATURE_SEED_FILE,
+            args.data_dir.display()
+        ),
+    }
     let mut backtest = Backtest::new(controller, options);
 
     let total_bytes = std::fs::metadata(&journal)?.len();

@@ -169,6 +169,17 @@ impl Controller {
         Ok((controller, records))
     }
 
+    /// Seeds the feature store's placement hash ([`FeatureStore::with_seed`]): give the seed the
+    /// online run used before replaying its records, so that evictions past `keys_max` match.
+    /// Only an empty store can be seeded (its keys would be misplaced); `false` if it held some.
+    pub fn seed_features(&mut self, seed: u64) -> bool {
+        if self.features.keys() > 0 {
+            return false;
+        }
+        self.features = FeatureStore::with_seed(self.features.limits(), seed);
+        true
+    }
+
     /// The active engine.
     pub fn active(&self) -> &Engine {
         &self.active

@@ -24,7 +24,7 @@
 use std::cell::Cell;
 use std::collections::VecDeque;
 
-use foldhash::fast::RandomState;
+use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
 mod agg;
@@ -200,14 +200,28 @@ pub struct FeatureStore {
     keys_len: usize,
     /// The shard [`FeatureStore::evict`] trims next.
     evict_cursor: usize,
-    hasher: RandomState,
+    /// The keyed hash that places keys in shards and tables, seeded by `seed`: which keys share a
+    /// shard, and so which an eviction drops, follows from it.
+    hasher: FixedState,
+    /// The placement hash's secret seed ([`FeatureStore::with_seed`]).
+    seed: u64,
     /// The keyed hash of [`KeyId::check`].
     checker: std::hash::RandomState,
 }
 
 impl FeatureStore {
-    /// An empty store.
+    /// An empty store, its placement seeded at random.
     pub fn new(limits: FeatureLimits) -> FeatureStore {
+        use std::hash::{BuildHasher, Hasher};
+        let seed = std::hash::RandomState::new().build_hasher().finish();
+        FeatureStore::with_seed(limits, seed)
+    }
+
+    /// An empty store whose placement hash is seeded with `seed`. Two stores with one seed fed the
+    /// same events hold, and evict, the same keys: what makes a replay past `keys_max` (a restart,
+    /// a backtest) decide as the online run did. Keep the seed secret: keys are chosen by clients,
+    /// and a known seed would let them aim many keys at one shard.
+    pub fn with_seed(limits: FeatureLimits, seed: u64) -> FeatureStore {
         assert!(limits.events_per_key_max > 0 && limits.keys_max > 0, "limits must be positive");
         assert!(limits.events_per_key_max < u32::MAX as usize, "events_per_key_max must be below 2^32 - 1");
         let keys = (0..KEY_SHARDS).map(|_| KeyMap::default()).collect();
@@ -218,9 +232,15 @@ impl FeatureStore {
             pairs,
             keys_len: 0,
             evict_cursor: 0,
-            hasher: RandomState::default(),
+            hasher: FixedState::with_seed(seed),
+            seed,
             checker: std::hash::RandomState::new(),
         }
+    }
+
+    /// The placement hash's seed.
+    pub fn seed(&self) -> u64 {
+        self.seed
     }
 
     /// The identity of the key whose text is `parts` joined by U+001F (one part for an entity, two

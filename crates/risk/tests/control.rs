@@ -515,3 +515,66 @@ fn a_ruleset_prepared_outside_the_controller_publishes_as_publish_does() {
     let long = "#".repeat(puhui_risk::control::RULESET_TEXT_BYTES_MAX + 1);
     assert!(matches!(Controller::prepare(&long, c.models_dir()), Err(ControlError::Limit(_))));
 }
+
+/// An online session on a controller with `limits` and feature placement `seed`: `events`
+/// decisions over more keys than `limits.keys_max` holds, so the store evicts as it goes (payers
+/// come back after 12,007 events, about as far back as 20,000 keys reach: whether one is still
+/// held depends on which keys it shares a shard with).
+fn evicting_session(limits: FeatureLimits, seed: u64, events: u64) -> Vec<RiskRecord> {
+    let (mut c, initial) = Controller::new(STARTER, Path::new("."), limits).unwrap();
+    assert!(c.seed_features(seed));
+    c.confirm_initial();
+    let mut journal = initial;
+    for i in 0..events {
+        let (payer, payee) = (format!("t:p{}", i % 12_007), format!("t:m{}", (i * 13) % 1_009));
+        let attrs = vec![
+            ("device_id".to_string(), format!("t:dev{}", i % 611)),
+            ("ip".to_string(), format!("t:ip{}", i % 1_013)),
+            ("kyc_tier".to_string(), "2".to_string()),
+        ];
+        let event = RiskEvent {
+            payer: &payer,
+            payee: &payee,
+            amount_minor: 1_000 + (i * 7919) % 90_000,
+            currency: "CNY",
+            timestamp_ns: 1_700_000_000_000_000_000 + i * 1_000_000_000,
+            attributes: &attrs,
+        };
+        let d = c.decide(format!("t:e{i}"), DecisionSource::Transfer, &event, true);
+        c.commit_decision(&d);
+        journal.push(RiskRecord::Decision(Box::new(d)));
+    }
+    assert!(c.features().keys() <= limits.keys_max);
+    journal
+}
+
+#[test]
+fn a_replay_with_the_online_runs_seed_evicts_what_it_evicted_and_decides_the_same() {
+    // Past `EVICT_BY_SHARD_FROM_KEYS` (16,384) keys, where each shard drops its own oldest tenth:
+    // which keys share a shard decides which go.
+    let limits = FeatureLimits { keys_max: 20_000, ..FeatureLimits::default() };
+    let journal = evicting_session(limits, 7, 40_000);
+    let replay = |seed: u64| {
+        let (mut c, _) = Controller::new(STARTER, Path::new("."), limits).unwrap();
+        assert!(c.seed_features(seed));
+        let mut bt = Backtest::new(c, BacktestOptions::default());
+        for r in &journal {
+            bt.feed(r).unwrap();
+        }
+        bt.finish()
+    };
+    let same = replay(7);
+    assert_eq!(same.decisions, 40_000);
+    assert_eq!(same.first_difference, None);
+    assert_eq!(same.same_as_online, same.decisions - same.degraded_online);
+    // The seed is what made it so: another seed places, and so evicts, other keys.
+    let other = replay(8);
+    assert!(other.first_difference.is_some(), "another seed decided every decision the same");
+    // A store that already holds keys is not re-seeded (they would be misplaced).
+    let (mut c, _) = Controller::new(STARTER, Path::new("."), limits).unwrap();
+    let Some(RiskRecord::Decision(d)) = journal.iter().find(|r| matches!(r, RiskRecord::Decision(_))) else {
+        unreachable!()
+    };
+    c.commit_decision(d);
+    assert!(!c.seed_features(7));
+}
