@@ -22,7 +22,8 @@
 //! [[models]]                # optional: gradient-boosted trees (XGBoost JSON, LightGBM text)
 //! name = "fraud"            # its score (a probability) is a variable in expressions
 //! path = "fraud.json"       # relative to the ruleset file
-//! inputs = ["amount", "payer_count_1m", "new_device", "ctx.kyc_tier"]
+//! inputs = ["amount", "payer_count_1m", "new_device", "ctx.kyc_tier"]  # one per model feature,
+//!                           # in its order; "missing" for one not supplied (NaN: the model's missing)
 //! ```
 //!
 //! Expressions see: `amount` (int, minor units), `currency`, `payer`, `payee` (strings), `ctx` (a map
@@ -581,12 +582,25 @@ impl Ruleset {
             let digest = blake3::hash(&bytes).to_hex().to_string();
             let model = puhui_risk_model::Model::from_bytes(&bytes)
                 .map_err(|e| at(m.path.span(), None, format!("model {}: {e}", m.name.get_ref())))?;
+            if strict && m.inputs.len() != model.num_features() {
+                return Err(at(
+                    m.name.span(),
+                    None,
+                    format!(
+                        "model {} takes {} features and `inputs` lists {}: one input per model feature, in the \
+                         model's order (`missing` for a feature not supplied)",
+                        m.name.get_ref(),
+                        model.num_features(),
+                        m.inputs.len()
+                    ),
+                ));
+            }
             for input in &m.inputs {
-                let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device")
+                let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device" | "missing")
                     || input.starts_with("ctx.")
                     || features.iter().any(|f: &Feature| *f.name == **input);
                 if !known {
-                    return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name> or a declared feature")));
+                    return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name>, missing or a declared feature")));
                 }
             }
             models.push(ModelSlot { name: m.name.into_inner().into(), model, inputs: m.inputs, digest });
@@ -754,6 +768,7 @@ impl Ruleset {
                         "new_device" => ModelInput::NewDevice,
                         other => match other.strip_prefix("ctx.") {
                             Some(attr) => ModelInput::Attribute(attr.to_string()),
+                            // `missing` is NaN, unless a feature has that name (as before it was a word).
                             None => features
                                 .iter()
                                 .position(|f| &*f.name == other)

@@ -411,7 +411,7 @@ fn a_model_file_changed_since_publication_is_refused_on_replay() {
     let fixtures = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../risk-model/tests/fixtures"));
     let dir = tempfile::tempdir().unwrap();
     std::fs::copy(fixtures.join("xgb_binary.json"), dir.path().join("fraud.json")).unwrap();
-    let text = "version = \"m1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[models]]\nname = \"fraud\"\npath = \"fraud.json\"\ninputs = [\"amount\"]\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"fraud > 0.9\"\nscore = 60\n";
+    let text = "version = \"m1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[models]]\nname = \"fraud\"\npath = \"fraud.json\"\ninputs = [\"amount\", \"missing\", \"missing\", \"missing\", \"missing\", \"missing\", \"missing\", \"missing\", \"missing\", \"missing\"]\n[[rules]]\nid = \"r\"\ndescription = \"d\"\nexpression = \"fraud > 0.9\"\nscore = 60\n";
     let (mut online, _) = Controller::new(STARTER, dir.path(), FeatureLimits::default()).unwrap();
     let (_, record) = online.publish(text).unwrap();
     let record = record.expect("a new version");

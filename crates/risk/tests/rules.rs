@@ -236,6 +236,47 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
 }
 
 #[test]
+fn a_model_takes_one_input_per_feature_and_missing_stands_for_one_not_supplied() {
+    let (fixtures, expected, names) = model_fixtures();
+    let inputs: Vec<String> = names.iter().map(|n| format!("\"ctx.{n}\"")).collect();
+    for (count, listed) in [(names.len() - 1, "lists 9"), (names.len() + 1, "lists 11")] {
+        let some: Vec<String> = inputs.iter().cycle().take(count).cloned().collect();
+        let text = model_ruleset(&some, "d", "fraud > 0.5");
+        let e = Ruleset::parse_in(&text, fixtures).err().expect("a count unlike the model's is refused");
+        assert!(e.message.contains("takes 10 features") && e.message.contains(listed), "{e}");
+        // A ruleset journaled before the check still replays (its decisions were made with it).
+        assert!(Ruleset::parse_journaled(&text, fixtures).is_ok());
+    }
+    // `missing` in place of the first input scores as that input absent from the event.
+    let mut with_missing = inputs.clone();
+    with_missing[0] = "\"missing\"".into();
+    let engines = [&inputs, &with_missing]
+        .map(|i| engine(Ruleset::parse_in(&model_ruleset(i, "d", "fraud > 0.5"), fixtures).expect("valid")));
+    let store = FeatureStore::new(FeatureLimits::default());
+    for row in expected["rows"].as_array().unwrap().iter().take(20) {
+        let attributes: Vec<(String, String)> = names
+            .iter()
+            .zip(row.as_array().unwrap())
+            .skip(1)
+            .filter_map(|(n, v)| v.as_f64().map(|v| (n.clone(), format!("{v}"))))
+            .collect();
+        let e = RiskEvent {
+            payer: "p",
+            payee: "q",
+            amount_minor: 1,
+            currency: "CNY",
+            timestamp_ns: 1,
+            attributes: &attributes,
+        };
+        let [a, b] = engines.each_ref().map(|engine| {
+            let d = engine.decide(&store, &e);
+            d.features.iter().find(|(n, _)| &**n == "fraud").unwrap().1
+        });
+        assert_eq!(a.to_bits(), b.to_bits(), "{a} vs {b}");
+    }
+}
+
+#[test]
 fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
     let (fixtures, expected, names) = model_fixtures();
     let row: Vec<f64> =
