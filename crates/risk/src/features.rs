@@ -114,6 +114,10 @@ pub struct WindowStats {
     pub stddev_minor: f64,
     /// The window reaches past events dropped by the per-key bound: `count` is a lower bound.
     pub saturated: bool,
+    /// When its oldest event happened (`None`: no event in the window).
+    pub oldest_ns: Option<u64>,
+    /// When its newest event happened (`None`: no event in the window).
+    pub newest_ns: Option<u64>,
 }
 
 impl WindowStats {
@@ -137,6 +141,9 @@ pub struct WindowQuery {
     /// Whether to count distinct counterparties (a count per counterparty kept for the window);
     /// without it `distinct_counterparties` is 0.
     pub distinct: bool,
+    /// Whether to give the window's oldest and newest event times (`oldest_ns`, `newest_ns`;
+    /// without it both are `None`).
+    pub edges: bool,
 }
 
 /// Shards of the key map. Each grows, and rehashes, on its own: a map of one table paused the
@@ -304,13 +311,19 @@ impl FeatureStore {
     /// Aggregates of `key` over the window of `window_ns` ending at `now_ns` (events recorded so far).
     pub fn window(&self, namespace: Namespace, key: &str, now_ns: u64, window_ns: u64) -> WindowStats {
         let mut out = [WindowStats::default()];
-        self.windows(namespace, key, now_ns, &[WindowQuery { window_ns, distinct: true }], &mut out);
+        self.windows(
+            namespace,
+            key,
+            now_ns,
+            &[WindowQuery { window_ns, distinct: true, edges: true }],
+            &mut out,
+        );
         out[0]
     }
 
     /// The aggregates of `key` over several windows ending at `now_ns`: `out[i]` becomes exactly
     /// `self.window(namespace, key, now_ns, queries[i].window_ns)` (with `distinct_counterparties`
-    /// 0 where `queries[i].distinct` is false). Each window length's aggregates are kept per key and
+    /// 0 where `queries[i].distinct` is false, and no `oldest_ns`/`newest_ns` where `edges` is). Each window length's aggregates are kept per key and
     /// moved by the events that entered or left the window since the last call (see `agg`), so a
     /// call costs about the events that changed, not the events in the windows. Pairs beyond the
     /// shorter of `queries` and `out` are left alone.

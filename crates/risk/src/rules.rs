@@ -9,7 +9,7 @@
 //! [[features]]
 //! name = "payer_count_1h"
 //! entity = "payer"          # payer | payee | device | ip | attr:<name>
-//! aggregate = "count"       # count | sum | max | distinct | zscore
+//! aggregate = "count"       # count | sum | max | distinct | zscore | first_seen | last_seen (seconds, -1: none)
 //! window = "1h"
 //!
 //! [[rules]]
@@ -199,6 +199,12 @@ pub enum Aggregate {
     Distinct,
     /// The event's amount in standard deviations from the window's mean.
     ZScore,
+    /// Whole seconds since the window's oldest event of the entity (how long it has been seen,
+    /// within the window); -1 if it has no event in the window.
+    FirstSeen,
+    /// Whole seconds since the entity's newest event before this one, within the window (how
+    /// long it was quiet); -1 if it has no event in the window.
+    LastSeen,
 }
 
 /// A declared feature.
@@ -516,7 +522,13 @@ impl Ruleset {
                 "max" => Aggregate::Max,
                 "distinct" => Aggregate::Distinct,
                 "zscore" => Aggregate::ZScore,
-                other => return Err(at(f.aggregate.span(), None, format!("unknown aggregate {other:?}"))),
+                "first_seen" => Aggregate::FirstSeen,
+                "last_seen" => Aggregate::LastSeen,
+                other => return Err(at(
+                    f.aggregate.span(),
+                    None,
+                    format!("unknown aggregate {other:?} (count, sum, max, distinct, zscore, first_seen, last_seen)"),
+                )),
             };
             let window_ns = parse_window(f.window.get_ref()).ok_or_else(|| {
                 at(
@@ -747,6 +759,10 @@ impl Ruleset {
                     window_ns,
                     distinct: mine()
                         .any(|f| f.window_ns == window_ns && matches!(f.aggregate, Aggregate::Distinct)),
+                    edges: mine().any(|f| {
+                        f.window_ns == window_ns
+                            && matches!(f.aggregate, Aggregate::FirstSeen | Aggregate::LastSeen)
+                    }),
                 })
                 .collect();
             for (i, f) in features.iter().enumerate().filter(|(_, f)| f.entity == group.entity) {
@@ -1017,6 +1033,11 @@ pub enum Evaluation {
 /// Model inputs kept on the stack (a model with more takes a heap buffer).
 const MODEL_INPUTS_INLINE: usize = 64;
 
+/// Whole seconds from `at_ns` to `now_ns`, or -1 without a time (`first_seen`, `last_seen`).
+fn seconds_since(now_ns: u64, at_ns: Option<u64>) -> f64 {
+    at_ns.map_or(-1.0, |at_ns| (now_ns.saturating_sub(at_ns) / 1_000_000_000) as f64)
+}
+
 /// The outcome of the rules that fired (`fired`, adding up to `score`), or, when the time budget
 /// ran out (`exceeded`: the ruleset's `on_exceeded`), that outcome, except that a rule that fired
 /// with a direct decline before the budget ran out still declines: a decline already certain is
@@ -1157,13 +1178,19 @@ impl Engine {
             }
             for &(w, i) in &group.members {
                 let value = match key.and(stats.get(w)) {
-                    None => 0.0,
+                    // No such entity on the event (no device id, say): nothing seen, nothing counted.
+                    None => match self.ruleset.features[i].aggregate {
+                        Aggregate::FirstSeen | Aggregate::LastSeen => -1.0,
+                        _ => 0.0,
+                    },
                     Some(w) => match self.ruleset.features[i].aggregate {
                         Aggregate::Count => w.count as f64,
                         Aggregate::Sum => w.sum_minor as f64,
                         Aggregate::Max => w.max_minor as f64,
                         Aggregate::Distinct => w.distinct_counterparties as f64,
                         Aggregate::ZScore => w.z_score(event.amount_minor),
+                        Aggregate::FirstSeen => seconds_since(event.timestamp_ns, w.oldest_ns),
+                        Aggregate::LastSeen => seconds_since(event.timestamp_ns, w.newest_ns),
                     },
                 };
                 if let Some(slot) = values.get_mut(i) {

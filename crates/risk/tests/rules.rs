@@ -558,3 +558,54 @@ fn a_list_set_counts_finds_and_forgets_its_values_across_shards() {
     values.dedup();
     assert_eq!(values.len(), 9_999);
 }
+
+#[test]
+fn first_and_last_seen_are_seconds_within_the_window_at_its_edges() {
+    let text = "version = \"seen\"\n[thresholds]\nreview = 50\ndecline = 100\n\
+        [[features]]\nname = \"first_1h\"\nentity = \"payer\"\naggregate = \"first_seen\"\nwindow = \"1h\"\n\
+        [[features]]\nname = \"last_1h\"\nentity = \"payer\"\naggregate = \"last_seen\"\nwindow = \"1h\"\n\
+        [[features]]\nname = \"dev_first_30d\"\nentity = \"device\"\naggregate = \"first_seen\"\nwindow = \"30d\"\n\
+        [[rules]]\nid = \"quiet_then_busy\"\ndescription = \"a payer quiet for 50 minutes, first seen a minute ago on a new device\"\n\
+        expression = \"last_1h >= 3000 && dev_first_30d >= 0 && dev_first_30d < 60\"\nscore = 60\n";
+    let engine = engine(Ruleset::parse(text).expect("first_seen and last_seen parse"));
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let t0 = 1_700_000_000 * S;
+    // The payer paid at t0 and t0 + 10 min; a device first seen at t0 + 59 min 30 s.
+    store.record(Namespace::Payer, "p", t0, 100, "q");
+    store.record(Namespace::Payer, "p", t0 + 600 * S, 100, "q");
+    store.record(Namespace::Device, "d", t0 + 3_570 * S, 100, "q");
+    let context = attrs(&[("device_id", "d")]);
+    let decide = |now_ns: u64| {
+        let e = RiskEvent {
+            payer: "p",
+            payee: "q",
+            amount_minor: 1,
+            currency: "CNY",
+            timestamp_ns: now_ns,
+            attributes: &context,
+        };
+        let d = engine.decide(&store, &e);
+        let value = |name: &str| d.features.iter().find(|(n, _)| &**n == name).unwrap().1;
+        (value("first_1h"), value("last_1h"), value("dev_first_30d"), d.score)
+    };
+    // Just inside: t0 is in (now − 1h, now] one nanosecond before the hour.
+    assert_eq!(decide(t0 + 3_600 * S - 1), (3_599.0, 2_999.0, 29.0, 0));
+    // Exactly at the boundary: t0 is out; the oldest is now the second payment.
+    assert_eq!(decide(t0 + 3_600 * S), (3_000.0, 3_000.0, 30.0, 60), "the rule fires on the values");
+    // Just outside the second payment's hour: no event in the window.
+    assert_eq!(decide(t0 + 4_200 * S), (-1.0, -1.0, 630.0, 0));
+    // A key never seen.
+    let e = RiskEvent {
+        payer: "stranger",
+        payee: "q",
+        amount_minor: 1,
+        currency: "CNY",
+        timestamp_ns: t0,
+        attributes: &[],
+    };
+    let d = engine.decide(&store, &e);
+    assert!(d.features.iter().all(|(_, v)| *v == -1.0), "{:?}", d.features);
+    let bad = text.replace("aggregate = \"last_seen\"", "aggregate = \"latest\"");
+    let e = Ruleset::parse(&bad).err().expect("an unknown aggregate is refused");
+    assert!(e.message.contains("first_seen, last_seen"), "{e}");
+}

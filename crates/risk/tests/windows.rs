@@ -144,7 +144,7 @@ proptest! {
             f.record(Namespace::Payer, "k", *ts, *amount, &cp.to_string());
         }
         let mut queries: Vec<WindowQuery> =
-            queries.iter().map(|&(window_ns, distinct)| WindowQuery { window_ns, distinct }).collect();
+            queries.iter().map(|&(window_ns, distinct)| WindowQuery { window_ns, distinct, edges: true }).collect();
         if sort {
             queries.sort_by_key(|q| q.window_ns);
         }
@@ -214,7 +214,7 @@ proptest! {
                 Step::Query { offset, back, windows } => {
                     let now = if *back { clock - offset } else { clock + offset };
                     let queries: Vec<WindowQuery> =
-                        windows.iter().map(|&(window_ns, distinct)| WindowQuery { window_ns, distinct }).collect();
+                        windows.iter().map(|&(window_ns, distinct)| WindowQuery { window_ns, distinct, edges: true }).collect();
                     let mut fresh = FeatureStore::new(limits);
                     for (ts, amount, cp) in &history {
                         fresh.record(Namespace::Payer, "k", *ts, *amount, cp);

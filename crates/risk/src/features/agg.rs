@@ -267,7 +267,13 @@ pub(super) fn query(
         Some(start_ns) if known => run.first_start_ns = start_ns,
         _ => run.first_start_ns = NO_FIRST,
     }
-    run.stats(query.distinct)
+    let mut stats = run.stats(query.distinct);
+    if query.edges && lo < hi {
+        // The seek or the run's move has just read these.
+        stats.oldest_ns = Some(events[lo as usize].timestamp_ns);
+        stats.newest_ns = Some(events[hi as usize - 1].timestamp_ns);
+    }
+    stats
 }
 
 /// The index of the first event not `inside` (the events are sorted, so `inside` holds for a
