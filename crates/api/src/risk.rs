@@ -2240,9 +2240,15 @@ async fn change_list(
     let risk = risk_service(&app)?;
     let values = list_values(tenant.as_deref(), values)?;
     let list = name.clone();
+    let scope = tenant.clone();
     risk.admin_change(move |risk| {
         let mut state = risk.lock();
-        let record = state.controller.change_list(&list, op, values.clone()).map_err(control_error)?;
+        // A tenant's change counts against its share of the list; the operator's does not.
+        let record = match &scope {
+            Some(tenant) => state.controller.change_list_in_scope(&list, op, values.clone(), tenant),
+            None => state.controller.change_list(&list, op, values.clone()),
+        }
+        .map_err(control_error)?;
         match risk.journal(std::slice::from_ref(&record)) {
             Ok(receipt) => Ok(((), Some(receipt))),
             Err(e) => {

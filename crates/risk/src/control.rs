@@ -33,6 +33,9 @@ pub const RULESETS_MAX: usize = 256;
 pub const LISTS_MAX: usize = 256;
 /// Most values in one list.
 pub const LIST_VALUES_MAX: usize = 1_000_000;
+/// Most values of one scope (a tenant's, [`crate::ListSet::scope_of`]) in one list, when changed
+/// through [`Controller::change_list_in_scope`]: one tenant cannot fill a list all tenants share.
+pub const LIST_VALUES_PER_SCOPE_MAX: usize = 100_000;
 /// Most values in one list change.
 pub const LIST_CHANGE_VALUES_MAX: usize = 10_000;
 /// Longest list name.
@@ -505,7 +508,23 @@ impl Controller {
         values: Vec<String>,
     ) -> Result<RiskRecord, ControlError> {
         let record = ListRecord { name: name.to_string(), op, values };
-        self.apply_list(&record)?;
+        self.apply_list(&record, None)?;
+        Ok(RiskRecord::List(record))
+    }
+
+    /// [`Controller::change_list`] on behalf of `scope` (a tenant, whose values are
+    /// `<tenant>:<value>`): an addition that would leave more than
+    /// [`LIST_VALUES_PER_SCOPE_MAX`] of the scope's values in the list is refused. Replays apply
+    /// the record without this check (it was made when the change was).
+    pub fn change_list_in_scope(
+        &mut self,
+        name: &str,
+        op: ListOp,
+        values: Vec<String>,
+        scope: &str,
+    ) -> Result<RiskRecord, ControlError> {
+        let record = ListRecord { name: name.to_string(), op, values };
+        self.apply_list(&record, Some(scope))?;
         Ok(RiskRecord::List(record))
     }
 
@@ -522,7 +541,7 @@ impl Controller {
         Ok(())
     }
 
-    fn apply_list(&mut self, record: &ListRecord) -> Result<(), ControlError> {
+    fn apply_list(&mut self, record: &ListRecord, scope: Option<&str>) -> Result<(), ControlError> {
         Controller::check_list_name(&record.name)?;
         if record.values.len() > LIST_CHANGE_VALUES_MAX {
             return Err(ControlError::Limit(format!(
@@ -541,6 +560,17 @@ impl Controller {
                     return Err(ControlError::Limit(format!(
                         "a list holds at most {LIST_VALUES_MAX} values"
                     )));
+                }
+                if let Some(scope) = scope {
+                    let adding =
+                        record.values.iter().filter(|v| crate::ListSet::scope_of(v) == scope).count();
+                    if list.len_in_scope(scope) + adding > LIST_VALUES_PER_SCOPE_MAX {
+                        return Err(ControlError::Limit(format!(
+                            "a tenant holds at most {LIST_VALUES_PER_SCOPE_MAX} values in a list; this one \
+                             holds {} and the change adds up to {adding}",
+                            list.len_in_scope(scope)
+                        )));
+                    }
                 }
                 list.extend(record.values.iter().cloned());
             }
@@ -597,7 +627,7 @@ impl Controller {
             RiskRecord::Activation(a) => {
                 self.activate(&a.active, a.shadow.as_deref())?;
             }
-            RiskRecord::List(l) => self.apply_list(l)?,
+            RiskRecord::List(l) => self.apply_list(l, None)?,
         }
         Ok(())
     }

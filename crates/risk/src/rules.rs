@@ -917,6 +917,9 @@ pub struct ListSet {
     shards: Box<[hashbrown::HashTable<(u64, String)>]>,
     hasher: std::hash::RandomState,
     len: usize,
+    /// Values per scope ([`ListSet::scope_of`]: a tenant's values are `<tenant>:<value>`), so a
+    /// tenant's share of a list is known without reading the list.
+    per_scope: HashMap<Box<str>, usize>,
 }
 
 impl std::fmt::Debug for ListSet {
@@ -931,11 +934,40 @@ impl Default for ListSet {
             shards: (0..ListSet::SHARDS).map(|_| hashbrown::HashTable::new()).collect(),
             hasher: std::hash::RandomState::new(),
             len: 0,
+            per_scope: HashMap::new(),
         }
     }
 }
 
 impl ListSet {
+    /// The scope of a value: what comes before its first `:` (a tenant's values are
+    /// `<tenant>:<value>`), or "" for a value without one.
+    pub fn scope_of(value: &str) -> &str {
+        value.split_once(':').map_or("", |(scope, _)| scope)
+    }
+
+    /// Values held in `scope` ([`ListSet::scope_of`]).
+    pub fn len_in_scope(&self, scope: &str) -> usize {
+        self.per_scope.get(scope).copied().unwrap_or(0)
+    }
+
+    fn count_scope(per_scope: &mut HashMap<Box<str>, usize>, value: &str, added: bool) {
+        let scope = ListSet::scope_of(value);
+        if added {
+            match per_scope.get_mut(scope) {
+                Some(n) => *n += 1,
+                None => {
+                    per_scope.insert(scope.into(), 1);
+                }
+            }
+        } else if let Some(n) = per_scope.get_mut(scope) {
+            *n -= 1;
+            if *n == 0 {
+                per_scope.remove(scope);
+            }
+        }
+    }
+
     /// Shards of a list.
     pub const SHARDS: usize = 256;
 
@@ -956,11 +988,13 @@ impl ListSet {
     /// Adds `value`; `false` if it was there.
     pub fn insert(&mut self, value: String) -> bool {
         let (hash, shard) = self.place(&value);
-        match self.shards[shard].entry(hash, |(h, v)| *h == hash && *v == value, |(h, _)| *h) {
+        let ListSet { shards, len, per_scope, .. } = self;
+        match shards[shard].entry(hash, |(h, v)| *h == hash && *v == value, |(h, _)| *h) {
             hashbrown::hash_table::Entry::Occupied(_) => false,
             hashbrown::hash_table::Entry::Vacant(slot) => {
+                ListSet::count_scope(per_scope, &value, true);
                 slot.insert((hash, value));
-                self.len += 1;
+                *len += 1;
                 true
             }
         }
@@ -973,6 +1007,7 @@ impl ListSet {
             Ok(entry) => {
                 entry.remove();
                 self.len -= 1;
+                ListSet::count_scope(&mut self.per_scope, value, false);
                 true
             }
             Err(_) => false,

@@ -578,3 +578,47 @@ fn a_replay_with_the_online_runs_seed_evicts_what_it_evicted_and_decides_the_sam
     c.commit_decision(d);
     assert!(!c.seed_features(7));
 }
+
+#[test]
+fn a_tenant_cannot_fill_a_shared_list_and_its_share_is_counted_as_values_come_and_go() {
+    use puhui_risk::control::{LIST_CHANGE_VALUES_MAX, LIST_VALUES_PER_SCOPE_MAX};
+    let mut set = puhui_risk::ListSet::default();
+    for v in ["t1:a", "t1:b", "t2:a", "DE", "t1:a"] {
+        set.insert(v.to_string());
+    }
+    assert_eq!((set.len_in_scope("t1"), set.len_in_scope("t2"), set.len_in_scope("")), (2, 1, 1));
+    assert!(set.remove("t1:a") && !set.remove("t1:a"));
+    assert!(set.remove("t2:a"));
+    assert_eq!((set.len_in_scope("t1"), set.len_in_scope("t2"), set.len()), (1, 0, 2));
+
+    let mut c = controller(STARTER);
+    let values = |tenant: &str, from: usize| -> Vec<String> {
+        (from..from + LIST_CHANGE_VALUES_MAX).map(|i| format!("{tenant}:dev{i}")).collect()
+    };
+    let mut journal = Vec::new();
+    for chunk in 0..LIST_VALUES_PER_SCOPE_MAX / LIST_CHANGE_VALUES_MAX {
+        let change = values("t1", chunk * LIST_CHANGE_VALUES_MAX);
+        journal.push(c.change_list_in_scope("deny_devices", ListOp::Add, change, "t1").unwrap());
+    }
+    let more = vec!["t1:one-more".to_string()];
+    let e = c.change_list_in_scope("deny_devices", ListOp::Add, more.clone(), "t1").unwrap_err();
+    assert!(e.to_string().contains("a tenant holds at most"), "{e}");
+    // Other tenants, and the operator, still have room; a removal makes room again.
+    journal.push(c.change_list_in_scope("deny_devices", ListOp::Add, vec!["t2:x".into()], "t2").unwrap());
+    journal
+        .push(c.change_list_in_scope("deny_devices", ListOp::Remove, vec!["t1:dev0".into()], "t1").unwrap());
+    journal.push(c.change_list_in_scope("deny_devices", ListOp::Add, more, "t1").unwrap());
+    journal.push(c.change_list("deny_devices", ListOp::Add, vec!["t1:by-operator".into()]).unwrap());
+    // A replay applies what was journaled (the operator's addition beyond the share included).
+    let mut replayed = controller(STARTER);
+    for r in &journal {
+        replayed.apply(r).unwrap();
+    }
+    let count = |c: &Controller| {
+        let lists = c.lists().read().unwrap();
+        let list = &lists["deny_devices"];
+        (list.len(), list.len_in_scope("t1"), list.len_in_scope("t2"))
+    };
+    assert_eq!(count(&c), (LIST_VALUES_PER_SCOPE_MAX + 2, LIST_VALUES_PER_SCOPE_MAX + 1, 1));
+    assert_eq!(count(&replayed), count(&c));
+}
