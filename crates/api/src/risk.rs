@@ -2243,6 +2243,13 @@ async fn change_list(
     let scope = tenant.clone();
     risk.admin_change(move |risk| {
         let mut state = risk.lock();
+        // What the change will change: only that is undone if it cannot be journaled (an added
+        // value that was there already stays; a removed value that was not there is not added).
+        let changed: Vec<String> = {
+            let lists = state.controller.lists().read().unwrap_or_else(|p| p.into_inner());
+            let held = |v: &String| lists.get(&list).is_some_and(|l| l.contains(v));
+            values.iter().filter(|v| held(v) != (op == ListOp::Add)).cloned().collect()
+        };
         // A tenant's change counts against its share of the list; the operator's does not.
         let record = match &scope {
             Some(tenant) => state.controller.change_list_in_scope(&list, op, values.clone(), tenant),
@@ -2254,7 +2261,7 @@ async fn change_list(
             Err(e) => {
                 // Undo, so that memory matches the journal.
                 let undo = if op == ListOp::Add { ListOp::Remove } else { ListOp::Add };
-                let _ = state.controller.change_list(&list, undo, values);
+                let _ = state.controller.change_list(&list, undo, changed);
                 Err(e)
             }
         }
