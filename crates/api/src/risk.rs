@@ -472,7 +472,9 @@ fn reasons_of(verdict: &Verdict) -> Vec<String> {
     verdict.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
 }
 
-/// Most open reviews; beyond it new reviews are declined (fail closed) rather than grow the queue.
+/// Most open reviews. Beyond it a transfer decided for review is not posted (fail closed): 503
+/// `overloaded` with `Retry-After: 60`, and its retry, answered from the decision already made, is
+/// held and queued once there is room.
 pub const REVIEWS_OPEN_MAX: usize = 100_000;
 /// Most open reviews per tenant, so one tenant cannot fill the queue for everyone.
 pub const REVIEWS_PER_TENANT_MAX: usize = 10_000;
