@@ -77,7 +77,7 @@ fn metadata_value(bytes: Option<&[u8]>) -> Option<Value> {
     bytes.and_then(|b| serde_json::from_slice(b).ok())
 }
 
-fn format_ns(ns: u64) -> String {
+pub(crate) fn format_ns(ns: u64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ns as i128)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
     t.format(&time::format_description::well_known::Rfc3339).unwrap_or_default()

@@ -138,7 +138,7 @@ impl Modify for CommonResponses {
         ErrorEnvelope, ErrorBody, CreateAccount, AccountObject, BalancesObject, BalanceAtObject,
         TransferType, CreateTransfer, TransferObject, PostPending, VoidPending, CreateTransferBatch,
         BatchItemResult, BatchResultObject, TransferList, CreateTenant, TenantCreated, KeyCreated, KeyObject, Health,
-        crate::risk::CreateDecision, crate::risk::RiskContext, crate::risk::DecisionObject, crate::risk::FiredRuleObject,
+        crate::risk::CreateDecision, crate::risk::RiskContext, crate::risk::DecisionObject, crate::risk::DecisionEventObject, crate::risk::FiredRuleObject,
         crate::risk::ReviewObject, crate::risk::ReviewList, crate::risk::ShadowObject,
         crate::risk::CreateLabel, crate::risk::LabelObject, crate::risk::RulesetObject, crate::risk::CreateRuleset,
         crate::risk::RulesetList, crate::risk::Activation, crate::risk::ListChange, crate::risk::RiskListObject,

@@ -1484,6 +1484,8 @@ pub struct DecisionObject {
     pub outcome: &'static str,
     /// Sum of fired rules' scores.
     pub score: i64,
+    /// The event decided: what the rules saw.
+    pub event: DecisionEventObject,
     /// Fired rules.
     pub fired: Vec<FiredRuleObject>,
     /// Feature values and model scores the rules saw (`null`: not a number).
@@ -1520,7 +1522,44 @@ fn fired_objects(v: &Verdict) -> Vec<FiredRuleObject> {
         .collect()
 }
 
+/// The event of a decision, as its request gave it (ids without the tenant's scope).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DecisionEventObject {
+    /// The paying party.
+    pub payer: String,
+    /// The receiving party.
+    pub payee: String,
+    /// Minor units.
+    pub amount: u64,
+    /// Currency code.
+    pub currency: String,
+    /// When it happened (RFC 3339).
+    pub timestamp: String,
+    /// Nanoseconds since the Unix epoch (what the velocity windows use).
+    pub timestamp_ns: u64,
+    /// The risk context's attributes (`ctx.<name>` in rules), by name.
+    pub risk_context: std::collections::BTreeMap<String, String>,
+}
+
+fn event_object(tenant: &str, e: &EventRecord) -> DecisionEventObject {
+    // Device ids and IPs were scoped to the tenant like accounts ([`attributes`]).
+    let own = |value: &str| -> String {
+        value.strip_prefix(tenant).and_then(|v| v.strip_prefix(':')).unwrap_or(value).to_string()
+    };
+    DecisionEventObject {
+        payer: own(&e.payer),
+        payee: own(&e.payee),
+        amount: e.amount_minor,
+        currency: e.currency.clone(),
+        timestamp: crate::models::format_ns(e.timestamp_ns),
+        timestamp_ns: e.timestamp_ns,
+        risk_context: e.attributes.iter().map(|(k, v)| (k.clone(), own(v))).collect(),
+    }
+}
+
 fn to_object(d: DecisionRecord) -> DecisionObject {
+    let tenant = d.id.split_once(':').map_or("", |(tenant, _)| tenant);
+    let event = event_object(tenant, &d.event);
     let v = d.active;
     DecisionObject {
         object: "decision",
@@ -1531,6 +1570,7 @@ fn to_object(d: DecisionRecord) -> DecisionObject {
         },
         outcome: v.outcome.as_str(),
         score: v.score,
+        event,
         fired: fired_objects(&v),
         features: v.features.iter().map(|(n, v)| (n.to_string(), *v)).collect(),
         errors: v.errors.clone(),

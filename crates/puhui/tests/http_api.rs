@@ -1416,6 +1416,15 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let d11 = c.get(&server, "/v1/decisions/d11").await.body;
     assert!(d11["features"]["payer_count_1m"].as_f64().unwrap() >= 11.0, "features survived: {d11}");
     assert_eq!(d11["outcome"], "review", "{d11}");
+    // The decision shows the event it was made on, ids as the tenant gave them.
+    let event = &d11["event"];
+    assert_eq!(
+        (&event["payer"], &event["payee"], &event["amount"]),
+        (&json!("w1"), &json!("m11"), &json!(100))
+    );
+    assert_eq!(event["risk_context"]["device_id"], "phone-1", "{d11}");
+    assert_eq!((&event["risk_context"]["channel"], &event["currency"]), (&json!("app"), &json!("CNY")));
+    assert!(event["timestamp"].as_str().unwrap().ends_with('Z') && event["timestamp_ns"].as_u64().is_some());
     // The decision record is in the verifiable journal: the shutdown checkpoint covers d5, and its
     // inclusion proof verifies offline.
     let proof = c.get(&server, "/v1/decisions/d5/proof").await;
