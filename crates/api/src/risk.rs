@@ -603,6 +603,7 @@ impl RiskService {
         store: Backend,
         startup: Option<(String, std::path::PathBuf)>,
         shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
+        limits: FeatureLimits,
         other_record: &mut dyn FnMut(u8, u64, &[u8]),
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
@@ -618,8 +619,7 @@ impl RiskService {
         // Parsed as journaled: the journal may hold this very text, published before a check it
         // fails existed. A text the journal does not hold is checked in full after the replay.
         let (mut controller, initial) =
-            Controller::new_journaled(&text, &models_dir, FeatureLimits::default())
-                .map_err(|e| e.to_string())?;
+            Controller::new_journaled(&text, &models_dir, limits).map_err(|e| e.to_string())?;
         // Before the replay: the node's feature placement seed, so that the replay evicts (past
         // `keys_max`) what the online run evicted. On PostgreSQL a node keeps no files: random.
         if let Some(dir) = store.data_dir() {
@@ -2504,6 +2504,7 @@ mod tests {
                 store,
                 startup.map(|t| (t.to_string(), dir.path().to_path_buf())),
                 None,
+                FeatureLimits::default(),
                 &mut |_, _, _| {},
             )
             .map(|(_, restore)| restore.active)
@@ -2559,6 +2560,7 @@ mod tests {
                     store,
                     Some((text.to_string(), dir.path().to_path_buf())),
                     None,
+                    FeatureLimits::default(),
                     &mut |_, _, _| {},
                 )
                 .unwrap()
@@ -2618,7 +2620,9 @@ mod tests {
     async fn queued_decisions_are_made_in_order_and_past_the_bound_on_the_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
         let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
-        let service = Arc::new(RiskService::open(store, None, None, &mut |_, _, _| {}).unwrap().0);
+        let service = Arc::new(
+            RiskService::open(store, None, None, FeatureLimits::default(), &mut |_, _, _| {}).unwrap().0,
+        );
         let item = |i: u64| ToDecide {
             id: format!("t:d{i}"),
             source: DecisionSource::Standalone,

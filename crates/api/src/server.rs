@@ -28,6 +28,8 @@ pub struct ServeConfig {
     pub store: StoreOptions,
     /// The risk ruleset file (TOML; model paths relative to it); `None` runs the shipped starter.
     pub ruleset: Option<PathBuf>,
+    /// The risk feature store's bounds (`--risk-keys-max`, `--risk-events-per-key-max`).
+    pub feature_limits: puhui_risk::FeatureLimits,
     /// Publish every committed change to NATS JetStream (`--nats`); `None`: events are served by
     /// `GET /v1/events` and webhooks only.
     pub nats: Option<puhui_events::NatsConfig>,
@@ -300,8 +302,9 @@ async fn start_risk(
         ),
     }
     let shared_features = config.shared_features.clone();
+    let feature_limits = config.feature_limits;
     let (risk, restore) = tokio::task::spawn_blocking(move || {
-        crate::risk::RiskService::open(store, startup, shared_features, &mut *other_record)
+        crate::risk::RiskService::open(store, startup, shared_features, feature_limits, &mut *other_record)
     })
     .await
     .map_err(|e| e.to_string())??;

@@ -29,6 +29,13 @@ pub struct BacktestArgs {
     /// Where to write `backtest.json` and `scores.svg` (default: the data directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
+    /// The server's `--risk-keys-max` (the feature store's bound on keys and pairs): give the
+    /// value it ran with to reproduce its decisions past the bound.
+    #[arg(long, default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub risk_keys_max: u64,
+    /// The server's `--risk-events-per-key-max`: give the value it ran with.
+    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub risk_events_per_key_max: u64,
 }
 
 fn parse_time(text: &str, flag: &str) -> anyhow::Result<u64> {
@@ -56,7 +63,12 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         // As recorded: the journal's own rulesets take over from the first record on.
         None => (puhui_api::risk::STARTER_RULESET.to_string(), args.data_dir.join("models")),
     };
-    let (mut controller, _) = Controller::new(&text, &models_dir, FeatureLimits::default()).map_err(|e| {
+    let limits = FeatureLimits {
+        keys_max: args.risk_keys_max as usize,
+        events_per_key_max: args.risk_events_per_key_max as usize,
+        ..FeatureLimits::default()
+    };
+    let (mut controller, _) = Controller::new(&text, &models_dir, limits).map_err(|e| {
         anyhow::anyhow!("{}: {e}", args.ruleset.as_deref().unwrap_or(Path::new("starter")).display())
     })?;
     // The server's feature placement, so that evictions past the key bound match its own.

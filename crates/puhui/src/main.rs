@@ -127,6 +127,15 @@ struct ServeArgs {
     /// Risk ruleset (TOML); default: the shipped starter ruleset (rulesets/starter.toml).
     #[arg(long)]
     ruleset: Option<PathBuf>,
+    /// Most keys and pairs the risk feature store holds (payers, payees, devices, IPs, attribute
+    /// values, payer-payee and account-device pairs); beyond it the least recently seen are
+    /// evicted. `puhui risk backtest` needs the same value to reproduce decisions past the bound.
+    #[arg(long, default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    risk_keys_max: u64,
+    /// Most events the risk feature store keeps per key (the oldest go first; windows reaching past
+    /// them are marked saturated). `puhui risk backtest` needs the same value.
+    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    risk_events_per_key_max: u64,
     /// Publish every committed change to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222).
     #[arg(long)]
     nats: Option<String>,
@@ -339,6 +348,11 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         },
         shared_features,
         ruleset: args.ruleset,
+        feature_limits: puhui_risk::FeatureLimits {
+            keys_max: args.risk_keys_max as usize,
+            events_per_key_max: args.risk_events_per_key_max as usize,
+            ..puhui_risk::FeatureLimits::default()
+        },
         nats: args.nats.map(|url| puhui_events::NatsConfig {
             stream: args.nats_stream,
             subject_prefix: args.nats_subject_prefix,

@@ -1451,6 +1451,24 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    // The replay's feature store takes the server's bounds as flags: far below what the server ran
+    // with (the defaults), it evicts keys the server kept, and a decision comes out otherwise.
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .args(["--risk-keys-max", "2", "--risk-events-per-key-max", "1"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(!stdout.contains("every decision reproduced exactly"), "{stdout}");
+    let refused = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .args(["--risk-keys-max", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "a bound of 0 is a usage error");
     // A candidate: the strict ruleset flags the labelled fraud the starter let through.
     let candidate = dir.path().join("strict.toml");
     std::fs::write(&candidate, STRICT_RULESET).unwrap();
