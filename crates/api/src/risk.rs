@@ -528,6 +528,54 @@ pub struct RiskRestore {
 /// A durable-write receipt: resolves once the records are in the journal and fsync'd.
 pub type Durable = tokio::sync::oneshot::Receiver<Result<u64, puhui_store::StoreError>>;
 
+/// The file in a data directory that names the feature store's bounds its server last ran with
+/// (`keys_max=N` and `events_per_key_max=N` lines), for `puhui risk backtest` to replay with.
+pub const FEATURE_LIMITS_FILE: &str = "risk-feature-limits";
+
+/// Writes `limits` to `dir`'s [`FEATURE_LIMITS_FILE`], durably (written, synced, renamed into
+/// place, directory synced).
+pub fn write_feature_limits(dir: &std::path::Path, limits: FeatureLimits) -> Result<(), String> {
+    let text = format!("keys_max={}\nevents_per_key_max={}\n", limits.keys_max, limits.events_per_key_max);
+    write_durably(dir, FEATURE_LIMITS_FILE, &text)
+}
+
+/// The bounds in `dir`'s [`FEATURE_LIMITS_FILE`] (the rest of [`FeatureLimits`] as default);
+/// `Ok(None)` if there is no such file.
+pub fn read_feature_limits(dir: &std::path::Path) -> Result<Option<FeatureLimits>, String> {
+    let path = dir.join(FEATURE_LIMITS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(format!("{}: {e}", path.display())),
+    };
+    let value = |name: &str| -> Result<usize, String> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.trim().parse::<usize>().ok())
+            .filter(|v| *v > 0 && *v < u32::MAX as usize)
+            .ok_or_else(|| format!("{}: no valid {name}", path.display()))
+    };
+    Ok(Some(FeatureLimits {
+        keys_max: value("keys_max")?,
+        events_per_key_max: value("events_per_key_max")?,
+        ..FeatureLimits::default()
+    }))
+}
+
+/// Writes `text` to `dir/name` so that a crash leaves the old file or the new one, never a part.
+fn write_durably(dir: &std::path::Path, name: &str, text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let (path, tmp) = (dir.join(name), dir.join(format!("{name}.tmp")));
+    let write = || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&tmp)?;
+        file.write_all(text.as_bytes())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(dir)?.sync_all()
+    };
+    write().map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// The file in a data directory that holds its feature store's placement seed (16 hex digits).
 pub const FEATURE_SEED_FILE: &str = "risk-feature-seed";
 
@@ -556,17 +604,8 @@ pub fn feature_seed(dir: &std::path::Path, create: bool) -> Result<Option<u64>, 
         Err(e) => return Err(format!("{}: {e}", path.display())),
     }
     use std::hash::{BuildHasher, Hasher};
-    use std::io::Write;
     let seed = std::hash::RandomState::new().build_hasher().finish();
-    let tmp = dir.join(format!("{FEATURE_SEED_FILE}.tmp"));
-    let write = || -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        writeln!(file, "{seed:016x}")?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| format!("{}: {e}", path.display()))?;
+    write_durably(dir, FEATURE_SEED_FILE, &format!("{seed:016x}\n"))?;
     Ok(Some(seed))
 }
 
@@ -626,6 +665,8 @@ impl RiskService {
             if let Some(seed) = feature_seed(dir, true)? {
                 controller.seed_features(seed);
             }
+            // And its bounds, for a backtest to replay with.
+            write_feature_limits(dir, limits)?;
         }
         // Before the replay: with shared features, replayed decisions are not recorded again.
         let shared = shared_features.is_some();
@@ -2532,6 +2573,18 @@ mod tests {
         assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-2");
         let changed = old.replace("score = 60", "score = 61").replace("old-1", "old-2");
         assert!(open(Some(&changed)).is_err(), "another text is checked");
+    }
+
+    #[test]
+    fn a_data_directorys_feature_limits_are_written_and_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_feature_limits(dir.path()).unwrap(), None);
+        let limits = FeatureLimits { keys_max: 5_000, events_per_key_max: 64, ..FeatureLimits::default() };
+        write_feature_limits(dir.path(), limits).unwrap();
+        assert_eq!(read_feature_limits(dir.path()).unwrap(), Some(limits));
+        std::fs::write(dir.path().join(FEATURE_LIMITS_FILE), "keys_max=0\nevents_per_key_max=64\n").unwrap();
+        let e = read_feature_limits(dir.path()).expect_err("a bound of 0 is not read");
+        assert!(e.contains("no valid keys_max"), "{e}");
     }
 
     #[test]

@@ -29,13 +29,14 @@ pub struct BacktestArgs {
     /// Where to write `backtest.json` and `scores.svg` (default: the data directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The server's `--risk-keys-max` (the feature store's bound on keys and pairs): give the
-    /// value it ran with to reproduce its decisions past the bound.
-    #[arg(long, default_value = "1000000", value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
-    pub risk_keys_max: u64,
-    /// The server's `--risk-events-per-key-max`: give the value it ran with.
-    #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
-    pub risk_events_per_key_max: u64,
+    /// The feature store's bound on keys and pairs; default: what the server last ran with (the
+    /// data directory's `risk-feature-limits`), else 1,000,000. The server's own value reproduces
+    /// its decisions past the bound.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
+    pub risk_keys_max: Option<u64>,
+    /// Events kept per key; default: what the server last ran with, else 1,024.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
+    pub risk_events_per_key_max: Option<u64>,
 }
 
 fn parse_time(text: &str, flag: &str) -> anyhow::Result<u64> {
@@ -63,11 +64,24 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         // As recorded: the journal's own rulesets take over from the first record on.
         None => (puhui_api::risk::STARTER_RULESET.to_string(), args.data_dir.join("models")),
     };
+    // The server's bounds, as it last wrote them, unless the flags say otherwise.
+    let ran_with = puhui_api::risk::read_feature_limits(&args.data_dir).map_err(|e| anyhow::anyhow!(e))?;
+    let base = ran_with.unwrap_or_default();
     let limits = FeatureLimits {
-        keys_max: args.risk_keys_max as usize,
-        events_per_key_max: args.risk_events_per_key_max as usize,
-        ..FeatureLimits::default()
+        keys_max: args.risk_keys_max.map_or(base.keys_max, |n| n as usize),
+        events_per_key_max: args.risk_events_per_key_max.map_or(base.events_per_key_max, |n| n as usize),
+        ..base
     };
+    eprintln!(
+        "feature store: at most {} keys and pairs, {} events per key ({})",
+        limits.keys_max,
+        limits.events_per_key_max,
+        match (ran_with.is_some(), args.risk_keys_max.is_some() || args.risk_events_per_key_max.is_some()) {
+            (_, true) => "as given",
+            (true, false) => "as the server last ran",
+            (false, false) => "the defaults",
+        }
+    );
     let (mut controller, _) = Controller::new(&text, &models_dir, limits).map_err(|e| {
         anyhow::anyhow!("{}: {e}", args.ruleset.as_deref().unwrap_or(Path::new("starter")).display())
     })?;

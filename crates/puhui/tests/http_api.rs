@@ -1308,7 +1308,7 @@ reasons = ["velocity"]
 #[tokio::test]
 async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &[]);
+    let server = serve(dir.path(), &["--risk-keys-max", "999999"]);
     let admin = reqwest::Client::new();
     let admin_post = |path: &str, body: Value| {
         let (http, url) = (admin.clone(), server.url(path));
@@ -1390,7 +1390,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert!(server.terminate().success());
 
     // After a restart: decisions, labels, rulesets, lists and the velocity features are back.
-    let server = serve(dir.path(), &[]);
+    let server = serve(dir.path(), &["--risk-keys-max", "999999"]);
     let d5 = c.get(&server, "/v1/decisions/d5").await.body;
     assert_eq!((&d5["label"], &d5["outcome"]), (&json!("fraud"), &json!("approve")), "{d5}");
     let rulesets = send(&admin, "GET", &server.url("/v1/rulesets"), ADMIN, None, None).await.body;
@@ -1451,6 +1451,11 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("at most 999999 keys and pairs, 1024 events per key (as the server last ran)"),
+        "the server's bounds, read from the data directory: {stderr}"
+    );
     // The replay's feature store takes the server's bounds as flags: far below what the server ran
     // with (the defaults), it evicts keys the server kept, and a decision comes out otherwise.
     let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
