@@ -122,6 +122,9 @@ pub struct RiskService {
     decides_on_committer: bool,
     /// The controller's lists, read for pages without the controller's lock ([`puhui_risk::list_page`]).
     lists: puhui_risk::Lists,
+    /// Whether the active or the shadow ruleset reads the payer's balance (the controller keeps it
+    /// current): a transfer's balance is looked up only then.
+    reads_payer_balance: Arc<std::sync::atomic::AtomicBool>,
     store: Backend,
 }
 
@@ -742,6 +745,7 @@ impl RiskService {
         restore.active = state.controller.active().ruleset().version.clone();
         restore.shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
         let lists = &Arc::clone(state.controller.lists());
+        let reads_payer_balance = state.controller.reads_payer_balance();
         let service = RiskService {
             follow_next: Mutex::new(Following { next_seq: follow_next, caught_up_by: 0 }),
             catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
@@ -755,6 +759,7 @@ impl RiskService {
             records_queued: std::sync::atomic::AtomicU64::new(0),
             decides_on_committer: !store.is_postgres() && !shared,
             lists: Arc::clone(lists),
+            reads_payer_balance,
             store,
         };
         Ok((service, restore))
@@ -781,6 +786,12 @@ impl RiskService {
         )?;
         self.records_queued.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(rx)
+    }
+
+    /// Whether the active or the shadow ruleset reads the payer's balance (`payer_balance`): a
+    /// transfer's event then carries it ([`puhui_risk::records::EventRecord::payer_balance_minor`]).
+    pub fn reads_payer_balance(&self) -> bool {
+        self.reads_payer_balance.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// How many records were queued with the controller's lock held so far (pass it to
@@ -1477,6 +1488,10 @@ pub struct CreateDecision {
     /// Device, network, channel, customer.
     #[serde(default)]
     pub risk_context: RiskContext,
+    /// The payer's available balance before the event, in minor units (negative if overdrawn), if
+    /// you know it: rules read it as `payer_balance` ("draining the balance"); without it,
+    /// `payer_balance_known` is false. A transfer's decision gets it from the ledger.
+    pub payer_balance: Option<i64>,
     /// Record the event in the velocity features (default true; false for a what-if).
     #[serde(default = "yes")]
     pub record: bool,
@@ -1580,6 +1595,11 @@ pub struct DecisionEventObject {
     pub timestamp_ns: u64,
     /// The risk context's attributes (`ctx.<name>` in rules), by name.
     pub risk_context: std::collections::BTreeMap<String, String>,
+    /// The payer's available balance before the event (minor units), when the decision had it:
+    /// looked up in the ledger for a transfer whose ruleset reads it, or given with a standalone
+    /// decision.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payer_balance: Option<i64>,
 }
 
 fn event_object(tenant: &str, e: &EventRecord) -> DecisionEventObject {
@@ -1595,6 +1615,7 @@ fn event_object(tenant: &str, e: &EventRecord) -> DecisionEventObject {
         timestamp: crate::models::format_ns(e.timestamp_ns),
         timestamp_ns: e.timestamp_ns,
         risk_context: e.attributes.iter().map(|(k, v)| (k.clone(), own(v))).collect(),
+        payer_balance: e.payer_balance_minor,
     }
 }
 
@@ -1784,19 +1805,28 @@ pub async fn create_decision(
         currency: currency.as_str().to_string(),
         timestamp_ns,
         attributes,
+        payer_balance_minor: body.payer_balance,
     };
     if let Some(existing) = risk.decision_record(id.as_str()) {
         // A retry: the decision already made, if it was made for this event (everything the request
         // says: parties, figures, context, the timestamp if it gives one, whether to record it).
         let e = &existing.event;
-        let same_event = (&e.payer, &e.payee, e.amount_minor, &e.currency, &e.attributes)
-            == (&event.payer, &event.payee, event.amount_minor, &event.currency, &event.attributes)
-            && (body.timestamp.is_none() || e.timestamp_ns == event.timestamp_ns);
+        let same_event =
+            (&e.payer, &e.payee, e.amount_minor, &e.currency, &e.attributes, e.payer_balance_minor)
+                == (
+                    &event.payer,
+                    &event.payee,
+                    event.amount_minor,
+                    &event.currency,
+                    &event.attributes,
+                    event.payer_balance_minor,
+                )
+                && (body.timestamp.is_none() || e.timestamp_ns == event.timestamp_ns);
         let recorded = body.record && existing.active.outcome != Outcome::Decline;
         if existing.source != DecisionSource::Standalone || !same_event || existing.observed != recorded {
             return Err(decision_id_conflict(
                 "a decision with this id was made for another event (another transfer, or other parties, \
-                 amount, currency, risk context, timestamp or record flag)",
+                 amount, currency, risk context, payer balance, timestamp or record flag)",
             ));
         }
         if let Some(existing) = risk.decision(id.as_str()) {
@@ -2552,7 +2582,7 @@ mod tests {
         };
         let e = open(Some(old)).expect_err("a new text is checked");
         assert!(e.starts_with("--ruleset: ") && e.contains("longer than the 30 days"), "{e}");
-        assert_eq!(open(None).unwrap(), "starter-2", "nothing was journaled by the refusal");
+        assert_eq!(open(None).unwrap(), "starter-3", "nothing was journaled by the refusal");
         // As if an older binary had published and activated it.
         let store = puhui_store::EmbeddedStore::open(dir.path()).unwrap();
         let records = [
@@ -2570,7 +2600,7 @@ mod tests {
         drop(store);
         assert_eq!(open(Some(old)).unwrap(), "old-1", "the journaled text is given again");
         assert_eq!(open(None).unwrap(), "old-1");
-        assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-2");
+        assert_eq!(open(Some(STARTER_RULESET)).unwrap(), "starter-3");
         let changed = old.replace("score = 60", "score = 61").replace("old-1", "old-2");
         assert!(open(Some(&changed)).is_err(), "another text is checked");
     }
@@ -2630,6 +2660,7 @@ mod tests {
                 currency: "CNY".into(),
                 timestamp_ns: 1_000_000_000,
                 attributes: Vec::new(),
+                payer_balance_minor: None,
             },
             record: false,
             fence: None,
@@ -2686,6 +2717,7 @@ mod tests {
                 currency: "CNY".into(),
                 timestamp_ns: 1_000_000_000 + i,
                 attributes: Vec::new(),
+                payer_balance_minor: None,
             },
             record: true,
             fence: None,

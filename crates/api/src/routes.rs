@@ -687,6 +687,13 @@ async fn prepare_inline(
     let (Some(payer), Some(payee)) = (&request.debit_account_id, &request.credit_account_id) else {
         return Ok(Prepared::Answered(None));
     };
+    // Looked up only when a ruleset reads it (a read of the ledger per transfer otherwise saved).
+    // Read before the decision, not with it: two transfers of one payer decided at once both see
+    // the balance before either (ARCHITECTURE.md, "Risk control").
+    let payer_balance_minor = match risk.reads_payer_balance() {
+        false => None,
+        true => app.account(payer.clone()).await?.map(|a| a.balances.available_saturating_i64()),
+    };
     let event = puhui_risk::records::EventRecord {
         payer: payer.to_string(),
         payee: payee.to_string(),
@@ -694,6 +701,7 @@ async fn prepare_inline(
         currency: request.currency.map(|c| c.as_str().to_string()).unwrap_or_default(),
         timestamp_ns: crate::risk::now_ns(),
         attributes,
+        payer_balance_minor,
     };
     Ok(Prepared::ToDecide(event))
 }

@@ -113,6 +113,12 @@ impl Balances {
     pub fn available(&self) -> i128 {
         self.net_posted() - self.debits_pending as i128
     }
+
+    /// [`Balances::available`] saturated to `i64` (what risk rules read as `payer_balance`; only
+    /// a balance beyond ±9.2 × 10^18 minor units is cut).
+    pub fn available_saturating_i64(&self) -> i64 {
+        self.available().clamp(i64::MIN as i128, i64::MAX as i128) as i64
+    }
 }
 
 /// A request to create an account.

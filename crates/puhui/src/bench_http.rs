@@ -68,6 +68,8 @@ const RATE_MAX: u64 = 10_000_000;
 struct Stats {
     latencies_us: Vec<u32>,
     transfers: u64,
+    /// Requests risk control declined (422 `risk_declined`): an answer, not an error.
+    declined: u64,
     errors: u64,
 }
 
@@ -168,7 +170,7 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
         let risk_context = args.risk_context;
         workers.spawn(async move {
             let mut rng = rand::rngs::StdRng::seed_from_u64(worker as u64);
-            let mut stats = Stats { latencies_us: Vec::new(), transfers: 0, errors: 0 };
+            let mut stats = Stats { latencies_us: Vec::new(), transfers: 0, declined: 0, errors: 0 };
             let mut conn = Conn::new(target);
             let mut n = 0u64;
             // Appends one transfer's JSON to `out` (no allocation per transfer: a batch body is
@@ -242,6 +244,7 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
                 };
                 match conn.post(path, &key, &body).await {
                     Ok(200 | 201) => stats.transfers += count as u64,
+                    Ok(422) if conn.answered_with(br#""code":"risk_declined""#) => stats.declined += 1,
                     _ => stats.errors += 1,
                 }
                 answered_at = Instant::now();
@@ -253,12 +256,13 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
             stats
         });
     }
-    let mut all = Stats { latencies_us: Vec::new(), transfers: 0, errors: 0 };
+    let mut all = Stats { latencies_us: Vec::new(), transfers: 0, declined: 0, errors: 0 };
     while let Some(r) = workers.join_next().await {
         let s = r?;
         all.latencies_us.extend(s.latencies_us);
         all.transfers += s.transfers;
         all.errors += s.errors;
+        all.declined += s.declined;
     }
     let seconds = started.elapsed().as_secs_f64();
     all.latencies_us.sort_unstable();
@@ -270,19 +274,19 @@ async fn load(args: HttpArgs, admin: String) -> anyhow::Result<ExitCode> {
         all.latencies_us[i] as f64 / 1e3
     };
     let requests = all.latencies_us.len();
-    let (mode, connections, errors) = (args.mode, args.connections, all.errors);
+    let (mode, connections, errors, declined) = (args.mode, args.connections, all.errors, all.declined);
     let offered = args.rate.map_or_else(|| "closed loop".to_string(), |r| format!("offered {r}/s"));
     let offered_json = args.rate.map_or(0, |r| r.get());
     let (rps, tps) = (requests as f64 / seconds, all.transfers as f64 / seconds);
     let (p50, p99, p999) = (pct(0.5), pct(0.99), pct(0.999));
     eprintln!(
         "{requests} requests in {seconds:.1} s over {connections} connections ({mode:?}, {offered}): {rps:.0} req/s, \
-         {tps:.0} transfers/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {errors} errors"
+         {tps:.0} transfers/s, p50 {p50:.2} ms, p99 {p99:.2} ms, p99.9 {p999:.2} ms, {declined} declined by risk control, {errors} errors"
     );
     println!(
         "{{\"mode\":\"{mode:?}\",\"connections\":{connections},\"offered_per_s\":{offered_json},\"seconds\":{seconds:.3},\"requests\":{requests},\
          \"requests_per_s\":{rps:.0},\"transfers_per_s\":{tps:.0},\"p50_ms\":{p50:.3},\"p99_ms\":{p99:.3},\
-         \"p999_ms\":{p999:.3},\"errors\":{errors}}}"
+         \"p999_ms\":{p999:.3},\"declined\":{declined},\"errors\":{errors}}}"
     );
     Ok(if all.errors == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
@@ -322,6 +326,11 @@ struct Conn {
 impl Conn {
     fn new(target: Target) -> Conn {
         Conn { target, stream: None, request: Vec::with_capacity(512), response: Vec::with_capacity(4096) }
+    }
+
+    /// Whether the last response (head and body) holds `needle`.
+    fn answered_with(&self, needle: &[u8]) -> bool {
+        self.response.windows(needle.len()).any(|w| w == needle)
     }
 
     /// POSTs `body` (JSON) to `path` and returns the status; the connection is reopened on the next

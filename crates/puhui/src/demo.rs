@@ -57,10 +57,10 @@ pub struct DemoArgs {
 /// Which rules were written for which typology (precision is computed per typology over them).
 fn typologies_of_rule(rule: &str) -> &'static [Typology] {
     match rule {
-        "account_takeover" => &[Typology::AccountTakeover],
+        "account_takeover" | "account_takeover_drain" => &[Typology::AccountTakeover],
         "sim_swap_pattern" => &[Typology::SimSwap],
         "card_testing_burst" => &[Typology::CardTesting],
-        "mule_fan_in" => &[Typology::MuleNetwork],
+        "mule_fan_in" | "mule_fan_out" => &[Typology::MuleNetwork],
         "structuring_near_threshold" => &[Typology::Structuring],
         "collusion_shared_phones" => &[Typology::MerchantCollusion],
         "shared_device" => &[Typology::MuleNetwork, Typology::MerchantCollusion],
@@ -149,6 +149,14 @@ impl Driver<'_> {
                 continue;
             };
             let attributes = ctx.attributes();
+            // As the server does: the payer's balance from the ledger, when the ruleset reads it
+            // (what the groups posted so far; this group's earlier payments are not in it yet).
+            let payer_balance_minor = match self.engine.ruleset().reads_payer_balance() {
+                false => None,
+                true => self
+                    .store
+                    .read(|l| l.account(debit.as_str()).map(|a| a.balances.available_saturating_i64())),
+            };
             let event = RiskEvent {
                 payer: &self.population.accounts[t.debit as usize].id,
                 payee: &self.population.accounts[t.credit as usize].id,
@@ -156,6 +164,7 @@ impl Driver<'_> {
                 currency: self.currency_code,
                 timestamp_ns: t.timestamp_ms * 1_000_000,
                 attributes: &attributes,
+                payer_balance_minor,
             };
             let decision = self.engine.decide(&self.features, &event);
             self.latencies_ns.push(decision.latency_ns.min(u32::MAX as u64) as u32);

@@ -63,6 +63,7 @@ fn run(node: &mut Controller, args: &Args, from: u64, count: u64) -> Vec<u64> {
             currency: "CNY",
             timestamp_ns: T0_NS + i * STEP_NS / args.payers.max(1),
             attributes: &attrs,
+            payer_balance_minor: None,
         };
         let started = Instant::now();
         let d = node.decide(format!("dec{i}"), DecisionSource::Standalone, &event, true);

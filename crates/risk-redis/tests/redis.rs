@@ -98,8 +98,15 @@ fn feature(d: &DecisionRecord, name: &str) -> f64 {
 /// Decides and commits one payment on `node` (what the API does under its lock).
 fn pay(node: &mut Controller, id: &str, payer: &str, payee: &str, amount: u64, t: u64) -> DecisionRecord {
     let a = attrs("dev-1");
-    let event =
-        RiskEvent { payer, payee, amount_minor: amount, currency: "CNY", timestamp_ns: t, attributes: &a };
+    let event = RiskEvent {
+        payer,
+        payee,
+        amount_minor: amount,
+        currency: "CNY",
+        timestamp_ns: t,
+        attributes: &a,
+        payer_balance_minor: None,
+    };
     let d = node.decide(id.to_string(), DecisionSource::Standalone, &event, true);
     node.commit_decision(&d);
     d

@@ -80,6 +80,7 @@ fn main() -> Result<(), String> {
                 ("ip".into(), format!("{tenant}:10.0.{}.{}", debit % 256, credit % 256)),
                 ("kyc_tier".into(), "3".into()),
             ],
+            payer_balance_minor: None,
         };
         let started = Instant::now();
         let decision =

@@ -3,7 +3,8 @@
 //! The `cel` interpreter resolves every name through a scope of `BTreeMap`s of boxed values, so a
 //! decision had to build that scope (maps of the features and of `ctx`) and then walk each program
 //! generically. Here the parser's AST of each rule is compiled against the ruleset's variables:
-//! `amount`, `currency`, `payer`, `payee`, `new_payee`, `new_device`, the features (bare or as
+//! `amount`, `currency`, `payer`, `payee`, `new_payee`, `new_device`, `payer_balance`,
+//! `payer_balance_known`, the features (bare or as
 //! `f.<name>`) and model scores become slot reads, `ctx.<attr>` an index into the attributes the
 //! ruleset reads (resolved once per decision), and `in_list('name', x)` a lookup memoised for the
 //! decision (the lists themselves are read at evaluation: they change at run time).
@@ -540,6 +541,10 @@ enum Node {
     Payee,
     NewPayee,
     NewDevice,
+    /// `payer_balance` (an int: the payer's available balance, or -1 when unknown).
+    PayerBalance,
+    /// `payer_balance_known`.
+    PayerBalanceKnown,
     /// A feature's value, read as CEL sees it: an int (truncated), or a double for z-scores.
     Feature {
         index: u32,
@@ -638,6 +643,8 @@ enum Var {
     Payee,
     NewPayee,
     NewDevice,
+    PayerBalance,
+    PayerBalanceKnown,
     /// The `f` map of features.
     Features,
     /// The `ctx` map of attributes.
@@ -691,6 +698,8 @@ impl Symbols {
             ("payee", Var::Payee),
             ("new_payee", Var::NewPayee),
             ("new_device", Var::NewDevice),
+            ("payer_balance", Var::PayerBalance),
+            ("payer_balance_known", Var::PayerBalanceKnown),
             ("f", Var::Features),
         ] {
             vars.insert(name.to_string(), var);
@@ -802,6 +811,8 @@ fn var_node(var: Var) -> Option<(Node, Ty)> {
         Var::Payee => (Node::Payee, Ty::Str),
         Var::NewPayee => (Node::NewPayee, Ty::Bool),
         Var::NewDevice => (Node::NewDevice, Ty::Bool),
+        Var::PayerBalance => (Node::PayerBalance, Ty::Int),
+        Var::PayerBalanceKnown => (Node::PayerBalanceKnown, Ty::Bool),
         Var::Feature { index, double } => {
             (Node::Feature { index, double }, if double { Ty::Double } else { Ty::Int })
         }
@@ -1048,6 +1059,9 @@ pub(crate) struct Frame<'a> {
     pub new_payee: bool,
     /// `new_device`.
     pub new_device: bool,
+    /// The payer's available balance, if known (`payer_balance` is -1 when not,
+    /// `payer_balance_known` says which).
+    pub payer_balance: Option<i64>,
     /// Feature values, in declaration order.
     pub features: &'a [(Arc<str>, f64)],
     /// Model scores, in declaration order (name, score).
@@ -1072,6 +1086,7 @@ impl<'a> Frame<'a> {
         payee: &'a str,
         new_payee: bool,
         new_device: bool,
+        payer_balance: Option<i64>,
         features: &'a [(Arc<str>, f64)],
         models: &'a [(Arc<str>, f64)],
         attributes: &'a [Option<&'a str>],
@@ -1085,6 +1100,7 @@ impl<'a> Frame<'a> {
             payee,
             new_payee,
             new_device,
+            payer_balance,
             features,
             models,
             attributes,
@@ -1249,6 +1265,7 @@ fn eval_bool<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<bool, Fault> {
         },
         Node::NewPayee => Ok(f.new_payee),
         Node::NewDevice => Ok(f.new_device),
+        Node::PayerBalanceKnown => Ok(f.payer_balance.is_some()),
         Node::And(a, b) => {
             let left = eval_bool(a, f);
             if matches!(left, Ok(false)) {
@@ -1296,6 +1313,8 @@ fn eval<'a>(n: &'a Node, f: &mut Frame<'a>) -> Result<V<'a>, Fault> {
         Node::Payee => V::Str(f.payee),
         Node::NewPayee => V::Bool(f.new_payee),
         Node::NewDevice => V::Bool(f.new_device),
+        Node::PayerBalance => V::Int(f.payer_balance.unwrap_or(-1)),
+        Node::PayerBalanceKnown => V::Bool(f.payer_balance.is_some()),
         Node::Feature { index, double } => feature(f, *index, *double),
         Node::Model(i) => V::Double(f.models.get(*i as usize).map_or(f64::NAN, |(_, s)| *s)),
         Node::Attr(slot) => match f.attributes.get(*slot as usize) {

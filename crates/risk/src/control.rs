@@ -93,6 +93,9 @@ pub struct Controller {
     /// Where the features live when they are shared by several nodes (`features` is then unused).
     shared: Option<Arc<dyn SharedFeatures>>,
     shared_stats: SharedStats,
+    /// Whether the active or the shadow ruleset reads the payer's balance, kept current at each
+    /// activation ([`Controller::reads_payer_balance`]).
+    reads_payer_balance: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Failures of the shared-features backend seen by this controller.
@@ -154,6 +157,7 @@ impl Controller {
         let lists: Lists = Arc::default();
         let mut rulesets = BTreeMap::new();
         rulesets.insert(version.clone(), Published { ruleset: Arc::clone(&ruleset), text: text.to_string() });
+        let reads_payer_balance = Arc::new(ruleset.reads_payer_balance().into());
         let controller = Controller {
             rulesets,
             active: Engine::new(ruleset, Arc::clone(&lists)),
@@ -164,6 +168,7 @@ impl Controller {
             provisional: Some(version.clone()),
             shared: None,
             shared_stats: SharedStats::default(),
+            reads_payer_balance,
         };
         let records = vec![
             RiskRecord::Ruleset(RulesetRecord { version: version.clone(), text: text.to_string(), models }),
@@ -181,6 +186,22 @@ impl Controller {
         }
         self.features = FeatureStore::with_seed(self.features.limits(), seed);
         true
+    }
+
+    /// A flag, kept current, saying whether the active or the shadow ruleset reads the payer's
+    /// balance: a caller that must look the balance up for an event ([`RiskEvent::payer_balance_minor`])
+    /// reads it without the controller (the ledger then asks for the balance only when a rule or
+    /// model uses it). Read just before a decision, it may be a change of ruleset behind: that
+    /// decision sees the balance as unknown (`payer_balance_known` false) or carries one it does
+    /// not read; the record keeps what it saw, so a replay decides the same.
+    pub fn reads_payer_balance(&self) -> Arc<std::sync::atomic::AtomicBool> {
+        Arc::clone(&self.reads_payer_balance)
+    }
+
+    fn note_reads(&self) {
+        let reads = self.active.ruleset().reads_payer_balance()
+            || self.shadow.as_ref().is_some_and(|s| s.ruleset().reads_payer_balance());
+        self.reads_payer_balance.store(reads, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The active engine.
@@ -494,6 +515,7 @@ impl Controller {
         }
         self.active = Engine::new(active_ruleset, Arc::clone(&self.lists));
         self.shadow = shadow_ruleset.map(|r| Engine::new(r, Arc::clone(&self.lists)));
+        self.note_reads();
         Ok(Some(RiskRecord::Activation(ActivationRecord {
             active: active.to_string(),
             shadow: shadow.map(str::to_string),
@@ -619,6 +641,7 @@ impl Controller {
                     if self.active.ruleset().version == r.version {
                         let ruleset = Arc::clone(&self.rulesets[&r.version].ruleset);
                         self.active = Engine::new(ruleset, Arc::clone(&self.lists));
+                        self.note_reads();
                     }
                 } else {
                     self.publish_journaled(r)?;

@@ -49,6 +49,10 @@ pub struct EventRecord {
     pub timestamp_ns: u64,
     /// Attributes (device, IP, channel…).
     pub attributes: Vec<(String, String)>,
+    /// The payer's available balance before the event, in minor units, if it was known
+    /// ([`RiskEvent::payer_balance_minor`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payer_balance_minor: Option<i64>,
 }
 
 impl EventRecord {
@@ -61,6 +65,7 @@ impl EventRecord {
             currency: event.currency.to_string(),
             timestamp_ns: event.timestamp_ns,
             attributes: event.attributes.to_vec(),
+            payer_balance_minor: event.payer_balance_minor,
         }
     }
 
@@ -73,6 +78,7 @@ impl EventRecord {
             currency: &self.currency,
             timestamp_ns: self.timestamp_ns,
             attributes: &self.attributes,
+            payer_balance_minor: self.payer_balance_minor,
         }
     }
 }
@@ -383,13 +389,17 @@ pub mod binary {
     use super::{DecisionRecord, DecisionSource, EventRecord, FiredRecord, Verdict};
     use crate::rules::Outcome;
 
-    /// The format byte this version writes.
+    /// The format byte of a record whose event has no payer balance (what every record was before
+    /// balances existed: such records are written byte for byte as before).
     pub const FORMAT: u8 = 1;
+    /// The format byte of a record whose event carries the payer's balance: [`FORMAT`] with the
+    /// balance (zigzag varint) right after the attributes.
+    pub const FORMAT_WITH_BALANCE: u8 = 2;
 
     /// Encodes `d`.
     pub fn encode(d: &DecisionRecord) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + 24 * d.active.fired.len() + 24 * d.active.features.len());
-        out.push(FORMAT);
+        out.push(if d.event.payer_balance_minor.is_some() { FORMAT_WITH_BALANCE } else { FORMAT });
         put_str(&mut out, &d.id);
         out.push(match d.source {
             DecisionSource::Transfer => 0,
@@ -405,6 +415,9 @@ pub mod binary {
         for (k, v) in &e.attributes {
             put_str(&mut out, k);
             put_str(&mut out, v);
+        }
+        if let Some(balance) = e.payer_balance_minor {
+            put_i64(&mut out, balance);
         }
         out.push(d.observed as u8);
         put_verdict(&mut out, &d.active);
@@ -422,7 +435,7 @@ pub mod binary {
     pub fn decode(payload: &[u8]) -> Result<DecisionRecord, String> {
         let mut r = Reader { bytes: payload, at: 0 };
         let format = r.byte()?;
-        if format != FORMAT {
+        if format != FORMAT && format != FORMAT_WITH_BALANCE {
             return Err(format!("unknown decision record format {format}"));
         }
         let id = r.string()?;
@@ -441,7 +454,16 @@ pub mod binary {
         for _ in 0..n {
             attributes.push((r.string()?, r.string()?));
         }
-        let event = EventRecord { payer, payee, amount_minor, currency, timestamp_ns, attributes };
+        let payer_balance_minor = if format == FORMAT_WITH_BALANCE { Some(r.i64()?) } else { None };
+        let event = EventRecord {
+            payer,
+            payee,
+            amount_minor,
+            currency,
+            timestamp_ns,
+            attributes,
+            payer_balance_minor,
+        };
         let observed = r.flag()?;
         let active = r.verdict()?;
         let shadow = if r.flag()? { Some(r.verdict()?) } else { None };
@@ -454,7 +476,7 @@ pub mod binary {
     /// The id of an encoded decision, read without decoding the rest.
     pub fn id(payload: &[u8]) -> Option<&str> {
         let mut r = Reader { bytes: payload, at: 0 };
-        if r.byte().ok()? != FORMAT {
+        if !matches!(r.byte().ok()?, FORMAT | FORMAT_WITH_BALANCE) {
             return None;
         }
         r.str().ok()

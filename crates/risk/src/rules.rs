@@ -1,14 +1,14 @@
 //! Rulesets (TOML) with CEL expressions, and the decision they make for one event.
 //!
 //! ```toml
-//! version = "starter-2"
+//! version = "starter-3"
 //! [thresholds]
 //! review = 50        # score at which an event goes to review (a hold + an analyst)
 //! decline = 100      # score at which it is declined
 //!
 //! [[features]]
 //! name = "payer_count_1h"
-//! entity = "payer"          # payer | payee | device | ip | attr:<name>
+//! entity = "payer"          # payer | payee | payer_inflow (what the payer received) | device | ip | attr:<name>
 //! aggregate = "count"       # count | sum | max | distinct | zscore | first_seen | last_seen (seconds, -1: none)
 //! window = "1h"
 //!
@@ -29,7 +29,9 @@
 //! Expressions see: `amount` (int, minor units), `currency`, `payer`, `payee` (strings), `ctx` (a map
 //! of the event's attributes: device_id, ip, channel, country, mcc, kyc_tier, …), every declared
 //! feature by its bare name (also as `f.<name>`), each model's score by its name, `new_payee`,
-//! `new_device` (bools), and `in_list(list, value)`.
+//! `new_device` (bools), `payer_balance` (int: the payer's available balance before the event, in
+//! minor units; -1 when unknown, e.g. a standalone decision that did not give it),
+//! `payer_balance_known` (bool), and `in_list(list, value)`.
 //!
 //! Each expression is parsed by the `cel` crate and compiled once, at load (the `compile` module),
 //! into a tree over pre-resolved slots; an expression the compiler does not reproduce exactly runs
@@ -178,6 +180,9 @@ pub enum Entity {
     Payer,
     /// The payee.
     Payee,
+    /// The payer's account as a payee: what it received (`distinct`: from how many payers).
+    /// Money passed on soon after it came in from many is a mule's fan-in then fan-out.
+    PayerInflow,
     /// `ctx.device_id`.
     Device,
     /// `ctx.ip`.
@@ -256,6 +261,9 @@ pub struct Ruleset {
     /// the store, a cold pair key each, only if so; otherwise they are `false`, unread).
     reads_new_payee: bool,
     reads_new_device: bool,
+    /// Whether a rule or a model reads `payer_balance` or `payer_balance_known` (the ledger looks
+    /// the balance up for a transfer only if so).
+    reads_payer_balance: bool,
 }
 
 /// Features over the same entity (one `FeatureStore::windows` call serves them all).
@@ -278,6 +286,8 @@ enum ModelInput {
     Amount,
     NewPayee,
     NewDevice,
+    /// The payer's available balance (unknown = NaN, i.e. missing).
+    PayerBalance,
     /// `ctx.<name>` parsed as a number (missing or not a number = NaN, i.e. missing).
     Attribute(String),
     /// A feature, by index.
@@ -298,8 +308,18 @@ pub struct Budget {
 }
 
 /// The names every rule can read besides its ruleset's features and models (which may not reuse them).
-pub const BUILTIN_NAMES: [&str; 8] =
-    ["amount", "currency", "payer", "payee", "new_payee", "new_device", "ctx", "f"];
+pub const BUILTIN_NAMES: [&str; 10] = [
+    "amount",
+    "currency",
+    "payer",
+    "payee",
+    "new_payee",
+    "new_device",
+    "payer_balance",
+    "payer_balance_known",
+    "ctx",
+    "f",
+];
 
 /// Most evaluation steps all of a ruleset's rules may take together in the worst case (see
 /// `compile::cost`): a decision runs every rule, and its time budget is checked only between rules.
@@ -503,17 +523,18 @@ impl Ruleset {
             let entity = match f.entity.get_ref().as_str() {
                 "payer" => Entity::Payer,
                 "payee" => Entity::Payee,
+                "payer_inflow" => Entity::PayerInflow,
                 "device" => Entity::Device,
                 "ip" => Entity::Ip,
                 other => match other.strip_prefix("attr:") {
                     Some(name) if !name.is_empty() => Entity::Attribute(name.to_string()),
-                    _ => {
-                        return Err(at(
-                            f.entity.span(),
-                            None,
-                            format!("unknown entity {other:?} (payer, payee, device, ip, attr:<name>)"),
-                        ))
-                    }
+                    _ => return Err(at(
+                        f.entity.span(),
+                        None,
+                        format!(
+                            "unknown entity {other:?} (payer, payee, payer_inflow, device, ip, attr:<name>)"
+                        ),
+                    )),
                 },
             };
             let aggregate = match f.aggregate.get_ref().as_str() {
@@ -608,11 +629,13 @@ impl Ruleset {
                 ));
             }
             for input in &m.inputs {
-                let known = matches!(input.as_str(), "amount" | "new_payee" | "new_device" | "missing")
-                    || input.starts_with("ctx.")
+                let known = matches!(
+                    input.as_str(),
+                    "amount" | "new_payee" | "new_device" | "payer_balance" | "missing"
+                ) || input.starts_with("ctx.")
                     || features.iter().any(|f: &Feature| *f.name == **input);
                 if !known {
-                    return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, ctx.<name>, missing or a declared feature")));
+                    return Err(at(m.name.span(), None, format!("model input {input:?} is not amount, new_payee, new_device, payer_balance, ctx.<name>, missing or a declared feature")));
                 }
             }
             models.push(ModelSlot { name: m.name.into_inner().into(), model, inputs: m.inputs, digest });
@@ -782,6 +805,7 @@ impl Ruleset {
                         "amount" => ModelInput::Amount,
                         "new_payee" => ModelInput::NewPayee,
                         "new_device" => ModelInput::NewDevice,
+                        "payer_balance" => ModelInput::PayerBalance,
                         other => match other.strip_prefix("ctx.") {
                             Some(attr) => ModelInput::Attribute(attr.to_string()),
                             // `missing` is NaN, unless a feature has that name (as before it was a word).
@@ -800,6 +824,8 @@ impl Ruleset {
         };
         let reads_new_payee = reads("new_payee", |i| matches!(i, ModelInput::NewPayee));
         let reads_new_device = reads("new_device", |i| matches!(i, ModelInput::NewDevice));
+        let reads_payer_balance = reads("payer_balance", |i| matches!(i, ModelInput::PayerBalance))
+            || reads("payer_balance_known", |_| false);
         Ok(Ruleset {
             version: file.version,
             review_at: *file.thresholds.review.get_ref(),
@@ -813,7 +839,14 @@ impl Ruleset {
             model_inputs,
             reads_new_payee,
             reads_new_device,
+            reads_payer_balance,
         })
+    }
+
+    /// Whether a rule or a model reads the payer's balance (`payer_balance`, `payer_balance_known`):
+    /// a transfer's decision then needs [`RiskEvent::payer_balance_minor`].
+    pub fn reads_payer_balance(&self) -> bool {
+        self.reads_payer_balance
     }
 
     /// How many rules are compiled (the rest run on the `cel` interpreter).
@@ -856,6 +889,11 @@ pub struct RiskEvent<'a> {
     pub timestamp_ns: u64,
     /// Attributes: device_id, ip, channel, country, mcc, kyc_tier, …
     pub attributes: &'a [(String, String)],
+    /// The payer's available balance before this event, in minor units of `currency` (posted
+    /// credits less posted and pending debits; negative on an overdrawn or credit account), if the
+    /// caller knows it: the ledger fills it in for a transfer whose ruleset reads it
+    /// (`payer_balance`), a standalone decision may carry it.
+    pub payer_balance_minor: Option<i64>,
 }
 
 impl RiskEvent<'_> {
@@ -1155,6 +1193,8 @@ impl Engine {
         scope.add_variable_from_value("payee", event.payee.to_string());
         scope.add_variable_from_value("new_payee", new_payee);
         scope.add_variable_from_value("new_device", new_device);
+        scope.add_variable_from_value("payer_balance", event.payer_balance_minor.unwrap_or(-1));
+        scope.add_variable_from_value("payer_balance_known", event.payer_balance_minor.is_some());
         let cel_value = |f: &Feature, value: f64| {
             if f.aggregate == Aggregate::ZScore {
                 cel::Value::Float(value)
@@ -1189,6 +1229,7 @@ impl Engine {
             let key: Option<(Namespace, &str)> = match &group.entity {
                 Entity::Payer => Some((Namespace::Payer, event.payer)),
                 Entity::Payee => Some((Namespace::Payee, event.payee)),
+                Entity::PayerInflow => Some((Namespace::Payee, event.payer)),
                 Entity::Device => event.attribute("device_id").map(|d| (Namespace::Device, d)),
                 Entity::Ip => event.attribute("ip").map(|d| (Namespace::Ip, d)),
                 Entity::Attribute(name) => match event.attribute(name) {
@@ -1258,6 +1299,7 @@ impl Engine {
                     ModelInput::Amount => event.amount_minor as f32,
                     ModelInput::NewPayee => new_payee as u8 as f32,
                     ModelInput::NewDevice => new_device as u8 as f32,
+                    ModelInput::PayerBalance => event.payer_balance_minor.map_or(f32::NAN, |b| b as f32),
                     ModelInput::Attribute(attr) => {
                         event.attribute(attr).and_then(|v| v.parse::<f32>().ok()).unwrap_or(f32::NAN)
                     }
@@ -1299,6 +1341,7 @@ impl Engine {
             event.payee,
             new_payee,
             new_device,
+            event.payer_balance_minor,
             &values[..split],
             &values[split..],
             &attributes[..names.len().min(compile::ATTRIBUTES_MAX)],

@@ -133,6 +133,7 @@ pub fn query_of<'a>(engines: &[&Engine], event: &RiskEvent<'a>) -> FeatureQuery<
             let entity = match &feature.entity {
                 Entity::Payer => Some((Namespace::Payer, event.payer.to_string())),
                 Entity::Payee => Some((Namespace::Payee, event.payee.to_string())),
+                Entity::PayerInflow => Some((Namespace::Payee, event.payer.to_string())),
                 Entity::Device => attribute(event, "device_id").map(|d| (Namespace::Device, d.to_string())),
                 Entity::Ip => attribute(event, "ip").map(|d| (Namespace::Ip, d.to_string())),
                 Entity::Attribute(name) => attribute(event, name)
@@ -207,6 +208,7 @@ mod tests {
                 currency: "KES",
                 timestamp_ns: 1_000_000_000 * (k + 1),
                 attributes: &attrs,
+                payer_balance_minor: None,
             };
             crate::rules::observe(&mut a, &event, &names);
             observation_of("d", &event, &names).apply(&mut b);

@@ -121,6 +121,7 @@ fn bench_event<'a>(
         currency: "CNY",
         timestamp_ns,
         attributes: &attrs[k % 1_000],
+        payer_balance_minor: None,
     }
 }
 
@@ -164,6 +165,7 @@ fn warm_ruleset(ruleset: Ruleset, history: u64) -> Warm {
             currency: "CNY",
             timestamp_ns: start + i * S / 10,
             attributes: &attrs[p],
+            payer_balance_minor: None,
         };
         engine.observe(&mut store, &e);
     }

@@ -111,6 +111,17 @@ fn differential(ruleset: Ruleset, events: usize, seed: u64) -> (usize, usize) {
         let t = 1_000 * S + i as u64 * S * (1 + rng.next() % 120);
         let (payer, payee, amount_minor, attributes) = event_parts(&mut rng, t);
         let currency = if rng.chance(90) { "CNY" } else { "KES" };
+        // Unknown, near either end of i64 (where `payer_balance - payer_balance / 10` and friends
+        // must overflow alike), or near the amount (where a drain rule's edge is).
+        let payer_balance_minor = match rng.below(6) {
+            0 => None,
+            1 => Some(i64::MIN + (rng.next() % 3) as i64),
+            2 => Some(i64::MAX - (rng.next() % 3) as i64),
+            3 => {
+                Some((amount_minor.min(i64::MAX as u64) as i64).saturating_sub((rng.next() % 20_000) as i64))
+            }
+            _ => Some((rng.next() % 400_000) as i64 - 100_000),
+        };
         let e = RiskEvent {
             payer: &payer,
             payee: &payee,
@@ -118,6 +129,7 @@ fn differential(ruleset: Ruleset, events: usize, seed: u64) -> (usize, usize) {
             currency,
             timestamp_ns: t,
             attributes: &attributes,
+            payer_balance_minor,
         };
         let a = compiled.decide_within(&store, &e, false);
         let b = interpreted.decide_within(&store, &e, false);
@@ -256,6 +268,8 @@ const AWKWARD: &[(&str, bool)] = &[
     ("ctx.device_id.startsWith('d') || payer.endsWith('1') || ctx.ip.contains('9.9')", true),
     ("payer.contains(ctx.device_id)", true),
     ("new_device ? amount > 100 : c1h > 2", true),
+    ("payer_balance_known && amount >= payer_balance - payer_balance / 10", true),
+    ("payer_balance * 2 > amount || !payer_balance_known", true),
     ("(ctx.kyc_tier == '1' ? z : 2.5) > 1.0", true),
     ("ctx.missing_attribute == 'x' || true", true),
     ("in_list('deny_devices', ctx.device_id) || in_list('deny_ips', ctx.ip) || in_list('deny_accounts', payer)", true),
@@ -282,7 +296,7 @@ fn awkward_text() -> String {
          [[features]]\nname = \"dev\"\nentity = \"device\"\naggregate = \"distinct\"\nwindow = \"24h\"\n\
          [[features]]\nname = \"tier_max\"\nentity = \"attr:kyc_tier\"\naggregate = \"max\"\nwindow = \"24h\"\n\
          [[models]]\nname = \"fraud\"\npath = \"xgb_bench_300x6.json\"\n\
-         inputs = [\"amount\", \"new_payee\", \"new_device\", \"ctx.kyc_tier\", \"ctx.amount_log\", \"c1h\", \"z\", \"dev\", \"tier_max\", \"c1h\"]\n",
+         inputs = [\"amount\", \"new_payee\", \"new_device\", \"ctx.kyc_tier\", \"ctx.amount_log\", \"c1h\", \"z\", \"dev\", \"tier_max\", \"payer_balance\"]\n",
     );
     for (i, (expr, _)) in AWKWARD.iter().enumerate() {
         let expr = expr.replace('\\', "\\\\").replace('"', "\\\"");
@@ -319,6 +333,7 @@ impl Gen<'_> {
         if leaf {
             let leaves = [
                 "amount",
+                "payer_balance",
                 "c1h",
                 "f.c1h",
                 "z",
@@ -364,7 +379,10 @@ impl Gen<'_> {
 
     fn boolean(&mut self, depth: u32) -> String {
         if depth == 0 || self.rng.chance(15) {
-            return self.rng.pick(&["true", "false", "new_payee", "new_device"]).to_string();
+            return self
+                .rng
+                .pick(&["true", "false", "new_payee", "new_device", "payer_balance_known"])
+                .to_string();
         }
         let d = depth - 1;
         match self.rng.below(14) {

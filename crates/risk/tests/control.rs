@@ -97,6 +97,12 @@ fn online_session() -> (Vec<RiskRecord>, Vec<(String, Outcome)>) {
             currency: "CNY",
             timestamp_ns: t,
             attributes: &attrs,
+            // Unknown, all of it going out (the starter's drain rule), or a fraction of it.
+            payer_balance_minor: match i % 5 {
+                0 => None,
+                1 | 2 => Some(amount as i64),
+                _ => Some(amount as i64 * 4 - 7),
+            },
         };
         let source = if i % 3 == 0 { DecisionSource::Standalone } else { DecisionSource::Transfer };
         let d = c.decide(format!("t:d{i}"), source, &event, i % 10 != 9);
@@ -205,8 +211,9 @@ fn binary_decisions_keep_every_bit_and_refuse_damaged_bytes() {
     let mut longer = payload.clone();
     longer.push(0);
     assert!(RiskRecord::decode(t, &longer).is_err());
+    assert_eq!(payload[0], 2, "the last decision of the session carries a balance (format 2)");
     let mut other = payload.clone();
-    other[0] = 2;
+    other[0] = 3;
     assert!(RiskRecord::decode(t, &other).is_err());
     assert_eq!(DecisionRecord::id_of(t, &other), None);
     assert!(RiskRecord::decode(t, &[1, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]).is_err());
@@ -225,6 +232,7 @@ fn the_binary_decision_format_is_stable() {
             currency: "CNY".into(),
             timestamp_ns: 1,
             attributes: vec![("ip".into(), "t:i".into())],
+            payer_balance_minor: None,
         },
         observed: true,
         active: Verdict {
@@ -250,7 +258,26 @@ fn the_binary_decision_format_is_stable() {
         0, 0, 0, 0, 0, 0, 0xf8, 0x3f, 0, 0, 0xc8, 0x01, 0,
     ];
     assert_eq!(d.encode(), (RECORD_DECISION_BINARY, expected.to_vec()));
-    assert_eq!(RiskRecord::decode(RECORD_DECISION_BINARY, expected), Ok(RiskRecord::Decision(Box::new(d))));
+    assert_eq!(
+        RiskRecord::decode(RECORD_DECISION_BINARY, expected),
+        Ok(RiskRecord::Decision(Box::new(d.clone())))
+    );
+    // With the payer's balance: format 2, the balance (zigzag: -3 is 5) right after the attributes.
+    let mut with_balance = d;
+    with_balance.event.payer_balance_minor = Some(-3);
+    let mut expected = expected.to_vec();
+    expected[0] = 2;
+    let after_attributes = expected.windows(3).position(|w| w == b"t:i").unwrap() + 3;
+    expected.insert(after_attributes, 5);
+    assert_eq!(with_balance.encode(), (RECORD_DECISION_BINARY, expected.clone()));
+    assert_eq!(
+        DecisionRecord::id_of(RECORD_DECISION_BINARY, &expected).as_deref(),
+        Some(with_balance.id.as_str())
+    );
+    assert_eq!(
+        RiskRecord::decode(RECORD_DECISION_BINARY, &expected),
+        Ok(RiskRecord::Decision(Box::new(with_balance)))
+    );
 }
 
 #[test]
@@ -396,6 +423,7 @@ fn a_spent_budget_takes_the_rulesets_outcome_and_replays_ignore_it() {
         currency: "CNY",
         timestamp_ns: t,
         attributes: &attrs,
+        payer_balance_minor: None,
     };
     let online = c.active().decide(c.features(), &event);
     assert!(online.degraded.is_some(), "a zero budget is spent by the first check");
@@ -539,6 +567,7 @@ fn evicting_session(limits: FeatureLimits, seed: u64, events: u64) -> Vec<RiskRe
             currency: "CNY",
             timestamp_ns: 1_700_000_000_000_000_000 + i * 1_000_000_000,
             attributes: &attrs,
+            payer_balance_minor: None,
         };
         let d = c.decide(format!("t:e{i}"), DecisionSource::Transfer, &event, true);
         c.commit_decision(&d);

@@ -22,9 +22,10 @@ fn attrs(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 #[test]
 fn the_starter_ruleset_loads() {
     let r = starter();
-    assert_eq!(r.version, "starter-2");
+    assert_eq!(r.version, "starter-3");
     assert!(r.rules().count() >= 9);
-    assert_eq!(r.features.len(), 7);
+    assert_eq!(r.features.len(), 10);
+    assert!(r.reads_payer_balance(), "account_takeover_drain reads it");
 }
 
 #[test]
@@ -75,6 +76,7 @@ fn a_burst_of_tiny_payments_is_caught_and_explained() {
             currency: "CNY",
             timestamp_ns: 1_000 * S + i * S,
             attributes: &a,
+            payer_balance_minor: None,
         };
         let d = engine.decide(&store, &e);
         engine.observe(&mut store, &e);
@@ -88,7 +90,7 @@ fn a_burst_of_tiny_payments_is_caught_and_explained() {
         .any(|r| &*r.id == "card_testing_burst" && r.reasons.contains(&"velocity".to_string())));
     assert!(d.features.iter().any(|(n, v)| &**n == "payer_count_1m" && *v >= 10.0));
     assert!(d.errors.is_empty(), "{:?}", d.errors);
-    assert_eq!(d.ruleset_version, "starter-2");
+    assert_eq!(d.ruleset_version, "starter-3");
 }
 
 #[test]
@@ -105,6 +107,7 @@ fn an_event_without_device_or_ip_decides_without_errors() {
             currency: "CNY",
             timestamp_ns: 100 * S,
             attributes: &a,
+            payer_balance_minor: None,
         };
         let d = engine.decide(&store, &e);
         assert!(d.errors.is_empty(), "{a:?}: {:?}", d.errors);
@@ -125,6 +128,7 @@ fn account_takeover_declines_and_lists_override() {
             currency: "CNY",
             timestamp_ns: 100 * S + i * S,
             attributes: &home,
+            payer_balance_minor: None,
         };
         engine.observe(&mut store, &e);
     }
@@ -136,6 +140,7 @@ fn account_takeover_declines_and_lists_override() {
         currency: "CNY",
         timestamp_ns: 200 * S,
         attributes: &thief,
+        payer_balance_minor: None,
     };
     let d = engine.decide(&store, &drain);
     assert!(d.fired.iter().any(|r| &*r.id == "account_takeover"), "{d:?}");
@@ -159,6 +164,125 @@ fn account_takeover_declines_and_lists_override() {
 }
 
 #[test]
+fn draining_the_balance_from_a_new_device_is_caught_when_the_balance_is_known() {
+    let engine = engine(starter());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let home = attrs(&[("device_id", "old-phone")]);
+    for (i, amount_minor) in [1_500u64, 2_500, 2_000, 1_800, 2_200].into_iter().enumerate() {
+        let e = RiskEvent {
+            payer: "w1",
+            payee: "grocer",
+            amount_minor,
+            currency: "CNY",
+            timestamp_ns: 100 * S + i as u64 * S,
+            attributes: &home,
+            payer_balance_minor: Some(200_000),
+        };
+        engine.observe(&mut store, &e);
+    }
+    let thief = attrs(&[("device_id", "new-phone")]);
+    let send = |payee: &'static str, amount_minor: u64, payer_balance_minor: Option<i64>| {
+        let e = RiskEvent {
+            payer: "w1",
+            payee,
+            amount_minor,
+            currency: "CNY",
+            timestamp_ns: 200 * S,
+            attributes: &thief,
+            payer_balance_minor,
+        };
+        engine.decide(&store, &e)
+    };
+    let fired = |d: &puhui_risk::Decision, rule: &str| d.fired.iter().any(|r| &*r.id == rule);
+    // 90 % of the balance or more, from a new device, to a payee it paid before: the drain alone.
+    for (amount, balance) in [(90_000, 100_000), (100_000, 100_000), (120_000, 100_000), (50_000, 1)] {
+        let d = send("grocer", amount, Some(balance));
+        assert!(fired(&d, "account_takeover_drain"), "{amount} of {balance}: {d:?}");
+        assert!(d.fired.iter().any(|r| r.reasons.iter().any(|c| c == "balance_drain")));
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+    }
+    // Not a drain: less than 90 %, under 500 yuan, nothing to drain (an account at or below zero:
+    // a credit line, a settlement account), the balance unknown, or a known device.
+    for (amount, balance) in
+        [(89_999, 100_000), (40_000, 40_000), (90_000, 1_000_000), (90_000, 0), (90_000, -5)]
+    {
+        assert!(
+            !fired(&send("grocer", amount, Some(balance)), "account_takeover_drain"),
+            "{amount} of {balance}"
+        );
+    }
+    let d = send("grocer", 100_000, None);
+    assert!(!fired(&d, "account_takeover_drain") && d.errors.is_empty(), "unknown balance: {d:?}");
+    let home_drain = RiskEvent {
+        payer: "w1",
+        payee: "grocer",
+        amount_minor: 100_000,
+        currency: "CNY",
+        timestamp_ns: 200 * S,
+        attributes: &home,
+        payer_balance_minor: Some(100_000),
+    };
+    assert!(!fired(&engine.decide(&store, &home_drain), "account_takeover_drain"));
+    // The takeover shape in full: new device, new payee, large, and the balance emptied.
+    let d = send("mule", 95_000, Some(100_000));
+    assert!(fired(&d, "account_takeover") && fired(&d, "account_takeover_drain"), "{d:?}");
+    assert_eq!(d.outcome, Outcome::Decline, "{d:?}");
+    // The same without the drain (a rich wallet): reviewed, not declined, unless the amount is
+    // also far above the payer's history (the SIM-swap rule).
+    let d = send("mule", 60_000, Some(10_000_000));
+    assert!(fired(&d, "account_takeover") && !fired(&d, "account_takeover_drain"), "{d:?}");
+}
+
+#[test]
+fn a_mule_passing_on_money_from_many_payers_is_caught() {
+    let engine = engine(starter());
+    let mut store = FeatureStore::new(FeatureLimits::default());
+    let p2p = attrs(&[("txn_type", "p2p")]);
+    let cash_out = attrs(&[("txn_type", "cash_out")]);
+    let fan_out = |d: &puhui_risk::Decision| d.fired.iter().any(|r| &*r.id == "mule_fan_out");
+    let mut t = 1_000 * S;
+    let mut send =
+        |store: &mut FeatureStore, payer: &str, payee: &str, amount_minor: u64, a: &[(String, String)]| {
+            t += 600 * S;
+            let e = RiskEvent {
+                payer,
+                payee,
+                amount_minor,
+                currency: "CNY",
+                timestamp_ns: t,
+                attributes: a,
+                payer_balance_minor: None,
+            };
+            let d = engine.decide(store, &e);
+            engine.observe(store, &e);
+            d
+        };
+    // Fan-in: three victims pay the collector 1,200 yuan each.
+    for victim in ["victim-1", "victim-2", "victim-3"] {
+        send(&mut store, victim, "collector", 120_000, &p2p);
+    }
+    // Fan-out: its first two payees of the day pass; the third distinct one is caught, whether
+    // P2P or a cash-out at an agent.
+    assert!(!fan_out(&send(&mut store, "collector", "agent-1", 100_000, &cash_out)));
+    assert!(!fan_out(&send(&mut store, "collector", "friend", 100_000, &p2p)));
+    let d = send(&mut store, "collector", "agent-2", 100_000, &cash_out);
+    assert!(fan_out(&d), "{d:?}");
+    assert_eq!(d.outcome, Outcome::Review, "{d:?}");
+    assert!(d.features.iter().any(|(n, v)| &**n == "payer_inflow_payers_24h" && *v == 3.0), "{d:?}");
+    assert!(d.features.iter().any(|(n, v)| &**n == "payer_inflow_24h" && *v == 360_000.0), "{d:?}");
+    // Paying a merchant is not passing money on.
+    let shop = attrs(&[("txn_type", "merchant_payment")]);
+    assert!(!fan_out(&send(&mut store, "collector", "shop", 10_000, &shop)));
+    // Money from only two payers, passed on the same way: not this shape.
+    for victim in ["victim-4", "victim-5"] {
+        send(&mut store, victim, "saver", 200_000, &p2p);
+    }
+    for payee in ["a", "b", "c", "d"] {
+        assert!(!fan_out(&send(&mut store, "saver", payee, 50_000, &p2p)), "{payee}");
+    }
+}
+
+#[test]
 fn kyc_caps_apply_per_tier() {
     let engine = engine(starter());
     let mut store = FeatureStore::new(FeatureLimits::default());
@@ -170,6 +294,7 @@ fn kyc_caps_apply_per_tier() {
         currency: "CNY",
         timestamp_ns: 10 * S,
         attributes: &tier1,
+        payer_balance_minor: None,
     };
     assert_eq!(engine.decide(&store, &e).outcome, Outcome::Approve);
     engine.observe(&mut store, &e);
@@ -223,6 +348,7 @@ fn model_scores_are_usable_in_rules_and_match_the_library() {
             currency: "CNY",
             timestamp_ns: 1,
             attributes: &attributes,
+            payer_balance_minor: None,
         };
         let d = engine.decide(&store, &e);
         let score = d.features.iter().find(|(n, _)| &**n == "fraud").unwrap().1;
@@ -267,6 +393,7 @@ fn a_model_takes_one_input_per_feature_and_missing_stands_for_one_not_supplied()
             currency: "CNY",
             timestamp_ns: 1,
             attributes: &attributes,
+            payer_balance_minor: None,
         };
         let [a, b] = engines.each_ref().map(|engine| {
             let d = engine.decide(&store, &e);
@@ -300,6 +427,7 @@ fn new_payee_and_new_device_reach_a_model_that_reads_them_when_no_rule_does() {
             currency: "CNY",
             timestamp_ns: 10,
             attributes: &attributes,
+            payer_balance_minor: None,
         };
         let d = engine.decide(store, &e);
         d.features.iter().find(|(n, _)| &**n == "fraud").unwrap().1
@@ -337,6 +465,7 @@ fn deep_or_huge_expressions_are_refused_at_parse_without_overflowing_a_stack() {
         currency: "CNY",
         timestamp_ns: S,
         attributes: &[],
+        payer_balance_minor: None,
     };
     // Refused with this message, or (None) accepted or refused, but never overflowing a stack when
     // parsed or decided.
@@ -393,6 +522,7 @@ fn attribute_windows_are_kept_per_payer_scope() {
         currency: "CNY",
         timestamp_ns: 100 * S + i,
         attributes: &a,
+        payer_balance_minor: None,
     };
     for i in 0..3 {
         engine.observe(&mut store, &event("t1:w", i));
@@ -494,6 +624,7 @@ fn operations_of_types_that_never_go_together_are_refused_at_parse() {
             currency: "CNY",
             timestamp_ns: S,
             attributes: &a,
+            payer_balance_minor: None,
         };
         let d = interpreted.decide(&FeatureStore::new(FeatureLimits::default()), &event);
         let failed = d.errors.iter().any(|(rule, _)| rule == "r");
@@ -583,6 +714,7 @@ fn first_and_last_seen_are_seconds_within_the_window_at_its_edges() {
             currency: "CNY",
             timestamp_ns: now_ns,
             attributes: &context,
+            payer_balance_minor: None,
         };
         let d = engine.decide(&store, &e);
         let value = |name: &str| d.features.iter().find(|(n, _)| &**n == name).unwrap().1;
@@ -602,6 +734,7 @@ fn first_and_last_seen_are_seconds_within_the_window_at_its_edges() {
         currency: "CNY",
         timestamp_ns: t0,
         attributes: &[],
+        payer_balance_minor: None,
     };
     let d = engine.decide(&store, &e);
     assert!(d.features.iter().all(|(_, v)| *v == -1.0), "{:?}", d.features);
