@@ -528,13 +528,15 @@ impl Ruleset {
                 "ip" => Entity::Ip,
                 other => match other.strip_prefix("attr:") {
                     Some(name) if !name.is_empty() => Entity::Attribute(name.to_string()),
-                    _ => return Err(at(
-                        f.entity.span(),
-                        None,
-                        format!(
+                    _ => {
+                        return Err(at(
+                            f.entity.span(),
+                            None,
+                            format!(
                             "unknown entity {other:?} (payer, payee, payer_inflow, device, ip, attr:<name>)"
                         ),
-                    )),
+                        ))
+                    }
                 },
             };
             let aggregate = match f.aggregate.get_ref().as_str() {
