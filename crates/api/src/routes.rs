@@ -435,7 +435,7 @@ async fn decide_inline(
     fence: Option<puhui_store_pg::Fence>,
 ) -> Result<Inline, ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok(None) };
-    match prepare_inline(app, tenant, request, context).await? {
+    match prepare_inline(app, tenant, request, context, PayerBalance::Now).await? {
         Prepared::Answered(answer) => Ok(answer),
         Prepared::ToDecide(event) => {
             let source = puhui_risk::DecisionSource::Transfer;
@@ -478,7 +478,12 @@ async fn decide_and_post(
         let inline = decide_inline(app, tenant, &mut request, context, fence).await?;
         return Ok((request, inline, None));
     }
-    let event = match prepare_inline(app, tenant, &mut request, context).await? {
+    // Decided on the committer, the payer's balance is read there (`decide_on_committer`).
+    let balance = match risk.decides_on_committer() {
+        true => PayerBalance::OnCommitter,
+        false => PayerBalance::Now,
+    };
+    let event = match prepare_inline(app, tenant, &mut request, context, balance).await? {
         Prepared::Answered(answer) => return Ok((request, answer, None)),
         Prepared::ToDecide(event) => event,
     };
@@ -535,7 +540,18 @@ fn decide_on_committer(
     to_post: TransferRequest,
     tx: tokio::sync::oneshot::Sender<AfterDecision>,
 ) -> puhui_store::DeferredJob {
-    Box::new(move || {
+    Box::new(move |ledger: &puhui_ledger::Ledger| {
+        let mut item = item;
+        // The payer's balance as of this place in the journal's order (every earlier transfer
+        // applied), if a ruleset reads it: exact, and a read of memory already locked, where a read
+        // from the request's thread waits for the group commit's lock (30 % fewer transfers/s).
+        if item.event.payer_balance_minor.is_none() && risk.reads_payer_balance() {
+            item.event.payer_balance_minor = to_post
+                .debit_account_id
+                .as_ref()
+                .and_then(|payer| ledger.account(payer.as_str()))
+                .map(|a| a.balances.available_saturating_i64());
+        }
         let nothing = || puhui_store::Deferred {
             records: Vec::new(),
             records_reply: Box::new(|_| {}),
@@ -631,11 +647,21 @@ enum Prepared {
 
 /// Everything before an inline decision: a retry of a recorded transfer is answered (and turned
 /// into a review hold if it was one), otherwise the risk context becomes the event to decide.
+/// Where a transfer's decision gets the payer's balance, when a ruleset reads it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum PayerBalance {
+    /// Read from the ledger now, before the decision is handed over.
+    Now,
+    /// Read on the committer thread, right before the decision there (`decide_on_committer`).
+    OnCommitter,
+}
+
 async fn prepare_inline(
     app: &Arc<AppState>,
     tenant: &str,
     request: &mut TransferRequest,
     context: crate::risk::RiskContext,
+    balance: PayerBalance,
 ) -> Result<Prepared, ApiError> {
     let Some(risk) = app.risk.as_ref() else { return Ok(Prepared::Answered(None)) };
     if !matches!(request.kind, TransferKind::Single | TransferKind::Pending) {
@@ -688,9 +714,9 @@ async fn prepare_inline(
         return Ok(Prepared::Answered(None));
     };
     // Looked up only when a ruleset reads it (a read of the ledger per transfer otherwise saved).
-    // Read before the decision, not with it: two transfers of one payer decided at once both see
-    // the balance before either (ARCHITECTURE.md, "Risk control").
-    let payer_balance_minor = match risk.reads_payer_balance() {
+    // Read before the decision, not with it (on the decider thread and PostgreSQL): two transfers
+    // of one payer decided at once both see the balance before either (ARCHITECTURE.md).
+    let payer_balance_minor = match balance == PayerBalance::Now && risk.reads_payer_balance() {
         false => None,
         true => app.account(payer.clone()).await?.map(|a| a.balances.available_saturating_i64()),
     };
@@ -1022,7 +1048,9 @@ pub async fn create_transfer_batch(
             let mut to_decide = Vec::new();
             for (i, context) in contexts.into_iter().enumerate() {
                 let Some(context) = context else { continue };
-                match prepare_inline(&app, &principal.tenant, &mut requests[i], context).await {
+                match prepare_inline(&app, &principal.tenant, &mut requests[i], context, PayerBalance::Now)
+                    .await
+                {
                     Ok(Prepared::Answered(answer)) => note(i, Ok(answer))?,
                     Ok(Prepared::ToDecide(event)) => {
                         let id = requests[i].id.to_string();

@@ -1209,6 +1209,7 @@ async fn draining_a_wallet_from_a_new_device_is_declined_with_the_balance_on_rec
     // 95,000 of the 97,000 available, from a new device to a new payee: declined, with the drain
     // among the reasons, and the balance the rules saw on the decision.
     let r = c.post(&server, "/v1/transfers", from_new_phone("drain", "w", 95_000)).await;
+    eprintln!("DEBUG {}", c.get(&server, "/v1/decisions/drain").await.body);
     assert_eq!((r.status, r.code()), (422, "risk_declined"), "{:?}", r.body);
     assert!(
         r.body["error"]["reasons"].as_array().unwrap().iter().any(|x| x == "balance_drain"),
@@ -1219,6 +1220,17 @@ async fn draining_a_wallet_from_a_new_device_is_declined_with_the_balance_on_rec
     assert_eq!(d["event"]["payer_balance"], 97_000, "{d}");
     assert!(d["fired"].as_array().unwrap().iter().any(|f| f["rule"] == "account_takeover_drain"), "{d}");
     assert_eq!(c.get(&server, "/v1/accounts/w").await.body["balances"]["net_posted"], 100_000);
+    // In a batch (decided on the decider thread, the balance read before): the same.
+    let r = c
+        .post(&server, "/v1/transfers/batch", json!({"transfers": [from_new_phone("drain-b", "w", 95_000)]}))
+        .await;
+    assert_eq!(r.body["results"][0]["result"], "risk_declined", "{:?}", r.body);
+    assert!(
+        r.body["results"][0]["reasons"].as_array().unwrap().iter().any(|x| x == "balance_drain"),
+        "{:?}",
+        r.body
+    );
+    assert_eq!(c.get(&server, "/v1/decisions/drain-b").await.body["event"]["payer_balance"], 97_000);
     // The same from a wallet that keeps most of its money: held for review, not declined.
     let r = c.post(&server, "/v1/transfers", from_new_phone("large", "rich", 95_000)).await;
     assert_eq!((r.status, r.body["risk_outcome"].as_str()), (201, Some("review")), "{:?}", r.body);

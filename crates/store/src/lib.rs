@@ -269,8 +269,10 @@ pub struct Deferred {
     pub transfers: Option<(Vec<TransferRequest>, Reply<Vec<EventResult>>)>,
 }
 
-/// A job the committer runs in its group, in queue order ([`EmbeddedStore::submit_deferred`]).
-pub type DeferredJob = Box<dyn FnOnce() -> Deferred + Send>;
+/// A job the committer runs in its group, in queue order ([`EmbeddedStore::submit_deferred`]). It
+/// reads the ledger as of its place in the queue: every command queued before it is applied (risk
+/// control reads the payer's balance there).
+pub type DeferredJob = Box<dyn FnOnce(&Ledger) -> Deferred + Send>;
 
 /// An application record to journal beside the ledger's events (a risk decision, a label…): same
 /// hash chain, same Merkle tree, same durability; the ledger ignores it.
@@ -885,7 +887,7 @@ fn committer_loop(
                     Answer::Seq(reply, first)
                 }
                 Command::Run(job) => {
-                    let deferred = job();
+                    let deferred = job(&ledger);
                     flush(&mut ledger, &mut writer, leaves.as_mut(), &mut items);
                     let first = writer.next_seq();
                     append_records(&mut writer, leaves.as_mut(), &deferred.records, now);
