@@ -131,8 +131,9 @@ struct FileRule {
 struct FileModel {
     name: toml::Spanned<String>,
     path: toml::Spanned<String>,
-    /// The model's input vector, in order: `amount`, `new_payee`, `new_device`, a feature name, or
-    /// `ctx.<attribute>` (parsed as a number; missing or not a number = missing).
+    /// The model's input vector, in order: `amount`, `new_payee`, `new_device`, `payer_balance`
+    /// (unknown = missing), a feature name, `ctx.<attribute>` (parsed as a number; missing or not
+    /// a number = missing), or `missing`.
     inputs: Vec<String>,
 }
 
