@@ -549,8 +549,8 @@ fn decide_on_committer(
             item.event.payer_balance_minor = to_post
                 .debit_account_id
                 .as_ref()
-                .and_then(|payer| ledger.account(payer.as_str()))
-                .map(|a| a.balances.available_saturating_i64());
+                .and_then(|payer| ledger.balances(payer.as_str()))
+                .map(|b| b.available_saturating_i64());
         }
         let nothing = || puhui_store::Deferred {
             records: Vec::new(),
@@ -645,8 +645,6 @@ enum Prepared {
     ToDecide(puhui_risk::records::EventRecord),
 }
 
-/// Everything before an inline decision: a retry of a recorded transfer is answered (and turned
-/// into a review hold if it was one), otherwise the risk context becomes the event to decide.
 /// Where a transfer's decision gets the payer's balance, when a ruleset reads it.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum PayerBalance {
@@ -656,6 +654,8 @@ enum PayerBalance {
     OnCommitter,
 }
 
+/// Everything before an inline decision: a retry of a recorded transfer is answered (and turned
+/// into a review hold if it was one), otherwise the risk context becomes the event to decide.
 async fn prepare_inline(
     app: &Arc<AppState>,
     tenant: &str,

@@ -374,6 +374,12 @@ impl Ledger {
         EventResult { result: ResultCode::Ok, timestamp_ns }
     }
 
+    /// An account's balances alone (nothing copied but them: risk control reads a payer's balance
+    /// per transfer on the committer).
+    pub fn balances(&self, id: &str) -> Option<Balances> {
+        self.find_account(id).map(|i| self.accounts[i as usize].balances)
+    }
+
     /// An account with its balances.
     pub fn account(&self, id: &str) -> Option<Account> {
         self.find_account(id).map(|i| self.account_at(i))

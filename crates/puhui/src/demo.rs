@@ -153,9 +153,7 @@ impl Driver<'_> {
             // (what the groups posted so far; this group's earlier payments are not in it yet).
             let payer_balance_minor = match self.engine.ruleset().reads_payer_balance() {
                 false => None,
-                true => self
-                    .store
-                    .read(|l| l.account(debit.as_str()).map(|a| a.balances.available_saturating_i64())),
+                true => self.store.read(|l| l.balances(debit.as_str()).map(|b| b.available_saturating_i64())),
             };
             let event = RiskEvent {
                 payer: &self.population.accounts[t.debit as usize].id,
