@@ -43,6 +43,9 @@ use crate::routes::{ApiJson, ApiPath};
 use crate::tenants::Principal;
 use crate::AppState;
 
+mod snapshot;
+pub use snapshot::{RISK_SNAPSHOT_FILE, SNAPSHOT_AFTER_DECISIONS};
+
 /// Most decisions kept in memory for `GET /v1/decisions/{id}` (the oldest are forgotten first; all
 /// of them stay in the journal, where backtests read them).
 pub const DECISIONS_KEPT_MAX: usize = 100_000;
@@ -522,6 +525,15 @@ pub struct RiskRestore {
     pub records: u64,
     /// Decisions among them.
     pub decisions: u64,
+    /// The journal entries risk control's snapshot covered, if a start loaded one (its decisions
+    /// and labels were not re-applied: [`RiskRestore::skipped`]).
+    pub snapshot_entries: Option<u64>,
+    /// Decisions and labels before the snapshot's position, skipped (not decoded).
+    pub skipped: u64,
+    /// Why a snapshot that exists was not used (the start then re-applied every record).
+    pub snapshot_error: Option<String>,
+    /// Where a start that re-applied many decisions saved a new snapshot, or why it could not.
+    pub snapshot_written: Option<Result<u64, String>>,
     /// The active ruleset's version after start-up.
     pub active: String,
     /// The shadow ruleset's version, if one runs.
@@ -664,9 +676,11 @@ impl RiskService {
             Controller::new_journaled(&text, &models_dir, limits).map_err(|e| e.to_string())?;
         // Before the replay: the node's feature placement seed, so that the replay evicts (past
         // `keys_max`) what the online run evicted. On PostgreSQL a node keeps no files: random.
+        let mut seed_used = None;
         if let Some(dir) = store.data_dir() {
             if let Some(seed) = feature_seed(dir, true)? {
                 controller.seed_features(seed);
+                seed_used = Some(seed);
             }
             // And its bounds, for a backtest to replay with.
             write_feature_limits(dir, limits)?;
@@ -688,6 +702,23 @@ impl RiskService {
             deciding: HashSet::new(),
         };
         let mut restore = RiskRestore::default();
+        // The snapshot, if one fits: decisions and labels before its position are in it.
+        let mut skip_before = 0;
+        if let (Some(dir), Some(seed), false) = (store.data_dir(), seed_used, shared) {
+            let journal = dir.join(puhui_store::JOURNAL_FILE);
+            match snapshot::load(dir, &journal, seed, limits) {
+                Ok(None) => {}
+                Ok(Some(loaded)) => match state.controller.restore_features(loaded.features) {
+                    Ok(()) => {
+                        memory.restore(loaded.memory);
+                        skip_before = loaded.position.entries;
+                        restore.snapshot_entries = Some(skip_before);
+                    }
+                    Err(_) => restore.snapshot_error = Some("the feature store is not empty".into()),
+                },
+                Err(e) => restore.snapshot_error = Some(e),
+            }
+        }
         let mut activated = false;
         let mut follow_next = 0;
         let mut text_journaled = false;
@@ -696,6 +727,13 @@ impl RiskService {
             follow_next = seq + 1;
             if !RiskRecord::knows(record_type) {
                 other_record(record_type, timestamp_ns, payload);
+                return Ok(());
+            }
+            use puhui_risk::records::{RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
+            if seq < skip_before
+                && matches!(record_type, RECORD_DECISION | RECORD_DECISION_BINARY | RECORD_LABEL)
+            {
+                restore.skipped += 1;
                 return Ok(());
             }
             let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
@@ -762,7 +800,42 @@ impl RiskService {
             reads_payer_balance,
             store,
         };
+        if restore.decisions >= SNAPSHOT_AFTER_DECISIONS {
+            restore.snapshot_written = service.write_snapshot().transpose();
+        }
         Ok((service, restore))
+    }
+
+    /// Saves the velocity features and the decision memory at the journal's durable end
+    /// (`DATA_DIR/risk-snapshot.phs`, atomically), so that the next start re-applies only the
+    /// decisions journaled after it. Call it only when nothing is being decided (at a clean stop
+    /// once the store has shut down, or before serving): the snapshot must hold exactly the records
+    /// before its position. Returns the journal entries it covers; `Ok(None)` where there is
+    /// nothing to save (PostgreSQL, shared features).
+    pub fn write_snapshot(&self) -> Result<Option<u64>, String> {
+        let Backend::Embedded(store) = &self.store else { return Ok(None) };
+        let state = self.lock();
+        if state.controller.shared_stats().is_some() {
+            return Ok(None);
+        }
+        if store.is_poisoned() {
+            return Err("the store failed a write: its journal may lack what risk control holds".into());
+        }
+        let memory = self.mem();
+        let in_flight = self.records_in_flight.load(std::sync::atomic::Ordering::Acquire);
+        if in_flight > 0 || !memory.early_seqs.is_empty() || !memory.deciding.is_empty() {
+            return Err(format!("decisions are in flight ({in_flight} records on their way to the journal)"));
+        }
+        let position = store.position();
+        let content = snapshot::encode(state.controller.features(), &memory);
+        puhui_journal::snapshot::write_snapshot_file(
+            store.data_dir(),
+            RISK_SNAPSHOT_FILE,
+            &position,
+            &[content],
+        )
+        .map_err(|e| format!("writing {RISK_SNAPSHOT_FILE}: {e}"))?;
+        Ok(Some(position.entries))
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -1403,6 +1476,18 @@ impl Memory {
     /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
     fn declined_and_forgotten(&self, scoped_id: &str) -> bool {
         self.declined_forgotten.len() > 0 && self.declined_forgotten.contains(hash64(scoped_id))
+    }
+
+    /// Takes the durable parts a snapshot held (into an empty memory, at start).
+    fn restore(&mut self, parts: snapshot::MemoryParts) {
+        debug_assert!(self.decisions.is_empty() && self.known.len() == 0);
+        for (id, remembered) in parts.decisions {
+            self.order.push_back(Arc::clone(&id));
+            self.decisions.insert(id, remembered);
+        }
+        self.known = parts.known;
+        self.declined_forgotten = parts.declined_forgotten;
+        self.reviews = parts.reviews;
     }
 
     /// [`Memory::remember`] for a decision read from the journal (replay, other nodes).

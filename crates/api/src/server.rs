@@ -264,10 +264,22 @@ async fn listen_and_serve(
         .with_graceful_shutdown(shutdown_signal())
         .await
         .map_err(|e| e.to_string())?;
-    if let Some(risk) = risk {
+    if let Some(risk) = risk.clone() {
         tokio::task::spawn_blocking(move || risk.confirm_shared()).await.map_err(|e| e.to_string())?;
     }
-    tokio::task::spawn_blocking(move || store.shutdown()).await.map_err(|e| e.to_string())?;
+    tokio::task::spawn_blocking(move || {
+        store.shutdown();
+        // Everything decided is durable now: the next start re-applies only what comes after.
+        match risk.map(|risk| risk.write_snapshot()) {
+            Some(Ok(Some(entries))) => tracing::info!(entries, "risk snapshot saved"),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "could not save a risk snapshot; the next start re-applies more")
+            }
+            _ => {}
+        }
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     event_tasks.stop().await;
     tracing::info!("stopped cleanly");
     Ok(())
@@ -313,8 +325,22 @@ async fn start_risk(
         shadow = ?restore.shadow,
         records = restore.records,
         decisions = restore.decisions,
+        snapshot_entries = ?restore.snapshot_entries,
+        skipped = restore.skipped,
         "risk control ready (records replayed from {journal})"
     );
+    // What the start cost, for an operator to see on /metrics: decisions re-applied from the
+    // journal, and decisions and labels the risk snapshot covered.
+    metrics::gauge!("puhui_risk_start_decisions_replayed").set(restore.decisions as f64);
+    metrics::gauge!("puhui_risk_start_records_from_snapshot").set(restore.skipped as f64);
+    if let Some(e) = &restore.snapshot_error {
+        tracing::warn!(error = %e, "the risk snapshot was not used; re-applied every risk record");
+    }
+    match &restore.snapshot_written {
+        Some(Ok(entries)) => tracing::info!(entries, "risk snapshot saved after a long replay"),
+        Some(Err(e)) => tracing::warn!(error = %e, "could not save a risk snapshot"),
+        None => {}
+    }
     Ok(risk)
 }
 

@@ -359,6 +359,33 @@ pub fn scan_from(
     scan_inner(path, start, &mut ScanBuffers::default(), EndCheck::ZerosToEof, on_entry)
 }
 
+/// Whether the journal at `path` holds `position`: it is at least that long and the entry ending
+/// there has the position's hash (the whole chain before it is checked by a scan, not here). A
+/// snapshot of state at a position is only good for a journal that holds it.
+pub fn holds_position(path: &Path, position: &JournalPosition) -> io::Result<bool> {
+    if position.len_bytes == 0 {
+        return Ok(position.entries == 0 && position.last_hash == genesis_hash());
+    }
+    let mut file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let file_len = file.metadata()?.len();
+    Ok(ends_at(&mut file, file_len, position))
+}
+
+/// Whether a frame ends at `position.len_bytes` of `file` with the position's last hash (the
+/// last 32 bytes of a frame are its last entry's hash).
+fn ends_at(file: &mut File, file_len: u64, position: &JournalPosition) -> bool {
+    let mut tail_hash = [0u8; 32];
+    file_len >= position.len_bytes
+        && position.len_bytes >= 32
+        && file.seek(SeekFrom::Start(position.len_bytes - 32)).is_ok()
+        && file.read_exact(&mut tail_hash).is_ok()
+        && tail_hash == position.last_hash
+}
+
 /// What a scan does on reaching the pre-written end (a zero frame header).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum EndCheck {
@@ -438,13 +465,7 @@ fn scan_inner(
     };
     let file_len = file.metadata().map_err(io_err)?.len();
     if start.len_bytes > 0 {
-        let mut tail_hash = [0u8; 32];
-        let matches = file_len >= start.len_bytes
-            && start.len_bytes >= 32
-            && file.seek(SeekFrom::Start(start.len_bytes - 32)).is_ok()
-            && file.read_exact(&mut tail_hash).is_ok()
-            && tail_hash == start.last_hash;
-        if !matches {
+        if !ends_at(&mut file, file_len, &start) {
             return Err(ScanError::Corrupt {
                 seq: start.entries,
                 offset: start.len_bytes,

@@ -25,6 +25,17 @@ const HEADER_BYTES: usize = 96;
 
 /// Writes a snapshot atomically into `dir`. `content` is the ledger's encoding, in chunks.
 pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>]) -> io::Result<PathBuf> {
+    write_snapshot_file(dir, SNAPSHOT_FILE, position, content)
+}
+
+/// [`write_snapshot`] to the file `name` in `dir`: the same format for another owner's state at a
+/// journal position (risk control's features and decision memory).
+pub fn write_snapshot_file(
+    dir: &Path,
+    name: &str,
+    position: &JournalPosition,
+    content: &[Vec<u8>],
+) -> io::Result<PathBuf> {
     let content_bytes: u64 = content.iter().map(|c| c.len() as u64).sum();
     let mut header = Vec::with_capacity(HEADER_BYTES);
     header.extend_from_slice(MAGIC);
@@ -43,8 +54,8 @@ pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>
     header.extend_from_slice(hasher.finalize().as_bytes());
     assert_eq!(header.len(), HEADER_BYTES);
 
-    let tmp = dir.join(format!("{SNAPSHOT_FILE}.tmp"));
-    let target = dir.join(SNAPSHOT_FILE);
+    let tmp = dir.join(format!("{name}.tmp"));
+    let target = dir.join(name);
     let mut file = io::BufWriter::with_capacity(8 << 20, File::create(&tmp)?);
     file.write_all(&header)?;
     for chunk in content {
@@ -61,7 +72,12 @@ pub fn write_snapshot(dir: &Path, position: &JournalPosition, content: &[Vec<u8>
 /// Reads and checks a snapshot file. Returns the journal position and the ledger content bytes;
 /// `Ok(None)` if there is no snapshot.
 pub fn read_snapshot(dir: &Path) -> Result<Option<(JournalPosition, Vec<u8>)>, String> {
-    let path = dir.join(SNAPSHOT_FILE);
+    read_snapshot_file(dir, SNAPSHOT_FILE)
+}
+
+/// [`read_snapshot`] of the file `name` in `dir`.
+pub fn read_snapshot_file(dir: &Path, name: &str) -> Result<Option<(JournalPosition, Vec<u8>)>, String> {
+    let path = dir.join(name);
     let mut bytes = match std::fs::read(&path) {
         Ok(b) => b,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -125,3 +125,31 @@ fn a_live_tail_stops_at_the_zeros_and_reads_what_a_full_scan_reads() {
     assert_eq!(summary.valid_len_bytes, boundaries[5].len_bytes);
     assert!(summary.torn_tail.is_none());
 }
+
+#[test]
+fn a_journal_holds_the_positions_it_passed_and_no_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    assert!(puhui_journal::holds_position(&path, &JournalPosition::start()).unwrap());
+    let boundaries = write_frames(&path, 4, 3, 50);
+    for position in &boundaries {
+        assert!(puhui_journal::holds_position(&path, position).unwrap(), "{position:?}");
+    }
+    let end = *boundaries.last().unwrap();
+    let mut other_hash = end;
+    other_hash.last_hash[0] ^= 1;
+    let mut further = end;
+    further.len_bytes += 64;
+    let mut inside_a_frame = end;
+    inside_a_frame.len_bytes -= 8;
+    for position in [other_hash, further, inside_a_frame] {
+        assert!(!puhui_journal::holds_position(&path, &position).unwrap(), "{position:?}");
+    }
+    // Another history of the same shape (other bodies) does not hold this one's positions.
+    let other = dir.path().join("other");
+    write_frames(&other, 1, 1, 7);
+    let theirs = write_frames(&other, 4, 3, 50);
+    assert!(!puhui_journal::holds_position(&other, &boundaries[1]).unwrap());
+    assert!(puhui_journal::holds_position(&other, &theirs[1]).unwrap());
+    assert!(!puhui_journal::holds_position(&dir.path().join("missing"), &end).unwrap());
+}

@@ -1767,3 +1767,112 @@ async fn a_decision_id_names_one_event_and_is_never_reused_by_a_transfer() {
     assert_eq!((r.status, r.code()), (409, "exists_with_different_event"), "{:?}", r.body);
     assert!(server.terminate().success());
 }
+
+/// A gauge's value on `/metrics`.
+async fn gauge(server: &Server, name: &str) -> f64 {
+    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(&format!("{name} ")))
+        .unwrap_or_else(|| panic!("{name} in {text}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// The velocity feature `payer_count_1h` decision `t{i}` was made with (on record: it has a journal
+/// position).
+async fn count_of(c: &Client, server: &Server, i: u32) -> f64 {
+    let d = c.get(server, &format!("/v1/decisions/t{i}")).await.body;
+    assert!(d["journal_seq"].as_u64().is_some(), "{d}");
+    d["features"]["payer_count_1h"].as_f64().unwrap()
+}
+
+/// The ids in the review queue.
+async fn queued(c: &Client, server: &Server) -> Vec<String> {
+    let body = c.get(server, "/v1/risk/reviews").await.body;
+    body["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
+}
+
+#[tokio::test]
+async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("strict.toml");
+    std::fs::write(&ruleset, STRICT_RULESET).unwrap();
+    let ruleset = ruleset.to_str().unwrap().to_string();
+    let server = serve(dir.path(), &["--ruleset", &ruleset]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let pay = |i: u32| {
+        let mut t = transfer(&format!("t{i}"), "alice", "bob", 10);
+        t["risk_context"] = json!({"device_id": "phone-1"});
+        t
+    };
+    // Velocity: from the fourth payment in an hour on, alice's transfers are held for review.
+    for i in 0..4 {
+        let r = c.post(&server, "/v1/transfers", pay(i)).await;
+        assert_eq!(
+            (r.status, r.body["risk_outcome"].as_str()),
+            (201, Some(if i < 3 { "approve" } else { "review" }))
+        );
+    }
+    assert_eq!(c.post(&server, "/v1/decisions/t0/label", json!({"label": "fraud"})).await.status, 200);
+    assert!(server.terminate().success());
+    assert!(
+        dir.path().join(puhui_api::risk::RISK_SNAPSHOT_FILE).exists(),
+        "a clean stop saves the risk state"
+    );
+
+    // From the snapshot alone: nothing re-applied, and the features, the label, the decisions'
+    // journal positions and the review queue are all there.
+    let server = serve(dir.path(), &["--ruleset", &ruleset]);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 0.0);
+    assert_eq!(
+        gauge(&server, "puhui_risk_start_records_from_snapshot").await,
+        5.0,
+        "four decisions, one label"
+    );
+    assert_eq!(c.get(&server, "/v1/decisions/t0").await.body["label"], "fraud");
+    assert_eq!(queued(&c, &server).await, ["t3"]);
+    assert_eq!(c.post(&server, "/v1/transfers", pay(4)).await.body["risk_outcome"], "review");
+    assert_eq!(count_of(&c, &server, 4).await, 4.0, "the four payments before it, from the snapshot");
+    server.kill9();
+
+    // Killed: the snapshot of the clean stop, then the journal after it (t4).
+    let server = serve(dir.path(), &["--ruleset", &ruleset]);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 1.0);
+    assert_eq!(gauge(&server, "puhui_risk_start_records_from_snapshot").await, 5.0);
+    assert_eq!(queued(&c, &server).await, ["t3", "t4"]);
+    assert_eq!(c.post(&server, "/v1/transfers", pay(5)).await.status, 201);
+    assert_eq!((count_of(&c, &server, 4).await, count_of(&c, &server, 5).await), (4.0, 5.0));
+    assert!(server.terminate().success());
+
+    // A damaged snapshot is not used: every record is re-applied, to the same state.
+    let file = dir.path().join(puhui_api::risk::RISK_SNAPSHOT_FILE);
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&file, bytes).unwrap();
+    let server = serve(dir.path(), &["--ruleset", &ruleset]);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 6.0);
+    assert_eq!(gauge(&server, "puhui_risk_start_records_from_snapshot").await, 0.0);
+    assert_eq!(c.post(&server, "/v1/transfers", pay(6)).await.status, 201);
+    assert_eq!(count_of(&c, &server, 6).await, 6.0);
+    assert_eq!(c.get(&server, "/v1/decisions/t0").await.body["label"], "fraud");
+    assert!(server.terminate().success());
+
+    // Nor one taken under other feature bounds (what it evicted is not what these would).
+    let server = serve(dir.path(), &["--ruleset", &ruleset, "--risk-keys-max", "5000"]);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 7.0);
+    assert_eq!(c.post(&server, "/v1/transfers", pay(7)).await.status, 201);
+    assert_eq!(count_of(&c, &server, 7).await, 7.0);
+    assert_eq!(queued(&c, &server).await, ["t3", "t4", "t5", "t6", "t7"]);
+    assert!(server.terminate().success());
+
+    // And the journal still reproduces every online decision exactly.
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+}

@@ -188,6 +188,22 @@ impl Controller {
         true
     }
 
+    /// Takes `store` (loaded from a snapshot) as the velocity features, if it fits: the controller's
+    /// own store is still empty, local (no shared backend), and has the same placement seed and
+    /// limits (so that what it goes on to evict is what a full replay would). Gives `store` back
+    /// otherwise.
+    pub fn restore_features(&mut self, store: FeatureStore) -> Result<(), FeatureStore> {
+        let fits = self.features.keys() == 0
+            && self.shared.is_none()
+            && store.seed() == self.features.seed()
+            && store.limits() == self.features.limits();
+        if !fits {
+            return Err(store);
+        }
+        self.features = store;
+        Ok(())
+    }
+
     /// A flag, kept current, saying whether the active or the shadow ruleset reads the payer's
     /// balance: a caller that must look the balance up for an event ([`RiskEvent::payer_balance_minor`])
     /// reads it without the controller (the ledger then asks for the balance only when a rule or

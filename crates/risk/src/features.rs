@@ -28,6 +28,7 @@ use foldhash::fast::FixedState;
 use hashbrown::HashMap;
 
 mod agg;
+mod snapshot;
 
 /// Bounds on the feature store's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,8 +213,9 @@ pub struct FeatureStore {
     hasher: FixedState,
     /// The placement hash's secret seed ([`FeatureStore::with_seed`]).
     seed: u64,
-    /// The keyed hash of [`KeyId::check`].
-    checker: std::hash::RandomState,
+    /// The keyed hash of [`KeyId::check`]: SipHash-1-3 under these two keys, random per store and
+    /// kept in its snapshot (the snapshot's keys must keep telling its keys apart).
+    check_keys: (u64, u64),
 }
 
 impl FeatureStore {
@@ -241,7 +243,7 @@ impl FeatureStore {
             evict_cursor: 0,
             hasher: FixedState::with_seed(seed),
             seed,
-            checker: std::hash::RandomState::new(),
+            check_keys: random_check_keys(),
         }
     }
 
@@ -263,7 +265,8 @@ impl FeatureStore {
                 h.write(part.as_bytes());
             }
         }
-        let (mut placement, mut check) = (self.hasher.build_hasher(), self.checker.build_hasher());
+        let mut placement = self.hasher.build_hasher();
+        let mut check = siphasher::sip::SipHasher13::new_with_keys(self.check_keys.0, self.check_keys.1);
         feed(&mut placement, namespace, parts);
         feed(&mut check, namespace, parts);
         KeyId { placement: placement.finish(), check: check.finish() }
@@ -489,12 +492,25 @@ impl FeatureStore {
     }
 }
 
+/// Two random 64-bit keys for [`KeyId::check`]'s SipHash.
+fn random_check_keys() -> (u64, u64) {
+    use std::hash::{BuildHasher, Hasher};
+    let state = std::hash::RandomState::new();
+    let (mut a, mut b) = (state.build_hasher(), state.build_hasher());
+    a.write_u8(0);
+    b.write_u8(1);
+    (a.finish(), b.finish())
+}
+
 /// Drops the `drop` (at least one) least recently seen keys and pairs of `keys` and `pairs` (the
-/// maps of the same shards); returns how many went.
+/// maps of the same shards); returns how many went. Keys seen at the same time (one event touches
+/// its payer, payee, device and pairs at one timestamp) go in the order of their placement hash,
+/// not of the tables' layout, so a store rebuilt from a snapshot (its tables filled in another
+/// order) evicts what the store it was taken from would have.
 fn evict_oldest(keys: &mut [KeyMap], pairs: &mut [PairMap], drop: usize) -> usize {
-    let key_seen = keys.iter().flat_map(|shard| shard.values().map(|s| s.last_seen_ns));
-    let pair_seen = pairs.iter().flat_map(|shard| shard.values().map(|s| s.last_ns));
-    let mut last_seen: Vec<u64> = key_seen.chain(pair_seen).collect();
+    let key_seen = keys.iter().flat_map(|shard| shard.iter().map(|(id, s)| (s.last_seen_ns, id.placement)));
+    let pair_seen = pairs.iter().flat_map(|shard| shard.iter().map(|(id, s)| (s.last_ns, id.placement)));
+    let mut last_seen: Vec<(u64, u64)> = key_seen.chain(pair_seen).collect();
     if last_seen.is_empty() {
         return 0;
     }
@@ -502,16 +518,16 @@ fn evict_oldest(keys: &mut [KeyMap], pairs: &mut [PairMap], drop: usize) -> usiz
     let (_, cutoff, _) = last_seen.select_nth_unstable(drop - 1);
     let cutoff = *cutoff;
     let mut removed = 0;
-    let mut keep = |last_seen_ns: u64| {
-        let evicted = removed < drop && last_seen_ns <= cutoff;
+    let mut keep = |seen: (u64, u64)| {
+        let evicted = removed < drop && seen <= cutoff;
         removed += usize::from(evicted);
         !evicted
     };
     for shard in keys.iter_mut() {
-        shard.retain(|_, s| keep(s.last_seen_ns));
+        shard.retain(|id, s| keep((s.last_seen_ns, id.placement)));
     }
     for shard in pairs.iter_mut() {
-        shard.retain(|_, s| keep(s.last_ns));
+        shard.retain(|id, s| keep((s.last_ns, id.placement)));
     }
     removed
 }

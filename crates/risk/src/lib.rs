@@ -15,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod backtest;
+pub mod bytes;
 mod compile;
 pub mod control;
 pub mod features;

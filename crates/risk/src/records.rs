@@ -387,7 +387,11 @@ pub mod binary {
     use std::sync::Arc;
 
     use super::{DecisionRecord, DecisionSource, EventRecord, FiredRecord, Verdict};
+    use crate::bytes::{put_i64, put_str, put_u64, Reader};
     use crate::rules::Outcome;
+
+    /// What a [`Reader`] of a record names in its errors.
+    const RECORD: &str = "the decision record";
 
     /// The format byte of a record whose event has no payer balance (what every record was before
     /// balances existed: such records are written byte for byte as before).
@@ -433,7 +437,7 @@ pub mod binary {
 
     /// Decodes a record [`encode`] wrote.
     pub fn decode(payload: &[u8]) -> Result<DecisionRecord, String> {
-        let mut r = Reader { bytes: payload, at: 0 };
+        let mut r = Reader::new(payload, RECORD);
         let format = r.byte()?;
         if format != FORMAT && format != FORMAT_WITH_BALANCE {
             return Err(format!("unknown decision record format {format}"));
@@ -467,36 +471,19 @@ pub mod binary {
         let observed = r.flag()?;
         let active = r.verdict()?;
         let shadow = if r.flag()? { Some(r.verdict()?) } else { None };
-        if r.at != payload.len() {
-            return Err(format!("{} bytes after the decision record", payload.len() - r.at));
+        if r.remaining() != 0 {
+            return Err(format!("{} bytes after the decision record", r.remaining()));
         }
         Ok(DecisionRecord { id, source, event, observed, active, shadow })
     }
 
     /// The id of an encoded decision, read without decoding the rest.
     pub fn id(payload: &[u8]) -> Option<&str> {
-        let mut r = Reader { bytes: payload, at: 0 };
+        let mut r = Reader::new(payload, RECORD);
         if !matches!(r.byte().ok()?, FORMAT | FORMAT_WITH_BALANCE) {
             return None;
         }
         r.str().ok()
-    }
-
-    fn put_u64(out: &mut Vec<u8>, mut v: u64) {
-        while v >= 0x80 {
-            out.push((v as u8) | 0x80);
-            v >>= 7;
-        }
-        out.push(v as u8);
-    }
-
-    fn put_i64(out: &mut Vec<u8>, v: i64) {
-        put_u64(out, ((v << 1) ^ (v >> 63)) as u64);
-    }
-
-    fn put_str(out: &mut Vec<u8>, s: &str) {
-        put_u64(out, s.len() as u64);
-        out.extend_from_slice(s.as_bytes());
     }
 
     fn outcome_byte(o: Outcome) -> u8 {
@@ -541,66 +528,7 @@ pub mod binary {
         put_u64(out, v.latency_ns);
     }
 
-    struct Reader<'a> {
-        bytes: &'a [u8],
-        at: usize,
-    }
-
-    impl<'a> Reader<'a> {
-        fn byte(&mut self) -> Result<u8, String> {
-            let b = *self.bytes.get(self.at).ok_or("the decision record is truncated")?;
-            self.at += 1;
-            Ok(b)
-        }
-
-        fn flag(&mut self) -> Result<bool, String> {
-            match self.byte()? {
-                0 => Ok(false),
-                1 => Ok(true),
-                other => Err(format!("{other} is not a flag")),
-            }
-        }
-
-        fn u64(&mut self) -> Result<u64, String> {
-            let mut v = 0u64;
-            for shift in (0..64).step_by(7) {
-                let b = self.byte()?;
-                if shift == 63 && b > 1 {
-                    return Err("a varint overflows 64 bits".into());
-                }
-                v |= u64::from(b & 0x7f) << shift;
-                if b & 0x80 == 0 {
-                    return Ok(v);
-                }
-            }
-            Err("a varint overflows 64 bits".into())
-        }
-
-        fn i64(&mut self) -> Result<i64, String> {
-            let v = self.u64()?;
-            Ok(((v >> 1) as i64) ^ -((v & 1) as i64))
-        }
-
-        /// A length, bounded by the bytes left (every item takes at least one byte).
-        fn len(&mut self) -> Result<usize, String> {
-            let n = self.u64()?;
-            if n > (self.bytes.len() - self.at) as u64 {
-                return Err("a length runs past the decision record".into());
-            }
-            Ok(n as usize)
-        }
-
-        fn str(&mut self) -> Result<&'a str, String> {
-            let n = self.len()?;
-            let bytes = &self.bytes[self.at..self.at + n];
-            self.at += n;
-            std::str::from_utf8(bytes).map_err(|e| format!("a string is not UTF-8: {e}"))
-        }
-
-        fn string(&mut self) -> Result<String, String> {
-            self.str().map(str::to_string)
-        }
-
+    impl Reader<'_> {
         fn outcome(&mut self) -> Result<Outcome, String> {
             match self.byte()? {
                 0 => Ok(Outcome::Approve),
@@ -637,14 +565,7 @@ pub mod binary {
             let mut features = Vec::with_capacity(n);
             for _ in 0..n {
                 let name = self.string()?;
-                let end = self.at + 8;
-                let bits: [u8; 8] = self
-                    .bytes
-                    .get(self.at..end)
-                    .and_then(|b| b.try_into().ok())
-                    .ok_or("the decision record is truncated")?;
-                self.at = end;
-                features.push((Arc::from(name), f64::from_bits(u64::from_le_bytes(bits))));
+                features.push((Arc::from(name), f64::from_bits(self.fixed_u64()?)));
             }
             let n = self.len()?;
             let mut errors = Vec::with_capacity(n);

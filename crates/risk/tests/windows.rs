@@ -251,3 +251,150 @@ proptest! {
         }
     }
 }
+
+/// Every query [`a_store_loaded_from_its_snapshot_goes_on_as_the_original`] compares, over the
+/// keys `payers` × `payees` could make.
+fn answers(
+    store: &FeatureStore,
+    payers: u8,
+    payees: u8,
+    now: u64,
+) -> Vec<(u64, u64, u64, u64, u64, bool, u64)> {
+    let mut out = vec![(store.keys() as u64, 0, 0, 0, 0, false, 0)];
+    for a in 0..payers {
+        let payer = format!("a{a}");
+        for (window_ns, distinct) in [(50, true), (400, false), (5_000, true)] {
+            let mut got = [WindowStats::default()];
+            store.windows(
+                Namespace::Payer,
+                &payer,
+                now,
+                &[WindowQuery { window_ns, distinct, edges: true }],
+                &mut got,
+            );
+            let g = got[0];
+            out.push((
+                g.count,
+                g.sum_minor,
+                g.max_minor,
+                g.distinct_counterparties,
+                g.stddev_minor.to_bits(),
+                g.saturated,
+                g.oldest_ns.unwrap_or(0),
+            ));
+        }
+        let seen =
+            (store.first_seen_ns(Namespace::Payer, &payer), store.last_seen_ns(Namespace::Payer, &payer));
+        out.push((seen.0.unwrap_or(0), seen.1.unwrap_or(0), 0, 0, 0, false, 1));
+        for b in 0..payees {
+            out.push((u64::from(store.is_new_payee(&payer, &format!("b{b}"))), 0, 0, 0, 0, false, 2));
+        }
+    }
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// A store saved ([`FeatureStore::encode_snapshot`]) and loaded mid-stream, then fed the same
+    /// events as the store it was saved from, answers every query the same: windows, first and
+    /// last seen, new payees, and which keys the key bound evicted (events share timestamps across
+    /// keys, so eviction meets ties; the tables of a loaded store are filled in another order).
+    #[test]
+    fn a_store_loaded_from_its_snapshot_goes_on_as_the_original(
+        events in proptest::collection::vec((0u8..12, 0u8..8, 0u64..3, 1u64..1_000), 1..300),
+        cut in 0usize..300,
+        keys_max in prop_oneof![Just(1_000usize), 8usize..60],
+        events_per_key_max in prop_oneof![Just(1_024usize), 1usize..6],
+    ) {
+        let limits = FeatureLimits { keys_max, events_per_key_max, horizon_ns: 2_000 };
+        let mut original = FeatureStore::with_seed(limits, 7);
+        let mut loaded: Option<FeatureStore> = None;
+        let mut clock = 1_000u64;
+        for (i, (a, b, step, amount)) in events.iter().enumerate() {
+            if i == cut.min(events.len() - 1) {
+                let mut bytes = Vec::new();
+                original.encode_snapshot(&mut bytes);
+                let mut input = bytes.as_slice();
+                let store = FeatureStore::decode_snapshot(&mut input).unwrap();
+                prop_assert!(input.is_empty());
+                prop_assert_eq!(answers(&store, 12, 8, clock), answers(&original, 12, 8, clock));
+                loaded = Some(store);
+            }
+            clock += step * 37;
+            for store in std::iter::once(&mut original).chain(loaded.as_mut()) {
+                let (payer, payee) = (format!("a{a}"), format!("b{b}"));
+                store.record(Namespace::Payer, &payer, clock, *amount, &payee);
+                store.record(Namespace::Payee, &payee, clock, *amount, &payer);
+                store.record_pair(Namespace::PayerPayee, &payer, &payee, clock);
+            }
+        }
+        let loaded = loaded.expect("cut inside the events");
+        prop_assert_eq!(answers(&loaded, 12, 8, clock + 10), answers(&original, 12, 8, clock + 10));
+    }
+}
+
+#[test]
+fn a_damaged_feature_snapshot_is_refused_not_loaded() {
+    let mut store = FeatureStore::with_seed(FeatureLimits::default(), 1);
+    for i in 0..50u64 {
+        store.record(Namespace::Payer, &format!("a{}", i % 7), 1_000 + i, i + 1, "shop");
+    }
+    let mut bytes = Vec::new();
+    store.encode_snapshot(&mut bytes);
+    for len in [0, 3, 40, bytes.len() / 2, bytes.len() - 1] {
+        assert!(FeatureStore::decode_snapshot(&mut &bytes[..len]).is_err(), "cut to {len} bytes");
+    }
+    // A header whose key count does not add up: `keys_len` follows the magic, four varints and
+    // three 8-byte words.
+    let mut miscounted = bytes.clone();
+    let mut header = b"PHFS".to_vec();
+    let limits = FeatureLimits::default();
+    for v in [1, limits.events_per_key_max as u64, limits.keys_max as u64, limits.horizon_ns] {
+        puhui_risk::bytes::put_u64(&mut header, v);
+    }
+    let keys_len_at = header.len() + 3 * 8;
+    assert_eq!(miscounted[keys_len_at], store.keys() as u8);
+    miscounted[keys_len_at] ^= 1;
+    assert!(FeatureStore::decode_snapshot(&mut miscounted.as_slice()).is_err());
+    assert!(FeatureStore::decode_snapshot(&mut bytes.as_slice()).is_ok());
+}
+
+/// [`a_store_loaded_from_its_snapshot_goes_on_as_the_original`] past the size where the key bound
+/// is kept a shard at a time: shards of ~100 keys, where ties of last-seen time meet the tables'
+/// layout.
+#[test]
+fn a_large_store_loaded_from_its_snapshot_evicts_what_the_original_evicts() {
+    let limits = FeatureLimits { keys_max: 20_000, events_per_key_max: 4, horizon_ns: u64::MAX };
+    let mut original = FeatureStore::with_seed(limits, 11);
+    let pay = |store: &mut FeatureStore, i: u64| {
+        // Three keys and a pair per event, all at the event's time; payers come back, payees rarely.
+        let (payer, payee) = (format!("a{}", (i * 7_919) % 3_000), format!("b{i}"));
+        store.record(Namespace::Payer, &payer, 1_000 + i, i + 1, &payee);
+        store.record(Namespace::Payee, &payee, 1_000 + i, i + 1, &payer);
+        store.record_pair(Namespace::PayerPayee, &payer, &payee, 1_000 + i);
+    };
+    for i in 0..12_000 {
+        pay(&mut original, i);
+    }
+    let mut bytes = Vec::new();
+    original.encode_snapshot(&mut bytes);
+    let mut loaded = FeatureStore::decode_snapshot(&mut bytes.as_slice()).unwrap();
+    for i in 12_000..30_000 {
+        pay(&mut original, i);
+        pay(&mut loaded, i);
+    }
+    assert_eq!(loaded.keys(), original.keys());
+    let now = 1_000 + 30_000;
+    for i in 0..30_000u64 {
+        let (payer, payee) = (format!("a{}", (i * 7_919) % 3_000), format!("b{i}"));
+        assert_eq!(
+            loaded.last_seen_ns(Namespace::Payee, &payee),
+            original.last_seen_ns(Namespace::Payee, &payee)
+        );
+        assert_eq!(loaded.is_new_payee(&payer, &payee), original.is_new_payee(&payer, &payee), "pair {i}");
+        assert_eq!(
+            loaded.window(Namespace::Payer, &payer, now, 5_000),
+            original.window(Namespace::Payer, &payer, now, 5_000)
+        );
+    }
+}

@@ -349,6 +349,8 @@ struct Inner {
     verifiable: Option<transparency::Verifiable>,
     /// Records that ride along with the next group commit, and their payload bytes.
     riders: Mutex<(Vec<Record>, usize)>,
+    /// The journal's durable end: where the last synced frame ends ([`EmbeddedStore::position`]).
+    durable: Mutex<puhui_journal::JournalPosition>,
 }
 
 /// The embedded store: an in-memory ledger made durable by the journal in a data directory.
@@ -458,6 +460,7 @@ impl EmbeddedStore {
             stats: StoreStats::default(),
             verifiable,
             riders: Mutex::new((Vec::new(), 0)),
+            durable: Mutex::new(writer.position()),
         });
         if let Some(thread) = merkle_thread {
             transparency::spawn(&inner, thread)?;
@@ -481,6 +484,13 @@ impl EmbeddedStore {
             report,
             _lock: lock,
         })
+    }
+
+    /// The journal's durable end: everything journaled before it is synced. Another owner's state
+    /// saved at it (risk control's snapshot) covers exactly the records before it, if no such
+    /// record is queued meanwhile.
+    pub fn position(&self) -> puhui_journal::JournalPosition {
+        *self.inner.durable.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// What opening found (entries replayed, recovery time, torn tail).
@@ -523,6 +533,12 @@ impl EmbeddedStore {
             .as_ref()
             .is_some_and(|h| !h.is_finished());
         committer_alive && !self.inner.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Whether a journal write failed (memory may then hold what the journal lacks). Unlike
+    /// [`EmbeddedStore::is_healthy`], still false after a clean shutdown.
+    pub fn is_poisoned(&self) -> bool {
+        self.inner.poisoned.load(Ordering::Acquire)
     }
 
     /// Refuses writes once a journal write failed (the committer then aborts the process).
@@ -1061,6 +1077,7 @@ fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
     stats.entries.store(entries_before, Ordering::Relaxed);
     stats.sync_ns_total.fetch_add(took, Ordering::Relaxed);
     stats.sync_ns_max.fetch_max(took, Ordering::Relaxed);
+    *inner.durable.lock().unwrap_or_else(|p| p.into_inner()) = writer.position();
     Ok(())
 }
 
