@@ -119,6 +119,9 @@ pub struct RiskService {
     /// activations, lists), counted so that a decision on the committer thread can tell whether
     /// one was queued behind it ([`RiskService::decide_deferred`]).
     records_queued: std::sync::atomic::AtomicU64,
+    /// The journal position (entries) of the risk snapshot on disk, loaded or last written
+    /// (`u64::MAX`: none): a stop with nothing journaled since does not write it again.
+    snapshot_entries: std::sync::atomic::AtomicU64,
     /// Single transfers are decided on the embedded store's committer thread
     /// ([`RiskService::decide_deferred`]): the embedded store with the features in memory (a
     /// shared backend's round trips must not hold up group commits).
@@ -518,6 +521,17 @@ pub struct ReviewList {
     pub url: &'static str,
 }
 
+/// A risk snapshot saved ([`RiskService::write_snapshot`]).
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotWritten {
+    /// The journal entries it covers (its position).
+    pub entries: u64,
+    /// Its content's size.
+    pub bytes: u64,
+    /// How long encoding and writing it took (the locks held, the file synced).
+    pub took: std::time::Duration,
+}
+
 /// What start-up found in the journal.
 #[derive(Debug, Clone, Default)]
 pub struct RiskRestore {
@@ -533,7 +547,7 @@ pub struct RiskRestore {
     /// Why a snapshot that exists was not used (the start then re-applied every record).
     pub snapshot_error: Option<String>,
     /// Where a start that re-applied many decisions saved a new snapshot, or why it could not.
-    pub snapshot_written: Option<Result<u64, String>>,
+    pub snapshot_written: Option<Result<SnapshotWritten, String>>,
     /// The active ruleset's version after start-up.
     pub active: String,
     /// The shadow ruleset's version, if one runs.
@@ -795,6 +809,7 @@ impl RiskService {
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             records_queued: std::sync::atomic::AtomicU64::new(0),
+            snapshot_entries: std::sync::atomic::AtomicU64::new(restore.snapshot_entries.unwrap_or(u64::MAX)),
             decides_on_committer: !store.is_postgres() && !shared,
             lists: Arc::clone(lists),
             reads_payer_balance,
@@ -810,9 +825,10 @@ impl RiskService {
     /// (`DATA_DIR/risk-snapshot.phs`, atomically), so that the next start re-applies only the
     /// decisions journaled after it. Call it only when nothing is being decided (at a clean stop
     /// once the store has shut down, or before serving): the snapshot must hold exactly the records
-    /// before its position. Returns the journal entries it covers; `Ok(None)` where there is
-    /// nothing to save (PostgreSQL, shared features).
-    pub fn write_snapshot(&self) -> Result<Option<u64>, String> {
+    /// before its position. `Ok(None)` where there is nothing to save (PostgreSQL, shared
+    /// features, nothing journaled since the snapshot on disk).
+    pub fn write_snapshot(&self) -> Result<Option<SnapshotWritten>, String> {
+        let started = std::time::Instant::now();
         let Backend::Embedded(store) = &self.store else { return Ok(None) };
         let state = self.lock();
         if state.controller.shared_stats().is_some() {
@@ -827,7 +843,12 @@ impl RiskService {
             return Err(format!("decisions are in flight ({in_flight} records on their way to the journal)"));
         }
         let position = store.position();
+        let on_disk = &self.snapshot_entries;
+        if on_disk.load(std::sync::atomic::Ordering::Acquire) == position.entries {
+            return Ok(None);
+        }
         let content = snapshot::encode(state.controller.features(), &memory);
+        let bytes = content.len() as u64;
         puhui_journal::snapshot::write_snapshot_file(
             store.data_dir(),
             RISK_SNAPSHOT_FILE,
@@ -835,7 +856,8 @@ impl RiskService {
             &[content],
         )
         .map_err(|e| format!("writing {RISK_SNAPSHOT_FILE}: {e}"))?;
-        Ok(Some(position.entries))
+        on_disk.store(position.entries, std::sync::atomic::Ordering::Release);
+        Ok(Some(SnapshotWritten { entries: position.entries, bytes, took: started.elapsed() }))
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {

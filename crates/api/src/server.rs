@@ -271,7 +271,12 @@ async fn listen_and_serve(
         store.shutdown();
         // Everything decided is durable now: the next start re-applies only what comes after.
         match risk.map(|risk| risk.write_snapshot()) {
-            Some(Ok(Some(entries))) => tracing::info!(entries, "risk snapshot saved"),
+            Some(Ok(Some(w))) => tracing::info!(
+                entries = w.entries,
+                bytes = w.bytes,
+                took_ms = w.took.as_millis() as u64,
+                "risk snapshot saved"
+            ),
             Some(Err(e)) => {
                 tracing::warn!(error = %e, "could not save a risk snapshot; the next start re-applies more")
             }
@@ -337,7 +342,12 @@ async fn start_risk(
         tracing::warn!(error = %e, "the risk snapshot was not used; re-applied every risk record");
     }
     match &restore.snapshot_written {
-        Some(Ok(entries)) => tracing::info!(entries, "risk snapshot saved after a long replay"),
+        Some(Ok(w)) => tracing::info!(
+            entries = w.entries,
+            bytes = w.bytes,
+            took_ms = w.took.as_millis() as u64,
+            "risk snapshot saved after a long replay"
+        ),
         Some(Err(e)) => tracing::warn!(error = %e, "could not save a risk snapshot"),
         None => {}
     }
