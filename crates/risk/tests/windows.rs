@@ -398,3 +398,39 @@ fn a_large_store_loaded_from_its_snapshot_evicts_what_the_original_evicts() {
         );
     }
 }
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(256))]
+    /// A feature snapshot damaged anywhere (bytes flipped, cut short) is refused or loaded, never a
+    /// panic; a loaded one answers queries and goes on recording within its bounds.
+    #[test]
+    fn a_damaged_feature_snapshot_never_panics(
+        flips in proptest::collection::vec((any::<proptest::sample::Index>(), 1u8..=255), 1..6),
+        cut in any::<proptest::sample::Index>(),
+        do_cut in any::<bool>(),
+    ) {
+        let limits = FeatureLimits { keys_max: 60, events_per_key_max: 5, horizon_ns: 10_000 };
+        let mut store = FeatureStore::with_seed(limits, 3);
+        for i in 0..80u64 {
+            store.record(Namespace::Payer, &format!("a{}", i % 9), 1_000 + i * 13, i + 1, &format!("b{}", i % 4));
+            store.record_pair(Namespace::PayerPayee, &format!("a{}", i % 9), &format!("b{}", i % 4), 1_000 + i * 13);
+        }
+        let mut bytes = Vec::new();
+        store.encode_snapshot(&mut bytes);
+        for (at, mask) in &flips {
+            let at = at.index(bytes.len());
+            bytes[at] ^= mask;
+        }
+        if do_cut {
+            bytes.truncate(cut.index(bytes.len()));
+        }
+        if let Ok(mut loaded) = FeatureStore::decode_snapshot(&mut bytes.as_slice()) {
+            let mut got = [WindowStats::default()];
+            for i in 0..9 {
+                loaded.windows(Namespace::Payer, &format!("a{i}"), 3_000, &[WindowQuery { window_ns: 500, distinct: true, edges: true }], &mut got);
+                loaded.record(Namespace::Payer, &format!("a{i}"), 3_000 + i, 1, "x");
+            }
+            prop_assert!(loaded.keys() <= loaded.limits().keys_max);
+        }
+    }
+}

@@ -60,9 +60,10 @@ pub(super) fn encode(features: &FeatureStore, memory: &Memory) -> Vec<u8> {
     out.extend_from_slice(MAGIC);
     put_u64(&mut out, VERSION);
     features.encode_snapshot(&mut out);
-    put_u64(&mut out, memory.order.len() as u64);
-    for id in &memory.order {
-        let remembered = &memory.decisions[id];
+    let kept: Vec<_> =
+        memory.order.iter().filter_map(|id| memory.decisions.get(id).map(|r| (id, r))).collect();
+    put_u64(&mut out, kept.len() as u64);
+    for (id, remembered) in kept {
         put_str(&mut out, id);
         put_u64(&mut out, remembered.record.len() as u64);
         out.extend_from_slice(&remembered.record);
@@ -144,8 +145,12 @@ fn decode_memory(bytes: &[u8]) -> Result<MemoryParts, String> {
         return Err(format!("{n} decisions remembered, more than {DECISIONS_KEPT_MAX}"));
     }
     let mut decisions = Vec::with_capacity(n);
+    let mut ids = std::collections::HashSet::with_capacity(n);
     for _ in 0..n {
         let id: Arc<str> = Arc::from(r.str()?);
+        if !ids.insert(Arc::clone(&id)) {
+            return Err(format!("decision {id} remembered twice"));
+        }
         let len = r.len()?;
         let record: Box<[u8]> = r.take(len)?.into();
         let label = match r.byte()? {
@@ -189,4 +194,59 @@ fn decode_memory(bytes: &[u8]) -> Result<MemoryParts, String> {
         return Err(format!("{} bytes after the risk snapshot", r.remaining()));
     }
     Ok(MemoryParts { decisions, known, declined_forgotten, reviews })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A memory of `n` decisions, some labelled, some declined, and a review.
+    fn memory_parts_bytes(n: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        put_u64(&mut out, n as u64);
+        for i in 0..n {
+            put_str(&mut out, &format!("t:d{i}"));
+            put_u64(&mut out, 3);
+            out.extend_from_slice(&[1, 2, 3]);
+            out.push((i % 3) as u8);
+            put_u64(&mut out, if i % 2 == 0 { 0 } else { i as u64 + 1 });
+            out.push(u8::from(i % 5 == 0));
+        }
+        for set in [n, n / 5] {
+            put_u64(&mut out, set as u64);
+            for i in 0..set {
+                put_fixed_u64(&mut out, 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
+            }
+        }
+        put_u64(&mut out, 1);
+        for text in ["t:d1", "d1"] {
+            put_str(&mut out, text);
+        }
+        put_i64(&mut out, -40);
+        put_u64(&mut out, 1);
+        put_str(&mut out, "velocity");
+        put_str(&mut out, "strict-test");
+        out
+    }
+
+    #[test]
+    fn the_memory_decodes_and_damage_is_an_error_never_a_panic() {
+        let bytes = memory_parts_bytes(40);
+        let parts = decode_memory(&bytes).unwrap();
+        assert_eq!((parts.decisions.len(), parts.known.len(), parts.declined_forgotten.len()), (40, 40, 8));
+        assert_eq!(parts.decisions[2].1.label, Some(Label::Legit));
+        assert_eq!((parts.decisions[3].1.journal_seq, parts.decisions[2].1.journal_seq), (Some(3), None));
+        assert_eq!(parts.reviews.page("t", None, 10).0[0].reasons, ["velocity"]);
+        // Every cut and every flipped byte: an error or a memory, never a panic.
+        for cut in 0..bytes.len() {
+            assert!(decode_memory(&bytes[..cut]).is_err(), "cut at {cut}");
+        }
+        for at in 0..bytes.len() {
+            for bit in [0x01, 0x80] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= bit;
+                let _ = decode_memory(&damaged);
+            }
+        }
+    }
 }
