@@ -839,7 +839,7 @@ impl RiskService {
         }
         let memory = self.mem();
         let in_flight = self.records_in_flight.load(std::sync::atomic::Ordering::Acquire);
-        if in_flight > 0 || !memory.early_seqs.is_empty() || !memory.deciding.is_empty() {
+        if in_flight > 0 || !memory.deciding.is_empty() {
             return Err(format!("decisions are in flight ({in_flight} records on their way to the journal)"));
         }
         let position = store.position();
