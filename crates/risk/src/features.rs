@@ -20,6 +20,10 @@
 //! so they are the same bit for bit whatever was asked before (a backtest, a restarted node). A
 //! kept window costs 96 bytes plus, for distinct counts, a map of one entry per counterparty in it
 //! (at most `events_per_key_max`): at most about what the key's events cost.
+//!
+//! A store can be saved and loaded ([`FeatureStore::encode_snapshot`],
+//! [`FeatureStore::decode_snapshot`]): a loaded store answers and evicts exactly as the one it was
+//! saved from would (its keys' check hash keys travel with it; eviction breaks ties by placement).
 
 use std::cell::Cell;
 use std::collections::VecDeque;
