@@ -1014,14 +1014,7 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
     // The journal holds the decisions in the order they were made (the singles decided on the
     // committer, the batches' items on the decider): a backtest reproduces every one exactly.
     assert!(server.terminate().success());
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["risk", "backtest", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    backtest_reproduces_every_decision(dir.path());
 }
 
 #[tokio::test]
@@ -1539,14 +1532,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     assert!(server.terminate().success());
 
     // The backtest replays the journal and reproduces every online decision exactly.
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["risk", "backtest", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    let out = backtest_reproduces_every_decision(dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains("at most 999999 keys and pairs, 1024 events per key (as the server last ran)"),
@@ -1768,6 +1754,20 @@ async fn a_decision_id_names_one_event_and_is_never_reused_by_a_transfer() {
     assert!(server.terminate().success());
 }
 
+/// Runs `puhui risk backtest` on `dir` without a candidate and asserts that it reproduced every
+/// online decision exactly; returns its output.
+fn backtest_reproduces_every_decision(dir: &Path) -> std::process::Output {
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    out
+}
+
 /// A gauge's value on `/metrics`.
 async fn gauge(server: &Server, name: &str) -> f64 {
     let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
@@ -1868,11 +1868,5 @@ async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
     assert!(server.terminate().success());
 
     // And the journal still reproduces every online decision exactly.
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["risk", "backtest", "--data-dir"])
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("every decision reproduced exactly"), "{stdout}");
+    backtest_reproduces_every_decision(dir.path());
 }
