@@ -43,7 +43,10 @@ use crate::routes::{ApiJson, ApiPath};
 use crate::tenants::Principal;
 use crate::AppState;
 
+mod checkpoint;
 mod snapshot;
+
+pub use checkpoint::CheckpointPolicy;
 pub use snapshot::{RISK_SNAPSHOT_FILE, SNAPSHOT_AFTER_DECISIONS};
 
 /// Most decisions kept in memory for `GET /v1/decisions/{id}` (the oldest are forgotten first; all
@@ -121,7 +124,13 @@ pub struct RiskService {
     records_queued: std::sync::atomic::AtomicU64,
     /// The journal position (entries) of the risk snapshot on disk, loaded or last written
     /// (`u64::MAX`: none): a stop with nothing journaled since does not write it again.
-    snapshot_entries: std::sync::atomic::AtomicU64,
+    snapshot_entries: Arc<std::sync::atomic::AtomicU64>,
+    /// The checkpointer writing the risk snapshot while serving ([`RiskService::start_checkpoints`]).
+    checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
+    /// The node's feature placement seed (embedded store), for the checkpointer's copy.
+    feature_seed: Option<u64>,
+    /// The feature store's bounds, for the checkpointer's copy.
+    feature_limits: FeatureLimits,
     /// Single transfers are decided on the embedded store's committer thread
     /// ([`RiskService::decide_deferred`]): the embedded store with the features in memory (a
     /// shared backend's round trips must not hold up group commits).
@@ -704,17 +713,7 @@ impl RiskService {
         controller.set_shared_features(shared_features);
         let mut state = RiskState { controller };
         let (seqs, seq_inbox) = std::sync::mpsc::sync_channel(SEQ_INBOX_MAX);
-        // Sized for the bound at start: the map never grows (and rehashes, ~6 MB) under its lock.
-        let mut memory = Memory {
-            decisions: HashMap::with_capacity(DECISIONS_KEPT_MAX),
-            early_seqs: HashMap::new(),
-            order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
-            seq_inbox,
-            known: KnownIds::new(),
-            declined_forgotten: KnownIds::new(),
-            reviews: Reviews::default(),
-            deciding: HashSet::new(),
-        };
+        let mut memory = Memory::new(seq_inbox);
         let mut restore = RiskRestore::default();
         // The snapshot, if one fits: decisions and labels before its position are in it.
         let mut skip_before = 0;
@@ -743,28 +742,15 @@ impl RiskService {
                 other_record(record_type, timestamp_ns, payload);
                 return Ok(());
             }
-            use puhui_risk::records::{RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
-            if seq < skip_before
-                && matches!(record_type, RECORD_DECISION | RECORD_DECISION_BINARY | RECORD_LABEL)
-            {
-                restore.skipped += 1;
-                return Ok(());
-            }
-            let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
-            restore.records += 1;
-            text_journaled |= matches!(&record, RiskRecord::Ruleset(r) if r.text == text);
-            state.controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
-            match record {
-                RiskRecord::Decision(d) => {
-                    restore.decisions += 1;
-                    let id: Arc<str> = Arc::from(d.id.as_str());
-                    memory.remember_record(&d);
-                    memory.set_seq(&id, seq);
-                }
-                RiskRecord::Label(l) => memory.label(&l),
-                RiskRecord::Activation(_) => activated = true,
-                RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}
-            }
+            let applied = replay_record(
+                &mut state.controller,
+                &mut memory,
+                &mut restore,
+                skip_before,
+                (seq, record_type, payload),
+            )?;
+            text_journaled |= matches!(&applied, Some(RiskRecord::Ruleset(r)) if r.text == text);
+            activated |= matches!(applied, Some(RiskRecord::Activation(_)));
             Ok(())
         })
         .map_err(|e| format!("replaying risk records: {e}"))?;
@@ -809,7 +795,12 @@ impl RiskService {
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             records_queued: std::sync::atomic::AtomicU64::new(0),
-            snapshot_entries: std::sync::atomic::AtomicU64::new(restore.snapshot_entries.unwrap_or(u64::MAX)),
+            snapshot_entries: Arc::new(std::sync::atomic::AtomicU64::new(
+                restore.snapshot_entries.unwrap_or(u64::MAX),
+            )),
+            checkpointer: Mutex::new(None),
+            feature_seed: seed_used.filter(|_| !shared),
+            feature_limits: limits,
             decides_on_committer: !store.is_postgres() && !shared,
             lists: Arc::clone(lists),
             reads_payer_balance,
@@ -828,6 +819,8 @@ impl RiskService {
     /// before its position. `Ok(None)` where there is nothing to save (PostgreSQL, shared
     /// features, nothing journaled since the snapshot on disk).
     pub fn write_snapshot(&self) -> Result<Option<SnapshotWritten>, String> {
+        // One writer of the file at a time (and the checkpointer's copy is no longer needed).
+        drop(self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()).take());
         let started = std::time::Instant::now();
         let Backend::Embedded(store) = &self.store else { return Ok(None) };
         let state = self.lock();
@@ -858,6 +851,29 @@ impl RiskService {
         .map_err(|e| format!("writing {RISK_SNAPSHOT_FILE}: {e}"))?;
         on_disk.store(position.entries, std::sync::atomic::Ordering::Release);
         Ok(Some(SnapshotWritten { entries: position.entries, bytes, took: started.elapsed() }))
+    }
+
+    /// Starts the checkpointer ([`checkpoint`]): a thread at idle priority that re-applies the
+    /// journal's durable risk records to its own copy of the features and the memory and writes the
+    /// risk snapshot from it under `policy`, so that a start after a crash re-applies only what came
+    /// after. Nothing is started on PostgreSQL, with shared features, or with
+    /// `policy.every_records` 0. It stops when a snapshot is written at a stop, or with the service.
+    pub fn start_checkpoints(&self, policy: CheckpointPolicy) -> Result<(), String> {
+        let (Backend::Embedded(store), Some(seed)) = (&self.store, self.feature_seed) else { return Ok(()) };
+        if policy.every_records == 0 {
+            return Ok(());
+        }
+        let started = checkpoint::start(checkpoint::Setup {
+            store: Arc::downgrade(store),
+            dir: store.data_dir().to_path_buf(),
+            seed,
+            limits: self.feature_limits,
+            policy,
+            snapshot_entries: Arc::clone(&self.snapshot_entries),
+        })
+        .map_err(|e| format!("starting the risk checkpointer: {e}"))?;
+        *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
+        Ok(())
     }
 
     fn mem(&self) -> std::sync::MutexGuard<'_, Memory> {
@@ -1461,7 +1477,54 @@ fn review_of_record(d: &DecisionRecord) -> ReviewObject {
     }
 }
 
+/// Re-applies one journaled risk record `(seq, record_type, payload)` to `controller` and
+/// `memory`, counting it in `restore`, as a start does and the checkpointer after it
+/// ([`checkpoint`]): a decision or label before `skip_before` (the loaded snapshot's position) is in
+/// the snapshot already and is skipped undecoded. Returns the record applied (`None`: skipped).
+fn replay_record(
+    controller: &mut Controller,
+    memory: &mut Memory,
+    restore: &mut RiskRestore,
+    skip_before: u64,
+    (seq, record_type, payload): (u64, u8, &[u8]),
+) -> Result<Option<RiskRecord>, String> {
+    use puhui_risk::records::{RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
+    if seq < skip_before && matches!(record_type, RECORD_DECISION | RECORD_DECISION_BINARY | RECORD_LABEL) {
+        restore.skipped += 1;
+        return Ok(None);
+    }
+    let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
+    restore.records += 1;
+    controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
+    match &record {
+        RiskRecord::Decision(d) => {
+            restore.decisions += 1;
+            let id: Arc<str> = Arc::from(d.id.as_str());
+            memory.remember_record(d);
+            memory.set_seq(&id, seq);
+        }
+        RiskRecord::Label(l) => memory.label(l),
+        RiskRecord::Activation(_) | RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}
+    }
+    Ok(Some(record))
+}
+
 impl Memory {
+    /// An empty memory taking journal positions from `seq_inbox`, sized for its bound at start:
+    /// the map never grows (and rehashes, ~6 MB) under its lock.
+    fn new(seq_inbox: Receiver<(Arc<str>, u64)>) -> Memory {
+        Memory {
+            decisions: HashMap::with_capacity(DECISIONS_KEPT_MAX),
+            early_seqs: HashMap::new(),
+            order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
+            seq_inbox,
+            known: KnownIds::new(),
+            declined_forgotten: KnownIds::new(),
+            reviews: Reviews::default(),
+            deciding: HashSet::new(),
+        }
+    }
+
     /// Keeps a decision (its binary record) for `GET /v1/decisions/{id}` (bounded) and, for an
     /// inline review, queues `review` (start-up drops reviews whose hold is gone when they are
     /// listed).

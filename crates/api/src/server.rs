@@ -30,6 +30,9 @@ pub struct ServeConfig {
     pub ruleset: Option<PathBuf>,
     /// The risk feature store's bounds (`--risk-keys-max`, `--risk-events-per-key-max`).
     pub feature_limits: puhui_risk::FeatureLimits,
+    /// When the risk snapshot is written while serving (`--risk-snapshot-every`,
+    /// `--risk-snapshot-interval-min-secs`; embedded store only).
+    pub risk_snapshots: crate::risk::CheckpointPolicy,
     /// Publish every committed change to NATS JetStream (`--nats`); `None`: events are served by
     /// `GET /v1/events` and webhooks only.
     pub nats: Option<puhui_events::NatsConfig>,
@@ -351,6 +354,7 @@ async fn start_risk(
         Some(Err(e)) => tracing::warn!(error = %e, "could not save a risk snapshot"),
         None => {}
     }
+    risk.start_checkpoints(config.risk_snapshots)?;
     Ok(risk)
 }
 

@@ -136,6 +136,15 @@ struct ServeArgs {
     /// them are marked saturated). `puhui risk backtest` needs the same value.
     #[arg(long, default_value = "1024", value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     risk_events_per_key_max: u64,
+    /// Write the risk snapshot while serving once this many risk records (decisions, labels) were
+    /// journaled since the last one, so that a start after a crash re-applies only those; 0: only
+    /// at a clean stop. A thread at idle priority keeps a second copy of the features for it.
+    #[arg(long, default_value_t = puhui_api::risk::CheckpointPolicy::default().every_records)]
+    risk_snapshot_every: u64,
+    /// The least time between two risk snapshots written while serving (each writes the whole
+    /// feature store).
+    #[arg(long, default_value_t = puhui_api::risk::CheckpointPolicy::default().interval_min_ms / 1_000)]
+    risk_snapshot_interval_min_secs: u64,
     /// Publish every committed change to NATS JetStream at this URL (e.g. nats://127.0.0.1:4222).
     #[arg(long)]
     nats: Option<String>,
@@ -352,6 +361,10 @@ fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             keys_max: args.risk_keys_max as usize,
             events_per_key_max: args.risk_events_per_key_max as usize,
             ..puhui_risk::FeatureLimits::default()
+        },
+        risk_snapshots: puhui_api::risk::CheckpointPolicy {
+            every_records: args.risk_snapshot_every,
+            interval_min_ms: args.risk_snapshot_interval_min_secs.saturating_mul(1_000),
         },
         nats: args.nats.map(|url| puhui_events::NatsConfig {
             stream: args.nats_stream,

@@ -811,7 +811,11 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
     let dir = tempfile::tempdir().unwrap();
     let ruleset = dir.path().join("cap.toml");
     std::fs::write(&ruleset, CAP_RULESET).unwrap();
-    let mut server = serve(dir.path(), &["--ruleset", ruleset.to_str().unwrap()]);
+    // Risk snapshots written while serving, as often as the checkpointer can: a restart starts
+    // from whichever it last wrote (any position under load), then the journal after it.
+    let checkpoints = ["--risk-snapshot-every", "50", "--risk-snapshot-interval-min-secs", "0"];
+    let mut server =
+        serve(dir.path(), &[&["--ruleset", ruleset.to_str().unwrap()][..], &checkpoints].concat());
     let c = Client::tenant(&server).await;
     let payers: Vec<String> = (0..8).map(|p| format!("payer{p}")).collect();
     let capped = |payer: &str| payer < "payer4";
@@ -852,7 +856,12 @@ async fn risk_decisions_and_features_survive_kill_9_under_load() {
             acked.extend(t.await.unwrap());
         }
         assert!(!acked.is_empty(), "no request was answered before the kill (cycle {cycle})");
-        server = serve(dir.path(), &[]);
+        server = serve(dir.path(), &checkpoints);
+        eprintln!(
+            "cycle {cycle}: restarted from a snapshot of {} decisions and labels, re-applied {} decisions",
+            gauge(&server, "puhui_risk_start_records_from_snapshot").await,
+            gauge(&server, "puhui_risk_start_decisions_replayed").await
+        );
         for (body, (status, first)) in &acked {
             let id = body["id"].as_str().unwrap();
             let decision = c.get(&server, &format!("/v1/decisions/{id}")).await;
@@ -1868,5 +1877,58 @@ async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
     assert!(server.terminate().success());
 
     // And the journal still reproduces every online decision exactly.
+    backtest_reproduces_every_decision(dir.path());
+}
+
+#[tokio::test]
+async fn risk_snapshots_written_while_serving_bound_what_a_crash_restart_re_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("strict.toml");
+    std::fs::write(&ruleset, STRICT_RULESET).unwrap();
+    let ruleset = ruleset.to_str().unwrap().to_string();
+    // A snapshot as soon as five risk records are journaled (the ruleset's publication and
+    // activation among them), and at once after that.
+    let args =
+        ["--ruleset", &ruleset, "--risk-snapshot-every", "5", "--risk-snapshot-interval-min-secs", "0"];
+    let server = serve(dir.path(), &args);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let pay = |i: u32| {
+        let mut t = transfer(&format!("t{i}"), "alice", "bob", 10);
+        t["risk_context"] = json!({"device_id": "phone-1"});
+        t
+    };
+    for i in 0..4 {
+        assert_eq!(c.post(&server, "/v1/transfers", pay(i)).await.status, 201);
+    }
+    assert_eq!(c.post(&server, "/v1/decisions/t0/label", json!({"label": "fraud"})).await.status, 200);
+    let file = dir.path().join(puhui_api::risk::RISK_SNAPSHOT_FILE);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !file.exists() || gauge(&server, "puhui_risk_checkpointer_lag_entries").await > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    server.kill9();
+
+    // Killed: the snapshot written while serving, then the journal after it, to the same state.
+    let server = serve(dir.path(), &args);
+    let (replayed, from_snapshot) = (
+        gauge(&server, "puhui_risk_start_decisions_replayed").await,
+        gauge(&server, "puhui_risk_start_records_from_snapshot").await,
+    );
+    assert!(from_snapshot >= 1.0, "the snapshot covers some of the decisions");
+    // Each decision once, from the snapshot or the journal (the label, last, may be in either).
+    assert!([4.0, 5.0].contains(&(from_snapshot + replayed)), "{from_snapshot} + {replayed}");
+    assert_eq!(c.get(&server, "/v1/decisions/t0").await.body["label"], "fraud");
+    assert_eq!(queued(&c, &server).await, ["t3"]);
+    assert_eq!(c.post(&server, "/v1/transfers", pay(4)).await.body["risk_outcome"], "review");
+    assert_eq!(count_of(&c, &server, 4).await, 4.0, "the four payments before it");
+    assert!(server.terminate().success());
+
+    // The clean stop's snapshot still covers everything.
+    let server = serve(dir.path(), &args);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 0.0);
+    assert_eq!(queued(&c, &server).await, ["t3", "t4"]);
+    assert!(server.terminate().success());
     backtest_reproduces_every_decision(dir.path());
 }
