@@ -1480,7 +1480,14 @@ fn review_of_record(d: &DecisionRecord) -> ReviewObject {
 /// Re-applies one journaled risk record `(seq, record_type, payload)` to `controller` and
 /// `memory`, counting it in `restore`, as a start does and the checkpointer after it
 /// ([`checkpoint`]): a decision or label before `skip_before` (the loaded snapshot's position) is in
-/// the snapshot already and is skipped undecoded. Returns the record applied (`None`: skipped).
+/// the snapshot already and is skipped undecoded. Returns the record if it is a ruleset, an
+/// activation, a list change or a label (decisions and skipped records are not given back).
+///
+/// A binary decision is read as its head ([`puhui_risk::records::binary::decode_head`]: id, event,
+/// outcome) and remembered as its journaled bytes, which are what the online memory keeps; only a
+/// held transfer's is decoded in full, for its review. Choice, over decoding and re-encoding every
+/// decision: the verdicts' fired rules and feature values are most of a record, and a start or
+/// the checkpointer needs none of them (a third of the re-apply's CPU time went to them).
 fn replay_record(
     controller: &mut Controller,
     memory: &mut Memory,
@@ -1488,13 +1495,34 @@ fn replay_record(
     skip_before: u64,
     (seq, record_type, payload): (u64, u8, &[u8]),
 ) -> Result<Option<RiskRecord>, String> {
-    use puhui_risk::records::{RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
+    use puhui_risk::records::{binary, RECORD_DECISION, RECORD_DECISION_BINARY, RECORD_LABEL};
     if seq < skip_before && matches!(record_type, RECORD_DECISION | RECORD_DECISION_BINARY | RECORD_LABEL) {
         restore.skipped += 1;
         return Ok(None);
     }
-    let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
     restore.records += 1;
+    if record_type == RECORD_DECISION_BINARY {
+        let head = binary::decode_head(payload).map_err(|e| format!("entry {seq}: {e}"))?;
+        restore.decisions += 1;
+        controller.apply_observed(head.observed, &head.event);
+        let transfer = head.source == DecisionSource::Transfer;
+        let review = match transfer && head.outcome == Outcome::Review {
+            true => {
+                Some(review_of_record(&binary::decode(payload).map_err(|e| format!("entry {seq}: {e}"))?))
+            }
+            false => None,
+        };
+        let id: Arc<str> = Arc::from(head.id);
+        memory.remember(
+            Arc::clone(&id),
+            payload.into(),
+            review,
+            transfer && head.outcome == Outcome::Decline,
+        );
+        memory.set_seq(&id, seq);
+        return Ok(None);
+    }
+    let record = RiskRecord::decode(record_type, payload).map_err(|e| format!("entry {seq}: {e}"))?;
     controller.apply(&record).map_err(|e| format!("entry {seq}: {e}"))?;
     match &record {
         RiskRecord::Decision(d) => {
@@ -1502,6 +1530,7 @@ fn replay_record(
             let id: Arc<str> = Arc::from(d.id.as_str());
             memory.remember_record(d);
             memory.set_seq(&id, seq);
+            return Ok(None);
         }
         RiskRecord::Label(l) => memory.label(l),
         RiskRecord::Activation(_) | RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}

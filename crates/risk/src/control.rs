@@ -633,16 +633,21 @@ impl Controller {
         list_page(&self.lists, name, prefix, after, limit)
     }
 
+    /// [`Controller::apply`] of a decision read as its head
+    /// ([`crate::records::binary::decode_head`]): the event re-enters the features if it did
+    /// online (`observed`); with shared features it is not recorded again.
+    pub fn apply_observed(&mut self, observed: bool, event: &crate::records::EventRecord) {
+        if self.shared.is_none() && observed {
+            self.observe(&event.as_event());
+        }
+    }
+
     /// Replays a journaled record (start-up): a decision re-enters the features if it did online
     /// (it is not decided again), rulesets are published, activations switched, lists changed.
     /// With shared features a decision is not recorded again: the backend holds it already.
     pub fn apply(&mut self, record: &RiskRecord) -> Result<(), ControlError> {
         match record {
-            RiskRecord::Decision(d) => {
-                if self.shared.is_none() {
-                    self.commit_decision(d)
-                }
-            }
+            RiskRecord::Decision(d) => self.apply_observed(d.observed, &d.event),
             RiskRecord::Label(_) => {}
             RiskRecord::Ruleset(r) => {
                 if self.provisional.as_deref() == Some(r.version.as_str()) {

@@ -438,11 +438,49 @@ pub mod binary {
     /// Decodes a record [`encode`] wrote.
     pub fn decode(payload: &[u8]) -> Result<DecisionRecord, String> {
         let mut r = Reader::new(payload, RECORD);
+        let (id, source, event, observed) = read_head(&mut r)?;
+        let active = r.verdict()?;
+        let shadow = if r.flag()? { Some(r.verdict()?) } else { None };
+        if r.remaining() != 0 {
+            return Err(format!("{} bytes after the decision record", r.remaining()));
+        }
+        Ok(DecisionRecord { id: id.to_string(), source, event, observed, active, shadow })
+    }
+
+    /// What a replay re-applies of a decision ([`decode_head`]).
+    #[derive(Debug, Clone, PartialEq)]
+    pub struct Head<'a> {
+        /// The decision's id.
+        pub id: &'a str,
+        /// Where it came from.
+        pub source: DecisionSource,
+        /// The event's inputs.
+        pub event: EventRecord,
+        /// Whether the event was recorded in the velocity features.
+        pub observed: bool,
+        /// The active verdict's outcome.
+        pub outcome: Outcome,
+    }
+
+    /// Decodes a record's id, event and active outcome, without the verdicts' fired rules,
+    /// features and the shadow verdict (most of its bytes): what a start re-applies of every
+    /// decision. The bytes after the outcome are not read, so not checked either: [`decode`] reads
+    /// every record that needs more (a review's reasons), and the journal's hash chain covers all.
+    pub fn decode_head(payload: &[u8]) -> Result<Head<'_>, String> {
+        let mut r = Reader::new(payload, RECORD);
+        let (id, source, event, observed) = read_head(&mut r)?;
+        r.str()?; // the active ruleset's version
+        let outcome = r.outcome()?;
+        Ok(Head { id, source, event, observed, outcome })
+    }
+
+    /// Reads a record up to its verdicts: id, source, event and whether it was observed.
+    fn read_head<'a>(r: &mut Reader<'a>) -> Result<(&'a str, DecisionSource, EventRecord, bool), String> {
         let format = r.byte()?;
         if format != FORMAT && format != FORMAT_WITH_BALANCE {
             return Err(format!("unknown decision record format {format}"));
         }
-        let id = r.string()?;
+        let id = r.str()?;
         let source = match r.byte()? {
             0 => DecisionSource::Transfer,
             1 => DecisionSource::Standalone,
@@ -468,13 +506,7 @@ pub mod binary {
             attributes,
             payer_balance_minor,
         };
-        let observed = r.flag()?;
-        let active = r.verdict()?;
-        let shadow = if r.flag()? { Some(r.verdict()?) } else { None };
-        if r.remaining() != 0 {
-            return Err(format!("{} bytes after the decision record", r.remaining()));
-        }
-        Ok(DecisionRecord { id, source, event, observed, active, shadow })
+        Ok((id, source, event, r.flag()?))
     }
 
     /// The id of an encoded decision, read without decoding the rest.

@@ -220,6 +220,33 @@ fn binary_decisions_keep_every_bit_and_refuse_damaged_bytes() {
 }
 
 #[test]
+fn a_decisions_head_is_what_the_whole_record_says_and_damage_is_an_error() {
+    use puhui_risk::records::binary;
+    let (journal, _) = online_session();
+    let decisions: Vec<&DecisionRecord> = journal
+        .iter()
+        .filter_map(|r| match r {
+            RiskRecord::Decision(d) => Some(&**d),
+            _ => None,
+        })
+        .collect();
+    assert!(decisions.iter().any(|d| d.active.outcome != Outcome::Approve), "more than approvals");
+    for d in decisions {
+        let payload = binary::encode(d);
+        let head = binary::decode_head(&payload).unwrap();
+        assert_eq!(
+            (head.id, head.source, &head.event, head.observed, head.outcome),
+            (d.id.as_str(), d.source, &d.event, d.observed, d.active.outcome)
+        );
+        // Cut anywhere up to the outcome: an error, never a panic (past it, the head is whole).
+        let whole = (0..=payload.len()).find(|&n| binary::decode_head(&payload[..n]).is_ok()).unwrap();
+        assert_eq!(binary::decode_head(&payload[..whole]).unwrap(), head);
+        assert!((0..whole).all(|n| binary::decode_head(&payload[..n]).is_err()));
+    }
+    assert!(binary::decode_head(&[3, 0]).is_err(), "an unknown format");
+}
+
+#[test]
 fn the_binary_decision_format_is_stable() {
     // Journals outlive binaries: these bytes must decode to this record in every later version.
     let d = DecisionRecord {

@@ -43,7 +43,7 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> CheckpointPolicy {
-        CheckpointPolicy { every_records: 100_000, interval_min_ms: 30_000 }
+        CheckpointPolicy { every_records: 100_000, interval_min_ms: 10_000 }
     }
 }
 
