@@ -84,6 +84,19 @@ impl JournalTail {
         max_entries: usize,
         out: &mut Vec<RawEntry>,
     ) -> Result<usize, TailError> {
+        self.read_with(durable_entries, max_entries, |seq, kind, body| {
+            out.push(RawEntry { seq, kind, body: body.to_vec() })
+        })
+    }
+
+    /// [`JournalTail::read`] handing each entry `(seq, kind, body)` to `on_entry` instead of
+    /// copying it: for a reader that looks at a few kinds of entry and skips the rest.
+    pub fn read_with(
+        &mut self,
+        durable_entries: u64,
+        max_entries: usize,
+        mut on_entry: impl FnMut(u64, u8, &[u8]),
+    ) -> Result<usize, TailError> {
         if self.next_seq >= durable_entries {
             return Ok(0);
         }
@@ -113,7 +126,7 @@ impl JournalTail {
             prev_end = e.offset + (ENTRY_OVERHEAD_BYTES + e.body.len()) as u64;
             prev_hash = *e.hash;
             if e.seq >= next_seq {
-                out.push(RawEntry { seq: e.seq, kind: e.kind, body: e.body.to_vec() });
+                on_entry(e.seq, e.kind, e.body);
                 taken += 1;
                 last_taken = Some(e.seq);
             }

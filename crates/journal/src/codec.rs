@@ -145,6 +145,27 @@ pub fn encode_record(record_type: u8, timestamp_ns: u64, payload: &[u8], out: &m
     KIND_RECORD
 }
 
+/// Decodes a [`KIND_RECORD`] entry body into `(record_type, timestamp_ns, payload)`, the payload
+/// borrowed: what [`decode`] gives as [`Event::Record`], without copying it (a start and the risk
+/// checkpointer read every record and keep few).
+pub fn decode_record(body: &[u8]) -> Result<(u8, u64, &[u8]), DecodeError> {
+    let mut r = Reader::new(body);
+    let timestamp_ns = r.u64()?;
+    let record_type = r.u8()?;
+    if !r.flag()? {
+        return Err(DecodeError("record without a payload".into()));
+    }
+    let len = r.u32()? as usize;
+    let payload = r.take(len)?;
+    if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
+        return Err(DecodeError(format!("record payload of {} bytes", payload.len())));
+    }
+    if r.remaining() != 0 {
+        return Err(DecodeError(format!("{} trailing bytes", r.remaining())));
+    }
+    Ok((record_type, timestamp_ns, payload))
+}
+
 /// Decodes an entry body of the given kind.
 pub fn decode(kind: u8, body: &[u8]) -> Result<Event, DecodeError> {
     let mut r = Reader::new(body);
@@ -185,14 +206,8 @@ pub fn decode(kind: u8, body: &[u8]) -> Result<Event, DecodeError> {
             Event::Expired { pending_id, timestamp_ns }
         }
         KIND_RECORD => {
-            let timestamp_ns = r.u64()?;
-            let record_type = r.u8()?;
-            let payload =
-                r.opt_bytes()?.ok_or_else(|| DecodeError("record without a payload".into()))?.into_vec();
-            if payload.len() > RECORD_PAYLOAD_BYTES_MAX {
-                return Err(DecodeError(format!("record payload of {} bytes", payload.len())));
-            }
-            Event::Record { record_type, timestamp_ns, payload }
+            let (record_type, timestamp_ns, payload) = decode_record(body)?;
+            return Ok(Event::Record { record_type, timestamp_ns, payload: payload.to_vec() });
         }
         other => return Err(DecodeError(format!("unknown entry kind {other}"))),
     };

@@ -106,12 +106,9 @@ pub fn scan_records(
         if entry.kind != codec::KIND_RECORD {
             return Ok(());
         }
-        match codec::decode(entry.kind, entry.body).map_err(|e| e.to_string())? {
-            Event::Record { record_type, timestamp_ns, payload } => {
-                on_record(entry.seq, record_type, timestamp_ns, &payload)
-            }
-            _ => Err("a record entry decoded as another event".into()),
-        }
+        let (record_type, timestamp_ns, payload) =
+            codec::decode_record(entry.body).map_err(|e| e.to_string())?;
+        on_record(entry.seq, record_type, timestamp_ns, payload)
     })
 }
 

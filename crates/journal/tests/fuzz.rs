@@ -1,7 +1,7 @@
 //! Fuzz-style properties of the parsers: no input makes them panic, and encoding round-trips.
 
 use proptest::prelude::*;
-use puhui_journal::codec::{decode, Event, KIND_TRANSFER};
+use puhui_journal::codec::{decode, decode_record, encode_record, Event, KIND_RECORD, KIND_TRANSFER};
 use puhui_journal::frame::{encode_frame_header, scan};
 use puhui_ledger::wire::encode_request;
 use puhui_ledger::{CurrencyCode, Id, References, ResultCode, TransferKind, TransferRequest};
@@ -69,6 +69,28 @@ proptest! {
         for cut in 0..body.len() {
             prop_assert!(decode(KIND_TRANSFER, &body[..cut]).is_err());
         }
+    }
+
+    #[test]
+    fn record_entries_decode_borrowed_as_they_do_owned(
+        record_type in any::<u8>(),
+        ts in any::<u64>(),
+        payload in proptest::collection::vec(any::<u8>(), 0..300),
+        garbage in proptest::collection::vec(any::<u8>(), 0..300),
+    ) {
+        let mut body = Vec::new();
+        prop_assert_eq!(encode_record(record_type, ts, &payload, &mut body), KIND_RECORD);
+        prop_assert_eq!(decode_record(&body).unwrap(), (record_type, ts, &payload[..]));
+        prop_assert_eq!(
+            decode(KIND_RECORD, &body).unwrap(),
+            Event::Record { record_type, timestamp_ns: ts, payload: payload.clone() }
+        );
+        for cut in 0..body.len() {
+            prop_assert!(decode_record(&body[..cut]).is_err());
+        }
+        body.push(0);
+        prop_assert!(decode_record(&body).is_err(), "a trailing byte");
+        let _ = decode_record(&garbage);
     }
 
     #[test]

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use puhui_events::{JournalTail, RawEntry};
-use puhui_journal::{Event, JournalPosition};
+use puhui_events::JournalTail;
+use puhui_journal::JournalPosition;
 use puhui_risk::control::Controller;
 use puhui_risk::{FeatureLimits, RiskRecord};
 use puhui_store::EmbeddedStore;
@@ -43,7 +43,7 @@ pub struct CheckpointPolicy {
 
 impl Default for CheckpointPolicy {
     fn default() -> CheckpointPolicy {
-        CheckpointPolicy { every_records: 100_000, interval_min_ms: 10_000 }
+        CheckpointPolicy { every_records: 250_000, interval_min_ms: 30_000 }
     }
 }
 
@@ -133,24 +133,22 @@ impl Copy {
         Ok(copy)
     }
 
-    /// Applies the risk records among `entries` (in journal order).
-    fn apply(&mut self, entries: &[RawEntry]) -> Result<(), String> {
-        for entry in entries.iter().filter(|e| e.kind == puhui_journal::codec::KIND_RECORD) {
-            let Event::Record { record_type, payload, .. } =
-                puhui_journal::decode(entry.kind, &entry.body)
-                    .map_err(|e| format!("entry {}: {e}", entry.seq))?
-            else {
-                return Err(format!("entry {}: a record entry decoded as another event", entry.seq));
-            };
-            if RiskRecord::knows(record_type) {
-                super::replay_record(
-                    &mut self.controller,
-                    &mut self.memory,
-                    &mut self.applied,
-                    self.skip_before,
-                    (entry.seq, record_type, &payload),
-                )?;
-            }
+    /// Applies the journal entry `(seq, kind, body)` if it is a risk record (entries come in
+    /// journal order).
+    fn apply(&mut self, seq: u64, kind: u8, body: &[u8]) -> Result<(), String> {
+        if kind != puhui_journal::codec::KIND_RECORD {
+            return Ok(());
+        }
+        let (record_type, _, payload) =
+            puhui_journal::codec::decode_record(body).map_err(|e| format!("entry {seq}: {e}"))?;
+        if RiskRecord::knows(record_type) {
+            super::replay_record(
+                &mut self.controller,
+                &mut self.memory,
+                &mut self.applied,
+                self.skip_before,
+                (seq, record_type, payload),
+            )?;
         }
         Ok(())
     }
@@ -160,7 +158,6 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
     let journal = setup.dir.join(puhui_store::JOURNAL_FILE);
     let mut copy = Copy::new(setup, &journal)?;
     let mut tail = JournalTail::new(&journal, JournalPosition::start(), 0);
-    let mut entries = Vec::with_capacity(TAIL_ENTRIES_MAX);
     // The records the copy re-applies past the snapshot it began from count towards the first
     // snapshot; later ones also wait out the interval.
     let mut records_at_write = 0;
@@ -170,9 +167,17 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         let Some(store) = setup.store.upgrade() else { return Ok(()) };
         let durable = store.position().entries;
         drop(store);
-        entries.clear();
-        let read = tail.read(durable, TAIL_ENTRIES_MAX, &mut entries).map_err(|e| e.to_string())?;
-        copy.apply(&entries)?;
+        let mut failed = None;
+        let read = tail
+            .read_with(durable, TAIL_ENTRIES_MAX, |seq, kind, body| {
+                if failed.is_none() {
+                    failed = copy.apply(seq, kind, body).err();
+                }
+            })
+            .map_err(|e| e.to_string())?;
+        if let Some(e) = failed {
+            return Err(e);
+        }
         lag.set(durable.saturating_sub(tail.next_seq()) as f64);
         if read > 0 {
             continue;
