@@ -853,7 +853,7 @@ impl RiskService {
         Ok(Some(SnapshotWritten { entries: position.entries, bytes, took: started.elapsed() }))
     }
 
-    /// Starts the checkpointer ([`checkpoint`]): a thread at idle priority that re-applies the
+    /// Starts the checkpointer (`risk/checkpoint.rs`): a thread at idle priority that re-applies the
     /// journal's durable risk records to its own copy of the features and the memory and writes the
     /// risk snapshot from it under `policy`, so that a start after a crash re-applies only what came
     /// after. Nothing is started on PostgreSQL, with shared features, or with
@@ -933,7 +933,7 @@ impl RiskService {
         self.decides_on_committer
     }
 
-    /// [`RiskService::decide`] on the embedded store's committer thread, in its group commit: the
+    /// `RiskService::decide` on the embedded store's committer thread, in its group commit: the
     /// decision record is given back with its reply instead of queued, for the committer to
     /// journal at once, and it takes no in-flight place (it never waits in the queue). `Err` gives
     /// the item back undecided if another thread holds the controller (the decider, deciding a
@@ -1046,7 +1046,7 @@ impl RiskService {
         Ok((decided, receipt))
     }
 
-    /// [`RiskService::decide`] on the decider thread: the requests' threads hand their decisions
+    /// `RiskService::decide` on the decider thread: the requests' threads hand their decisions
     /// over and await them. Choice, over deciding on each request's thread: decisions are made one
     /// at a time anyway (the controller's lock orders them), so one thread making them loses
     /// nothing, while the runtime threads go on with HTTP work instead of deciding (or waiting for

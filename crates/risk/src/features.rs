@@ -1,7 +1,7 @@
 //! Velocity features: what an entity (a payer, a payee, a device, an IP, any attribute value) did
 //! in sliding windows before the event being decided.
 //!
-//! Point-in-time rule: [`FeatureStore::compute`] reads only events recorded before it is called, and
+//! Point-in-time rule: [`FeatureStore::window`] reads only events recorded before it is called, and
 //! the caller records the event ([`FeatureStore::record`]) after deciding it. The same code runs
 //! online and in backtests, so a backtest sees exactly what the online decision saw.
 //!
@@ -12,7 +12,7 @@
 //! (the oldest go first; a window that would need more reports `saturated`, its count a lower bound),
 //! and the store keeps at most `keys_max` keys (beyond it the least recently seen are evicted:
 //! a tenth of all keys in a small store, a tenth of one shard at a time in turn in a large one,
-//! [`FeatureStore::evict`]). Events older than the longest window in use are pruned as keys are touched.
+//! `FeatureStore::evict`). Events older than the longest window in use are pruned as keys are touched.
 //!
 //! Windows are not rescanned per decision: each key keeps, for up to `agg::RUNS_PER_KEY_MAX` window
 //! lengths, the aggregates of the events in its window at the last query, and moves them by the

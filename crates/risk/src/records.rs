@@ -382,7 +382,7 @@ impl RiskRecord {
 /// rule's optional outcome is `0` none, else that plus one); a source is `0` transfer, `1`
 /// standalone; a feature value is the 8 little-endian bytes of its `f64` (exactly, including NaN
 /// and infinities, which JSON could only write as `null`). The id comes first, so that an index
-/// reads it without decoding the rest ([`id`]).
+/// reads it without decoding the rest ([`binary::id`]).
 pub mod binary {
     use std::sync::Arc;
 
