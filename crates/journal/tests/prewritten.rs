@@ -153,3 +153,43 @@ fn a_journal_holds_the_positions_it_passed_and_no_other() {
     assert!(puhui_journal::holds_position(&other, &theirs[1]).unwrap());
     assert!(!puhui_journal::holds_position(&dir.path().join("missing"), &end).unwrap());
 }
+
+#[test]
+fn a_shape_scan_reads_what_a_chain_scan_reads_and_misses_only_altered_bodies() {
+    use puhui_journal::{scan_from_reusing_with, EntryCheck};
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("journal");
+    let boundaries = write_frames(&path, 6, 4, 50);
+    let read = |check: EntryCheck, start: JournalPosition| {
+        let mut entries = Vec::new();
+        let summary = scan_from_reusing_with(&path, start, &mut ScanBuffers::default(), check, |e| {
+            entries.push((e.seq, e.kind, e.body.to_vec(), *e.hash, e.offset));
+            Ok(())
+        });
+        (summary, entries)
+    };
+    for start in [JournalPosition::start(), boundaries[2]] {
+        let (chain, chain_entries) = read(EntryCheck::Chain, start);
+        let (shape, shape_entries) = read(EntryCheck::Shape, start);
+        assert_eq!(shape.unwrap(), chain.unwrap(), "the same end, length and last hash");
+        assert_eq!(shape_entries, chain_entries);
+    }
+    // A body byte altered in the fourth frame: the chain scan refuses it; the shape scan, which
+    // takes stored hashes as they are, does not (that is what it trusts the start to check).
+    let (_, entries) = read(EntryCheck::Chain, JournalPosition::start());
+    let victim = entries.iter().find(|e| e.0 == 13).unwrap();
+    overwrite(&path, victim.4 + 13, &[victim.2[0] ^ 0x40]);
+    assert!(matches!(
+        read(EntryCheck::Chain, JournalPosition::start()).0,
+        Err(ScanError::Corrupt { seq: 13, .. })
+    ));
+    assert_eq!(read(EntryCheck::Shape, JournalPosition::start()).1.len(), 24);
+    // Its shape is still checked: a sequence number out of place is refused by both.
+    overwrite(&path, victim.4 + 4, &99u64.to_le_bytes());
+    for check in [EntryCheck::Chain, EntryCheck::Shape] {
+        assert!(
+            matches!(read(check, JournalPosition::start()).0, Err(ScanError::Corrupt { .. })),
+            "{check:?}"
+        );
+    }
+}
