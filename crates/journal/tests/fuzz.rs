@@ -195,3 +195,26 @@ proptest! {
         prop_assert_eq!(collect(&path, start, Some(&mut buffers)), collect(&path, start, None));
     }
 }
+
+#[test]
+fn a_paced_snapshot_file_reads_back_as_an_unpaced_one() {
+    use puhui_journal::snapshot::{
+        read_snapshot_file, write_snapshot_file, write_snapshot_file_paced, PACED_CHUNK_BYTES,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let position = puhui_journal::JournalPosition { entries: 42, len_bytes: 4_242, last_hash: [7; 32] };
+    // Two chunks of content, the first over two paced writes, the second less than one.
+    let content = vec![
+        (0..PACED_CHUNK_BYTES * 2 + 123).map(|i| (i % 251) as u8).collect::<Vec<u8>>(),
+        vec![9u8; 1_000],
+    ];
+    write_snapshot_file(dir.path(), "plain.phs", &position, &content).unwrap();
+    let pause = Some(std::time::Duration::from_millis(1));
+    write_snapshot_file_paced(dir.path(), "paced.phs", &position, &content, pause).unwrap();
+    let plain = std::fs::read(dir.path().join("plain.phs")).unwrap();
+    assert_eq!(std::fs::read(dir.path().join("paced.phs")).unwrap(), plain, "byte for byte");
+    let (read_position, bytes) = read_snapshot_file(dir.path(), "paced.phs").unwrap().unwrap();
+    assert_eq!(read_position, position);
+    assert_eq!(bytes, content.concat());
+    assert!(!dir.path().join("paced.phs.tmp").exists());
+}

@@ -28,6 +28,9 @@ use super::{snapshot, Memory, RiskRestore, RISK_SNAPSHOT_FILE, STARTER_RULESET};
 const TAIL_ENTRIES_MAX: usize = 4_096;
 /// How long it sleeps when it has read everything durable.
 const IDLE_POLL_MS: u64 = 250;
+/// The pause after each chunk of a snapshot written to disk
+/// ([`puhui_journal::snapshot::write_snapshot_file_paced`]): the journal's syncs go first.
+const WRITE_PAUSE_MS: u64 = 5;
 
 /// When the checkpointer writes the risk snapshot (`--risk-snapshot-every`,
 /// `--risk-snapshot-interval-min-secs`).
@@ -194,11 +197,12 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
             let started = Instant::now();
             let content = snapshot::encode(copy.controller.features(), &copy.memory);
             let bytes = content.len();
-            puhui_journal::snapshot::write_snapshot_file(
+            puhui_journal::snapshot::write_snapshot_file_paced(
                 &setup.dir,
                 RISK_SNAPSHOT_FILE,
                 &position,
                 &[content],
+                Some(Duration::from_millis(WRITE_PAUSE_MS)),
             )
             .map_err(|e| format!("writing {RISK_SNAPSHOT_FILE}: {e}"))?;
             setup.snapshot_entries.store(position.entries, Ordering::Release);
