@@ -1933,3 +1933,39 @@ async fn risk_snapshots_written_while_serving_bound_what_a_crash_restart_re_appl
     assert!(server.terminate().success());
     backtest_reproduces_every_decision(dir.path());
 }
+
+#[tokio::test]
+async fn a_risk_snapshot_that_cannot_be_written_while_serving_is_tried_again() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory where the snapshot's temporary file goes: every write fails until it is gone.
+    let blocker = dir.path().join(format!("{}.tmp", puhui_api::risk::RISK_SNAPSHOT_FILE));
+    std::fs::create_dir_all(&blocker).unwrap();
+    let server = serve(dir.path(), &["--risk-snapshot-every", "1", "--risk-snapshot-interval-min-secs", "0"]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let mut t = transfer("t0", "alice", "bob", 10);
+    t["risk_context"] = json!({"device_id": "phone-1"});
+    assert_eq!(c.post(&server, "/v1/transfers", t).await.status, 201);
+    let text = |server: &Server| {
+        let url = server.url("/metrics");
+        async move { reqwest::get(url).await.unwrap().text().await.unwrap() }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !text(&server).await.contains("puhui_risk_checkpoint_write_errors_total") {
+        assert!(std::time::Instant::now() < deadline, "no failed write");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let file = dir.path().join(puhui_api::risk::RISK_SNAPSHOT_FILE);
+    assert!(!file.exists());
+    assert!(!text(&server).await.contains("puhui_risk_checkpointer_failed"), "it goes on");
+    std::fs::remove_dir(&blocker).unwrap();
+    while !file.exists() {
+        assert!(std::time::Instant::now() < deadline, "not written once the disk takes it");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(gauge(&server, "puhui_risk_checkpoints_total").await >= 1.0);
+    server.kill9();
+    let server = serve(dir.path(), &[]);
+    assert!(gauge(&server, "puhui_risk_start_records_from_snapshot").await >= 1.0, "the decision is in it");
+    assert!(server.terminate().success());
+}

@@ -31,6 +31,8 @@ const IDLE_POLL_MS: u64 = 250;
 /// The pause after each chunk of a snapshot written to disk
 /// ([`puhui_journal::snapshot::write_snapshot_file_paced`]): the journal's syncs go first.
 const WRITE_PAUSE_MS: u64 = 5;
+/// After a snapshot could not be written (a full disk), how long before it tries again.
+const WRITE_RETRY_MS: u64 = 10_000;
 
 /// When the checkpointer writes the risk snapshot (`--risk-snapshot-every`,
 /// `--risk-snapshot-interval-min-secs`).
@@ -167,6 +169,8 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
     // snapshot; later ones also wait out the interval.
     let mut records_at_write = 0;
     let mut written_at: Option<Instant> = None;
+    // After a failed write: not before then.
+    let mut retry_at: Option<Instant> = None;
     let lag = metrics::gauge!("puhui_risk_checkpointer_lag_entries");
     while !stop.load(Ordering::Acquire) {
         let Some(store) = setup.store.upgrade() else { return Ok(()) };
@@ -190,21 +194,29 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         // Caught up with the durable end (a frame boundary): a snapshot may be due.
         let position = tail.resume_position();
         let due = copy.applied.records - records_at_write >= setup.policy.every_records
-            && written_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(setup.policy.interval_min_ms));
+            && written_at.is_none_or(|t| t.elapsed() >= Duration::from_millis(setup.policy.interval_min_ms))
+            && retry_at.is_none_or(|t| Instant::now() >= t);
         let on_disk = setup.snapshot_entries.load(Ordering::Acquire);
         let newer = on_disk == u64::MAX || position.entries > on_disk;
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
             let content = snapshot::encode(copy.controller.features(), &copy.memory);
             let bytes = content.len();
-            puhui_journal::snapshot::write_snapshot_file_paced(
+            let written = puhui_journal::snapshot::write_snapshot_file_paced(
                 &setup.dir,
                 RISK_SNAPSHOT_FILE,
                 &position,
                 &[content],
                 Some(Duration::from_millis(WRITE_PAUSE_MS)),
-            )
-            .map_err(|e| format!("writing {RISK_SNAPSHOT_FILE}: {e}"))?;
+            );
+            if let Err(e) = written {
+                // A full or failing disk: the copy is still good; try again later (the snapshot
+                // on disk, if any, stays the one before: the file is replaced atomically).
+                metrics::counter!("puhui_risk_checkpoint_write_errors_total").increment(1);
+                tracing::warn!(error = %e, "could not write the risk snapshot; trying again later");
+                retry_at = Some(Instant::now() + Duration::from_millis(WRITE_RETRY_MS));
+                continue;
+            }
             setup.snapshot_entries.store(position.entries, Ordering::Release);
             records_at_write = copy.applied.records;
             written_at = Some(Instant::now());
