@@ -1801,20 +1801,27 @@ async fn queued(c: &Client, server: &Server) -> Vec<String> {
     body["data"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_string()).collect()
 }
 
+/// Transfer `t{i}`: alice pays bob 10 from device `phone-1` (decided inline).
+fn pay(i: u32) -> Value {
+    let mut t = transfer(&format!("t{i}"), "alice", "bob", 10);
+    t["risk_context"] = json!({"device_id": "phone-1"});
+    t
+}
+
+/// Writes `STRICT_RULESET` into `dir`; its path, for `--ruleset`.
+fn strict_ruleset_in(dir: &Path) -> String {
+    let ruleset = dir.join("strict.toml");
+    std::fs::write(&ruleset, STRICT_RULESET).unwrap();
+    ruleset.to_str().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
     let dir = tempfile::tempdir().unwrap();
-    let ruleset = dir.path().join("strict.toml");
-    std::fs::write(&ruleset, STRICT_RULESET).unwrap();
-    let ruleset = ruleset.to_str().unwrap().to_string();
+    let ruleset = strict_ruleset_in(dir.path());
     let server = serve(dir.path(), &["--ruleset", &ruleset]);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
-    let pay = |i: u32| {
-        let mut t = transfer(&format!("t{i}"), "alice", "bob", 10);
-        t["risk_context"] = json!({"device_id": "phone-1"});
-        t
-    };
     // Velocity: from the fourth payment in an hour on, alice's transfers are held for review.
     for i in 0..4 {
         let r = c.post(&server, "/v1/transfers", pay(i)).await;
@@ -1883,9 +1890,7 @@ async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
 #[tokio::test]
 async fn risk_snapshots_written_while_serving_bound_what_a_crash_restart_re_applies() {
     let dir = tempfile::tempdir().unwrap();
-    let ruleset = dir.path().join("strict.toml");
-    std::fs::write(&ruleset, STRICT_RULESET).unwrap();
-    let ruleset = ruleset.to_str().unwrap().to_string();
+    let ruleset = strict_ruleset_in(dir.path());
     // A snapshot as soon as five risk records are journaled (the ruleset's publication and
     // activation among them), and at once after that.
     let args =
@@ -1893,11 +1898,6 @@ async fn risk_snapshots_written_while_serving_bound_what_a_crash_restart_re_appl
     let server = serve(dir.path(), &args);
     let c = Client::tenant(&server).await;
     c.setup(&server).await;
-    let pay = |i: u32| {
-        let mut t = transfer(&format!("t{i}"), "alice", "bob", 10);
-        t["risk_context"] = json!({"device_id": "phone-1"});
-        t
-    };
     for i in 0..4 {
         assert_eq!(c.post(&server, "/v1/transfers", pay(i)).await.status, 201);
     }
