@@ -38,5 +38,6 @@ echo "journal $(du -m "$dir/data/journal.phj" | cut -f1) MB, risk snapshot $(du 
 began=$(date +%s.%N)
 start
 ready=$(date +%s.%N)
-printf 'restart after SIGKILL: ready in %.2f s; decisions re-applied %s, decisions and labels from the snapshot %s\n' \
-  "$(awk "BEGIN{print $ready - $began}")" "$(metric puhui_risk_start_decisions_replayed)" "$(metric puhui_risk_start_records_from_snapshot)"
+printf 'restart after SIGKILL: ready in %.2f s; decisions re-applied %s, journal entries read by risk control %s, records carried by the snapshot %s\n' \
+  "$(awk "BEGIN{print $ready - $began}")" "$(metric puhui_risk_start_decisions_replayed)" \
+  "$(metric puhui_risk_start_journal_entries_read)" "$(metric puhui_risk_start_records_carried)"

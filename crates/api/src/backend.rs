@@ -141,17 +141,24 @@ impl Backend {
     }
 
     /// Calls `on_record(seq, record_type, timestamp_ns, payload)` for every application record in
-    /// the journal, in order (blocking; start-up only).
+    /// the journal, in order (blocking; start-up only), from `from` on (a position of the embedded
+    /// journal: a snapshot's; `None`, or on PostgreSQL: from the beginning). Returns the journal
+    /// entries read (on PostgreSQL: the records).
     pub fn scan_records(
         &self,
+        from: Option<puhui_journal::JournalPosition>,
         on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
-    ) -> Result<(), String> {
+    ) -> Result<u64, String> {
         match self {
             Backend::Embedded(s) => {
                 let journal = s.data_dir().join(puhui_store::JOURNAL_FILE);
-                puhui_journal::scan_records(&journal, on_record).map(|_| ()).map_err(|e| e.to_string())
+                let from = from.unwrap_or_else(puhui_journal::JournalPosition::start);
+                let first = from.entries;
+                puhui_journal::scan_records_from(&journal, from, on_record)
+                    .map(|summary| summary.entries - first)
+                    .map_err(|e| e.to_string())
             }
-            Backend::Postgres(s) => s.scan_records(on_record).map(|_| ()),
+            Backend::Postgres(s) => s.scan_records(on_record),
         }
     }
 

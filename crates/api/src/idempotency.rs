@@ -255,6 +255,31 @@ impl IdempotencyCache {
         expire(&mut guard, now);
     }
 
+    /// Claim and response records that rebuild the keys held now when given to
+    /// [`IdempotencyCache::restore`] in order: oldest key first, each claim stamped with when it
+    /// was made (Unix nanoseconds), a stored response right after its claim; a key whose request
+    /// is running is carried as claimed. Risk control's snapshot carries them, so that a start
+    /// need not read the journal from its beginning for the last 24 hours' keys.
+    pub fn carried_records(&self) -> Vec<(u8, u64, Vec<u8>)> {
+        let guard = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, order, _) = &*guard;
+        let (now, now_ns) = (Instant::now(), unix_now_ns());
+        let mut records = Vec::with_capacity(map.len());
+        for (at, scope) in order {
+            let Some(e) = map.get(scope).filter(|e| e.created == *at) else { continue };
+            let claimed_ns = now_ns.saturating_sub(now.saturating_duration_since(*at).as_nanos() as u64);
+            records.push((RECORD_IDEMPOTENCY_KEY, claimed_ns, encode_claim(scope, &e.fingerprint)));
+            if let Slot::Done { status, body } = &e.slot {
+                records.push((
+                    RECORD_IDEMPOTENCY_RESPONSE,
+                    claimed_ns,
+                    encode_response(scope, &e.fingerprint, *status, body),
+                ));
+            }
+        }
+        records
+    }
+
     /// Keys held (for tests and metrics).
     pub fn len(&self) -> usize {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).0.len()
@@ -301,6 +326,11 @@ impl IdempotencyCache {
 pub const IDEMPOTENCY_LEASE_MS: u64 = 60_000;
 /// On PostgreSQL: how often a node deletes keys older than the TTL.
 pub const IDEMPOTENCY_EXPIRE_EVERY_MS: u64 = 60_000;
+
+/// The wall clock in Unix nanoseconds (0 before 1970).
+fn unix_now_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -631,6 +661,44 @@ mod tests {
     use super::*;
 
     #[test]
+    fn carried_records_rebuild_the_keys_held() {
+        let cache = IdempotencyCache::default();
+        let scope = |key: &str| ("ten_1".to_string(), key.to_string());
+        for (key, fingerprint) in [("done", [1u8; 32]), ("claimed", [2; 32]), ("running", [3; 32])] {
+            assert!(matches!(cache.begin(scope(key), fingerprint), Begin::New));
+        }
+        cache.complete(&scope("done"), StatusCode::CREATED, Bytes::from_static(b"{\"id\":1}"));
+        cache.forget(&scope("claimed"));
+        let records = cache.carried_records();
+        assert_eq!(records.len(), 4, "three claims and one response");
+        let now_ns = unix_now_ns();
+        assert!(records.iter().all(|(_, at, _)| *at <= now_ns && now_ns - at < 60_000_000_000));
+
+        let restored = IdempotencyCache::default();
+        for (record_type, timestamp_ns, payload) in &records {
+            restored.restore(*record_type, *timestamp_ns, payload);
+        }
+        assert_eq!(restored.len(), 3);
+        match restored.begin(scope("done"), [1; 32]) {
+            Begin::Replay(status, body) => {
+                assert_eq!((status, &body[..]), (StatusCode::CREATED, &b"{\"id\":1}"[..]))
+            }
+            _ => panic!("the stored response is replayed"),
+        }
+        // A claimed key, and one whose request was running, run again; another request is refused.
+        assert!(matches!(restored.begin(scope("claimed"), [2; 32]), Begin::Rerun));
+        assert!(matches!(restored.begin(scope("running"), [3; 32]), Begin::Rerun));
+        assert!(matches!(restored.begin(scope("done"), [9; 32]), Begin::Reused));
+        // Keys past the TTL (here by a second) are not carried forward by a start.
+        let old = IdempotencyCache::default();
+        let day_ns = (IDEMPOTENCY_TTL_SECS + 1) * 1_000_000_000;
+        for (record_type, timestamp_ns, payload) in &records {
+            old.restore(*record_type, timestamp_ns.saturating_sub(day_ns), payload);
+        }
+        assert!(old.is_empty());
+    }
+
+    #[test]
     fn claims_round_trip_and_damaged_ones_are_refused() {
         let scope = ("ten_1".to_string(), "key-ü".to_string());
         let fingerprint = [7u8; 32];
@@ -712,7 +780,7 @@ mod tests {
         let now_ns = now_ms() * 1_000_000;
         cache.restore(RECORD_IDEMPOTENCY_KEY, now_ns - 1_000_000_000, &encode_claim(&scope, &[1; 32]));
         // Too old, another record type, a damaged payload: skipped.
-        let day_ns = IDEMPOTENCY_TTL_SECS * 1_000_000_000;
+        let day_ns = (IDEMPOTENCY_TTL_SECS + 1) * 1_000_000_000;
         let old = ("ten_1".to_string(), "old".to_string());
         cache.restore(RECORD_IDEMPOTENCY_KEY, now_ns - day_ns - 1, &encode_claim(&old, &[1; 32]));
         cache.restore(RECORD_IDEMPOTENCY_KEY + 1, now_ns, &encode_claim(&old, &[1; 32]));

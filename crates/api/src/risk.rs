@@ -127,6 +127,9 @@ pub struct RiskService {
     snapshot_entries: Arc<std::sync::atomic::AtomicU64>,
     /// The checkpointer writing the risk snapshot while serving ([`RiskService::start_checkpoints`]).
     checkpointer: Mutex<Option<checkpoint::Checkpointer>>,
+    /// The embedded store's idempotency keys, which the risk snapshot carries (`None` on
+    /// PostgreSQL, where they are rows).
+    idempotency: Option<Arc<crate::idempotency::IdempotencyCache>>,
     /// The node's feature placement seed (embedded store), for the checkpointer's copy.
     feature_seed: Option<u64>,
     /// The feature store's bounds, for the checkpointer's copy.
@@ -551,6 +554,11 @@ pub struct RiskRestore {
     /// The journal entries risk control's snapshot covered, if a start loaded one (its decisions
     /// and labels were not re-applied: [`RiskRestore::skipped`]).
     pub snapshot_entries: Option<u64>,
+    /// Records the snapshot carried (rulesets, the activation, lists, idempotency keys), applied
+    /// instead of reading the journal before its position; 0 with a version-1 snapshot or none.
+    pub carried: u64,
+    /// Journal entries the start read (from the snapshot's position, or from the beginning).
+    pub entries_read: u64,
     /// Decisions and labels before the snapshot's position, skipped (not decoded).
     pub skipped: u64,
     /// Why a snapshot that exists was not used (the start then re-applied every record).
@@ -673,15 +681,15 @@ impl RiskService {
     /// Starts risk control on `store`: replays the journal's risk records, then makes sure a
     /// ruleset is active. `startup` is `--ruleset` (its text and the directory its model paths are
     /// relative to); without it the journal's active ruleset stays, or the starter ruleset is
-    /// published and activated on a fresh data directory. The same pass over the journal hands
-    /// every record of another owner to `other_record(record_type, timestamp_ns, payload)` (so
-    /// that a start reads the journal once).
+    /// published and activated on a fresh data directory. The same pass over the journal restores
+    /// the embedded store's `idempotency` keys (so that a start reads the journal once), and the
+    /// risk snapshot carries them too: with one, the journal is read from its position on.
     pub fn open(
         store: Backend,
         startup: Option<(String, std::path::PathBuf)>,
         shared_features: Option<Arc<dyn puhui_risk::SharedFeatures>>,
         limits: FeatureLimits,
-        other_record: &mut dyn FnMut(u8, u64, &[u8]),
+        idempotency: Option<Arc<crate::idempotency::IdempotencyCache>>,
     ) -> Result<(RiskService, RiskRestore), String> {
         let explicit = startup.is_some();
         if let Some(problem) =
@@ -715,8 +723,10 @@ impl RiskService {
         let (seqs, seq_inbox) = std::sync::mpsc::sync_channel(SEQ_INBOX_MAX);
         let mut memory = Memory::new(seq_inbox);
         let mut restore = RiskRestore::default();
-        // The snapshot, if one fits: decisions and labels before its position are in it.
+        // The snapshot, if one fits: decisions and labels before its position are in it, and, if
+        // it carries the rest of the state there (version 2), the journal is read from there on.
         let mut skip_before = 0;
+        let mut carried = None;
         if let (Some(dir), Some(seed), false) = (store.data_dir(), seed_used, shared) {
             let journal = dir.join(puhui_store::JOURNAL_FILE);
             match snapshot::load(dir, &journal, seed, limits) {
@@ -726,6 +736,7 @@ impl RiskService {
                         memory.restore(loaded.memory);
                         skip_before = loaded.position.entries;
                         restore.snapshot_entries = Some(skip_before);
+                        carried = loaded.carried.map(|records| (loaded.position, records));
                     }
                     Err(_) => restore.snapshot_error = Some("the feature store is not empty".into()),
                 },
@@ -735,11 +746,11 @@ impl RiskService {
         let mut activated = false;
         let mut follow_next = 0;
         let mut text_journaled = false;
-        // The embedded journal file, or the SQL journal table (in sequence order).
-        Backend::scan_records(&store, |seq, record_type, timestamp_ns, payload| {
-            follow_next = seq + 1;
+        let mut apply = |seq: u64, record_type: u8, timestamp_ns: u64, payload: &[u8]| {
             if !RiskRecord::knows(record_type) {
-                other_record(record_type, timestamp_ns, payload);
+                if let Some(cache) = &idempotency {
+                    cache.restore(record_type, timestamp_ns, payload);
+                }
                 return Ok(());
             }
             let applied = replay_record(
@@ -751,9 +762,28 @@ impl RiskService {
             )?;
             text_journaled |= matches!(&applied, Some(RiskRecord::Ruleset(r)) if r.text == text);
             activated |= matches!(applied, Some(RiskRecord::Activation(_)));
-            Ok(())
+            Ok::<(), String>(())
+        };
+        let mut from = None;
+        let mut carried_count = 0;
+        if let Some((position, records)) = carried {
+            for (record_type, timestamp_ns, payload) in &records {
+                apply(position.entries, *record_type, *timestamp_ns, payload)
+                    .map_err(|e| format!("applying the risk snapshot's state records: {e}"))?;
+            }
+            carried_count = records.len() as u64;
+            follow_next = position.entries;
+            from = Some(position);
+        }
+        // The embedded journal file (from the snapshot's position, or its beginning), or the SQL
+        // journal table (in sequence order).
+        let entries_read = Backend::scan_records(&store, from, |seq, record_type, timestamp_ns, payload| {
+            follow_next = seq + 1;
+            apply(seq, record_type, timestamp_ns, payload)
         })
         .map_err(|e| format!("replaying risk records: {e}"))?;
+        restore.carried = carried_count;
+        restore.entries_read = entries_read;
         if !text_journaled {
             // About to be published: the publish-time checks apply.
             puhui_risk::Ruleset::parse_in(&text, &models_dir).map_err(|e| format!("--ruleset: {e}"))?;
@@ -799,6 +829,7 @@ impl RiskService {
                 restore.snapshot_entries.unwrap_or(u64::MAX),
             )),
             checkpointer: Mutex::new(None),
+            idempotency,
             feature_seed: seed_used.filter(|_| !shared),
             feature_limits: limits,
             decides_on_committer: !store.is_postgres() && !shared,
@@ -806,7 +837,10 @@ impl RiskService {
             reads_payer_balance,
             store,
         };
-        if restore.decisions >= SNAPSHOT_AFTER_DECISIONS {
+        // A long replay, or a snapshot without the state records that spare the next start the
+        // journal before its position (version 1): a new snapshot before serving.
+        let upgrade = restore.snapshot_entries.is_some() && carried_count == 0;
+        if restore.decisions >= SNAPSHOT_AFTER_DECISIONS || upgrade {
             restore.snapshot_written = service.write_snapshot().transpose();
         }
         Ok((service, restore))
@@ -840,7 +874,8 @@ impl RiskService {
         if on_disk.load(std::sync::atomic::Ordering::Acquire) == position.entries {
             return Ok(None);
         }
-        let content = snapshot::encode(state.controller.features(), &memory);
+        let carried = state_records(&state.controller, self.idempotency.as_deref());
+        let content = snapshot::encode(state.controller.features(), &memory, &carried);
         let bytes = content.len() as u64;
         puhui_journal::snapshot::write_snapshot_file(
             store.data_dir(),
@@ -1449,6 +1484,24 @@ impl Drop for RecordSlot {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
     }
+}
+
+/// What a risk snapshot carries besides the features and the memory: the records that rebuild
+/// `controller`'s rulesets, activation and lists, then `idempotency`'s keys.
+fn state_records(
+    controller: &Controller,
+    idempotency: Option<&crate::idempotency::IdempotencyCache>,
+) -> Vec<snapshot::Carried> {
+    let mut carried: Vec<snapshot::Carried> = controller
+        .state_records()
+        .iter()
+        .map(|r| {
+            let (record_type, payload) = r.encode();
+            (record_type, 0, payload)
+        })
+        .collect();
+    carried.extend(idempotency.map(|cache| cache.carried_records()).unwrap_or_default());
+    carried
 }
 
 fn to_store_record(r: &RiskRecord) -> Record {
@@ -2775,7 +2828,7 @@ mod tests {
                 startup.map(|t| (t.to_string(), dir.path().to_path_buf())),
                 None,
                 FeatureLimits::default(),
-                &mut |_, _, _| {},
+                None,
             )
             .map(|(_, restore)| restore.active)
         };
@@ -2843,7 +2896,7 @@ mod tests {
                     Some((text.to_string(), dir.path().to_path_buf())),
                     None,
                     FeatureLimits::default(),
-                    &mut |_, _, _| {},
+                    None,
                 )
                 .unwrap()
                 .0,
@@ -2903,9 +2956,8 @@ mod tests {
     async fn queued_decisions_are_made_in_order_and_past_the_bound_on_the_callers_thread() {
         let dir = tempfile::tempdir().unwrap();
         let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
-        let service = Arc::new(
-            RiskService::open(store, None, None, FeatureLimits::default(), &mut |_, _, _| {}).unwrap().0,
-        );
+        let service =
+            Arc::new(RiskService::open(store, None, None, FeatureLimits::default(), None).unwrap().0);
         let item = |i: u64| ToDecide {
             id: format!("t:d{i}"),
             source: DecisionSource::Standalone,

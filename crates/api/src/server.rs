@@ -210,16 +210,14 @@ pub async fn serve(config: ServeConfig, on_listening: impl FnOnce(SocketAddr)) -
     let tenants = TenantRegistry::open(&config.data_dir)?;
     let metrics = install_metrics()?;
     let store = Arc::new(store);
-    // Idempotency claims are read back in the same pass over the journal as the risk records.
+    // Idempotency claims are read back in the same pass over the journal as the risk records (and
+    // risk control's snapshot carries them, so that pass starts at its position).
     let idempotency = Arc::new(crate::idempotency::IdempotencyCache::default());
-    let restore = Arc::clone(&idempotency);
     let risk = start_risk(
         &config,
         crate::Backend::Embedded(Arc::clone(&store)),
         "the journal",
-        Box::new(move |record_type, timestamp_ns, payload| {
-            restore.restore(record_type, timestamp_ns, payload)
-        }),
+        Some(Arc::clone(&idempotency)),
     )
     .await?;
     tracing::info!(keys = idempotency.len(), "idempotency keys of the last 24 hours read back");
@@ -293,16 +291,13 @@ async fn listen_and_serve(
     Ok(())
 }
 
-/// What a start does with a journal record that is not risk control's: `(type, timestamp_ns, payload)`.
-type OtherRecord = Box<dyn FnMut(u8, u64, &[u8]) + Send>;
-
 /// Starts risk control on either backend: reads `--ruleset`, says whether velocity counters are
 /// shared (Redis) or per node, and replays the risk records from `journal` (named in the log).
 async fn start_risk(
     config: &ServeConfig,
     store: crate::Backend,
     journal: &'static str,
-    mut other_record: OtherRecord,
+    idempotency: Option<Arc<crate::idempotency::IdempotencyCache>>,
 ) -> Result<crate::risk::RiskService, String> {
     let startup = match &config.ruleset {
         Some(path) => {
@@ -324,7 +319,7 @@ async fn start_risk(
     let shared_features = config.shared_features.clone();
     let feature_limits = config.feature_limits;
     let (risk, restore) = tokio::task::spawn_blocking(move || {
-        crate::risk::RiskService::open(store, startup, shared_features, feature_limits, &mut *other_record)
+        crate::risk::RiskService::open(store, startup, shared_features, feature_limits, idempotency)
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -334,13 +329,17 @@ async fn start_risk(
         records = restore.records,
         decisions = restore.decisions,
         snapshot_entries = ?restore.snapshot_entries,
+        carried = restore.carried,
+        entries_read = restore.entries_read,
         skipped = restore.skipped,
         "risk control ready (records replayed from {journal})"
     );
     // What the start cost, for an operator to see on /metrics: decisions re-applied from the
-    // journal, and decisions and labels the risk snapshot covered.
+    // journal, the journal entries read (from the risk snapshot's position on, if one was used)
+    // and the records (rulesets, lists, idempotency keys) the snapshot carried instead.
     metrics::gauge!("puhui_risk_start_decisions_replayed").set(restore.decisions as f64);
-    metrics::gauge!("puhui_risk_start_records_from_snapshot").set(restore.skipped as f64);
+    metrics::gauge!("puhui_risk_start_journal_entries_read").set(restore.entries_read as f64);
+    metrics::gauge!("puhui_risk_start_records_carried").set(restore.carried as f64);
     if let Some(e) = &restore.snapshot_error {
         tracing::warn!(error = %e, "the risk snapshot was not used; re-applied every risk record");
     }
@@ -454,7 +453,7 @@ async fn serve_postgres(
     let idempotency = Idempotency::Postgres(control);
     idempotency.spawn_expiry();
     let metrics = install_metrics()?;
-    let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal", Box::new(|_, _, _| {})).await?);
+    let risk = Arc::new(start_risk(config, store.clone(), "the SQL journal", None).await?);
     spawn_risk_follower(Arc::clone(&risk));
     let (event_log, webhooks, event_tasks) =
         crate::events::start_postgres(&pg, config.nats.clone(), &config.data_dir).await?;

@@ -100,9 +100,19 @@ pub fn recover_from(path: &Path, mut ledger: Ledger, start: JournalPosition) -> 
 /// (other entries are skipped undecoded). A torn tail is reported in the summary, not read.
 pub fn scan_records(
     path: &Path,
+    on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
+) -> Result<ScanSummary, ScanError> {
+    scan_records_from(path, JournalPosition::start(), on_record)
+}
+
+/// [`scan_records`] from `start` on (a snapshot's position): the journal must hold it (the entry
+/// ending there has its hash, as [`scan_from`] checks), and the chain is checked from there.
+pub fn scan_records_from(
+    path: &Path,
+    start: JournalPosition,
     mut on_record: impl FnMut(u64, u8, u64, &[u8]) -> Result<(), String>,
 ) -> Result<ScanSummary, ScanError> {
-    scan(path, |entry| {
+    scan_from(path, start, |entry| {
         if entry.kind != codec::KIND_RECORD {
             return Ok(());
         }

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use crate::features::{FeatureLimits, FeatureStore};
 use crate::records::{
-    ActivationRecord, DecisionRecord, DecisionSource, EventRecord, ListOp, ListRecord, RiskRecord,
-    RulesetRecord, Verdict,
+    ActivationRecord, DecisionRecord, DecisionSource, EventRecord, ListOp, ListRecord, ModelDigest,
+    RiskRecord, RulesetRecord, Verdict,
 };
 use crate::rules::{observe, Engine, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
 use crate::shared::{observation_of, query_of, SharedError, SharedFeatures};
@@ -77,6 +77,8 @@ impl std::error::Error for ControlError {}
 struct Published {
     ruleset: Arc<Ruleset>,
     text: String,
+    /// The model digests its record holds (as journaled: empty in records older than digests).
+    models: Vec<ModelDigest>,
 }
 
 /// Rulesets, engines, lists and features.
@@ -156,7 +158,14 @@ impl Controller {
         let models = ruleset.model_digests();
         let lists: Lists = Arc::default();
         let mut rulesets = BTreeMap::new();
-        rulesets.insert(version.clone(), Published { ruleset: Arc::clone(&ruleset), text: text.to_string() });
+        rulesets.insert(
+            version.clone(),
+            Published {
+                ruleset: Arc::clone(&ruleset),
+                text: text.to_string(),
+                models: ruleset.model_digests(),
+            },
+        );
         let reads_payer_balance = Arc::new(ruleset.reads_payer_balance().into());
         let controller = Controller {
             rulesets,
@@ -477,8 +486,10 @@ impl Controller {
             return Err(ControlError::Limit(format!("at most {RULESETS_MAX} rulesets can be published")));
         }
         let models = ruleset.model_digests();
-        self.rulesets
-            .insert(version.clone(), Published { ruleset: Arc::new(ruleset), text: text.to_string() });
+        self.rulesets.insert(
+            version.clone(),
+            Published { ruleset: Arc::new(ruleset), text: text.to_string(), models: models.clone() },
+        );
         Ok((
             version.clone(),
             Some(RiskRecord::Ruleset(RulesetRecord { version, text: text.to_string(), models })),
@@ -492,6 +503,9 @@ impl Controller {
         let (version, _) = self.publish_parsed(&r.text, Ruleset::parse_journaled)?;
         let now = self.rulesets[&version].ruleset.model_digests();
         if r.models.is_empty() || now == r.models {
+            if let Some(published) = self.rulesets.get_mut(&version) {
+                published.models = r.models.clone();
+            }
             return Ok(());
         }
         self.rulesets.remove(&version);
@@ -631,6 +645,53 @@ impl Controller {
         limit: usize,
     ) -> Option<(Vec<String>, bool)> {
         list_page(&self.lists, name, prefix, after, limit)
+    }
+
+    /// Records that rebuild this controller's rulesets, activation and lists when applied
+    /// ([`Controller::apply`]) to a new controller in order: each journaled ruleset as its record
+    /// held it, the activation (unless the active ruleset is still the provisional one
+    /// [`Controller::new`] was given), and each list's values, at most
+    /// [`LIST_CHANGE_VALUES_MAX`] per record. Risk control's snapshot carries them, so that a start
+    /// reads the journal from the snapshot's position instead of from its beginning.
+    pub fn state_records(&self) -> Vec<RiskRecord> {
+        let provisional = self.provisional.as_deref();
+        let mut records: Vec<RiskRecord> = self
+            .rulesets
+            .iter()
+            .filter(|(version, _)| Some(version.as_str()) != provisional)
+            .map(|(version, p)| {
+                RiskRecord::Ruleset(RulesetRecord {
+                    version: version.clone(),
+                    text: p.text.clone(),
+                    models: p.models.clone(),
+                })
+            })
+            .collect();
+        let active = self.active.ruleset().version.as_str();
+        if Some(active) != provisional {
+            records.push(RiskRecord::Activation(ActivationRecord {
+                active: active.to_string(),
+                shadow: self.shadow.as_ref().map(|e| e.ruleset().version.clone()),
+            }));
+        }
+        let lists = self.lists.read().unwrap_or_else(|p| p.into_inner());
+        let mut names: Vec<&String> = lists.keys().collect();
+        names.sort();
+        for name in names {
+            let values: Vec<String> = lists[name].iter().cloned().collect();
+            if values.is_empty() {
+                records.push(RiskRecord::List(ListRecord { name: name.clone(), op: ListOp::Add, values }));
+                continue;
+            }
+            for chunk in values.chunks(LIST_CHANGE_VALUES_MAX) {
+                records.push(RiskRecord::List(ListRecord {
+                    name: name.clone(),
+                    op: ListOp::Add,
+                    values: chunk.to_vec(),
+                }));
+            }
+        }
+        records
     }
 
     /// [`Controller::apply`] of a decision read as its head

@@ -392,6 +392,61 @@ fn replaying_the_records_rebuilds_rulesets_lists_and_features() {
     assert_eq!(restarted.features().keys(), online.features().keys());
 }
 
+/// What a test compares of two controllers' rulesets, activation and lists.
+fn control_state(
+    c: &Controller,
+) -> (Vec<(String, Option<String>)>, String, Option<String>, Vec<Vec<String>>) {
+    let rulesets = c
+        .rulesets()
+        .into_iter()
+        .map(|r| (r.version.clone(), c.ruleset_text(&r.version).map(str::to_string)))
+        .collect();
+    let lists = ["deny_devices", "allow_accounts", "empty"]
+        .iter()
+        .map(|name| c.list_values(name, "", None, 100_000).map(|(values, _)| values).unwrap_or_default())
+        .collect();
+    (rulesets, c.active().ruleset().version.clone(), c.shadow().map(|e| e.ruleset().version.clone()), lists)
+}
+
+#[test]
+fn state_records_rebuild_rulesets_the_activation_and_lists_without_the_journal() {
+    // The journal's session, then a shadow, a list longer than one change may hold, and a list
+    // emptied again (it still exists).
+    let (journal, _) = online_session();
+    let mut online = controller(STARTER);
+    for r in &journal {
+        online.apply(r).unwrap();
+    }
+    online.activate("strict-1", Some("starter-3")).unwrap();
+    let many: Vec<String> =
+        (0..puhui_risk::control::LIST_CHANGE_VALUES_MAX + 5).map(|i| format!("t:acct{i}")).collect();
+    for chunk in many.chunks(puhui_risk::control::LIST_CHANGE_VALUES_MAX) {
+        online.change_list("allow_accounts", ListOp::Add, chunk.to_vec()).unwrap();
+    }
+    online.change_list("empty", ListOp::Add, vec!["t:x".into()]).unwrap();
+    online.change_list("empty", ListOp::Remove, vec!["t:x".into()]).unwrap();
+    online.change_list("deny_devices", ListOp::Add, vec!["t:dev9".into()]).unwrap();
+
+    let records = online.state_records();
+    let lists = records.iter().filter(|r| matches!(r, RiskRecord::List(_))).count();
+    assert_eq!(lists, 4, "allow_accounts in two records, deny_devices, empty");
+    // A start with another provisional ruleset (here a third text): the carried records, through
+    // their encoding, rebuild the same state; the provisional one, never journaled, is not listed.
+    let third = STRICT.replace("strict-1", "strict-3");
+    let (mut restarted, _) =
+        Controller::new_journaled(&third, Path::new("."), FeatureLimits::default()).unwrap();
+    for r in &records {
+        let (record_type, payload) = r.encode();
+        restarted.apply(&RiskRecord::decode(record_type, &payload).unwrap()).unwrap();
+    }
+    restarted.drop_unjournaled_initial();
+    assert_eq!(control_state(&restarted), control_state(&online));
+    assert_eq!(restarted.list_values("allow_accounts", "", None, 1).unwrap().0, ["t:acct0"]);
+    // And a controller whose provisional ruleset was never journaled nor activated carries neither.
+    let (fresh, _) = Controller::new_journaled(&third, Path::new("."), FeatureLimits::default()).unwrap();
+    assert!(fresh.state_records().is_empty(), "{:?}", fresh.state_records());
+}
+
 #[test]
 fn versions_name_one_text_forever_and_bad_rulesets_are_refused() {
     let mut c = controller(STARTER);

@@ -23,6 +23,7 @@ use puhui_risk::{FeatureLimits, RiskRecord};
 use puhui_store::EmbeddedStore;
 
 use super::{snapshot, Memory, RiskRestore, RISK_SNAPSHOT_FILE, STARTER_RULESET};
+use crate::idempotency::IdempotencyCache;
 
 /// Entries the checkpointer reads from the journal per pass (then it looks at its stop flag).
 const TAIL_ENTRIES_MAX: usize = 4_096;
@@ -112,6 +113,9 @@ fn lower_priority() {}
 struct Copy {
     controller: Controller,
     memory: Memory,
+    /// The idempotency keys, which the snapshot carries (rebuilt from their records as a start
+    /// rebuilds the serving ones).
+    idempotency: IdempotencyCache,
     /// Records applied (and skipped under the loaded snapshot), as a start counts them.
     applied: RiskRestore,
     /// Decisions and labels before this position are in the snapshot it loaded.
@@ -119,23 +123,39 @@ struct Copy {
 }
 
 impl Copy {
-    fn new(setup: &Setup, journal: &std::path::Path) -> Result<Copy, String> {
+    /// The copy as of the snapshot on disk if one fits, and the position to read the journal from
+    /// (the snapshot's, if it carries the state records; otherwise the beginning).
+    fn new(setup: &Setup, journal: &std::path::Path) -> Result<(Copy, JournalPosition), String> {
         let models_dir = setup.dir.join("models");
         let (mut controller, _) = Controller::new_journaled(STARTER_RULESET, &models_dir, setup.limits)
             .map_err(|e| e.to_string())?;
         controller.seed_features(setup.seed);
         // Nothing sends journal positions here: the replay sets them.
         let (_, inbox) = std::sync::mpsc::sync_channel(1);
-        let mut copy =
-            Copy { controller, memory: Memory::new(inbox), applied: RiskRestore::default(), skip_before: 0 };
+        let mut copy = Copy {
+            controller,
+            memory: Memory::new(inbox),
+            idempotency: IdempotencyCache::default(),
+            applied: RiskRestore::default(),
+            skip_before: 0,
+        };
         // The snapshot the start loaded or wrote, if it fits (the start logged why one did not).
+        let mut from = JournalPosition::start();
         if let Ok(Some(loaded)) = snapshot::load(&setup.dir, journal, setup.seed, setup.limits) {
             if copy.controller.restore_features(loaded.features).is_ok() {
                 copy.memory.restore(loaded.memory);
                 copy.skip_before = loaded.position.entries;
+                if let Some(carried) = loaded.carried {
+                    for (record_type, timestamp_ns, payload) in &carried {
+                        copy.apply_record(loaded.position.entries, *record_type, *timestamp_ns, payload)?;
+                    }
+                    // Only records journaled after the snapshot make the next one due.
+                    copy.applied = RiskRestore::default();
+                    from = loaded.position;
+                }
             }
         }
-        Ok(copy)
+        Ok((copy, from))
     }
 
     /// Applies the journal entry `(seq, kind, body)` if it is a risk record (entries come in
@@ -144,27 +164,41 @@ impl Copy {
         if kind != puhui_journal::codec::KIND_RECORD {
             return Ok(());
         }
-        let (record_type, _, payload) =
+        let (record_type, timestamp_ns, payload) =
             puhui_journal::codec::decode_record(body).map_err(|e| format!("entry {seq}: {e}"))?;
-        if RiskRecord::knows(record_type) {
-            super::replay_record(
-                &mut self.controller,
-                &mut self.memory,
-                &mut self.applied,
-                self.skip_before,
-                (seq, record_type, payload),
-            )?;
+        self.apply_record(seq, record_type, timestamp_ns, payload)
+    }
+
+    /// Applies a record (journaled at `seq`, or carried by the snapshot) as a start does.
+    fn apply_record(
+        &mut self,
+        seq: u64,
+        record_type: u8,
+        timestamp_ns: u64,
+        payload: &[u8],
+    ) -> Result<(), String> {
+        if !RiskRecord::knows(record_type) {
+            self.idempotency.restore(record_type, timestamp_ns, payload);
+            return Ok(());
         }
+        super::replay_record(
+            &mut self.controller,
+            &mut self.memory,
+            &mut self.applied,
+            self.skip_before,
+            (seq, record_type, payload),
+        )?;
         Ok(())
     }
 }
 
 fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
     let journal = setup.dir.join(puhui_store::JOURNAL_FILE);
-    let mut copy = Copy::new(setup, &journal)?;
+    let (mut copy, from) = Copy::new(setup, &journal)?;
     // The shape of each entry is checked, not its chained hash: the committer hashed these
-    // entries, and a snapshot is used only by a start whose own scan checks the whole chain.
-    let mut tail = JournalTail::new(&journal, JournalPosition::start(), 0).checking(EntryCheck::Shape);
+    // entries, and a snapshot is used only by a start whose own scan checks the chain from the
+    // position it starts at.
+    let mut tail = JournalTail::new(&journal, from, from.entries).checking(EntryCheck::Shape);
     // The records the copy re-applies past the snapshot it began from count towards the first
     // snapshot; later ones also wait out the interval.
     let mut records_at_write = 0;
@@ -200,7 +234,8 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         let newer = on_disk == u64::MAX || position.entries > on_disk;
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
-            let content = snapshot::encode(copy.controller.features(), &copy.memory);
+            let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
+            let content = snapshot::encode(copy.controller.features(), &copy.memory, &carried);
             let bytes = content.len();
             let written = puhui_journal::snapshot::write_snapshot_file_paced(
                 &setup.dir,

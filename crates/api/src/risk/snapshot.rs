@@ -5,20 +5,29 @@
 //! ```text
 //! file    := the journal's snapshot format (`puhui_journal::snapshot`: position, BLAKE3 of it all)
 //! content := magic "PHRS" | version:v | features (puhui_risk::features's snapshot) | memory
+//!            | carried (version 2)
 //! memory  := decisions:v | (id:s | record:bytes | label:u8 | journal_seq:v (0 none, else seq + 1)
 //!            | declined_transfer:flag) × decisions     (oldest first: the order they are forgotten in)
 //!            | known:v | hash:w × known | declined_forgotten:v | hash:w × declined_forgotten
 //!            | reviews:v | (scoped_id:s | id:s | score:i | reasons:v | reason:s × reasons
 //!            | ruleset_version:s) × reviews
+//! carried := records:v | (record_type:u8 | timestamp_ns:w | payload:bytes) × records
 //! ```
-//! (`v` a varint, `i` a zigzag varint, `s` a string, `w` 8 bytes: `puhui_risk::bytes`).
+//! (`v` a varint, `i` a zigzag varint, `s` a string, `w` 8 bytes, `bytes` a varint length and
+//! the bytes: `puhui_risk::bytes`).
+//!
+//! The *carried* records rebuild, applied in order as a start applies journal records, the rest
+//! of the state a start used to read from the whole journal: the controller's rulesets, activation
+//! and lists (`Controller::state_records`) and the idempotency keys of the last 24 hours
+//! (`IdempotencyCache::carried_records`). With them a start reads the journal from the snapshot's
+//! position on, not from its beginning; a version-1 snapshot has none, and its start reads the
+//! whole journal, as before.
 //!
 //! Written when nothing is being decided: at a clean stop, after the store has made everything
-//! durable, and at a start that re-applied many decisions, before serving. Rulesets, activations
-//! and lists are not in it: they are few, and the start reads them from the journal as before.
-//! A snapshot is used only if the journal still holds its position (same length there, same hash)
-//! and the node's feature seed and bounds are the ones it was taken with; otherwise the start
-//! replays everything, as without one.
+//! durable, and at a start that re-applied many decisions, before serving; and by the
+//! checkpointer from its own copy. A snapshot is used only if the journal still holds its
+//! position (same length there, same hash) and the node's feature seed and bounds are the ones it
+//! was taken with; otherwise the start replays everything, as without one.
 
 use std::sync::Arc;
 
@@ -31,12 +40,18 @@ use super::{KnownIds, Memory, Remembered, ReviewObject, Reviews, DECISIONS_KEPT_
 /// The snapshot's file in a data directory.
 pub const RISK_SNAPSHOT_FILE: &str = "risk-snapshot.phs";
 const MAGIC: &[u8; 4] = b"PHRS";
-const VERSION: u64 = 1;
+const VERSION: u64 = 2;
+/// The version without carried records (still read: its start reads the whole journal).
+const VERSION_WITHOUT_CARRIED: u64 = 1;
 /// What a [`Reader`] of the content names in its errors.
 const CONTENT: &str = "the risk snapshot";
 /// A start that re-applied at least this many decisions after the snapshot (or without one) writes
 /// a new one before it serves: a crash then costs at most the decisions since that start.
 pub const SNAPSHOT_AFTER_DECISIONS: u64 = 100_000;
+
+/// A record a snapshot carries: `(record_type, timestamp_ns, payload)`, applied at a start as a
+/// journal record of that type would be.
+pub(super) type Carried = (u8, u64, Vec<u8>);
 
 /// What a snapshot held.
 pub(super) struct Loaded {
@@ -44,6 +59,9 @@ pub(super) struct Loaded {
     pub position: JournalPosition,
     pub features: FeatureStore,
     pub memory: MemoryParts,
+    /// The records that rebuild the rest of the state at `position` (`None`: a version-1
+    /// snapshot; the start reads the whole journal for it).
+    pub carried: Option<Vec<Carried>>,
 }
 
 /// The decision memory's durable parts (the rest of [`Memory`] is transient: requests in flight).
@@ -54,8 +72,8 @@ pub(super) struct MemoryParts {
     pub reviews: Reviews,
 }
 
-/// The snapshot's content: `features`, then `memory`'s durable parts.
-pub(super) fn encode(features: &FeatureStore, memory: &Memory) -> Vec<u8> {
+/// The snapshot's content: `features`, then `memory`'s durable parts, then the `carried` records.
+pub(super) fn encode(features: &FeatureStore, memory: &Memory, carried: &[Carried]) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     put_u64(&mut out, VERSION);
@@ -94,6 +112,13 @@ pub(super) fn encode(features: &FeatureStore, memory: &Memory) -> Vec<u8> {
         }
         put_str(&mut out, &review.ruleset_version);
     }
+    put_u64(&mut out, carried.len() as u64);
+    for (record_type, timestamp_ns, payload) in carried {
+        out.push(*record_type);
+        put_fixed_u64(&mut out, *timestamp_ns);
+        put_u64(&mut out, payload.len() as u64);
+        out.extend_from_slice(payload);
+    }
     out
 }
 
@@ -123,7 +148,7 @@ pub(super) fn load(
         return Err("not a risk snapshot".into());
     }
     let version = r.u64()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITHOUT_CARRIED {
         return Err(format!("risk snapshot version {version} is not supported"));
     }
     let mut rest = &content[r.position()..];
@@ -134,12 +159,36 @@ pub(super) fn load(
             features.limits()
         ));
     }
-    let memory = decode_memory(rest)?;
-    Ok(Some(Loaded { position, features, memory }))
+    let (memory, carried) = decode_after_features(rest, version)?;
+    Ok(Some(Loaded { position, features, memory, carried }))
 }
 
-fn decode_memory(bytes: &[u8]) -> Result<MemoryParts, String> {
+/// What follows the features in a snapshot of `version`: the memory and the carried records.
+fn decode_after_features(bytes: &[u8], version: u64) -> Result<(MemoryParts, Option<Vec<Carried>>), String> {
     let mut r = Reader::new(bytes, CONTENT);
+    let memory = decode_memory(&mut r)?;
+    let carried = (version == VERSION).then(|| decode_carried(&mut r)).transpose()?;
+    if r.remaining() != 0 {
+        return Err(format!("{} bytes after the risk snapshot", r.remaining()));
+    }
+    Ok((memory, carried))
+}
+
+/// The carried records (at least 10 bytes each: a type, a timestamp, a length).
+fn decode_carried(r: &mut Reader<'_>) -> Result<Vec<Carried>, String> {
+    let n = r.count(10)?;
+    let mut carried = Vec::with_capacity(n);
+    for _ in 0..n {
+        let record_type = r.byte()?;
+        let timestamp_ns = r.fixed_u64()?;
+        let len = r.len()?;
+        carried.push((record_type, timestamp_ns, r.take(len)?.to_vec()));
+    }
+    Ok(carried)
+}
+
+/// The decision memory's durable parts, read from `r`.
+fn decode_memory(r: &mut Reader<'_>) -> Result<MemoryParts, String> {
     let n = r.count(5)?;
     if n > DECISIONS_KEPT_MAX {
         return Err(format!("{n} decisions remembered, more than {DECISIONS_KEPT_MAX}"));
@@ -190,9 +239,6 @@ fn decode_memory(bytes: &[u8]) -> Result<MemoryParts, String> {
     if reviews.len() != n {
         return Err("a review twice".into());
     }
-    if r.remaining() != 0 {
-        return Err(format!("{} bytes after the risk snapshot", r.remaining()));
-    }
     Ok(MemoryParts { decisions, known, declined_forgotten, reviews })
 }
 
@@ -230,22 +276,37 @@ mod tests {
     }
 
     #[test]
-    fn the_memory_decodes_and_damage_is_an_error_never_a_panic() {
-        let bytes = memory_parts_bytes(40);
-        let parts = decode_memory(&bytes).unwrap();
+    fn the_memory_and_carried_records_decode_and_damage_is_an_error_never_a_panic() {
+        let mut bytes = memory_parts_bytes(40);
+        let carried: Vec<Carried> = vec![(3, 7, b"ruleset".to_vec()), (32, 1 << 60, Vec::new())];
+        put_u64(&mut bytes, carried.len() as u64);
+        for (record_type, timestamp_ns, payload) in &carried {
+            bytes.push(*record_type);
+            put_fixed_u64(&mut bytes, *timestamp_ns);
+            put_u64(&mut bytes, payload.len() as u64);
+            bytes.extend_from_slice(payload);
+        }
+        let (parts, read) = decode_after_features(&bytes, VERSION).unwrap();
+        assert_eq!(read.as_deref(), Some(&carried[..]));
         assert_eq!((parts.decisions.len(), parts.known.len(), parts.declined_forgotten.len()), (40, 40, 8));
         assert_eq!(parts.decisions[2].1.label, Some(Label::Legit));
         assert_eq!((parts.decisions[3].1.journal_seq, parts.decisions[2].1.journal_seq), (Some(3), None));
         assert_eq!(parts.reviews.page("t", None, 10).0[0].reasons, ["velocity"]);
+        // A version-1 snapshot ends after the memory.
+        let memory_only = memory_parts_bytes(40);
+        let (_, none) = decode_after_features(&memory_only, VERSION_WITHOUT_CARRIED).unwrap();
+        assert!(none.is_none());
+        assert!(decode_after_features(&memory_only, VERSION).is_err(), "version 2 needs its records");
+        assert!(decode_after_features(&bytes, VERSION_WITHOUT_CARRIED).is_err(), "bytes after version 1");
         // Every cut and every flipped byte: an error or a memory, never a panic.
         for cut in 0..bytes.len() {
-            assert!(decode_memory(&bytes[..cut]).is_err(), "cut at {cut}");
+            assert!(decode_after_features(&bytes[..cut], VERSION).is_err(), "cut at {cut}");
         }
         for at in 0..bytes.len() {
             for bit in [0x01, 0x80] {
                 let mut damaged = bytes.clone();
                 damaged[at] ^= bit;
-                let _ = decode_memory(&damaged);
+                let _ = decode_after_features(&damaged, VERSION);
             }
         }
     }
