@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 
 use puhui_journal::frame::{ENTRY_OVERHEAD_BYTES, FRAME_HEADER_BYTES};
-use puhui_journal::{scan_from, scan_from_reusing_with, EntryCheck, JournalPosition, ScanBuffers, ScanError};
+use puhui_journal::{scan_from, scan_from_reusing, JournalPosition, ScanBuffers, ScanError};
 
 /// One entry read back (owned, so it can cross threads).
 #[derive(Debug, Clone)]
@@ -55,8 +55,6 @@ pub struct JournalTail {
     next_seq: u64,
     /// Kept between reads: a tail reads every few milliseconds.
     buffers: ScanBuffers,
-    /// What a read checks of each entry ([`EntryCheck::Chain`] unless [`JournalTail::checking`]).
-    check: EntryCheck,
 }
 
 impl JournalTail {
@@ -64,20 +62,7 @@ impl JournalTail {
     /// at or before it; [`JournalPosition::start`] always works, at the cost of a longer first scan).
     pub fn new(path: &Path, resume: JournalPosition, next_seq: u64) -> JournalTail {
         let resume = if resume.entries <= next_seq { resume } else { JournalPosition::start() };
-        JournalTail {
-            path: path.to_path_buf(),
-            resume,
-            next_seq,
-            buffers: ScanBuffers::default(),
-            check: EntryCheck::Chain,
-        }
-    }
-
-    /// The tail checking each entry as `check` says (see [`EntryCheck::Shape`] for who may skip
-    /// the hash chain).
-    pub fn checking(mut self, check: EntryCheck) -> JournalTail {
-        self.check = check;
-        self
+        JournalTail { path: path.to_path_buf(), resume, next_seq, buffers: ScanBuffers::default() }
     }
 
     /// The first entry not yet handed out.
@@ -121,7 +106,7 @@ impl JournalTail {
         let mut boundary = self.resume;
         let mut taken = 0usize;
         let mut last_taken = None;
-        let scanned = scan_from_reusing_with(&self.path, self.resume, &mut self.buffers, self.check, |e| {
+        let scanned = scan_from_reusing(&self.path, self.resume, &mut self.buffers, |e| {
             if e.offset != prev_end {
                 // The first entry of a frame: the frame starts right before it.
                 let frame = JournalPosition {

@@ -356,7 +356,7 @@ pub fn scan_from(
     start: JournalPosition,
     on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
 ) -> Result<ScanSummary, ScanError> {
-    scan_inner(path, start, &mut ScanBuffers::default(), EndCheck::ZerosToEof, EntryCheck::Chain, on_entry)
+    scan_inner(path, start, &mut ScanBuffers::default(), EndCheck::ZerosToEof, on_entry)
 }
 
 /// Whether the journal at `path` holds `position`: it is at least that long and the entry ending
@@ -438,31 +438,7 @@ pub fn scan_from_reusing(
     buffers: &mut ScanBuffers,
     on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
 ) -> Result<ScanSummary, ScanError> {
-    scan_inner(path, start, buffers, EndCheck::Stop, EntryCheck::Chain, on_entry)
-}
-
-/// How much of each entry a scan checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryCheck {
-    /// Every entry's chained hash is computed and compared with the stored one: what start-up,
-    /// `puhui journal verify` and the event outbox read with.
-    Chain,
-    /// Only the shape: frame magic, header checksum, lengths, sequence numbers; the stored hashes
-    /// are taken as they are (an altered body goes unnoticed). For a reader of entries this process
-    /// made durable, whose result a start checks against the whole chain again (the risk
-    /// checkpointer, whose snapshot is used only if the journal it was taken from still scans).
-    Shape,
-}
-
-/// [`scan_from_reusing`] checking entries as `check` says.
-pub fn scan_from_reusing_with(
-    path: &Path,
-    start: JournalPosition,
-    buffers: &mut ScanBuffers,
-    check: EntryCheck,
-    on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
-) -> Result<ScanSummary, ScanError> {
-    scan_inner(path, start, buffers, EndCheck::Stop, check, on_entry)
+    scan_inner(path, start, buffers, EndCheck::Stop, on_entry)
 }
 
 fn scan_inner(
@@ -470,7 +446,6 @@ fn scan_inner(
     start: JournalPosition,
     buffers: &mut ScanBuffers,
     end_check: EndCheck,
-    check: EntryCheck,
     mut on_entry: impl FnMut(EntryRef<'_>) -> Result<(), String>,
 ) -> Result<ScanSummary, ScanError> {
     let io_err = |e: io::Error| ScanError::Io(format!("{}: {e}", path.display()));
@@ -516,7 +491,7 @@ fn scan_inner(
     let mut last_hash = start.last_hash;
 
     while offset < file_len {
-        let fault = match read_frame(&mut reader, (offset, file_len), seq, &last_hash, check, payload) {
+        let fault = match read_frame(&mut reader, (offset, file_len), seq, &last_hash, payload) {
             Ok(Some((count, hash))) => {
                 // The whole frame checked out: hand its entries over.
                 let mut at = 0usize;
@@ -631,7 +606,6 @@ fn read_frame(
     (offset, file_len): (u64, u64),
     seq: u64,
     previous: &[u8; 32],
-    check: EntryCheck,
     payload: &mut Vec<u8>,
 ) -> Result<Option<(u32, [u8; 32])>, FrameFault> {
     let fault = |at: u64, s: u64, reason: String| FrameFault { seq: s, offset: at, reason };
@@ -687,7 +661,7 @@ fn read_frame(
         let kind = payload[at + 12];
         let body = &payload[at + 13..at + 13 + body_len];
         let stored: [u8; 32] = payload[at + 13 + body_len..at + 45 + body_len].try_into().unwrap();
-        if check == EntryCheck::Chain && entry_hash(&hash, s, kind, body) != stored {
+        if entry_hash(&hash, s, kind, body) != stored {
             return Err(fault(
                 entry_offset,
                 s,

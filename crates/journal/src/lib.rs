@@ -18,8 +18,8 @@ use std::path::Path;
 
 pub use codec::{decode, encode_log_item, Event};
 pub use frame::{
-    holds_position, scan, scan_from, scan_from_reusing, scan_from_reusing_with, EntryCheck, JournalPosition,
-    JournalWriter, ScanBuffers, ScanError, ScanSummary, TornTail,
+    holds_position, scan, scan_from, scan_from_reusing, JournalPosition, JournalWriter, ScanBuffers,
+    ScanError, ScanSummary, TornTail,
 };
 
 use puhui_ledger::Ledger;

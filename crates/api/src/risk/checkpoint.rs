@@ -17,7 +17,7 @@ use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use puhui_events::JournalTail;
-use puhui_journal::{EntryCheck, JournalPosition};
+use puhui_journal::JournalPosition;
 use puhui_risk::control::Controller;
 use puhui_risk::{FeatureLimits, RiskRecord};
 use puhui_store::EmbeddedStore;
@@ -195,10 +195,9 @@ impl Copy {
 fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
     let journal = setup.dir.join(puhui_store::JOURNAL_FILE);
     let (mut copy, from) = Copy::new(setup, &journal)?;
-    // The shape of each entry is checked, not its chained hash: the committer hashed these
-    // entries, and a snapshot is used only by a start whose own scan checks the chain from the
-    // position it starts at.
-    let mut tail = JournalTail::new(&journal, from, from.entries).checking(EntryCheck::Shape);
+    // Each entry's chained hash is checked as it is read: a start does not read again the journal
+    // before the snapshot written from this copy, so what goes into it must be what was hashed.
+    let mut tail = JournalTail::new(&journal, from, from.entries);
     // The records the copy re-applies past the snapshot it began from count towards the first
     // snapshot; later ones also wait out the interval.
     let mut records_at_write = 0;
