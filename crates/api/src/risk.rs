@@ -574,16 +574,11 @@ pub struct RiskRestore {
 /// A durable-write receipt: resolves once the records are in the journal and fsync'd.
 pub type Durable = tokio::sync::oneshot::Receiver<Result<u64, puhui_store::StoreError>>;
 
-/// The file in a data directory that names the feature store's bounds its server last ran with
-/// (`keys_max=N` and `events_per_key_max=N` lines), for `puhui risk backtest` to replay with.
+/// The file in a data directory where servers before bounds records
+/// ([`puhui_risk::records::RECORD_FEATURE_LIMITS`]) wrote the feature store's bounds they last ran
+/// with (`keys_max=N` and `events_per_key_max=N` lines): `puhui risk backtest` begins with them on
+/// such a journal, until its first bounds record. No longer written.
 pub const FEATURE_LIMITS_FILE: &str = "risk-feature-limits";
-
-/// Writes `limits` to `dir`'s [`FEATURE_LIMITS_FILE`], durably (written, synced, renamed into
-/// place, directory synced).
-pub fn write_feature_limits(dir: &std::path::Path, limits: FeatureLimits) -> Result<(), String> {
-    let text = format!("keys_max={}\nevents_per_key_max={}\n", limits.keys_max, limits.events_per_key_max);
-    write_durably(dir, FEATURE_LIMITS_FILE, &text)
-}
 
 /// The bounds in `dir`'s [`FEATURE_LIMITS_FILE`] (the rest of [`FeatureLimits`] as default);
 /// `Ok(None)` if there is no such file.
@@ -713,8 +708,6 @@ impl RiskService {
                 controller.seed_features(seed);
                 seed_used = Some(seed);
             }
-            // And its bounds, for a backtest to replay with.
-            write_feature_limits(dir, limits)?;
         }
         // Before the replay: with shared features, replayed decisions are not recorded again.
         let shared = shared_features.is_some();
@@ -729,7 +722,7 @@ impl RiskService {
         let mut carried = None;
         if let (Some(dir), Some(seed), false) = (store.data_dir(), seed_used, shared) {
             let journal = dir.join(puhui_store::JOURNAL_FILE);
-            match snapshot::load(dir, &journal, seed, limits) {
+            match snapshot::load(dir, &journal, seed) {
                 Ok(None) => {}
                 Ok(Some(loaded)) => match state.controller.restore_features(loaded.features) {
                     Ok(()) => {
@@ -744,6 +737,7 @@ impl RiskService {
             }
         }
         let mut activated = false;
+        let mut limits_journaled = false;
         let mut follow_next = 0;
         let mut text_journaled = false;
         let mut apply = |seq: u64, record_type: u8, timestamp_ns: u64, payload: &[u8]| {
@@ -762,6 +756,7 @@ impl RiskService {
             )?;
             text_journaled |= matches!(&applied, Some(RiskRecord::Ruleset(r)) if r.text == text);
             activated |= matches!(applied, Some(RiskRecord::Activation(_)));
+            limits_journaled |= matches!(applied, Some(RiskRecord::FeatureLimits(_)));
             Ok::<(), String>(())
         };
         let mut from = None;
@@ -805,6 +800,22 @@ impl RiskService {
             let shadow = state.controller.shadow().map(|e| e.ruleset().version.clone());
             records
                 .extend(state.controller.activate(&version, shadow.as_deref()).map_err(|e| e.to_string())?);
+        }
+        // The feature bounds from here on, if they are not the journal's last (or it has none): a
+        // replay (a restart, the checkpointer, a backtest) changes them here, as this run did.
+        // Embedded store only: on PostgreSQL and with shared features each node's own store is
+        // bounded apart, and nothing replays one node's features from the shared journal.
+        if store.data_dir().is_some() && !shared {
+            match state.controller.change_feature_limits(limits).map_err(|e| e.to_string())? {
+                Some(changed) => records.push(changed),
+                None if !limits_journaled => {
+                    records.push(RiskRecord::FeatureLimits(puhui_risk::records::FeatureLimitsRecord {
+                        keys_max: limits.keys_max as u64,
+                        events_per_key_max: limits.events_per_key_max as u64,
+                    }))
+                }
+                None => {}
+            }
         }
         state.controller.confirm_initial();
         if !records.is_empty() {
@@ -1586,7 +1597,10 @@ fn replay_record(
             return Ok(None);
         }
         RiskRecord::Label(l) => memory.label(l),
-        RiskRecord::Activation(_) | RiskRecord::Ruleset(_) | RiskRecord::List(_) => {}
+        RiskRecord::Activation(_)
+        | RiskRecord::Ruleset(_)
+        | RiskRecord::List(_)
+        | RiskRecord::FeatureLimits(_) => {}
     }
     Ok(Some(record))
 }
@@ -2858,11 +2872,12 @@ mod tests {
     }
 
     #[test]
-    fn a_data_directorys_feature_limits_are_written_and_read_back() {
+    fn a_data_directorys_legacy_feature_limits_are_read() {
         let dir = tempfile::tempdir().unwrap();
         assert_eq!(read_feature_limits(dir.path()).unwrap(), None);
         let limits = FeatureLimits { keys_max: 5_000, events_per_key_max: 64, ..FeatureLimits::default() };
-        write_feature_limits(dir.path(), limits).unwrap();
+        std::fs::write(dir.path().join(FEATURE_LIMITS_FILE), "keys_max=5000\nevents_per_key_max=64\n")
+            .unwrap();
         assert_eq!(read_feature_limits(dir.path()).unwrap(), Some(limits));
         std::fs::write(dir.path().join(FEATURE_LIMITS_FILE), "keys_max=0\nevents_per_key_max=64\n").unwrap();
         let e = read_feature_limits(dir.path()).expect_err("a bound of 0 is not read");

@@ -29,12 +29,13 @@ pub struct BacktestArgs {
     /// Where to write `backtest.json` and `scores.svg` (default: the data directory).
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// The feature store's bound on keys and pairs; default: what the server last ran with (the
-    /// data directory's `risk-feature-limits`), else 1,000,000. The server's own value reproduces
-    /// its decisions past the bound.
+    /// The feature store's bound on keys and pairs, throughout the replay (a what-if). Default: the
+    /// bounds the server ran with at each point, which the journal records where they changed
+    /// (before a journal's first such record: the data directory's legacy `risk-feature-limits`,
+    /// else 1,000,000); those reproduce its decisions past the bound.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000_000))]
     pub risk_keys_max: Option<u64>,
-    /// Events kept per key; default: what the server last ran with, else 1,024.
+    /// Events kept per key, throughout the replay; default: as the server ran (see above), else 1,024.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=1_048_576))]
     pub risk_events_per_key_max: Option<u64>,
 }
@@ -52,6 +53,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         from_ns: args.from.as_deref().map(|t| parse_time(t, "from")).transpose()?,
         to_ns: args.to.as_deref().map(|t| parse_time(t, "to")).transpose()?,
         candidate: args.ruleset.is_some(),
+        fixed_limits: args.risk_keys_max.is_some() || args.risk_events_per_key_max.is_some(),
     };
     if let (Some(from), Some(to)) = (options.from_ns, options.to_ns) {
         anyhow::ensure!(from < to, "--from must be before --to (nothing lies between them)");
@@ -64,7 +66,8 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         // As recorded: the journal's own rulesets take over from the first record on.
         None => (puhui_api::risk::STARTER_RULESET.to_string(), args.data_dir.join("models")),
     };
-    // The server's bounds, as it last wrote them, unless the flags say otherwise.
+    // The bounds to begin with: the flags' (kept throughout), or those an older server wrote for
+    // the records before the journal's first bounds record (whose own bounds then take over).
     let ran_with = puhui_api::risk::read_feature_limits(&args.data_dir).map_err(|e| anyhow::anyhow!(e))?;
     let base = ran_with.unwrap_or_default();
     let limits = FeatureLimits {
@@ -76,10 +79,11 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
         "feature store: at most {} keys and pairs, {} events per key ({})",
         limits.keys_max,
         limits.events_per_key_max,
-        match (ran_with.is_some(), args.risk_keys_max.is_some() || args.risk_events_per_key_max.is_some()) {
-            (_, true) => "as given",
-            (true, false) => "as the server last ran",
-            (false, false) => "the defaults",
+        match (ran_with.is_some(), options.fixed_limits) {
+            (_, true) => "as given, throughout",
+            (true, false) =>
+                "to begin with, from risk-feature-limits; then as the journal records the server's",
+            (false, false) => "to begin with; then as the journal records the server's",
         }
     );
     let (mut controller, _) = Controller::new(&text, &models_dir, limits).map_err(|e| {
@@ -97,6 +101,7 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
             args.data_dir.display()
         ),
     }
+    let options_fixed = options.fixed_limits;
     let mut backtest = Backtest::new(controller, options);
 
     let total_bytes = std::fs::metadata(&journal)?.len();
@@ -128,6 +133,13 @@ pub fn run(args: BacktestArgs) -> anyhow::Result<ExitCode> {
     })
     .map_err(|e| anyhow::anyhow!("reading the journal: {e}"))?;
     bar.finish_and_clear();
+    let limits = backtest.feature_limits();
+    eprintln!(
+        "feature store: {} keys and pairs, {} events per key at the journal's end ({})",
+        limits.keys_max,
+        limits.events_per_key_max,
+        if options_fixed { "as given" } else { "as the server ran with them" }
+    );
     let truncated = backtest.truncated();
     let report = backtest.finish();
 

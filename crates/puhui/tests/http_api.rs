@@ -1546,8 +1546,8 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let out = backtest_reproduces_every_decision(dir.path());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("at most 999999 keys and pairs, 1024 events per key (as the server last ran)"),
-        "the server's bounds, read from the data directory: {stderr}"
+        stderr.contains("999999 keys and pairs, 1024 events per key at the journal's end"),
+        "the server's bounds, read from the journal: {stderr}"
     );
     // The replay's feature store takes the server's bounds as flags: far below what the server ran
     // with (the defaults), it evicts keys the server kept, and a decision comes out otherwise.
@@ -1882,9 +1882,10 @@ async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
     assert_eq!(c.get(&server, "/v1/decisions/t0").await.body["label"], "fraud");
     assert!(server.terminate().success());
 
-    // Nor one taken under other feature bounds (what it evicted is not what these would).
+    // Other feature bounds: the snapshot still holds (its bounds are the journal's there), and the
+    // change is journaled for a replay to make at the same place.
     let server = serve(dir.path(), &["--ruleset", &ruleset, "--risk-keys-max", "5000"]);
-    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 7.0);
+    assert_eq!(gauge(&server, "puhui_risk_start_decisions_replayed").await, 0.0);
     assert_eq!(c.post(&server, "/v1/transfers", pay(7)).await.status, 201);
     assert_eq!(count_of(&c, &server, 7).await, 7.0);
     assert_eq!(queued(&c, &server).await, ["t3", "t4", "t5", "t6", "t7"]);
@@ -1892,6 +1893,50 @@ async fn risk_state_restarts_from_its_snapshot_then_the_journal_after_it() {
 
     // And the journal still reproduces every online decision exactly.
     backtest_reproduces_every_decision(dir.path());
+}
+
+#[tokio::test]
+async fn a_backtest_bounds_the_features_as_the_server_did_before_and_after_a_bounds_change() {
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = strict_ruleset_in(dir.path());
+    // A store of 12 keys and pairs: alice's count is evicted by other payers' keys.
+    let server = serve(dir.path(), &["--ruleset", &ruleset, "--risk-keys-max", "12"]);
+    let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    for i in 0..3 {
+        assert_eq!(c.post(&server, "/v1/transfers", pay(i)).await.body["risk_outcome"], "approve");
+    }
+    for i in 0..20 {
+        let event = json!({"id": format!("other{i}"), "payer": format!("w{i}"), "payee": format!("m{i}"),
+                           "amount": 1, "currency": "CNY", "risk_context": {"device_id": format!("dev{i}")}});
+        assert_eq!(c.post(&server, "/v1/decisions", event).await.status, 201);
+    }
+    let t3 = c.post(&server, "/v1/transfers", pay(3)).await;
+    assert_eq!(t3.body["risk_outcome"], "approve", "alice's three payments were evicted: {:?}", t3.body);
+    assert!(server.terminate().success());
+
+    // Restarted with room for every key: from here on nothing is evicted.
+    let server = serve(dir.path(), &["--ruleset", &ruleset, "--risk-keys-max", "1000"]);
+    for i in 4..6 {
+        assert_eq!(c.post(&server, "/v1/transfers", pay(i)).await.status, 201);
+    }
+    assert_eq!(count_of(&c, &server, 5).await, 2.0, "t3 and t4: what was evicted stays evicted");
+    assert!(server.terminate().success());
+
+    // The backtest meets the change where the server made it, and reproduces every decision; held
+    // at the new bounds throughout, it would have kept alice's first payments and held t3.
+    let out = backtest_reproduces_every_decision(dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("1000 keys and pairs, 1024 events per key at the journal's end"), "{stderr}");
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["risk", "backtest", "--data-dir"])
+        .arg(dir.path())
+        .args(["--risk-keys-max", "1000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("t3"), "the first difference names t3: {stdout}");
 }
 
 #[tokio::test]

@@ -34,6 +34,10 @@ pub struct BacktestOptions {
     pub to_ns: Option<u64>,
     /// Whether a candidate ruleset decides (false: as recorded).
     pub candidate: bool,
+    /// Whether the feature store keeps the bounds it was made with throughout (a what-if: other
+    /// bounds than the server ran with); false: the journal's bound changes apply where they were
+    /// made, as online.
+    pub fixed_limits: bool,
 }
 
 /// A confusion matrix (flagged = review or decline; positive = labelled fraud).
@@ -197,6 +201,11 @@ impl Backtest {
         }
     }
 
+    /// The feature store's bounds now (after the bound changes fed so far, unless fixed).
+    pub fn feature_limits(&self) -> crate::FeatureLimits {
+        self.controller.features().limits()
+    }
+
     /// Feeds the next record.
     pub fn feed(&mut self, record: &RiskRecord) -> Result<(), ControlError> {
         self.report.records += 1;
@@ -214,6 +223,11 @@ impl Backtest {
                 self.labels.insert(l.decision_id.clone(), l.label);
             }
             RiskRecord::List(_) => self.controller.apply(record)?,
+            RiskRecord::FeatureLimits(_) => {
+                if !self.options.fixed_limits {
+                    self.controller.apply(record)?;
+                }
+            }
             RiskRecord::Ruleset(_) | RiskRecord::Activation(_) => {
                 if !self.options.candidate {
                     self.controller.apply(record)?;

@@ -21,8 +21,8 @@ use std::sync::Arc;
 
 use crate::features::{FeatureLimits, FeatureStore};
 use crate::records::{
-    ActivationRecord, DecisionRecord, DecisionSource, EventRecord, ListOp, ListRecord, ModelDigest,
-    RiskRecord, RulesetRecord, Verdict,
+    ActivationRecord, DecisionRecord, DecisionSource, EventRecord, FeatureLimitsRecord, ListOp, ListRecord,
+    ModelDigest, RiskRecord, RulesetRecord, Verdict,
 };
 use crate::rules::{observe, Engine, Lists, Outcome, RiskEvent, Ruleset, RulesetError};
 use crate::shared::{observation_of, query_of, SharedError, SharedFeatures};
@@ -198,14 +198,15 @@ impl Controller {
     }
 
     /// Takes `store` (loaded from a snapshot) as the velocity features, if it fits: the controller's
-    /// own store is still empty, local (no shared backend), and has the same placement seed and
-    /// limits (so that what it goes on to evict is what a full replay would). Gives `store` back
-    /// otherwise.
+    /// own store is still empty, local (no shared backend), and has the same placement seed (so
+    /// that what it goes on to evict is what a full replay would). Its bounds are the journal's at
+    /// the snapshot's position; a start given others changes them after the replay
+    /// ([`Controller::change_feature_limits`]). Gives `store` back otherwise.
     pub fn restore_features(&mut self, store: FeatureStore) -> Result<(), FeatureStore> {
         let fits = self.features.keys() == 0
             && self.shared.is_none()
             && store.seed() == self.features.seed()
-            && store.limits() == self.features.limits();
+            && store.limits().horizon_ns == self.features.limits().horizon_ns;
         if !fits {
             return Err(store);
         }
@@ -647,26 +648,30 @@ impl Controller {
         list_page(&self.lists, name, prefix, after, limit)
     }
 
-    /// Records that rebuild this controller's rulesets, activation and lists when applied
-    /// ([`Controller::apply`]) to a new controller in order: each journaled ruleset as its record
-    /// held it, the activation (unless the active ruleset is still the provisional one
-    /// [`Controller::new`] was given), and each list's values, at most
+    /// Records that rebuild this controller's rulesets, activation, lists and feature bounds when
+    /// applied ([`Controller::apply`]) to a new controller in order: the feature store's bounds,
+    /// each journaled ruleset as its record held it, the activation (unless the active ruleset is
+    /// still the provisional one [`Controller::new`] was given), and each list's values, at most
     /// [`LIST_CHANGE_VALUES_MAX`] per record. Risk control's snapshot carries them, so that a start
     /// reads the journal from the snapshot's position instead of from its beginning.
     pub fn state_records(&self) -> Vec<RiskRecord> {
         let provisional = self.provisional.as_deref();
-        let mut records: Vec<RiskRecord> = self
-            .rulesets
-            .iter()
-            .filter(|(version, _)| Some(version.as_str()) != provisional)
-            .map(|(version, p)| {
-                RiskRecord::Ruleset(RulesetRecord {
-                    version: version.clone(),
-                    text: p.text.clone(),
-                    models: p.models.clone(),
-                })
-            })
-            .collect();
+        let limits = self.features.limits();
+        let mut records = vec![RiskRecord::FeatureLimits(FeatureLimitsRecord {
+            keys_max: limits.keys_max as u64,
+            events_per_key_max: limits.events_per_key_max as u64,
+        })];
+        records.extend(
+            self.rulesets.iter().filter(|(version, _)| Some(version.as_str()) != provisional).map(
+                |(version, p)| {
+                    RiskRecord::Ruleset(RulesetRecord {
+                        version: version.clone(),
+                        text: p.text.clone(),
+                        models: p.models.clone(),
+                    })
+                },
+            ),
+        );
         let active = self.active.ruleset().version.as_str();
         if Some(active) != provisional {
             records.push(RiskRecord::Activation(ActivationRecord {
@@ -733,8 +738,35 @@ impl Controller {
                 self.activate(&a.active, a.shadow.as_deref())?;
             }
             RiskRecord::List(l) => self.apply_list(l, None)?,
+            RiskRecord::FeatureLimits(l) => self.apply_feature_limits(l)?,
         }
         Ok(())
+    }
+
+    /// Bounds the feature store by `limits` from now on: the record that journals the change, or
+    /// `None` if they are the bounds already. A start given other bounds than the journal's last
+    /// calls it after the replay, so that the next replay changes them at the same place.
+    pub fn change_feature_limits(
+        &mut self,
+        limits: FeatureLimits,
+    ) -> Result<Option<RiskRecord>, ControlError> {
+        let current = self.features.limits();
+        if (current.keys_max, current.events_per_key_max) == (limits.keys_max, limits.events_per_key_max) {
+            return Ok(None);
+        }
+        let record = FeatureLimitsRecord {
+            keys_max: limits.keys_max as u64,
+            events_per_key_max: limits.events_per_key_max as u64,
+        };
+        self.apply_feature_limits(&record)?;
+        Ok(Some(RiskRecord::FeatureLimits(record)))
+    }
+
+    fn apply_feature_limits(&mut self, l: &FeatureLimitsRecord) -> Result<(), ControlError> {
+        let as_usize = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        self.features
+            .set_limits(as_usize(l.keys_max), as_usize(l.events_per_key_max))
+            .map_err(ControlError::Limit)
     }
 }
 

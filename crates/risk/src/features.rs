@@ -424,25 +424,41 @@ impl FeatureStore {
             state.oldest_ns = timestamp_ns;
         }
         state.newest_ns = state.newest_ns.max(timestamp_ns);
-        let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
-        while (!state.events.is_empty() && state.oldest_ns < horizon)
-            || state.events.len() > limits.events_per_key_max
-        {
-            let dropped = state.events.pop_front().expect("non-empty");
-            agg::dropped_front(runs, &dropped);
-            state.oldest_ns = state.events.front().map_or(0, |e| e.timestamp_ns);
-            if state.events.is_empty() {
-                state.newest_ns = 0;
-            }
-            if dropped.timestamp_ns >= horizon {
-                // Dropped by the per-key bound, not by age: windows reaching back this far saturate.
-                state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
-            }
-        }
-        debug_assert!(state.events.len() <= limits.events_per_key_max);
+        trim(state, limits);
         if self.keys_len > limits.keys_max {
             self.evict();
         }
+    }
+
+    /// Changes the bounds on keys and on events per key (the horizon stays): a store over the new
+    /// ones drops each key's oldest events past `events_per_key_max` (windows reaching back that
+    /// far then saturate) and evicts keys past `keys_max`, as if they had been the bounds when
+    /// those came in. Deterministic, so a replay that meets the change where the online store met
+    /// it (a [`crate::records::RECORD_FEATURE_LIMITS`] record) goes on as the online store did.
+    pub fn set_limits(&mut self, keys_max: usize, events_per_key_max: usize) -> Result<(), String> {
+        if keys_max == 0 || events_per_key_max == 0 || events_per_key_max >= u32::MAX as usize {
+            return Err(format!(
+                "feature bounds must be positive, and events per key below 2^32 - 1 (keys {keys_max}, events \
+                 per key {events_per_key_max})"
+            ));
+        }
+        let limits = FeatureLimits { keys_max, events_per_key_max, ..self.limits };
+        if limits == self.limits {
+            return Ok(());
+        }
+        let fewer_events = events_per_key_max < self.limits.events_per_key_max;
+        self.limits = limits;
+        if fewer_events {
+            for shard in self.keys.iter_mut() {
+                for state in shard.values_mut() {
+                    trim(state, limits);
+                }
+            }
+        }
+        if self.keys_len > keys_max {
+            self.evict();
+        }
+        Ok(())
     }
 
     /// Records that the pair `a`–`b` of `namespace` was seen (a payer paid a payee, an account used
@@ -494,6 +510,28 @@ impl FeatureStore {
         self.keys_len -= evict_oldest(&mut self.keys, &mut self.pairs, drop);
         debug_assert!(self.keys_len <= self.limits.keys_max);
     }
+}
+
+/// Drops `state`'s events older than the horizon before its last sighting and its oldest past
+/// `limits.events_per_key_max`, moving its windows' aggregates with them.
+fn trim(state: &mut KeyState, limits: FeatureLimits) {
+    let runs = state.runs.get_mut();
+    let horizon = state.last_seen_ns.saturating_sub(limits.horizon_ns);
+    while (!state.events.is_empty() && state.oldest_ns < horizon)
+        || state.events.len() > limits.events_per_key_max
+    {
+        let dropped = state.events.pop_front().expect("non-empty");
+        agg::dropped_front(runs, &dropped);
+        state.oldest_ns = state.events.front().map_or(0, |e| e.timestamp_ns);
+        if state.events.is_empty() {
+            state.newest_ns = 0;
+        }
+        if dropped.timestamp_ns >= horizon {
+            // Dropped by the per-key bound, not by age: windows reaching back this far saturate.
+            state.dropped_newest_ns = state.dropped_newest_ns.max(dropped.timestamp_ns);
+        }
+    }
+    debug_assert!(state.events.len() <= limits.events_per_key_max);
 }
 
 /// Two random 64-bit keys for [`KeyId::check`]'s SipHash.

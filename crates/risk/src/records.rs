@@ -33,6 +33,8 @@ pub const RECORD_LIST: u8 = 5;
 /// Record type: a decision, in the compact binary form of [`binary`] (what decisions are written
 /// as; [`RECORD_DECISION`] is the JSON form older journals hold).
 pub const RECORD_DECISION_BINARY: u8 = 6;
+/// Record type: the velocity feature store's bounds from here on (a server started with others).
+pub const RECORD_FEATURE_LIMITS: u8 = 7;
 
 /// The event a decision was about, as recorded.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -248,6 +250,17 @@ pub struct ModelDigest {
     pub blake3: String,
 }
 
+/// The feature store's bounds from this record on ([`RECORD_FEATURE_LIMITS`]): a start whose
+/// `--risk-keys-max` / `--risk-events-per-key-max` differ from the journal's journals one, so that a
+/// replay (a restart, a backtest) bounds the features as the online run did at each point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeatureLimitsRecord {
+    /// Keys and pairs kept at most.
+    pub keys_max: u64,
+    /// Events kept per key at most.
+    pub events_per_key_max: u64,
+}
+
 /// Which rulesets run ([`RECORD_ACTIVATION`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActivationRecord {
@@ -291,6 +304,8 @@ pub enum RiskRecord {
     Activation(ActivationRecord),
     /// A list change.
     List(ListRecord),
+    /// The feature store's bounds changed.
+    FeatureLimits(FeatureLimitsRecord),
 }
 
 /// A record that does not decode.
@@ -336,6 +351,7 @@ impl RiskRecord {
             RiskRecord::Ruleset(r) => (RECORD_RULESET, serde_json::to_vec(r)),
             RiskRecord::Activation(r) => (RECORD_ACTIVATION, serde_json::to_vec(r)),
             RiskRecord::List(r) => (RECORD_LIST, serde_json::to_vec(r)),
+            RiskRecord::FeatureLimits(r) => (RECORD_FEATURE_LIMITS, serde_json::to_vec(r)),
         };
         // Serializing these plain structs (string keys, finite numbers or null) cannot fail.
         (encoded.0, encoded.1.expect("risk records serialize"))
@@ -352,6 +368,7 @@ impl RiskRecord {
                 | RECORD_RULESET
                 | RECORD_ACTIVATION
                 | RECORD_LIST
+                | RECORD_FEATURE_LIMITS
         )
     }
 
@@ -368,6 +385,7 @@ impl RiskRecord {
             RECORD_RULESET => RiskRecord::Ruleset(serde_json::from_slice(payload).map_err(bad)?),
             RECORD_ACTIVATION => RiskRecord::Activation(serde_json::from_slice(payload).map_err(bad)?),
             RECORD_LIST => RiskRecord::List(serde_json::from_slice(payload).map_err(bad)?),
+            RECORD_FEATURE_LIMITS => RiskRecord::FeatureLimits(serde_json::from_slice(payload).map_err(bad)?),
             other => return Err(RecordError(format!("unknown risk record type {other}"))),
         })
     }

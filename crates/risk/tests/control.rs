@@ -442,9 +442,14 @@ fn state_records_rebuild_rulesets_the_activation_and_lists_without_the_journal()
     restarted.drop_unjournaled_initial();
     assert_eq!(control_state(&restarted), control_state(&online));
     assert_eq!(restarted.list_values("allow_accounts", "", None, 1).unwrap().0, ["t:acct0"]);
-    // And a controller whose provisional ruleset was never journaled nor activated carries neither.
+    // And a controller whose provisional ruleset was never journaled nor activated carries neither:
+    // only its feature bounds.
     let (fresh, _) = Controller::new_journaled(&third, Path::new("."), FeatureLimits::default()).unwrap();
-    assert!(fresh.state_records().is_empty(), "{:?}", fresh.state_records());
+    assert!(
+        matches!(&fresh.state_records()[..], [RiskRecord::FeatureLimits(l)] if l.keys_max == 1_000_000),
+        "{:?}",
+        fresh.state_records()
+    );
 }
 
 #[test]

@@ -333,6 +333,70 @@ proptest! {
     }
 }
 
+/// A store through its snapshot: what it holds, its windows' kept aggregates recomputed afresh.
+fn reloaded(store: &FeatureStore) -> FeatureStore {
+    let mut bytes = Vec::new();
+    store.encode_snapshot(&mut bytes);
+    FeatureStore::decode_snapshot(&mut bytes.as_slice()).unwrap()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// A change of bounds mid-stream (`FeatureStore::set_limits`, what a bounds record makes a
+    /// replay do) leaves windows that agree with a fresh reading of what the store kept, and a
+    /// store loaded before the change goes on, through the same change, as the original.
+    #[test]
+    fn a_change_of_bounds_keeps_windows_exact_and_a_loaded_store_goes_on_the_same(
+        events in proptest::collection::vec((0u8..12, 0u8..8, 0u64..3, 1u64..1_000), 2..200),
+        cut in 0usize..200,
+        change in 0usize..200,
+        (keys_before, keys_after) in (4usize..80, 4usize..80),
+        (events_before, events_after) in (1usize..8, 1usize..8),
+    ) {
+        let limits = FeatureLimits { keys_max: keys_before, events_per_key_max: events_before, horizon_ns: 2_000 };
+        let mut original = FeatureStore::with_seed(limits, 7);
+        let mut loaded: Option<FeatureStore> = None;
+        let (cut, change) = (cut.min(events.len() - 1), change.min(events.len() - 1));
+        let mut clock = 1_000u64;
+        for (i, (a, b, step, amount)) in events.iter().enumerate() {
+            if i == cut {
+                loaded = Some(reloaded(&original));
+            }
+            if i == change {
+                // Windows asked before the change keep aggregates that the change must move.
+                let asked = answers(&original, 12, 8, clock);
+                prop_assert_eq!(&asked, &answers(&reloaded(&original), 12, 8, clock));
+                for store in std::iter::once(&mut original).chain(loaded.as_mut()) {
+                    store.set_limits(keys_after, events_after).unwrap();
+                    prop_assert!(store.keys() <= keys_after);
+                }
+                prop_assert_eq!(answers(&original, 12, 8, clock), answers(&reloaded(&original), 12, 8, clock));
+            }
+            clock += step * 37;
+            for store in std::iter::once(&mut original).chain(loaded.as_mut()) {
+                let (payer, payee) = (format!("a{a}"), format!("b{b}"));
+                store.record(Namespace::Payer, &payer, clock, *amount, &payee);
+                store.record(Namespace::Payee, &payee, clock, *amount, &payer);
+                store.record_pair(Namespace::PayerPayee, &payer, &payee, clock);
+            }
+        }
+        let loaded = loaded.expect("cut inside the events");
+        prop_assert_eq!(answers(&loaded, 12, 8, clock + 10), answers(&original, 12, 8, clock + 10));
+        prop_assert_eq!(answers(&original, 12, 8, clock + 10), answers(&reloaded(&original), 12, 8, clock + 10));
+        prop_assert_eq!(original.limits().keys_max, keys_after);
+    }
+}
+
+#[test]
+fn bounds_that_cannot_hold_a_key_or_an_event_are_refused() {
+    let mut store = FeatureStore::with_seed(FeatureLimits::default(), 1);
+    assert!(store.set_limits(0, 10).is_err());
+    assert!(store.set_limits(10, 0).is_err());
+    assert!(store.set_limits(10, u32::MAX as usize).is_err());
+    assert_eq!(store.limits(), FeatureLimits::default(), "unchanged");
+}
+
 #[test]
 fn a_damaged_feature_snapshot_is_refused_not_loaded() {
     let mut store = FeatureStore::with_seed(FeatureLimits::default(), 1);

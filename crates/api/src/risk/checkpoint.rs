@@ -141,7 +141,7 @@ impl Copy {
         };
         // The snapshot the start loaded or wrote, if it fits (the start logged why one did not).
         let mut from = JournalPosition::start();
-        if let Ok(Some(loaded)) = snapshot::load(&setup.dir, journal, setup.seed, setup.limits) {
+        if let Ok(Some(loaded)) = snapshot::load(&setup.dir, journal, setup.seed) {
             if copy.controller.restore_features(loaded.features).is_ok() {
                 copy.memory.restore(loaded.memory);
                 copy.skip_before = loaded.position.entries;

@@ -26,8 +26,9 @@
 //! Written when nothing is being decided: at a clean stop, after the store has made everything
 //! durable, and at a start that re-applied many decisions, before serving; and by the
 //! checkpointer from its own copy. A snapshot is used only if the journal still holds its
-//! position (same length there, same hash) and the node's feature seed and bounds are the ones it
-//! was taken with; otherwise the start replays everything, as without one.
+//! position (same length there, same hash) and the node's feature seed is the one it was taken
+//! with; otherwise the start replays everything, as without one. Its feature bounds are the
+//! journal's at its position: a start given others journals the change after it.
 
 use std::sync::Arc;
 
@@ -123,13 +124,13 @@ pub(super) fn encode(features: &FeatureStore, memory: &Memory, carried: &[Carrie
 }
 
 /// Reads the snapshot in `dir`, if there is one that fits: the journal at `journal` holds its
-/// position, and its features have the node's `seed` and `limits`. `Ok(None)`: no snapshot. `Err`:
+/// position, and its features have the node's placement `seed` (their bounds are the journal's at
+/// that position). `Ok(None)`: no snapshot. `Err`:
 /// one that does not fit or does not decode, and why (the caller replays everything instead).
 pub(super) fn load(
     dir: &std::path::Path,
     journal: &std::path::Path,
     seed: u64,
-    limits: puhui_risk::FeatureLimits,
 ) -> Result<Option<Loaded>, String> {
     let Some((position, content)) = puhui_journal::snapshot::read_snapshot_file(dir, RISK_SNAPSHOT_FILE)?
     else {
@@ -153,11 +154,10 @@ pub(super) fn load(
     }
     let mut rest = &content[r.position()..];
     let features = FeatureStore::decode_snapshot(&mut rest)?;
-    if features.seed() != seed || features.limits() != limits {
-        return Err(format!(
-            "taken with other feature bounds or placement seed ({:?} against {limits:?} now)",
-            features.limits()
-        ));
+    // Its bounds are the journal's at its position (a change of bounds is journaled, and a start
+    // given others journals them after the replay): only its placement must be this node's.
+    if features.seed() != seed {
+        return Err("taken with another feature placement seed".into());
     }
     let (memory, carried) = decode_after_features(rest, version)?;
     Ok(Some(Loaded { position, features, memory, carried }))
