@@ -554,8 +554,9 @@ pub struct RiskRestore {
     /// The journal entries risk control's snapshot covered, if a start loaded one (its decisions
     /// and labels were not re-applied: [`RiskRestore::skipped`]).
     pub snapshot_entries: Option<u64>,
-    /// Records the snapshot carried (rulesets, the activation, lists, idempotency keys), applied
-    /// instead of reading the journal before its position; 0 with a version-1 snapshot or none.
+    /// Records the snapshot carried (feature bounds, rulesets, the activation, lists, idempotency
+    /// keys), applied instead of reading the journal before its position; 0 with a version-1
+    /// snapshot or none.
     pub carried: u64,
     /// Journal entries the start read (from the snapshot's position, or from the beginning).
     pub entries_read: u64,
@@ -1498,7 +1499,7 @@ impl Drop for RecordSlot {
 }
 
 /// What a risk snapshot carries besides the features and the memory: the records that rebuild
-/// `controller`'s rulesets, activation and lists, then `idempotency`'s keys.
+/// `controller`'s feature bounds, rulesets, activation and lists, then `idempotency`'s keys.
 fn state_records(
     controller: &Controller,
     idempotency: Option<&crate::idempotency::IdempotencyCache>,

@@ -17,8 +17,8 @@
 //! the bytes: `puhui_risk::bytes`).
 //!
 //! The *carried* records rebuild, applied in order as a start applies journal records, the rest
-//! of the state a start used to read from the whole journal: the controller's rulesets, activation
-//! and lists (`Controller::state_records`) and the idempotency keys of the last 24 hours
+//! of the state a start used to read from the whole journal: the controller's feature bounds,
+//! rulesets, activation and lists (`Controller::state_records`) and the idempotency keys of the last 24 hours
 //! (`IdempotencyCache::carried_records`). With them a start reads the journal from the snapshot's
 //! position on, not from its beginning; a version-1 snapshot has none, and its start reads the
 //! whole journal, as before.
