@@ -254,6 +254,13 @@ proptest! {
 
 /// Every query [`a_store_loaded_from_its_snapshot_goes_on_as_the_original`] compares, over the
 /// keys `payers` × `payees` could make.
+/// Records a payment from `payer` to `payee` as risk control does: both parties' events and the pair.
+fn pay(store: &mut FeatureStore, payer: &str, payee: &str, at_ns: u64, amount_minor: u64) {
+    store.record(Namespace::Payer, payer, at_ns, amount_minor, payee);
+    store.record(Namespace::Payee, payee, at_ns, amount_minor, payer);
+    store.record_pair(Namespace::PayerPayee, payer, payee, at_ns);
+}
+
 fn answers(
     store: &FeatureStore,
     payers: u8,
@@ -322,10 +329,7 @@ proptest! {
             }
             clock += step * 37;
             for store in std::iter::once(&mut original).chain(loaded.as_mut()) {
-                let (payer, payee) = (format!("a{a}"), format!("b{b}"));
-                store.record(Namespace::Payer, &payer, clock, *amount, &payee);
-                store.record(Namespace::Payee, &payee, clock, *amount, &payer);
-                store.record_pair(Namespace::PayerPayee, &payer, &payee, clock);
+                pay(store, &format!("a{a}"), &format!("b{b}"), clock, *amount);
             }
         }
         let loaded = loaded.expect("cut inside the events");
@@ -375,10 +379,7 @@ proptest! {
             }
             clock += step * 37;
             for store in std::iter::once(&mut original).chain(loaded.as_mut()) {
-                let (payer, payee) = (format!("a{a}"), format!("b{b}"));
-                store.record(Namespace::Payer, &payer, clock, *amount, &payee);
-                store.record(Namespace::Payee, &payee, clock, *amount, &payer);
-                store.record_pair(Namespace::PayerPayee, &payer, &payee, clock);
+                pay(store, &format!("a{a}"), &format!("b{b}"), clock, *amount);
             }
         }
         let loaded = loaded.expect("cut inside the events");
@@ -430,22 +431,20 @@ fn a_damaged_feature_snapshot_is_refused_not_loaded() {
 fn a_large_store_loaded_from_its_snapshot_evicts_what_the_original_evicts() {
     let limits = FeatureLimits { keys_max: 20_000, events_per_key_max: 4, horizon_ns: u64::MAX };
     let mut original = FeatureStore::with_seed(limits, 11);
-    let pay = |store: &mut FeatureStore, i: u64| {
+    let event = |store: &mut FeatureStore, i: u64| {
         // Three keys and a pair per event, all at the event's time; payers come back, payees rarely.
         let (payer, payee) = (format!("a{}", (i * 7_919) % 3_000), format!("b{i}"));
-        store.record(Namespace::Payer, &payer, 1_000 + i, i + 1, &payee);
-        store.record(Namespace::Payee, &payee, 1_000 + i, i + 1, &payer);
-        store.record_pair(Namespace::PayerPayee, &payer, &payee, 1_000 + i);
+        pay(store, &payer, &payee, 1_000 + i, i + 1);
     };
     for i in 0..12_000 {
-        pay(&mut original, i);
+        event(&mut original, i);
     }
     let mut bytes = Vec::new();
     original.encode_snapshot(&mut bytes);
     let mut loaded = FeatureStore::decode_snapshot(&mut bytes.as_slice()).unwrap();
     for i in 12_000..30_000 {
-        pay(&mut original, i);
-        pay(&mut loaded, i);
+        event(&mut original, i);
+        event(&mut loaded, i);
     }
     assert_eq!(loaded.keys(), original.keys());
     let now = 1_000 + 30_000;
