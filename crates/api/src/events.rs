@@ -317,21 +317,36 @@ impl EventLog {
     /// Reads the events of increasing sequences `seqs` back from the journal (blocking: call from a
     /// blocking thread). Sequences that are not events are left out.
     pub fn read_blocking(&self, seqs: &[u64]) -> Result<Vec<Event>, EventReadError> {
+        let raw = self.read_entries_blocking(seqs)?;
+        Ok(raw
+            .iter()
+            .filter_map(|entry| match map_entry(entry.seq, entry.kind, &entry.body) {
+                Ok(Mapped::Event(e)) => Some(e),
+                _ => None,
+            })
+            .collect())
+    }
+
+    /// Whether the entry `seq` is within the window the index covers (the latest
+    /// [`EVENTS_INDEXED_ENTRIES_MAX`] entries), where reading it back scans at most about
+    /// [`INDEX_POSITION_EVERY_ENTRIES`] entries (older ones would be a scan from the journal's
+    /// start, in the file).
+    pub fn covers(&self, seq: u64) -> bool {
+        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
+        seq < index.next_seq && seq >= index.next_seq.saturating_sub(EVENTS_INDEXED_ENTRIES_MAX)
+    }
+
+    /// Reads the journal entries of increasing sequences `seqs` (blocking: call from a blocking
+    /// thread), as they were journaled; sequences past the durable end are left out.
+    pub fn read_entries_blocking(&self, seqs: &[u64]) -> Result<Vec<RawEntry>, EventReadError> {
         let mut out = Vec::with_capacity(seqs.len());
         let path = match &self.source.journal {
             Journal::File(path) => path,
             Journal::Sql(sql) => {
                 // One query per chunk of sequences: `SELECT … WHERE seq = ANY(…)`.
-                let mut raw = Vec::new();
                 for chunk in seqs.chunks(PAGE_SCAN_SPAN_ENTRIES_MAX as usize) {
-                    raw.clear();
-                    sql.read_at(chunk, &mut raw)
+                    sql.read_at(chunk, &mut out)
                         .map_err(|e| EventReadError(format!("reading events from the journal: {e}")))?;
-                    for entry in &raw {
-                        if let Ok(Mapped::Event(e)) = map_entry(entry.seq, entry.kind, &entry.body) {
-                            out.push(e);
-                        }
-                    }
                 }
                 return Ok(out);
             }
@@ -357,13 +372,7 @@ impl EventLog {
                     break;
                 }
             }
-            for entry in &raw {
-                if seqs[i..j].binary_search(&entry.seq).is_ok() {
-                    if let Ok(Mapped::Event(e)) = map_entry(entry.seq, entry.kind, &entry.body) {
-                        out.push(e);
-                    }
-                }
-            }
+            out.extend(raw.drain(..).filter(|entry| seqs[i..j].binary_search(&entry.seq).is_ok()));
             i = j;
         }
         Ok(out)

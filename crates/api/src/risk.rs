@@ -37,6 +37,7 @@ use utoipa::ToSchema;
 
 use crate::backend::Backend;
 use crate::error::{ApiError, ErrorEnvelope};
+use crate::events::EVENTS_INDEXED_ENTRIES_MAX;
 use crate::idempotency::IdempotencyKey;
 use crate::models::{parse_rfc3339, scoped, scoped_lookup, unscoped};
 use crate::routes::{ApiJson, ApiPath};
@@ -291,13 +292,11 @@ struct Memory {
     order: VecDeque<Arc<str>>,
     /// Journal positions from the committer ([`RiskService::seqs`]), not yet noted.
     seq_inbox: Receiver<(Arc<str>, u64)>,
-    /// Hashes of every decision id seen (bounded), for labels on decisions no longer in memory.
-    /// The values are already hashes: the set does not hash them again.
-    known: KnownIds,
-    /// Hashes of the declined transfers' ids no longer in `decisions` (bounded like `known`): a
-    /// retry of one is declined again, not decided again (or posted, without a risk context).
-    /// Empty until the memory forgets a decline, so a new id costs no hashing for it.
-    declined_forgotten: KnownIds,
+    /// What is kept of each decision no longer in `decisions` (bounded), by the hash of its id:
+    /// where its record is in the journal (`GET /v1/decisions/{id}` reads it back from there), its
+    /// label (a label on it is accepted), and whether it declined a transfer (a retry of one is
+    /// declined again, not decided again, or posted without a risk context).
+    forgotten: ForgottenIds,
     /// Held transfers waiting for an analyst, by scoped transfer id.
     reviews: Reviews,
     /// Transfer ids (hashed) in a request right now ([`RiskService::begin_deciding`]): a second
@@ -384,19 +383,62 @@ struct Remembered {
     declined_transfer: bool,
 }
 
-/// Hashes of decision ids seen ([`hash64`]), up to [`DECISION_IDS_KEPT_MAX`], in shards that grow
-/// on their own: one set of millions rehashed all of them (hundreds of MB near the bound) under the
-/// memory's lock; a shard's growth step is 1/256 of that.
-struct KnownIds {
-    shards: Box<[HashSet<u64, std::hash::BuildHasherDefault<Prehashed>>]>,
-    len: usize,
+/// What is kept of a decision no longer in the memory's `decisions`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Forgotten {
+    /// Its record's place in the journal (`None`: not known, e.g. read from a version-2 snapshot).
+    journal_seq: Option<u64>,
+    label: Option<Label>,
+    /// It declined a transfer.
+    declined_transfer: bool,
 }
 
-impl KnownIds {
+impl Forgotten {
+    const DECLINED_BIT: u64 = 1 << 63;
+    const LABEL_SHIFT: u32 = 61;
+    const SEQ_MASK: u64 = (1 << Self::LABEL_SHIFT) - 1;
+
+    /// In 8 bytes: the declined flag (bit 63), the label (bits 61–62: none, fraud, legit), the
+    /// journal sequence plus one (0: not known).
+    fn pack(self) -> u64 {
+        let seq = self.journal_seq.map_or(0, |s| (s + 1).min(Self::SEQ_MASK));
+        let label: u64 = match self.label {
+            None => 0,
+            Some(Label::Fraud) => 1,
+            Some(Label::Legit) => 2,
+        };
+        (u64::from(self.declined_transfer) << 63) | (label << Self::LABEL_SHIFT) | seq
+    }
+
+    fn unpack(word: u64) -> Forgotten {
+        Forgotten {
+            journal_seq: (word & Self::SEQ_MASK).checked_sub(1),
+            label: match (word >> Self::LABEL_SHIFT) & 0b11 {
+                1 => Some(Label::Fraud),
+                2 => Some(Label::Legit),
+                _ => None,
+            },
+            declined_transfer: word & Self::DECLINED_BIT != 0,
+        }
+    }
+}
+
+/// The decisions no longer in memory ([`Forgotten`], 16 bytes each: the hash of the id and the
+/// packed rest), up to [`DECISION_IDS_KEPT_MAX`], in shards that grow on their own: one map of
+/// millions rehashed all of them (hundreds of MB near the bound) under the memory's lock; a
+/// shard's growth step is 1/256 of that.
+struct ForgottenIds {
+    shards: Box<[HashMap<u64, u64, std::hash::BuildHasherDefault<Prehashed>>]>,
+    len: usize,
+    /// How many declined a transfer: while none did, a new transfer id costs no lookup here.
+    declined: usize,
+}
+
+impl ForgottenIds {
     const SHARDS: usize = 256;
 
-    fn new() -> KnownIds {
-        KnownIds { shards: (0..Self::SHARDS).map(|_| HashSet::default()).collect(), len: 0 }
+    fn new() -> ForgottenIds {
+        ForgottenIds { shards: (0..Self::SHARDS).map(|_| HashMap::default()).collect(), len: 0, declined: 0 }
     }
 
     /// Bits the shards' tables do not use to place a hash (they use the low and the top bits).
@@ -404,16 +446,49 @@ impl KnownIds {
         (hash >> 32) as usize & (Self::SHARDS - 1)
     }
 
-    fn contains(&self, hash: u64) -> bool {
-        self.shards[Self::shard(hash)].contains(&hash)
+    fn get(&self, hash: u64) -> Option<Forgotten> {
+        self.shards[Self::shard(hash)].get(&hash).map(|w| Forgotten::unpack(*w))
     }
 
-    fn insert(&mut self, hash: u64) {
-        self.len += usize::from(self.shards[Self::shard(hash)].insert(hash));
+    fn contains(&self, hash: u64) -> bool {
+        self.shards[Self::shard(hash)].contains_key(&hash)
+    }
+
+    /// Keeps `forgotten` under `hash` (replacing what was there), if there is room for one more.
+    fn insert(&mut self, hash: u64, forgotten: Forgotten) {
+        let shard = &mut self.shards[Self::shard(hash)];
+        if self.len >= DECISION_IDS_KEPT_MAX && !shard.contains_key(&hash) {
+            return;
+        }
+        match shard.insert(hash, forgotten.pack()) {
+            None => self.len += 1,
+            Some(before) => self.declined -= usize::from(Forgotten::unpack(before).declined_transfer),
+        }
+        self.declined += usize::from(forgotten.declined_transfer);
+    }
+
+    /// Forgets the decision `hash` here.
+    fn remove(&mut self, hash: u64) {
+        if let Some(word) = self.shards[Self::shard(hash)].remove(&hash) {
+            self.len -= 1;
+            self.declined -= usize::from(Forgotten::unpack(word).declined_transfer);
+        }
+    }
+
+    /// Labels the decision `hash`, if it is kept here.
+    fn label(&mut self, hash: u64, label: Label) {
+        if let Some(word) = self.shards[Self::shard(hash)].get_mut(&hash) {
+            *word = Forgotten { label: Some(label), ..Forgotten::unpack(*word) }.pack();
+        }
     }
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    /// Every `(hash, forgotten)`, in no particular order.
+    fn iter(&self) -> impl Iterator<Item = (u64, Forgotten)> + '_ {
+        self.shards.iter().flat_map(|shard| shard.iter().map(|(h, w)| (*h, Forgotten::unpack(*w))))
     }
 }
 
@@ -1225,7 +1300,7 @@ impl RiskService {
                 // node made, or one already resolved here, is known and left alone.
                 let mut memory = self.mem();
                 let id: Arc<str> = Arc::from(d.id.as_str());
-                if !memory.decisions.contains_key(&id) && !memory.known.contains(hash64(&id)) {
+                if !memory.decisions.contains_key(&id) && !memory.forgotten.contains(hash64(&id)) {
                     memory.remember_record(&d);
                 }
                 memory.set_seq(&id, seq);
@@ -1347,12 +1422,24 @@ impl RiskService {
         self.mem().declined_and_forgotten(id)
     }
 
+    /// Where the record of a decision no longer in memory is in the journal, and its label
+    /// (`None`: the decision is in memory, was never made here, or its place was not kept).
+    pub fn forgotten_decision(&self, id: &str) -> Option<(u64, Option<Label>)> {
+        let hash = hash64(id);
+        let memory = self.mem();
+        if memory.decisions.contains_key(id) {
+            return None;
+        }
+        let forgotten = memory.forgotten.get(hash)?;
+        Some((forgotten.journal_seq?, forgotten.label))
+    }
+
     /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
     /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]).
     pub fn decided_long_ago(&self, id: &str) -> bool {
         let hash = hash64(id);
         let memory = self.mem();
-        !memory.decisions.contains_key(id) && memory.known.contains(hash)
+        !memory.decisions.contains_key(id) && memory.forgotten.contains(hash)
     }
 
     /// The remembered record of decision `id` (scoped), with its event.
@@ -1615,8 +1702,7 @@ impl Memory {
             early_seqs: HashMap::new(),
             order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
             seq_inbox,
-            known: KnownIds::new(),
-            declined_forgotten: KnownIds::new(),
+            forgotten: ForgottenIds::new(),
             reviews: Reviews::default(),
             deciding: HashSet::new(),
         }
@@ -1637,38 +1723,37 @@ impl Memory {
         if let Some(review) = review {
             self.reviews.insert(scoped_id.to_string(), review);
         }
-        if self.known.len() < DECISION_IDS_KEPT_MAX {
-            self.known.insert(hash64(&scoped_id));
-        }
         let remembered = Remembered { record, label, journal_seq, declined_transfer };
         if self.decisions.insert(Arc::clone(&scoped_id), remembered).is_none() {
             self.order.push_back(scoped_id);
         }
         while self.order.len() > DECISIONS_KEPT_MAX {
             let Some(old) = self.order.pop_front() else { break };
-            let forgotten = self.decisions.remove(&old);
-            if forgotten.is_some_and(|f| f.declined_transfer)
-                && self.declined_forgotten.len() < DECISION_IDS_KEPT_MAX
-            {
-                self.declined_forgotten.insert(hash64(&old));
+            if let Some(f) = self.decisions.remove(&old) {
+                let forgotten = Forgotten {
+                    journal_seq: f.journal_seq,
+                    label: f.label,
+                    declined_transfer: f.declined_transfer,
+                };
+                self.forgotten.insert(hash64(&old), forgotten);
             }
         }
     }
 
     /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
     fn declined_and_forgotten(&self, scoped_id: &str) -> bool {
-        self.declined_forgotten.len() > 0 && self.declined_forgotten.contains(hash64(scoped_id))
+        self.forgotten.declined > 0
+            && self.forgotten.get(hash64(scoped_id)).is_some_and(|f| f.declined_transfer)
     }
 
     /// Takes the durable parts a snapshot held (into an empty memory, at start).
     fn restore(&mut self, parts: snapshot::MemoryParts) {
-        debug_assert!(self.decisions.is_empty() && self.known.len() == 0);
+        debug_assert!(self.decisions.is_empty() && self.forgotten.len() == 0);
         for (id, remembered) in parts.decisions {
             self.order.push_back(Arc::clone(&id));
             self.decisions.insert(id, remembered);
         }
-        self.known = parts.known;
-        self.declined_forgotten = parts.declined_forgotten;
+        self.forgotten = parts.forgotten;
         self.reviews = parts.reviews;
     }
 
@@ -1702,8 +1787,9 @@ impl Memory {
     }
 
     fn label(&mut self, l: &LabelRecord) {
-        if let Some(object) = self.decisions.get_mut(l.decision_id.as_str()) {
-            object.label = Some(l.label);
+        match self.decisions.get_mut(l.decision_id.as_str()) {
+            Some(object) => object.label = Some(l.label),
+            None => self.forgotten.label(hash64(&l.decision_id), l.label),
         }
     }
 }
@@ -2132,10 +2218,12 @@ pub async fn create_decision(
     Ok((StatusCode::CREATED, Json(object)))
 }
 
-/// A decision by id, with its explanation.
+/// A decision by id, with its explanation (an old one read back from its journal entry).
 #[utoipa::path(get, path = "/v1/decisions/{id}", tag = "risk",
     params(("id" = String, Path, description = "decision id")),
-    responses((status = 200, body = DecisionObject), (status = 404, body = ErrorEnvelope)),
+    responses((status = 200, body = DecisionObject), (status = 404, body = ErrorEnvelope),
+        (status = 503, description = "an old decision while the events index reads the journal after a start",
+         body = ErrorEnvelope)),
     security(("api_key" = [])))]
 pub async fn get_decision(
     State(app): State<Arc<AppState>>,
@@ -2147,16 +2235,79 @@ pub async fn get_decision(
     if let Some(decision) = risk.look_caught_up(|r| r.decision(id.as_str())).await {
         return Ok(Json(decision));
     }
+    if let Some(decision) = forgotten_from_journal(&app, risk, id.as_str()).await? {
+        return Ok(Json(decision));
+    }
     if risk.decided_long_ago(id.as_str()) {
         return Err(ApiError {
             message: format!(
-                "no such decision in memory: it is older than the {DECISIONS_KEPT_MAX} decisions kept there \
-                 (every decision stays in the journal, which `puhui risk backtest` reads)"
+                "no such decision in memory, and its journal entry is past the events index's window of \
+                 the latest {EVENTS_INDEXED_ENTRIES_MAX} entries (every decision stays in the journal, which \
+                 `puhui risk backtest` reads)"
             ),
             ..ApiError::not_found("decision", "id")
         });
     }
     Err(ApiError::not_found("decision", "id"))
+}
+
+/// How long `GET /v1/decisions/{id}` waits for the events index to reach a forgotten decision's
+/// journal entry (after a start, the index reads the journal again).
+const INDEX_WAIT_MS: u64 = 5_000;
+
+/// A decision no longer in memory (older than the latest [`DECISIONS_KEPT_MAX`]), read back from
+/// its journal entry through the events index's frame positions (`crate::events::EventLog`), with
+/// the label it was given: `None` if its place was not kept or is past the index's window. Choice,
+/// over keeping more decisions in memory: an entry's place costs 8 bytes beside the id's hash,
+/// where a remembered decision costs its whole record; reading one back scans at most about
+/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries.
+async fn forgotten_from_journal(
+    app: &Arc<AppState>,
+    risk: &Arc<RiskService>,
+    scoped_id: &str,
+) -> Result<Option<DecisionObject>, ApiError> {
+    let (Some(log), Some((seq, label))) = (app.events.as_ref(), risk.forgotten_decision(scoped_id)) else {
+        return Ok(None);
+    };
+    // After a start the index reads the journal again from its beginning: wait for it to reach
+    // the entry (bounded), rather than answer that the decision is past its window.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(INDEX_WAIT_MS);
+    while log.indexed_until() <= seq && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(crate::events::INDEX_POLL_MS)).await;
+    }
+    if log.indexed_until() <= seq {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "unavailable",
+            "the decision is older than the decisions kept in memory, and the events index is still reading \
+             the journal since the start: try again shortly",
+        ));
+    }
+    if !log.covers(seq) {
+        return Ok(None);
+    }
+    let reader = Arc::clone(log);
+    let entries = tokio::task::spawn_blocking(move || reader.read_entries_blocking(&[seq]))
+        .await
+        .map_err(|e| crate::events::EventReadError(format!("journal reader stopped: {e}")))??;
+    let decision = entries.iter().find(|e| e.seq == seq).and_then(|entry| {
+        if entry.kind != puhui_journal::codec::KIND_RECORD {
+            return None;
+        }
+        let (record_type, _, payload) = puhui_journal::codec::decode_record(&entry.body).ok()?;
+        match RiskRecord::decode(record_type, payload).ok()? {
+            // The id is checked: the memory keeps only its hash.
+            RiskRecord::Decision(d) if d.id == scoped_id => Some(d),
+            _ => None,
+        }
+    });
+    Ok(decision.map(|d| {
+        let mut object = to_object(*d);
+        object.label = label.map(|l| label_str(l).to_string());
+        object.journal_seq = Some(seq);
+        object
+    }))
 }
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.
@@ -2374,7 +2525,11 @@ pub async fn label_decision(
         labelled_at_ns: now_ns(),
     };
     let hash = hash64(scoped_id.as_str());
-    if risk.look_caught_up(|r| r.mem().known.contains(hash).then_some(())).await.is_none() {
+    let known = |r: &RiskService| {
+        let memory = r.mem();
+        (memory.decisions.contains_key(scoped_id.as_str()) || memory.forgotten.contains(hash)).then_some(())
+    };
+    if risk.look_caught_up(known).await.is_none() {
         return Err(ApiError::not_found("decision", "id"));
     }
     let receipt = {
@@ -2955,6 +3110,8 @@ mod tests {
         }
         assert!(service.decision("t:big").is_none() && service.decision("t:d0").is_none());
         assert_eq!(declined(&service), (true, true), "forgotten, but known as a declined transfer");
+        let place = service.forgotten_decision("t:big");
+        assert!(matches!(place, Some((_, None))), "its journal entry is kept: {place:?}");
         assert_eq!((service.declined_long_ago("t:d0"), service.decided_long_ago("t:d0")), (false, true));
         assert_eq!((service.declined_long_ago("t:new"), service.decided_long_ago("t:new")), (false, false));
         drop(service);
@@ -3019,18 +3176,29 @@ mod tests {
     }
 
     #[test]
-    fn known_ids_count_once_and_find_what_was_inserted_across_shards() {
-        let mut known = KnownIds::new();
+    fn forgotten_ids_count_once_keep_what_was_inserted_and_spread_across_shards() {
+        let mut known = ForgottenIds::new();
         let ids: Vec<u64> = (0..20_000).map(|i| hash64(&format!("tenant:decision-{i}"))).collect();
-        for &h in &ids {
-            known.insert(h);
-            known.insert(h);
+        let of = |i: usize| Forgotten {
+            journal_seq: (i % 3 != 0).then_some(i as u64 * 7),
+            label: [None, Some(Label::Fraud), Some(Label::Legit)][i % 3],
+            declined_transfer: i % 2 == 0,
+        };
+        for (i, &h) in ids.iter().enumerate() {
+            known.insert(h, Forgotten::default());
+            known.insert(h, of(i));
         }
-        assert_eq!(known.len(), ids.len());
-        assert!(ids.iter().all(|&h| known.contains(h)));
+        assert_eq!((known.len(), known.declined), (ids.len(), ids.len() / 2));
+        assert!(ids.iter().enumerate().all(|(i, &h)| known.get(h) == Some(of(i))));
         assert!(!known.contains(hash64("tenant:never-seen")));
+        known.label(ids[0], Label::Legit);
+        assert_eq!(known.get(ids[0]).unwrap().label, Some(Label::Legit));
+        assert_eq!(known.get(ids[0]).unwrap().journal_seq, None);
+        // The largest sequence a journal can have round-trips.
+        let far = Forgotten { journal_seq: Some(Forgotten::SEQ_MASK - 1), ..of(1) };
+        assert_eq!(Forgotten::unpack(far.pack()), far);
         // The ids spread over the shards (none holds more than four times its share).
         let most = known.shards.iter().map(|s| s.len()).max().unwrap();
-        assert!(most < 4 * ids.len() / KnownIds::SHARDS, "{most}");
+        assert!(most < 4 * ids.len() / ForgottenIds::SHARDS, "{most}");
     }
 }

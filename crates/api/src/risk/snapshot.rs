@@ -5,16 +5,21 @@
 //! ```text
 //! file    := the journal's snapshot format (`puhui_journal::snapshot`: position, BLAKE3 of it all)
 //! content := magic "PHRS" | version:v | features (puhui_risk::features's snapshot) | memory
-//!            | carried (version 2)
+//!            | carried (versions 2 and 3)
 //! memory  := decisions:v | (id:s | record:bytes | label:u8 | journal_seq:v (0 none, else seq + 1)
 //!            | declined_transfer:flag) × decisions     (oldest first: the order they are forgotten in)
+//!            | forgotten:v | (hash:w | packed:w) × forgotten                          (version 3)
 //!            | known:v | hash:w × known | declined_forgotten:v | hash:w × declined_forgotten
+//!                                                                          (versions 1 and 2)
 //!            | reviews:v | (scoped_id:s | id:s | score:i | reasons:v | reason:s × reasons
 //!            | ruleset_version:s) × reviews
 //! carried := records:v | (record_type:u8 | timestamp_ns:w | payload:bytes) × records
 //! ```
 //! (`v` a varint, `i` a zigzag varint, `s` a string, `w` 8 bytes, `bytes` a varint length and
-//! the bytes: `puhui_risk::bytes`).
+//! the bytes: `puhui_risk::bytes`). A forgotten decision's `packed` word holds its journal
+//! sequence, label and declined flag (`Forgotten::pack`); versions 1 and 2 kept the hashes of all
+//! decision ids and of the forgotten declines only, read as forgotten decisions whose place in the
+//! journal is not known.
 //!
 //! The *carried* records rebuild, applied in order as a start applies journal records, the rest
 //! of the state a start used to read from the whole journal: the controller's feature bounds,
@@ -36,12 +41,17 @@ use puhui_journal::JournalPosition;
 use puhui_risk::bytes::{put_fixed_u64, put_i64, put_str, put_u64, Reader};
 use puhui_risk::{FeatureStore, Label};
 
-use super::{KnownIds, Memory, Remembered, ReviewObject, Reviews, DECISIONS_KEPT_MAX, DECISION_IDS_KEPT_MAX};
+use super::{
+    Forgotten, ForgottenIds, Memory, Remembered, ReviewObject, Reviews, DECISIONS_KEPT_MAX,
+    DECISION_IDS_KEPT_MAX,
+};
 
 /// The snapshot's file in a data directory.
 pub const RISK_SNAPSHOT_FILE: &str = "risk-snapshot.phs";
 const MAGIC: &[u8; 4] = b"PHRS";
-const VERSION: u64 = 2;
+const VERSION: u64 = 3;
+/// The version whose memory keeps only the hashes of decision ids (still read).
+const VERSION_WITH_KNOWN_IDS: u64 = 2;
 /// The version without carried records (still read: its start reads the whole journal).
 const VERSION_WITHOUT_CARRIED: u64 = 1;
 /// What a [`Reader`] of the content names in its errors.
@@ -68,8 +78,7 @@ pub(super) struct Loaded {
 /// The decision memory's durable parts (the rest of [`Memory`] is transient: requests in flight).
 pub(super) struct MemoryParts {
     pub decisions: Vec<(Arc<str>, Remembered)>,
-    pub known: KnownIds,
-    pub declined_forgotten: KnownIds,
+    pub forgotten: ForgottenIds,
     pub reviews: Reviews,
 }
 
@@ -94,13 +103,10 @@ pub(super) fn encode(features: &FeatureStore, memory: &Memory, carried: &[Carrie
         put_u64(&mut out, remembered.journal_seq.map_or(0, |seq| seq + 1));
         out.push(u8::from(remembered.declined_transfer));
     }
-    for ids in [&memory.known, &memory.declined_forgotten] {
-        put_u64(&mut out, ids.len() as u64);
-        for shard in ids.shards.iter() {
-            for hash in shard {
-                put_fixed_u64(&mut out, *hash);
-            }
-        }
+    put_u64(&mut out, memory.forgotten.len() as u64);
+    for (hash, forgotten) in memory.forgotten.iter() {
+        put_fixed_u64(&mut out, hash);
+        put_fixed_u64(&mut out, forgotten.pack());
     }
     put_u64(&mut out, memory.reviews.len() as u64);
     for (scoped_id, review) in &memory.reviews.by_id {
@@ -149,7 +155,7 @@ pub(super) fn load(
         return Err("not a risk snapshot".into());
     }
     let version = r.u64()?;
-    if version != VERSION && version != VERSION_WITHOUT_CARRIED {
+    if !(VERSION_WITHOUT_CARRIED..=VERSION).contains(&version) {
         return Err(format!("risk snapshot version {version} is not supported"));
     }
     let mut rest = &content[r.position()..];
@@ -166,8 +172,8 @@ pub(super) fn load(
 /// What follows the features in a snapshot of `version`: the memory and the carried records.
 fn decode_after_features(bytes: &[u8], version: u64) -> Result<(MemoryParts, Option<Vec<Carried>>), String> {
     let mut r = Reader::new(bytes, CONTENT);
-    let memory = decode_memory(&mut r)?;
-    let carried = (version == VERSION).then(|| decode_carried(&mut r)).transpose()?;
+    let memory = decode_memory(&mut r, version)?;
+    let carried = (version != VERSION_WITHOUT_CARRIED).then(|| decode_carried(&mut r)).transpose()?;
     if r.remaining() != 0 {
         return Err(format!("{} bytes after the risk snapshot", r.remaining()));
     }
@@ -187,8 +193,8 @@ fn decode_carried(r: &mut Reader<'_>) -> Result<Vec<Carried>, String> {
     Ok(carried)
 }
 
-/// The decision memory's durable parts, read from `r`.
-fn decode_memory(r: &mut Reader<'_>) -> Result<MemoryParts, String> {
+/// The decision memory's durable parts, read from `r` (a snapshot of `version`).
+fn decode_memory(r: &mut Reader<'_>, version: u64) -> Result<MemoryParts, String> {
     let n = r.count(5)?;
     if n > DECISIONS_KEPT_MAX {
         return Err(format!("{n} decisions remembered, more than {DECISIONS_KEPT_MAX}"));
@@ -212,20 +218,35 @@ fn decode_memory(r: &mut Reader<'_>) -> Result<MemoryParts, String> {
         let declined_transfer = r.flag()?;
         decisions.push((id, Remembered { record, label, journal_seq, declined_transfer }));
     }
-    let mut sets = [KnownIds::new(), KnownIds::new()];
-    for set in &mut sets {
-        let n = r.count(8)?;
+    let mut forgotten = ForgottenIds::new();
+    if version > VERSION_WITH_KNOWN_IDS {
+        let n = r.count(16)?;
         if n > DECISION_IDS_KEPT_MAX {
-            return Err(format!("{n} decision ids, more than {DECISION_IDS_KEPT_MAX}"));
+            return Err(format!("{n} forgotten decisions, more than {DECISION_IDS_KEPT_MAX}"));
         }
         for _ in 0..n {
-            set.insert(r.fixed_u64()?);
+            let hash = r.fixed_u64()?;
+            forgotten.insert(hash, Forgotten::unpack(r.fixed_u64()?));
         }
-        if set.len() != n {
-            return Err("a decision id's hash twice".into());
+        if forgotten.len() != n {
+            return Err("a forgotten decision twice".into());
+        }
+    } else {
+        // All decision ids, then the forgotten declines among them.
+        for declined_transfer in [false, true] {
+            let n = r.count(8)?;
+            if n > DECISION_IDS_KEPT_MAX {
+                return Err(format!("{n} decision ids, more than {DECISION_IDS_KEPT_MAX}"));
+            }
+            for _ in 0..n {
+                forgotten.insert(r.fixed_u64()?, Forgotten { declined_transfer, ..Forgotten::default() });
+            }
+        }
+        // The ids of decisions still remembered are not forgotten ones.
+        for (id, _) in &decisions {
+            forgotten.remove(super::hash64(id));
         }
     }
-    let [known, declined_forgotten] = sets;
     let mut reviews = Reviews::default();
     let n = r.count(5)?;
     for _ in 0..n {
@@ -239,15 +260,16 @@ fn decode_memory(r: &mut Reader<'_>) -> Result<MemoryParts, String> {
     if reviews.len() != n {
         return Err("a review twice".into());
     }
-    Ok(MemoryParts { decisions, known, declined_forgotten, reviews })
+    Ok(MemoryParts { decisions, forgotten, reviews })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// A memory of `n` decisions, some labelled, some declined, and a review.
-    fn memory_parts_bytes(n: usize) -> Vec<u8> {
+    /// A memory of `n` decisions, some labelled, some declined, and a review, as a snapshot of
+    /// `version` writes it (with `n` forgotten decisions, a fifth of them declines).
+    fn memory_parts_bytes(n: usize, version: u64) -> Vec<u8> {
         let mut out = Vec::new();
         put_u64(&mut out, n as u64);
         for i in 0..n {
@@ -258,10 +280,24 @@ mod tests {
             put_u64(&mut out, if i % 2 == 0 { 0 } else { i as u64 + 1 });
             out.push(u8::from(i % 5 == 0));
         }
-        for set in [n, n / 5] {
-            put_u64(&mut out, set as u64);
-            for i in 0..set {
-                put_fixed_u64(&mut out, 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1));
+        let hash = |i: usize| 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1);
+        if version == VERSION {
+            put_u64(&mut out, n as u64);
+            for i in 0..n {
+                put_fixed_u64(&mut out, hash(i));
+                let forgotten = Forgotten {
+                    journal_seq: Some(1_000 + i as u64),
+                    label: (i % 2 == 0).then_some(Label::Fraud),
+                    declined_transfer: i < n / 5,
+                };
+                put_fixed_u64(&mut out, forgotten.pack());
+            }
+        } else {
+            for set in [n, n / 5] {
+                put_u64(&mut out, set as u64);
+                for i in 0..set {
+                    put_fixed_u64(&mut out, hash(i));
+                }
             }
         }
         put_u64(&mut out, 1);
@@ -276,8 +312,19 @@ mod tests {
     }
 
     #[test]
+    fn a_version_2_memory_is_read_as_forgotten_decisions_of_unknown_place() {
+        let mut bytes = memory_parts_bytes(40, VERSION_WITH_KNOWN_IDS);
+        put_u64(&mut bytes, 0);
+        let (parts, carried) = decode_after_features(&bytes, VERSION_WITH_KNOWN_IDS).unwrap();
+        assert_eq!(carried.map(|c| c.len()), Some(0));
+        assert_eq!((parts.decisions.len(), parts.forgotten.len(), parts.forgotten.declined), (40, 40, 8));
+        assert!(parts.forgotten.iter().all(|(_, f)| f.journal_seq.is_none() && f.label.is_none()));
+        assert!(decode_after_features(&bytes, VERSION).is_err(), "version 3 keeps 16 bytes per id");
+    }
+
+    #[test]
     fn the_memory_and_carried_records_decode_and_damage_is_an_error_never_a_panic() {
-        let mut bytes = memory_parts_bytes(40);
+        let mut bytes = memory_parts_bytes(40, VERSION);
         let carried: Vec<Carried> = vec![(3, 7, b"ruleset".to_vec()), (32, 1 << 60, Vec::new())];
         put_u64(&mut bytes, carried.len() as u64);
         for (record_type, timestamp_ns, payload) in &carried {
@@ -288,15 +335,24 @@ mod tests {
         }
         let (parts, read) = decode_after_features(&bytes, VERSION).unwrap();
         assert_eq!(read.as_deref(), Some(&carried[..]));
-        assert_eq!((parts.decisions.len(), parts.known.len(), parts.declined_forgotten.len()), (40, 40, 8));
+        assert_eq!((parts.decisions.len(), parts.forgotten.len(), parts.forgotten.declined), (40, 40, 8));
+        let (hash, first) = (0x9e37_79b9_7f4a_7c15u64, parts.forgotten.get(0x9e37_79b9_7f4a_7c15u64));
+        assert_eq!(
+            first,
+            Some(Forgotten { journal_seq: Some(1_000), label: Some(Label::Fraud), declined_transfer: true })
+        );
+        assert!(parts.forgotten.contains(hash));
         assert_eq!(parts.decisions[2].1.label, Some(Label::Legit));
         assert_eq!((parts.decisions[3].1.journal_seq, parts.decisions[2].1.journal_seq), (Some(3), None));
         assert_eq!(parts.reviews.page("t", None, 10).0[0].reasons, ["velocity"]);
         // A version-1 snapshot ends after the memory.
-        let memory_only = memory_parts_bytes(40);
+        let memory_only = memory_parts_bytes(40, VERSION_WITHOUT_CARRIED);
         let (_, none) = decode_after_features(&memory_only, VERSION_WITHOUT_CARRIED).unwrap();
         assert!(none.is_none());
-        assert!(decode_after_features(&memory_only, VERSION).is_err(), "version 2 needs its records");
+        assert!(
+            decode_after_features(&memory_only, VERSION_WITH_KNOWN_IDS).is_err(),
+            "version 2 needs its records"
+        );
         assert!(decode_after_features(&bytes, VERSION_WITHOUT_CARRIED).is_err(), "bytes after version 1");
         // Every cut and every flipped byte: an error or a memory, never a panic.
         for cut in 0..bytes.len() {
