@@ -564,7 +564,8 @@ impl Decided {
 }
 
 /// A verdict's reason codes: its fired rules', in ruleset order.
-fn reasons_of(verdict: &Verdict) -> Vec<String> {
+/// The reason codes of a verdict's fired rules, in order.
+pub(crate) fn reasons_of(verdict: &Verdict) -> Vec<String> {
     verdict.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
 }
 
@@ -2160,7 +2161,15 @@ pub async fn create_decision(
         attributes,
         payer_balance_minor: body.payer_balance,
     };
-    if let Some(existing) = risk.decision_record(id.as_str()) {
+    // A decision older than the memory is read back from the journal, so that its retry is
+    // matched too.
+    let existing = match risk.decision_record(id.as_str()) {
+        Some(record) => Some((record, None)),
+        None => forgotten_from_journal(&app, risk, id.as_str())
+            .await?
+            .map(|(record, seq, label)| (record, Some((seq, label)))),
+    };
+    if let Some((existing, from_journal)) = existing {
         // A retry: the decision already made, if it was made for this event (everything the request
         // says: parties, figures, context, the timestamp if it gives one, whether to record it).
         let e = &existing.event;
@@ -2182,8 +2191,13 @@ pub async fn create_decision(
                  amount, currency, risk context, payer balance, timestamp or record flag)",
             ));
         }
-        if let Some(existing) = risk.decision(id.as_str()) {
-            return Ok((StatusCode::OK, Json(existing)));
+        match from_journal {
+            Some((seq, label)) => return Ok((StatusCode::OK, Json(forgotten_object(existing, seq, label)))),
+            None => {
+                if let Some(existing) = risk.decision(id.as_str()) {
+                    return Ok((StatusCode::OK, Json(existing)));
+                }
+            }
         }
     }
     if risk.decided_long_ago(id.as_str()) {
@@ -2195,8 +2209,9 @@ pub async fn create_decision(
                 "invalid_request_error",
                 "decision_exists",
                 format!(
-                    "a decision under this id was made earlier and is older than the {DECISIONS_KEPT_MAX} \
-                     decisions kept in memory, so a retry cannot be matched with it: use a new id"
+                    "a decision under this id was made earlier, is older than the {DECISIONS_KEPT_MAX} \
+                     decisions kept in memory, and its journal entry is past the events index's window, so \
+                     a retry cannot be matched with it: use a new id"
                 ),
             )
         });
@@ -2235,8 +2250,8 @@ pub async fn get_decision(
     if let Some(decision) = risk.look_caught_up(|r| r.decision(id.as_str())).await {
         return Ok(Json(decision));
     }
-    if let Some(decision) = forgotten_from_journal(&app, risk, id.as_str()).await? {
-        return Ok(Json(decision));
+    if let Some((decision, seq, label)) = forgotten_from_journal(&app, risk, id.as_str()).await? {
+        return Ok(Json(forgotten_object(decision, seq, label)));
     }
     if risk.decided_long_ago(id.as_str()) {
         return Err(ApiError {
@@ -2256,16 +2271,16 @@ pub async fn get_decision(
 const INDEX_WAIT_MS: u64 = 5_000;
 
 /// A decision no longer in memory (older than the latest [`DECISIONS_KEPT_MAX`]), read back from
-/// its journal entry through the events index's frame positions (`crate::events::EventLog`), with
-/// the label it was given: `None` if its place was not kept or is past the index's window. Choice,
-/// over keeping more decisions in memory: an entry's place costs 8 bytes beside the id's hash,
-/// where a remembered decision costs its whole record; reading one back scans at most about
-/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries.
-async fn forgotten_from_journal(
+/// its journal entry through the events index's frame positions (`crate::events::EventLog`): the
+/// record, where it is, and the label it was given. `None` if its place was not kept or is past
+/// the index's window. Choice, over keeping more decisions in memory: an entry's place costs 8
+/// bytes beside the id's hash, where a remembered decision costs its whole record; reading one
+/// back scans at most about [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries.
+pub(crate) async fn forgotten_from_journal(
     app: &Arc<AppState>,
     risk: &Arc<RiskService>,
     scoped_id: &str,
-) -> Result<Option<DecisionObject>, ApiError> {
+) -> Result<Option<(DecisionRecord, u64, Option<Label>)>, ApiError> {
     let (Some(log), Some((seq, label))) = (app.events.as_ref(), risk.forgotten_decision(scoped_id)) else {
         return Ok(None);
     };
@@ -2298,16 +2313,19 @@ async fn forgotten_from_journal(
         let (record_type, _, payload) = puhui_journal::codec::decode_record(&entry.body).ok()?;
         match RiskRecord::decode(record_type, payload).ok()? {
             // The id is checked: the memory keeps only its hash.
-            RiskRecord::Decision(d) if d.id == scoped_id => Some(d),
+            RiskRecord::Decision(d) if d.id == scoped_id => Some(*d),
             _ => None,
         }
     });
-    Ok(decision.map(|d| {
-        let mut object = to_object(*d);
-        object.label = label.map(|l| label_str(l).to_string());
-        object.journal_seq = Some(seq);
-        object
-    }))
+    Ok(decision.map(|d| (d, seq, label)))
+}
+
+/// The API object of a decision read back from the journal at `seq`, with its `label`.
+fn forgotten_object(d: DecisionRecord, seq: u64, label: Option<Label>) -> DecisionObject {
+    let mut object = to_object(d);
+    object.label = label.map(|l| label_str(l).to_string());
+    object.journal_seq = Some(seq);
+    object
 }
 
 /// Open reviews: transfers held by risk control, waiting for an analyst.

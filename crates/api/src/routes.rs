@@ -698,7 +698,14 @@ async fn prepare_inline(
         }
     }
     if risk.declined_long_ago(request.id.as_str()) {
-        return Err(declined_long_ago());
+        // Older than the memory: its record is read back from the journal if the events index
+        // still covers it, so the retry gets the reasons (or the conflict) a recent one gets.
+        return Err(match crate::risk::forgotten_from_journal(app, risk, request.id.as_str()).await? {
+            Some((record, _, _)) => {
+                declined_again(request, Some(&record.event), &crate::risk::reasons_of(&record.active))
+            }
+            None => declined_long_ago(),
+        });
     }
     let id = request.id.clone();
     if let Some(Some(existing)) = app.transfer_now(id).await? {
@@ -745,8 +752,20 @@ fn declined_before(
     if previous.source != "transfer" || previous.outcome != "decline" {
         return None;
     }
-    if let Some(record) = risk.decision_record(request.id.as_str()) {
-        let event = &record.event;
+    let record = risk.decision_record(request.id.as_str());
+    let reasons: Vec<String> = previous.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
+    Some(declined_again(request, record.as_ref().map(|r| &r.event), &reasons))
+}
+
+/// The answer to a retry under the id of a declined transfer whose decision saw `event`: 422
+/// `risk_declined` with its `reasons` if the retry names the same payment (or the event is not at
+/// hand), else the ledger's conflict for an id reused with other accounts, amount or currency.
+fn declined_again(
+    request: &TransferRequest,
+    event: Option<&puhui_risk::records::EventRecord>,
+    reasons: &[String],
+) -> ApiError {
+    if let Some(event) = event {
         let differs =
             |account: &Option<Id>, recorded: &str| account.as_ref().is_none_or(|a| a.as_str() != recorded);
         let conflict = if differs(&request.debit_account_id, &event.payer)
@@ -761,11 +780,10 @@ fn declined_before(
             None
         };
         if let Some(code) = conflict {
-            return Some(ledger_error(code));
+            return ledger_error(code);
         }
     }
-    let reasons: Vec<String> = previous.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect();
-    Some(risk_declined(&reasons))
+    risk_declined(reasons)
 }
 
 /// For a transfer without a risk context: the answer if its id was declined before (see
@@ -809,13 +827,15 @@ fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
 }
 
 /// 422 `risk_declined` for a retry under the id of a transfer risk control declined so long ago that
-/// its decision is no longer in memory (only its id's hash is): declined again, whatever the retry
-/// says, since its payment cannot be compared with the declined one.
+/// its decision is no longer in memory and its journal entry is past the events index's window (a
+/// batch item's retry is not read back either): declined again, whatever the retry says, since its
+/// payment cannot be compared with the declined one.
 fn declined_long_ago() -> ApiError {
     ApiError {
         message: format!(
             "risk control declined a transfer under this id earlier (its decision is older than the {} kept \
-             in memory, so its reasons are not repeated: they are in the journal); use a new id for a new payment",
+             in memory and than the events index's window, so its reasons are not repeated: they are in the \
+             journal); use a new id for a new payment",
             crate::risk::DECISIONS_KEPT_MAX
         ),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")

@@ -539,10 +539,22 @@ async fn graceful_shutdown_loses_nothing_acknowledged() {
 #[tokio::test]
 async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() {
     // Memory keeps the latest 100,000 decisions; an older one is read back from its journal entry,
-    // labelled after it was forgotten, also after a restart (from the risk snapshot).
+    // labelled after it was forgotten, also after a restart (from the risk snapshot), and a retry
+    // under its id is matched with it: a standalone decision's answered, a declined transfer's
+    // declined again with its reasons, another event or payment under the id a conflict.
     let dir = tempfile::tempdir().unwrap();
-    let server = serve(dir.path(), &[]);
+    let ruleset = dir.path().join("large.toml");
+    let large = "version = \"large-1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[rules]]\nid = \"large\"\n\
+                 description = \"a large payment\"\nexpression = \"amount > 1000\"\nscore = 100\nreasons = [\"large\"]\n";
+    std::fs::write(&ruleset, large).unwrap();
+    let args = ["--ruleset", ruleset.to_str().unwrap()];
+    let server = serve(dir.path(), &args);
     let c = Client::tenant(&server).await;
+    c.setup(&server).await;
+    let mut declined = transfer("declined", "alice", "bob", 5_000);
+    declined["risk_context"] = json!({"device_id": "phone-1"});
+    let refused = c.post(&server, "/v1/transfers", declined.clone()).await;
+    assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
     let decide = |id: String, payer: usize| {
         json!({"id": id, "payer": format!("w{payer}"), "payee": "shop", "amount": 100, "currency": "CNY",
                "risk_context": {"device_id": format!("phone-{payer}"), "channel": "app"}})
@@ -566,6 +578,23 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     }
     let label = c.post(&server, "/v1/decisions/old/label", json!({"label": "fraud"})).await;
     assert_eq!(label.status, 200, "a label on a forgotten decision: {:?}", label.body);
+    // Its retry is answered with it, not decided again; another event under its id is a conflict.
+    let retried = c.post(&server, "/v1/decisions", decide("old".into(), 0)).await;
+    assert_eq!(retried.status, 200, "{:?}", retried.body);
+    assert_eq!(
+        (&retried.body["features"], &retried.body["label"]),
+        (&first.body["features"], &json!("fraud"))
+    );
+    let mut another = decide("old".into(), 0);
+    another["amount"] = json!(101);
+    let conflict = c.post(&server, "/v1/decisions", another).await;
+    assert_eq!(conflict.status, 409, "{:?}", conflict.body);
+    let again = c.post(&server, "/v1/transfers", declined.clone()).await;
+    assert_eq!((again.status, again.code()), (422, "risk_declined"), "{:?}", again.body);
+    assert_eq!(again.body["error"]["reasons"], json!(["large"]), "{:?}", again.body);
+    let mut other_payment = declined.clone();
+    other_payment["amount"] = json!(6_000);
+    assert_eq!(c.post(&server, "/v1/transfers", other_payment).await.status, 409);
     let read_back = |server: Server| {
         let (c, first) = (&c, &first);
         async move {
@@ -584,7 +613,7 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     assert_eq!(other.get(&server, "/v1/decisions/old").await.status, 404, "decisions are tenant-scoped");
     assert_eq!(c.get(&server, "/v1/decisions/never").await.status, 404);
     assert!(server.terminate().success());
-    let server = read_back(serve(dir.path(), &[])).await;
+    let server = read_back(serve(dir.path(), &args)).await;
     assert!(server.terminate().success());
 }
 
