@@ -564,7 +564,6 @@ impl Decided {
 }
 
 /// A verdict's reason codes: its fired rules', in ruleset order.
-/// The reason codes of a verdict's fired rules, in order.
 pub(crate) fn reasons_of(verdict: &Verdict) -> Vec<String> {
     verdict.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect()
 }
