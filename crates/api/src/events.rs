@@ -36,8 +36,9 @@ mod pg;
 
 /// The index covers the events of this many latest journal entries.
 pub const EVENTS_INDEXED_ENTRIES_MAX: u64 = 1 << 24;
-/// A frame position is kept at least every this many entries (reading one event scans at most about
-/// this many entries plus one frame).
+/// A frame position is kept at the end of an index read once this many entries have passed since
+/// the last one: reading one event back scans about this many entries plus one frame (or up to a
+/// read's [`INDEX_BATCH_ENTRIES_MAX`] where the index caught up after a start).
 pub const INDEX_POSITION_EVERY_ENTRIES: u64 = 1_024;
 /// Entries the indexer reads per step.
 pub const INDEX_BATCH_ENTRIES_MAX: usize = 4_096;
@@ -328,9 +329,10 @@ impl EventLog {
     }
 
     /// Whether the entry `seq` is within the window the index covers (the latest
-    /// [`EVENTS_INDEXED_ENTRIES_MAX`] entries), where reading it back scans at most about
-    /// [`INDEX_POSITION_EVERY_ENTRIES`] entries (older ones would be a scan from the journal's
-    /// start, in the file).
+    /// [`EVENTS_INDEXED_ENTRIES_MAX`] entries), where reading it back scans from the nearest kept
+    /// frame position: about [`INDEX_POSITION_EVERY_ENTRIES`] entries, or up to a batch of
+    /// [`INDEX_BATCH_ENTRIES_MAX`] for entries indexed in one read (catching up after a start);
+    /// older ones would be a scan from the journal's start, in the file.
     pub fn covers(&self, seq: u64) -> bool {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         seq < index.next_seq && seq >= index.next_seq.saturating_sub(EVENTS_INDEXED_ENTRIES_MAX)

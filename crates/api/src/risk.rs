@@ -2274,7 +2274,9 @@ const INDEX_WAIT_MS: u64 = 5_000;
 /// record, where it is, and the label it was given. `None` if its place was not kept or is past
 /// the index's window. Choice, over keeping more decisions in memory: an entry's place costs 8
 /// bytes beside the id's hash, where a remembered decision costs its whole record; reading one
-/// back scans at most about [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries.
+/// back scans from the nearest kept frame position: about
+/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries while the index follows the journal, up to
+/// a batch of [`crate::events::INDEX_BATCH_ENTRIES_MAX`] for entries it read catching up after a start.
 pub(crate) async fn forgotten_from_journal(
     app: &Arc<AppState>,
     risk: &Arc<RiskService>,
