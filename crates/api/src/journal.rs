@@ -154,7 +154,9 @@ async fn proof_response(
 #[utoipa::path(get, path = "/v1/decisions/{id}/proof", tag = "journal",
     params(("id" = String, Path, description = "decision id"), ProofQuery),
     responses((status = 200, description = "inclusion proof JSON"), (status = 404, body = ErrorEnvelope),
-              (status = 409, body = ErrorEnvelope, description = "not covered by a checkpoint yet")),
+              (status = 409, body = ErrorEnvelope, description = "not covered by a checkpoint yet"),
+              (status = 503, body = ErrorEnvelope,
+               description = "an old decision while the events index reads the journal after a start")),
     security(("api_key" = [])))]
 pub async fn decision_proof(
     State(app): State<Arc<AppState>>,
@@ -164,12 +166,17 @@ pub async fn decision_proof(
 ) -> Result<Response, ApiError> {
     let checkpoint = checkpoint_of(query)?;
     let id = scoped_lookup(&principal.tenant, &id, "decision")?;
-    let decision = app
-        .risk
-        .as_ref()
-        .and_then(|r| r.decision(id.as_str()))
-        .ok_or_else(|| ApiError::not_found("decision", "id"))?;
-    let Some(seq) = decision.journal_seq else {
+    let risk = app.risk.as_ref().ok_or_else(|| ApiError::not_found("decision", "id"))?;
+    let seq = match risk.decision(id.as_str()) {
+        Some(decision) => decision.journal_seq,
+        // Older than the memory: its entry is read back (the id checked against the record, since
+        // the memory keeps only the id's hash), then proved by its place.
+        None => match crate::risk::forgotten_from_journal(&app, risk, id.as_str()).await? {
+            Some((_, seq, _)) => Some(seq),
+            None => return Err(ApiError::not_found("decision", "id")),
+        },
+    };
+    let Some(seq) = seq else {
         return Err(error(VError::NotCheckpointed { seq: 0, checkpoint_size: 0 }));
     };
     proof_response(&app, checkpoint, move |s| s.inclusion_proof_for_entry(seq, checkpoint)).await

@@ -614,6 +614,20 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     assert_eq!(c.get(&server, "/v1/decisions/never").await.status, 404);
     assert!(server.terminate().success());
     let server = read_back(serve(dir.path(), &args)).await;
+    // The shutdown checkpoint covers it: its inclusion proof comes from its kept place, and
+    // verifies offline.
+    let proof = c.get(&server, "/v1/decisions/old/proof").await;
+    assert_eq!(proof.status, 200, "{:?}", proof.body);
+    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
+    let file = dir.path().join("old-decision-proof.json");
+    std::fs::write(&file, proof.body.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["journal", "verify-proof"])
+        .arg(&file)
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
     assert!(server.terminate().success());
 }
 
