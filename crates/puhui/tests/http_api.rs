@@ -618,16 +618,7 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     // verifies offline.
     let proof = c.get(&server, "/v1/decisions/old/proof").await;
     assert_eq!(proof.status, 200, "{:?}", proof.body);
-    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
-    let file = dir.path().join("old-decision-proof.json");
-    std::fs::write(&file, proof.body.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["journal", "verify-proof"])
-        .arg(&file)
-        .args(["--public-key", &key])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    proof_verifies_offline(&c, &server, dir.path(), &proof.body).await;
     assert!(server.terminate().success());
 }
 
@@ -1412,21 +1403,7 @@ async fn transfer_proofs_over_http_verify_offline() {
     assert_eq!(other.get(&server, "/v1/transfers/fund-alice/proof").await.status, 404, "tenant-scoped");
     let latest = c.get(&server, "/v1/journal/checkpoints/latest").await;
     assert_eq!(latest.status, 200, "{:?}", latest.body);
-    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
-    let file = dir.path().join("proof.json");
-    std::fs::write(&file, proof.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["journal", "verify-proof"])
-        .arg(&file)
-        .args(["--public-key", &key])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    proof_verifies_offline(&c, &server, dir.path(), &proof).await;
     let bad = c.get(&server, "/v1/journal/consistency?from=5&to=1").await;
     assert_eq!(bad.status, 400);
     assert_eq!(c.get(&server, "/v1/journal/checkpoints/123456789").await.status, 404);
@@ -1631,16 +1608,7 @@ async fn risk_records_are_journaled_survive_restart_and_replay_exactly() {
     let proof = c.get(&server, "/v1/decisions/d5/proof").await;
     assert_eq!(proof.status, 200, "{:?}", proof.body);
     assert!(d5["journal_seq"].as_u64().is_some(), "{d5}");
-    let key = c.get(&server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
-    let file = dir.path().join("decision-proof.json");
-    std::fs::write(&file, proof.body.to_string()).unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
-        .args(["journal", "verify-proof"])
-        .arg(&file)
-        .args(["--public-key", &key])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    proof_verifies_offline(&c, &server, dir.path(), &proof.body).await;
     assert!(server.terminate().success());
 
     // The backtest replays the journal and reproduces every online decision exactly.
@@ -1868,6 +1836,26 @@ async fn a_decision_id_names_one_event_and_is_never_reused_by_a_transfer() {
 
 /// Runs `puhui risk backtest` on `dir` without a candidate and asserts that it reproduced every
 /// online decision exactly; returns its output.
+/// Writes `proof` into `dir` and checks that `puhui journal verify-proof` accepts it with the
+/// server's public key (offline: no data dir).
+async fn proof_verifies_offline(c: &Client, server: &Server, dir: &Path, proof: &Value) {
+    let key = c.get(server, "/v1/journal/public-key").await.body["public_key"].as_str().unwrap().to_string();
+    let file = dir.join("proof.json");
+    std::fs::write(&file, proof.to_string()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
+        .args(["journal", "verify-proof"])
+        .arg(&file)
+        .args(["--public-key", &key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn backtest_reproduces_every_decision(dir: &Path) -> std::process::Output {
     let out = Command::new(env!("CARGO_BIN_EXE_puhui"))
         .args(["risk", "backtest", "--data-dir"])
