@@ -1435,11 +1435,12 @@ impl RiskService {
     }
 
     /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
-    /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]).
+    /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]; the id is hashed only once some are).
     pub fn decided_long_ago(&self, id: &str) -> bool {
-        let hash = hash64(id);
         let memory = self.mem();
-        !memory.decisions.contains_key(id) && memory.forgotten.contains(hash)
+        memory.forgotten.len() > 0
+            && !memory.decisions.contains_key(id)
+            && memory.forgotten.contains(hash64(id))
     }
 
     /// The remembered record of decision `id` (scoped), with its event.
@@ -1486,14 +1487,18 @@ impl RiskService {
     }
 
     /// Of `(transfer id, pending id)` pairs (scoped), the indices of those whose transfer id has a
-    /// remembered decision or whose pending id is a hold under review: the only ones a batch must
-    /// look at more closely (one lock for all).
+    /// decision (remembered, or older than the memory) or whose pending id is a hold under review:
+    /// the only ones a batch must look at more closely (one lock for all; an id's hash is taken
+    /// only once decisions have been forgotten).
     pub fn known_items<'a>(&self, items: impl Iterator<Item = (&'a str, Option<&'a str>)>) -> Vec<usize> {
         let memory = self.mem();
+        let forgotten = memory.forgotten.len() > 0;
         items
             .enumerate()
             .filter(|(_, (id, pending))| {
-                memory.decisions.contains_key(*id) || pending.is_some_and(|p| memory.reviews.contains_key(p))
+                memory.decisions.contains_key(*id)
+                    || pending.is_some_and(|p| memory.reviews.contains_key(p))
+                    || (forgotten && memory.forgotten.contains(hash64(id)))
             })
             .map(|(i, _)| i)
             .collect()

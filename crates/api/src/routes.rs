@@ -697,23 +697,10 @@ async fn prepare_inline(
             return Ok(Prepared::Answered(Some((outcome, review))));
         }
     }
-    if risk.declined_long_ago(request.id.as_str()) {
-        // Older than the memory: its record is read back from the journal if the events index
-        // still covers it, so the retry gets the reasons (or the conflict) a recent one gets.
-        return Err(match crate::risk::forgotten_from_journal(app, risk, request.id.as_str()).await? {
-            Some((record, _, _)) => {
-                declined_again(request, Some(&record.event), &crate::risk::reasons_of(&record.active))
-            }
-            None => declined_long_ago(),
-        });
+    if let Some(refused) = declined_long_ago_again(app, risk, request).await? {
+        return Err(refused);
     }
-    let id = request.id.clone();
-    if let Some(Some(existing)) = app.transfer_now(id).await? {
-        let review_hold = existing.request.kind == TransferKind::Pending
-            && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
-        if review_hold {
-            into_review_hold(request);
-        }
+    if matches_recorded_transfer(app, request).await? {
         return Ok(Prepared::Answered(None));
     }
     let attributes = crate::risk::attributes(tenant, context)?;
@@ -786,25 +773,74 @@ fn declined_again(
     risk_declined(reasons)
 }
 
+/// The answer to `request` if risk control declined a transfer under its id so long ago that the
+/// decision is no longer in memory: its record is read back from the journal if the events index
+/// still covers it, so the retry gets the reasons (or the conflict) a recent one gets
+/// ([`declined_again`]); past the index's window, [`declined_long_ago`].
+async fn declined_long_ago_again(
+    app: &Arc<AppState>,
+    risk: &Arc<crate::risk::RiskService>,
+    request: &TransferRequest,
+) -> Result<Option<ApiError>, ApiError> {
+    if !risk.declined_long_ago(request.id.as_str()) {
+        return Ok(None);
+    }
+    Ok(Some(match crate::risk::forgotten_from_journal(app, risk, request.id.as_str()).await? {
+        Some((record, _, _)) => {
+            declined_again(request, Some(&record.event), &crate::risk::reasons_of(&record.active))
+        }
+        None => declined_long_ago(),
+    }))
+}
+
+/// Whether the ledger already holds a transfer under `request`'s id (not waited for during a group
+/// commit: `false` then, and the ledger answers the request). If it is a hold risk control made on
+/// review, `request` is turned into that hold, so that it matches.
+async fn matches_recorded_transfer(
+    app: &Arc<AppState>,
+    request: &mut TransferRequest,
+) -> Result<bool, ApiError> {
+    let Some(Some(existing)) = app.transfer_now(request.id.clone()).await? else { return Ok(false) };
+    let review_hold = existing.request.kind == TransferKind::Pending
+        && existing.request.timeout_ms == Some(crate::risk::REVIEW_HOLD_TIMEOUT_MS);
+    if review_hold {
+        into_review_hold(request);
+    }
+    Ok(true)
+}
+
 /// For a transfer without a risk context: the answer if its id was declined before (see
-/// [`declined_before`]), or 409 `under_review` if it posts a hold waiting for review. A transfer
-/// under an id risk control turned into a review hold is turned the same way, so it is that hold
-/// (the ledger takes one of the two), never a posting beside it.
-fn refused_without_decision(app: &AppState, request: &mut TransferRequest, prefix: &str) -> Option<ApiError> {
-    let risk = app.risk.as_ref()?;
+/// [`declined_before`], and [`declined_long_ago_again`] for a decision older than the memory), or
+/// 409 `under_review` if it posts a hold waiting for review. A transfer under an id risk control
+/// turned into a review hold is turned the same way, so it is that hold (the ledger takes one of
+/// the two), never a posting beside it; for a decision older than the memory the hold is looked up
+/// in the ledger ([`matches_recorded_transfer`]).
+async fn refused_without_decision(
+    app: &Arc<AppState>,
+    request: &mut TransferRequest,
+    prefix: &str,
+) -> Result<Option<ApiError>, ApiError> {
+    let Some(risk) = app.risk.as_ref() else { return Ok(None) };
     if request.kind == TransferKind::PostPending {
-        let pending = request.pending_id.as_ref()?;
-        return risk
+        let Some(pending) = request.pending_id.as_ref() else { return Ok(None) };
+        return Ok(risk
             .is_under_review(pending.as_str())
-            .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id")));
+            .then(|| crate::risk::RiskService::under_review(&format!("{prefix}pending_id"))));
     }
     let Some(previous) = risk.decision(request.id.as_str()) else {
-        return risk.declined_long_ago(request.id.as_str()).then(declined_long_ago);
+        if !risk.decided_long_ago(request.id.as_str()) {
+            return Ok(None);
+        }
+        if let Some(refused) = declined_long_ago_again(app, risk, request).await? {
+            return Ok(Some(refused));
+        }
+        matches_recorded_transfer(app, request).await?;
+        return Ok(None);
     };
     if previous.source == "transfer" && previous.outcome == "review" {
         into_review_hold(request);
     }
-    declined_before(risk, request, &previous)
+    Ok(declined_before(risk, request, &previous))
 }
 
 /// Turns a single-phase transfer into the hold risk control makes of it on review (a pending transfer
@@ -827,9 +863,9 @@ fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
 }
 
 /// 422 `risk_declined` for a retry under the id of a transfer risk control declined so long ago that
-/// its decision is no longer in memory and its journal entry is past the events index's window (a
-/// batch item's retry is not read back either): declined again, whatever the retry says, since its
-/// payment cannot be compared with the declined one.
+/// its decision is no longer in memory and its journal entry is past the events index's window:
+/// declined again, whatever the retry says, since its payment cannot be compared with the declined
+/// one.
 fn declined_long_ago() -> ApiError {
     ApiError {
         message: format!(
@@ -934,7 +970,7 @@ pub async fn create_transfer(
             let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
             decide_and_post(&app, &principal.tenant, request, context, fence).await?
         }
-        None => match refused_without_decision(&app, &mut request, "") {
+        None => match refused_without_decision(&app, &mut request, "").await? {
             Some(refused) => return Err(refused),
             None => (request, None, None),
         },
@@ -1051,7 +1087,7 @@ pub async fn create_transfer_batch(
             continue;
         }
         let prefix = format!("transfers[{i}].");
-        match refused_without_decision(&app, &mut requests[i], &prefix) {
+        match refused_without_decision(&app, &mut requests[i], &prefix).await? {
             Some(e) if e.code == "under_review" => return Err(e),
             Some(e) => note(i, Err(e))?,
             None => {}

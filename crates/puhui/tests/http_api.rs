@@ -545,7 +545,9 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     let dir = tempfile::tempdir().unwrap();
     let ruleset = dir.path().join("large.toml");
     let large = "version = \"large-1\"\n[thresholds]\nreview = 50\ndecline = 100\n[[rules]]\nid = \"large\"\n\
-                 description = \"a large payment\"\nexpression = \"amount > 1000\"\nscore = 100\nreasons = [\"large\"]\n";
+                 description = \"a large payment\"\nexpression = \"amount > 1000\"\nscore = 100\nreasons = [\"large\"]\n\
+                 [[rules]]\nid = \"medium\"\ndescription = \"a payment to look at\"\n\
+                 expression = \"amount > 500 && amount <= 1000\"\nscore = 60\nreasons = [\"medium\"]\n";
     std::fs::write(&ruleset, large).unwrap();
     let args = ["--ruleset", ruleset.to_str().unwrap()];
     let server = serve(dir.path(), &args);
@@ -555,6 +557,10 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     declined["risk_context"] = json!({"device_id": "phone-1"});
     let refused = c.post(&server, "/v1/transfers", declined.clone()).await;
     assert_eq!((refused.status, refused.code()), (422, "risk_declined"), "{:?}", refused.body);
+    let mut held = transfer("held", "alice", "bob", 700);
+    held["risk_context"] = json!({"device_id": "phone-1"});
+    let hold = c.post(&server, "/v1/transfers", held).await;
+    assert_eq!((hold.status, hold.body["type"].as_str()), (201, Some("pending")), "{:?}", hold.body);
     let decide = |id: String, payer: usize| {
         json!({"id": id, "payer": format!("w{payer}"), "payee": "shop", "amount": 100, "currency": "CNY",
                "risk_context": {"device_id": format!("phone-{payer}"), "channel": "app"}})
@@ -595,6 +601,28 @@ async fn a_decision_older_than_the_memory_keeps_is_read_back_from_the_journal() 
     let mut other_payment = declined.clone();
     other_payment["amount"] = json!(6_000);
     assert_eq!(c.post(&server, "/v1/transfers", other_payment).await.status, 409);
+    // So is a retry without a risk context, alone or as a batch item (where another payment under
+    // the id is that item's conflict); a review hold's retry without one is that hold.
+    let bare = c.post(&server, "/v1/transfers", transfer("declined", "alice", "bob", 5_000)).await;
+    assert_eq!((bare.status, &bare.body["error"]["reasons"]), (422, &json!(["large"])), "{:?}", bare.body);
+    let items = [transfer("declined", "alice", "bob", 5_000), transfer("declined", "alice", "bob", 1)];
+    let batch = c.post(&server, "/v1/transfers/batch", json!({ "transfers": items })).await;
+    let results: Vec<&str> =
+        batch.body["results"].as_array().unwrap().iter().map(|x| x["result"].as_str().unwrap()).collect();
+    assert_eq!(results, ["risk_declined", "exists_with_different_amount"], "{:?}", batch.body);
+    assert_eq!(batch.body["results"][0]["reasons"], json!(["large"]), "{:?}", batch.body);
+    assert_eq!(c.get(&server, "/v1/transfers/declined").await.status, 404);
+    let held_again = c.post(&server, "/v1/transfers", transfer("held", "alice", "bob", 700)).await;
+    assert_eq!(
+        (held_again.status, held_again.body["type"].as_str()),
+        (200, Some("pending")),
+        "{:?}",
+        held_again.body
+    );
+    let in_batch = c
+        .post(&server, "/v1/transfers/batch", json!({"transfers": [transfer("held", "alice", "bob", 700)]}))
+        .await;
+    assert_eq!(in_batch.body["results"][0]["result"], "exists", "{:?}", in_batch.body);
     let read_back = |server: Server| {
         let (c, first) = (&c, &first);
         async move {
