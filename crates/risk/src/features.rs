@@ -33,6 +33,7 @@ use hashbrown::HashMap;
 
 mod agg;
 mod snapshot;
+pub use snapshot::ENCODE_PAUSE_EVERY_KEYS;
 
 /// Bounds on the feature store's memory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

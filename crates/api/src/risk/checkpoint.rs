@@ -27,6 +27,10 @@ use crate::idempotency::IdempotencyCache;
 
 /// Entries the checkpointer reads from the journal per pass (then it looks at its stop flag).
 const TAIL_ENTRIES_MAX: usize = 4_096;
+/// Entries it reads between two yields of its CPU (`sched_yield`): a serving thread woken beside
+/// it waits at most that long (the kernel does not always preempt an idle-priority thread at once;
+/// see ARCHITECTURE.md).
+const YIELD_EVERY_ENTRIES: usize = 8;
 /// How long it sleeps when it has read everything durable.
 const IDLE_POLL_MS: u64 = 250;
 /// The pause after each chunk of a snapshot written to disk
@@ -210,10 +214,16 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         let durable = store.position().entries;
         drop(store);
         let mut failed = None;
+        let mut since_yield = 0;
         let read = tail
             .read_with(durable, TAIL_ENTRIES_MAX, |seq, kind, body| {
                 if failed.is_none() {
                     failed = copy.apply(seq, kind, body).err();
+                }
+                since_yield += 1;
+                if since_yield == YIELD_EVERY_ENTRIES {
+                    since_yield = 0;
+                    std::thread::yield_now();
                 }
             })
             .map_err(|e| e.to_string())?;
@@ -234,8 +244,11 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
             let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
-            let content = snapshot::encode(copy.controller.features(), &copy.memory, &carried);
-            let bytes = content.len();
+            let content =
+                snapshot::encode_pausing(copy.controller.features(), &copy.memory, &carried, || {
+                    std::thread::yield_now()
+                });
+            let (bytes, encode_ms) = (content.len(), started.elapsed().as_millis() as u64);
             let written = puhui_journal::snapshot::write_snapshot_file_paced(
                 &setup.dir,
                 RISK_SNAPSHOT_FILE,
@@ -258,6 +271,7 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
             tracing::info!(
                 entries = position.entries,
                 bytes,
+                encode_ms,
                 took_ms = started.elapsed().as_millis() as u64,
                 "risk snapshot saved while serving"
             );

@@ -84,14 +84,29 @@ pub(super) struct MemoryParts {
 
 /// The snapshot's content: `features`, then `memory`'s durable parts, then the `carried` records.
 pub(super) fn encode(features: &FeatureStore, memory: &Memory, carried: &[Carried]) -> Vec<u8> {
+    encode_pausing(features, memory, carried, || {})
+}
+
+/// [`encode`], calling `pause` every few hundred keys of the features and every
+/// [`puhui_risk::features::ENCODE_PAUSE_EVERY_KEYS`] decisions of the memory (the checkpointer
+/// gives way to the serving threads there).
+pub(super) fn encode_pausing(
+    features: &FeatureStore,
+    memory: &Memory,
+    carried: &[Carried],
+    mut pause: impl FnMut(),
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(1 << 20);
     out.extend_from_slice(MAGIC);
     put_u64(&mut out, VERSION);
-    features.encode_snapshot(&mut out);
+    features.encode_snapshot_pausing(&mut out, &mut pause);
     let kept: Vec<_> =
         memory.order.iter().filter_map(|id| memory.decisions.get(id).map(|r| (id, r))).collect();
     put_u64(&mut out, kept.len() as u64);
-    for (id, remembered) in kept {
+    for (i, (id, remembered)) in kept.into_iter().enumerate() {
+        if i % puhui_risk::features::ENCODE_PAUSE_EVERY_KEYS == 0 {
+            pause();
+        }
         put_str(&mut out, id);
         put_u64(&mut out, remembered.record.len() as u64);
         out.extend_from_slice(&remembered.record);
@@ -104,7 +119,10 @@ pub(super) fn encode(features: &FeatureStore, memory: &Memory, carried: &[Carrie
         out.push(u8::from(remembered.declined_transfer));
     }
     put_u64(&mut out, memory.forgotten.len() as u64);
-    for (hash, forgotten) in memory.forgotten.iter() {
+    for (i, (hash, forgotten)) in memory.forgotten.iter().enumerate() {
+        if i % (16 * puhui_risk::features::ENCODE_PAUSE_EVERY_KEYS) == 0 {
+            pause();
+        }
         put_fixed_u64(&mut out, hash);
         put_fixed_u64(&mut out, forgotten.pack());
     }

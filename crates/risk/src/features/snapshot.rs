@@ -22,6 +22,9 @@ use super::{Event, FeatureLimits, FeatureStore, KeyId, KeyMap, KeyState, PairMap
 
 const MAGIC: &[u8; 4] = b"PHFS";
 const VERSION: u64 = 1;
+/// Keys or pairs [`FeatureStore::encode_snapshot_pausing`] encodes between two pauses (a few tens
+/// of microseconds of work).
+pub const ENCODE_PAUSE_EVERY_KEYS: usize = 256;
 /// What a [`Reader`] of a snapshot names in its errors.
 const SNAPSHOT: &str = "the feature store snapshot";
 
@@ -30,6 +33,21 @@ impl FeatureStore {
     /// written shard by shard, in each table's order; the order does not matter to a load
     /// (eviction breaks ties by placement, not by table layout).
     pub fn encode_snapshot(&self, out: &mut Vec<u8>) {
+        self.encode_snapshot_pausing(out, || {});
+    }
+
+    /// [`FeatureStore::encode_snapshot`], calling `pause` after every [`ENCODE_PAUSE_EVERY_KEYS`]
+    /// keys or pairs: a writer on a thread of its own gives way to others there (the bytes are the
+    /// same).
+    pub fn encode_snapshot_pausing(&self, out: &mut Vec<u8>, mut pause: impl FnMut()) {
+        let mut since_pause = 0;
+        let mut count = |n: usize| {
+            since_pause += n;
+            if since_pause >= ENCODE_PAUSE_EVERY_KEYS {
+                since_pause = 0;
+                pause();
+            }
+        };
         out.extend_from_slice(MAGIC);
         put_u64(out, VERSION);
         put_u64(out, self.limits.events_per_key_max as u64);
@@ -62,12 +80,14 @@ impl FeatureStore {
                     put_u64(out, e.amount_minor);
                     put_fixed_u64(out, e.counterparty);
                 }
+                count(1);
             }
             put_u64(out, pairs.len() as u64);
             for (id, seen) in pairs {
                 for v in [id.placement, id.check, seen.first_ns, seen.last_ns] {
                     put_fixed_u64(out, v);
                 }
+                count(1);
             }
         }
     }
