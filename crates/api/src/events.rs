@@ -36,10 +36,15 @@ mod pg;
 
 /// The index covers the events of this many latest journal entries.
 pub const EVENTS_INDEXED_ENTRIES_MAX: u64 = 1 << 24;
-/// A frame position is kept at the end of an index read once this many entries have passed since
-/// the last one: reading one event back scans about this many entries plus one frame (or up to a
-/// read's [`INDEX_BATCH_ENTRIES_MAX`] where the index caught up after a start).
-pub const INDEX_POSITION_EVERY_ENTRIES: u64 = 1_024;
+/// A frame position is kept at the first frame start once this many entries have passed since the
+/// last one (the indexer's reads mark them, [`puhui_events::JournalTail::read_marking`]): reading
+/// one event back scans about this many entries plus one frame. 48 bytes a position: ~6 MB over
+/// the whole window. (Every 1,024 entries, and only at the end of each read, before: reading an
+/// old decision back scanned ~8× more, up to a catch-up read's 4,096 entries.)
+pub const INDEX_POSITION_EVERY_ENTRIES: u64 = 128;
+/// The read buffer of a read back (about [`INDEX_POSITION_EVERY_ENTRIES`] entries of a few
+/// hundred bytes): a scan's default of up to 4 MiB cost a GET more than the scan itself.
+pub const READ_BACK_BUFFER_BYTES: usize = 64 << 10;
 /// Entries the indexer reads per step.
 pub const INDEX_BATCH_ENTRIES_MAX: usize = 4_096;
 /// Events of one page are read in one journal scan when they lie within this many entries;
@@ -178,6 +183,8 @@ impl EventLog {
         };
         let mut tail = self.source.cursor(JournalPosition::start(), first);
         let mut batch: Vec<RawEntry> = Vec::with_capacity(INDEX_BATCH_ENTRIES_MAX);
+        // Frame starts inside each read (file journal), for the index's positions.
+        let mut marks: Vec<JournalPosition> = Vec::new();
         let mut failures = 0u32;
         while !*shutdown.borrow() {
             let durable = self.durable_entries();
@@ -190,14 +197,19 @@ impl EventLog {
                 continue;
             }
             batch.clear();
+            // The last position kept: marks are taken that far apart.
+            marks.clear();
+            marks.extend(self.last_position());
             let step = tokio::task::spawn_blocking(move || {
-                let read = tail.read(durable, INDEX_BATCH_ENTRIES_MAX, &mut batch);
-                (tail, batch, read)
+                let every = INDEX_POSITION_EVERY_ENTRIES;
+                let read = tail.read_marking(durable, INDEX_BATCH_ENTRIES_MAX, &mut batch, every, &mut marks);
+                (tail, batch, marks, read)
             })
             .await;
-            let Ok((t, b, read)) = step else { return };
+            let Ok((t, b, m, read)) = step else { return };
             tail = t;
             batch = b;
+            marks = m;
             if let Err(e) = read {
                 failures += 1;
                 tracing::error!(error = %e, "events index: cannot read the journal; retrying");
@@ -207,11 +219,19 @@ impl EventLog {
                 continue;
             }
             failures = 0;
-            self.add(&batch, tail.next_seq(), tail.resume_position());
+            marks.push(tail.resume_position());
+            self.add(&batch, tail.next_seq(), &marks);
         }
     }
 
-    fn add(&self, batch: &[RawEntry], next_seq: u64, position: JournalPosition) {
+    /// The latest frame position kept.
+    fn last_position(&self) -> Option<JournalPosition> {
+        self.index.read().unwrap_or_else(|p| p.into_inner()).positions.last().copied()
+    }
+
+    /// Indexes `batch` (the entries before `next_seq`) and keeps the frame positions among
+    /// `positions` (in increasing order) that lie [`INDEX_POSITION_EVERY_ENTRIES`] apart.
+    fn add(&self, batch: &[RawEntry], next_seq: u64, positions: &[JournalPosition]) {
         let mut mapped = Vec::with_capacity(batch.len());
         for entry in batch {
             if let Ok(Some((kind, tenant))) = classify(entry.kind, &entry.body) {
@@ -229,12 +249,14 @@ impl EventLog {
                 events.forget(stale);
             }
         }
-        let due = index
-            .positions
-            .last()
-            .is_none_or(|p| p.entries + INDEX_POSITION_EVERY_ENTRIES <= position.entries);
-        if due && position.entries > 0 {
-            index.positions.push(position);
+        for &position in positions {
+            let due = index
+                .positions
+                .last()
+                .is_none_or(|p| p.entries + INDEX_POSITION_EVERY_ENTRIES <= position.entries);
+            if due && position.entries > 0 {
+                index.positions.push(position);
+            }
         }
         let keep_from = index.positions.partition_point(|p| p.entries < floor).saturating_sub(1);
         if keep_from >= 1_024 {
@@ -330,9 +352,8 @@ impl EventLog {
 
     /// Whether the entry `seq` is within the window the index covers (the latest
     /// [`EVENTS_INDEXED_ENTRIES_MAX`] entries), where reading it back scans from the nearest kept
-    /// frame position: about [`INDEX_POSITION_EVERY_ENTRIES`] entries, or up to a batch of
-    /// [`INDEX_BATCH_ENTRIES_MAX`] for entries indexed in one read (catching up after a start);
-    /// older ones would be a scan from the journal's start, in the file.
+    /// frame position (about [`INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame); older ones
+    /// would be a scan from the journal's start, in the file.
     pub fn covers(&self, seq: u64) -> bool {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
         seq < index.next_seq && seq >= index.next_seq.saturating_sub(EVENTS_INDEXED_ENTRIES_MAX)
@@ -363,7 +384,8 @@ impl EventLog {
                 j += 1;
             }
             let last = seqs[j - 1];
-            let mut tail = puhui_events::JournalTail::new(path, self.position_before(first), first);
+            let mut tail = puhui_events::JournalTail::new(path, self.position_before(first), first)
+                .with_read_bytes_max(READ_BACK_BUFFER_BYTES);
             raw.clear();
             let want = (last - first + 1) as usize;
             while tail.next_seq() <= last {

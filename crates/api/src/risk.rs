@@ -2280,8 +2280,7 @@ const INDEX_WAIT_MS: u64 = 5_000;
 /// the index's window. Choice, over keeping more decisions in memory: an entry's place costs 8
 /// bytes beside the id's hash, where a remembered decision costs its whole record; reading one
 /// back scans from the nearest kept frame position: about
-/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries while the index follows the journal, up to
-/// a batch of [`crate::events::INDEX_BATCH_ENTRIES_MAX`] for entries it read catching up after a start.
+/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame.
 pub(crate) async fn forgotten_from_journal(
     app: &Arc<AppState>,
     risk: &Arc<RiskService>,

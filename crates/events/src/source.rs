@@ -151,6 +151,26 @@ impl EntryCursor {
     ) -> Result<usize, TailError> {
         match self {
             EntryCursor::File(tail) => tail.read(durable_entries, max_entries, out),
+            EntryCursor::Sql { .. } => {
+                self.read_marking(durable_entries, max_entries, out, 0, &mut Vec::new())
+            }
+        }
+    }
+
+    /// [`EntryCursor::read`]; for the file, also the frame starts [`JournalTail::read_marking`]
+    /// marks, `every_entries` apart (SQL has no positions: none).
+    pub fn read_marking(
+        &mut self,
+        durable_entries: u64,
+        max_entries: usize,
+        out: &mut Vec<RawEntry>,
+        every_entries: u64,
+        marks: &mut Vec<JournalPosition>,
+    ) -> Result<usize, TailError> {
+        match self {
+            EntryCursor::File(tail) => {
+                tail.read_marking(durable_entries, max_entries, out, every_entries, marks)
+            }
             EntryCursor::Sql { journal, next_seq } => {
                 if *next_seq >= durable_entries {
                     return Ok(0);

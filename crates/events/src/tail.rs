@@ -65,6 +65,13 @@ impl JournalTail {
         JournalTail { path: path.to_path_buf(), resume, next_seq, buffers: ScanBuffers::default() }
     }
 
+    /// The cursor reading through at most `read_bytes_max` bytes at a time
+    /// ([`ScanBuffers::with_read_bytes_max`]): for a few entries read back from far behind the end.
+    pub fn with_read_bytes_max(mut self, read_bytes_max: usize) -> JournalTail {
+        self.buffers = ScanBuffers::with_read_bytes_max(read_bytes_max);
+        self
+    }
+
     /// The first entry not yet handed out.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -89,12 +96,45 @@ impl JournalTail {
         })
     }
 
+    /// [`JournalTail::read`], also appending to `marks` the start of every frame it hands entries
+    /// out from that begins at least `every_entries` after the last position in `marks`: places a
+    /// later reader can start from ([`JournalTail::new`]) close to any entry.
+    pub fn read_marking(
+        &mut self,
+        durable_entries: u64,
+        max_entries: usize,
+        out: &mut Vec<RawEntry>,
+        every_entries: u64,
+        marks: &mut Vec<JournalPosition>,
+    ) -> Result<usize, TailError> {
+        let mut on_frame = |frame: JournalPosition| {
+            if marks.last().is_none_or(|m| m.entries.saturating_add(every_entries) <= frame.entries) {
+                marks.push(frame);
+            }
+        };
+        self.read_inner(durable_entries, max_entries, &mut on_frame, |seq, kind, body| {
+            out.push(RawEntry { seq, kind, body: body.to_vec() })
+        })
+    }
+
     /// [`JournalTail::read`] handing each entry `(seq, kind, body)` to `on_entry` instead of
     /// copying it: for a reader that looks at a few kinds of entry and skips the rest.
     pub fn read_with(
         &mut self,
         durable_entries: u64,
         max_entries: usize,
+        on_entry: impl FnMut(u64, u8, &[u8]),
+    ) -> Result<usize, TailError> {
+        self.read_inner(durable_entries, max_entries, |_| {}, on_entry)
+    }
+
+    /// The read: `on_frame` is given the start of each whole frame entries are handed out from
+    /// (a durable frame boundary, its previous entry's hash checked), before its entries.
+    fn read_inner(
+        &mut self,
+        durable_entries: u64,
+        max_entries: usize,
+        mut on_frame: impl FnMut(JournalPosition),
         mut on_entry: impl FnMut(u64, u8, &[u8]),
     ) -> Result<usize, TailError> {
         if self.next_seq >= durable_entries {
@@ -117,6 +157,9 @@ impl JournalTail {
                 boundary = frame;
                 if e.seq >= durable_entries || taken >= max_entries {
                     return Err(STOP.to_string());
+                }
+                if e.seq >= next_seq {
+                    on_frame(frame);
                 }
             }
             if e.seq >= durable_entries {
@@ -226,6 +269,32 @@ mod tests {
         assert_eq!(tail.read(12, 100, &mut out).unwrap(), 2);
         assert_eq!(seqs(&out), vec![10, 11]);
         assert_eq!(tail.resume_position().entries, 12);
+    }
+
+    #[test]
+    fn marks_frame_starts_apart_and_each_mark_is_a_place_to_start_reading() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("j");
+        // Frames start at entries 0, 3, 5, 9, 10, 14.
+        write_frames(&path, &[3, 2, 4, 1, 4, 2]);
+        let mut tail = JournalTail::new(&path, JournalPosition::start(), 0);
+        let (mut out, mut marks) = (Vec::new(), Vec::new());
+        // Frames at least 4 entries after the last mark, within the read (up to the watermark).
+        assert_eq!(tail.read_marking(14, 100, &mut out, 4, &mut marks).unwrap(), 14);
+        assert_eq!(marks.iter().map(|m| m.entries).collect::<Vec<_>>(), vec![0, 5, 9]);
+        // The next read goes on from the last mark given.
+        assert_eq!(tail.read_marking(16, 100, &mut out, 4, &mut marks).unwrap(), 2);
+        assert_eq!(marks.iter().map(|m| m.entries).collect::<Vec<_>>(), vec![0, 5, 9, 14]);
+        for mark in &marks {
+            let (mut from, mut got) = (JournalTail::new(&path, *mark, mark.entries), Vec::new());
+            from.read(16, 100, &mut got).unwrap();
+            assert_eq!(got.first().map(|e| e.seq), Some(mark.entries), "{mark:?}");
+            assert_eq!(got.len() as u64, 16 - mark.entries);
+        }
+        // A read that starts mid-frame marks only the frames it reads from their start.
+        let (mut mid, mut marks) = (JournalTail::new(&path, JournalPosition::start(), 4), Vec::new());
+        mid.read_marking(16, 100, &mut out, 1, &mut marks).unwrap();
+        assert_eq!(marks.iter().map(|m| m.entries).collect::<Vec<_>>(), vec![5, 9, 10, 14]);
     }
 
     #[test]

@@ -402,6 +402,17 @@ enum EndCheck {
 pub struct ScanBuffers {
     read: Vec<u8>,
     payload: Vec<u8>,
+    /// The read buffer's size at most (0: [`SCAN_BUFFER_BYTES_MAX`]).
+    read_bytes_max: usize,
+}
+
+impl ScanBuffers {
+    /// Buffers whose read buffer stays within `read_bytes_max` (at least 8 KiB): for a reader that
+    /// wants a few entries from the middle of a long journal, where a 4 MiB read (and, the first
+    /// time, 4 MiB of fresh pages) would cost more than the scan itself.
+    pub fn with_read_bytes_max(read_bytes_max: usize) -> ScanBuffers {
+        ScanBuffers { read_bytes_max: read_bytes_max.max(SCAN_BUFFER_BYTES_MIN), ..ScanBuffers::default() }
+    }
 }
 
 /// A buffered reader over a borrowed buffer (`std::io::BufReader` owns and allocates its own).
@@ -477,8 +488,12 @@ fn scan_inner(
     file.seek(SeekFrom::Start(start.len_bytes)).map_err(io_err)?;
     // Sized to what is left to read: a tail reader that comes back every few milliseconds for a
     // few kilobytes must not allocate (and the kernel zero) megabytes each time.
-    let buffer_bytes = (file_len.saturating_sub(start.len_bytes) as usize)
-        .clamp(SCAN_BUFFER_BYTES_MIN, SCAN_BUFFER_BYTES_MAX);
+    let buffer_bytes_max = match buffers.read_bytes_max {
+        0 => SCAN_BUFFER_BYTES_MAX,
+        n => n.clamp(SCAN_BUFFER_BYTES_MIN, SCAN_BUFFER_BYTES_MAX),
+    };
+    let buffer_bytes =
+        (file_len.saturating_sub(start.len_bytes) as usize).clamp(SCAN_BUFFER_BYTES_MIN, buffer_bytes_max);
     if buffers.read.len() < buffer_bytes {
         buffers.read.resize(buffer_bytes, 0);
     }
