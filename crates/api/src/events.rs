@@ -42,6 +42,14 @@ pub const EVENTS_INDEXED_ENTRIES_MAX: u64 = 1 << 24;
 /// the whole window. (Every 1,024 entries, and only at the end of each read, before: reading an
 /// old decision back scanned ~8× more, up to a catch-up read's 4,096 entries.)
 pub const INDEX_POSITION_EVERY_ENTRIES: u64 = 128;
+/// Below the window, one frame position is kept every this many entries, so that a rare old
+/// entry (a decision older than the memory, its proof) can still be read back: such a read scans up
+/// to this many entries (tens of megabytes, tens of milliseconds). 48 bytes a position: ~1 MB per
+/// 1.4 billion entries.
+pub const OLD_POSITION_EVERY_ENTRIES: u64 = 1 << 16;
+/// Positions kept below the window at most (~48 MB, 68 billion entries): past it the oldest go, and
+/// the entries before the oldest kept are no longer read back.
+pub const OLD_POSITIONS_MAX: usize = 1 << 20;
 /// The read buffer of a read back (about [`INDEX_POSITION_EVERY_ENTRIES`] entries of a few
 /// hundred bytes): a scan's default of up to 4 MiB cost a GET more than the scan itself.
 pub const READ_BACK_BUFFER_BYTES: usize = 64 << 10;
@@ -125,10 +133,43 @@ impl TenantEvents {
 struct Index {
     /// Per tenant: its events.
     tenants: HashMap<String, TenantEvents>,
-    /// Frame positions, increasing.
+    /// Frame positions within the window, increasing.
     positions: Vec<JournalPosition>,
+    /// Frame positions below the window, increasing, [`OLD_POSITION_EVERY_ENTRIES`] apart.
+    old_positions: Vec<JournalPosition>,
+    /// Entries below this are no longer read back ([`OLD_POSITIONS_MAX`] reached; 0 until then).
+    old_floor: u64,
     /// Every entry below this is indexed.
     next_seq: u64,
+}
+
+impl Index {
+    /// Moves the first `count` positions below the window, keeping one every
+    /// [`OLD_POSITION_EVERY_ENTRIES`] entries and at most [`OLD_POSITIONS_MAX`].
+    fn retire_positions(&mut self, count: usize) {
+        let Index { positions, old_positions, old_floor, .. } = self;
+        for position in positions.drain(..count) {
+            if old_positions.last().is_none_or(|o| o.entries + OLD_POSITION_EVERY_ENTRIES <= position.entries)
+            {
+                old_positions.push(position);
+            }
+        }
+        if old_positions.len() > OLD_POSITIONS_MAX {
+            old_positions.drain(..old_positions.len() - OLD_POSITIONS_MAX);
+            *old_floor = old_positions[0].entries;
+        }
+    }
+
+    /// The kept frame position nearest before entry `seq` (the journal's start if none).
+    fn position_before(&self, seq: u64) -> JournalPosition {
+        let nearest = |positions: &[JournalPosition]| {
+            let i = positions.partition_point(|p| p.entries <= seq);
+            (i > 0).then(|| positions[i - 1])
+        };
+        nearest(&self.positions)
+            .or_else(|| nearest(&self.old_positions))
+            .unwrap_or_else(JournalPosition::start)
+    }
 }
 
 /// Where events come from: the journal (file or SQL) and its durable watermark.
@@ -260,7 +301,7 @@ impl EventLog {
         }
         let keep_from = index.positions.partition_point(|p| p.entries < floor).saturating_sub(1);
         if keep_from >= 1_024 {
-            index.positions.drain(..keep_from);
+            index.retire_positions(keep_from);
         }
         index.next_seq = next_seq;
     }
@@ -328,13 +369,7 @@ impl EventLog {
     }
 
     fn position_before(&self, seq: u64) -> JournalPosition {
-        let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        let i = index.positions.partition_point(|p| p.entries <= seq);
-        if i == 0 {
-            JournalPosition::start()
-        } else {
-            index.positions[i - 1]
-        }
+        self.index.read().unwrap_or_else(|p| p.into_inner()).position_before(seq)
     }
 
     /// Reads the events of increasing sequences `seqs` back from the journal (blocking: call from a
@@ -350,13 +385,14 @@ impl EventLog {
             .collect())
     }
 
-    /// Whether the entry `seq` is within the window the index covers (the latest
-    /// [`EVENTS_INDEXED_ENTRIES_MAX`] entries), where reading it back scans from the nearest kept
-    /// frame position (about [`INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame); older ones
-    /// would be a scan from the journal's start, in the file.
-    pub fn covers(&self, seq: u64) -> bool {
+    /// Whether the entry `seq` can be read back ([`EventLog::read_entries_blocking`]): it is below
+    /// what the index has read, and not before the oldest frame position kept. Within the window
+    /// (the latest [`EVENTS_INDEXED_ENTRIES_MAX`] entries) a read scans about
+    /// [`INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame, below it up to
+    /// [`OLD_POSITION_EVERY_ENTRIES`]. (The SQL journal is read by sequence.)
+    pub fn reads_back(&self, seq: u64) -> bool {
         let index = self.index.read().unwrap_or_else(|p| p.into_inner());
-        seq < index.next_seq && seq >= index.next_seq.saturating_sub(EVENTS_INDEXED_ENTRIES_MAX)
+        seq < index.next_seq && seq >= index.old_floor
     }
 
     /// Reads the journal entries of increasing sequences `seqs` (blocking: call from a blocking
@@ -720,6 +756,37 @@ pub async fn get_event(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn at(entries: u64) -> JournalPosition {
+        JournalPosition { entries, len_bytes: entries * 100, last_hash: [entries as u8; 32] }
+    }
+
+    #[test]
+    fn positions_below_the_window_are_thinned_not_dropped_and_bounded() {
+        let mut index = Index::default();
+        // Positions every 128 entries, 2.5 old spacings' worth, then retired below the window.
+        index.positions = (1..=1_280u64).map(|i| at(i * 128)).collect();
+        index.retire_positions(1_000);
+        let old: Vec<u64> = index.old_positions.iter().map(|p| p.entries).collect();
+        assert_eq!(old, [128, 128 + OLD_POSITION_EVERY_ENTRIES]);
+        assert_eq!(index.positions.first().map(|p| p.entries), Some(1_001 * 128));
+        // The nearest kept position before an entry: in the window, below it, before all.
+        assert_eq!(index.position_before(1_100 * 128 + 5), at(1_100 * 128));
+        assert_eq!(index.position_before(900 * 128), at(128 + OLD_POSITION_EVERY_ENTRIES));
+        assert_eq!(index.position_before(500 * 128), at(128));
+        assert_eq!(index.position_before(100), JournalPosition::start());
+        assert_eq!(index.old_floor, 0);
+        // Past the bound the oldest go, and the entries before the oldest kept are not read back.
+        let base = 1_000_000;
+        index.old_positions =
+            (0..OLD_POSITIONS_MAX as u64).map(|i| at(i * OLD_POSITION_EVERY_ENTRIES)).collect();
+        index.positions = (0..4u64)
+            .map(|i| at((OLD_POSITIONS_MAX as u64 + 1 + i) * OLD_POSITION_EVERY_ENTRIES + base))
+            .collect();
+        index.retire_positions(2);
+        assert_eq!(index.old_positions.len(), OLD_POSITIONS_MAX);
+        assert_eq!(index.old_floor, 2 * OLD_POSITION_EVERY_ENTRIES);
+    }
 
     #[test]
     fn tenant_events_forget_the_oldest_and_index_like_a_slice() {

@@ -37,7 +37,6 @@ use utoipa::ToSchema;
 
 use crate::backend::Backend;
 use crate::error::{ApiError, ErrorEnvelope};
-use crate::events::EVENTS_INDEXED_ENTRIES_MAX;
 use crate::idempotency::IdempotencyKey;
 use crate::models::{parse_rfc3339, scoped, scoped_lookup, unscoped};
 use crate::routes::{ApiJson, ApiPath};
@@ -2214,8 +2213,8 @@ pub async fn create_decision(
                 "decision_exists",
                 format!(
                     "a decision under this id was made earlier, is older than the {DECISIONS_KEPT_MAX} \
-                     decisions kept in memory, and its journal entry is past the events index's window, so \
-                     a retry cannot be matched with it: use a new id"
+                     decisions kept in memory, and its place in the journal is no longer known here, so a \
+                     retry cannot be matched with it: use a new id"
                 ),
             )
         });
@@ -2260,9 +2259,8 @@ pub async fn get_decision(
     if risk.decided_long_ago(id.as_str()) {
         return Err(ApiError {
             message: format!(
-                "no such decision in memory, and its journal entry is past the events index's window of \
-                 the latest {EVENTS_INDEXED_ENTRIES_MAX} entries (every decision stays in the journal, which \
-                 `puhui risk backtest` reads)"
+                "no such decision in memory, and its place in the journal is no longer known here (every \
+                 decision stays in the journal, which `puhui risk backtest` reads)"
             ),
             ..ApiError::not_found("decision", "id")
         });
@@ -2276,11 +2274,13 @@ const INDEX_WAIT_MS: u64 = 5_000;
 
 /// A decision no longer in memory (older than the latest [`DECISIONS_KEPT_MAX`]), read back from
 /// its journal entry through the events index's frame positions (`crate::events::EventLog`): the
-/// record, where it is, and the label it was given. `None` if its place was not kept or is past
-/// the index's window. Choice, over keeping more decisions in memory: an entry's place costs 8
-/// bytes beside the id's hash, where a remembered decision costs its whole record; reading one
-/// back scans from the nearest kept frame position: about
-/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame.
+/// record, where it is, and the label it was given. `None` if its place was not kept (a version-2
+/// snapshot) or the index keeps no frame position before it any more (past
+/// [`crate::events::OLD_POSITIONS_MAX`]). Choice, over keeping more decisions in memory: an
+/// entry's place costs 8 bytes beside the id's hash, where a remembered decision costs its whole
+/// record; reading one back scans from the nearest kept frame position: about
+/// [`crate::events::INDEX_POSITION_EVERY_ENTRIES`] entries plus one frame within the index's
+/// window, up to [`crate::events::OLD_POSITION_EVERY_ENTRIES`] below it.
 pub(crate) async fn forgotten_from_journal(
     app: &Arc<AppState>,
     risk: &Arc<RiskService>,
@@ -2290,7 +2290,7 @@ pub(crate) async fn forgotten_from_journal(
         return Ok(None);
     };
     // After a start the index reads the journal again from its beginning: wait for it to reach
-    // the entry (bounded), rather than answer that the decision is past its window.
+    // the entry (bounded), rather than answer that it cannot be read back.
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(INDEX_WAIT_MS);
     while log.indexed_until() <= seq && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(crate::events::INDEX_POLL_MS)).await;
@@ -2304,7 +2304,7 @@ pub(crate) async fn forgotten_from_journal(
              the journal since the start: try again shortly",
         ));
     }
-    if !log.covers(seq) {
+    if !log.reads_back(seq) {
         return Ok(None);
     }
     let reader = Arc::clone(log);

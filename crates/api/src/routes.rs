@@ -776,7 +776,7 @@ fn declined_again(
 /// The answer to `request` if risk control declined a transfer under its id so long ago that the
 /// decision is no longer in memory: its record is read back from the journal if the events index
 /// still covers it, so the retry gets the reasons (or the conflict) a recent one gets
-/// ([`declined_again`]); past the index's window, [`declined_long_ago`].
+/// ([`declined_again`]); if it cannot be read back, [`declined_long_ago`].
 async fn declined_long_ago_again(
     app: &Arc<AppState>,
     risk: &Arc<crate::risk::RiskService>,
@@ -863,15 +863,15 @@ fn risk_declined(reasons: &[impl AsRef<str>]) -> ApiError {
 }
 
 /// 422 `risk_declined` for a retry under the id of a transfer risk control declined so long ago that
-/// its decision is no longer in memory and its journal entry is past the events index's window:
-/// declined again, whatever the retry says, since its payment cannot be compared with the declined
-/// one.
+/// its decision is no longer in memory and its place in the journal is no longer known (see
+/// `crate::risk::forgotten_from_journal`): declined again, whatever the retry says, since its
+/// payment cannot be compared with the declined one.
 fn declined_long_ago() -> ApiError {
     ApiError {
         message: format!(
             "risk control declined a transfer under this id earlier (its decision is older than the {} kept \
-             in memory and than the events index's window, so its reasons are not repeated: they are in the \
-             journal); use a new id for a new payment",
+             in memory and its place in the journal is no longer known here, so its reasons are not repeated: \
+             they are in the journal); use a new id for a new payment",
             crate::risk::DECISIONS_KEPT_MAX
         ),
         ..ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "risk_error", "risk_declined", "")
