@@ -330,6 +330,22 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_encoded_with_pauses_is_the_same_bytes_and_pauses_through_the_memory() {
+        let (_, inbox) = std::sync::mpsc::sync_channel(1);
+        let mut memory = Memory::new(inbox);
+        let mut bytes = memory_parts_bytes(5_000, VERSION);
+        put_u64(&mut bytes, 0);
+        memory.restore(decode_after_features(&bytes, VERSION).unwrap().0);
+        let features = FeatureStore::new(puhui_risk::FeatureLimits::default());
+        let carried: Vec<Carried> = vec![(3, 7, b"ruleset".to_vec())];
+        let mut pauses = 0;
+        let paused = encode_pausing(&features, &memory, &carried, || pauses += 1);
+        assert_eq!(paused, encode(&features, &memory, &carried));
+        // 5,000 decisions kept: one pause before every 256th; 5,000 forgotten: every 4,096th.
+        assert_eq!(pauses, 5_000usize.div_ceil(256) + 5_000usize.div_ceil(4_096));
+    }
+
+    #[test]
     fn a_version_2_memory_is_read_as_forgotten_decisions_of_unknown_place() {
         let mut bytes = memory_parts_bytes(40, VERSION_WITH_KNOWN_IDS);
         put_u64(&mut bytes, 0);
