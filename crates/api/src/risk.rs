@@ -1436,10 +1436,13 @@ impl RiskService {
     /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
     /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]; the id is hashed only once some are).
     pub fn decided_long_ago(&self, id: &str) -> bool {
+        if self.mem().forgotten.len() == 0 {
+            return false;
+        }
+        // Hashed outside the lock, which decisions take.
+        let hash = hash64(id);
         let memory = self.mem();
-        memory.forgotten.len() > 0
-            && !memory.decisions.contains_key(id)
-            && memory.forgotten.contains(hash64(id))
+        !memory.decisions.contains_key(id) && memory.forgotten.contains(hash)
     }
 
     /// The remembered record of decision `id` (scoped), with its event.
