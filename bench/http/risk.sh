@@ -12,8 +12,13 @@ rounds="${1:-3}" connections="${2:-64}" seconds="${3:-10}"
 ruleset="$(mktemp --suffix .toml)"
 trap 'rm -f "$ruleset"' EXIT
 python3 "$here/ruleset.py" "$ruleset"
+# The rate in a run's `wrk:` line.
+rate() { sed -nE 's/^wrk: .* ([0-9]+) req\/s.*/\1/p' <<<"$1"; }
 for round in $(seq "$rounds"); do
-  echo "round $round: without risk"; bench/http/run.sh "$connections" "$seconds"
+  echo "round $round: without risk"
+  plain="$(bench/http/run.sh "$connections" "$seconds")"; echo "$plain"
   echo "round $round: with risk (100 rules, 10 features)"
-  RISK=1 SERVE_ARGS="--ruleset $ruleset" bench/http/run.sh "$connections" "$seconds"
+  risk="$(RISK=1 SERVE_ARGS="--ruleset $ruleset" bench/http/run.sh "$connections" "$seconds")"; echo "$risk"
+  p99="$(sed -nE 's/^wrk: .* p99 ([0-9.]+) ms.*/\1/p' <<<"$risk")"
+  echo "round $round: with risk at $(( 100 * $(rate "$risk") / $(rate "$plain") )) % of the rate without, p99 $p99 ms"
 done
