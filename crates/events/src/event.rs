@@ -301,6 +301,12 @@ fn classify_record(record_type: u8, payload: &[u8]) -> Option<(EventType, String
 
 /// The type and tenant of the event an entry maps to, without building its JSON (for indexes).
 pub fn classify(kind: u8, body: &[u8]) -> Result<Option<(EventType, String)>, codec::DecodeError> {
+    if kind == codec::KIND_RECORD {
+        // Read in place: decoding the entry would copy the payload (a risk decision's ~570 bytes
+        // at every decided transfer) only to look at its id.
+        let (record_type, _, payload) = codec::decode_record(body)?;
+        return Ok(classify_record(record_type, payload));
+    }
     let entry = codec::decode(kind, body)?;
     let (kind, id) = match &entry {
         Entry::AccountCreated { account, .. } => (EventType::AccountCreated, &account.id),
