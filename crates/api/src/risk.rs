@@ -52,6 +52,9 @@ pub use snapshot::{RISK_SNAPSHOT_FILE, SNAPSHOT_AFTER_DECISIONS};
 /// Most decisions kept in memory for `GET /v1/decisions/{id}` (the oldest are forgotten first; all
 /// of them stay in the journal, where backtests read them).
 pub const DECISIONS_KEPT_MAX: usize = 100_000;
+/// Entries the memory's map of decisions is sized for: twice [`DECISIONS_KEPT_MAX`], so that the
+/// tombstones forgetting leaves behind never fill it (which would double it under the lock).
+const DECISIONS_MAP_SLOTS: usize = 2 * DECISIONS_KEPT_MAX;
 /// Journal positions the committer can hand over before the memory takes them (it takes them
 /// every time it is locked, i.e. at least once per decision).
 const SEQ_INBOX_MAX: usize = 65_536;
@@ -1708,11 +1711,14 @@ fn replay_record(
 }
 
 impl Memory {
-    /// An empty memory taking journal positions from `seq_inbox`, sized for its bound at start:
-    /// the map never grows (and rehashes, ~6 MB) under its lock.
+    /// An empty memory taking journal positions from `seq_inbox`, sized at start so that its map
+    /// never grows (and rehashes, ~15 MB) under its lock: at twice its bound. Sized for the bound
+    /// alone, the map filled with the tombstones of forgotten decisions and doubled once, near the
+    /// 150,000th decision: a 21 ms pause of the deciding thread (and so of every write) in a
+    /// stand-alone test of the same churn (`DECISIONS_MAP_SLOTS`).
     fn new(seq_inbox: Receiver<(Arc<str>, u64)>) -> Memory {
         Memory {
-            decisions: HashMap::with_capacity(DECISIONS_KEPT_MAX),
+            decisions: HashMap::with_capacity(DECISIONS_MAP_SLOTS),
             early_seqs: HashMap::new(),
             order: VecDeque::with_capacity(DECISIONS_KEPT_MAX + 1),
             seq_inbox,
@@ -3002,6 +3008,23 @@ mod tests {
                 opened => return opened.unwrap(),
             }
         }
+    }
+
+    #[test]
+    fn the_memory_of_decisions_never_grows_its_map_while_it_forgets() {
+        let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
+        let mut memory = Memory::new(seq_inbox);
+        let capacity = memory.decisions.capacity();
+        assert!(capacity >= DECISIONS_MAP_SLOTS);
+        // Long ids, as the API scopes them; three times the bound, so that forgetting churns.
+        for i in 0..3 * DECISIONS_KEPT_MAX {
+            let id: Arc<str> = Arc::from(format!("tabcdefghijklmnopqrstuvwxyz234567:wrk0-1764460000-{i}"));
+            memory.remember(id, Box::new([0u8; 8]), None, false);
+            // `capacity` counts the room left too; a table that doubled would show it above this.
+            assert!(memory.decisions.capacity() <= capacity, "the map grew at decision {i}");
+        }
+        assert_eq!(memory.decisions.len(), DECISIONS_KEPT_MAX);
+        assert_eq!(memory.forgotten.len(), 2 * DECISIONS_KEPT_MAX);
     }
 
     #[test]
