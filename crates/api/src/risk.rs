@@ -1738,14 +1738,24 @@ impl Memory {
         review: Option<ReviewObject>,
         declined_transfer: bool,
     ) {
-        let label = self.decisions.get(&scoped_id).and_then(|o| o.label);
-        let journal_seq = self.early_seqs.remove(&scoped_id);
+        // Almost always empty: no hash of the id then.
+        let journal_seq = match self.early_seqs.is_empty() {
+            true => None,
+            false => self.early_seqs.remove(&scoped_id),
+        };
         if let Some(review) = review {
             self.reviews.insert(scoped_id.to_string(), review);
         }
-        let remembered = Remembered { record, label, journal_seq, declined_transfer };
-        if self.decisions.insert(Arc::clone(&scoped_id), remembered).is_none() {
-            self.order.push_back(scoped_id);
+        // One lookup: a decision remembered again (a replay) keeps the label it was given.
+        match self.decisions.entry(Arc::clone(&scoped_id)) {
+            std::collections::hash_map::Entry::Occupied(mut kept) => {
+                let label = kept.get().label;
+                kept.insert(Remembered { record, label, journal_seq, declined_transfer });
+            }
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(Remembered { record, label: None, journal_seq, declined_transfer });
+                self.order.push_back(scoped_id);
+            }
         }
         while self.order.len() > DECISIONS_KEPT_MAX {
             let Some(old) = self.order.pop_front() else { break };
