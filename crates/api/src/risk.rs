@@ -328,6 +328,22 @@ impl Reviews {
         }
     }
 
+    /// [`Reviews::insert`] if the queue has room for it ([`REVIEWS_OPEN_MAX`] in all,
+    /// [`REVIEWS_PER_TENANT_MAX`] for its tenant): whether it is queued now (also when it was
+    /// already). The check and the insert happen under one lock, so the bounds hold whatever
+    /// the concurrency.
+    fn insert_within_bounds(&mut self, scoped_id: &str, review: ReviewObject) -> bool {
+        if self.contains_key(scoped_id) {
+            return true;
+        }
+        let room = self.len() < REVIEWS_OPEN_MAX
+            && self.of_tenant(Reviews::tenant_of(scoped_id)) < REVIEWS_PER_TENANT_MAX;
+        if room {
+            self.insert(scoped_id.to_string(), review);
+        }
+        room
+    }
+
     fn remove(&mut self, scoped_id: &str) -> Option<ReviewObject> {
         let review = self.by_id.remove(scoped_id)?;
         let tenant = Reviews::tenant_of(scoped_id);
@@ -527,6 +543,8 @@ pub struct Decided {
     reasons: Vec<String>,
     /// A held transfer's review (inline review decisions only).
     review: Option<ReviewObject>,
+    /// Whether `review` was queued when the decision was remembered (false: the queue was full).
+    review_queued: bool,
     /// The whole record (standalone decisions only).
     record: Option<DecisionRecord>,
 }
@@ -540,7 +558,7 @@ impl Decided {
         };
         let inline = record.source == DecisionSource::Transfer;
         let review = (inline && outcome == Outcome::Review).then(|| review_of_record(&record));
-        Decided { outcome, reasons, review, record: (!inline).then_some(record) }
+        Decided { outcome, reasons, review, review_queued: false, record: (!inline).then_some(record) }
     }
 
     /// The active ruleset's outcome: what is acted on.
@@ -556,6 +574,12 @@ impl Decided {
     /// The review of a held transfer decided this way (an inline review decision only).
     pub fn review(&self) -> Option<ReviewObject> {
         self.review.clone()
+    }
+
+    /// Whether the review was queued as the decision was made; `false` if the queue was full
+    /// (or the decision is not a review): the transfer must not be held then.
+    pub fn review_queued(&self) -> bool {
+        self.review_queued
     }
 
     /// The decision's explanation (as `GET /v1/decisions/{id}` shows it, before it is durable):
@@ -579,6 +603,9 @@ pub const REVIEWS_PER_TENANT_MAX: usize = 10_000;
 /// Most pages `GET /v1/risk/reviews` reads to fill one without stale reviews (each pass drops the
 /// stale ones it found; past this, the page is answered short).
 pub const REVIEW_PAGE_PASSES_MAX: usize = 8;
+/// Reviews whose holds start-up looks up in one read of the ledger
+/// ([`drop_resolved_reviews_at_start`]).
+const REVIEWS_CHECKED_PER_READ: usize = 1_000;
 /// A review hold expires (and releases) after this long if nobody decides it.
 pub const REVIEW_HOLD_TIMEOUT_MS: u64 = 72 * 3_600 * 1_000;
 
@@ -1165,8 +1192,8 @@ impl RiskService {
         self.metrics.get_or_init(DecisionMetrics::new).count(&decision);
         let declined_transfer =
             decision.source == DecisionSource::Transfer && decision.active.outcome == Outcome::Decline;
-        let decided = Decided::of(decision);
-        self.mem().remember(key, kept, decided.review(), declined_transfer);
+        let mut decided = Decided::of(decision);
+        decided.review_queued = self.mem().remember(key, kept, decided.review(), true, declined_transfer);
         Ok((decided, receipt))
     }
 
@@ -1454,15 +1481,23 @@ impl RiskService {
         puhui_risk::records::binary::decode(&record).ok()
     }
 
-    /// Whether another review can be queued for `tenant` (bounded in all and per tenant).
-    pub fn can_queue_review(&self, tenant: &str) -> bool {
-        let state = self.mem();
-        state.reviews.len() < REVIEWS_OPEN_MAX && state.reviews.of_tenant(tenant) < REVIEWS_PER_TENANT_MAX
+    /// Queues the review of the held transfer `id` (scoped) if the queue has room for it (bounded
+    /// in all and per tenant, checked and queued under one lock): whether it is queued (also when
+    /// it already was). A transfer whose review is not queued must not be held.
+    pub fn try_queue_review(&self, id: &str, review: ReviewObject) -> bool {
+        self.mem().reviews.insert_within_bounds(id, review)
     }
 
-    /// Queues a held transfer for review.
+    /// Queues a held transfer for review, whatever the bounds: for a review taken out of the queue
+    /// and put back (its room was its own), or one whose hold was just recorded.
     pub fn queue_review(&self, id: &str, review: ReviewObject) {
         self.mem().reviews.insert(id.to_string(), review);
+    }
+
+    /// The scoped ids of every open review, in id order (what start-up checks against the ledger:
+    /// a replay queues every review the journal holds, including those resolved since).
+    pub fn review_ids(&self) -> Vec<String> {
+        self.mem().reviews.by_id.keys().cloned().collect()
     }
 
     /// Marks transfer ids (scoped) as taken by one request until the guard is dropped (at its
@@ -1686,6 +1721,7 @@ fn replay_record(
             Arc::clone(&id),
             payload.into(),
             review,
+            false,
             transfer && head.outcome == Outcome::Decline,
         );
         memory.set_seq(&id, seq);
@@ -1729,23 +1765,31 @@ impl Memory {
     }
 
     /// Keeps a decision (its binary record) for `GET /v1/decisions/{id}` (bounded) and, for an
-    /// inline review, queues `review` (start-up drops reviews whose hold is gone when they are
-    /// listed).
+    /// inline review, queues `review`: within the queue's bounds if `bounded` (a decision made
+    /// now: whether it was queued is returned), in any case otherwise (a decision replayed from
+    /// the journal, whose hold may still be open; those whose hold is gone leave at start-up,
+    /// [`RiskService::review_ids`], and as they are listed).
     fn remember(
         &mut self,
         scoped_id: Arc<str>,
         record: Box<[u8]>,
         review: Option<ReviewObject>,
+        bounded: bool,
         declined_transfer: bool,
-    ) {
+    ) -> bool {
         // Almost always empty: no hash of the id then.
         let journal_seq = match self.early_seqs.is_empty() {
             true => None,
             false => self.early_seqs.remove(&scoped_id),
         };
-        if let Some(review) = review {
-            self.reviews.insert(scoped_id.to_string(), review);
-        }
+        let review_queued = match review {
+            None => false,
+            Some(review) if bounded => self.reviews.insert_within_bounds(&scoped_id, review),
+            Some(review) => {
+                self.reviews.insert(scoped_id.to_string(), review);
+                true
+            }
+        };
         // One lookup: a decision remembered again (a replay) keeps the label it was given.
         match self.decisions.entry(Arc::clone(&scoped_id)) {
             std::collections::hash_map::Entry::Occupied(mut kept) => {
@@ -1768,6 +1812,7 @@ impl Memory {
                 self.forgotten.insert(hash64(&old), forgotten);
             }
         }
+        review_queued
     }
 
     /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
@@ -1793,7 +1838,7 @@ impl Memory {
             .then(|| review_of_record(d));
         let record = puhui_risk::records::binary::encode(d).into_boxed_slice();
         let declined_transfer = d.source == DecisionSource::Transfer && d.active.outcome == Outcome::Decline;
-        self.remember(Arc::from(d.id.as_str()), record, review, declined_transfer);
+        self.remember(Arc::from(d.id.as_str()), record, review, false, declined_transfer);
     }
 
     /// Notes the journal positions the committer sent since the last lock.
@@ -2380,15 +2425,53 @@ pub async fn list_reviews(
         pass += 1;
         let (mut data, has_more) = risk.reviews(&principal.tenant, after.as_deref(), limit);
         let ids: Vec<String> = data.iter().map(|r| format!("{}:{}", principal.tenant, r.id)).collect();
-        let stale: Vec<String> = app.not_open_holds(ids).await?;
-        for id in &stale {
-            risk.take_review(id);
-        }
+        let stale = drop_reviews_without_hold(&app, risk, ids).await?;
         if stale.is_empty() || pass == REVIEW_PAGE_PASSES_MAX {
             data.retain(|r| !stale.contains(&format!("{}:{}", principal.tenant, r.id)));
             return Ok(Json(ReviewList { object: "list", data, has_more, url: "/v1/risk/reviews" }));
         }
     }
+}
+
+/// Takes out of the review queue those of the reviews `ids` (scoped) whose hold is not open in the
+/// ledger (resolved, expired, or never recorded), and returns their ids. A hold recorded while
+/// this runs is not lost: the ids taken out are checked a second time, after the take, and a
+/// review whose hold is open by then is put back (a request that records a hold queues or finds its
+/// review before it records it, so either the first check or the second sees the hold).
+pub async fn drop_reviews_without_hold(
+    app: &AppState,
+    risk: &RiskService,
+    ids: Vec<String>,
+) -> Result<Vec<String>, ApiError> {
+    let stale = app.not_open_holds(ids).await?;
+    if stale.is_empty() {
+        return Ok(stale);
+    }
+    let taken: Vec<(String, ReviewObject)> =
+        stale.into_iter().filter_map(|id| risk.take_review(&id).map(|review| (id, review))).collect();
+    let still_stale = app.not_open_holds(taken.iter().map(|(id, _)| id.clone()).collect()).await?;
+    let mut dropped = Vec::with_capacity(taken.len());
+    for (id, review) in taken {
+        match still_stale.contains(&id) {
+            true => dropped.push(id),
+            false => risk.queue_review(&id, review),
+        }
+    }
+    Ok(dropped)
+}
+
+/// Start-up's pass over the review queue ([`RiskService::review_ids`]), [`REVIEWS_CHECKED_PER_READ`]
+/// ids per read of the ledger: drops the reviews whose hold is no longer open. A replay
+/// queues every review decision the journal holds, so without it a restart would bring back every
+/// review ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would
+/// find its queue full. Returns how many were dropped.
+pub async fn drop_resolved_reviews_at_start(app: &AppState, risk: &RiskService) -> Result<usize, ApiError> {
+    let ids = risk.review_ids();
+    let mut dropped = 0;
+    for page in ids.chunks(REVIEWS_CHECKED_PER_READ) {
+        dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
+    }
+    Ok(dropped)
 }
 
 async fn resolve_review(
@@ -3029,12 +3112,41 @@ mod tests {
         // Long ids, as the API scopes them; three times the bound, so that forgetting churns.
         for i in 0..3 * DECISIONS_KEPT_MAX {
             let id: Arc<str> = Arc::from(format!("tabcdefghijklmnopqrstuvwxyz234567:wrk0-1764460000-{i}"));
-            memory.remember(id, Box::new([0u8; 8]), None, false);
+            memory.remember(id, Box::new([0u8; 8]), None, true, false);
             // `capacity` counts the room left too; a table that doubled would show it above this.
             assert!(memory.decisions.capacity() <= capacity, "the map grew at decision {i}");
         }
         assert_eq!(memory.decisions.len(), DECISIONS_KEPT_MAX);
         assert_eq!(memory.forgotten.len(), 2 * DECISIONS_KEPT_MAX);
+    }
+
+    #[test]
+    fn reviews_are_queued_within_their_bounds_per_tenant_and_in_all() {
+        let review = |id: &str| ReviewObject {
+            object: "risk_review",
+            id: id.to_string(),
+            score: 0,
+            reasons: Vec::new(),
+            ruleset_version: "v".into(),
+        };
+        let mut reviews = Reviews::default();
+        let tenants = REVIEWS_OPEN_MAX / REVIEWS_PER_TENANT_MAX;
+        for t in 0..tenants {
+            for i in 0..REVIEWS_PER_TENANT_MAX {
+                assert!(reviews.insert_within_bounds(&format!("t{t}:r{i}"), review("r")));
+            }
+            assert!(
+                !reviews.insert_within_bounds(&format!("t{t}:more"), review("more")),
+                "the tenant's bound"
+            );
+        }
+        assert_eq!(reviews.len(), REVIEWS_OPEN_MAX);
+        assert!(!reviews.insert_within_bounds("other:r", review("r")), "the bound in all");
+        assert!(reviews.insert_within_bounds("t0:r5", review("r")), "one already queued is queued");
+        reviews.remove("t3:r0");
+        assert!(!reviews.insert_within_bounds("t0:more", review("more")), "another tenant's room");
+        assert!(reviews.insert_within_bounds("other:r", review("r")), "room in all again");
+        assert_eq!((reviews.len(), reviews.of_tenant("other")), (REVIEWS_OPEN_MAX, 1));
     }
 
     #[test]

@@ -442,7 +442,7 @@ async fn decide_inline(
             let item =
                 crate::risk::ToDecide { id: request.id.to_string(), source, event, record: true, fence };
             let decided = risk.decide_queued(item).await;
-            act_on_decision(app, tenant, request, decided).await
+            act_on_decision(app, request, decided).await
         }
     }
 }
@@ -517,7 +517,7 @@ async fn decide_and_post(
     match after {
         AfterDecision::Decided(undecided) => {
             let (decided, mut request) = *undecided;
-            let inline = act_on_decision(app, tenant, &mut request, decided).await?;
+            let inline = act_on_decision(app, &mut request, decided).await?;
             Ok((request, inline, None))
         }
         AfterDecision::Posted(posted, results) => {
@@ -691,9 +691,15 @@ async fn prepare_inline(
             } else {
                 puhui_risk::Outcome::Approve
             };
-            // Answered with the earlier decision (a review is queued again if the hold is created
-            // only now, e.g. after a 503).
+            // Answered with the earlier decision. A review is queued again (the hold may be
+            // recorded only now, e.g. after a 503), within the queue's bounds: a full queue is
+            // answered as the decision was, with 503, and nothing is held.
             let review = (outcome == puhui_risk::Outcome::Review).then(|| crate::risk::review_of(&previous));
+            if let Some(review) = &review {
+                if !risk.try_queue_review(request.id.as_str(), review.clone()) {
+                    return Err(review_queue_full());
+                }
+            }
             return Ok(Prepared::Answered(Some((outcome, review))));
         }
     }
@@ -878,15 +884,27 @@ fn declined_long_ago() -> ApiError {
     }
 }
 
+/// 503 `overloaded` for a transfer decided for review while the review queue is full (in all, or
+/// for its tenant): it is not held; a retry is held once there is room.
+fn review_queue_full() -> ApiError {
+    ApiError {
+        retry_after_secs: Some(60),
+        ..ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "api_error",
+            "overloaded",
+            "the review queue is full",
+        )
+    }
+}
+
 /// Acts on an inline decision: declined → `Err` (once the decline is durable); review → the request
 /// becomes a review hold (or 503 if the review queue is full); approve → as is.
 async fn act_on_decision(
     app: &Arc<AppState>,
-    tenant: &str,
     request: &mut TransferRequest,
     decided: crate::risk::DecisionResult,
 ) -> Result<Inline, ApiError> {
-    let risk = app.risk.as_ref().expect("decided with risk control");
     let (decision, mut durable) = decided?;
     if app.store.is_postgres() {
         // On PostgreSQL records and ledger writes are committed by different committers: the
@@ -910,16 +928,9 @@ async fn act_on_decision(
             return Err(risk_declined(decision.reasons()));
         }
         puhui_risk::Outcome::Review => {
-            if !risk.can_queue_review(tenant) {
-                return Err(ApiError {
-                    retry_after_secs: Some(60),
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "api_error",
-                        "overloaded",
-                        "the review queue is full",
-                    )
-                });
+            // Queued (or not, the queue being full) under the memory's lock as it was decided.
+            if !decision.review_queued() {
+                return Err(review_queue_full());
             }
             into_review_hold(request);
         }
@@ -979,9 +990,20 @@ pub async fn create_transfer(
     // nodes read it from here on, so they need not wait for the posting.
     drop(locks);
     let id = request.id.clone();
+    let posted = match posted {
+        Some(results) => posted_object(&app, request, results).await,
+        None => create_one_object(&app, request).await,
+    };
     let (status, mut object) = match posted {
-        Some(results) => posted_object(&app, request, results).await?,
-        None => create_one_object(&app, request).await?,
+        Ok(posted) => posted,
+        Err(e) => {
+            // Not held (refused by the ledger, or not queued): its review, queued as it was
+            // decided, leaves the queue unless a hold under the id is open (an earlier attempt's).
+            if let (Some(risk), Some((puhui_risk::Outcome::Review, _))) = (app.risk.as_ref(), &decided) {
+                crate::risk::drop_reviews_without_hold(&app, risk, vec![id.to_string()]).await?;
+            }
+            return Err(e);
+        }
     };
     if let Some((outcome, review)) = decided {
         object.risk_outcome = Some(outcome.as_str());
@@ -1120,7 +1142,7 @@ pub async fn create_transfer_batch(
             let (at, items): (Vec<usize>, Vec<_>) = to_decide.into_iter().unzip();
             let results = risk.decide_queued_many(items).await;
             for (i, decision) in at.into_iter().zip(results) {
-                note(i, act_on_decision(&app, &principal.tenant, &mut requests[i], decision).await)?;
+                note(i, act_on_decision(&app, &mut requests[i], decision).await)?;
             }
         }
         // The same id twice: the second is answered with the first's decision, so one at a time.
@@ -1163,10 +1185,18 @@ pub async fn create_transfer_batch(
         })
         .collect();
     if let Some(risk) = app.risk.as_ref() {
+        let mut not_held = Vec::new();
         for (i, review) in reviews {
-            if results[i].0 == ResultCode::Ok {
-                risk.queue_review(&ids[i], review);
+            match results[i].0 {
+                ResultCode::Ok => risk.queue_review(&ids[i], review),
+                ResultCode::Exists => {}
+                // Not held: its review, queued as it was decided, leaves the queue (unless an
+                // earlier attempt's hold under the id is open).
+                _ => not_held.push(ids[i].to_string()),
             }
+        }
+        if !not_held.is_empty() {
+            crate::risk::drop_reviews_without_hold(&app, risk, not_held).await?;
         }
     }
     let ok = results.iter().filter(|r| r.0 == ResultCode::Ok).count();

@@ -249,6 +249,21 @@ async fn listen_and_serve(
     on_listening: impl FnOnce(SocketAddr),
 ) -> Result<(), String> {
     let (store, risk) = (state.store.clone(), state.risk.clone());
+    if let Some(risk) = risk.clone() {
+        // The replay queued every review the journal holds: those resolved since leave the queue
+        // (in the background: requests meanwhile see at most a queue that looks fuller).
+        let app = Arc::clone(&state);
+        tokio::spawn(async move {
+            match crate::risk::drop_resolved_reviews_at_start(&app, &risk).await {
+                Ok(dropped) => tracing::info!(
+                    dropped,
+                    open = risk.review_ids().len(),
+                    "reviews checked against their holds: those no longer open left the queue"
+                ),
+                Err(e) => tracing::warn!(error = %e.message, "could not check the reviews' holds at start"),
+            }
+        });
+    }
     let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| format!("{listen}: {e}"))?;
     let addr = listener.local_addr().map_err(|e| e.to_string())?;
     on_listening(addr);

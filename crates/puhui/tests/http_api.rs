@@ -1149,6 +1149,96 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
 }
 
 #[tokio::test]
+async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it() {
+    // A tenant's queue holds at most REVIEWS_PER_TENANT_MAX open reviews. A transfer decided for
+    // review beyond it is not held (503), nor is its retry until there is room; another tenant is
+    // not affected. A restart replays every review decision in the journal, and those whose hold
+    // was resolved meanwhile leave the queue again, so the tenant's room is what it was.
+    let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("review-all.toml");
+    let text = "version = \"review-all\"\n[thresholds]\nreview = 50\ndecline = 1000000\n[[rules]]\n\
+                id = \"all\"\ndescription = \"every payment\"\nexpression = \"amount > 0\"\nscore = 60\n\
+                reasons = [\"look\"]\n";
+    std::fs::write(&ruleset, text).unwrap();
+    let data = dir.path().join("data");
+    let args = ["--ruleset", ruleset.to_str().unwrap()];
+    let server = serve(&data, &args);
+    let (a, b) = (Client::tenant(&server).await, Client::tenant(&server).await);
+    for c in [&a, &b] {
+        for id in ["bank", "shop"] {
+            let r = c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await;
+            assert_eq!(r.status, 201, "{:?}", r.body);
+        }
+    }
+    let reviewed = |id: &str| {
+        let mut t = transfer(id, "bank", "shop", 1);
+        t["risk_context"] = json!({"device_id": "d"});
+        t
+    };
+    // Fill tenant a's queue, in batches.
+    for chunk in (0..full).collect::<Vec<_>>().chunks(5_000) {
+        let items: Vec<Value> = chunk.iter().map(|i| reviewed(&format!("h{i}"))).collect();
+        let r = a.post(&server, "/v1/transfers/batch", json!({"transfers": items})).await;
+        assert_eq!(
+            (r.status, r.body["ok"].as_u64()),
+            (200, Some(chunk.len() as u64)),
+            "{:?}",
+            r.body["error"]
+        );
+    }
+    let refused = a.post(&server, "/v1/transfers", reviewed("x")).await;
+    assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{:?}", refused.body);
+    let again = a.post(&server, "/v1/transfers", reviewed("x")).await;
+    assert_eq!(
+        (again.status, again.code()),
+        (503, "overloaded"),
+        "a retry is not held either: {:?}",
+        again.body
+    );
+    assert_eq!(a.get(&server, "/v1/transfers/x").await.status, 404, "nothing held");
+    let other = b.post(&server, "/v1/transfers", reviewed("y")).await;
+    assert_eq!(
+        (other.status, other.body["risk_outcome"].as_str()),
+        (201, Some("review")),
+        "{:?}",
+        other.body
+    );
+    // One review resolved: room for one, and the retry is held.
+    assert_eq!(a.post(&server, "/v1/risk/reviews/h0/decline", json!({})).await.status, 201);
+    let held = a.post(&server, "/v1/transfers", reviewed("x")).await;
+    assert_eq!(
+        (held.status, held.body["pending_status"].as_str()),
+        (201, Some("pending")),
+        "{:?}",
+        held.body
+    );
+    let refused = a.post(&server, "/v1/transfers", reviewed("z")).await;
+    assert_eq!((refused.status, refused.code()), (503, "overloaded"), "full again: {:?}", refused.body);
+    // Five holds voided directly (their reviews stay queued until listed), then a crash.
+    for i in 1..=5 {
+        assert_eq!(a.post(&server, &format!("/v1/transfers/h{i}/void"), json!({})).await.status, 201);
+    }
+    server.kill9();
+    let server = serve(&data, &args);
+    // The replay queued every review decision again; start-up drops the six resolved ones (in the
+    // background), so z, retried, is held within a few seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let held = loop {
+        let r = a.post(&server, "/v1/transfers", reviewed("z")).await;
+        if r.status != 503 || std::time::Instant::now() > deadline {
+            break r;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!((held.status, held.body["risk_outcome"].as_str()), (201, Some("review")), "{:?}", held.body);
+    // The reviews still open are still there to resolve; the resolved ones are gone.
+    assert_eq!(a.post(&server, "/v1/risk/reviews/h9/approve", json!({})).await.status, 201);
+    let gone = a.post(&server, "/v1/risk/reviews/h3/approve", json!({})).await;
+    assert_eq!((gone.status, gone.code()), (409, "review_resolved"), "{:?}", gone.body);
+}
+
+#[tokio::test]
 async fn transfers_with_a_risk_context_are_decided_inline_and_reviewed() {
     let dir = tempfile::tempdir().unwrap();
     let server = serve(dir.path(), &[]);
