@@ -685,6 +685,13 @@ async fn prepare_inline(
             return Err(answer);
         }
         if previous.source == "transfer" && previous.outcome != "decline" {
+            // The decision holds for the payment it saw only: another one under the id (other
+            // accounts, amount or currency) is the ledger's conflict, also when the first was
+            // never posted (else a payment approved small could be posted large).
+            let event = risk.decision_record(request.id.as_str()).map(|r| r.event);
+            if let Some(code) = event.as_ref().and_then(|event| other_payment(request, event)) {
+                return Err(ledger_error(code));
+            }
             let outcome = if previous.outcome == "review" {
                 into_review_hold(request);
                 puhui_risk::Outcome::Review
@@ -758,25 +765,26 @@ fn declined_again(
     event: Option<&puhui_risk::records::EventRecord>,
     reasons: &[String],
 ) -> ApiError {
-    if let Some(event) = event {
-        let differs =
-            |account: &Option<Id>, recorded: &str| account.as_ref().is_none_or(|a| a.as_str() != recorded);
-        let conflict = if differs(&request.debit_account_id, &event.payer)
-            || differs(&request.credit_account_id, &event.payee)
-        {
-            Some(ResultCode::ExistsWithDifferentAccounts)
-        } else if request.amount_minor.unwrap_or(0) != event.amount_minor {
-            Some(ResultCode::ExistsWithDifferentAmount)
-        } else if request.currency.map(|c| c.as_str().to_string()).unwrap_or_default() != event.currency {
-            Some(ResultCode::ExistsWithDifferentCurrency)
-        } else {
-            None
-        };
-        if let Some(code) = conflict {
-            return ledger_error(code);
-        }
+    match event.and_then(|event| other_payment(request, event)) {
+        Some(code) => ledger_error(code),
+        None => risk_declined(reasons),
     }
-    risk_declined(reasons)
+}
+
+/// How `request` differs from the payment a decision under its id saw (`event`), as the ledger
+/// names an id reused for another transfer; `None` if it names the same payment.
+fn other_payment(request: &TransferRequest, event: &puhui_risk::records::EventRecord) -> Option<ResultCode> {
+    let differs =
+        |account: &Option<Id>, recorded: &str| account.as_ref().is_none_or(|a| a.as_str() != recorded);
+    if differs(&request.debit_account_id, &event.payer) || differs(&request.credit_account_id, &event.payee) {
+        Some(ResultCode::ExistsWithDifferentAccounts)
+    } else if request.amount_minor.unwrap_or(0) != event.amount_minor {
+        Some(ResultCode::ExistsWithDifferentAmount)
+    } else if request.currency.map(|c| c.as_str().to_string()).unwrap_or_default() != event.currency {
+        Some(ResultCode::ExistsWithDifferentCurrency)
+    } else {
+        None
+    }
 }
 
 /// The answer to `request` if risk control declined a transfer under its id so long ago that the

@@ -1204,8 +1204,13 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
         "{:?}",
         other.body
     );
-    // One review resolved: room for one, and the retry is held.
+    // One review resolved: room for one. A retry naming another payment under x is not held
+    // under x's decision (which saw 1 minor unit); the same payment is.
     assert_eq!(a.post(&server, "/v1/risk/reviews/h0/decline", json!({})).await.status, 201);
+    let mut larger = reviewed("x");
+    larger["amount"] = json!(1_000_000);
+    let other = a.post(&server, "/v1/transfers", larger).await;
+    assert_eq!((other.status, other.code()), (409, "exists_with_different_amount"), "{:?}", other.body);
     let held = a.post(&server, "/v1/transfers", reviewed("x")).await;
     assert_eq!(
         (held.status, held.body["pending_status"].as_str()),
