@@ -2487,15 +2487,16 @@ async fn resolve_review(
         return Err(no_open_review(&app, risk, scoped_id).await);
     };
     // From here on the review is out of the queue (so two analysts cannot resolve it at once): every
-    // way out that leaves the hold open puts it back.
-    let put_back = |review| risk.queue_review(scoped_id.as_str(), review);
+    // way out that leaves the hold open puts it back, also a request dropped half-way (its client
+    // gone): the guard's drop does.
+    let taken = TakenReview { risk, scoped_id: scoped_id.to_string(), review: Some(review) };
     // The ledger keeps a refused attempt's result under its id: a later approval uses the next id
     // (the hold itself is resolved once whatever the id).
     let base = format!("{scoped_id}.{suffix}");
     let resolution = match crate::routes::resolution_attempt_id(&app, &base, |_| false).await {
         Ok(Some(id)) => id,
         Ok(None) => {
-            put_back(review);
+            drop(taken);
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 "invalid_request_error",
@@ -2508,10 +2509,7 @@ async fn resolve_review(
                 ),
             ));
         }
-        Err(e) => {
-            put_back(review);
-            return Err(e);
-        }
+        Err(e) => return Err(e),
     };
     let request = if approve {
         puhui_ledger::TransferRequest::post(resolution, scoped_id.clone(), None)
@@ -2519,19 +2517,46 @@ async fn resolve_review(
         puhui_ledger::TransferRequest::void(resolution, scoped_id.clone())
     };
     match crate::routes::create_one(&app, request).await {
-        Ok(response) => Ok(response),
+        Ok(response) => {
+            taken.resolved();
+            Ok(response)
+        }
         Err(e) => {
             // A refused approval (a frozen account) leaves the hold open and the review queued; only
             // a hold that is gone (expired, voided) takes its review with it. If that cannot be
             // read, the review goes back: listing drops it once its hold is seen to be gone.
             match app.not_open_holds(vec![scoped_id.to_string()]).await {
                 // The hold went another way (voided directly, expired): the review is closed.
-                Ok(gone) if !gone.is_empty() => Err(no_open_review(&app, risk, scoped_id).await),
-                _ => {
-                    put_back(review);
-                    Err(e)
+                Ok(gone) if !gone.is_empty() => {
+                    taken.resolved();
+                    Err(no_open_review(&app, risk, scoped_id).await)
                 }
+                _ => Err(e),
             }
+        }
+    }
+}
+
+/// A review taken out of the queue to be resolved: put back when dropped, unless
+/// [`TakenReview::resolved`] (the request failed, or was dropped half-way with its hold open; a
+/// review put back whose hold was resolved after all leaves when it is listed).
+struct TakenReview<'a> {
+    risk: &'a RiskService,
+    scoped_id: String,
+    review: Option<ReviewObject>,
+}
+
+impl TakenReview<'_> {
+    /// Its hold was resolved: the review stays out of the queue.
+    fn resolved(mut self) {
+        self.review = None;
+    }
+}
+
+impl Drop for TakenReview<'_> {
+    fn drop(&mut self) {
+        if let Some(review) = self.review.take() {
+            self.risk.queue_review(&self.scoped_id, review);
         }
     }
 }
@@ -3318,6 +3343,31 @@ mod tests {
             service.decision(&format!("t:d{DECISIONS_KEPT_MAX}")).is_some()
                 && service.decision("t:d1").is_some()
         );
+    }
+
+    #[test]
+    fn a_review_taken_to_be_resolved_goes_back_unless_resolved_also_if_the_request_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
+        let service = RiskService::open(store, None, None, FeatureLimits::default(), None).unwrap().0;
+        let review = ReviewObject {
+            object: "risk_review",
+            id: "h".into(),
+            score: 60,
+            reasons: vec!["look".into()],
+            ruleset_version: "v".into(),
+        };
+        service.queue_review("t:h", review);
+        let take = || {
+            let review = service.take_review("t:h").expect("queued");
+            TakenReview { risk: &service, scoped_id: "t:h".into(), review: Some(review) }
+        };
+        // A request that fails, or whose future is dropped at an await (its client gone), drops
+        // its guard: the review is queued again.
+        drop(take());
+        assert!(service.is_under_review("t:h"));
+        take().resolved();
+        assert!(!service.is_under_review("t:h"), "a resolved review stays out");
     }
 
     #[tokio::test]
