@@ -1671,7 +1671,7 @@ pub fn review_of(decision: &DecisionObject) -> ReviewObject {
     }
 }
 
-fn review_of_record(d: &DecisionRecord) -> ReviewObject {
+pub(crate) fn review_of_record(d: &DecisionRecord) -> ReviewObject {
     ReviewObject {
         object: "review",
         id: unscoped(&d.id).to_string(),

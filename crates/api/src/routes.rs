@@ -716,6 +716,9 @@ async fn prepare_inline(
     if matches_recorded_transfer(app, request).await? {
         return Ok(Prepared::Answered(None));
     }
+    if let Some(answer) = decided_long_ago_again(app, risk, request).await? {
+        return Ok(Prepared::Answered(answer));
+    }
     let attributes = crate::risk::attributes(tenant, context)?;
     let (Some(payer), Some(payee)) = (&request.debit_account_id, &request.credit_account_id) else {
         return Ok(Prepared::Answered(None));
@@ -805,6 +808,49 @@ async fn declined_long_ago_again(
         }
         None => declined_long_ago(),
     }))
+}
+
+/// For a transfer under an id decided so long ago that the decision is no longer in memory, and
+/// not posted (an approval or review whose posting failed, retried much later): the answer from
+/// that decision, read back from the journal, as [`prepare_inline`] answers from a remembered
+/// one (another payment under the id is the ledger's conflict; a review is held once queued).
+/// Without it the transfer was decided a second time: two records under one id, and its event
+/// counted twice in the features. `None` if there is no such decision, or it cannot be read back
+/// (then it is decided again, the one case left).
+async fn decided_long_ago_again(
+    app: &Arc<AppState>,
+    risk: &Arc<crate::risk::RiskService>,
+    request: &mut TransferRequest,
+) -> Result<Option<Inline>, ApiError> {
+    if !risk.decided_long_ago(request.id.as_str()) {
+        return Ok(None);
+    }
+    let Some((record, _, _)) = crate::risk::forgotten_from_journal(app, risk, request.id.as_str()).await?
+    else {
+        return Ok(None);
+    };
+    if record.source != puhui_risk::DecisionSource::Transfer {
+        return Err(crate::risk::decision_id_conflict(
+            "this id names a decision of another event (POST /v1/decisions); a transfer with a risk \
+             context needs an id of its own",
+        ));
+    }
+    if let Some(code) = other_payment(request, &record.event) {
+        return Err(ledger_error(code));
+    }
+    match record.active.outcome {
+        // Declines are answered before (`declined_long_ago_again`).
+        puhui_risk::Outcome::Decline => Err(risk_declined(&crate::risk::reasons_of(&record.active))),
+        puhui_risk::Outcome::Approve => Ok(Some(Some((puhui_risk::Outcome::Approve, None)))),
+        puhui_risk::Outcome::Review => {
+            let review = crate::risk::review_of_record(&record);
+            if !risk.try_queue_review(request.id.as_str(), review.clone()) {
+                return Err(review_queue_full());
+            }
+            into_review_hold(request);
+            Ok(Some(Some((puhui_risk::Outcome::Review, Some(review)))))
+        }
+    }
 }
 
 /// Whether the ledger already holds a transfer under `request`'s id (not waited for during a group

@@ -1197,6 +1197,42 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
         again.body
     );
     assert_eq!(a.get(&server, "/v1/transfers/x").await.status, 404, "nothing held");
+    let decided = a.get(&server, "/v1/decisions/x").await;
+    assert_eq!(
+        (decided.status, decided.body["outcome"].as_str()),
+        (200, Some("review")),
+        "{:?}",
+        decided.body
+    );
+    // x's decision leaves the memory (100,000 newer decisions, another tenant's): its retries are
+    // still answered from it, read back from the journal, not decided again.
+    let kept = puhui_api::risk::DECISIONS_KEPT_MAX;
+    let mut tasks = Vec::new();
+    for task in 0..16 {
+        let (http, key, url) = (b.http.clone(), b.key.clone(), server.url("/v1/decisions"));
+        tasks.push(tokio::spawn(async move {
+            for i in (task..kept).step_by(16) {
+                let event = json!({"id": format!("d{i}"), "payer": "p", "payee": "q", "amount": 1, "currency": "CNY"});
+                let (status, body) = try_post(&http, &url, &key, &event, None).await.unwrap();
+                assert_eq!(status, 201, "{body:?}");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut larger = reviewed("x");
+    larger["amount"] = json!(1_000_000);
+    let other = a.post(&server, "/v1/transfers", larger.clone()).await;
+    assert_eq!((other.status, other.code()), (409, "exists_with_different_amount"), "{:?}", other.body);
+    let again = a.post(&server, "/v1/transfers", reviewed("x")).await;
+    assert_eq!((again.status, again.code()), (503, "overloaded"), "{:?}", again.body);
+    let read_back = a.get(&server, "/v1/decisions/x").await;
+    assert_eq!(
+        read_back.body["journal_seq"], decided.body["journal_seq"],
+        "one decision: {:?}",
+        read_back.body
+    );
     let other = b.post(&server, "/v1/transfers", reviewed("y")).await;
     assert_eq!(
         (other.status, other.body["risk_outcome"].as_str()),
@@ -1207,8 +1243,6 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     // One review resolved: room for one. A retry naming another payment under x is not held
     // under x's decision (which saw 1 minor unit); the same payment is.
     assert_eq!(a.post(&server, "/v1/risk/reviews/h0/decline", json!({})).await.status, 201);
-    let mut larger = reviewed("x");
-    larger["amount"] = json!(1_000_000);
     let other = a.post(&server, "/v1/transfers", larger).await;
     assert_eq!((other.status, other.code()), (409, "exists_with_different_amount"), "{:?}", other.body);
     let held = a.post(&server, "/v1/transfers", reviewed("x")).await;
