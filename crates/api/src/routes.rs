@@ -1170,41 +1170,58 @@ pub async fn create_transfer_batch(
         }
     }
     let fence = locks.as_ref().map(puhui_store_pg::DecisionLock::fence);
-    let decided: Vec<usize> = (0..count).filter(|i| contexts[*i].is_some()).collect();
-    let unique =
-        decided.iter().map(|i| &ids[*i]).collect::<std::collections::HashSet<_>>().len() == decided.len();
-    match app.risk.as_ref() {
+    // An id more than once in the batch: only its first item is decided (or checked, without a
+    // context); a later one takes the first's refusal or hold below, else the ledger answers it as
+    // a duplicate. Never a decision of its own: [X, X with a context] used to post the first and
+    // record a decline for the second, so X's retries were declined though X was posted.
+    let mut first_of = std::collections::HashMap::with_capacity(count);
+    let first: Vec<usize> = (0..count).map(|i| *first_of.entry(ids[i].as_str()).or_insert(i)).collect();
+    if let Some(risk) = app.risk.as_ref() {
         // All the items' decisions handed to the risk thread at once (one hand-over, not one per
         // item), in order; each item is checked for a retry first, as a single POST is.
-        Some(risk) if unique => {
-            let mut to_decide = Vec::new();
-            for (i, context) in contexts.into_iter().enumerate() {
-                let Some(context) = context else { continue };
-                match prepare_inline(&app, &principal.tenant, &mut requests[i], context, PayerBalance::Now)
-                    .await
-                {
-                    Ok(Prepared::Answered(answer)) => note(i, Ok(answer))?,
-                    Ok(Prepared::ToDecide(event)) => {
-                        let id = requests[i].id.to_string();
-                        let source = puhui_risk::DecisionSource::Transfer;
-                        let fence = fence.clone();
-                        to_decide.push((i, crate::risk::ToDecide { id, source, event, record: true, fence }));
-                    }
-                    Err(e) => note(i, Err(e))?,
+        let mut to_decide = Vec::new();
+        for (i, context) in contexts.into_iter().enumerate() {
+            let Some(context) = context.filter(|_| first[i] == i) else { continue };
+            match prepare_inline(&app, &principal.tenant, &mut requests[i], context, PayerBalance::Now).await
+            {
+                Ok(Prepared::Answered(answer)) => note(i, Ok(answer))?,
+                Ok(Prepared::ToDecide(event)) => {
+                    let id = requests[i].id.to_string();
+                    let source = puhui_risk::DecisionSource::Transfer;
+                    let fence = fence.clone();
+                    to_decide.push((i, crate::risk::ToDecide { id, source, event, record: true, fence }));
                 }
-            }
-            let (at, items): (Vec<usize>, Vec<_>) = to_decide.into_iter().unzip();
-            let results = risk.decide_queued_many(items).await;
-            for (i, decision) in at.into_iter().zip(results) {
-                note(i, act_on_decision(&app, &mut requests[i], decision).await)?;
+                Err(e) => note(i, Err(e))?,
             }
         }
-        // The same id twice: the second is answered with the first's decision, so one at a time.
-        _ => {
-            for (i, context) in contexts.into_iter().enumerate() {
-                let Some(context) = context else { continue };
-                let fence = fence.clone();
-                note(i, decide_inline(&app, &principal.tenant, &mut requests[i], context, fence).await)?;
+        let (at, items): (Vec<usize>, Vec<_>) = to_decide.into_iter().unzip();
+        let results = risk.decide_queued_many(items).await;
+        for (i, decision) in at.into_iter().zip(results) {
+            note(i, act_on_decision(&app, &mut requests[i], decision).await)?;
+        }
+        let held: std::collections::HashSet<usize> = reviews.iter().map(|(i, _)| *i).collect();
+        for i in 0..count {
+            let f = first[i];
+            if f == i || declined[i].is_some() {
+                continue;
+            }
+            if declined[f].is_some() {
+                // Refused as the first was, or the ledger's conflict if it names another payment.
+                let conflict = match (&requests[f], &requests[i]) {
+                    (a, b)
+                        if (&a.debit_account_id, &a.credit_account_id)
+                            != (&b.debit_account_id, &b.credit_account_id) =>
+                    {
+                        Some(ResultCode::ExistsWithDifferentAccounts)
+                    }
+                    (a, b) if a.amount_minor != b.amount_minor => Some(ResultCode::ExistsWithDifferentAmount),
+                    (a, b) if a.currency != b.currency => Some(ResultCode::ExistsWithDifferentCurrency),
+                    _ => None,
+                };
+                declined[i] = conflict.or(declined[f]);
+                reasons[i] = conflict.is_none().then(|| reasons[f].clone()).flatten();
+            } else if held.contains(&f) {
+                into_review_hold(&mut requests[i]);
             }
         }
     }

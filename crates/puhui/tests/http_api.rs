@@ -1149,6 +1149,56 @@ async fn full_batches_with_risk_contexts_wait_for_the_journal_instead_of_failing
 }
 
 #[tokio::test]
+async fn an_id_twice_in_a_batch_is_decided_once_and_never_both_posted_and_declined() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = serve(dir.path(), &[]);
+    let c = Client::tenant(&server).await;
+    for id in ["bank", "shop"] {
+        assert_eq!(c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await.status, 201);
+    }
+    assert_eq!(c.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["evil"]})).await.status, 200);
+    let evil = |id: &str, amount: u64| {
+        let mut t = transfer(id, "bank", "shop", amount);
+        t["risk_context"] = json!({"device_id": "evil"});
+        t
+    };
+    let results = |r: &Reply| -> Vec<String> {
+        r.body["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["result"].as_str().unwrap().to_string())
+            .collect()
+    };
+    // Posted first, then the same id with a context that would be declined: not decided, the
+    // ledger's duplicate; the id stays posted, and no decision names it.
+    let r = c
+        .post(
+            &server,
+            "/v1/transfers/batch",
+            json!({"transfers": [transfer("x", "bank", "shop", 5), evil("x", 5)]}),
+        )
+        .await;
+    assert_eq!(results(&r), ["ok", "exists"], "{:?}", r.body);
+    let retry = c.post(&server, "/v1/transfers", transfer("x", "bank", "shop", 5)).await;
+    assert_eq!(retry.status, 200, "x is posted, not declined: {:?}", retry.body);
+    assert_eq!(c.get(&server, "/v1/decisions/x").await.status, 404);
+    // Declined first: the same payment later in the batch is declined too, another payment is the
+    // ledger's conflict, and nothing is posted.
+    let batch = json!({"transfers": [evil("y", 5), transfer("y", "bank", "shop", 5), transfer("y", "bank", "shop", 6)]});
+    let r = c.post(&server, "/v1/transfers/batch", batch).await;
+    assert_eq!(
+        results(&r),
+        ["risk_declined", "risk_declined", "exists_with_different_amount"],
+        "{:?}",
+        r.body
+    );
+    assert_eq!(c.get(&server, "/v1/transfers/y").await.status, 404);
+    let retry = c.post(&server, "/v1/transfers", transfer("y", "bank", "shop", 5)).await;
+    assert_eq!((retry.status, retry.code()), (422, "risk_declined"), "{:?}", retry.body);
+}
+
+#[tokio::test]
 async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it() {
     // A tenant's queue holds at most REVIEWS_PER_TENANT_MAX open reviews. A transfer decided for
     // review beyond it is not held (503), nor is its retry until there is room; another tenant is
