@@ -121,6 +121,10 @@ pub struct RiskService {
     /// Decision records submitted to the journal and not yet durable (at most
     /// [`DECISION_RECORDS_IN_FLIGHT_MAX`]).
     records_in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Set once a decision's record was refused after the decision entered the features and the
+    /// memory (queued, then refused by a store stopping): from then on this process holds an event
+    /// the journal lacks, so no snapshot is written from it ([`RiskService::write_snapshot`]).
+    records_refused: Arc<std::sync::atomic::AtomicBool>,
     /// Records queued for the journal with the controller's lock held (decisions, rulesets,
     /// activations, lists), counted so that a decision on the committer thread can tell whether
     /// one was queued behind it ([`RiskService::decide_deferred`]).
@@ -940,6 +944,7 @@ impl RiskService {
             metrics: OnceLock::new(),
             queued: std::sync::atomic::AtomicUsize::new(0),
             records_in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            records_refused: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             records_queued: std::sync::atomic::AtomicU64::new(0),
             snapshot_entries: Arc::new(std::sync::atomic::AtomicU64::new(
                 restore.snapshot_entries.unwrap_or(u64::MAX),
@@ -979,6 +984,11 @@ impl RiskService {
         }
         if store.is_poisoned() {
             return Err("the store failed a write: its journal may lack what risk control holds".into());
+        }
+        if self.records_refused.load(std::sync::atomic::Ordering::Acquire) {
+            return Err("a decision's record was refused by the journal after the decision was counted \
+                        (the store stopping): the next start re-applies the journal instead"
+                .into());
         }
         let memory = self.mem();
         let in_flight = self.records_in_flight.load(std::sync::atomic::Ordering::Acquire);
@@ -1146,6 +1156,7 @@ impl RiskService {
                 Some(slot) => {
                     let (tx, receipt) = tokio::sync::oneshot::channel();
                     let (seqs, seq_id) = (self.seqs.clone(), Arc::clone(&key));
+                    let refused = Arc::clone(&self.records_refused);
                     // A refused submission dropped the record: a retry journals the kept copy.
                     let payload = payload.take().unwrap_or_else(|| kept.to_vec());
                     submit(
@@ -1156,8 +1167,11 @@ impl RiskService {
                             // (full: the position is not shown, which only happens if
                             // decisions stop being made while thousands are in flight).
                             drop(slot);
-                            if let Ok(seq) = &r {
-                                let _ = seqs.try_send((seq_id, *seq));
+                            match &r {
+                                Ok(seq) => {
+                                    let _ = seqs.try_send((seq_id, *seq));
+                                }
+                                Err(_) => refused.store(true, std::sync::atomic::Ordering::Release),
                             }
                             let _ = tx.send(r);
                         }),
@@ -3343,6 +3357,19 @@ mod tests {
             service.decision(&format!("t:d{DECISIONS_KEPT_MAX}")).is_some()
                 && service.decision("t:d1").is_some()
         );
+    }
+
+    #[test]
+    fn no_snapshot_is_written_once_a_counted_decision_was_refused_by_the_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
+        let service = RiskService::open(store, None, None, FeatureLimits::default(), None).unwrap().0;
+        // What the journal's reply sets when a decision's record, queued and counted, is refused
+        // (the store stopping with it still queued).
+        service.records_refused.store(true, std::sync::atomic::Ordering::Release);
+        let refused = service.write_snapshot().unwrap_err();
+        assert!(refused.contains("re-applies the journal"), "{refused}");
+        assert!(!dir.path().join(RISK_SNAPSHOT_FILE).exists());
     }
 
     #[test]
