@@ -12,7 +12,7 @@ port="${PORT:-18097}"
 [ -n "${SKIP_BUILD:-}" ] || cargo build --release -q -p puhui
 dir="$(mktemp -d)"
 ruleset="$dir/ruleset.toml"
-sed -n '/^python3 - "\$ruleset" <<.PY.$/,/^PY$/p' "$here/risk.sh" | sed '1d;$d' | python3 - "$ruleset"
+python3 "$here/ruleset.py" "$ruleset"
 sed -i 's/^review = 1000000$/review = 1/' "$ruleset"
 PUHUI_ADMIN_TOKEN=bench RUST_LOG=error "${CARGO_TARGET_DIR:-target}/release/puhui" serve --data-dir "$dir/data" \
   --listen "127.0.0.1:$port" --ruleset "$ruleset" >/dev/null 2>&1 &
