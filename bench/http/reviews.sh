@@ -24,7 +24,7 @@ KEY=$(curl -sf -XPOST "http://127.0.0.1:$port/v1/tenants" -H 'Authorization: Bea
 for i in $(seq 0 999); do printf '{"id":"acct-%d","currency":"CNY"}\n' "$i"; done |
   xargs -d '\n' -P 8 -I@ curl -sf -o /dev/null -XPOST "http://127.0.0.1:$port/v1/accounts" -H "Authorization: Bearer $KEY" -d '@'
 KEY="$KEY" ACCOUNTS=1000 RISK=1 wrk -t1 -c64 -d3s --latency -s "$here/single.lua" "http://127.0.0.1:$port" | grep -E '^wrk:'
-curl -s "http://127.0.0.1:$port/metrics" | grep -E '^puhui_decisions_total\{outcome="review"\}'
+curl -s "http://127.0.0.1:$port/metrics" | grep -E '^puhui_decisions_total\{outcome="review"\}|^puhui_risk_reviews_open'
 pages=""
 for _ in $(seq 5); do
   pages="$pages $(curl -s -o /dev/null -w '%{time_total}' "http://127.0.0.1:$port/v1/risk/reviews?limit=100" -H "Authorization: Bearer $KEY")"

@@ -395,6 +395,12 @@ impl Reviews {
     }
 }
 
+/// Sets `puhui_risk_reviews_open` to the live queue's size (the service's own memory only: the
+/// checkpointer's copy and a replay's do not report).
+fn reviews_open(reviews: &Reviews) {
+    metrics::gauge!("puhui_risk_reviews_open").set(reviews.len() as f64);
+}
+
 /// A remembered decision: its record (`puhui_risk::records::binary`), latest label and journal
 /// position.
 struct Remembered {
@@ -1207,7 +1213,13 @@ impl RiskService {
         let declined_transfer =
             decision.source == DecisionSource::Transfer && decision.active.outcome == Outcome::Decline;
         let mut decided = Decided::of(decision);
-        decided.review_queued = self.mem().remember(key, kept, decided.review(), true, declined_transfer);
+        let review = decided.review();
+        let mut memory = self.mem();
+        decided.review_queued = memory.remember(key, kept, review.clone(), true, declined_transfer);
+        if review.is_some() {
+            reviews_open(&memory.reviews);
+        }
+        drop(memory);
         Ok((decided, receipt))
     }
 
@@ -1499,13 +1511,18 @@ impl RiskService {
     /// in all and per tenant, checked and queued under one lock): whether it is queued (also when
     /// it already was). A transfer whose review is not queued must not be held.
     pub fn try_queue_review(&self, id: &str, review: ReviewObject) -> bool {
-        self.mem().reviews.insert_within_bounds(id, review)
+        let mut memory = self.mem();
+        let queued = memory.reviews.insert_within_bounds(id, review);
+        reviews_open(&memory.reviews);
+        queued
     }
 
     /// Queues a held transfer for review, whatever the bounds: for a review taken out of the queue
     /// and put back (its room was its own), or one whose hold was just recorded.
     pub fn queue_review(&self, id: &str, review: ReviewObject) {
-        self.mem().reviews.insert(id.to_string(), review);
+        let mut memory = self.mem();
+        memory.reviews.insert(id.to_string(), review);
+        reviews_open(&memory.reviews);
     }
 
     /// The scoped ids of every open review, in id order (what start-up checks against the ledger:
@@ -1586,7 +1603,10 @@ impl RiskService {
 
     /// Takes an open review out of the queue.
     pub fn take_review(&self, id: &str) -> Option<ReviewObject> {
-        self.mem().reviews.remove(id)
+        let mut memory = self.mem();
+        let taken = memory.reviews.remove(id);
+        reviews_open(&memory.reviews);
+        taken
     }
 
     /// A tenant's open reviews (up to `limit`, in id order, after the scoped id `after` if given) and
@@ -2480,6 +2500,7 @@ pub async fn drop_reviews_without_hold(
 /// review ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would
 /// find its queue full. Returns how many were dropped.
 pub async fn drop_resolved_reviews_at_start(app: &AppState, risk: &RiskService) -> Result<usize, ApiError> {
+    reviews_open(&risk.mem().reviews);
     let ids = risk.review_ids();
     let mut dropped = 0;
     for page in ids.chunks(REVIEWS_CHECKED_PER_READ) {
