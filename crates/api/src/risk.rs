@@ -2363,10 +2363,10 @@ pub async fn get_decision(
     }
     if risk.decided_long_ago(id.as_str()) {
         return Err(ApiError {
-            message: format!(
+            message:
                 "no such decision in memory, and its place in the journal is no longer known here (every \
                  decision stays in the journal, which `puhui risk backtest` reads)"
-            ),
+                    .to_string(),
             ..ApiError::not_found("decision", "id")
         });
     }

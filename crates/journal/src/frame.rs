@@ -475,15 +475,14 @@ fn scan_inner(
         Err(e) => return Err(io_err(e)),
     };
     let file_len = file.metadata().map_err(io_err)?.len();
-    if start.len_bytes > 0 {
-        if !ends_at(&mut file, file_len, &start) {
-            return Err(ScanError::Corrupt {
-                seq: start.entries,
-                offset: start.len_bytes,
-                reason: "the journal does not end the way the snapshot says it did (shorter, or another last hash)"
+    if start.len_bytes > 0 && !ends_at(&mut file, file_len, &start) {
+        return Err(ScanError::Corrupt {
+            seq: start.entries,
+            offset: start.len_bytes,
+            reason:
+                "the journal does not end the way the snapshot says it did (shorter, or another last hash)"
                     .into(),
-            });
-        }
+        });
     }
     file.seek(SeekFrom::Start(start.len_bytes)).map_err(io_err)?;
     // Sized to what is left to read: a tail reader that comes back every few milliseconds for a
@@ -566,7 +565,6 @@ fn scan_inner(
             }
             Err(fault) => fault,
         };
-        drop(reader);
         // Torn tail or corruption? Corruption if any valid frame header follows.
         if let Some(next) = find_valid_header_after(&mut file, fault.offset.max(offset) + 1, file_len, &fault)
         {

@@ -52,7 +52,7 @@ proptest! {
                     3 => TransferRequest::void(id(&format!("v{n}")), id(&format!("h{}", 1 + next() % n))),
                     _ => {
                         let mut t = TransferRequest::single(id(&format!("s{n}")), id(&d), id(&c), 1 + next() as u64 % 900, cny.code());
-                        t.linked = next() % 3 == 0;
+                        t.linked = next().is_multiple_of(3);
                         t
                     }
                 });

@@ -242,7 +242,7 @@ pub fn run(args: SimArgs) -> anyhow::Result<ExitCode> {
                 labelled[l.index()] += 1;
             }
         }
-        if count % 4_096 == 0 {
+        if count.is_multiple_of(4_096) {
             let hour = (t.timestamp_ms - params.start_unix_ms) / puhui_sim::calendar::HOUR_MS;
             progress.set_position(hour);
             progress.set_message(format!("day {}/{}, {count} transfers", hour / 24 + 1, params.days));

@@ -115,6 +115,7 @@ impl<'a> Reader<'a> {
     }
 
     /// A length of single bytes (a string's, a list's of at least one byte per item).
+    #[allow(clippy::len_without_is_empty)] // reads a length prefix; not the reader's own size
     pub fn len(&mut self) -> Result<usize, String> {
         self.count(1)
     }

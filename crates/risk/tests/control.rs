@@ -58,12 +58,12 @@ fn controller(text: &str) -> Controller {
 fn event_parts(i: u64) -> (String, String, u64, u64, Vec<(String, String)>) {
     let payer = format!("t:payer{}", i % 7);
     let payee = format!("t:payee{}", (i * 31) % 11);
-    let amount = if i % 13 == 0 { 900_000 } else { 1_000 + (i * 7919) % 50_000 };
+    let amount = if i.is_multiple_of(13) { 900_000 } else { 1_000 + (i * 7919) % 50_000 };
     let t = 1_700_000_000_000_000_000 + i * 97_000_000_000;
     let attrs = vec![
         ("device_id".to_string(), format!("t:dev{}", i % 5)),
         ("ip".to_string(), format!("t:10.0.0.{}", i % 3)),
-        ("channel".to_string(), if i % 2 == 0 { "app" } else { "web" }.to_string()),
+        ("channel".to_string(), if i.is_multiple_of(2) { "app" } else { "web" }.to_string()),
     ];
     (payer, payee, amount, t, attrs)
 }

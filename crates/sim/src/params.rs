@@ -216,7 +216,7 @@ impl Params {
         range("regions", self.regions as u64, 1, REGIONS_MAX.min(self.merchants) as u64)?;
         range("cases_min_per_typology", self.cases_min_per_typology as u64, 0, 100)?;
         range("reporting_threshold_minor", self.reporting_threshold_minor, 10_000, 1_000_000_000)?;
-        if self.start_unix_ms % 86_400_000 != 0 {
+        if !self.start_unix_ms.is_multiple_of(86_400_000) {
             return Err(ParamsError { param: "start_unix_ms", message: "must be a UTC midnight".into() });
         }
         if self.start_unix_ms > 32_503_680_000_000 {

@@ -194,8 +194,8 @@ pub fn exp(x: f64) -> f64 {
     // x = k ln2 + r, |r| ≤ ln2/2; e^r by Taylor to r¹⁴ (|r|¹⁵/15! < 10⁻¹⁸).
     let k = (x / LN_2 + if x >= 0.0 { 0.5 } else { -0.5 }) as i64;
     // Cody–Waite: ln 2 split in two so k·ln2 is exact enough for |k| up to 1023 (fdlibm's constants).
-    const LN2_HI: f64 = 6.931_471_803_691_238_164_9e-1;
-    const LN2_LO: f64 = 1.908_214_929_270_587_700_02e-10;
+    const LN2_HI: f64 = 6.931_471_803_691_238e-1;
+    const LN2_LO: f64 = 1.908_214_929_270_587_7e-10;
     let r = (x - k as f64 * LN2_HI) - k as f64 * LN2_LO;
     let mut term = 1.0;
     let mut sum = 1.0;

@@ -12,8 +12,11 @@ use crate::{LedgerStore, StoreError};
 /// Builds a fresh, empty store.
 pub type MakeStore<'a> = &'a dyn Fn() -> Box<dyn LedgerStore>;
 
+/// A check of the suite: its name and the function that runs it on a fresh store.
+pub type Check = (&'static str, fn(&dyn LedgerStore));
+
 /// Every check, by name.
-pub const CHECKS: &[(&str, fn(&dyn LedgerStore))] = &[
+pub const CHECKS: &[Check] = &[
     ("accounts_are_idempotent", accounts_are_idempotent),
     ("single_transfers_move_money", single_transfers_move_money),
     ("wallet_cannot_go_negative", wallet_cannot_go_negative),

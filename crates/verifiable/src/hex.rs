@@ -14,7 +14,7 @@ pub fn encode(bytes: &[u8]) -> String {
 /// Bytes from hex (either case); `None` for an odd length or a non-hex character.
 pub fn decode(text: &str) -> Option<Vec<u8>> {
     let text = text.as_bytes();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     let nibble = |c: u8| match c {

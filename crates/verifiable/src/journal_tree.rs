@@ -50,7 +50,7 @@ impl EntryIndex {
     /// Notes entry `seq` (at file `offset`, with ledger timestamp `timestamp_ns`); only every
     /// [`INDEX_EVERY`]-th entry is kept. Entries must be noted in order.
     pub fn note(&mut self, seq: u64, timestamp_ns: u64, offset: u64) {
-        if seq % INDEX_EVERY == 0 && seq / INDEX_EVERY == self.marks.len() as u64 {
+        if seq.is_multiple_of(INDEX_EVERY) && seq / INDEX_EVERY == self.marks.len() as u64 {
             self.marks.push(Mark { timestamp_ns, offset });
         }
     }

@@ -228,7 +228,7 @@ impl Ledger {
 
     /// Rebuilds indexes, balances, histories and the expiry queue from accounts and transfer records.
     fn rebuild_derived(&mut self) -> Result<(), String> {
-        let hasher = self.hasher.clone();
+        let hasher = self.hasher;
         let (accounts, transfers) = (&self.accounts, &self.transfers);
         self.accounts_index = IdIndex::with_capacity(accounts.len());
         for (i, a) in accounts.iter().enumerate() {
