@@ -196,6 +196,35 @@ impl Copy {
     }
 }
 
+/// Reviews whose holds the ledger looks up under one read lock ([`drop_resolved_reviews`]): the
+/// committer waits at most that many lookups for its write lock.
+const REVIEWS_CHECKED_PER_LOCK: usize = 256;
+
+/// Drops from the copy's review queue the reviews whose hold the live ledger shows resolved
+/// (posted, voided or expired): a resolved hold never reopens, so its review can never be open
+/// again, at this copy's position or later. Without it the copy kept every review it replayed, and
+/// each snapshot carried them all. A review whose hold is not recorded (yet: its request may be
+/// in flight; or ever: refused for a full queue, until a retry holds it) stays: dropping it could
+/// lose the review of a hold recorded later, after a crash (start-up drops the stale ones, checked
+/// against the ledger then).
+fn drop_resolved_reviews(memory: &mut Memory, store: &EmbeddedStore) {
+    let ids: Vec<String> = memory.reviews.by_id.keys().cloned().collect();
+    for chunk in ids.chunks(REVIEWS_CHECKED_PER_LOCK) {
+        let resolved: Vec<&String> = store.read(|ledger| {
+            chunk
+                .iter()
+                .filter(|id| {
+                    let status = ledger.transfer(id.as_str()).and_then(|t| t.pending_status);
+                    status.is_some_and(|s| s != puhui_ledger::PendingStatus::Pending)
+                })
+                .collect()
+        });
+        for id in resolved {
+            memory.reviews.remove(id);
+        }
+    }
+}
+
 fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
     let journal = setup.dir.join(puhui_store::JOURNAL_FILE);
     let (mut copy, from) = Copy::new(setup, &journal)?;
@@ -243,6 +272,9 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         let newer = on_disk == u64::MAX || position.entries > on_disk;
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
+            if let Some(store) = setup.store.upgrade() {
+                drop_resolved_reviews(&mut copy.memory, &store);
+            }
             let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
             let content =
                 snapshot::encode_pausing(copy.controller.features(), &copy.memory, &carried, || {
@@ -280,4 +312,47 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         std::thread::sleep(Duration::from_millis(IDLE_POLL_MS));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use puhui_ledger::{Currency, Id, NewAccount, ResultCode, TransferRequest};
+    use puhui_store::LedgerStore;
+
+    use super::*;
+    use crate::risk::ReviewObject;
+
+    #[test]
+    fn the_copy_drops_reviews_whose_hold_was_resolved_and_keeps_the_rest() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let id = |s: &str| Id::new(s).unwrap();
+        let cny = Currency::iso("CNY").unwrap();
+        let accounts = vec![NewAccount::new(id("t:a"), cny.clone()), NewAccount::new(id("t:b"), cny.clone())];
+        assert!(store.create_accounts(accounts).unwrap().iter().all(|r| r.result == ResultCode::Ok));
+        let hold = |h: &str| TransferRequest::pending(id(h), id("t:a"), id("t:b"), 5, cny.code(), None);
+        let batch = vec![
+            hold("t:posted"),
+            hold("t:voided"),
+            hold("t:open"),
+            TransferRequest::post(id("t:posted.post"), id("t:posted"), None),
+            TransferRequest::void(id("t:voided.void"), id("t:voided")),
+        ];
+        assert!(store.create_transfers(batch).unwrap().iter().all(|r| r.result == ResultCode::Ok));
+        let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
+        let mut memory = Memory::new(seq_inbox);
+        for h in ["posted", "voided", "open", "not-held-yet"] {
+            let review = ReviewObject {
+                object: "risk_review",
+                id: h.into(),
+                score: 60,
+                reasons: Vec::new(),
+                ruleset_version: "v".into(),
+            };
+            memory.reviews.insert(format!("t:{h}"), review);
+        }
+        drop_resolved_reviews(&mut memory, &store);
+        let left: Vec<&String> = memory.reviews.by_id.keys().collect();
+        assert_eq!(left, ["t:not-held-yet", "t:open"]);
+    }
 }
