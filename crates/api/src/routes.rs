@@ -1195,9 +1195,16 @@ pub async fn create_transfer_batch(
             }
         }
         let (at, items): (Vec<usize>, Vec<_>) = to_decide.into_iter().unzip();
+        let decided_ids: Vec<String> = at.iter().map(|i| ids[*i].to_string()).collect();
         let results = risk.decide_queued_many(items).await;
         for (i, decision) in at.into_iter().zip(results) {
-            note(i, act_on_decision(&app, &mut requests[i], decision).await)?;
+            if let Err(e) = note(i, act_on_decision(&app, &mut requests[i], decision).await) {
+                // The batch is refused whole (a review found the queue full): the reviews its
+                // other items queued as they were decided leave the queue, as nothing is held
+                // (unless an earlier attempt's hold under the id is open).
+                crate::risk::drop_reviews_without_hold(&app, risk, decided_ids).await?;
+                return Err(e);
+            }
         }
         let held: std::collections::HashSet<usize> = reviews.iter().map(|(i, _)| *i).collect();
         for i in 0..count {

@@ -1325,6 +1325,14 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     assert_eq!(a.post(&server, "/v1/risk/reviews/h9/approve", json!({})).await.status, 201);
     let gone = a.post(&server, "/v1/risk/reviews/h3/approve", json!({})).await;
     assert_eq!((gone.status, gone.code()), (409, "review_resolved"), "{:?}", gone.body);
+    // Room for five now (9,995 open). A batch of six reviews is refused whole, and the five it
+    // queued as they were decided leave the queue with it: a batch of five fits afterwards.
+    let six: Vec<Value> = (0..6).map(|i| reviewed(&format!("six{i}"))).collect();
+    let refused = a.post(&server, "/v1/transfers/batch", json!({"transfers": six})).await;
+    assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{:?}", refused.body);
+    let five: Vec<Value> = (0..5).map(|i| reviewed(&format!("five{i}"))).collect();
+    let held = a.post(&server, "/v1/transfers/batch", json!({"transfers": five})).await;
+    assert_eq!((held.status, held.body["ok"].as_u64()), (200, Some(5)), "{:?}", held.body);
 }
 
 #[tokio::test]
