@@ -1213,10 +1213,9 @@ impl RiskService {
         let declined_transfer =
             decision.source == DecisionSource::Transfer && decision.active.outcome == Outcome::Decline;
         let mut decided = Decided::of(decision);
-        let review = decided.review();
         let mut memory = self.mem();
-        decided.review_queued = memory.remember(key, kept, review.clone(), true, declined_transfer);
-        if review.is_some() {
+        decided.review_queued = memory.remember(key, kept, decided.review(), true, declined_transfer);
+        if decided.review.is_some() {
             reviews_open(&memory.reviews);
         }
         drop(memory);
@@ -1702,6 +1701,18 @@ pub fn review_of(decision: &DecisionObject) -> ReviewObject {
         score: decision.score,
         reasons: decision.fired.iter().flat_map(|f| f.reasons.iter().cloned()).collect(),
         ruleset_version: decision.ruleset_version.clone(),
+    }
+}
+
+/// A review for tests, of the held transfer `id` (unscoped).
+#[cfg(test)]
+pub(crate) fn test_review(id: &str) -> ReviewObject {
+    ReviewObject {
+        object: "review",
+        id: id.into(),
+        score: 60,
+        reasons: Vec::new(),
+        ruleset_version: "v".into(),
     }
 }
 
@@ -3182,13 +3193,7 @@ mod tests {
 
     #[test]
     fn reviews_are_queued_within_their_bounds_per_tenant_and_in_all() {
-        let review = |id: &str| ReviewObject {
-            object: "risk_review",
-            id: id.to_string(),
-            score: 0,
-            reasons: Vec::new(),
-            ruleset_version: "v".into(),
-        };
+        let review = test_review;
         let mut reviews = Reviews::default();
         let tenants = REVIEWS_OPEN_MAX / REVIEWS_PER_TENANT_MAX;
         for t in 0..tenants {
@@ -3211,13 +3216,7 @@ mod tests {
 
     #[test]
     fn reviews_are_paged_in_id_order_per_tenant_and_counted() {
-        let review = |id: &str| ReviewObject {
-            object: "risk_review",
-            id: id.to_string(),
-            score: 0,
-            reasons: Vec::new(),
-            ruleset_version: "v".into(),
-        };
+        let review = test_review;
         let mut reviews = Reviews::default();
         for (tenant, id) in [("tb", "b"), ("ta", "c"), ("ta", "a"), ("t", "z"), ("ta", "b"), ("tab", "q")] {
             reviews.insert(format!("{tenant}:{id}"), review(id));
@@ -3398,14 +3397,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Backend::Embedded(Arc::new(puhui_store::EmbeddedStore::open(dir.path()).unwrap()));
         let service = RiskService::open(store, None, None, FeatureLimits::default(), None).unwrap().0;
-        let review = ReviewObject {
-            object: "risk_review",
-            id: "h".into(),
-            score: 60,
-            reasons: vec!["look".into()],
-            ruleset_version: "v".into(),
-        };
-        service.queue_review("t:h", review);
+        service.queue_review("t:h", test_review("h"));
         let take = || {
             let review = service.take_review("t:h").expect("queued");
             TakenReview { risk: &service, scoped_id: "t:h".into(), review: Some(review) }

@@ -1053,8 +1053,10 @@ pub async fn create_transfer(
         Err(e) => {
             // Not held (refused by the ledger, or not queued): its review, queued as it was
             // decided, leaves the queue unless a hold under the id is open (an earlier attempt's).
+            // The request's own error is the answer: if the ledger cannot be read here, listing
+            // or the next start drops the review instead.
             if let (Some(risk), Some((puhui_risk::Outcome::Review, _))) = (app.risk.as_ref(), &decided) {
-                crate::risk::drop_reviews_without_hold(&app, risk, vec![id.to_string()]).await?;
+                let _ = crate::risk::drop_reviews_without_hold(&app, risk, vec![id.to_string()]).await;
             }
             return Err(e);
         }
@@ -1202,7 +1204,7 @@ pub async fn create_transfer_batch(
                 // The batch is refused whole (a review found the queue full): the reviews its
                 // other items queued as they were decided leave the queue, as nothing is held
                 // (unless an earlier attempt's hold under the id is open).
-                crate::risk::drop_reviews_without_hold(&app, risk, decided_ids).await?;
+                let _ = crate::risk::drop_reviews_without_hold(&app, risk, decided_ids).await;
                 return Err(e);
             }
         }
@@ -1274,7 +1276,7 @@ pub async fn create_transfer_batch(
             }
         }
         if !not_held.is_empty() {
-            crate::risk::drop_reviews_without_hold(&app, risk, not_held).await?;
+            let _ = crate::risk::drop_reviews_without_hold(&app, risk, not_held).await;
         }
     }
     let ok = results.iter().filter(|r| r.0 == ResultCode::Ok).count();

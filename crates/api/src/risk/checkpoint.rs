@@ -320,7 +320,6 @@ mod tests {
     use puhui_store::LedgerStore;
 
     use super::*;
-    use crate::risk::ReviewObject;
 
     #[test]
     fn the_copy_drops_reviews_whose_hold_was_resolved_and_keeps_the_rest() {
@@ -342,14 +341,7 @@ mod tests {
         let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
         let mut memory = Memory::new(seq_inbox);
         for h in ["posted", "voided", "open", "not-held-yet"] {
-            let review = ReviewObject {
-                object: "risk_review",
-                id: h.into(),
-                score: 60,
-                reasons: Vec::new(),
-                ruleset_version: "v".into(),
-            };
-            memory.reviews.insert(format!("t:{h}"), review);
+            memory.reviews.insert(format!("t:{h}"), crate::risk::test_review(h));
         }
         drop_resolved_reviews(&mut memory, &store);
         let left: Vec<&String> = memory.reviews.by_id.keys().collect();
