@@ -1396,9 +1396,9 @@ impl RiskService {
         }
     }
 
-    /// On PostgreSQL: locks decision ids `ids` (scoped) across nodes, then catches up
+    /// On PostgreSQL: locks transfer or decision ids `ids` (scoped) across nodes, then catches up
     /// ([`RiskService::caught_up`]; only that with no ids); held until the guard is dropped (once
-    /// the decisions are durable). Another node deciding under one of these ids at the same moment waits, then reads
+    /// the decisions are durable, or for a transfer without a risk context once it is posted). Another node deciding under one of these ids at the same moment waits, then reads
     /// this node's decision and answers with it, and the other way round: without it, a transfer
     /// sent to two nodes at once was declined by one and posted by the other. Nothing on the
     /// embedded store (one process: [`RiskService::begin_deciding`] is enough). See

@@ -1021,13 +1021,12 @@ pub async fn create_transfer(
     };
     // On PostgreSQL, what other nodes decided before this request arrived counts here too: a retry
     // sent to another node is declined again, not decided afresh on that node's own features. A
-    // transfer to decide first locks its id across nodes: sent to two nodes at the same moment,
-    // it is decided by one, and the other answers with that decision.
+    // new transfer first locks its id across nodes: sent to two nodes at the same moment, it is
+    // decided by one, and the other answers with that decision. One without a risk context locks
+    // it too: else it could be posted on one node while another declines it under that id.
+    let with_context = context.is_some();
     let locks = match app.risk.as_ref() {
-        Some(risk) => {
-            let deciding = context.is_some() && _taken.is_some();
-            risk.lock_across_nodes(deciding.then_some(request.id.as_str())).await?
-        }
+        Some(risk) => risk.lock_across_nodes(_taken.is_some().then_some(request.id.as_str())).await?,
         None => None,
     };
     let (request, decided, posted) = match context {
@@ -1041,13 +1040,21 @@ pub async fn create_transfer(
         },
     };
     // The decision is durable (on PostgreSQL it is awaited before the transfer is queued): other
-    // nodes read it from here on, so they need not wait for the posting.
-    drop(locks);
+    // nodes read it from here on, so they need not wait for the posting. Without a context there
+    // is no decision to read: what another node must see is the posting, so the lock is held
+    // until the ledger has answered.
+    let locked_until_posted = if with_context {
+        drop(locks);
+        None
+    } else {
+        locks
+    };
     let id = request.id.clone();
     let posted = match posted {
         Some(results) => posted_object(&app, request, results).await,
         None => create_one_object(&app, request).await,
     };
+    drop(locked_until_posted);
     let (status, mut object) = match posted {
         Ok(posted) => posted,
         Err(e) => {
@@ -1112,21 +1119,20 @@ pub async fn create_transfer_batch(
     }
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
     // The items' ids are this request's until it is answered (see create_transfer).
+    let new = |r: &TransferRequest| matches!(r.kind, TransferKind::Single | TransferKind::Pending);
     let _taken = match app.risk.as_ref() {
         Some(risk) => {
-            let new = |r: &&TransferRequest| matches!(r.kind, TransferKind::Single | TransferKind::Pending);
-            let taken = risk.begin_deciding(requests.iter().filter(new).map(|r| r.id.as_str()));
+            let taken = risk.begin_deciding(requests.iter().filter(|r| new(r)).map(|r| r.id.as_str()));
             Some(taken.map_err(|(_, e)| ApiError { param: Some("transfers".into()), ..e })?)
         }
         None => None,
     };
-    // As for one transfer (see create_transfer): the ids to decide are locked across nodes.
+    // As for one transfer (see create_transfer): the new transfers' ids are locked across nodes,
+    // with a risk context or not; until the posting if one has none.
+    let all_decided = requests.iter().zip(&contexts).all(|(r, c)| c.is_some() || !new(r));
     let locks = match app.risk.as_ref() {
         Some(risk) => {
-            let decided = requests.iter().zip(&contexts).filter(|(r, c)| {
-                c.is_some() && matches!(r.kind, TransferKind::Single | TransferKind::Pending)
-            });
-            risk.lock_across_nodes(decided.map(|(r, _)| r.id.as_str())).await?
+            risk.lock_across_nodes(requests.iter().filter(|r| new(r)).map(|r| r.id.as_str())).await?
         }
         None => None,
     };
@@ -1234,8 +1240,14 @@ pub async fn create_transfer_batch(
             }
         }
     }
-    // Every decision is durable (see create_transfer): other nodes may read them now.
-    drop(locks);
+    // Every decision is durable (see create_transfer): other nodes may read them now. Items
+    // without a context have no decision to read: the locks are held until they are posted.
+    let locked_until_posted = if all_decided {
+        drop(locks);
+        None
+    } else {
+        locks
+    };
     let mut chain_start = 0;
     for i in 0..count {
         if requests[i].linked && i + 1 < count {
@@ -1252,6 +1264,7 @@ pub async fn create_transfer_batch(
         requests.into_iter().zip(&declined).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
     let mut committed =
         if submitted.is_empty() { Vec::new() } else { app.create_transfers(submitted).await? };
+    drop(locked_until_posted);
     record_results(&committed);
     committed.reverse();
     let results: Vec<(ResultCode, u64)> = declined

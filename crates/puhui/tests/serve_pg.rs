@@ -506,6 +506,42 @@ async fn stateless(store: &str) {
     }
     assert!(declined > 0, "A's own features decline some rounds");
 
+    // The same with no risk context on B's copy (alone, or in a batch of one on even rounds): B
+    // does not decide, it posts unless a decision under the id says otherwise. Whichever node goes
+    // first, the other answers the same way: never declined on A while B posts it (B locks the id
+    // across nodes until it is posted).
+    c.account(&a, "w5", true).await;
+    assert_eq!(c.post(&b, "/v1/transfers", transfer("fund-w5", "bank", "w5", 10_000_000)).await.status, 201);
+    let tier_1_w5 = |id: &str, amount: u64| {
+        let mut t = transfer(id, "w5", "shop", amount);
+        t["risk_context"] = json!({"kyc_tier": "1"});
+        t
+    };
+    assert_eq!(c.post(&a, "/v1/transfers", tier_1_w5("plain-race-0", 400_000)).await.status, 201);
+    for round in 1..=RACE_ROUNDS {
+        let id = format!("plain-race-{round}");
+        let plain = transfer(&id, "w5", "shop", 200_000);
+        let on_b = async {
+            match round % 2 {
+                0 => c.post(&b, "/v1/transfers/batch", json!({"transfers": [plain]})).await,
+                _ => c.post(&b, "/v1/transfers", plain).await,
+            }
+        };
+        let (on_a, on_b) = tokio::join!(c.post(&a, "/v1/transfers", tier_1_w5(&id, 200_000)), on_b);
+        let posted = |r: &Reply| match &r.body["results"][0]["result"] {
+            Value::String(result) => r.status == 200 && matches!(result.as_str(), "ok" | "exists"),
+            _ => matches!(r.status, 200 | 201),
+        };
+        assert!(
+            posted(&on_a) == posted(&on_b) && matches!(on_a.status, 200 | 201 | 422),
+            "round {round}: A (deciding) answered {} {:?}, B (no context) {} {:?}",
+            on_a.status,
+            on_a.body,
+            on_b.status,
+            on_b.body
+        );
+    }
+
     // A deny-list entry added on B declines the next payment decided on A.
     let listed = c.post(&b, "/v1/lists/deny_devices/add", json!({"values": ["bad-phone"]})).await;
     assert_eq!(listed.status, 200, "{:?}", listed.body);
