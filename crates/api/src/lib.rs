@@ -192,6 +192,24 @@ impl AppState {
         .await
     }
 
+    /// A page of the open holds whose timeout is `timeout_ms` (see
+    /// [`puhui_store::LedgerStore::open_holds_with_timeout`]): their ids and the next page's cursor.
+    pub async fn open_holds_with_timeout(
+        &self,
+        timeout_ms: u64,
+        after: Option<Id>,
+        scan_max: usize,
+    ) -> Result<(Vec<Id>, Option<Id>), ApiError> {
+        let after2 = after.clone();
+        self.query(
+            move |l| l.open_holds_with_timeout(timeout_ms, after.as_deref(), scan_max),
+            move |s| {
+                puhui_store::LedgerStore::open_holds_with_timeout(s, timeout_ms, after2.as_deref(), scan_max)
+            },
+        )
+        .await
+    }
+
     /// Of `ids`, those that are not open holds (missing, not pending, or resolved).
     pub async fn not_open_holds(&self, ids: Vec<String>) -> Result<Vec<String>, ApiError> {
         let ids2 = ids.clone();

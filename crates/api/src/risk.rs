@@ -613,9 +613,12 @@ pub const REVIEWS_PER_TENANT_MAX: usize = 10_000;
 /// Most pages `GET /v1/risk/reviews` reads to fill one without stale reviews (each pass drops the
 /// stale ones it found; past this, the page is answered short).
 pub const REVIEW_PAGE_PASSES_MAX: usize = 8;
-/// Reviews whose holds start-up looks up in one read of the ledger
-/// ([`drop_resolved_reviews_at_start`]).
+/// Reviews whose holds start-up looks up, and open holds it looks at, in one read of the ledger
+/// ([`reviews_at_start`]).
 const REVIEWS_CHECKED_PER_READ: usize = 1_000;
+/// Most pages of open holds start-up looks at for review holds without a review (10⁸ open holds
+/// with a timeout, far beyond what a node keeps): a bound on its loop.
+const OPEN_HOLD_PAGES_MAX: usize = 100_000;
 /// A review hold expires (and releases) after this long if nobody decides it.
 pub const REVIEW_HOLD_TIMEOUT_MS: u64 = 72 * 3_600 * 1_000;
 
@@ -2505,19 +2508,93 @@ pub async fn drop_reviews_without_hold(
     Ok(dropped)
 }
 
-/// Start-up's pass over the review queue ([`RiskService::review_ids`]), [`REVIEWS_CHECKED_PER_READ`]
-/// ids per read of the ledger: drops the reviews whose hold is no longer open. A replay
-/// queues every review decision the journal holds, so without it a restart would bring back every
-/// review ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would
-/// find its queue full. Returns how many were dropped.
-pub async fn drop_resolved_reviews_at_start(app: &AppState, risk: &RiskService) -> Result<usize, ApiError> {
+/// What start-up did to the review queue ([`reviews_at_start`]).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ReviewsAtStart {
+    /// Reviews queued again for open review holds the replayed queue lacked.
+    pub restored: usize,
+    /// Open holds with the review hold's timeout but no review decision to queue (a client's own
+    /// hold with that timeout, or a decision that could not be read back; see the log).
+    pub without_review: usize,
+    /// Reviews dropped: their hold is no longer open, or was never recorded.
+    pub dropped: usize,
+}
+
+/// Start-up's reconciliation of the review queue with the ledger, whose open review holds are
+/// what the queue must hold. First, [`REVIEWS_CHECKED_PER_READ`] ids per read of the ledger, the
+/// reviews whose hold is no longer open, or was never recorded, leave the queue: a replay queues
+/// every review decision the journal holds, so without it a restart would bring back every review
+/// ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would find
+/// its queue full. Then every open hold with [`REVIEW_HOLD_TIMEOUT_MS`] missing from the queue gets
+/// its review back, from its decision (remembered, or read back from the journal, which can wait
+/// for the events index: hence second): the checkpointer's snapshots keep only reviews whose hold
+/// was open when it wrote them (see `risk/checkpoint.rs`), so one held after a snapshot (a retry of
+/// a review once refused for a full queue) comes from here. A restored review whose hold was
+/// resolved meanwhile leaves again.
+pub async fn reviews_at_start(
+    app: &Arc<AppState>,
+    risk: &Arc<RiskService>,
+) -> Result<ReviewsAtStart, ApiError> {
     reviews_open(&risk.mem().reviews);
+    let mut done = ReviewsAtStart::default();
     let ids = risk.review_ids();
-    let mut dropped = 0;
     for page in ids.chunks(REVIEWS_CHECKED_PER_READ) {
-        dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
+        done.dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
     }
-    Ok(dropped)
+    let mut restored = Vec::new();
+    let mut after: Option<puhui_ledger::Id> = None;
+    for _page in 0..OPEN_HOLD_PAGES_MAX {
+        let (held, next) = app
+            .open_holds_with_timeout(REVIEW_HOLD_TIMEOUT_MS, after.take(), REVIEWS_CHECKED_PER_READ)
+            .await?;
+        for id in held.iter().filter(|id| !risk.is_under_review(id.as_str())) {
+            match review_of_hold(app, risk, id.as_str()).await {
+                Ok(Some(review)) => {
+                    risk.queue_review(id.as_str(), review);
+                    restored.push(id.to_string());
+                }
+                Ok(None) => done.without_review += 1,
+                Err(e) => {
+                    tracing::warn!(id = %id, error = %e.message, "could not read back the decision of a review hold");
+                    done.without_review += 1;
+                }
+            }
+        }
+        match next {
+            Some(next) => after = Some(next),
+            None => break,
+        }
+    }
+    done.restored = restored.len();
+    for page in restored.chunks(REVIEWS_CHECKED_PER_READ) {
+        let gone = drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
+        done.restored -= gone;
+        done.dropped += gone;
+    }
+    Ok(done)
+}
+
+/// The review of open hold `id` (scoped), from the decision that held it for review: remembered,
+/// or read back from the journal; `None` if no review decision under the id is known (the hold
+/// is not risk control's).
+async fn review_of_hold(
+    app: &Arc<AppState>,
+    risk: &Arc<RiskService>,
+    id: &str,
+) -> Result<Option<ReviewObject>, ApiError> {
+    if let Some(decision) = risk.decision(id) {
+        return Ok(
+            (decision.source == "transfer" && decision.outcome == "review").then(|| review_of(&decision))
+        );
+    }
+    if !risk.decided_long_ago(id) {
+        return Ok(None);
+    }
+    Ok(forgotten_from_journal(app, risk, id).await?.and_then(|(record, _, _)| {
+        let review = record.source == puhui_risk::DecisionSource::Transfer
+            && record.active.outcome == puhui_risk::Outcome::Review;
+        review.then(|| review_of_record(&record))
+    }))
 }
 
 async fn resolve_review(
@@ -3465,9 +3542,9 @@ mod tests {
         let mut known = ForgottenIds::new();
         let ids: Vec<u64> = (0..20_000).map(|i| hash64(&format!("tenant:decision-{i}"))).collect();
         let of = |i: usize| Forgotten {
-            journal_seq: (i % 3 != 0).then_some(i as u64 * 7),
+            journal_seq: (!i.is_multiple_of(3)).then_some(i as u64 * 7),
             label: [None, Some(Label::Fraud), Some(Label::Legit)][i % 3],
-            declined_transfer: i % 2 == 0,
+            declined_transfer: i.is_multiple_of(2),
         };
         for (i, &h) in ids.iter().enumerate() {
             known.insert(h, Forgotten::default());

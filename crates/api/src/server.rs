@@ -250,16 +250,23 @@ async fn listen_and_serve(
 ) -> Result<(), String> {
     let (store, risk) = (state.store.clone(), state.risk.clone());
     if let Some(risk) = risk.clone() {
-        // The replay queued every review the journal holds: those resolved since leave the queue
-        // (in the background: requests meanwhile see at most a queue that looks fuller).
+        // The queue is made to match the ledger's open review holds: those missing get their
+        // review back, and the replay's reviews of holds resolved since (or never recorded) leave
+        // (in the background: requests meanwhile see a queue that looks fuller, or lacks a review).
         let app = Arc::clone(&state);
         tokio::spawn(async move {
-            match crate::risk::drop_resolved_reviews_at_start(&app, &risk).await {
-                Ok(dropped) => tracing::info!(
-                    dropped,
-                    open = risk.review_ids().len(),
-                    "reviews checked against their holds: those no longer open left the queue"
-                ),
+            match crate::risk::reviews_at_start(&app, &risk).await {
+                Ok(done) => {
+                    metrics::gauge!("puhui_risk_start_reviews_restored").set(done.restored as f64);
+                    metrics::gauge!("puhui_risk_start_reviews_dropped").set(done.dropped as f64);
+                    tracing::info!(
+                        restored = done.restored,
+                        without_review = done.without_review,
+                        dropped = done.dropped,
+                        open = risk.review_ids().len(),
+                        "review queue checked against the open review holds"
+                    )
+                }
                 Err(e) => tracing::warn!(error = %e.message, "could not check the reviews' holds at start"),
             }
         });

@@ -1203,7 +1203,9 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     // A tenant's queue holds at most REVIEWS_PER_TENANT_MAX open reviews. A transfer decided for
     // review beyond it is not held (503), nor is its retry until there is room; another tenant is
     // not affected. A restart replays every review decision in the journal, and those whose hold
-    // was resolved meanwhile leave the queue again, so the tenant's room is what it was.
+    // was resolved meanwhile leave the queue again, so the tenant's room is what it was. A risk
+    // snapshot written while x was refused (not held) leaves x out; x, held later, gets its review
+    // back at the next start, from its decision.
     let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
     let dir = tempfile::tempdir().unwrap();
     let ruleset = dir.path().join("review-all.toml");
@@ -1212,7 +1214,15 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
                 reasons = [\"look\"]\n";
     std::fs::write(&ruleset, text).unwrap();
     let data = dir.path().join("data");
-    let args = ["--ruleset", ruleset.to_str().unwrap()];
+    // No risk snapshot while the queue fills (10,000 decisions); the first during the 100,000 below.
+    let args = [
+        "--ruleset",
+        ruleset.to_str().unwrap(),
+        "--risk-snapshot-every",
+        "20000",
+        "--risk-snapshot-interval-min-secs",
+        "0",
+    ];
     let server = serve(&data, &args);
     let (a, b) = (Client::tenant(&server).await, Client::tenant(&server).await);
     for c in [&a, &b] {
@@ -1271,6 +1281,13 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     for t in tasks {
         t.await.unwrap();
     }
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while counter(&server, "puhui_risk_checkpoints_total").await < 1.0
+        || gauge(&server, "puhui_risk_checkpointer_lag_entries").await > 0.0
+    {
+        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let mut larger = reviewed("x");
     larger["amount"] = json!(1_000_000);
     let other = a.post(&server, "/v1/transfers", larger.clone()).await;
@@ -1310,8 +1327,20 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     }
     server.kill9();
     let server = serve(&data, &args);
-    // The replay queued every review decision again; start-up drops the six resolved ones (in the
-    // background), so z, retried, is held within a few seconds.
+    // The replay queued every review decision again; start-up (in the background) drops the six
+    // resolved ones and z (not held), and gives x its review back: 9,995 for a, and b's y.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !metrics_text(&server).await.contains("puhui_risk_start_reviews_restored ") {
+        assert!(std::time::Instant::now() < deadline, "the review queue was not checked at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(gauge(&server, "puhui_risk_start_reviews_restored").await, 1.0, "x");
+    assert_eq!(gauge(&server, "puhui_risk_start_reviews_dropped").await, 7.0, "h0 to h5, and z");
+    assert_eq!(
+        gauge(&server, "puhui_risk_reviews_open").await,
+        (full - 6 + 1 + 1) as f64,
+        "with x, and b's y"
+    );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let held = loop {
         let r = a.post(&server, "/v1/transfers", reviewed("z")).await;
@@ -1333,6 +1362,9 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     let five: Vec<Value> = (0..5).map(|i| reviewed(&format!("five{i}"))).collect();
     let held = a.post(&server, "/v1/transfers/batch", json!({"transfers": five})).await;
     assert_eq!((held.status, held.body["ok"].as_u64()), (200, Some(5)), "{:?}", held.body);
+    // x, held after the snapshot that left it out, is under review again.
+    let approved = a.post(&server, "/v1/risk/reviews/x/approve", json!({})).await;
+    assert_eq!(approved.status, 201, "{:?}", approved.body);
 }
 
 #[tokio::test]
@@ -2084,8 +2116,13 @@ fn backtest_reproduces_every_decision(dir: &Path) -> std::process::Output {
 }
 
 /// A gauge's value on `/metrics`.
+/// The text of `/metrics`.
+async fn metrics_text(server: &Server) -> String {
+    reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap()
+}
+
 async fn gauge(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = metrics_text(server).await;
     let line = text
         .lines()
         .find(|l| l.starts_with(&format!("{name} ")))
@@ -2095,7 +2132,7 @@ async fn gauge(server: &Server, name: &str) -> f64 {
 
 /// A counter's value on `/metrics` (0 before it first counts: it is not shown until then).
 async fn counter(server: &Server, name: &str) -> f64 {
-    let text = reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap();
+    let text = metrics_text(server).await;
     let line = text.lines().find(|l| l.starts_with(&format!("{name} ")));
     line.map_or(0.0, |l| l.rsplit(' ').next().unwrap().parse().unwrap())
 }

@@ -761,6 +761,44 @@ impl LedgerStore for PgStore {
         })
     }
 
+    fn open_holds_with_timeout(
+        &self,
+        timeout_ms: u64,
+        after: Option<&str>,
+        scan_max: usize,
+    ) -> Result<(Vec<Id>, Option<Id>), StoreError> {
+        // `scan_max + 1` rows are read to see whether there is more; ordered by (expiry, id), the
+        // embedded store's order up to ties (any order, as long as pages follow it, will do).
+        let limit = scan_max.clamp(1, (i64::MAX - 1) as usize) as i64 + 1;
+        let after = after.unwrap_or("");
+        let rows = self.read(|c| {
+            c.query(
+                "WITH cursor AS (SELECT expires_at_ns AS at, id FROM puhui_transfers \
+                                 WHERE id = $1 AND expires_at_ns IS NOT NULL) \
+                 SELECT t.id, t.timeout_ms FROM puhui_transfers t \
+                 WHERE t.pending_status = 0 AND t.expires_at_ns IS NOT NULL \
+                   AND (NOT EXISTS (SELECT 1 FROM cursor) \
+                        OR (t.expires_at_ns, t.id) > (SELECT at, id FROM cursor)) \
+                 ORDER BY t.expires_at_ns, t.id LIMIT $2",
+                &[&after, &limit],
+            )
+            .map_err(io("reading open holds"))
+        })?;
+        let more = rows.len() as i64 == limit;
+        let looked_at = &rows[..rows.len().min(limit as usize - 1)];
+        let mut ids = Vec::new();
+        let mut last = None;
+        for row in looked_at {
+            let id: String = row.get(0);
+            let id = Id::new(&id).ok_or_else(|| rows::corrupt("a transfer id", format!("{id:?}")))?;
+            if row.get::<_, Option<i64>>(1).map(rows::amount_from_sql) == Some(timeout_ms) {
+                ids.push(id.clone());
+            }
+            last = Some(id);
+        }
+        Ok((ids, last.filter(|_| more)))
+    }
+
     fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {
         // `limit + 1` rows are read to see whether there is more.
         let limit = page.limit.clamp(1, (i64::MAX - 1) as usize) as i64;

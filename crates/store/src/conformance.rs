@@ -28,6 +28,7 @@ pub const CHECKS: &[Check] = &[
     ("pending_expires", pending_expires),
     ("batch_limit", batch_limit),
     ("resolved_holds_keep_their_ids", resolved_holds_keep_their_ids),
+    ("open_holds_by_timeout", open_holds_by_timeout),
 ];
 
 /// Runs every check against fresh stores from `make`.
@@ -318,6 +319,48 @@ fn resolved_holds_keep_their_ids(store: &dyn LedgerStore) {
     let h1 = store.transfer("h1").unwrap().unwrap();
     assert_eq!(h1.pending_status, Some(puhui_ledger::PendingStatus::Posted));
     assert_eq!(h1.resolved_at_ns, Some(store.transfer("p1").unwrap().unwrap().timestamp_ns));
+}
+
+/// Open holds with one timeout, listed in expiry order a bounded number at a time: resolved holds,
+/// holds with another timeout or none, and single transfers are left out; paging sees each once.
+fn open_holds_by_timeout(store: &dyn LedgerStore) {
+    setup(store, &["alice", "shop"], 1_000);
+    let hold = |name: &str, timeout_ms: Option<u64>| {
+        TransferRequest::pending(id(name), id("alice"), id("shop"), 10, cny().code(), timeout_ms)
+    };
+    let (minute, two) = (Some(60_000), Some(120_000));
+    let batch = vec![
+        hold("h1", minute),
+        hold("h2", two),
+        hold("h3", minute),
+        hold("h4", None),
+        hold("h5", minute),
+        TransferRequest::void(id("v5"), id("h5")),
+        TransferRequest::single(id("t1"), id("alice"), id("shop"), 10, cny().code()),
+    ];
+    assert_eq!(results(store.create_transfers(batch)), [ResultCode::Ok; 7]);
+    let names = |ids: Vec<Id>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
+    let all = store.open_holds_with_timeout(60_000, None, 100).unwrap();
+    assert_eq!((names(all.0), all.1), (vec!["h1".to_string(), "h3".into()], None));
+    // One hold looked at per page: h1, h3, then h2 (expiring last); the cursor ends with them.
+    let mut pages = Vec::new();
+    let mut after: Option<Id> = None;
+    for _page in 0..10 {
+        let (ids, next) = store.open_holds_with_timeout(60_000, after.as_ref().map(Id::as_str), 1).unwrap();
+        pages.push(names(ids));
+        after = next;
+        if after.is_none() {
+            break;
+        }
+    }
+    assert_eq!(pages, [vec!["h1".to_string()], vec!["h3".to_string()], vec![]]);
+    let two_minutes = store.open_holds_with_timeout(120_000, None, 100).unwrap();
+    assert_eq!(names(two_minutes.0), ["h2"]);
+    // A resolved hold leaves the list; a cursor on it still pages on from its place.
+    let post = TransferRequest::post(id("p1"), id("h1"), None);
+    assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::Ok]);
+    assert_eq!(names(store.open_holds_with_timeout(60_000, None, 100).unwrap().0), ["h3"]);
+    assert_eq!(names(store.open_holds_with_timeout(60_000, Some("h1"), 100).unwrap().0), ["h3"]);
 }
 
 fn batch_limit(store: &dyn LedgerStore) {

@@ -196,30 +196,29 @@ impl Copy {
     }
 }
 
-/// Reviews whose holds the ledger looks up under one read lock ([`drop_resolved_reviews`]): the
+/// Reviews whose holds the ledger looks up under one read lock ([`drop_reviews_not_held`]): the
 /// committer waits at most that many lookups for its write lock.
 const REVIEWS_CHECKED_PER_LOCK: usize = 256;
 
-/// Drops from the copy's review queue the reviews whose hold the live ledger shows resolved
-/// (posted, voided or expired): a resolved hold never reopens, so its review can never be open
-/// again, at this copy's position or later. Without it the copy kept every review it replayed, and
-/// each snapshot carried them all. A review whose hold is not recorded (yet: its request may be
-/// in flight; or ever: refused for a full queue, until a retry holds it) stays: dropping it could
-/// lose the review of a hold recorded later, after a crash (start-up drops the stale ones, checked
-/// against the ledger then).
-fn drop_resolved_reviews(memory: &mut Memory, store: &EmbeddedStore) {
+/// Drops from the copy's review queue the reviews whose hold the live ledger does not show open:
+/// resolved (posted, voided or expired), or not recorded (its request in flight, or refused for a
+/// full queue and maybe never retried). Without it the copy kept every review it replayed, and
+/// each snapshot carried them all, the refused ones too. A hold recorded after this (a retry held
+/// once there was room) gets its review back at the next start, from its decision
+/// (`super::reviews_at_start`, which also drops what the snapshot carries and is no longer open).
+fn drop_reviews_not_held(memory: &mut Memory, store: &EmbeddedStore) {
     let ids: Vec<String> = memory.reviews.by_id.keys().cloned().collect();
     for chunk in ids.chunks(REVIEWS_CHECKED_PER_LOCK) {
-        let resolved: Vec<&String> = store.read(|ledger| {
+        let not_held: Vec<&String> = store.read(|ledger| {
             chunk
                 .iter()
                 .filter(|id| {
                     let status = ledger.transfer(id.as_str()).and_then(|t| t.pending_status);
-                    status.is_some_and(|s| s != puhui_ledger::PendingStatus::Pending)
+                    status != Some(puhui_ledger::PendingStatus::Pending)
                 })
                 .collect()
         });
-        for id in resolved {
+        for id in not_held {
             memory.reviews.remove(id);
         }
     }
@@ -273,7 +272,7 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
             if let Some(store) = setup.store.upgrade() {
-                drop_resolved_reviews(&mut copy.memory, &store);
+                drop_reviews_not_held(&mut copy.memory, &store);
             }
             let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
             let content =
@@ -322,12 +321,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_copy_drops_reviews_whose_hold_was_resolved_and_keeps_the_rest() {
+    fn the_copy_keeps_only_the_reviews_whose_hold_is_open() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let id = |s: &str| Id::new(s).unwrap();
         let cny = Currency::iso("CNY").unwrap();
-        let accounts = vec![NewAccount::new(id("t:a"), cny.clone()), NewAccount::new(id("t:b"), cny.clone())];
+        let accounts = vec![NewAccount::new(id("t:a"), cny), NewAccount::new(id("t:b"), cny)];
         assert!(store.create_accounts(accounts).unwrap().iter().all(|r| r.result == ResultCode::Ok));
         let hold = |h: &str| TransferRequest::pending(id(h), id("t:a"), id("t:b"), 5, cny.code(), None);
         let batch = vec![
@@ -343,8 +342,8 @@ mod tests {
         for h in ["posted", "voided", "open", "not-held-yet"] {
             memory.reviews.insert(format!("t:{h}"), crate::risk::test_review(h));
         }
-        drop_resolved_reviews(&mut memory, &store);
+        drop_reviews_not_held(&mut memory, &store);
         let left: Vec<&String> = memory.reviews.by_id.keys().collect();
-        assert_eq!(left, ["t:not-held-yet", "t:open"]);
+        assert_eq!(left, ["t:open"]);
     }
 }
