@@ -105,8 +105,9 @@ pub struct RiskService {
     /// The controller: what orders decisions (held while deciding and queueing the record).
     state: Mutex<RiskState>,
     /// What the API remembers (decisions, reviews): its own lock, so readers do not wait behind a
-    /// decision.
-    memory: Mutex<Memory>,
+    /// decision. Shared with the checkpointer, which copies the live review queue into each
+    /// snapshot (`risk/checkpoint.rs`).
+    memory: Arc<Mutex<Memory>>,
     /// Journal positions of durable decision records, sent by the committer thread and taken into
     /// [`Memory`] whenever it is locked. The committer never waits on the memory's lock: a 50–100 ms
     /// reply stage (every request in flight waiting) was the committer queued behind a request
@@ -947,7 +948,7 @@ impl RiskService {
             follow_next: Mutex::new(Following { next_seq: follow_next, caught_up_by: 0 }),
             catch_ups_begun: std::sync::atomic::AtomicU64::new(0),
             state: Mutex::new(state),
-            memory: Mutex::new(memory),
+            memory: Arc::new(Mutex::new(memory)),
             seqs,
             decider: OnceLock::new(),
             metrics: OnceLock::new(),
@@ -1040,6 +1041,7 @@ impl RiskService {
             limits: self.feature_limits,
             policy,
             snapshot_entries: Arc::clone(&self.snapshot_entries),
+            live: Arc::downgrade(&self.memory),
         })
         .map_err(|e| format!("starting the risk checkpointer: {e}"))?;
         *self.checkpointer.lock().unwrap_or_else(|p| p.into_inner()) = Some(started);
@@ -2527,10 +2529,13 @@ pub struct ReviewsAtStart {
 /// ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would find
 /// its queue full. Then every open hold with [`REVIEW_HOLD_TIMEOUT_MS`] missing from the queue gets
 /// its review back, from its decision (remembered, or read back from the journal, which can wait
-/// for the events index: hence second): the checkpointer's snapshots keep only reviews whose hold
-/// was open when it wrote them (see `risk/checkpoint.rs`), so one held after a snapshot (a retry of
-/// a review once refused for a full queue) comes from here. A restored review whose hold was
-/// resolved meanwhile leaves again.
+/// for the events index: hence second). Snapshots carry the live queue as it was when written
+/// (`risk/checkpoint.rs`), but a review queued since without a record of its own (a retry, held
+/// once there was room, of a transfer whose review had been refused for a full queue) is in
+/// neither the snapshot nor the records after it: it comes from here. Only holds with that
+/// timeout are found so: a pending transfer keeps its own timeout when held for review, so its
+/// review in that case is not restored (its hold still expires). A restored review whose hold
+/// was resolved meanwhile leaves again; a decision that cannot be read back is logged and left.
 pub async fn reviews_at_start(
     app: &Arc<AppState>,
     risk: &Arc<RiskService>,

@@ -903,6 +903,11 @@ async fn refused_without_decision(
     Ok(declined_before(risk, request, &previous))
 }
 
+/// 503 for a posting task that ended without an answer (the runtime stopping).
+fn posting_stopped() -> ApiError {
+    ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
+}
+
 /// Turns a single-phase transfer into the hold risk control makes of it on review (a pending transfer
 /// with [`crate::risk::REVIEW_HOLD_TIMEOUT_MS`]); a pending one stays as it is.
 fn into_review_hold(request: &mut TransferRequest) {
@@ -1050,11 +1055,21 @@ pub async fn create_transfer(
         locks
     };
     let id = request.id.clone();
-    let posted = match posted {
-        Some(results) => posted_object(&app, request, results).await,
-        None => create_one_object(&app, request).await,
+    let posted = match (posted, locked_until_posted) {
+        (Some(results), _) => posted_object(&app, request, results).await,
+        (None, None) => create_one_object(&app, request).await,
+        // The lock goes with the posting, not with this request: a client gone while its
+        // transfer is queued must not free the id for another node to decline meanwhile.
+        (None, Some(lock)) => {
+            let app = Arc::clone(&app);
+            let posting = tokio::spawn(async move {
+                let posted = create_one_object(&app, request).await;
+                drop(lock);
+                posted
+            });
+            posting.await.map_err(|_| posting_stopped())?
+        }
     };
-    drop(locked_until_posted);
     let (status, mut object) = match posted {
         Ok(posted) => posted,
         Err(e) => {
@@ -1262,9 +1277,20 @@ pub async fn create_transfer_batch(
     }
     let submitted: Vec<TransferRequest> =
         requests.into_iter().zip(&declined).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
-    let mut committed =
-        if submitted.is_empty() { Vec::new() } else { app.create_transfers(submitted).await? };
-    drop(locked_until_posted);
+    let mut committed = match (submitted.is_empty(), locked_until_posted) {
+        (true, _) => Vec::new(),
+        (false, None) => app.create_transfers(submitted).await?,
+        // As for one transfer (see create_transfer): the locks go with the posting.
+        (false, Some(lock)) => {
+            let app = Arc::clone(&app);
+            let posting = tokio::spawn(async move {
+                let committed = app.create_transfers(submitted).await;
+                drop(lock);
+                committed
+            });
+            posting.await.map_err(|_| posting_stopped())??
+        }
+    };
     record_results(&committed);
     committed.reverse();
     let results: Vec<(ResultCode, u64)> = declined

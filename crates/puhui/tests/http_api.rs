@@ -2115,12 +2115,12 @@ fn backtest_reproduces_every_decision(dir: &Path) -> std::process::Output {
     out
 }
 
-/// A gauge's value on `/metrics`.
 /// The text of `/metrics`.
 async fn metrics_text(server: &Server) -> String {
     reqwest::get(server.url("/metrics")).await.unwrap().text().await.unwrap()
 }
 
+/// A gauge's value on `/metrics`.
 async fn gauge(server: &Server, name: &str) -> f64 {
     let text = metrics_text(server).await;
     let line = text

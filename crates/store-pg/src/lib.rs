@@ -768,19 +768,28 @@ impl LedgerStore for PgStore {
         scan_max: usize,
     ) -> Result<(Vec<Id>, Option<Id>), StoreError> {
         // `scan_max + 1` rows are read to see whether there is more; ordered by (expiry, id), the
-        // embedded store's order up to ties (any order, as long as pages follow it, will do).
+        // embedded store's order up to ties (any order, as long as pages follow it, will do). The
+        // cursor's place is read first, so that the page is a range of the open-holds index
+        // (`expires_at_ns >= $1`), not a scan from its start for every page.
         let limit = scan_max.clamp(1, (i64::MAX - 1) as usize) as i64 + 1;
-        let after = after.unwrap_or("");
         let rows = self.read(|c| {
+            let from: Option<(i64, String)> = match after {
+                None => None,
+                Some(after) => c
+                    .query_opt(
+                        "SELECT expires_at_ns, id FROM puhui_transfers WHERE id = $1 AND expires_at_ns IS NOT NULL",
+                        &[&after],
+                    )
+                    .map_err(io("reading a cursor"))?
+                    .map(|r| (r.get(0), r.get(1))),
+            };
+            let (from_ns, from_id) = from.unwrap_or((i64::MIN, String::new()));
             c.query(
-                "WITH cursor AS (SELECT expires_at_ns AS at, id FROM puhui_transfers \
-                                 WHERE id = $1 AND expires_at_ns IS NOT NULL) \
-                 SELECT t.id, t.timeout_ms FROM puhui_transfers t \
-                 WHERE t.pending_status = 0 AND t.expires_at_ns IS NOT NULL \
-                   AND (NOT EXISTS (SELECT 1 FROM cursor) \
-                        OR (t.expires_at_ns, t.id) > (SELECT at, id FROM cursor)) \
-                 ORDER BY t.expires_at_ns, t.id LIMIT $2",
-                &[&after, &limit],
+                "SELECT id, timeout_ms FROM puhui_transfers \
+                 WHERE pending_status = 0 AND expires_at_ns IS NOT NULL AND expires_at_ns >= $1 \
+                   AND (expires_at_ns, id) > ($1, $2) \
+                 ORDER BY expires_at_ns, id LIMIT $3",
+                &[&from_ns, &from_id, &limit],
             )
             .map_err(io("reading open holds"))
         })?;

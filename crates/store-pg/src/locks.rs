@@ -279,6 +279,9 @@ struct Waiter {
     buckets: Vec<i32>,
     /// How many of `buckets` it holds (a prefix).
     taken: usize,
+    /// Whether a round trip left it short of its buckets: from then on it tries only its next
+    /// bucket each round (in order); before, all the buckets it lacks at once.
+    stalled: bool,
     deadline: Instant,
     reply: HeldReply,
 }
@@ -340,7 +343,7 @@ impl LockerThread {
         match message {
             Message::Acquire { buckets, reply } => {
                 let deadline = Instant::now() + Duration::from_millis(DECISION_LOCK_WAIT_MS);
-                self.waiting.push_back(Waiter { buckets, taken: 0, deadline, reply });
+                self.waiting.push_back(Waiter { buckets, taken: 0, stalled: false, deadline, reply });
             }
             Message::Release { buckets, epoch } => {
                 if epoch == self.epoch {
@@ -389,16 +392,25 @@ impl LockerThread {
         }
     }
 
-    /// One query: unlocks what nobody holds, tries the next bucket of every waiter.
+    /// One query: unlocks what nobody holds, tries the buckets waiters lack: all of them for a
+    /// waiter not yet refused one (a batch of thousands of ids, spread over most buckets, is one
+    /// round trip on a quiet cluster, not one per bucket), the next one only for a stalled waiter.
+    /// A waiter keeps only the prefix of its buckets it then holds: a bucket taken past a refused
+    /// one is let go in the next round, so waiting never goes round in a circle across nodes.
     fn round_trip(&mut self) -> Result<(), String> {
-        let mut tries: Vec<i32> = self
-            .waiting
-            .iter()
-            .filter_map(|w| w.buckets.get(w.taken).copied())
-            .filter(|b| !self.held.contains_key(b))
+        let mut wanted = vec![false; DECISION_LOCK_BUCKETS as usize];
+        for w in &self.waiting {
+            let lacking = w.buckets.get(w.taken..).unwrap_or(&[]);
+            let lacking = if w.stalled { &lacking[..lacking.len().min(1)] } else { lacking };
+            for b in lacking {
+                if let Some(slot) = usize::try_from(*b).ok().and_then(|i| wanted.get_mut(i)) {
+                    *slot = true;
+                }
+            }
+        }
+        let tries: Vec<i32> = (0..DECISION_LOCK_BUCKETS as i32)
+            .filter(|b| wanted[*b as usize] && !self.held.contains_key(b))
             .collect();
-        tries.sort_unstable();
-        tries.dedup();
         // A request given only buckets the session holds already is answered after a round trip
         // all the same: had the session died unnoticed (its locks since taken by another node),
         // the query fails and the grant is undone instead of answered.
@@ -464,7 +476,11 @@ impl LockerThread {
             }
         }
         self.grant_shared();
-        // A bucket taken for waiters that timed out meanwhile would otherwise stay locked.
+        for waiter in &mut self.waiting {
+            waiter.stalled |= waiter.taken < waiter.buckets.len();
+        }
+        // A bucket taken for waiters that timed out meanwhile, or past a waiter's refused one,
+        // would otherwise stay locked.
         let unused: Vec<i32> = self.held.iter().filter(|(_, n)| **n == 0).map(|(b, _)| *b).collect();
         let waited: HashSet<i32> =
             self.waiting.iter().filter_map(|w| w.buckets.get(w.taken).copied()).collect();
@@ -525,6 +541,7 @@ impl LockerThread {
         self.to_unlock.clear();
         for waiter in &mut self.waiting {
             waiter.taken = 0;
+            waiter.stalled = false;
         }
     }
 }

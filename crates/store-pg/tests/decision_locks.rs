@@ -78,6 +78,34 @@ fn a_decision_id_is_held_by_one_node_at_a_time_and_passes_on_when_let_go() {
 }
 
 #[test]
+fn two_nodes_asking_for_every_bucket_at_once_get_them_one_after_the_other() {
+    // Each tries every bucket it lacks in its first round trip: taken at the same moment, each
+    // may get some. Neither keeps a bucket past one it was refused, so they do not wait for each
+    // other in a circle: one gets them all, and the other once it lets go.
+    let schema = TestSchema::new("decision_locks_all");
+    let (a, b) = (node(&schema), node(&schema));
+    let every: Vec<u64> = (0..DECISION_LOCK_BUCKETS).rev().collect();
+    for _round in 0..3 {
+        let (on_a, on_b) = (ask(&a, &every), ask(&b, &every));
+        let wait = Duration::from_secs(DECISION_LOCK_WAIT_S);
+        let (first, second) = loop {
+            if let Ok(r) = on_a.recv_timeout(Duration::from_millis(10)) {
+                break (r.expect("a locked"), on_b);
+            }
+            if let Ok(r) = on_b.recv_timeout(Duration::from_millis(10)) {
+                break (r.expect("b locked"), on_a);
+            }
+        };
+        still_waiting(&second);
+        drop(first);
+        drop(second.recv_timeout(wait).expect("answered").expect("the other node locked them all"));
+    }
+}
+
+/// How long a test waits for a lock the other node let go of (it may take a round trip per bucket).
+const DECISION_LOCK_WAIT_S: u64 = 5;
+
+#[test]
 fn locks_lost_with_their_connection_pass_on_and_the_node_locks_again_on_a_new_one() {
     let schema = TestSchema::new("decision_locks_lost");
     let a = node(&schema);

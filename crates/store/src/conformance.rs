@@ -329,6 +329,7 @@ fn open_holds_by_timeout(store: &dyn LedgerStore) {
         TransferRequest::pending(id(name), id("alice"), id("shop"), 10, cny().code(), timeout_ms)
     };
     let (minute, two) = (Some(60_000), Some(120_000));
+    assert_eq!(results(store.create_transfers(vec![hold("h0", minute)])), [ResultCode::Ok]);
     let batch = vec![
         hold("h1", minute),
         hold("h2", two),
@@ -341,8 +342,8 @@ fn open_holds_by_timeout(store: &dyn LedgerStore) {
     assert_eq!(results(store.create_transfers(batch)), [ResultCode::Ok; 7]);
     let names = |ids: Vec<Id>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
     let all = store.open_holds_with_timeout(60_000, None, 100).unwrap();
-    assert_eq!((names(all.0), all.1), (vec!["h1".to_string(), "h3".into()], None));
-    // One hold looked at per page: h1, h3, then h2 (expiring last); the cursor ends with them.
+    assert_eq!((names(all.0), all.1), (vec!["h0".to_string(), "h1".into(), "h3".into()], None));
+    // One hold looked at per page: h0, h1, h3, then h2 (expiring last); the cursor ends with them.
     let mut pages = Vec::new();
     let mut after: Option<Id> = None;
     for _page in 0..10 {
@@ -353,13 +354,13 @@ fn open_holds_by_timeout(store: &dyn LedgerStore) {
             break;
         }
     }
-    assert_eq!(pages, [vec!["h1".to_string()], vec!["h3".to_string()], vec![]]);
+    assert_eq!(pages, [vec!["h0".to_string()], vec!["h1".to_string()], vec!["h3".to_string()], vec![]]);
     let two_minutes = store.open_holds_with_timeout(120_000, None, 100).unwrap();
     assert_eq!(names(two_minutes.0), ["h2"]);
-    // A resolved hold leaves the list; a cursor on it still pages on from its place.
+    // A resolved hold leaves the list; a cursor on it still pages on from its place (past h0).
     let post = TransferRequest::post(id("p1"), id("h1"), None);
     assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::Ok]);
-    assert_eq!(names(store.open_holds_with_timeout(60_000, None, 100).unwrap().0), ["h3"]);
+    assert_eq!(names(store.open_holds_with_timeout(60_000, None, 100).unwrap().0), ["h0", "h3"]);
     assert_eq!(names(store.open_holds_with_timeout(60_000, Some("h1"), 100).unwrap().0), ["h3"]);
 }
 

@@ -13,7 +13,7 @@
 //! on from where it was when they idle; the clean stop's snapshot does not depend on it.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use puhui_events::JournalTail;
@@ -81,6 +81,8 @@ pub(super) struct Setup {
     pub limits: FeatureLimits,
     pub policy: CheckpointPolicy,
     pub snapshot_entries: Arc<AtomicU64>,
+    /// The serving memory, whose review queue each snapshot carries ([`reviews_for_snapshot`]).
+    pub live: Weak<Mutex<Memory>>,
 }
 
 /// Starts the checkpointer thread.
@@ -196,17 +198,23 @@ impl Copy {
     }
 }
 
-/// Reviews whose holds the ledger looks up under one read lock ([`drop_reviews_not_held`]): the
+/// Reviews whose holds the ledger looks up under one read lock ([`reviews_for_snapshot`]): the
 /// committer waits at most that many lookups for its write lock.
 const REVIEWS_CHECKED_PER_LOCK: usize = 256;
+/// Reviews of the live queue copied under one lock of the serving memory
+/// ([`reviews_for_snapshot`]): a decision being remembered waits at most that many clones.
+const LIVE_REVIEWS_PER_LOCK: usize = 256;
 
-/// Drops from the copy's review queue the reviews whose hold the live ledger does not show open:
-/// resolved (posted, voided or expired), or not recorded (its request in flight, or refused for a
-/// full queue and maybe never retried). Without it the copy kept every review it replayed, and
-/// each snapshot carried them all, the refused ones too. A hold recorded after this (a retry held
-/// once there was room) gets its review back at the next start, from its decision
-/// (`super::reviews_at_start`, which also drops what the snapshot carries and is no longer open).
-fn drop_reviews_not_held(memory: &mut Memory, store: &EmbeddedStore) {
+/// Makes the copy's review queue the one a snapshot must carry: the reviews of the copy whose hold
+/// the live ledger shows open, and every review of the live queue. The copy alone is not enough:
+/// a review refused for a full queue (not held) is replayed into it like any other, and a retry
+/// held later, once there was room, queues it again in the live queue only (no record). Before,
+/// the copy kept every review it replayed whose hold was not resolved (so every refused one, in
+/// every snapshot, until a start dropped them); keeping only the held ones would lose that retry's
+/// review in a crash. A live review whose decision comes after the copy's position is replayed
+/// again at a start (the same review); one resolved after the snapshot leaves at the start
+/// (`super::reviews_at_start`).
+fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<Mutex<Memory>>) {
     let ids: Vec<String> = memory.reviews.by_id.keys().cloned().collect();
     for chunk in ids.chunks(REVIEWS_CHECKED_PER_LOCK) {
         let not_held: Vec<&String> = store.read(|ledger| {
@@ -220,6 +228,28 @@ fn drop_reviews_not_held(memory: &mut Memory, store: &EmbeddedStore) {
         });
         for id in not_held {
             memory.reviews.remove(id);
+        }
+    }
+    let Some(live) = live.upgrade() else { return };
+    let mut after: Option<String> = None;
+    // The live queue holds at most REVIEWS_OPEN_MAX: a bound on the pages.
+    for _page in 0..=super::REVIEWS_OPEN_MAX / LIVE_REVIEWS_PER_LOCK {
+        let page: Vec<(String, super::ReviewObject)> = {
+            let serving = live.lock().unwrap_or_else(|p| p.into_inner());
+            let from = match &after {
+                Some(a) => std::ops::Bound::Excluded(a.as_str()),
+                None => std::ops::Bound::Unbounded,
+            };
+            let range = serving.reviews.by_id.range::<str, _>((from, std::ops::Bound::Unbounded));
+            range.take(LIVE_REVIEWS_PER_LOCK).map(|(id, review)| (id.clone(), review.clone())).collect()
+        };
+        let last_page = page.len() < LIVE_REVIEWS_PER_LOCK;
+        after = page.last().map(|(id, _)| id.clone());
+        for (id, review) in page {
+            memory.reviews.insert(id, review);
+        }
+        if last_page {
+            break;
         }
     }
 }
@@ -272,7 +302,7 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
             if let Some(store) = setup.store.upgrade() {
-                drop_reviews_not_held(&mut copy.memory, &store);
+                reviews_for_snapshot(&mut copy.memory, &store, &setup.live);
             }
             let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
             let content =
@@ -321,7 +351,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_copy_keeps_only_the_reviews_whose_hold_is_open() {
+    fn a_snapshot_carries_the_copys_reviews_still_held_and_the_live_queue() {
         let dir = tempfile::tempdir().unwrap();
         let store = EmbeddedStore::open(dir.path()).unwrap();
         let id = |s: &str| Id::new(s).unwrap();
@@ -339,11 +369,25 @@ mod tests {
         assert!(store.create_transfers(batch).unwrap().iter().all(|r| r.result == ResultCode::Ok));
         let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
         let mut memory = Memory::new(seq_inbox);
-        for h in ["posted", "voided", "open", "not-held-yet"] {
+        // In the copy: resolved holds, an open one, one in flight, one refused for a full queue.
+        for h in ["posted", "voided", "open", "in-flight", "refused"] {
             memory.reviews.insert(format!("t:{h}"), crate::risk::test_review(h));
         }
-        drop_reviews_not_held(&mut memory, &store);
+        // Live: the open one, the one in flight, and a retry held since (queued without a record),
+        // more than one page of them.
+        let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
+        let mut serving = Memory::new(seq_inbox);
+        let mut live_ids: Vec<String> =
+            (0..LIVE_REVIEWS_PER_LOCK + 3).map(|i| format!("t:retried-{i:04}")).collect();
+        live_ids.extend(["t:open".to_string(), "t:in-flight".to_string()]);
+        for id in &live_ids {
+            serving.reviews.insert(id.clone(), crate::risk::test_review(&id[2..]));
+        }
+        let live = Arc::new(Mutex::new(serving));
+        reviews_for_snapshot(&mut memory, &store, &Arc::downgrade(&live));
         let left: Vec<&String> = memory.reviews.by_id.keys().collect();
-        assert_eq!(left, ["t:open"]);
+        live_ids.sort();
+        assert_eq!(left, live_ids.iter().collect::<Vec<_>>());
+        assert_eq!(memory.reviews.of_tenant("t"), live_ids.len());
     }
 }
