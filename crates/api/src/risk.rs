@@ -2523,13 +2523,14 @@ pub struct ReviewsAtStart {
 }
 
 /// Start-up's reconciliation of the review queue with the ledger, whose open review holds are
-/// what the queue must hold. First, [`REVIEWS_CHECKED_PER_READ`] ids per read of the ledger, the
-/// reviews whose hold is no longer open, or was never recorded, leave the queue: a replay queues
-/// every review decision the journal holds, so without it a restart would bring back every review
-/// ever resolved, and a tenant with [`REVIEWS_PER_TENANT_MAX`] of them in its history would find
-/// its queue full. Then every open hold with [`REVIEW_HOLD_TIMEOUT_MS`] missing from the queue gets
-/// its review back, from its decision (remembered, or read back from the journal, which can wait
-/// for the events index: hence second). Snapshots carry the live queue as it was when written
+/// what the queue must hold. Every open hold with [`REVIEW_HOLD_TIMEOUT_MS`] missing from the
+/// queue gets its review back from its decision: a remembered one first; then,
+/// [`REVIEWS_CHECKED_PER_READ`] ids per read of the ledger, the reviews whose hold is no longer
+/// open, or was never recorded, leave the queue (a replay queues every review decision the journal
+/// holds, so without it a restart would bring back every review ever resolved, and a tenant with
+/// [`REVIEWS_PER_TENANT_MAX`] of them in its history would find its queue full); last, the
+/// decisions no longer remembered are read back from the journal (which can wait for the events
+/// index). Snapshots carry the live queue as it was when written
 /// (`risk/checkpoint.rs`), but a review queued since without a record of its own (a retry, held
 /// once there was room, of a transfer whose review had been refused for a full queue) is in
 /// neither the snapshot nor the records after it: it comes from here. Only holds with that
@@ -2542,27 +2543,24 @@ pub async fn reviews_at_start(
 ) -> Result<ReviewsAtStart, ApiError> {
     reviews_open(&risk.mem().reviews);
     let mut done = ReviewsAtStart::default();
-    let ids = risk.review_ids();
-    for page in ids.chunks(REVIEWS_CHECKED_PER_READ) {
-        done.dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
-    }
+    // Open review holds missing from the queue: those whose decision is remembered get their
+    // review at once (before the longer pass below); the others are read back from the journal
+    // last, since that may wait for the events index.
     let mut restored = Vec::new();
+    let mut long_ago = Vec::new();
     let mut after: Option<puhui_ledger::Id> = None;
     for _page in 0..OPEN_HOLD_PAGES_MAX {
         let (held, next) = app
             .open_holds_with_timeout(REVIEW_HOLD_TIMEOUT_MS, after.take(), REVIEWS_CHECKED_PER_READ)
             .await?;
         for id in held.iter().filter(|id| !risk.is_under_review(id.as_str())) {
-            match review_of_hold(app, risk, id.as_str()).await {
-                Ok(Some(review)) => {
-                    risk.queue_review(id.as_str(), review);
+            match risk.decision(id.as_str()) {
+                Some(d) if d.source == "transfer" && d.outcome == "review" => {
+                    risk.queue_review(id.as_str(), review_of(&d));
                     restored.push(id.to_string());
                 }
-                Ok(None) => done.without_review += 1,
-                Err(e) => {
-                    tracing::warn!(id = %id, error = %e.message, "could not read back the decision of a review hold");
-                    done.without_review += 1;
-                }
+                None if risk.decided_long_ago(id.as_str()) => long_ago.push(id.to_string()),
+                _ => done.without_review += 1,
             }
         }
         match next {
@@ -2570,6 +2568,32 @@ pub async fn reviews_at_start(
             None => break,
         }
     }
+    let ids = risk.review_ids();
+    for page in ids.chunks(REVIEWS_CHECKED_PER_READ) {
+        done.dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
+    }
+    for id in long_ago {
+        let read_back = forgotten_from_journal(app, risk, &id).await;
+        let review = read_back.map(|found| {
+            found.and_then(|(record, _, _)| {
+                let review = record.source == puhui_risk::DecisionSource::Transfer
+                    && record.active.outcome == puhui_risk::Outcome::Review;
+                review.then(|| review_of_record(&record))
+            })
+        });
+        match review {
+            Ok(Some(review)) => {
+                risk.queue_review(&id, review);
+                restored.push(id);
+            }
+            Ok(None) => done.without_review += 1,
+            Err(e) => {
+                tracing::warn!(id = %id, error = %e.message, "could not read back the decision of a review hold");
+                done.without_review += 1;
+            }
+        }
+    }
+    // A hold resolved while its review was being restored: the review leaves again.
     done.restored = restored.len();
     for page in restored.chunks(REVIEWS_CHECKED_PER_READ) {
         let gone = drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
@@ -2577,29 +2601,6 @@ pub async fn reviews_at_start(
         done.dropped += gone;
     }
     Ok(done)
-}
-
-/// The review of open hold `id` (scoped), from the decision that held it for review: remembered,
-/// or read back from the journal; `None` if no review decision under the id is known (the hold
-/// is not risk control's).
-async fn review_of_hold(
-    app: &Arc<AppState>,
-    risk: &Arc<RiskService>,
-    id: &str,
-) -> Result<Option<ReviewObject>, ApiError> {
-    if let Some(decision) = risk.decision(id) {
-        return Ok(
-            (decision.source == "transfer" && decision.outcome == "review").then(|| review_of(&decision))
-        );
-    }
-    if !risk.decided_long_ago(id) {
-        return Ok(None);
-    }
-    Ok(forgotten_from_journal(app, risk, id).await?.and_then(|(record, _, _)| {
-        let review = record.source == puhui_risk::DecisionSource::Transfer
-            && record.active.outcome == puhui_risk::Outcome::Review;
-        review.then(|| review_of_record(&record))
-    }))
 }
 
 async fn resolve_review(
