@@ -2594,12 +2594,10 @@ pub async fn reviews_at_start(
         }
     }
     // A hold resolved while its review was being restored: the review leaves again.
-    done.restored = restored.len();
     for page in restored.chunks(REVIEWS_CHECKED_PER_READ) {
-        let gone = drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
-        done.restored -= gone;
-        done.dropped += gone;
+        done.dropped += drop_reviews_without_hold(app, risk, page.to_vec()).await?.len();
     }
+    done.restored = restored.iter().filter(|id| risk.is_under_review(id)).count();
     Ok(done)
 }
 

@@ -903,8 +903,18 @@ async fn refused_without_decision(
     Ok(declined_before(risk, request, &previous))
 }
 
-/// 503 for a posting task that ended without an answer (the runtime stopping).
-fn posting_stopped() -> ApiError {
+/// The answer for a posting task that ended without one: 503 if the runtime is stopping, 500
+/// (logged) if it panicked.
+fn posting_failed(e: tokio::task::JoinError) -> ApiError {
+    if e.is_panic() {
+        tracing::error!(error = %e, "a transfer's posting task panicked");
+        return ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            "internal_error",
+            "the posting failed",
+        );
+    }
     ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
 }
 
@@ -989,6 +999,11 @@ async fn act_on_decision(
         puhui_risk::Outcome::Review => {
             // Queued (or not, the queue being full) under the memory's lock as it was decided.
             if !decision.review_queued() {
+                // Not held: as for a decline, the decision is recorded before it is told (so its
+                // retry, and `GET /v1/decisions/{id}`, find it with its journal position).
+                durable.await.map_err(|_| {
+                    ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
+                })??;
                 return Err(review_queue_full());
             }
             into_review_hold(request);
@@ -1018,7 +1033,7 @@ pub async fn create_transfer(
     let mut request = body.into_domain(&principal.tenant, "", client_id_source(&app, &idem, "transfer"))?;
     // With risk control the id is this request's until it is answered: a concurrent request under
     // it (with a context or not) waits, so one cannot be declined while the other is posted.
-    let _taken = match app.risk.as_ref() {
+    let taken = match app.risk.as_ref() {
         Some(risk) if matches!(request.kind, TransferKind::Single | TransferKind::Pending) => {
             Some(risk.begin_deciding([request.id.as_str()]).map_err(|(_, e)| e)?)
         }
@@ -1031,7 +1046,7 @@ pub async fn create_transfer(
     // it too: else it could be posted on one node while another declines it under that id.
     let with_context = context.is_some();
     let locks = match app.risk.as_ref() {
-        Some(risk) => risk.lock_across_nodes(_taken.is_some().then_some(request.id.as_str())).await?,
+        Some(risk) => risk.lock_across_nodes(taken.is_some().then_some(request.id.as_str())).await?,
         None => None,
     };
     let (request, decided, posted) = match context {
@@ -1058,16 +1073,17 @@ pub async fn create_transfer(
     let posted = match (posted, locked_until_posted) {
         (Some(results), _) => posted_object(&app, request, results).await,
         (None, None) => create_one_object(&app, request).await,
-        // The lock goes with the posting, not with this request: a client gone while its
-        // transfer is queued must not free the id for another node to decline meanwhile.
+        // The locks go with the posting, not with this request: a client gone while its
+        // transfer is queued must not free the id (for another node, or another request here, to
+        // decline meanwhile).
         (None, Some(lock)) => {
             let app = Arc::clone(&app);
             let posting = tokio::spawn(async move {
                 let posted = create_one_object(&app, request).await;
-                drop(lock);
+                drop((lock, taken));
                 posted
             });
-            posting.await.map_err(|_| posting_stopped())?
+            posting.await.map_err(posting_failed)?
         }
     };
     let (status, mut object) = match posted {
@@ -1135,7 +1151,7 @@ pub async fn create_transfer_batch(
     let ids: Vec<Id> = requests.iter().map(|r| r.id.clone()).collect();
     // The items' ids are this request's until it is answered (see create_transfer).
     let new = |r: &TransferRequest| matches!(r.kind, TransferKind::Single | TransferKind::Pending);
-    let _taken = match app.risk.as_ref() {
+    let taken = match app.risk.as_ref() {
         Some(risk) => {
             let taken = risk.begin_deciding(requests.iter().filter(|r| new(r)).map(|r| r.id.as_str()));
             Some(taken.map_err(|(_, e)| ApiError { param: Some("transfers".into()), ..e })?)
@@ -1285,10 +1301,10 @@ pub async fn create_transfer_batch(
             let app = Arc::clone(&app);
             let posting = tokio::spawn(async move {
                 let committed = app.create_transfers(submitted).await;
-                drop(lock);
+                drop((lock, taken));
                 committed
             });
-            posting.await.map_err(|_| posting_stopped())??
+            posting.await.map_err(posting_failed)??
         }
     };
     record_results(&committed);

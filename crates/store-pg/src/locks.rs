@@ -14,8 +14,13 @@
 //! session never holds more than [`DECISION_LOCK_BUCKETS`] locks (they share PostgreSQL's lock
 //! table, sized by `max_locks_per_transaction`); two unrelated ids sharing a bucket only wait for
 //! each other. Within a node, requests under one bucket share its lock (the in-process exclusion of
-//! one id, `begin_deciding`, is the API's). A request takes its buckets in ascending order and keeps
-//! what it has while it waits for the rest, so waiting cannot go round in a circle across nodes.
+//! one id, `begin_deciding`, is the API's). A request holds a prefix of its buckets in ascending
+//! order and waits for the next one, so waiting cannot go round in a circle across nodes. While
+//! no request of the node is waiting for a bucket another node holds, each tries every bucket it
+//! lacks in one round trip (a batch of thousands of ids, spread over most buckets, is one round
+//! trip, not one per bucket), keeps the prefix it got and lets the rest go in the next round; once
+//! one is refused (stalled), the node's requests try one bucket at a time, so that no bucket taken
+//! past a refused one keeps another node's request waiting.
 //!
 //! If the connection fails, the session's locks are gone with it: waiters start over on a new
 //! connection. No request is answered without a round trip in the same round, also one given only
@@ -279,8 +284,9 @@ struct Waiter {
     buckets: Vec<i32>,
     /// How many of `buckets` it holds (a prefix).
     taken: usize,
-    /// Whether a round trip left it short of its buckets: from then on it tries only its next
-    /// bucket each round (in order); before, all the buckets it lacks at once.
+    /// Whether its last round trip got it no further (refused, or the bucket unclear): while
+    /// any waiter of the node is, every waiter tries only its next bucket each round; otherwise
+    /// all the buckets it lacks at once.
     stalled: bool,
     deadline: Instant,
     reply: HeldReply,
@@ -311,7 +317,9 @@ impl LockerThread {
     fn run(&mut self, messages: &Receiver<Message>) {
         let mut backoff_ms = RETRY_EVERY_MS;
         loop {
-            let first = if self.waiting.is_empty() && self.to_unlock.is_empty() {
+            // Idle only with nothing to unlock and nothing unclear held (a bucket taken for a
+            // waiter that timed out would otherwise stay locked until the next message).
+            let first = if self.waiting.is_empty() && self.to_unlock.is_empty() && self.unclear.is_empty() {
                 match messages.recv() {
                     Ok(m) => Some(m),
                     Err(_) => return,
@@ -392,16 +400,17 @@ impl LockerThread {
         }
     }
 
-    /// One query: unlocks what nobody holds, tries the buckets waiters lack: all of them for a
-    /// waiter not yet refused one (a batch of thousands of ids, spread over most buckets, is one
-    /// round trip on a quiet cluster, not one per bucket), the next one only for a stalled waiter.
-    /// A waiter keeps only the prefix of its buckets it then holds: a bucket taken past a refused
-    /// one is let go in the next round, so waiting never goes round in a circle across nodes.
+    /// One query: unlocks what nobody holds, tries the buckets waiters lack: all of them while no
+    /// waiter of the node is stalled (see the module docs), else each waiter's next one. A waiter
+    /// keeps only the prefix of its buckets it then holds: a bucket taken past a refused one is
+    /// let go in the next round, so waiting never goes round in a circle across nodes.
     fn round_trip(&mut self) -> Result<(), String> {
+        let one_at_a_time = self.waiting.iter().any(|w| w.stalled);
+        let taken_before: Vec<usize> = self.waiting.iter().map(|w| w.taken).collect();
         let mut wanted = vec![false; DECISION_LOCK_BUCKETS as usize];
         for w in &self.waiting {
             let lacking = w.buckets.get(w.taken..).unwrap_or(&[]);
-            let lacking = if w.stalled { &lacking[..lacking.len().min(1)] } else { lacking };
+            let lacking = if one_at_a_time { &lacking[..lacking.len().min(1)] } else { lacking };
             for b in lacking {
                 if let Some(slot) = usize::try_from(*b).ok().and_then(|i| wanted.get_mut(i)) {
                     *slot = true;
@@ -443,7 +452,7 @@ impl LockerThread {
             self.epoch += 1;
         }
         let (client, statement) = self.client.as_mut().expect("connected");
-        let probes: Vec<i32> = self.unclear.iter().copied().collect();
+        let probes: Vec<i32> = self.unclear.iter().filter(|b| !self.to_unlock.contains(b)).copied().collect();
         let keys: Vec<i32> = self.to_unlock.iter().chain(&tries).chain(&probes).copied().collect();
         let modes: Vec<i16> = (self.to_unlock.iter().map(|_| 0))
             .chain(tries.iter().map(|_| 1))
@@ -457,7 +466,11 @@ impl LockerThread {
         for (_, reply) in self.alive.drain(..) {
             let _ = reply.send(true);
         }
-        self.to_unlock.clear();
+        // Unlocked: no longer unclear (a bucket tried again in the same statement is probed
+        // afresh below).
+        for bucket in self.to_unlock.drain(..) {
+            self.unclear.remove(&bucket);
+        }
         for (row, mode) in rows.iter().zip(&modes) {
             let (bucket, held, clear): (i32, bool, bool) = (row.get(0), row.get(1), row.get(2));
             match mode {
@@ -476,8 +489,8 @@ impl LockerThread {
             }
         }
         self.grant_shared();
-        for waiter in &mut self.waiting {
-            waiter.stalled |= waiter.taken < waiter.buckets.len();
+        for (waiter, before) in self.waiting.iter_mut().zip(taken_before) {
+            waiter.stalled = waiter.taken < waiter.buckets.len() && waiter.taken == before;
         }
         // A bucket taken for waiters that timed out meanwhile, or past a waiter's refused one,
         // would otherwise stay locked.
@@ -488,7 +501,8 @@ impl LockerThread {
             if self.unclear.contains(&bucket) && waited.contains(&bucket) {
                 continue;
             }
-            self.unclear.remove(&bucket);
+            // An unclear bucket stays unclear until it is unlocked: `grant_shared` must not hand
+            // it out of `to_unlock` to a request arriving meanwhile before its fence is clear.
             self.held.remove(&bucket);
             self.to_unlock.push(bucket);
         }

@@ -115,6 +115,27 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
+/// Runs `f`, which takes a lock the serving threads take too (the ledger's, the live memory's),
+/// at normal priority: at idle priority the thread could be kept off the CPU while holding it,
+/// by any other runnable thread, and the committer waiting for that lock would wait as long (a
+/// priority inversion). Two system calls per call: used for short pages of work only.
+#[cfg(target_os = "linux")]
+fn at_normal_priority<R>(f: impl FnOnce() -> R) -> R {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: as in `lower_priority`.
+    let raised = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == 0;
+    let result = f();
+    if raised {
+        lower_priority();
+    }
+    result
+}
+
+#[cfg(not(target_os = "linux"))]
+fn at_normal_priority<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// The checkpointer's own copy of risk control, as a start builds it.
 struct Copy {
     controller: Controller,
@@ -204,6 +225,9 @@ const REVIEWS_CHECKED_PER_LOCK: usize = 256;
 /// Reviews of the live queue copied under one lock of the serving memory
 /// ([`reviews_for_snapshot`]): a decision being remembered waits at most that many clones.
 const LIVE_REVIEWS_PER_LOCK: usize = 256;
+/// Most pages of the live queue one snapshot copies (ten times `REVIEWS_OPEN_MAX`: the bound
+/// of a loop over a map that may grow while it is read).
+const LIVE_REVIEW_PAGES_MAX: usize = 10 * super::REVIEWS_OPEN_MAX / LIVE_REVIEWS_PER_LOCK;
 
 /// Makes the copy's review queue the one a snapshot must carry: the reviews of the copy whose hold
 /// the live ledger shows open, and every review of the live queue. The copy alone is not enough:
@@ -217,14 +241,16 @@ const LIVE_REVIEWS_PER_LOCK: usize = 256;
 fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<Mutex<Memory>>) {
     let ids: Vec<String> = memory.reviews.by_id.keys().cloned().collect();
     for chunk in ids.chunks(REVIEWS_CHECKED_PER_LOCK) {
-        let not_held: Vec<&String> = store.read(|ledger| {
-            chunk
-                .iter()
-                .filter(|id| {
-                    let status = ledger.transfer(id.as_str()).and_then(|t| t.pending_status);
-                    status != Some(puhui_ledger::PendingStatus::Pending)
-                })
-                .collect()
+        let not_held: Vec<&String> = at_normal_priority(|| {
+            store.read(|ledger| {
+                chunk
+                    .iter()
+                    .filter(|id| {
+                        let status = ledger.transfer(id.as_str()).and_then(|t| t.pending_status);
+                        status != Some(puhui_ledger::PendingStatus::Pending)
+                    })
+                    .collect()
+            })
         });
         for id in not_held {
             memory.reviews.remove(id);
@@ -232,9 +258,10 @@ fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<
     }
     let Some(live) = live.upgrade() else { return };
     let mut after: Option<String> = None;
-    // The live queue holds at most REVIEWS_OPEN_MAX: a bound on the pages.
-    for _page in 0..=super::REVIEWS_OPEN_MAX / LIVE_REVIEWS_PER_LOCK {
-        let page: Vec<(String, super::ReviewObject)> = {
+    // The live queue holds at most REVIEWS_OPEN_MAX once start-up has dropped what the replay
+    // queued beyond it: a generous bound on the pages.
+    for _page in 0..=LIVE_REVIEW_PAGES_MAX {
+        let page: Vec<(String, super::ReviewObject)> = at_normal_priority(|| {
             let serving = live.lock().unwrap_or_else(|p| p.into_inner());
             let from = match &after {
                 Some(a) => std::ops::Bound::Excluded(a.as_str()),
@@ -242,7 +269,7 @@ fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<
             };
             let range = serving.reviews.by_id.range::<str, _>((from, std::ops::Bound::Unbounded));
             range.take(LIVE_REVIEWS_PER_LOCK).map(|(id, review)| (id.clone(), review.clone())).collect()
-        };
+        });
         let last_page = page.len() < LIVE_REVIEWS_PER_LOCK;
         after = page.last().map(|(id, _)| id.clone());
         for (id, review) in page {
