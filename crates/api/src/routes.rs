@@ -1070,17 +1070,18 @@ pub async fn create_transfer(
         locks
     };
     let id = request.id.clone();
-    let posted = match (posted, locked_until_posted) {
-        (Some(results), _) => posted_object(&app, request, results).await,
-        (None, None) => create_one_object(&app, request).await,
-        // The locks go with the posting, not with this request: a client gone while its
-        // transfer is queued must not free the id (for another node, or another request here, to
-        // decline meanwhile).
-        (None, Some(lock)) => {
+    let posted = match posted {
+        Some(results) => posted_object(&app, request, results).await,
+        None if with_context || taken.is_none() => create_one_object(&app, request).await,
+        // Without a decision, the claims on the id (in this process, and on PostgreSQL across
+        // nodes) go with the posting, not with this request: a client gone while its transfer is
+        // queued must not free the id for another request, here or on another node, to be
+        // declined under it meanwhile.
+        None => {
             let app = Arc::clone(&app);
             let posting = tokio::spawn(async move {
                 let posted = create_one_object(&app, request).await;
-                drop((lock, taken));
+                drop((locked_until_posted, taken));
                 posted
             });
             posting.await.map_err(posting_failed)?
@@ -1293,15 +1294,15 @@ pub async fn create_transfer_batch(
     }
     let submitted: Vec<TransferRequest> =
         requests.into_iter().zip(&declined).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
-    let mut committed = match (submitted.is_empty(), locked_until_posted) {
-        (true, _) => Vec::new(),
-        (false, None) => app.create_transfers(submitted).await?,
-        // As for one transfer (see create_transfer): the locks go with the posting.
-        (false, Some(lock)) => {
+    let mut committed = match submitted.is_empty() {
+        true => Vec::new(),
+        false if all_decided || taken.is_none() => app.create_transfers(submitted).await?,
+        // As for one transfer (see create_transfer): the claims go with the posting.
+        false => {
             let app = Arc::clone(&app);
             let posting = tokio::spawn(async move {
                 let committed = app.create_transfers(submitted).await;
-                drop((lock, taken));
+                drop((locked_until_posted, taken));
                 committed
             });
             posting.await.map_err(posting_failed)??

@@ -490,7 +490,10 @@ impl LockerThread {
         }
         self.grant_shared();
         for (waiter, before) in self.waiting.iter_mut().zip(taken_before) {
-            waiter.stalled = waiter.taken < waiter.buckets.len() && waiter.taken == before;
+            // Short of its buckets after trying them all (some refused), or no further one at a
+            // time: stalled; the next round lets go of what it took past the refusal.
+            waiter.stalled =
+                waiter.taken < waiter.buckets.len() && (waiter.taken == before || !one_at_a_time);
         }
         // A bucket taken for waiters that timed out meanwhile, or past a waiter's refused one,
         // would otherwise stay locked.

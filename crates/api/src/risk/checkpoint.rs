@@ -89,9 +89,11 @@ pub(super) struct Setup {
 pub(super) fn start(setup: Setup) -> std::io::Result<Checkpointer> {
     let stop = Arc::new(AtomicBool::new(false));
     let stopping = Arc::clone(&stop);
+    // Started from here, at the caller's (normal) priority: threads inherit their creator's.
+    let locked = LockedWork::start()?;
     let thread = std::thread::Builder::new().name("puhui-risk-checkpoint".into()).spawn(move || {
         lower_priority();
-        if let Err(e) = run(&setup, &stopping) {
+        if let Err(e) = run(&setup, &locked, &stopping) {
             metrics::gauge!("puhui_risk_checkpointer_failed").set(1.0);
             tracing::warn!(
                 error = %e,
@@ -115,25 +117,40 @@ fn lower_priority() {
 #[cfg(not(target_os = "linux"))]
 fn lower_priority() {}
 
-/// Runs `f`, which takes a lock the serving threads take too (the ledger's, the live memory's),
-/// at normal priority: at idle priority the thread could be kept off the CPU while holding it,
-/// by any other runnable thread, and the committer waiting for that lock would wait as long (a
-/// priority inversion). Two system calls per call: used for short pages of work only.
-#[cfg(target_os = "linux")]
-fn at_normal_priority<R>(f: impl FnOnce() -> R) -> R {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: as in `lower_priority`.
-    let raised = unsafe { libc::sched_setscheduler(0, libc::SCHED_OTHER, &param) } == 0;
-    let result = f();
-    if raised {
-        lower_priority();
-    }
-    result
+/// A thread at normal priority that runs the checkpointer's short pieces of work under a lock the
+/// serving threads take too (the ledger's, the live memory's). At idle priority the checkpointer
+/// could be kept off the CPU by any runnable thread while holding such a lock, and the committer
+/// waiting for it would wait as long (a priority inversion); an unprivileged thread cannot raise
+/// itself back to normal priority around the lock (`SCHED_IDLE` to `SCHED_OTHER` needs
+/// `CAP_SYS_NICE` or an `RLIMIT_NICE` that allows it), so the work is handed to this thread,
+/// started before the checkpointer lowered its own. It stops with the checkpointer (its sender
+/// dropped).
+struct LockedWork {
+    jobs: std::sync::mpsc::SyncSender<Box<dyn FnOnce() + Send>>,
 }
 
-#[cfg(not(target_os = "linux"))]
-fn at_normal_priority<R>(f: impl FnOnce() -> R) -> R {
-    f()
+impl LockedWork {
+    fn start() -> std::io::Result<LockedWork> {
+        let (jobs, inbox) = std::sync::mpsc::sync_channel::<Box<dyn FnOnce() + Send>>(1);
+        std::thread::Builder::new().name("puhui-risk-locked".into()).spawn(move || {
+            for job in inbox {
+                job();
+            }
+        })?;
+        Ok(LockedWork { jobs })
+    }
+
+    /// Runs `f` on the normal-priority thread and waits for its result (`None` if that thread
+    /// is gone).
+    fn run<R: Send + 'static>(&self, f: impl FnOnce() -> R + Send + 'static) -> Option<R> {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(f());
+            }))
+            .ok()?;
+        rx.recv().ok()
+    }
 }
 
 /// The checkpointer's own copy of risk control, as a start builds it.
@@ -238,38 +255,47 @@ const LIVE_REVIEW_PAGES_MAX: usize = 10 * super::REVIEWS_OPEN_MAX / LIVE_REVIEWS
 /// review in a crash. A live review whose decision comes after the copy's position is replayed
 /// again at a start (the same review); one resolved after the snapshot leaves at the start
 /// (`super::reviews_at_start`).
-fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<Mutex<Memory>>) {
+fn reviews_for_snapshot(
+    memory: &mut Memory,
+    store: &Arc<EmbeddedStore>,
+    live: &Weak<Mutex<Memory>>,
+    locked: &LockedWork,
+) {
     let ids: Vec<String> = memory.reviews.by_id.keys().cloned().collect();
     for chunk in ids.chunks(REVIEWS_CHECKED_PER_LOCK) {
-        let not_held: Vec<&String> = at_normal_priority(|| {
+        let (store, chunk) = (Arc::clone(store), chunk.to_vec());
+        let not_held = locked.run(move || {
             store.read(|ledger| {
                 chunk
-                    .iter()
+                    .into_iter()
                     .filter(|id| {
                         let status = ledger.transfer(id.as_str()).and_then(|t| t.pending_status);
                         status != Some(puhui_ledger::PendingStatus::Pending)
                     })
-                    .collect()
+                    .collect::<Vec<String>>()
             })
         });
-        for id in not_held {
-            memory.reviews.remove(id);
+        for id in not_held.unwrap_or_default() {
+            memory.reviews.remove(&id);
         }
     }
-    let Some(live) = live.upgrade() else { return };
     let mut after: Option<String> = None;
     // The live queue holds at most REVIEWS_OPEN_MAX once start-up has dropped what the replay
     // queued beyond it: a generous bound on the pages.
     for _page in 0..=LIVE_REVIEW_PAGES_MAX {
-        let page: Vec<(String, super::ReviewObject)> = at_normal_priority(|| {
-            let serving = live.lock().unwrap_or_else(|p| p.into_inner());
-            let from = match &after {
-                Some(a) => std::ops::Bound::Excluded(a.as_str()),
-                None => std::ops::Bound::Unbounded,
-            };
-            let range = serving.reviews.by_id.range::<str, _>((from, std::ops::Bound::Unbounded));
-            range.take(LIVE_REVIEWS_PER_LOCK).map(|(id, review)| (id.clone(), review.clone())).collect()
-        });
+        let (live, from) = (live.clone(), after.clone());
+        let page: Vec<(String, super::ReviewObject)> = locked
+            .run(move || {
+                let Some(live) = live.upgrade() else { return Vec::new() };
+                let serving = live.lock().unwrap_or_else(|p| p.into_inner());
+                let from = match &from {
+                    Some(a) => std::ops::Bound::Excluded(a.as_str()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                let range = serving.reviews.by_id.range::<str, _>((from, std::ops::Bound::Unbounded));
+                range.take(LIVE_REVIEWS_PER_LOCK).map(|(id, review)| (id.clone(), review.clone())).collect()
+            })
+            .unwrap_or_default();
         let last_page = page.len() < LIVE_REVIEWS_PER_LOCK;
         after = page.last().map(|(id, _)| id.clone());
         for (id, review) in page {
@@ -281,7 +307,7 @@ fn reviews_for_snapshot(memory: &mut Memory, store: &EmbeddedStore, live: &Weak<
     }
 }
 
-fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
+fn run(setup: &Setup, locked: &LockedWork, stop: &AtomicBool) -> Result<(), String> {
     let journal = setup.dir.join(puhui_store::JOURNAL_FILE);
     let (mut copy, from) = Copy::new(setup, &journal)?;
     // Each entry's chained hash is checked as it is read: a start does not read again the journal
@@ -329,7 +355,7 @@ fn run(setup: &Setup, stop: &AtomicBool) -> Result<(), String> {
         if due && newer && position.entries == tail.next_seq() && !stop.load(Ordering::Acquire) {
             let started = Instant::now();
             if let Some(store) = setup.store.upgrade() {
-                reviews_for_snapshot(&mut copy.memory, &store, &setup.live);
+                reviews_for_snapshot(&mut copy.memory, &store, &setup.live, locked);
             }
             let carried = super::state_records(&copy.controller, Some(&copy.idempotency));
             let content =
@@ -380,7 +406,7 @@ mod tests {
     #[test]
     fn a_snapshot_carries_the_copys_reviews_still_held_and_the_live_queue() {
         let dir = tempfile::tempdir().unwrap();
-        let store = EmbeddedStore::open(dir.path()).unwrap();
+        let store = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let id = |s: &str| Id::new(s).unwrap();
         let cny = Currency::iso("CNY").unwrap();
         let accounts = vec![NewAccount::new(id("t:a"), cny), NewAccount::new(id("t:b"), cny)];
@@ -411,7 +437,8 @@ mod tests {
             serving.reviews.insert(id.clone(), crate::risk::test_review(&id[2..]));
         }
         let live = Arc::new(Mutex::new(serving));
-        reviews_for_snapshot(&mut memory, &store, &Arc::downgrade(&live));
+        let locked = LockedWork::start().unwrap();
+        reviews_for_snapshot(&mut memory, &store, &Arc::downgrade(&live), &locked);
         let left: Vec<&String> = memory.reviews.by_id.keys().collect();
         live_ids.sort();
         assert_eq!(left, live_ids.iter().collect::<Vec<_>>());
