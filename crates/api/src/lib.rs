@@ -192,20 +192,17 @@ impl AppState {
         .await
     }
 
-    /// A page of the open holds whose timeout is `timeout_ms` (see
-    /// [`puhui_store::LedgerStore::open_holds_with_timeout`]): their ids and the next page's cursor.
-    pub async fn open_holds_with_timeout(
+    /// A page of the open holds that have a timeout, with their timeouts (see
+    /// [`puhui_store::LedgerStore::open_holds`]), and the next page's cursor.
+    pub async fn open_holds(
         &self,
-        timeout_ms: u64,
         after: Option<Id>,
         scan_max: usize,
-    ) -> Result<(Vec<Id>, Option<Id>), ApiError> {
+    ) -> Result<(Vec<(Id, u64)>, Option<Id>), ApiError> {
         let after2 = after.clone();
         self.query(
-            move |l| l.open_holds_with_timeout(timeout_ms, after.as_deref(), scan_max),
-            move |s| {
-                puhui_store::LedgerStore::open_holds_with_timeout(s, timeout_ms, after2.as_deref(), scan_max)
-            },
+            move |l| l.open_holds(after.as_deref(), scan_max),
+            move |s| puhui_store::LedgerStore::open_holds(s, after2.as_deref(), scan_max),
         )
         .await
     }

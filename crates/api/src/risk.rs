@@ -2523,19 +2523,20 @@ pub struct ReviewsAtStart {
 }
 
 /// Start-up's reconciliation of the review queue with the ledger, whose open review holds are
-/// what the queue must hold. Every open hold with [`REVIEW_HOLD_TIMEOUT_MS`] missing from the
-/// queue gets its review back from its decision: a remembered one first; then,
+/// what the queue must hold. Every open hold with a timeout missing from the queue whose remembered
+/// decision is a review gets it back at once; then,
 /// [`REVIEWS_CHECKED_PER_READ`] ids per read of the ledger, the reviews whose hold is no longer
 /// open, or was never recorded, leave the queue (a replay queues every review decision the journal
 /// holds, so without it a restart would bring back every review ever resolved, and a tenant with
-/// [`REVIEWS_PER_TENANT_MAX`] of them in its history would find its queue full); last, the
-/// decisions no longer remembered are read back from the journal (which can wait for the events
-/// index). Snapshots carry the live queue as it was when written
+/// [`REVIEWS_PER_TENANT_MAX`] of them in its history would find its queue full); last, for holds
+/// with [`REVIEW_HOLD_TIMEOUT_MS`], decisions no longer remembered are read back from the journal
+/// (which can wait for the events index). Snapshots carry the live queue as it was when written
 /// (`risk/checkpoint.rs`), but a review queued since without a record of its own (a retry, held
 /// once there was room, of a transfer whose review had been refused for a full queue) is in
-/// neither the snapshot nor the records after it: it comes from here. Only holds with that
-/// timeout are found so: a pending transfer keeps its own timeout when held for review, so its
-/// review in that case is not restored (its hold still expires). A restored review whose hold
+/// neither the snapshot nor the records after it: it comes from here. A pending transfer keeps its
+/// own timeout when held for review: its review is restored only while its decision is
+/// remembered (one of the latest [`DECISIONS_KEPT_MAX`]), and not if it has no timeout (its hold
+/// can still be voided). A restored review whose hold
 /// was resolved meanwhile leaves again; a decision that cannot be read back is logged and left.
 pub async fn reviews_at_start(
     app: &Arc<AppState>,
@@ -2550,17 +2551,19 @@ pub async fn reviews_at_start(
     let mut long_ago = Vec::new();
     let mut after: Option<puhui_ledger::Id> = None;
     for _page in 0..OPEN_HOLD_PAGES_MAX {
-        let (held, next) = app
-            .open_holds_with_timeout(REVIEW_HOLD_TIMEOUT_MS, after.take(), REVIEWS_CHECKED_PER_READ)
-            .await?;
-        for id in held.iter().filter(|id| !risk.is_under_review(id.as_str())) {
+        let (held, next) = app.open_holds(after.take(), REVIEWS_CHECKED_PER_READ).await?;
+        for (id, timeout_ms) in held.iter().filter(|(id, _)| !risk.is_under_review(id.as_str())) {
+            // A single transfer held for review has the review hold's timeout; a pending one
+            // keeps its own, and is found here only while its decision is remembered.
+            let review_hold = *timeout_ms == REVIEW_HOLD_TIMEOUT_MS;
             match risk.decision(id.as_str()) {
                 Some(d) if d.source == "transfer" && d.outcome == "review" => {
                     risk.queue_review(id.as_str(), review_of(&d));
                     restored.push(id.to_string());
                 }
-                None if risk.decided_long_ago(id.as_str()) => long_ago.push(id.to_string()),
-                _ => done.without_review += 1,
+                None if review_hold && risk.decided_long_ago(id.as_str()) => long_ago.push(id.to_string()),
+                _ if review_hold => done.without_review += 1,
+                _ => {}
             }
         }
         match next {

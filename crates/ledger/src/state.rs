@@ -959,18 +959,12 @@ impl Ledger {
         self.expiries.first().map(|(at, _)| *at)
     }
 
-    /// A page of the holds still pending whose timeout is `timeout_ms`, in expiry order, looking
-    /// at no more than `scan_max` open holds with a timeout (so a read stays short however many
-    /// holds have other timeouts): their ids, and the cursor to pass as `after` for the next page
-    /// (the last hold looked at), `None` once every open hold was looked at. `after` (a cursor, or
-    /// any transfer id) starts past that transfer's place in expiry order; an id unknown or not
-    /// a hold with a timeout starts from the first.
-    pub fn open_holds_with_timeout(
-        &self,
-        timeout_ms: u64,
-        after: Option<&str>,
-        scan_max: usize,
-    ) -> (Vec<Id>, Option<Id>) {
+    /// A page of the holds still pending that have a timeout (those that expire), in expiry order,
+    /// at most `scan_max` (so a read stays short however many there are): their ids and timeouts,
+    /// and the cursor to pass as `after` for the next page (the last one here), `None` once there
+    /// are no more. `after` (a cursor, or any transfer id) starts past that transfer's place in
+    /// expiry order; an id unknown or not a hold with a timeout starts from the first.
+    pub fn open_holds(&self, after: Option<&str>, scan_max: usize) -> (Vec<(Id, u64)>, Option<Id>) {
         use std::ops::Bound;
         let from = match after.and_then(|id| self.find_transfer(id)) {
             Some(i) if self.transfers[i as usize].expires_at_ns != 0 => {
@@ -978,21 +972,19 @@ impl Ledger {
             }
             _ => Bound::Unbounded,
         };
-        let mut ids = Vec::new();
+        let mut page = Vec::new();
         let mut last = None;
         for &(_, index) in self.expiries.range((from, Bound::Unbounded)).take(scan_max.max(1)) {
             let record = &self.transfers[index as usize];
             debug_assert_eq!(record.pending_status, PendingStatus::Pending);
-            if record.timeout_ms == timeout_ms {
-                ids.push(record.id.clone());
-            }
+            page.push((record.id.clone(), record.timeout_ms));
             last = Some(index);
         }
         let more = last.is_some_and(|i| {
             let key = (self.transfers[i as usize].expires_at_ns, i);
             self.expiries.range((Bound::Excluded(key), Bound::Unbounded)).next().is_some()
         });
-        (ids, last.filter(|_| more).map(|i| self.transfers[i as usize].id.clone()))
+        (page, last.filter(|_| more).map(|i| self.transfers[i as usize].id.clone()))
     }
 
     /// Expires every hold whose timeout has passed at `now_ns`, releasing it. Returns how many.

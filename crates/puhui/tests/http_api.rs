@@ -1199,6 +1199,84 @@ async fn an_id_twice_in_a_batch_is_decided_once_and_never_both_posted_and_declin
 }
 
 #[tokio::test]
+async fn a_pending_transfer_held_for_review_after_a_refusal_keeps_its_review_across_a_crash() {
+    // A pending transfer held for review keeps its own timeout. Refused for a full queue, left
+    // out of the snapshot written then, held by a retry once there is room, then `kill -9`: the
+    // next start finds its hold among the open holds and gives it its review back.
+    let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
+    let dir = tempfile::tempdir().unwrap();
+    let ruleset = dir.path().join("review-all.toml");
+    let text = "version = \"review-all\"\n[thresholds]\nreview = 50\ndecline = 1000000\n[[rules]]\n\
+                id = \"all\"\ndescription = \"every payment\"\nexpression = \"amount > 0\"\nscore = 60\n\
+                reasons = [\"look\"]\n";
+    std::fs::write(&ruleset, text).unwrap();
+    let data = dir.path().join("data");
+    let args = [
+        "--ruleset",
+        ruleset.to_str().unwrap(),
+        "--risk-snapshot-every",
+        "1",
+        "--risk-snapshot-interval-min-secs",
+        "0",
+    ];
+    let server = serve(&data, &args);
+    let c = Client::tenant(&server).await;
+    for id in ["bank", "shop"] {
+        assert_eq!(c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await.status, 201);
+    }
+    let reviewed = |id: &str| {
+        let mut t = transfer(id, "bank", "shop", 1);
+        t["risk_context"] = json!({"device_id": "d"});
+        t
+    };
+    for chunk in (0..full).collect::<Vec<_>>().chunks(5_000) {
+        let items: Vec<Value> = chunk.iter().map(|i| reviewed(&format!("h{i}"))).collect();
+        let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": items})).await;
+        assert_eq!(
+            (r.status, r.body["ok"].as_u64()),
+            (200, Some(chunk.len() as u64)),
+            "{:?}",
+            r.body["error"]
+        );
+    }
+    let mut pending = reviewed("p");
+    pending["type"] = json!("pending");
+    pending["timeout_ms"] = json!(3_600_000);
+    let refused = c.post(&server, "/v1/transfers", pending.clone()).await;
+    assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{:?}", refused.body);
+    // Two snapshots written since (the first may have begun before p's decision).
+    let written = counter(&server, "puhui_risk_checkpoints_total").await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while counter(&server, "puhui_risk_checkpoints_total").await < written + 2.0
+        || gauge(&server, "puhui_risk_checkpointer_lag_entries").await > 0.0
+    {
+        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
+        // A decision makes the next snapshot due.
+        let event = json!({"payer": "a", "payee": "b", "amount": 1, "currency": "CNY"});
+        assert_eq!(c.post(&server, "/v1/decisions", event).await.status, 201);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(c.post(&server, "/v1/risk/reviews/h0/decline", json!({})).await.status, 201);
+    let held = c.post(&server, "/v1/transfers", pending).await;
+    assert_eq!(
+        (held.status, held.body["pending_status"].as_str()),
+        (201, Some("pending")),
+        "{:?}",
+        held.body
+    );
+    server.kill9();
+    let server = serve(&data, &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !metrics_text(&server).await.contains("puhui_risk_start_reviews_restored ") {
+        assert!(std::time::Instant::now() < deadline, "the review queue was not checked at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let approved = c.post(&server, "/v1/risk/reviews/p/approve", json!({})).await;
+    assert_eq!(approved.status, 201, "{:?}", approved.body);
+    assert_eq!(c.get(&server, "/v1/transfers/p").await.body["pending_status"], "posted");
+}
+
+#[tokio::test]
 async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it() {
     // A tenant's queue holds at most REVIEWS_PER_TENANT_MAX open reviews. A transfer decided for
     // review beyond it is not held (503), nor is its retry until there is room; another tenant is

@@ -761,12 +761,11 @@ impl LedgerStore for PgStore {
         })
     }
 
-    fn open_holds_with_timeout(
+    fn open_holds(
         &self,
-        timeout_ms: u64,
         after: Option<&str>,
         scan_max: usize,
-    ) -> Result<(Vec<Id>, Option<Id>), StoreError> {
+    ) -> Result<(Vec<(Id, u64)>, Option<Id>), StoreError> {
         // `scan_max + 1` rows are read to see whether there is more; ordered by (expiry, id), the
         // embedded store's order up to ties (any order, as long as pages follow it, will do). The
         // cursor's place is read first, so that the page is a range of the open-holds index
@@ -794,18 +793,15 @@ impl LedgerStore for PgStore {
             .map_err(io("reading open holds"))
         })?;
         let more = rows.len() as i64 == limit;
-        let looked_at = &rows[..rows.len().min(limit as usize - 1)];
-        let mut ids = Vec::new();
-        let mut last = None;
-        for row in looked_at {
+        let mut page = Vec::new();
+        for row in &rows[..rows.len().min(limit as usize - 1)] {
             let id: String = row.get(0);
             let id = Id::new(&id).ok_or_else(|| rows::corrupt("a transfer id", format!("{id:?}")))?;
-            if row.get::<_, Option<i64>>(1).map(rows::amount_from_sql) == Some(timeout_ms) {
-                ids.push(id.clone());
-            }
-            last = Some(id);
+            let timeout_ms = row.get::<_, Option<i64>>(1).map_or(0, rows::amount_from_sql);
+            page.push((id, timeout_ms));
         }
-        Ok((ids, last.filter(|_| more)))
+        let last = page.last().map(|(id, _)| id.clone());
+        Ok((page, last.filter(|_| more)))
     }
 
     fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError> {

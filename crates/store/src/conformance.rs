@@ -321,8 +321,9 @@ fn resolved_holds_keep_their_ids(store: &dyn LedgerStore) {
     assert_eq!(h1.resolved_at_ns, Some(store.transfer("p1").unwrap().unwrap().timestamp_ns));
 }
 
-/// Open holds with one timeout, listed in expiry order a bounded number at a time: resolved holds,
-/// holds with another timeout or none, and single transfers are left out; paging sees each once.
+/// Open holds with a timeout, listed in expiry order with their timeouts, a bounded number at a
+/// time: resolved holds, holds without a timeout and single transfers are left out; paging sees
+/// each once, and a cursor on a hold resolved since pages on from its place.
 fn open_holds_by_timeout(store: &dyn LedgerStore) {
     setup(store, &["alice", "shop"], 1_000);
     let hold = |name: &str, timeout_ms: Option<u64>| {
@@ -340,28 +341,32 @@ fn open_holds_by_timeout(store: &dyn LedgerStore) {
         TransferRequest::single(id("t1"), id("alice"), id("shop"), 10, cny().code()),
     ];
     assert_eq!(results(store.create_transfers(batch)), [ResultCode::Ok; 7]);
-    let names = |ids: Vec<Id>| ids.iter().map(|i| i.to_string()).collect::<Vec<_>>();
-    let all = store.open_holds_with_timeout(60_000, None, 100).unwrap();
-    assert_eq!((names(all.0), all.1), (vec!["h0".to_string(), "h1".into(), "h3".into()], None));
-    // One hold looked at per page: h0, h1, h3, then h2 (expiring last); the cursor ends with them.
+    let named = |page: Vec<(Id, u64)>| page.into_iter().map(|(i, t)| (i.to_string(), t)).collect::<Vec<_>>();
+    let all = store.open_holds(None, 100).unwrap();
+    let expected: Vec<(String, u64)> = [("h0", 60_000), ("h1", 60_000), ("h3", 60_000), ("h2", 120_000)]
+        .map(|(i, t)| (i.to_string(), t))
+        .into();
+    assert_eq!((named(all.0), all.1), (expected.clone(), None));
+    // One hold per page: the same four in order, and the cursor ends with them.
     let mut pages = Vec::new();
     let mut after: Option<Id> = None;
     for _page in 0..10 {
-        let (ids, next) = store.open_holds_with_timeout(60_000, after.as_ref().map(Id::as_str), 1).unwrap();
-        pages.push(names(ids));
+        let (page, next) = store.open_holds(after.as_ref().map(Id::as_str), 1).unwrap();
+        pages.extend(named(page));
         after = next;
         if after.is_none() {
             break;
         }
     }
-    assert_eq!(pages, [vec!["h0".to_string()], vec!["h1".to_string()], vec!["h3".to_string()], vec![]]);
-    let two_minutes = store.open_holds_with_timeout(120_000, None, 100).unwrap();
-    assert_eq!(names(two_minutes.0), ["h2"]);
+    assert_eq!(pages, expected);
     // A resolved hold leaves the list; a cursor on it still pages on from its place (past h0).
     let post = TransferRequest::post(id("p1"), id("h1"), None);
     assert_eq!(results(store.create_transfers(vec![post])), [ResultCode::Ok]);
-    assert_eq!(names(store.open_holds_with_timeout(60_000, None, 100).unwrap().0), ["h0", "h3"]);
-    assert_eq!(names(store.open_holds_with_timeout(60_000, Some("h1"), 100).unwrap().0), ["h3"]);
+    let ids = |page: (Vec<(Id, u64)>, Option<Id>)| {
+        page.0.into_iter().map(|(i, _)| i.to_string()).collect::<Vec<_>>()
+    };
+    assert_eq!(ids(store.open_holds(None, 100).unwrap()), ["h0", "h3", "h2"]);
+    assert_eq!(ids(store.open_holds(Some("h1"), 100).unwrap()), ["h3", "h2"]);
 }
 
 fn batch_limit(store: &dyn LedgerStore) {

@@ -241,16 +241,15 @@ pub trait LedgerStore: Send + Sync {
     fn account_transfers(&self, id: &str, page: Page<'_>) -> Result<(Vec<Transfer>, bool), StoreError>;
     /// An account's balances as of a timestamp.
     fn balance_at(&self, id: &str, at_ns: u64) -> Result<Balances, StoreError>;
-    /// A page of the holds still pending whose timeout is `timeout_ms`, in expiry order, looking at
-    /// no more than `scan_max` open holds with a timeout: their ids, and the cursor to pass as
-    /// `after` for the next page (`None` once every open hold was looked at). The risk service
-    /// rebuilds its review queue from the holds it made (`puhui_api::risk`).
-    fn open_holds_with_timeout(
+    /// A page of the holds still pending that have a timeout, in expiry order, at most `scan_max`:
+    /// their ids and timeouts, and the cursor to pass as `after` for the next page (`None` once
+    /// there are no more). The risk service rebuilds its review queue from the holds it made
+    /// (`puhui_api::risk`).
+    fn open_holds(
         &self,
-        timeout_ms: u64,
         after: Option<&str>,
         scan_max: usize,
-    ) -> Result<(Vec<Id>, Option<Id>), StoreError>;
+    ) -> Result<(Vec<(Id, u64)>, Option<Id>), StoreError>;
     /// A fresh, time-ordered id.
     fn new_id(&self) -> Id;
 }
@@ -720,13 +719,12 @@ impl LedgerStore for EmbeddedStore {
         Ok(self.read(|l| l.balance_at(id, at_ns))?)
     }
 
-    fn open_holds_with_timeout(
+    fn open_holds(
         &self,
-        timeout_ms: u64,
         after: Option<&str>,
         scan_max: usize,
-    ) -> Result<(Vec<Id>, Option<Id>), StoreError> {
-        Ok(self.read(|l| l.open_holds_with_timeout(timeout_ms, after, scan_max)))
+    ) -> Result<(Vec<(Id, u64)>, Option<Id>), StoreError> {
+        Ok(self.read(|l| l.open_holds(after, scan_max)))
     }
 
     fn new_id(&self) -> Id {
