@@ -915,6 +915,11 @@ fn posting_failed(e: tokio::task::JoinError) -> ApiError {
             "the posting failed",
         );
     }
+    ledger_stopped()
+}
+
+/// 503 for a write whose answer never came: the ledger stopped.
+fn ledger_stopped() -> ApiError {
     ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
 }
 
@@ -978,9 +983,7 @@ async fn act_on_decision(
     if app.store.is_postgres() {
         // On PostgreSQL records and ledger writes are committed by different committers: the
         // decision is made durable before its transfer is queued, as one FIFO queue does embedded.
-        let seq = (&mut durable).await.map_err(|_| {
-            ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
-        })??;
+        let seq = (&mut durable).await.map_err(|_| ledger_stopped())??;
         let (tx, rx) = tokio::sync::oneshot::channel();
         let _ = tx.send(Ok(seq));
         durable = rx;
@@ -990,9 +993,7 @@ async fn act_on_decision(
         puhui_risk::Outcome::Decline => {
             // The decline is recorded before it is told (approved and held transfers are queued
             // after their decision, so their own durability covers it).
-            durable.await.map_err(|_| {
-                ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
-            })??;
+            durable.await.map_err(|_| ledger_stopped())??;
             metrics::counter!("puhui_transfers_total", "result" => "risk_declined").increment(1);
             return Err(risk_declined(decision.reasons()));
         }
@@ -1001,9 +1002,7 @@ async fn act_on_decision(
             if !decision.review_queued() {
                 // Not held: as for a decline, the decision is recorded before it is told (so its
                 // retry, and `GET /v1/decisions/{id}`, find it with its journal position).
-                durable.await.map_err(|_| {
-                    ApiError::from(puhui_store::StoreError::Unavailable("the ledger stopped".into()))
-                })??;
+                durable.await.map_err(|_| ledger_stopped())??;
                 return Err(review_queue_full());
             }
             into_review_hold(request);

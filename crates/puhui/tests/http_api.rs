@@ -1198,18 +1198,67 @@ async fn an_id_twice_in_a_batch_is_decided_once_and_never_both_posted_and_declin
     assert_eq!((retry.status, retry.code()), (422, "risk_declined"), "{:?}", retry.body);
 }
 
+/// Writes a ruleset into `dir` that sends every payment to review, and returns its path.
+fn review_all_ruleset(dir: &Path) -> std::path::PathBuf {
+    let ruleset = dir.join("review-all.toml");
+    let text = "version = \"review-all\"\n[thresholds]\nreview = 50\ndecline = 1000000\n[[rules]]\n\
+                id = \"all\"\ndescription = \"every payment\"\nexpression = \"amount > 0\"\nscore = 60\n\
+                reasons = [\"look\"]\n";
+    std::fs::write(&ruleset, text).unwrap();
+    ruleset
+}
+
+/// A transfer of 1 from `bank` to `shop` with a risk context (held for review by the ruleset of
+/// [`review_all_ruleset`]).
+fn reviewed(id: &str) -> Value {
+    let mut t = transfer(id, "bank", "shop", 1);
+    t["risk_context"] = json!({"device_id": "d"});
+    t
+}
+
+/// Fills `c`'s review queue (`REVIEWS_PER_TENANT_MAX` holds `h0`, `h1`, …) in batches of 5,000.
+async fn fill_review_queue(c: &Client, server: &Server) {
+    let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
+    for chunk in (0..full).collect::<Vec<_>>().chunks(5_000) {
+        let items: Vec<Value> = chunk.iter().map(|i| reviewed(&format!("h{i}"))).collect();
+        let r = c.post(server, "/v1/transfers/batch", json!({"transfers": items})).await;
+        assert_eq!(
+            (r.status, r.body["ok"].as_u64()),
+            (200, Some(chunk.len() as u64)),
+            "{:?}",
+            r.body["error"]
+        );
+    }
+}
+
+/// Waits until start-up has checked the review queue against the open holds (its gauges show).
+async fn reviews_checked_at_start(server: &Server) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !metrics_text(server).await.contains("puhui_risk_start_reviews_restored ") {
+        assert!(std::time::Instant::now() < deadline, "the review queue was not checked at start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until the checkpointer has written a risk snapshot while serving and read the journal
+/// to its end.
+async fn snapshot_written_and_caught_up(server: &Server) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while counter(server, "puhui_risk_checkpoints_total").await < 1.0
+        || gauge(server, "puhui_risk_checkpointer_lag_entries").await > 0.0
+    {
+        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 #[tokio::test]
 async fn a_pending_transfer_held_for_review_after_a_refusal_keeps_its_review_across_a_crash() {
     // A pending transfer held for review keeps its own timeout. Refused for a full queue, left
     // out of the snapshot written then, held by a retry once there is room, then `kill -9`: the
     // next start finds its hold among the open holds and gives it its review back.
-    let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
     let dir = tempfile::tempdir().unwrap();
-    let ruleset = dir.path().join("review-all.toml");
-    let text = "version = \"review-all\"\n[thresholds]\nreview = 50\ndecline = 1000000\n[[rules]]\n\
-                id = \"all\"\ndescription = \"every payment\"\nexpression = \"amount > 0\"\nscore = 60\n\
-                reasons = [\"look\"]\n";
-    std::fs::write(&ruleset, text).unwrap();
+    let ruleset = review_all_ruleset(dir.path());
     let data = dir.path().join("data");
     let args = [
         "--ruleset",
@@ -1224,21 +1273,7 @@ async fn a_pending_transfer_held_for_review_after_a_refusal_keeps_its_review_acr
     for id in ["bank", "shop"] {
         assert_eq!(c.post(&server, "/v1/accounts", json!({"id": id, "currency": "CNY"})).await.status, 201);
     }
-    let reviewed = |id: &str| {
-        let mut t = transfer(id, "bank", "shop", 1);
-        t["risk_context"] = json!({"device_id": "d"});
-        t
-    };
-    for chunk in (0..full).collect::<Vec<_>>().chunks(5_000) {
-        let items: Vec<Value> = chunk.iter().map(|i| reviewed(&format!("h{i}"))).collect();
-        let r = c.post(&server, "/v1/transfers/batch", json!({"transfers": items})).await;
-        assert_eq!(
-            (r.status, r.body["ok"].as_u64()),
-            (200, Some(chunk.len() as u64)),
-            "{:?}",
-            r.body["error"]
-        );
-    }
+    fill_review_queue(&c, &server).await;
     let mut pending = reviewed("p");
     pending["type"] = json!("pending");
     pending["timeout_ms"] = json!(3_600_000);
@@ -1266,11 +1301,7 @@ async fn a_pending_transfer_held_for_review_after_a_refusal_keeps_its_review_acr
     );
     server.kill9();
     let server = serve(&data, &args);
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !metrics_text(&server).await.contains("puhui_risk_start_reviews_restored ") {
-        assert!(std::time::Instant::now() < deadline, "the review queue was not checked at start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reviews_checked_at_start(&server).await;
     let approved = c.post(&server, "/v1/risk/reviews/p/approve", json!({})).await;
     assert_eq!(approved.status, 201, "{:?}", approved.body);
     assert_eq!(c.get(&server, "/v1/transfers/p").await.body["pending_status"], "posted");
@@ -1286,11 +1317,7 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     // back at the next start, from its decision.
     let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
     let dir = tempfile::tempdir().unwrap();
-    let ruleset = dir.path().join("review-all.toml");
-    let text = "version = \"review-all\"\n[thresholds]\nreview = 50\ndecline = 1000000\n[[rules]]\n\
-                id = \"all\"\ndescription = \"every payment\"\nexpression = \"amount > 0\"\nscore = 60\n\
-                reasons = [\"look\"]\n";
-    std::fs::write(&ruleset, text).unwrap();
+    let ruleset = review_all_ruleset(dir.path());
     let data = dir.path().join("data");
     // No risk snapshot while the queue fills (10,000 decisions); the first during the 100,000 below.
     let args = [
@@ -1309,22 +1336,7 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
             assert_eq!(r.status, 201, "{:?}", r.body);
         }
     }
-    let reviewed = |id: &str| {
-        let mut t = transfer(id, "bank", "shop", 1);
-        t["risk_context"] = json!({"device_id": "d"});
-        t
-    };
-    // Fill tenant a's queue, in batches.
-    for chunk in (0..full).collect::<Vec<_>>().chunks(5_000) {
-        let items: Vec<Value> = chunk.iter().map(|i| reviewed(&format!("h{i}"))).collect();
-        let r = a.post(&server, "/v1/transfers/batch", json!({"transfers": items})).await;
-        assert_eq!(
-            (r.status, r.body["ok"].as_u64()),
-            (200, Some(chunk.len() as u64)),
-            "{:?}",
-            r.body["error"]
-        );
-    }
+    fill_review_queue(&a, &server).await;
     let refused = a.post(&server, "/v1/transfers", reviewed("x")).await;
     assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{:?}", refused.body);
     let again = a.post(&server, "/v1/transfers", reviewed("x")).await;
@@ -1359,13 +1371,7 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     for t in tasks {
         t.await.unwrap();
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(180);
-    while counter(&server, "puhui_risk_checkpoints_total").await < 1.0
-        || gauge(&server, "puhui_risk_checkpointer_lag_entries").await > 0.0
-    {
-        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    snapshot_written_and_caught_up(&server).await;
     let mut larger = reviewed("x");
     larger["amount"] = json!(1_000_000);
     let other = a.post(&server, "/v1/transfers", larger.clone()).await;
@@ -1407,11 +1413,7 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     let server = serve(&data, &args);
     // The replay queued every review decision again; start-up (in the background) drops the six
     // resolved ones and z (not held), and gives x its review back: 9,995 for a, and b's y.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !metrics_text(&server).await.contains("puhui_risk_start_reviews_restored ") {
-        assert!(std::time::Instant::now() < deadline, "the review queue was not checked at start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    reviews_checked_at_start(&server).await;
     assert_eq!(gauge(&server, "puhui_risk_start_reviews_restored").await, 1.0, "x");
     assert_eq!(gauge(&server, "puhui_risk_start_reviews_dropped").await, 7.0, "h0 to h5, and z");
     assert_eq!(
@@ -2435,13 +2437,7 @@ async fn a_start_reads_the_journal_from_the_risk_snapshot_on_with_rulesets_lists
     }
     assert_eq!(c.post(&server, "/v1/decisions/t0/label", json!({"label": "fraud"})).await.status, 200);
     let file = dir.path().join(puhui_api::risk::RISK_SNAPSHOT_FILE);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
-    while counter(&server, "puhui_risk_checkpoints_total").await < 1.0
-        || gauge(&server, "puhui_risk_checkpointer_lag_entries").await > 0.0
-    {
-        assert!(std::time::Instant::now() < deadline, "no risk snapshot while serving");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    snapshot_written_and_caught_up(&server).await;
     assert!(file.exists());
     assert_eq!(c.post(&server, "/v1/transfers", pay(7)).await.status, 201);
     let after = c.post(&server, "/v1/lists/deny_devices/add", json!({"values": ["after"]})).await;
