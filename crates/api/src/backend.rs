@@ -85,6 +85,24 @@ impl Backend {
         }
     }
 
+    /// [`Backend::submit_transfers`] for transfers whose ids are locked across nodes without a
+    /// decision of their own, under that lock's `fence` (PostgreSQL: refused if the lock was lost;
+    /// the embedded store has no fences).
+    pub fn submit_transfers_fenced(
+        &self,
+        batch: Vec<TransferRequest>,
+        fence: Option<puhui_store_pg::Fence>,
+        reply: Reply<Vec<EventResult>>,
+    ) -> Result<(), StoreError> {
+        match self {
+            Backend::Embedded(s) => s.submit_transfers(batch, reply),
+            Backend::Postgres(s) => {
+                s.submit_transfers_fenced(batch, fence, reply);
+                Ok(())
+            }
+        }
+    }
+
     /// Queues a status change; `reply` gets the result once durable.
     pub fn submit_status(
         &self,

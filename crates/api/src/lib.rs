@@ -98,7 +98,17 @@ impl AppState {
 
     /// Creates transfers once they are durable.
     pub async fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, ApiError> {
-        self.wait(|reply| self.store.submit_transfers(batch, reply)).await
+        self.create_transfers_fenced(batch, None).await
+    }
+
+    /// [`AppState::create_transfers`] under a cross-node lock's fence
+    /// ([`Backend::submit_transfers_fenced`]).
+    pub async fn create_transfers_fenced(
+        &self,
+        batch: Vec<TransferRequest>,
+        fence: Option<puhui_store_pg::Fence>,
+    ) -> Result<Vec<EventResult>, ApiError> {
+        self.wait(|reply| self.store.submit_transfers_fenced(batch, fence, reply)).await
     }
 
     /// Changes an account's status once it is durable.

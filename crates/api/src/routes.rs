@@ -379,17 +379,20 @@ pub async fn close_account(
 
 /// Applies one transfer and answers with it (201 new, 200 existed, or the ledger's error).
 pub(crate) async fn create_one(app: &Arc<AppState>, request: TransferRequest) -> Result<Response, ApiError> {
-    let (status, object) = create_one_object(app, request).await?;
+    let (status, object) = create_one_object(app, request, None).await?;
     Ok((status, Json(object)).into_response())
 }
 
+/// Applies one transfer, under a cross-node lock's `fence` if its id is locked without a decision
+/// ([`AppState::create_transfers_fenced`]), and answers with it.
 async fn create_one_object(
     app: &Arc<AppState>,
     request: TransferRequest,
+    fence: Option<puhui_store_pg::Fence>,
 ) -> Result<(StatusCode, TransferObject), ApiError> {
     // A new single-phase transfer is fully described by its request and timestamp: answer from
     // those instead of reading the ledger back (which would wait for the next group commit).
-    let results = app.create_transfers(vec![request.clone()]).await?;
+    let results = app.create_transfers_fenced(vec![request.clone()], fence).await?;
     posted_object(app, request, results).await
 }
 
@@ -1071,15 +1074,18 @@ pub async fn create_transfer(
     let id = request.id.clone();
     let posted = match posted {
         Some(results) => posted_object(&app, request, results).await,
-        None if with_context || taken.is_none() => create_one_object(&app, request).await,
+        None if with_context || taken.is_none() => create_one_object(&app, request, None).await,
         // Without a decision, the claims on the id (in this process, and on PostgreSQL across
         // nodes) go with the posting, not with this request: a client gone while its transfer is
         // queued must not free the id for another request, here or on another node, to be
         // declined under it meanwhile.
         None => {
             let app = Arc::clone(&app);
+            // Posted under the lock's fence: if the lock's PostgreSQL session is lost meanwhile,
+            // another node may take the id and decide it, so the posting is refused (503).
+            let fence = locked_until_posted.as_ref().map(puhui_store_pg::DecisionLock::fence);
             let posting = tokio::spawn(async move {
-                let posted = create_one_object(&app, request).await;
+                let posted = create_one_object(&app, request, fence).await;
                 drop((locked_until_posted, taken));
                 posted
             });
@@ -1297,10 +1303,12 @@ pub async fn create_transfer_batch(
         true => Vec::new(),
         false if all_decided || taken.is_none() => app.create_transfers(submitted).await?,
         // As for one transfer (see create_transfer): the claims go with the posting.
+        // Under the locks' fence, as for one transfer: refused whole (503) if the locks were lost.
         false => {
             let app = Arc::clone(&app);
+            let fence = locked_until_posted.as_ref().map(puhui_store_pg::DecisionLock::fence);
             let posting = tokio::spawn(async move {
-                let committed = app.create_transfers(submitted).await;
+                let committed = app.create_transfers_fenced(submitted, fence).await;
                 drop((locked_until_posted, taken));
                 committed
             });

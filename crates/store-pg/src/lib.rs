@@ -390,10 +390,24 @@ impl PgStore {
     /// Queues a batch of transfers; `reply` gets the results once committed (for async callers,
     /// like `EmbeddedStore::submit_transfers`).
     pub fn submit_transfers(&self, batch: Vec<TransferRequest>, reply: Reply<Vec<EventResult>>) {
+        self.submit_transfers_fenced(batch, None, reply)
+    }
+
+    /// [`PgStore::submit_transfers`] for transfers whose ids are locked across nodes without a
+    /// decision to record: with `Some(fence)` ([`DecisionLock::fence`]) they are posted only while
+    /// the lock session still holds the fence's buckets, and refused with
+    /// [`StoreError::Unavailable`] (nothing written) otherwise, so that a node that took the ids
+    /// from a lost session cannot decline one that is posted here meanwhile.
+    pub fn submit_transfers_fenced(
+        &self,
+        batch: Vec<TransferRequest>,
+        fence: Option<Fence>,
+        reply: Reply<Vec<EventResult>>,
+    ) {
         if let Err(e) = check_batch(batch.len()) {
             return reply(Err(e));
         }
-        self.submit(Work::Transfers(batch), events_reply(reply));
+        self.submit(Work::Transfers(batch, fence), events_reply(reply));
     }
 
     /// Queues a batch of accounts; `reply` gets the results once committed.
@@ -592,9 +606,16 @@ impl Drop for PgStore {
 
 fn events_reply(reply: Reply<Vec<EventResult>>) -> Box<dyn FnOnce(Result<Done, StoreError>) + Send> {
     Box::new(move |r| {
-        reply(r.and_then(|d| match d {
-            Done::Events(e) => Ok(e),
-            other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+        reply(r.and_then(|d| {
+            match d {
+                Done::Events(e) => Ok(e),
+                Done::Fenced => Err(StoreError::Unavailable(
+                    "the transfer's lock across nodes was lost with its PostgreSQL session before it was \
+                 posted; nothing was written, retry"
+                        .into(),
+                )),
+                other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
+            }
         }))
     })
 }
@@ -716,7 +737,7 @@ impl LedgerStore for PgStore {
 
     fn create_transfers(&self, batch: Vec<TransferRequest>) -> Result<Vec<EventResult>, StoreError> {
         check_batch(batch.len())?;
-        match self.call(Work::Transfers(batch))? {
+        match self.call(Work::Transfers(batch, None))? {
             Done::Events(e) => Ok(e),
             other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
         }

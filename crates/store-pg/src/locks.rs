@@ -30,7 +30,8 @@
 //! **Fencing.** A holder whose session died has its decision made, its record maybe on the way to
 //! the journal: another node may now take the bucket and must see that record, or the record must
 //! not be written. A holder's records therefore carry its lock's [`Fence`] (the session's epoch and
-//! buckets), and the records' transaction, before writing, takes a shared transaction lock on each
+//! buckets), as do the transfers it posts without a decision of their own (no risk context: the
+//! other node must see the posting instead), and the records' (or transfers') transaction, before writing, takes a shared transaction lock on each
 //! bucket in the fence class, then has the locker make a round trip on that session (a session
 //! alive holds every bucket a fence still holds: the locker unlocks only buckets nobody holds, and
 //! a fence keeps its buckets held until its records are committed or refused, also if the request

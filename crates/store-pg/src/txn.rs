@@ -33,8 +33,9 @@ use crate::rows::{self, AccountColumns, TransferColumns, ACCOUNT_COLUMNS, TRANSF
 pub enum Work {
     /// `create_accounts`.
     Accounts(Vec<NewAccount>),
-    /// `create_transfers`.
-    Transfers(Vec<TransferRequest>),
+    /// `create_transfers`. With a fence, posted only while its decision locks are held (a transfer
+    /// whose id is locked across nodes without a decision of its own: see `crate::locks`).
+    Transfers(Vec<TransferRequest>, Option<crate::locks::Fence>),
     /// `set_account_status`.
     Status(Id, StatusAction),
     /// One round of `expire_due`: at most [`BATCH_EVENTS_MAX`] holds.
@@ -49,7 +50,7 @@ impl Work {
     pub fn events(&self) -> usize {
         match self {
             Work::Accounts(b) => b.len(),
-            Work::Transfers(b) => b.len(),
+            Work::Transfers(b, _) => b.len(),
             Work::Status(..) => 1,
             Work::Expire => BATCH_EVENTS_MAX,
             Work::Records(r, _) => r.len(),
@@ -68,7 +69,8 @@ pub enum Done {
     Count(usize),
     /// The journal sequence of the first of a work's records.
     Seq(u64),
-    /// A work's records were not written: their fence's session no longer holds its locks.
+    /// A work's records or transfers were not written: their fence's session no longer holds its
+    /// locks.
     Fenced,
 }
 
@@ -115,7 +117,7 @@ fn classify(what: &'static str, e: postgres::Error, stats: &TxStats) -> TxError 
 /// Due holds loaded per group at most (one expiry round).
 const DUE_HOLDS_MAX: i64 = BATCH_EVENTS_MAX as i64;
 
-/// The indexes of the fenced record works in `works` whose lock session no longer holds their
+/// The indexes of the fenced works (records, transfers) in `works` whose lock session no longer holds their
 /// buckets. Takes a shared transaction lock on every fenced bucket in its fence class first, so
 /// that a node taking one of these buckets from a dead session waits for this transaction to end
 /// before it grants the bucket, then has each session answer a round trip (see [`crate::locks`]).
@@ -127,7 +129,7 @@ fn fenced_out(
         .iter()
         .enumerate()
         .filter_map(|(at, w)| match w {
-            Work::Records(_, Some(f)) => Some((at, f)),
+            Work::Records(_, Some(f)) | Work::Transfers(_, Some(f)) => Some((at, f)),
             _ => None,
         })
         .collect();
@@ -187,7 +189,7 @@ pub fn execute(
     for work in works {
         match work {
             Work::Accounts(batch) => account_ids.extend(batch.iter().map(|a| a.id.to_string())),
-            Work::Transfers(batch) => {
+            Work::Transfers(batch, _) => {
                 resolves_holds = true;
                 for r in batch {
                     transfer_ids.insert(r.id.to_string());
@@ -350,9 +352,9 @@ pub fn execute(
         u64::try_from(next_seq).map_err(|_| TxError::Fatal(rows::corrupt("head", "negative seq")))?;
     for (at, work) in works.iter().enumerate() {
         done.push(match work {
-            Work::Records(..) if fenced.contains(&at) => Done::Fenced,
+            Work::Records(..) | Work::Transfers(..) if fenced.contains(&at) => Done::Fenced,
             Work::Accounts(batch) => Done::Events(ledger.create_accounts(batch.clone(), now_ns)),
-            Work::Transfers(batch) => Done::Events(ledger.create_transfers(batch.clone(), now_ns)),
+            Work::Transfers(batch, _) => Done::Events(ledger.create_transfers(batch.clone(), now_ns)),
             Work::Status(id, action) => Done::Event(ledger.set_account_status(id, *action, now_ns)),
             Work::Expire => {
                 expired += ledger.expire_due_at_most(now_ns, BATCH_EVENTS_MAX);

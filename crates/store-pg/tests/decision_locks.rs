@@ -221,3 +221,68 @@ fn a_fence_keeps_its_buckets_held_after_the_request_lets_go() {
     drop(fence);
     drop(got(&b_waits));
 }
+
+/// Posts transfer `id` (1 CNY from `a` to `b`) under `fence` and waits for the answer.
+fn post_fenced(
+    store: &PgStore,
+    id: &str,
+    fence: Option<puhui_store_pg::Fence>,
+) -> Result<Vec<puhui_ledger::EventResult>, StoreError> {
+    use puhui_ledger::{Currency, Id, TransferRequest};
+    let cny = Currency::iso("CNY").unwrap().code();
+    let t =
+        TransferRequest::single(Id::new(id).unwrap(), Id::new("a").unwrap(), Id::new("b").unwrap(), 1, cny);
+    let (tx, rx) = mpsc::channel();
+    store.submit_transfers_fenced(
+        vec![t],
+        fence,
+        Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    );
+    rx.recv_timeout(Duration::from_secs(10)).expect("answered")
+}
+
+#[test]
+fn transfers_under_a_lost_lock_are_refused_and_nothing_is_posted() {
+    use puhui_ledger::{Currency, Id, NewAccount, ResultCode};
+    use puhui_store::LedgerStore;
+    let schema = TestSchema::new("transfer_fences");
+    let a = node(&schema);
+    let b = node(&schema);
+    let cny = Currency::iso("CNY").unwrap();
+    let accounts =
+        vec![NewAccount::new(Id::new("a").unwrap(), cny), NewAccount::new(Id::new("b").unwrap(), cny)];
+    assert!(a.create_accounts(accounts).unwrap().iter().all(|r| r.result == ResultCode::Ok));
+
+    // A transfer whose id A locked without a decision (no risk context) is posted under the lock.
+    let held_by_a = got(&ask(&a, &[6]));
+    let fence = held_by_a.fence();
+    let posted = post_fenced(&a, "t1", Some(fence.clone())).expect("posted while the lock is held");
+    assert_eq!(posted[0].result, ResultCode::Ok);
+
+    // A's lock session ends: B may now take the bucket and decide under the id (and decline it),
+    // so A's posting under the lost lock is refused, nothing written.
+    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
+    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+            &[&fence.pid(), &name],
+        )
+        .unwrap();
+    match post_fenced(&a, "t2", Some(fence.clone())) {
+        Err(StoreError::Unavailable(message)) => assert!(message.contains("lost"), "{message}"),
+        other => panic!("a transfer under a lost lock was not refused: {other:?}"),
+    }
+    assert!(b.transfer("t2").unwrap().is_none(), "the refused transfer was not posted");
+    assert_eq!(b.account("a").unwrap().unwrap().balances.debits_posted, 1);
+    drop((held_by_a, fence));
+
+    // B holds the bucket now and posts under its own lock; transfers without a fence are not checked.
+    let held_by_b = got(&ask(&b, &[6]));
+    assert_eq!(post_fenced(&b, "t2", Some(held_by_b.fence())).unwrap()[0].result, ResultCode::Ok);
+    assert_eq!(post_fenced(&a, "t3", None).unwrap()[0].result, ResultCode::Ok);
+    assert_eq!(b.account("a").unwrap().unwrap().balances.debits_posted, 3);
+    drop(held_by_b);
+}
