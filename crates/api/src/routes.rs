@@ -1299,11 +1299,11 @@ pub async fn create_transfer_batch(
     }
     let submitted: Vec<TransferRequest> =
         requests.into_iter().zip(&declined).filter(|(_, d)| d.is_none()).map(|(r, _)| r).collect();
-    let mut committed = match submitted.is_empty() {
-        true => Vec::new(),
-        false if all_decided || taken.is_none() => app.create_transfers(submitted).await?,
-        // As for one transfer (see create_transfer): the claims go with the posting.
-        // Under the locks' fence, as for one transfer: refused whole (503) if the locks were lost.
+    let committed = match submitted.is_empty() {
+        true => Ok(Vec::new()),
+        false if all_decided || taken.is_none() => app.create_transfers(submitted).await,
+        // As for one transfer (see create_transfer): the claims go with the posting, and it is
+        // under the locks' fence: refused whole (503) if the locks were lost.
         false => {
             let app = Arc::clone(&app);
             let fence = locked_until_posted.as_ref().map(puhui_store_pg::DecisionLock::fence);
@@ -1312,7 +1312,19 @@ pub async fn create_transfer_batch(
                 drop((locked_until_posted, taken));
                 committed
             });
-            posting.await.map_err(posting_failed)??
+            posting.await.map_err(posting_failed).and_then(|r| r)
+        }
+    };
+    let mut committed = match committed {
+        Ok(committed) => committed,
+        Err(e) => {
+            // Nothing held: the reviews the batch's items queued as they were decided leave the
+            // queue (unless an earlier attempt's hold under the id is open), as for one transfer.
+            if let (Some(risk), false) = (app.risk.as_ref(), reviews.is_empty()) {
+                let held = reviews.iter().map(|(i, _)| ids[*i].to_string()).collect();
+                let _ = crate::risk::drop_reviews_without_hold(&app, risk, held).await;
+            }
+            return Err(e);
         }
     };
     record_results(&committed);

@@ -30,8 +30,8 @@
 //! **Fencing.** A holder whose session died has its decision made, its record maybe on the way to
 //! the journal: another node may now take the bucket and must see that record, or the record must
 //! not be written. A holder's records therefore carry its lock's [`Fence`] (the session's epoch and
-//! buckets), as do the transfers it posts without a decision of their own (no risk context: the
-//! other node must see the posting instead), and the records' (or transfers') transaction, before writing, takes a shared transaction lock on each
+//! buckets), as do the transfers it posts without a decision of their own (no risk context:
+//! the other node must see the posting instead), and their transaction, before writing, takes a shared transaction lock on each
 //! bucket in the fence class, then has the locker make a round trip on that session (a session
 //! alive holds every bucket a fence still holds: the locker unlocks only buckets nobody holds, and
 //! a fence keeps its buckets held until its records are committed or refused, also if the request
@@ -90,10 +90,10 @@ enum Message {
     },
 }
 
-/// What a decision record written under a [`DecisionLock`] is checked against before it is
-/// committed ([`DecisionLock::fence`]; see the module docs). It keeps the buckets held: a request
-/// that goes away (its client gone) while its record waits for the journal does not let them go
-/// before the record is committed or refused.
+/// What a decision record, or a transfer posted without a decision, written under a
+/// [`DecisionLock`] is checked against before it is committed ([`DecisionLock::fence`]; see the
+/// module docs). It keeps the buckets held: a request that goes away (its client gone) while its
+/// record or transfer waits for the journal does not let them go before it is committed or refused.
 #[derive(Clone)]
 pub struct Fence {
     held: Arc<Held>,
@@ -547,7 +547,7 @@ impl LockerThread {
         if !self.held.is_empty() {
             tracing::warn!(
                 buckets = self.held.len(),
-                "decision locks lost with their connection: records of decisions in flight will be refused"
+                "decision locks lost with their connection: records and transfers in flight under them will be refused"
             );
         }
         self.client = None;

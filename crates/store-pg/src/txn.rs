@@ -181,6 +181,12 @@ pub fn execute(
     let seen_seq: i64 =
         tx.query_one("SELECT next_seq FROM puhui_journal_head", &[]).map_err(err("reading the head"))?.get(0);
 
+    // 1b. Fenced works (records, transfers): written only while their lock session holds their
+    // buckets. Checked before any row is locked: the check waits for a round trip of the lock
+    // session, which must not hold the accounts (or the head) meanwhile; the shared fence locks
+    // it takes are held to COMMIT, so a node taking a bucket over waits for this transaction.
+    let fenced = fenced_out(&mut tx, works).map_err(err("checking decision lock fences"))?;
+
     // 2. Ids the group names.
     let mut account_ids: BTreeSet<String> = BTreeSet::new();
     let mut transfer_ids: BTreeSet<String> = BTreeSet::new();
@@ -292,10 +298,6 @@ pub fn execute(
             transfers.insert(t.request.id.to_string(), t);
         }
     }
-
-    // 3b. Fenced records: written only while their lock session holds their buckets (checked
-    // before the head is locked: the check waits for a round trip of the lock session).
-    let fenced = fenced_out(&mut tx, works).map_err(err("checking decision lock fences"))?;
 
     // 4. The head: from here to COMMIT no other writer runs.
     let head = tx
