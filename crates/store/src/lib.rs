@@ -360,6 +360,8 @@ struct Inner {
     riders: Mutex<(Vec<Record>, usize)>,
     /// The journal's durable end: where the last synced frame ends ([`EmbeddedStore::position`]).
     durable: Mutex<puhui_journal::JournalPosition>,
+    /// Its entry count alone, read without a lock ([`EmbeddedStore::durable_entries`]).
+    durable_entries: AtomicU64,
 }
 
 /// The embedded store: an in-memory ledger made durable by the journal in a data directory.
@@ -470,6 +472,7 @@ impl EmbeddedStore {
             verifiable,
             riders: Mutex::new((Vec::new(), 0)),
             durable: Mutex::new(writer.position()),
+            durable_entries: AtomicU64::new(writer.position().entries),
         });
         if let Some(thread) = merkle_thread {
             transparency::spawn(&inner, thread)?;
@@ -500,6 +503,13 @@ impl EmbeddedStore {
     /// record is queued meanwhile.
     pub fn position(&self) -> puhui_journal::JournalPosition {
         *self.inner.durable.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The entries before the journal's durable end ([`EmbeddedStore::position`]'s `entries`),
+    /// read without taking a lock: for a low-priority reader (risk control's checkpointer) that
+    /// must not hold up the committer, as it could if the scheduler left it holding that lock.
+    pub fn durable_entries(&self) -> u64 {
+        self.inner.durable_entries.load(Ordering::Acquire)
     }
 
     /// What opening found (entries replayed, recovery time, torn tail).
@@ -1094,7 +1104,9 @@ fn sync(inner: &Inner, writer: &mut JournalWriter) -> Result<(), StoreError> {
     stats.entries.store(entries_before, Ordering::Relaxed);
     stats.sync_ns_total.fetch_add(took, Ordering::Relaxed);
     stats.sync_ns_max.fetch_max(took, Ordering::Relaxed);
-    *inner.durable.lock().unwrap_or_else(|p| p.into_inner()) = writer.position();
+    let position = writer.position();
+    *inner.durable.lock().unwrap_or_else(|p| p.into_inner()) = position;
+    inner.durable_entries.store(position.entries, Ordering::Release);
     Ok(())
 }
 

@@ -322,7 +322,7 @@ fn run(setup: &Setup, locked: &LockedWork, stop: &AtomicBool) -> Result<(), Stri
     let lag = metrics::gauge!("puhui_risk_checkpointer_lag_entries");
     while !stop.load(Ordering::Acquire) {
         let Some(store) = setup.store.upgrade() else { return Ok(()) };
-        let durable = store.position().entries;
+        let durable = store.durable_entries();
         drop(store);
         let mut failed = None;
         let mut since_yield = 0;
