@@ -410,6 +410,9 @@ struct Remembered {
     journal_seq: Option<u64>,
     /// A transfer's decision that declined it (kept in `declined_forgotten` once forgotten).
     declined_transfer: bool,
+    /// A transfer's decision that held it for review (kept once forgotten: a start restores the
+    /// review of a hold still open from the record read back, `reviews_at_start`).
+    reviewed_transfer: bool,
 }
 
 /// What is kept of a decision no longer in the memory's `decisions`.
@@ -420,15 +423,19 @@ struct Forgotten {
     label: Option<Label>,
     /// It declined a transfer.
     declined_transfer: bool,
+    /// It held a transfer for review.
+    reviewed_transfer: bool,
 }
 
 impl Forgotten {
     const DECLINED_BIT: u64 = 1 << 63;
     const LABEL_SHIFT: u32 = 61;
-    const SEQ_MASK: u64 = (1 << Self::LABEL_SHIFT) - 1;
+    const REVIEWED_BIT: u64 = 1 << 60;
+    const SEQ_MASK: u64 = Self::REVIEWED_BIT - 1;
 
     /// In 8 bytes: the declined flag (bit 63), the label (bits 61–62: none, fraud, legit), the
-    /// journal sequence plus one (0: not known).
+    /// reviewed flag (bit 60; part of the sequence in snapshots before version 4, where it was
+    /// never set), the journal sequence plus one (0: not known).
     fn pack(self) -> u64 {
         let seq = self.journal_seq.map_or(0, |s| (s + 1).min(Self::SEQ_MASK));
         let label: u64 = match self.label {
@@ -436,7 +443,8 @@ impl Forgotten {
             Some(Label::Fraud) => 1,
             Some(Label::Legit) => 2,
         };
-        (u64::from(self.declined_transfer) << 63) | (label << Self::LABEL_SHIFT) | seq
+        let reviewed = if self.reviewed_transfer { Self::REVIEWED_BIT } else { 0 };
+        (u64::from(self.declined_transfer) << 63) | (label << Self::LABEL_SHIFT) | reviewed | seq
     }
 
     fn unpack(word: u64) -> Forgotten {
@@ -448,6 +456,7 @@ impl Forgotten {
                 _ => None,
             },
             declined_transfer: word & Self::DECLINED_BIT != 0,
+            reviewed_transfer: word & Self::REVIEWED_BIT != 0,
         }
     }
 }
@@ -1493,6 +1502,12 @@ impl RiskService {
         Some((forgotten.journal_seq?, forgotten.label))
     }
 
+    /// Whether `id` (scoped) names a transfer held for review whose decision is no longer in
+    /// memory (remembered as a hash, up to [`DECISION_IDS_KEPT_MAX`]).
+    pub fn reviewed_long_ago(&self, id: &str) -> bool {
+        self.mem().reviewed_and_forgotten(id)
+    }
+
     /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
     /// remembered as hashes, up to [`DECISION_IDS_KEPT_MAX`]; the id is hashed only once some are).
     pub fn decided_long_ago(&self, id: &str) -> bool {
@@ -1832,6 +1847,7 @@ impl Memory {
             true => None,
             false => self.early_seqs.remove(&scoped_id),
         };
+        let reviewed_transfer = review.is_some();
         let review_queued = match review {
             None => false,
             Some(review) if bounded => self.reviews.insert_within_bounds(&scoped_id, review),
@@ -1844,10 +1860,16 @@ impl Memory {
         match self.decisions.entry(Arc::clone(&scoped_id)) {
             std::collections::hash_map::Entry::Occupied(mut kept) => {
                 let label = kept.get().label;
-                kept.insert(Remembered { record, label, journal_seq, declined_transfer });
+                kept.insert(Remembered { record, label, journal_seq, declined_transfer, reviewed_transfer });
             }
             std::collections::hash_map::Entry::Vacant(slot) => {
-                slot.insert(Remembered { record, label: None, journal_seq, declined_transfer });
+                slot.insert(Remembered {
+                    record,
+                    label: None,
+                    journal_seq,
+                    declined_transfer,
+                    reviewed_transfer,
+                });
                 self.order.push_back(scoped_id);
             }
         }
@@ -1858,11 +1880,20 @@ impl Memory {
                     journal_seq: f.journal_seq,
                     label: f.label,
                     declined_transfer: f.declined_transfer,
+                    reviewed_transfer: f.reviewed_transfer,
                 };
                 self.forgotten.insert(hash64(&old), forgotten);
             }
         }
         review_queued
+    }
+
+    /// Whether `scoped_id` names a transfer held for review whose decision is no longer in
+    /// `decisions`.
+    fn reviewed_and_forgotten(&self, scoped_id: &str) -> bool {
+        self.forgotten.len() > 0
+            && !self.decisions.contains_key(scoped_id)
+            && self.forgotten.get(hash64(scoped_id)).is_some_and(|f| f.reviewed_transfer)
     }
 
     /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
@@ -2534,9 +2565,9 @@ pub struct ReviewsAtStart {
 /// (`risk/checkpoint.rs`), but a review queued since without a record of its own (a retry, held
 /// once there was room, of a transfer whose review had been refused for a full queue) is in
 /// neither the snapshot nor the records after it: it comes from here. A pending transfer keeps its
-/// own timeout when held for review: its review is restored only while its decision is
-/// remembered (one of the latest [`DECISIONS_KEPT_MAX`]), and not if it has no timeout (its hold
-/// can still be voided). A restored review whose hold
+/// own timeout when held for review: its review is restored from its remembered decision, or read
+/// back once forgotten (its id's hash keeps a review flag, up to [`DECISION_IDS_KEPT_MAX`]); not if
+/// it has no timeout (its hold can still be voided). A restored review whose hold
 /// was resolved meanwhile leaves again; a decision that cannot be read back is logged and left.
 pub async fn reviews_at_start(
     app: &Arc<AppState>,
@@ -2554,14 +2585,19 @@ pub async fn reviews_at_start(
         let (held, next) = app.open_holds(after.take(), REVIEWS_CHECKED_PER_READ).await?;
         for (id, timeout_ms) in held.iter().filter(|(id, _)| !risk.is_under_review(id.as_str())) {
             // A single transfer held for review has the review hold's timeout; a pending one
-            // keeps its own, and is found here only while its decision is remembered.
+            // keeps its own: its forgotten decision is known for a review by its flag (a snapshot
+            // before version 4 has none: then only the review hold's timeout tells).
             let review_hold = *timeout_ms == REVIEW_HOLD_TIMEOUT_MS;
             match risk.decision(id.as_str()) {
                 Some(d) if d.source == "transfer" && d.outcome == "review" => {
                     risk.queue_review(id.as_str(), review_of(&d));
                     restored.push(id.to_string());
                 }
-                None if review_hold && risk.decided_long_ago(id.as_str()) => long_ago.push(id.to_string()),
+                None if (review_hold && risk.decided_long_ago(id.as_str()))
+                    || risk.reviewed_long_ago(id.as_str()) =>
+                {
+                    long_ago.push(id.to_string())
+                }
                 _ if review_hold => done.without_review += 1,
                 _ => {}
             }
@@ -3276,6 +3312,23 @@ mod tests {
     }
 
     #[test]
+    fn a_forgotten_decision_is_still_known_for_holding_a_transfer_for_review() {
+        let (_seqs, seq_inbox) = std::sync::mpsc::sync_channel(1);
+        let mut memory = Memory::new(seq_inbox);
+        memory.remember(Arc::from("t:held"), Box::new([0u8; 8]), Some(test_review("held")), true, false);
+        memory.remember(Arc::from("t:declined"), Box::new([0u8; 8]), None, true, true);
+        memory.remember(Arc::from("t:approved"), Box::new([0u8; 8]), None, true, false);
+        assert!(!memory.reviewed_and_forgotten("t:held"), "remembered: its record says so");
+        for i in 0..DECISIONS_KEPT_MAX {
+            memory.remember(Arc::from(format!("t:later-{i}")), Box::new([0u8; 8]), None, true, false);
+        }
+        assert!(memory.reviewed_and_forgotten("t:held"));
+        assert!(!memory.reviewed_and_forgotten("t:declined") && memory.declined_and_forgotten("t:declined"));
+        assert!(!memory.reviewed_and_forgotten("t:approved") && !memory.declined_and_forgotten("t:approved"));
+        assert!(!memory.reviewed_and_forgotten("t:never"));
+    }
+
+    #[test]
     fn reviews_are_queued_within_their_bounds_per_tenant_and_in_all() {
         let review = test_review;
         let mut reviews = Reviews::default();
@@ -3552,6 +3605,7 @@ mod tests {
             journal_seq: (!i.is_multiple_of(3)).then_some(i as u64 * 7),
             label: [None, Some(Label::Fraud), Some(Label::Legit)][i % 3],
             declined_transfer: i.is_multiple_of(2),
+            reviewed_transfer: i % 4 == 1,
         };
         for (i, &h) in ids.iter().enumerate() {
             known.insert(h, Forgotten::default());

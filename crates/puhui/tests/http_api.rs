@@ -1314,7 +1314,8 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     // not affected. A restart replays every review decision in the journal, and those whose hold
     // was resolved meanwhile leave the queue again, so the tenant's room is what it was. A risk
     // snapshot written while x was refused (not held) leaves x out; x, held later, gets its review
-    // back at the next start, from its decision.
+    // back at the next start, from its decision read back from the journal; so does xp, a pending
+    // transfer (its hold keeps its own timeout).
     let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
     let dir = tempfile::tempdir().unwrap();
     let ruleset = review_all_ruleset(dir.path());
@@ -1347,6 +1348,12 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
         again.body
     );
     assert_eq!(a.get(&server, "/v1/transfers/x").await.status, 404, "nothing held");
+    // And a pending transfer, which keeps its own timeout when held for review.
+    let mut xp = reviewed("xp");
+    xp["type"] = json!("pending");
+    xp["timeout_ms"] = json!(3_600_000);
+    let refused = a.post(&server, "/v1/transfers", xp.clone()).await;
+    assert_eq!((refused.status, refused.code()), (503, "overloaded"), "{:?}", refused.body);
     let decided = a.get(&server, "/v1/decisions/x").await;
     assert_eq!(
         (decided.status, decided.body["outcome"].as_str()),
@@ -1403,6 +1410,14 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
         "{:?}",
         held.body
     );
+    assert_eq!(a.post(&server, "/v1/risk/reviews/h6/decline", json!({})).await.status, 201);
+    let held = a.post(&server, "/v1/transfers", xp).await;
+    assert_eq!(
+        (held.status, held.body["pending_status"].as_str(), held.body["timeout_ms"].as_u64()),
+        (201, Some("pending"), Some(3_600_000)),
+        "{:?}",
+        held.body
+    );
     let refused = a.post(&server, "/v1/transfers", reviewed("z")).await;
     assert_eq!((refused.status, refused.code()), (503, "overloaded"), "full again: {:?}", refused.body);
     // Five holds voided directly (their reviews stay queued until listed), then a crash.
@@ -1411,15 +1426,17 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     }
     server.kill9();
     let server = serve(&data, &args);
-    // The replay queued every review decision again; start-up (in the background) drops the six
-    // resolved ones and z (not held), and gives x its review back: 9,995 for a, and b's y.
+    // The replay queued every review decision again; start-up (in the background) drops the
+    // seven resolved ones and z (not held), and gives x and xp their reviews back, read back from
+    // the journal (their decisions forgotten; xp's hold has its own timeout, and its forgotten
+    // decision is known for a review by its flag): 9,995 for a, and b's y.
     reviews_checked_at_start(&server).await;
-    assert_eq!(gauge(&server, "puhui_risk_start_reviews_restored").await, 1.0, "x");
-    assert_eq!(gauge(&server, "puhui_risk_start_reviews_dropped").await, 7.0, "h0 to h5, and z");
+    assert_eq!(gauge(&server, "puhui_risk_start_reviews_restored").await, 2.0, "x and xp");
+    assert_eq!(gauge(&server, "puhui_risk_start_reviews_dropped").await, 8.0, "h0 to h6, and z");
     assert_eq!(
         gauge(&server, "puhui_risk_reviews_open").await,
-        (full - 6 + 1 + 1) as f64,
-        "with x, and b's y"
+        (full - 7 + 2 + 1) as f64,
+        "with x and xp, and b's y"
     );
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let held = loop {
@@ -1442,9 +1459,12 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     let five: Vec<Value> = (0..5).map(|i| reviewed(&format!("five{i}"))).collect();
     let held = a.post(&server, "/v1/transfers/batch", json!({"transfers": five})).await;
     assert_eq!((held.status, held.body["ok"].as_u64()), (200, Some(5)), "{:?}", held.body);
-    // x, held after the snapshot that left it out, is under review again.
+    // x and xp, held after the snapshot that left them out, are under review again.
     let approved = a.post(&server, "/v1/risk/reviews/x/approve", json!({})).await;
     assert_eq!(approved.status, 201, "{:?}", approved.body);
+    let approved = a.post(&server, "/v1/risk/reviews/xp/approve", json!({})).await;
+    assert_eq!(approved.status, 201, "{:?}", approved.body);
+    assert_eq!(a.get(&server, "/v1/transfers/xp").await.body["pending_status"], "posted");
 }
 
 #[tokio::test]

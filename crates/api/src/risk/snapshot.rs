@@ -7,8 +7,9 @@
 //! content := magic "PHRS" | version:v | features (puhui_risk::features's snapshot) | memory
 //!            | carried (versions 2 and 3)
 //! memory  := decisions:v | (id:s | record:bytes | label:u8 | journal_seq:v (0 none, else seq + 1)
-//!            | declined_transfer:flag) × decisions     (oldest first: the order they are forgotten in)
-//!            | forgotten:v | (hash:w | packed:w) × forgotten                          (version 3)
+//!            | transfer:u8) × decisions     (oldest first: the order they are forgotten in;
+//!              transfer: 1 declined it, 2 held it for review (version 4), 0 neither)
+//!            | forgotten:v | (hash:w | packed:w) × forgotten                   (versions 3 and 4)
 //!            | known:v | hash:w × known | declined_forgotten:v | hash:w × declined_forgotten
 //!                                                                          (versions 1 and 2)
 //!            | reviews:v | (scoped_id:s | id:s | score:i | reasons:v | reason:s × reasons
@@ -17,7 +18,8 @@
 //! ```
 //! (`v` a varint, `i` a zigzag varint, `s` a string, `w` 8 bytes, `bytes` a varint length and
 //! the bytes: `puhui_risk::bytes`). A forgotten decision's `packed` word holds its journal
-//! sequence, label and declined flag (`Forgotten::pack`); versions 1 and 2 kept the hashes of all
+//! sequence, label, declined flag and (version 4) reviewed flag (`Forgotten::pack`); version 3
+//! has no reviewed flag (its bit is the sequence's, never set there); versions 1 and 2 kept the hashes of all
 //! decision ids and of the forgotten declines only, read as forgotten decisions whose place in the
 //! journal is not known.
 //!
@@ -49,7 +51,9 @@ use super::{
 /// The snapshot's file in a data directory.
 pub const RISK_SNAPSHOT_FILE: &str = "risk-snapshot.phs";
 const MAGIC: &[u8; 4] = b"PHRS";
-const VERSION: u64 = 3;
+const VERSION: u64 = 4;
+/// The version without the reviewed flags (still read: no forgotten decision is known for a review).
+const VERSION_WITHOUT_REVIEWED: u64 = 3;
 /// The version whose memory keeps only the hashes of decision ids (still read).
 const VERSION_WITH_KNOWN_IDS: u64 = 2;
 /// The version without carried records (still read: its start reads the whole journal).
@@ -116,7 +120,8 @@ pub(super) fn encode_pausing(
             Some(Label::Legit) => 2,
         });
         put_u64(&mut out, remembered.journal_seq.map_or(0, |seq| seq + 1));
-        out.push(u8::from(remembered.declined_transfer));
+        debug_assert!(!(remembered.declined_transfer && remembered.reviewed_transfer));
+        out.push(u8::from(remembered.declined_transfer) | (u8::from(remembered.reviewed_transfer) << 1));
     }
     put_u64(&mut out, memory.forgotten.len() as u64);
     for (i, (hash, forgotten)) in memory.forgotten.iter().enumerate() {
@@ -233,8 +238,13 @@ fn decode_memory(r: &mut Reader<'_>, version: u64) -> Result<MemoryParts, String
             other => return Err(format!("unknown label {other}")),
         };
         let journal_seq = r.u64()?.checked_sub(1);
-        let declined_transfer = r.flag()?;
-        decisions.push((id, Remembered { record, label, journal_seq, declined_transfer }));
+        let (declined_transfer, reviewed_transfer) = match r.byte()? {
+            0 => (false, false),
+            1 => (true, false),
+            2 if version > VERSION_WITHOUT_REVIEWED => (false, true),
+            other => return Err(format!("decision {id}: unknown transfer outcome {other}")),
+        };
+        decisions.push((id, Remembered { record, label, journal_seq, declined_transfer, reviewed_transfer }));
     }
     let mut forgotten = ForgottenIds::new();
     if version > VERSION_WITH_KNOWN_IDS {
@@ -244,7 +254,12 @@ fn decode_memory(r: &mut Reader<'_>, version: u64) -> Result<MemoryParts, String
         }
         for _ in 0..n {
             let hash = r.fixed_u64()?;
-            forgotten.insert(hash, Forgotten::unpack(r.fixed_u64()?));
+            let mut one = Forgotten::unpack(r.fixed_u64()?);
+            if version == VERSION_WITHOUT_REVIEWED {
+                // Its bit is the sequence's there (never set: 2^60 entries).
+                one.reviewed_transfer = false;
+            }
+            forgotten.insert(hash, one);
         }
         if forgotten.len() != n {
             return Err("a forgotten decision twice".into());
@@ -296,10 +311,14 @@ mod tests {
             out.extend_from_slice(&[1, 2, 3]);
             out.push((i % 3) as u8);
             put_u64(&mut out, if i % 2 == 0 { 0 } else { i as u64 + 1 });
-            out.push(u8::from(i % 5 == 0));
+            out.push(match (i % 5, version > VERSION_WITHOUT_REVIEWED) {
+                (0, _) => 1,
+                (1, true) => 2,
+                _ => 0,
+            });
         }
         let hash = |i: usize| 0x9e37_79b9_7f4a_7c15u64.wrapping_mul(i as u64 + 1);
-        if version == VERSION {
+        if version >= VERSION_WITHOUT_REVIEWED {
             put_u64(&mut out, n as u64);
             for i in 0..n {
                 put_fixed_u64(&mut out, hash(i));
@@ -307,6 +326,7 @@ mod tests {
                     journal_seq: Some(1_000 + i as u64),
                     label: (i % 2 == 0).then_some(Label::Fraud),
                     declined_transfer: i < n / 5,
+                    reviewed_transfer: version == VERSION && (n / 5..2 * n / 5).contains(&i),
                 };
                 put_fixed_u64(&mut out, forgotten.pack());
             }
@@ -373,7 +393,32 @@ mod tests {
         let (hash, first) = (0x9e37_79b9_7f4a_7c15u64, parts.forgotten.get(0x9e37_79b9_7f4a_7c15u64));
         assert_eq!(
             first,
-            Some(Forgotten { journal_seq: Some(1_000), label: Some(Label::Fraud), declined_transfer: true })
+            Some(Forgotten {
+                journal_seq: Some(1_000),
+                label: Some(Label::Fraud),
+                declined_transfer: true,
+                reviewed_transfer: false
+            })
+        );
+        // Version 4 keeps which decisions held a transfer for review, remembered or forgotten.
+        let reviewed = |parts: &MemoryParts| {
+            let remembered = parts.decisions.iter().filter(|(_, d)| d.reviewed_transfer).count();
+            let forgotten = parts.forgotten.iter().filter(|(_, f)| f.reviewed_transfer).count();
+            (remembered, forgotten)
+        };
+        assert_eq!(reviewed(&parts), (8, 8));
+        // Version 3 has none: its remembered ones cannot say so, its forgotten ones are read
+        // without the flag (its bit is the sequence's there).
+        let mut v3 = memory_parts_bytes(40, VERSION_WITHOUT_REVIEWED);
+        put_u64(&mut v3, 0);
+        let (parts_v3, _) = decode_after_features(&v3, VERSION_WITHOUT_REVIEWED).unwrap();
+        assert_eq!(reviewed(&parts_v3), (0, 0));
+        assert_eq!(parts_v3.forgotten.declined, 8);
+        let mut flagged = memory_parts_bytes(40, VERSION);
+        put_u64(&mut flagged, 0);
+        assert!(
+            decode_after_features(&flagged, VERSION_WITHOUT_REVIEWED).is_err(),
+            "a remembered review's flag is not a version-3 value"
         );
         assert!(parts.forgotten.contains(hash));
         assert_eq!(parts.decisions[2].1.label, Some(Label::Legit));
