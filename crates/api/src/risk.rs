@@ -1505,7 +1505,12 @@ impl RiskService {
     /// Whether `id` (scoped) names a transfer held for review whose decision is no longer in
     /// memory (remembered as a hash, up to [`DECISION_IDS_KEPT_MAX`]).
     pub fn reviewed_long_ago(&self, id: &str) -> bool {
-        self.mem().reviewed_and_forgotten(id)
+        if self.mem().forgotten.len() == 0 {
+            return false;
+        }
+        // Hashed outside the lock, which decisions take.
+        let hash = hash64(id);
+        self.mem().reviewed_and_forgotten(id, hash)
     }
 
     /// Whether a decision under `id` (scoped) was made, though it is no longer in memory (ids are
@@ -1890,10 +1895,10 @@ impl Memory {
 
     /// Whether `scoped_id` names a transfer held for review whose decision is no longer in
     /// `decisions`.
-    fn reviewed_and_forgotten(&self, scoped_id: &str) -> bool {
-        self.forgotten.len() > 0
-            && !self.decisions.contains_key(scoped_id)
-            && self.forgotten.get(hash64(scoped_id)).is_some_and(|f| f.reviewed_transfer)
+    fn reviewed_and_forgotten(&self, scoped_id: &str, hash: u64) -> bool {
+        debug_assert_eq!(hash, hash64(scoped_id));
+        !self.decisions.contains_key(scoped_id)
+            && self.forgotten.get(hash).is_some_and(|f| f.reviewed_transfer)
     }
 
     /// Whether `scoped_id` names a declined transfer whose decision is no longer in `decisions`.
@@ -2547,7 +2552,8 @@ pub struct ReviewsAtStart {
     /// Reviews queued again for open review holds the replayed queue lacked.
     pub restored: usize,
     /// Open holds with the review hold's timeout but no review decision to queue (a client's own
-    /// hold with that timeout, or a decision that could not be read back; see the log).
+    /// hold with that timeout), and holds whose forgotten decision is known for a review but
+    /// could not be read back (see the log).
     pub without_review: usize,
     /// Reviews dropped: their hold is no longer open, or was never recorded.
     pub dropped: usize,
@@ -3318,14 +3324,15 @@ mod tests {
         memory.remember(Arc::from("t:held"), Box::new([0u8; 8]), Some(test_review("held")), true, false);
         memory.remember(Arc::from("t:declined"), Box::new([0u8; 8]), None, true, true);
         memory.remember(Arc::from("t:approved"), Box::new([0u8; 8]), None, true, false);
-        assert!(!memory.reviewed_and_forgotten("t:held"), "remembered: its record says so");
+        let reviewed = |m: &Memory, id: &str| m.reviewed_and_forgotten(id, hash64(id));
+        assert!(!reviewed(&memory, "t:held"), "remembered: its record says so");
         for i in 0..DECISIONS_KEPT_MAX {
             memory.remember(Arc::from(format!("t:later-{i}")), Box::new([0u8; 8]), None, true, false);
         }
-        assert!(memory.reviewed_and_forgotten("t:held"));
-        assert!(!memory.reviewed_and_forgotten("t:declined") && memory.declined_and_forgotten("t:declined"));
-        assert!(!memory.reviewed_and_forgotten("t:approved") && !memory.declined_and_forgotten("t:approved"));
-        assert!(!memory.reviewed_and_forgotten("t:never"));
+        assert!(reviewed(&memory, "t:held"));
+        assert!(!reviewed(&memory, "t:declined") && memory.declined_and_forgotten("t:declined"));
+        assert!(!reviewed(&memory, "t:approved") && !memory.declined_and_forgotten("t:approved"));
+        assert!(!reviewed(&memory, "t:never"));
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! ```text
 //! file    := the journal's snapshot format (`puhui_journal::snapshot`: position, BLAKE3 of it all)
 //! content := magic "PHRS" | version:v | features (puhui_risk::features's snapshot) | memory
-//!            | carried (versions 2 and 3)
+//!            | carried (versions 2 to 4)
 //! memory  := decisions:v | (id:s | record:bytes | label:u8 | journal_seq:v (0 none, else seq + 1)
 //!            | transfer:u8) × decisions     (oldest first: the order they are forgotten in;
 //!              transfer: 1 declined it, 2 held it for review (version 4), 0 neither)
@@ -192,6 +192,14 @@ pub(super) fn load(
     Ok(Some(Loaded { position, features, memory, carried }))
 }
 
+/// Whether a remembered decision's `record` held a transfer for review (`false` if it cannot be
+/// read: it is then only not found by a start's read-back once forgotten).
+fn held_for_review(record: &[u8]) -> bool {
+    puhui_risk::records::binary::decode_head(record).is_ok_and(|h| {
+        h.source == puhui_risk::DecisionSource::Transfer && h.outcome == puhui_risk::Outcome::Review
+    })
+}
+
 /// What follows the features in a snapshot of `version`: the memory and the carried records.
 fn decode_after_features(bytes: &[u8], version: u64) -> Result<(MemoryParts, Option<Vec<Carried>>), String> {
     let mut r = Reader::new(bytes, CONTENT);
@@ -239,6 +247,8 @@ fn decode_memory(r: &mut Reader<'_>, version: u64) -> Result<MemoryParts, String
         };
         let journal_seq = r.u64()?.checked_sub(1);
         let (declined_transfer, reviewed_transfer) = match r.byte()? {
+            // Before version 4 the record itself tells (once forgotten, only the flag would).
+            0 if version <= VERSION_WITHOUT_REVIEWED => (false, held_for_review(&record)),
             0 => (false, false),
             1 => (true, false),
             2 if version > VERSION_WITHOUT_REVIEWED => (false, true),
@@ -363,6 +373,61 @@ mod tests {
         assert_eq!(paused, encode(&features, &memory, &carried));
         // 5,000 decisions kept: one pause before every 256th; 5,000 forgotten: every 4,096th.
         assert_eq!(pauses, 5_000usize.div_ceil(256) + 5_000usize.div_ceil(4_096));
+    }
+
+    #[test]
+    fn a_version_3_memory_knows_its_remembered_reviews_from_their_records() {
+        use puhui_risk::records::{DecisionRecord, EventRecord, Verdict};
+        let record = |id: &str, source, outcome| {
+            let d = DecisionRecord {
+                id: id.into(),
+                source,
+                event: EventRecord {
+                    payer: "t:w".into(),
+                    payee: "t:shop".into(),
+                    amount_minor: 1,
+                    currency: "CNY".into(),
+                    timestamp_ns: 1,
+                    attributes: Vec::new(),
+                    payer_balance_minor: None,
+                },
+                observed: true,
+                active: Verdict {
+                    ruleset_version: "v".into(),
+                    outcome,
+                    score: 0,
+                    fired: Vec::new(),
+                    features: Vec::new(),
+                    errors: Vec::new(),
+                    degraded: None,
+                    latency_ns: 1,
+                },
+                shadow: None,
+            };
+            puhui_risk::records::binary::encode(&d)
+        };
+        use puhui_risk::{DecisionSource::*, Outcome::*};
+        let kept = [
+            ("t:held", record("t:held", Transfer, Review)),
+            ("t:asked", record("t:asked", Standalone, Review)),
+            ("t:approved", record("t:approved", Transfer, Approve)),
+            ("t:damaged", vec![1, 2, 3]),
+        ];
+        let mut bytes = Vec::new();
+        put_u64(&mut bytes, kept.len() as u64);
+        for (id, record) in &kept {
+            put_str(&mut bytes, id);
+            put_u64(&mut bytes, record.len() as u64);
+            bytes.extend_from_slice(record);
+            bytes.extend_from_slice(&[0, 0, 0]); // no label, no journal place, flag byte 0
+        }
+        bytes.extend_from_slice(&[0, 0, 0]); // no forgotten decisions, no reviews, no carried records
+        let (parts, _) = decode_after_features(&bytes, VERSION_WITHOUT_REVIEWED).unwrap();
+        let reviewed: Vec<bool> = parts.decisions.iter().map(|(_, d)| d.reviewed_transfer).collect();
+        assert_eq!(reviewed, [true, false, false, false]);
+        // Version 4 says so itself: byte 0 is neither, whatever the record.
+        let (parts, _) = decode_after_features(&bytes, VERSION).unwrap();
+        assert!(parts.decisions.iter().all(|(_, d)| !d.reviewed_transfer));
     }
 
     #[test]
