@@ -611,7 +611,7 @@ fn events_reply(reply: Reply<Vec<EventResult>>) -> Box<dyn FnOnce(Result<Done, S
                 Done::Events(e) => Ok(e),
                 Done::Fenced => Err(StoreError::Unavailable(
                     "the transfer's lock across nodes was lost with its PostgreSQL session before it was \
-                 posted; nothing was written, retry"
+                 posted; it was not posted, retry"
                         .into(),
                 )),
                 other => Err(StoreError::Io(format!("unexpected answer {other:?}"))),
