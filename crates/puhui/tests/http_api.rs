@@ -1216,6 +1216,13 @@ fn reviewed(id: &str) -> Value {
     t
 }
 
+/// `serve` arguments for the review-queue tests: `ruleset`, and a risk snapshot every
+/// `snapshot_every` risk records with no minimum interval.
+fn review_serve_args<'a>(ruleset: &'a Path, snapshot_every: &'a str) -> [&'a str; 6] {
+    let ruleset = ruleset.to_str().unwrap();
+    ["--ruleset", ruleset, "--risk-snapshot-every", snapshot_every, "--risk-snapshot-interval-min-secs", "0"]
+}
+
 /// Fills `c`'s review queue (`REVIEWS_PER_TENANT_MAX` holds `h0`, `h1`, …) in batches of 5,000.
 async fn fill_review_queue(c: &Client, server: &Server) {
     let full = puhui_api::risk::REVIEWS_PER_TENANT_MAX;
@@ -1260,14 +1267,7 @@ async fn a_pending_transfer_held_for_review_after_a_refusal_keeps_its_review_acr
     let dir = tempfile::tempdir().unwrap();
     let ruleset = review_all_ruleset(dir.path());
     let data = dir.path().join("data");
-    let args = [
-        "--ruleset",
-        ruleset.to_str().unwrap(),
-        "--risk-snapshot-every",
-        "1",
-        "--risk-snapshot-interval-min-secs",
-        "0",
-    ];
+    let args = review_serve_args(&ruleset, "1");
     let server = serve(&data, &args);
     let c = Client::tenant(&server).await;
     for id in ["bank", "shop"] {
@@ -1321,14 +1321,7 @@ async fn a_full_review_queue_holds_nothing_more_and_a_restart_does_not_refill_it
     let ruleset = review_all_ruleset(dir.path());
     let data = dir.path().join("data");
     // No risk snapshot while the queue fills (10,000 decisions); the first during the 100,000 below.
-    let args = [
-        "--ruleset",
-        ruleset.to_str().unwrap(),
-        "--risk-snapshot-every",
-        "20000",
-        "--risk-snapshot-interval-min-secs",
-        "0",
-    ];
+    let args = review_serve_args(&ruleset, "20000");
     let server = serve(&data, &args);
     let (a, b) = (Client::tenant(&server).await, Client::tenant(&server).await);
     for c in [&a, &b] {

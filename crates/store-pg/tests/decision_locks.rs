@@ -135,6 +135,20 @@ fn locks_lost_with_their_connection_pass_on_and_the_node_locks_again_on_a_new_on
     drop(got(&a_waits));
 }
 
+/// Ends the lock session `fence` names (as a network cut would) and returns how many sessions
+/// were ended.
+fn end_lock_session(schema: &TestSchema, fence: &puhui_store_pg::Fence) -> usize {
+    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
+    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
+    admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
+            &[&fence.pid(), &name],
+        )
+        .unwrap()
+        .len()
+}
+
 /// Journals one record of type 99 holding `n`, under `fence`, and waits for the answer.
 fn journal_fenced(store: &PgStore, n: u8, fence: Option<puhui_store_pg::Fence>) -> Result<u64, StoreError> {
     let (tx, rx) = mpsc::channel();
@@ -169,15 +183,7 @@ fn records_under_a_lost_lock_are_refused_and_a_new_holder_waits_for_one_still_co
     committing.execute("SELECT pg_advisory_xact_lock_shared($1, 5)", &[&fence.fence_class()]).unwrap();
 
     // A's lock session ends.
-    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
-    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
-    let ended = admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
-            &[&fence.pid(), &name],
-        )
-        .unwrap();
-    assert_eq!(ended.len(), 1, "the fence names A's lock session");
+    assert_eq!(end_lock_session(&schema, &fence), 1, "the fence names A's lock session");
 
     // B takes the bucket from PostgreSQL but is not granted it while that transaction may still
     // write a record of A's decision (B's catch-up must read it)...
@@ -263,14 +269,7 @@ fn transfers_under_a_lost_lock_are_refused_and_nothing_is_posted() {
 
     // A's lock session ends: B may now take the bucket and decide under the id (and decline it),
     // so A's posting under the lost lock is refused, nothing written.
-    let mut admin = postgres::Client::connect(&puhui_store_pg::testing::test_url(), postgres::NoTls).unwrap();
-    let name = puhui_store_pg::locks::application_name(Some(schema.name()));
-    admin
-        .query(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE pid = $1 AND application_name = $2",
-            &[&fence.pid(), &name],
-        )
-        .unwrap();
+    end_lock_session(&schema, &fence);
     match post_fenced(&a, "t2", Some(fence.clone())) {
         Err(StoreError::Unavailable(message)) => assert!(message.contains("lost"), "{message}"),
         other => panic!("a transfer under a lost lock was not refused: {other:?}"),
